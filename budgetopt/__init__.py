@@ -1,0 +1,42 @@
+"""budgetopt: per-head KV-cache budget allocation.
+
+Turn per-attention-head utility curves into per-head token budgets for a global KV-cache
+budget: the upper-hull marginal-utility greedy of LU-KV (arXiv 2602.08585) with an
+optimality certificate, and exact baselines (MILP, cvxpy, dynamic programming).
+
+``budget`` always means the fraction (or number of tokens) *kept*; kvpress's
+``compression_ratio`` is the fraction removed, ``1 - budget``.
+"""
+
+from .curves import Curves, load_curves, save_curves
+from .errors import (
+    BudgetoptError,
+    CurvesFileError,
+    InfeasibleError,
+    InvalidInputError,
+    InvalidTypeError,
+    MissingDependencyError,
+    ProblemTooLargeError,
+    SolverError,
+)
+from .result import Allocation
+from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Curves",
+    "load_curves",
+    "save_curves",
+    "Allocation",
+    "tokens_from_fraction",
+    "keep_counts_from_prune_ratios",
+    "BudgetoptError",
+    "CurvesFileError",
+    "InfeasibleError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "MissingDependencyError",
+    "ProblemTooLargeError",
+    "SolverError",
+]

@@ -1,0 +1,346 @@
+"""Utility curves: the problem's data, its validation, and its ``.npz`` file format."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+
+__all__ = ["Curves", "as_curves", "load_curves", "save_curves"]
+
+
+def _where(shape, flat_index):
+    """``"head (3, 1), point 7"`` for a flat index into an array of ``(*head_shape, K)``."""
+    idx = np.unravel_index(int(flat_index), shape)
+    head = tuple(int(i) for i in idx[:-1])
+    return f"head {head if len(head) != 1 else head[0]}, point {int(idx[-1])}"
+
+
+def _as_real_array(value, name):
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+    if arr.dtype.kind not in "iuf":
+        raise InvalidTypeError(
+            f"`{name}` must hold real numbers (integer or float dtype); got dtype {arr.dtype}"
+        )
+    return arr
+
+
+class Curves:
+    """Per-head utility curves on integer token grids.
+
+    Head ``h`` keeping ``grid[h, k]`` tokens retains utility ``utility[h, k]``. A problem
+    picks one grid point per head.
+
+    Parameters
+    ----------
+    utility : array_like of float, shape ``(*head_shape, K)``
+        Utility of each head at each grid point. ``head_shape`` is usually
+        ``(layers, kv_heads)`` and is kept in every output. Curves may be non-monotone and
+        non-concave. Must be finite.
+    grid : array_like of int, shape ``(K,)`` or ``(*head_shape, K)``, optional
+        Token counts of the grid points: shared by all heads, or one row per head. Values are
+        non-negative and non-decreasing along the last axis. A repeated point is allowed (pad
+        ragged heads by repeating their last point); the best utility at a repeated point
+        counts. Default ``arange(K)``.
+    meta : dict, optional
+        JSON-serialisable description (model, scorer, sink, window, ...), kept in files.
+
+    Raises
+    ------
+    InvalidTypeError
+        ``utility`` or ``grid`` is not a real numeric array, or ``meta`` is not a dict.
+    InvalidInputError
+        A rule above is broken; the message names the argument and the first place it fails.
+
+    Notes
+    -----
+    Validation is O(heads * K). The arrays are stored as read-only float64 / int64.
+
+    Examples
+    --------
+    >>> c = Curves([[0.0, 0.6, 0.7], [0.0, 0.1, 0.9]])
+    >>> c.head_shape, c.n_points, c.capacity
+    ((2,), 3, 4)
+    >>> c.is_concave()
+    False
+    """
+
+    __slots__ = ("_utility", "_grid", "_meta")
+
+    def __init__(self, utility, grid=None, *, meta=None):
+        u = _as_real_array(utility, "utility")
+        if u.ndim < 2:
+            raise InvalidInputError(
+                "`utility` must have shape (*head_shape, K) with at least one head axis; "
+                f"got shape {u.shape} (for a single head pass utility[None])"
+            )
+        if 0 in u.shape:
+            raise InvalidInputError(
+                f"`utility` must have at least one head and one point; got shape {u.shape}"
+            )
+        u = np.ascontiguousarray(u, dtype=np.float64)
+        bad = ~np.isfinite(u)
+        if bad.any():
+            first = int(np.flatnonzero(bad.ravel())[0])
+            kind = "NaN" if np.isnan(u.flat[first]) else "inf"
+            raise InvalidInputError(f"`utility` must be finite; found {kind} at {_where(u.shape, first)}")
+        K = u.shape[-1]
+
+        if grid is None:
+            g = np.arange(K, dtype=np.int64)
+        else:
+            g = _as_real_array(grid, "grid")
+            if g.shape not in ((K,), u.shape):
+                raise InvalidInputError(
+                    f"`grid` must have shape ({K},) or {u.shape} to match `utility`; got {g.shape}"
+                )
+            if g.dtype.kind == "f":
+                if not np.all(np.isfinite(g)):
+                    raise InvalidInputError("`grid` must hold finite whole token counts; found NaN or inf")
+                if np.any(g != np.floor(g)):
+                    first = int(np.flatnonzero((g != np.floor(g)).ravel())[0])
+                    raise InvalidInputError(
+                        f"`grid` must hold whole token counts; found {g.flat[first]!r} at "
+                        f"{_where(g.shape if g.ndim > 1 else (1,) + g.shape, first)}"
+                    )
+                if np.any(np.abs(g) > 2.0**62):
+                    raise InvalidInputError("`grid` values must be below 2**62 tokens")
+            elif g.dtype.kind == "u" and g.size and int(g.max()) > 2**62:
+                raise InvalidInputError("`grid` values must be below 2**62 tokens")
+            g = np.ascontiguousarray(g, dtype=np.int64)
+            g2 = g.reshape(-1, K)
+            neg = g2 < 0
+            if neg.any():
+                first = int(np.flatnonzero(neg.ravel())[0])
+                raise InvalidInputError(
+                    f"`grid` must be non-negative; found {g2.flat[first]} at "
+                    f"{_where(g.shape if g.ndim > 1 else (1, K), first)}"
+                )
+            dec = np.diff(g2, axis=-1) < 0
+            if dec.any():
+                r, c = np.argwhere(dec)[0]
+                where = _where(g.shape if g.ndim > 1 else (1, K), r * K + c + 1)
+                raise InvalidInputError(
+                    f"`grid` must be non-decreasing along the last axis; it decreases at {where}"
+                )
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise InvalidTypeError(f"`meta` must be a dict; got {type(meta).__name__}")
+        u.setflags(write=False)
+        g.setflags(write=False)
+        self._utility = u
+        self._grid = g
+        self._meta = dict(meta)
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def utility(self):
+        """Read-only float64 array ``(*head_shape, K)``."""
+        return self._utility
+
+    @property
+    def grid(self):
+        """Read-only int64 array ``(K,)`` (shared) or ``(*head_shape, K)`` (per head)."""
+        return self._grid
+
+    @property
+    def meta(self):
+        """The description dict given at construction (a copy)."""
+        return dict(self._meta)
+
+    @property
+    def head_shape(self):
+        """Shape of the heads, e.g. ``(layers, kv_heads)``."""
+        return self._utility.shape[:-1]
+
+    @property
+    def n_heads(self):
+        """Number of heads (product of :attr:`head_shape`)."""
+        return int(np.prod(self.head_shape))
+
+    @property
+    def n_points(self):
+        """Grid points per head, ``K``."""
+        return self._utility.shape[-1]
+
+    @property
+    def shared_grid(self):
+        """True when all heads share one grid row."""
+        return self._grid.ndim == 1
+
+    @property
+    def utility2d(self):
+        """Utility viewed as ``(n_heads, K)``."""
+        return self._utility.reshape(-1, self.n_points)
+
+    @property
+    def grid2d(self):
+        """Grid viewed as ``(1, K)`` when shared, else ``(n_heads, K)``."""
+        return self._grid.reshape(-1, self.n_points)
+
+    @property
+    def capacity(self):
+        """Tokens of the full cache: the sum over heads of each head's largest grid point."""
+        last = self.grid2d[:, -1]
+        return int(last[0]) * self.n_heads if self.shared_grid else int(last.sum())
+
+    def is_concave(self, *, tol=0.0):
+        """Whether every head's curve equals its upper concave hull.
+
+        Parameters
+        ----------
+        tol : float, optional
+            Utility by which a point may lie below its hull and still count as on it.
+
+        Returns
+        -------
+        bool
+
+        Notes
+        -----
+        O(heads * K): computes the hulls (see :func:`budgetopt.hull.hull_gap`).
+        """
+        from .hull import hull_gap  # hull imports this module
+
+        return bool(np.all(hull_gap(self) <= tol))
+
+    def __repr__(self):
+        kind = "shared" if self.shared_grid else "per-head"
+        return f"Curves(head_shape={self.head_shape}, K={self.n_points}, grid={kind}, capacity={self.capacity})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Curves):
+            return NotImplemented
+        return (
+            np.array_equal(self._utility, other._utility)
+            and np.array_equal(self._grid, other._grid)
+            and self._meta == other._meta
+        )
+
+    __hash__ = None
+
+
+def as_curves(curves):
+    """``curves`` itself if it is a :class:`Curves`, else ``Curves(curves)`` (grid ``arange(K)``)."""
+    return curves if isinstance(curves, Curves) else Curves(curves)
+
+
+# -- files ---------------------------------------------------------------------------------
+def load_curves(path):
+    """Read curves from an ``.npz`` file with keys ``utility``, ``grid`` and optional ``meta``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file. ``grid`` may be absent (then ``arange(K)``); ``meta``, when present, is a
+        JSON object stored as a string. Other keys are ignored.
+
+    Returns
+    -------
+    Curves
+
+    Raises
+    ------
+    CurvesFileError
+        The file is missing or unreadable, is not an ``.npz`` archive, lacks ``utility``,
+        holds object (pickled) arrays, or its contents break a rule of :class:`Curves`. The
+        message starts with the path. Loading never unpickles.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> save_curves(os.path.join(d, "c.npz"), Curves([[0.0, 1.0, 1.5]], meta={"scorer": "snapkv"}))
+    >>> load_curves(os.path.join(d, "c.npz")).meta
+    {'scorer': 'snapkv'}
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CurvesFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CurvesFileError(f"{path}: is a directory, not an .npz file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CurvesFileError(f"{path}: not a readable .npz archive ({exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CurvesFileError(f"{path}: is a single .npy array, not an .npz archive with key 'utility'")
+    with archive:
+        if "utility" not in archive.files:
+            raise CurvesFileError(
+                f"{path}: missing key 'utility' (found {sorted(archive.files) or 'no keys'})"
+            )
+        arrays = {}
+        for key in ("utility", "grid", "meta"):
+            if key not in archive.files:
+                continue
+            try:
+                arrays[key] = archive[key]
+            except ValueError as exc:
+                raise CurvesFileError(
+                    f"{path}: key '{key}' holds an object array; budgetopt never unpickles"
+                    if "pickle" in str(exc) else f"{path}: key '{key}' is unreadable ({exc})"
+                ) from exc
+            except Exception as exc:
+                raise CurvesFileError(f"{path}: key '{key}' is unreadable ({exc})") from exc
+    meta = {}
+    if "meta" in arrays:
+        m = arrays["meta"]
+        if m.dtype.kind not in "US" or m.shape != ():
+            raise CurvesFileError(f"{path}: key 'meta' must be a JSON string; got a {m.dtype} array of shape {m.shape}")
+        try:
+            meta = json.loads(m.item() if m.dtype.kind == "U" else m.item().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise CurvesFileError(f"{path}: key 'meta' must hold a JSON object; got {type(meta).__name__}")
+    try:
+        return Curves(arrays["utility"], arrays.get("grid"), meta=meta)
+    except (InvalidInputError, InvalidTypeError) as exc:
+        raise CurvesFileError(f"{path}: {exc}") from exc
+
+
+def save_curves(path, curves):
+    """Write ``curves`` to ``path`` as ``.npz`` (keys ``utility``, ``grid``, ``meta``), atomically.
+
+    The file is written beside its destination and renamed into place, so a failed write
+    leaves no partial file. The path is used as given (no ``.npz`` is appended).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    curves : Curves or array_like
+    """
+    curves = as_curves(curves)
+    path = Path(path)
+    meta = json.dumps(curves.meta)
+    write_atomic(path, lambda f: np.savez(f, utility=curves.utility, grid=curves.grid, meta=np.array(meta)))
+
+
+def write_atomic(path, write):
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise CurvesFileError(f"{path}: directory {str(directory)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,82 @@
+"""The one result type every solver returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Allocation"]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Per-head token budgets chosen for one total budget, with their certificate.
+
+    Every method (``"greedy"``, ``"milp"``, ``"cvxpy"``, ``"dp"``) returns this type with the
+    same fields; solver-specific details live in :attr:`stats`.
+
+    Attributes
+    ----------
+    budgets : numpy.ndarray of int64, shape ``head_shape``
+        Tokens each head keeps; each is one of that head's grid points, within its floor and
+        cap. Read-only.
+    used : int
+        ``budgets.sum()``; never more than :attr:`total_budget`.
+    total_budget : int
+        The total budget that was asked for, in tokens (the grid's unit).
+    utility : float
+        Total utility of :attr:`budgets`, recomputed from the input curves.
+    upper_bound : float
+        A proven upper bound on the best achievable total utility. For ``"greedy"`` it is the
+        value of the LP relaxation (the upper concave hulls); for the exact methods it is the
+        optimum (for ``"milp"``/``"cvxpy"``, the solver's proven dual bound).
+    gap : float
+        ``upper_bound - utility`` (>= 0): how far from optimal the answer can be at most.
+    threshold : float
+        The marginal utility per token at which the greedy stopped: the multiplier (dual
+        value) of the budget constraint in the LP relaxation. 0 when the budget does not bind.
+        Every method reports it (exact methods compute it from the same hulls).
+    method : str
+        The method that produced the result.
+    seconds : float
+        Wall-clock time of the solve, front-door validation excluded.
+    stats : dict
+        Method-specific extras (for example ``lp_bound``, ``hull_vertices``, solver status).
+    """
+
+    budgets: np.ndarray
+    used: int
+    total_budget: int
+    utility: float
+    upper_bound: float
+    gap: float
+    threshold: float
+    method: str
+    seconds: float
+    stats: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        budgets = np.array(self.budgets, dtype=np.int64, copy=True)
+        budgets.setflags(write=False)
+        object.__setattr__(self, "budgets", budgets)
+
+    @property
+    def head_shape(self):
+        """Shape of the head grid, as in the input curves."""
+        return self.budgets.shape
+
+    def to_dict(self):
+        """JSON-ready dictionary of the fixed fields (``budgets`` as nested lists)."""
+        return {
+            "budgets": self.budgets.tolist(),
+            "head_shape": list(self.budgets.shape),
+            "used": int(self.used),
+            "total_budget": int(self.total_budget),
+            "utility": float(self.utility),
+            "upper_bound": float(self.upper_bound),
+            "gap": float(self.gap),
+            "threshold": float(self.threshold),
+            "method": self.method,
+            "seconds": float(self.seconds),
+        }
