@@ -8,6 +8,7 @@ optimality certificate, and exact baselines (MILP, cvxpy, dynamic programming).
 ``compression_ratio`` is the fraction removed, ``1 - budget``.
 """
 
+from .api import METHODS, allocate, sweep
 from .curves import Curves, load_curves, save_curves
 from .errors import (
     BudgetoptError,
@@ -19,12 +20,18 @@ from .errors import (
     ProblemTooLargeError,
     SolverError,
 )
-from .result import Allocation
+from .hull import hull_gap
+from .result import Allocation, Sweep
 from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "allocate",
+    "sweep",
+    "METHODS",
+    "hull_gap",
+    "Sweep",
     "Curves",
     "load_curves",
     "save_curves",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Allocation"]
+__all__ = ["Allocation", "Sweep"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,53 @@ class Allocation:
             "method": self.method,
             "seconds": float(self.seconds),
         }
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Greedy allocations for many total budgets at once (see :func:`budgetopt.sweep`).
+
+    Row ``i`` of every array belongs to ``totals[i]`` and equals
+    ``allocate(curves, totals[i], method="greedy")`` with the same floors and caps.
+
+    Attributes
+    ----------
+    totals : ndarray int64 (n,)
+    budgets : ndarray int64 (n, *head_shape)
+    used : ndarray int64 (n,)
+    utility, upper_bound, gap, threshold : ndarray float64 (n,)
+    seconds : float
+        Wall-clock time of the whole sweep.
+    """
+
+    totals: np.ndarray
+    budgets: np.ndarray
+    used: np.ndarray
+    utility: np.ndarray
+    upper_bound: np.ndarray
+    gap: np.ndarray
+    threshold: np.ndarray
+    seconds: float
+
+    def __post_init__(self):
+        for name in ("totals", "budgets", "used", "utility", "upper_bound", "gap", "threshold"):
+            arr = np.array(getattr(self, name), copy=True)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    def __len__(self):
+        return len(self.totals)
+
+    def __getitem__(self, i):
+        """The :class:`Allocation`-like view of row ``i`` (method ``"greedy"``)."""
+        return Allocation(
+            budgets=self.budgets[i],
+            used=int(self.used[i]),
+            total_budget=int(self.totals[i]),
+            utility=float(self.utility[i]),
+            upper_bound=float(self.upper_bound[i]),
+            gap=float(self.gap[i]),
+            threshold=float(self.threshold[i]),
+            method="greedy",
+            seconds=float("nan"),
+        )

@@ -1,0 +1,377 @@
+"""Compiled kernels (numba). The only module that imports numba.
+
+Every kernel takes canonical arrays prepared by :mod:`budgetopt.problem`:
+
+* ``utility``: float64 ``(H, K)``;
+* ``grid``: int64 ``(G, K)`` with ``G == 1`` (shared) or ``G == H``; head ``h`` reads row
+  ``h * per_head`` where ``per_head`` is 0 or 1;
+* ``lo``, ``hi``: int64 ``(H,)``: head ``h`` may use grid indices ``lo[h] <= k < hi[h]``.
+
+Hulls are stored as vertex indices into the grid: ``verts[h, :nv[h]]``. Slopes are always
+computed by :func:`_slope` from the same two vertices, so the same float operations give the
+same value everywhere and hull slopes are strictly decreasing by construction.
+
+Compiled functions are cached on disk (``cache=True``): a new process does not recompile.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@nb.njit(inline="always", **_JIT)
+def _slope(u, g, a, b):
+    return (u[b] - u[a]) / (g[b] - g[a])
+
+
+# Prune rounds stop once a round keeps more than this fraction of the candidates.
+_PRUNE_STOP = 0.75
+
+
+@nb.njit(**_JIT)
+def _hull_one(u, g, lo, hi, out, drop_descending):
+    """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
+
+    Two stages. (1) Branch-free pruning rounds: a point strictly between its neighbours in
+    x that lies on or below their chord cannot be a hull vertex, so every such point is
+    dropped at once; rounds repeat while they remove at least a quarter of what is left.
+    (2) Monotone chain, left to right, over the survivors. A repeated grid value keeps its
+    best utility. With ``drop_descending``, trailing segments of negative slope are dropped,
+    so the hull ends at the rightmost point of largest utility.
+    """
+    n = hi - lo
+    if n <= 8:
+        for i in range(n):
+            out[i] = lo + i
+    else:
+        # Candidates live in contiguous (x, y, index) arrays so rounds read memory in order.
+        xs = np.empty(n, np.float64)
+        ys = np.empty(n, np.float64)
+        # First round reads the grid directly (the candidates are lo..hi-1).
+        xs[0] = g[lo]
+        ys[0] = u[lo]
+        out[0] = lo
+        kept = 1
+        for k in range(lo + 1, hi - 1):
+            xa = g[k - 1]
+            xb = g[k]
+            xc = g[k + 1]
+            drop = (xa < xb) & (xb < xc) & ((u[k] - u[k - 1]) * (xc - xb) <= (u[k + 1] - u[k]) * (xb - xa))
+            xs[kept] = xb
+            ys[kept] = u[k]
+            out[kept] = k
+            kept += 1 - np.int64(drop)
+        xs[kept] = g[hi - 1]
+        ys[kept] = u[hi - 1]
+        out[kept] = hi - 1
+        n = kept + 1
+        while n > 8:
+            kept = 1
+            xa = xs[0]
+            ya = ys[0]
+            xb = xs[1]
+            yb = ys[1]
+            ib = out[1]
+            for i in range(1, n - 1):
+                xc = xs[i + 1]
+                yc = ys[i + 1]
+                ic = out[i + 1]
+                drop = (xa < xb) & (xb < xc) & ((yb - ya) * (xc - xb) <= (yc - yb) * (xb - xa))
+                xs[kept] = xb
+                ys[kept] = yb
+                out[kept] = ib
+                kept += 1 - np.int64(drop)
+                xa = xb
+                ya = yb
+                xb = xc
+                yb = yc
+                ib = ic
+            xs[kept] = xs[n - 1]
+            ys[kept] = ys[n - 1]
+            out[kept] = out[n - 1]
+            kept += 1
+            shrunk = kept <= _PRUNE_STOP * n
+            n = kept
+            if not shrunk:
+                break
+    m = 0
+    for j in range(n):
+        k = out[j]
+        x = g[k]
+        y = u[k]
+        if m > 0 and g[out[m - 1]] == x:
+            if y > u[out[m - 1]]:
+                m -= 1
+            else:
+                continue
+        while m >= 2:
+            a = out[m - 2]
+            b = out[m - 1]
+            if _slope(u, g, a, b) <= (y - u[b]) / (x - g[b]):
+                m -= 1
+            else:
+                break
+        out[m] = k
+        m += 1
+    if drop_descending:
+        while m >= 2 and _slope(u, g, out[m - 2], out[m - 1]) < 0.0:
+            m -= 1
+    return m
+
+
+@nb.njit(parallel=True, **_JIT)
+def upper_hulls(utility, grid, per_head, lo, hi, verts, nv, drop_descending):
+    """Fill ``verts``/``nv`` with every head's upper hull. O(H * K), parallel over heads."""
+    H = utility.shape[0]
+    for h in nb.prange(H):
+        nv[h] = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], verts[h], drop_descending)
+
+
+@nb.njit(parallel=True, **_JIT)
+def hull_gaps(utility, grid, per_head, lo, hi, verts, nv, out):
+    """Largest amount by which a head's points lie below its (full) upper hull.
+
+    A repeated grid value is judged by its best utility. O(H * K).
+    """
+    H = utility.shape[0]
+    for h in nb.prange(H):
+        u = utility[h]
+        g = grid[h * per_head]
+        v = verts[h]
+        n = nv[h]
+        worst = 0.0
+        j = 0
+        k = lo[h]
+        while k < hi[h]:
+            x = g[k]
+            best = u[k]
+            while k + 1 < hi[h] and g[k + 1] == x:
+                k += 1
+                if u[k] > best:
+                    best = u[k]
+            while j + 1 < n and g[v[j + 1]] < x:
+                j += 1
+            if j + 1 < n:
+                a = v[j]
+                b = v[j + 1]
+                hv = u[a] + (x - g[a]) * _slope(u, g, a, b)
+                if x == g[b]:
+                    hv = u[b]
+            else:
+                hv = u[v[j]]
+            if hv - best > worst:
+                worst = hv - best
+            k += 1
+        out[h] = worst
+
+
+@nb.njit(**_JIT)
+def _count_ge(u, g, v, n, lam):
+    """Number of leading hull segments with slope >= lam (slopes decrease along the hull)."""
+    lo = 0
+    hi = n - 1  # segments
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _slope(u, g, v[mid], v[mid + 1]) >= lam:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(**_JIT)
+def _cost_ge(utility, grid, per_head, verts, nv, lam):
+    total = 0
+    for h in range(utility.shape[0]):
+        g = grid[h * per_head]
+        v = verts[h]
+        c = _count_ge(utility[h], g, v, nv[h], lam)
+        total += g[v[c]] - g[v[0]]
+    return total
+
+
+@nb.njit(inline="always", **_JIT)
+def _key(x):
+    """Order-preserving map of float64 to int64 (for bisection over floats)."""
+    i = np.array([x]).view(np.int64)[0]
+    if i < 0:
+        i = np.int64(-9223372036854775808) - i - 1
+    return i
+
+
+@nb.njit(inline="always", **_JIT)
+def _unkey(k):
+    if k < 0:
+        k = np.int64(-9223372036854775808) - k - 1
+    return np.array([k]).view(np.float64)[0]
+
+
+@nb.njit(**_JIT)
+def greedy_solve(utility, grid, per_head, lo, hi, verts, nv, spare, idx):
+    """Marginal-utility greedy over hull segments for ``spare`` tokens above the floors.
+
+    Writes each head's chosen grid index to ``idx`` and returns
+    ``(lp_value, threshold, blocked_head, left_over)``.
+
+    The order "slope descending, ties by head" is never materialised: the slope of the
+    blocked segment is found by bisection over the float64 order, each step counting with
+    a binary search per head (O(64 * H * log K)). Segments steeper than it are all taken;
+    those of equal slope are taken in head order until one does not fit.
+    """
+    H = utility.shape[0]
+    # Everything fits: take every segment.
+    all_cost = 0
+    smax = -1.0
+    smin = np.inf
+    for h in range(H):
+        g = grid[h * per_head]
+        v = verts[h]
+        n = nv[h]
+        all_cost += g[v[n - 1]] - g[v[0]]
+        if n >= 2:
+            s0 = _slope(utility[h], g, v[0], v[1])
+            s1 = _slope(utility[h], g, v[n - 2], v[n - 1])
+            if s0 > smax:
+                smax = s0
+            if s1 < smin:
+                smin = s1
+    lp = 0.0
+    if all_cost <= spare:
+        for h in range(H):
+            idx[h] = verts[h, nv[h] - 1]
+            lp += utility[h, idx[h]]
+        return lp, 0.0, -1, spare - all_cost
+
+    # Largest slope value lam with cost_ge(lam) > spare; cost_ge(smin) = all_cost > spare.
+    klo = _key(smin)
+    khi = _key(smax)
+    while klo < khi:
+        kmid = klo + (khi - klo + 1) // 2
+        if _cost_ge(utility, grid, per_head, verts, nv, _unkey(kmid)) > spare:
+            klo = kmid
+        else:
+            khi = kmid - 1
+    lam = _unkey(klo)
+
+    left = spare
+    cnt = np.empty(H, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        v = verts[h]
+        n = nv[h]
+        # segments with slope > lam
+        a = 0
+        b = n - 1
+        while a < b:
+            mid = (a + b) // 2
+            if _slope(utility[h], g, v[mid], v[mid + 1]) > lam:
+                a = mid + 1
+            else:
+                b = mid
+        cnt[h] = a
+        left -= g[v[a]] - g[v[0]]
+    blocked = -1
+    for h in range(H):
+        n = nv[h]
+        c = cnt[h]
+        if c < n - 1:
+            g = grid[h * per_head]
+            v = verts[h]
+            if _slope(utility[h], g, v[c], v[c + 1]) == lam:
+                cost = g[v[c + 1]] - g[v[c]]
+                if cost <= left:
+                    cnt[h] = c + 1
+                    left -= cost
+                else:
+                    blocked = h
+                    break
+    for h in range(H):
+        idx[h] = verts[h, cnt[h]]
+        lp += utility[h, idx[h]]
+    lp += left * lam
+    return lp, lam, blocked, left
+
+
+@nb.njit(**_JIT)
+def blocked_move(utility, grid, per_head, hi, idx, h, left):
+    """Move head ``h`` to its best grid point within ``left`` more tokens (ties: largest)."""
+    g = grid[h * per_head]
+    u = utility[h]
+    cur = idx[h]
+    x0 = g[cur]
+    best = cur
+    for k in range(cur + 1, hi[h]):
+        if g[k] - x0 > left:
+            break
+        if u[k] >= u[best]:
+            best = k
+    idx[h] = best
+    return left - (g[best] - x0)
+
+
+@nb.njit(**_JIT)
+def fill(utility, grid, per_head, hi, idx, left):
+    """Spend ``left`` tokens on the best positive-gain moves that fit, one at a time.
+
+    Each round every head proposes its best reachable point (largest gain, ties: fewest
+    tokens); the largest gain wins (ties: lowest head). Returns the tokens still left.
+    """
+    H = utility.shape[0]
+    while left > 0:
+        best_gain = 0.0
+        best_h = -1
+        best_k = -1
+        for h in range(H):
+            g = grid[h * per_head]
+            u = utility[h]
+            cur = idx[h]
+            x0 = g[cur]
+            for k in range(cur + 1, hi[h]):
+                if g[k] - x0 > left:
+                    break
+                gain = u[k] - u[cur]
+                if gain > best_gain:
+                    best_gain = gain
+                    best_h = h
+                    best_k = k
+        if best_h < 0:
+            break
+        left -= grid[best_h * per_head, best_k] - grid[best_h * per_head, idx[best_h]]
+        idx[best_h] = best_k
+    return left
+
+
+@nb.njit(**_JIT)
+def dp_solve(costs, values, offsets, budget, choice):
+    """Exact multiple-choice knapsack by dynamic programming over budget units.
+
+    Head ``h`` has options ``offsets[h] <= j < offsets[h+1]`` with integer ``costs`` (in
+    units, ascending) and ``values``. ``best[b]`` is the best total with at most ``b`` units.
+    ``choice[h, b]`` records the option taken (local index). Returns the best value.
+    O(options * budget) time, O(heads * budget) memory for ``choice``.
+    """
+    H = offsets.shape[0] - 1
+    B = budget + 1
+    prev = np.zeros(B, np.float64)
+    cur = np.empty(B, np.float64)
+    for h in range(H):
+        o0 = offsets[h]
+        o1 = offsets[h + 1]
+        for b in range(B):
+            best = -np.inf
+            arg = 0
+            for j in range(o0, o1):
+                c = costs[j]
+                if c > b:
+                    break
+                val = prev[b - c] + values[j]
+                if val > best:
+                    best = val
+                    arg = j - o0
+            cur[b] = best
+            choice[h, b] = arg
+        prev, cur = cur, prev
+    return prev[B - 1]

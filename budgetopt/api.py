@@ -1,0 +1,156 @@
+"""The public front doors: :func:`allocate` and :func:`sweep`.
+
+They validate every argument once (through :mod:`budgetopt.problem`), then hand canonical
+arrays to an algorithm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import exact, greedy as _greedy
+from .errors import InvalidInputError, InvalidTypeError
+from .problem import build_problem, check_total, require_feasible
+
+__all__ = ["allocate", "sweep", "METHODS"]
+
+#: Method name -> (solver, guarantee). ``allocate(method=...)`` accepts exactly these names.
+METHODS = {
+    "greedy": (_greedy.greedy, "LP relaxation solved exactly; integer answer within `gap` of optimal"),
+    "milp": (exact.milp, "exact (scipy.optimize.milp, HiGHS)"),
+    "cvxpy": (exact.cvxpy_milp, "exact (cvxpy model, HiGHS)"),
+    "dp": (exact.dp, "exact (dynamic programme over budget units; size-limited)"),
+}
+
+
+def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budget=None):
+    """Choose one grid point per head to maximise total utility within a token budget.
+
+    Solves the multiple-choice knapsack
+
+    ``max sum_h utility[h, k_h]  s.t.  sum_h grid[h, k_h] <= total_budget,
+    min_budget[h] <= grid[h, k_h] <= max_budget[h]``.
+
+    Parameters
+    ----------
+    curves : Curves or array_like of float, shape ``(*head_shape, K)``
+        Utility curves; a bare array uses the grid ``arange(K)``.
+    total_budget : int
+        Total tokens all heads may keep together, in the grid's unit (absolute, not a
+        fraction: for a fraction ``f`` of the full cache use
+        ``tokens_from_fraction(f, curves.capacity)``).
+    method : {"greedy", "milp", "cvxpy", "dp"}, optional
+        ``"greedy"`` (default) is LU-KV's hull greedy with a certificate; the others are exact.
+    min_budget, max_budget : int or array_like of int (head shape), optional
+        Per-head floor and cap: a head may take only grid points in ``[min, max]``
+        (a safeguard floor, sink + window tokens, the context length).
+
+    Returns
+    -------
+    Allocation
+        ``budgets`` in the head shape, with ``utility``, the certificate ``upper_bound`` and
+        ``gap``, and the budget multiplier ``threshold``.
+
+    Raises
+    ------
+    InvalidInputError, InvalidTypeError
+        An argument breaks its rule (the message names it).
+    InfeasibleError
+        ``total_budget`` is below the sum of the smallest allowed grid points, or a head has
+        no grid point within its ``[min_budget, max_budget]``.
+    ProblemTooLargeError
+        ``method="dp"`` above its size limit.
+    MissingDependencyError
+        ``method="cvxpy"`` without cvxpy installed.
+
+    Notes
+    -----
+    ``"greedy"``: each head's curve is replaced by its upper concave hull (monotone chain,
+    O(K) per head, compiled); hull segments are taken in order of marginal utility per
+    token, largest first, ties by head order, while they fit. That order is not sorted
+    explicitly: the slope at which the budget runs out is found by bisection over float64
+    values with a binary search per head, O(heads * (K + 64 log K)) in all. The result so far
+    solves the LP relaxation exactly; its value is ``upper_bound``. The head whose segment no
+    longer fits then moves to its best grid point that fits (ties: the largest), and tokens
+    still left go to the best positive-gain moves that fit, one at a time. On per-token grids
+    this uses the budget exactly. Deterministic: the same input gives the same output.
+
+    The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
+    bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see
+    :data:`budgetopt.exact.DP_MAX_UPDATES`.
+
+    References
+    ----------
+    .. [1] "Predicting Future Utility: Global Combinatorial Optimization for Task-Agnostic KV
+       Cache Eviction" (LU-KV), arXiv:2602.08585.
+    .. [2] Sinha & Zoltners, "The multiple-choice knapsack problem", Operations Research 27
+       (1979): the LP relaxation is solved greedily over upper convex hulls.
+
+    Examples
+    --------
+    Two heads, grid ``0, 1, 2`` tokens, two tokens in all:
+
+    >>> import budgetopt
+    >>> a = budgetopt.allocate([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], 2)
+    >>> a.budgets.tolist(), round(a.utility, 6)
+    ([1, 1], 1.1)
+    >>> budgetopt.allocate([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], 2, method="dp").budgets.tolist()
+    [1, 1]
+    >>> round(a.upper_bound, 6), a.gap >= 0
+    (1.1, True)
+    """
+    try:
+        solver = METHODS[method][0]
+    except (KeyError, TypeError):
+        raise InvalidInputError(
+            f"`method` must be one of {', '.join(repr(m) for m in METHODS)}; got {method!r}"
+        ) from None
+    problem = build_problem(curves, min_budget, max_budget)
+    total = check_total(total_budget)
+    require_feasible(problem, total)
+    return solver(problem, total)
+
+
+def sweep(curves, totals, *, min_budget=None, max_budget=None):
+    """Greedy allocations for many total budgets, sharing one hull computation.
+
+    Parameters
+    ----------
+    curves : Curves or array_like
+    totals : array_like of int, shape (n,)
+        Total budgets in tokens (any order; results follow it).
+    min_budget, max_budget : optional
+        As in :func:`allocate`.
+
+    Returns
+    -------
+    Sweep
+        Row ``i`` is identical to ``allocate(curves, totals[i], method="greedy", ...)``.
+
+    Notes
+    -----
+    O(heads * K) once for the hulls, then O(heads * 64 log K) per total. Allocations are
+    nested (a larger total never takes tokens from a head) whenever each hull segment's
+    interior grid points are one token apart, as on per-token curves: the LP part of the
+    greedy is nested by construction and the blocked head then fills exactly. On coarse
+    grids the final fill step can trade tokens between heads from one total to the next.
+
+    Examples
+    --------
+    >>> import budgetopt
+    >>> s = budgetopt.sweep([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], [0, 1, 2, 3, 4])
+    >>> s.budgets.tolist()
+    [[0, 0], [1, 0], [1, 1], [1, 2], [2, 2]]
+    >>> [round(float(x), 6) for x in s.utility]
+    [0.0, 0.6, 1.1, 1.5, 1.6]
+    """
+    problem = build_problem(curves, min_budget, max_budget)
+    arr = np.asarray(totals)
+    if arr.ndim != 1:
+        raise InvalidInputError(f"`totals` must be a 1-D sequence of token totals; got shape {arr.shape}")
+    if arr.dtype.kind not in "iuf" and arr.size:
+        raise InvalidTypeError(f"`totals` must hold whole numbers of tokens; got dtype {arr.dtype}")
+    checked = np.array([check_total(t.item(), f"totals[{i}]") for i, t in enumerate(arr)], np.int64)
+    if checked.size:
+        require_feasible(problem, int(checked.min()))
+    return _greedy.greedy_sweep(problem, checked)
