@@ -88,12 +88,17 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
 def rank_middle(scores, sink, window):
     """Scorer order of each head's middle tokens: indices into ``scores[..., sink:T-window]``.
 
-    Highest score first; equal scores by position, earlier first. One unstable sort per head
-    along the last axis; heads whose sorted keys contain an exact tie are sorted again with a
-    stable sort, so the order is always the stable one. Validated input only.
+    Highest score first; equal scores by position, earlier first. Float scores: one unstable
+    sort per head along the last axis; heads whose sorted keys contain an exact tie are sorted
+    again with a stable sort, so the order is always the stable one. Integer scores: one
+    stable sort. Validated input only.
     """
     length = scores.shape[-1]
-    keys = -np.asarray(scores[..., sink:length - window], dtype=np.float64)
+    middle = scores[..., sink:length - window]
+    if middle.dtype.kind in "iu":
+        # Bitwise NOT reverses the order of any integer type without overflow.
+        return np.argsort(np.invert(middle), axis=-1, kind="stable")
+    keys = -middle  # floats keep their precision; negation is exact
     order = np.argsort(keys, axis=-1)
     sorted_keys = np.take_along_axis(keys, order, axis=-1)
     tied = np.any(sorted_keys[..., 1:] == sorted_keys[..., :-1], axis=-1)
