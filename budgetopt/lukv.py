@@ -1,0 +1,344 @@
+"""LU-KV prune-ratio tables: the ``[99, layers, kv_heads]`` format kvpress's ``LUKVPress`` reads.
+
+A table row ``i`` holds, for global compression ``(i + 1) / 100`` (kvpress's
+``compression_ratio``: the fraction *removed*), the fraction of each layer's and KV head's
+``T`` context tokens that is evicted. :func:`lukv_table` builds one from calibration arrays by
+the published LU-KV protocol (arXiv 2602.08585, ``step2_compute_curve.py`` of
+baidu-baige/LU-KV), solving each pair with :func:`budgetopt.sweep`; :func:`save_lukv_table`
+and :func:`load_lukv_table` write and read the ``.npy`` file. Turning a row into integer keep
+counts for a given length is :func:`budgetopt.keep_counts_from_prune_ratios`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+from .api import sweep
+from .curves import Curves, write_atomic
+from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from .profile import check_profile_arrays, rank_middle, utility_from_order
+
+__all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
+
+#: Rows of a table: global compression ratios 1%, 2%, ..., 99%.
+LUKV_ROWS = 99
+
+#: Valid values of ``aggregate`` in :func:`lukv_table`.
+AGGREGATES = ("mean_ratio", "mean_curve")
+
+
+def compression_ratios():
+    """The 99 global compression ratios of a table row, ``(i + 1) / 100``, as float64."""
+    return np.array([(i + 1) / 100.0 for i in range(LUKV_ROWS)])
+
+
+def _evicted_tokens(ratio, tokens):
+    """Tokens evicted at global compression ``ratio`` of ``tokens``: ``round(ratio * tokens)``.
+
+    The published rule (a float product rounded half to even), kept bit for bit so that the
+    tables match the published ones. Used only for the 99 whole-percent rows of a table.
+    """
+    return int(round(ratio * tokens))
+
+
+def _as_pairs(oracles, scores):
+    """``oracles`` as a list and ``scores`` as a list of the same length (shared -> repeated)."""
+    if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
+        raise InvalidInputError(
+            "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one "
+            "3-D array (wrap a single pair in a list)"
+        )
+    if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
+        raise InvalidTypeError(
+            f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}"
+        )
+    oracles = list(oracles)
+    if not oracles:
+        raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
+    if isinstance(scores, (list, tuple)):
+        if len(scores) != len(oracles):
+            raise InvalidInputError(
+                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
+                f"got {len(scores)}"
+            )
+        return oracles, list(scores), True
+    return oracles, [scores] * len(oracles), False
+
+
+def _check_fraction(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"`min_keep_fraction` must be a number in [0, 1); got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise InvalidInputError(f"`min_keep_fraction` must be a number in [0, 1); got {value!r}")
+    return value
+
+
+def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
+    """Prune ratios (99, L, H) of one set of curves ``utility`` (L, H, K)."""
+    layers, heads, _ = utility.shape
+    ratios = compression_ratios()
+    table = np.empty((LUKV_ROWS, layers, heads))
+    # Rows above 1 - min_keep_fraction are uniform (the published cut-off, in float).
+    uniform = ratios > 1.0 - min_keep_fraction
+    table[uniform] = ratios[uniform, None, None]
+    solved = np.flatnonzero(~uniform)
+    if solved.size == 0:
+        return table
+    groups = [slice(None)] if layerwise else [slice(layer, layer + 1) for layer in range(layers)]
+    for group in groups:
+        curves = Curves(utility[group], grid)
+        tokens = curves.n_heads * length
+        kept = np.array([tokens - _evicted_tokens(ratios[i], tokens) for i in solved], np.int64)
+        # The published heap stops when every head is at its floor; so does the table.
+        kept = np.maximum(kept, curves.n_heads * floor)
+        result = sweep(curves, kept, min_budget=floor)
+        table[solved, group] = 1.0 - result.budgets / length
+    return table
+
+
+def lukv_table(
+    oracles,
+    scores,
+    *,
+    sink,
+    window,
+    min_keep_fraction=0.01,
+    layerwise=True,
+    aggregate="mean_ratio",
+    progress=None,
+):
+    """Per-head prune ratios at global compression 1%..99%: a kvpress ``LUKVPress`` table.
+
+    Each calibration pair's curves are ``curves_from_scores(oracle, scores, sink, window)``;
+    for compression ``c`` the heads keep ``kept(c) = N - round(c * N)`` tokens in total,
+    ``N = L * H * T``, split by the upper-hull greedy (:func:`budgetopt.sweep`) with every
+    head keeping at least ``floor = max(round(min_keep_fraction * T), sink + window)``::
+
+        table[i, l, h] = 1 - budget[l, h] / T     at  c = (i + 1) / 100
+
+    Parameters
+    ----------
+    oracles : sequence of array_like, each of shape ``(L, H, T)``
+        Oracle importance of each context token to each layer and KV head, one array per
+        calibration (context, question) pair. All of one shape; finite. Read one at a time, so
+        memory-mapped arrays work.
+    scores : array_like of shape ``(L, H, T)``, or list/tuple of them
+        The scorer's values: one array shared by every pair (the usual case, since the
+        questions of one context share its prefill scores), or a list/tuple with one array per
+        pair. A ranking is computed once per distinct array object.
+    sink, window : int
+        First and last tokens every head always keeps (as in ``LUKVPress(sink=, window=)``).
+    min_keep_fraction : float, optional
+        Per-head floor as a fraction of ``T`` (default 0.01: the published ``threshold=99``).
+        Rows with ``c > 1 - min_keep_fraction`` are uniform (``table[i] = c``).
+    layerwise : bool, optional
+        True (default): one budget shared by all layers and heads. False: each layer keeps
+        exactly ``H * T - round(c * H * T)`` tokens and only its heads compete.
+    aggregate : {"mean_ratio", "mean_curve"}, optional
+        ``"mean_ratio"`` (default, published): solve each pair, average the prune ratios.
+        ``"mean_curve"``: average the pairs' utility curves and solve once (optimal for the
+        expected retained oracle mass); see docs/profiling.md for a held-out comparison.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each pair is processed.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape ``(99, L, H)``
+        Prune ratios in ``[0, 1]`` (the fraction of ``T`` each head evicts).
+
+    Raises
+    ------
+    InvalidTypeError, InvalidInputError
+        Bad arrays (shape mismatch with ``oracles[0]`` or ``scores``, not 3-D,
+        ``T <= sink + window``, NaN/inf), bad ``sink``/``window``/``min_keep_fraction``, or an
+        unknown ``aggregate``; the message names the argument (``oracles[3]``, ``scores[1]``).
+
+    Notes
+    -----
+    Per pair: one sort per head (skipped when the pair reuses a ranked scores array), a
+    cumulative sum, then one :func:`budgetopt.sweep` over the 99 totals (once per layer when
+    ``layerwise`` is false): O(n T log T) for n heads, no Python loop over heads or tokens.
+
+    With ``min_keep_fraction * T <= sink + window`` (the floor is the protected tokens) the
+    result equals the published solver's (a min-heap evicting single tokens by their
+    hull-smoothed cost) up to exact ties between heads. With a higher floor the published
+    solver smooths each curve over its whole range and then stops at the floor, whereas
+    :func:`budgetopt.sweep` takes the hull of the points at or above the floor (the points a
+    head may actually use), so the two can differ near the floor. The rounding ``round(c * N)`` is the published one, kept so
+    that tables match; :func:`budgetopt.sweep` takes any other totals directly.
+
+    References
+    ----------
+    LU-KV: arXiv 2602.08585; ``evaluation/curve_data/step2_compute_curve.py`` in
+    baidu-baige/LU-KV.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> oracles = [rng.random((2, 2, 20)) for _ in range(3)]
+    >>> scores = rng.random((2, 2, 20))
+    >>> table = lukv_table(oracles, scores, sink=1, window=2)
+    >>> table.shape
+    (99, 2, 2)
+    >>> float(table[49].mean())  # c = 0.5: every pair keeps 40 of 80 tokens
+    0.5
+    >>> table[98]  # c = 0.99: every head at its floor, sink + window = 3 of 20 tokens
+    array([[0.85, 0.85],
+           [0.85, 0.85]])
+    """
+    if aggregate not in AGGREGATES:
+        raise InvalidInputError(f"`aggregate` must be one of {', '.join(map(repr, AGGREGATES))}; got {aggregate!r}")
+    if not isinstance(layerwise, (bool, np.bool_)):
+        raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
+    if progress is not None and not callable(progress):
+        raise InvalidTypeError("`progress` must be callable as progress(done, total) or None")
+    min_keep_fraction = _check_fraction(min_keep_fraction)
+    oracles, scores, per_pair = _as_pairs(oracles, scores)
+
+    shape = None
+    grid = None
+    length = None
+    floor = None
+    total = None
+    orders = {}  # id(scores array) -> ranking; the list keeps those objects alive
+    for i, (oracle, score) in enumerate(zip(oracles, scores)):
+        scores_name = f"scores[{i}]" if per_pair else "scores"
+        oracle_arr, score_arr, sink, window = check_profile_arrays(
+            oracle, score, sink, window, oracle_name=f"oracles[{i}]", scores_name=scores_name
+        )
+        if oracle_arr.ndim != 3:
+            raise InvalidInputError(
+                f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle_arr.shape}"
+            )
+        if shape is None:
+            shape = oracle_arr.shape
+            length = shape[-1]
+            grid = np.arange(sink + window, length + 1, dtype=np.int64)
+            floor = max(int(round(min_keep_fraction * length)), sink + window)
+        elif oracle_arr.shape != shape:
+            raise InvalidInputError(
+                f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {oracle_arr.shape}"
+            )
+        key = id(score)
+        if key not in orders:
+            orders[key] = rank_middle(score_arr, sink, window)
+        utility = utility_from_order(oracle_arr, orders[key], sink, window)
+        if aggregate == "mean_ratio":
+            part = _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise)
+        else:
+            part = utility
+        total = part if total is None else total + part
+        if progress is not None:
+            progress(i + 1, len(oracles))
+    mean = total / len(oracles)
+    if aggregate == "mean_curve":
+        mean = _solve_rows(mean, grid, length, floor, min_keep_fraction, layerwise)
+    return np.clip(mean, 0.0, 1.0)
+
+
+def _check_table(table, name):
+    """The table as float64 (99, L, H) in [0, 1], or an InvalidInputError naming ``name``."""
+    try:
+        arr = np.asarray(table)
+    except Exception as exc:
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+    if arr.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
+    if arr.ndim != 3 or arr.shape[0] != LUKV_ROWS or 0 in arr.shape:
+        raise InvalidInputError(
+            f"`{name}` must have shape (99, layers, kv_heads) (rows: compression 1%..99%); got {arr.shape}"
+        )
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError(f"`{name}` must be finite; found NaN or inf")
+    if np.any(arr < 0.0) or np.any(arr > 1.0):
+        raise InvalidInputError(
+            f"`{name}` must hold prune ratios in [0, 1]; found values in [{arr.min()!r}, {arr.max()!r}]"
+        )
+    return arr
+
+
+def save_lukv_table(path, table):
+    """Write a ``[99, layers, kv_heads]`` prune-ratio table as the ``.npy`` ``LUKVPress`` loads.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination, used as given (no suffix appended). Written atomically: a failed write
+        leaves no partial file.
+    table : array_like of float, shape ``(99, L, H)``
+        Prune ratios in ``[0, 1]`` (as returned by :func:`lukv_table`); stored as float64,
+        without pickling.
+
+    Raises
+    ------
+    InvalidInputError, InvalidTypeError
+        ``table`` has the wrong shape, a non-finite value or a value outside ``[0, 1]``.
+    CurvesFileError
+        The destination directory does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "table.npy")
+    >>> save_lukv_table(path, np.full((99, 2, 4), 0.5))
+    >>> load_lukv_table(path).shape
+    (99, 2, 4)
+    """
+    arr = _check_table(table, "table")
+    write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def load_lukv_table(path):
+    """Read a ``[99, layers, kv_heads]`` prune-ratio table (the LU-KV ``.npy`` format).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npy`` file as published by the LU-KV authors or written by :func:`save_lukv_table`.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape ``(99, L, H)``
+        Row ``i`` holds per-head prune ratios (fraction of tokens evicted) at global
+        compression ``(i + 1) / 100``.
+
+    Raises
+    ------
+    CurvesFileError
+        The file is missing, is not a ``.npy`` array (an ``.npz`` archive, a pickle), holds an
+        object array (never unpickled), or breaks a rule of the table (shape, finite, values
+        in ``[0, 1]``). The message starts with the path.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CurvesFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CurvesFileError(f"{path}: is a directory, not a .npy file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise CurvesFileError(f"{path}: cannot be read ({exc})") from exc
+    if magic[:4] == b"PK\x03\x04":
+        raise CurvesFileError(f"{path}: is an .npz archive; an LU-KV table is a single .npy array")
+    if magic != b"\x93NUMPY":
+        raise CurvesFileError(f"{path}: not a .npy file (no NumPy header)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise CurvesFileError(f"{path}: holds an object (pickled) array; budgetopt never unpickles") from exc
+        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
+    except Exception as exc:
+        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
+    try:
+        return _check_table(data, "table")
+    except (InvalidInputError, InvalidTypeError) as exc:
+        raise CurvesFileError(f"{path}: {exc}") from exc
