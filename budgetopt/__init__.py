@@ -21,6 +21,7 @@ from .errors import (
     SolverError,
 )
 from .hull import hull_gap
+from .profile import curves_from_scores
 from .result import Allocation, Sweep
 from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
 
@@ -31,6 +32,7 @@ __all__ = [
     "sweep",
     "METHODS",
     "hull_gap",
+    "curves_from_scores",
     "Sweep",
     "Curves",
     "load_curves",

@@ -122,22 +122,22 @@ def _hull_one(u, g, lo, hi, out, drop_descending):
     return m
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT)
 def upper_hulls(utility, grid, per_head, lo, hi, verts, nv, drop_descending):
     """Fill ``verts``/``nv`` with every head's upper hull. O(H * K), parallel over heads."""
     H = utility.shape[0]
-    for h in nb.prange(H):
+    for h in range(H):
         nv[h] = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], verts[h], drop_descending)
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT)
 def hull_gaps(utility, grid, per_head, lo, hi, verts, nv, out):
     """Largest amount by which a head's points lie below its (full) upper hull.
 
     A repeated grid value is judged by its best utility. O(H * K).
     """
     H = utility.shape[0]
-    for h in nb.prange(H):
+    for h in range(H):
         u = utility[h]
         g = grid[h * per_head]
         v = verts[h]
