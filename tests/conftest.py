@@ -2,7 +2,9 @@
 
 The profile is derandomized (the same examples on every run, so a failure reproduces) with
 no deadline (numba compiles on first call) and few examples per property, so the whole
-suite stays fast on two cores. Set ``HYPOTHESIS_PROFILE=thorough`` for a longer search.
+suite stays fast on two cores. For a longer, randomized search set
+``BUDGETOPT_HYPOTHESIS_SCALE=50`` (multiplies every property's example count) and
+``HYPOTHESIS_PROFILE=random``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
-settings.register_profile("thorough", parent=settings.get_profile("budgetopt"), derandomize=False, max_examples=2000)
+settings.register_profile("random", parent=settings.get_profile("budgetopt"), derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "budgetopt"))
 
 from generators import random_curves  # noqa: E402  (needs the sys.path line above)

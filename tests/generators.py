@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import strategies as st
+
+
+def scaled(n):
+    """``n`` examples, times ``$BUDGETOPT_HYPOTHESIS_SCALE`` (default 1) for longer searches."""
+    return max(1, int(n * float(os.environ.get("BUDGETOPT_HYPOTHESIS_SCALE", "1"))))
 
 
 def random_curves(seed, head_shape=(3,), n_points=5, *, kind="random", grid="unit", max_step=3):

@@ -116,3 +116,18 @@ def lp_relaxation(curves, total_budget, min_budget=None, max_budget=None):
         return None
     assert res.status == 0, res.message
     return -res.fun, -float(res.ineqlin.marginals[0])
+
+
+def dual_value(curves, total_budget, multiplier, min_budget=None, max_budget=None):
+    """The Lagrangian bound ``multiplier * total + sum_h max_k (u_hk - multiplier * g_hk)``.
+
+    For any ``multiplier >= 0`` it bounds the optimum from above; it equals the LP value
+    exactly when ``multiplier`` is an optimal multiplier of the budget constraint.
+
+    Examples
+    --------
+    >>> round(dual_value([[0.0, 0.6, 0.7], [0.0, 0.1, 0.9]], 2, 0.45), 9)
+    1.05
+    """
+    options = feasible_options(curves, min_budget, max_budget)
+    return multiplier * total_budget + sum(max(u - multiplier * g for g, u in o.items()) for o in options)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgetopt import BudgetoptError, Curves, CurvesFileError, load_curves, save_curves
-from generators import problems
+from generators import problems, scaled
 
 
 # -- round trips ------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 @given(problems(bounds=False))
-@settings(max_examples=25)
+@settings(max_examples=scaled(25))
 def test_round_trip_random(tmp_path_factory, p):
     c = Curves(p["utility"], p["grid"], meta={"n": int(p["total_budget"])})
     path = tmp_path_factory.mktemp("rt") / "c.npz"
@@ -241,7 +241,7 @@ _keys = st.one_of(st.sampled_from(["utility", "grid", "meta"]), st.text("abcxyz_
 
 
 @given(st.dictionaries(_keys, _arrays(), max_size=4))
-@settings(max_examples=150)
+@settings(max_examples=scaled(150))
 def test_fuzz_loader_returns_curves_or_own_error(tmp_path_factory, arrays):
     path = tmp_path_factory.mktemp("fuzz") / "c.npz"
     buf = io.BytesIO()
@@ -267,7 +267,7 @@ def test_fuzz_loader_returns_curves_or_own_error(tmp_path_factory, arrays):
 
 
 @given(st.binary(max_size=300), st.integers(0, 400))
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 def test_fuzz_loader_on_mangled_bytes(tmp_path_factory, noise, where):
     # Overwrite part of a valid archive with random bytes.
     d = tmp_path_factory.mktemp("mangle")
