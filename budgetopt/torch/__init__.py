@@ -1,0 +1,55 @@
+"""Apply per-head budgets to PyTorch KV caches.
+
+Pure-torch adapters that run on the tensors' own device (CPU or CUDA; float16, bfloat16,
+float32):
+
+* :func:`keep_mask` -- which tokens each KV head keeps;
+* :func:`compact` -- physically smaller keys and values (:class:`CompactKV`, padded to the
+  longest head, and :meth:`CompactKV.to_varlen`, the packed layout of
+  ``flash_attn_varlen_func``);
+* :func:`reduce_gqa` -- KV-head scores from query-head scores (grouped-query attention);
+* :func:`layer_budgets` -- one layer's budgets from an :class:`~budgetopt.Allocation`, a
+  budgets array, or an LU-KV prune-ratio table (read one with
+  :func:`budgetopt.lukv.load_lukv_table`).
+
+``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
+optional ``kvpress`` package, which is imported only when the press is first used).
+
+The core package never imports this one; torch is an optional extra
+(``pip install 'budgetopt[torch]'``).
+"""
+
+from ..errors import MissingDependencyError
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - exercised only without torch
+    raise MissingDependencyError(
+        "budgetopt.torch needs PyTorch; install it with: pip install 'budgetopt[torch]'"
+    ) from _exc
+
+from .compact import CompactKV, VarlenKV, compact
+from .gqa import reduce_gqa
+from .layers import layer_budgets, lukv_row
+from .mask import keep_mask
+
+__all__ = [
+    "keep_mask",
+    "compact",
+    "CompactKV",
+    "VarlenKV",
+    "reduce_gqa",
+    "layer_budgets",
+    "lukv_row",
+    "BudgetPress",
+]
+
+
+def __getattr__(name):
+    # BudgetPress needs kvpress (which patches transformers' attention functions when it
+    # is imported), so it is loaded on first use only.
+    if name == "BudgetPress":
+        from .press import BudgetPress
+
+        return BudgetPress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

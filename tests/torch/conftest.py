@@ -1,0 +1,94 @@
+"""Independent references for the torch adapter tests: plain per-head Python loops.
+
+Offered as fixtures (the test files import nothing from here); torch is imported lazily so
+that collecting this directory without torch skips instead of failing.
+"""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+
+def _kept_positions(row, budget, sink, window):
+    """Kept positions of one head, by the documented rule, with a direct loop."""
+    length = len(row)
+    s = min(sink, length)
+    w = min(window, length - s)
+    protected = set(range(s)) | set(range(length - w, length))
+    budget = min(max(int(budget), 0), length)
+    others = [t for t in range(length) if t not in protected]
+
+    def key(t):
+        value = float(row[t])
+        return (math.inf if math.isnan(value) else -value, t)
+
+    others.sort(key=key)
+    return sorted(protected | set(others[: max(budget - len(protected), 0)]))
+
+
+def ref_keep_mask(scores, budgets, sink=0, window=0):
+    """Reference keep mask as a NumPy bool array (batch, heads, T)."""
+    import torch
+
+    values = scores.detach().to("cpu", torch.float64).numpy()
+    batch, heads, length = values.shape
+    budgets = np.broadcast_to(np.asarray(budgets), (batch, heads))
+    mask = np.zeros((batch, heads, length), dtype=bool)
+    for b in range(batch):
+        for h in range(heads):
+            mask[b, h, _kept_positions(values[b, h], budgets[b, h], sink, window)] = True
+    return mask
+
+
+def ref_compact(keys, values, scores, budgets, sink=0, window=0):
+    """Per head: (positions, keys rows, values rows), gathered one head at a time."""
+    mask = ref_keep_mask(scores, budgets, sink, window)
+    batch, heads, _ = mask.shape
+    out = {}
+    for b in range(batch):
+        for h in range(heads):
+            pos = [int(t) for t in np.flatnonzero(mask[b, h])]
+            out[b, h] = (pos, keys[b, h, pos], values[b, h, pos])
+    return out
+
+
+def ref_reduce_gqa(scores, num_kv_heads, how):
+    import torch
+
+    batch, heads, length = scores.shape
+    group = heads // num_kv_heads
+    out = torch.empty((batch, num_kv_heads, length), dtype=torch.float64)
+    for b in range(batch):
+        for g in range(num_kv_heads):
+            for t in range(length):
+                vals = [float(scores[b, g * group + i, t]) for i in range(group)]
+                out[b, g, t] = sum(vals) / group if how == "mean" else max(vals)
+    return out
+
+
+def tied_scores(shape, dtype, seed, levels=5):
+    """Seeded scores with many exact ties (few distinct values) in ``dtype``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, shape, generator=gen).to(dtype) / 4
+
+
+def random_scores(shape, dtype, seed):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen).to(dtype)
+
+
+@pytest.fixture(scope="session")
+def ref():
+    return SimpleNamespace(
+        keep_mask=ref_keep_mask,
+        compact=ref_compact,
+        reduce_gqa=ref_reduce_gqa,
+        tied_scores=tied_scores,
+        random_scores=random_scores,
+    )
