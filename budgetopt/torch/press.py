@@ -1,0 +1,224 @@
+"""``BudgetPress``: a kvpress press that applies budgetopt budgets per layer and KV head.
+
+Importing this module imports kvpress, which patches transformers' attention functions
+(kvpress's own import-time behaviour, needed for head-wise masking).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import torch
+
+from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from .compact import compact
+from ..lukv import load_lukv_table
+from .layers import budget_source, layer_budgets
+from .mask import keep_mask
+
+try:
+    from kvpress.presses.base_press import BasePress
+    from kvpress.presses.scorer_press import ScorerPress
+except ImportError as _exc:  # pragma: no cover - exercised only without kvpress
+    raise MissingDependencyError(
+        "budgetopt.torch.press needs kvpress; install it with: pip install 'budgetopt[kvpress]'"
+    ) from _exc
+
+__all__ = ["BudgetPress"]
+
+_MODES = ("mask", "gather")
+
+
+class BudgetPress(BasePress):
+    """Apply per-layer, per-KV-head budgets around any kvpress scorer press.
+
+    The wrapped ``press`` scores the cached tokens of each layer; each KV head then keeps
+    its own number of tokens: its first ``sink`` and last ``window`` tokens and the best
+    scored of the rest (:func:`~budgetopt.torch.keep_mask`). Compression happens once, at
+    pre-filling, as for every kvpress press.
+
+    Parameters
+    ----------
+    press : kvpress.ScorerPress
+        Scores tokens (for example ``KnormPress()``, ``ExpectedAttentionPress()``); its own
+        ``compression_ratio`` is not used.
+    allocation : Allocation, array_like, str or os.PathLike
+        Where the budgets come from:
+
+        * an :class:`~budgetopt.Allocation` with ``head_shape`` ``(layers, kv_heads)``, or
+          an integer array of that shape: tokens per head out of ``head_capacity``;
+        * an LU-KV prune-ratio table ``(99, layers, kv_heads)`` (kvpress ``LUKVPress``'s
+          format), as an array or a path to a ``.npy`` file. Nothing is ever downloaded.
+    compression_ratio : float, optional
+        Fraction of the cache removed (``1 - budget``).
+
+        * With a table: selects the row, like ``LUKVPress`` (default 0.0: no compression);
+          settable later.
+        * With budgets: fixed by the allocation, ``1 - sum(budgets) / (layers * kv_heads *
+          head_capacity)``. Passing or setting a different value is an error (allocate
+          again for another total, or use a table).
+    head_capacity : int
+        Budgets only (required there): tokens per head of the grid the allocation was
+        computed on (its largest grid point). A sequence of ``T`` tokens gives head ``h``
+        ``budgets[h] / head_capacity`` of ``T`` tokens, rounded by largest remainder so each
+        layer's total is exact (see :func:`~budgetopt.torch.layer_budgets`). Use
+        ``head_capacity=T`` to apply token counts as they are.
+    sink, window : int, default 0
+        Leading and trailing tokens every head keeps; they count in its budget.
+    mode : {"mask", "gather"}, default "mask"
+        * ``"mask"``: kvpress's head-wise masking path (as ``AdaKVPress`` and
+          ``LUKVPress``): the cache keeps its full length and the evicted keys are hidden
+          at decoding through ``module.masked_key_indices``. Frees no memory.
+        * ``"gather"``: each layer's cache is physically gathered down to its largest
+          head budget (:func:`~budgetopt.torch.compact`): kept tokens in ascending
+          position, heads with fewer tokens padded with zero slots that are hidden through
+          ``module.masked_key_indices``. Every head keeps exactly the tokens of ``"mask"``
+          mode, and the layer frees ``1 - max_budget / T`` of its keys and values.
+
+    Raises
+    ------
+    InvalidTypeError, InvalidInputError, CurvesFileError
+        Bad arguments, a table file that cannot be read, or (when the press is applied) a
+        model whose layers or KV heads do not match the allocation, or eager attention
+        (head-wise masking needs ``sdpa`` or flash attention).
+
+    Notes
+    -----
+    A head whose budget is below ``sink + window`` keeps its protected tokens all the same.
+    Cost per layer: the scorer, one stable sort per head, and in ``"gather"`` mode one row
+    copy of the kept tokens.
+
+    In ``"gather"`` mode the cache is shorter than the context, as with every kvpress press
+    that evicts tokens: decode with explicit ``position_ids`` (kvpress's pipeline does) so
+    new tokens keep their true positions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kvpress import KnormPress
+    >>> press = BudgetPress(KnormPress(), np.array([[3, 1], [2, 2]]), head_capacity=4)
+    >>> press.compression_ratio
+    0.5
+    >>> press.layer_budgets(0, 100)
+    array([75, 25])
+    """
+
+    def __init__(self, press, allocation, *, compression_ratio=None, head_capacity=None,
+                 sink=0, window=0, mode="mask"):
+        if not isinstance(press, ScorerPress):
+            raise InvalidTypeError(
+                f"`press` must be a kvpress ScorerPress (it scores tokens); got {type(press).__name__}"
+            )
+        for name, value in (("sink", sink), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InvalidTypeError(f"`{name}` must be an int; got {type(value).__name__}")
+            if value < 0:
+                raise InvalidInputError(f"`{name}` must be >= 0; got {value}")
+        if mode not in _MODES:
+            raise InvalidInputError(f"`mode` must be one of {', '.join(map(repr, _MODES))}; got {mode!r}")
+        if isinstance(allocation, (str, bytes, os.PathLike)):
+            allocation = load_lukv_table(allocation)
+        self._table, self._budgets = budget_source(allocation)
+        self.press = press
+        self.sink = int(sink)
+        self.window = int(window)
+        self.mode = mode
+        if self._table is not None:
+            if head_capacity is not None:
+                raise InvalidInputError("`head_capacity` applies to budgets, not to an LU-KV table")
+            self._head_capacity = None
+            self._ratio = 0.0
+            self.compression_ratio = 0.0 if compression_ratio is None else compression_ratio
+        else:
+            if head_capacity is None:
+                raise InvalidInputError(
+                    "`head_capacity` is required with budgets: the tokens per head of the grid "
+                    "the allocation was computed on"
+                )
+            layer_budgets(self._budgets, 0, int(head_capacity), head_capacity=head_capacity)
+            self._head_capacity = int(head_capacity)
+            self._ratio = 1.0 - float(self._budgets.sum()) / (self._budgets.size * self._head_capacity)
+            if compression_ratio is not None:
+                self.compression_ratio = compression_ratio
+
+    @property
+    def compression_ratio(self):
+        """Fraction of the cache removed (``1 - budget``), as kvpress tooling reads it."""
+        return self._ratio
+
+    @compression_ratio.setter
+    def compression_ratio(self, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidTypeError(f"`compression_ratio` must be a float; got {type(value).__name__}")
+        value = float(value)
+        if self._table is not None:
+            if not 0.0 <= value < 1.0:
+                raise InvalidInputError(f"`compression_ratio` must be in [0, 1); got {value!r}")
+            self._ratio = value
+        elif abs(value - self._ratio) > 1e-9:
+            raise InvalidInputError(
+                f"`compression_ratio` is fixed by the allocation at {self._ratio!r}; got {value!r} "
+                "(allocate again for another total, or use an LU-KV table)"
+            )
+
+    @property
+    def head_shape(self):
+        """``(layers, kv_heads)`` of the allocation or table."""
+        source = self._table if self._table is not None else self._budgets
+        return tuple(source.shape[-2:])
+
+    def layer_budgets(self, layer, length):
+        """Tokens each KV head of ``layer`` keeps for a ``length``-token context (before the
+        ``sink``/``window`` floor of :func:`~budgetopt.torch.keep_mask`)."""
+        if self._table is not None:
+            return layer_budgets(self._table, layer, length, compression_ratio=self._ratio)
+        return layer_budgets(self._budgets, layer, length, head_capacity=self._head_capacity)
+
+    def post_init_from_model(self, model):
+        self.press.post_init_from_model(model)
+        config = model.config
+        layers = getattr(config, "num_hidden_layers", None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+        if (layers, kv_heads) != self.head_shape:
+            raise InvalidInputError(
+                f"`allocation` has (layers, kv_heads) = {self.head_shape} but the model has "
+                f"({layers}, {kv_heads})"
+            )
+
+    def compress(self, module, hidden_states, keys, values, attentions, kwargs):
+        if self._table is not None and self._ratio <= 0:
+            return keys, values
+        if getattr(module.config, "_attn_implementation", None) == "eager":
+            raise InvalidInputError(
+                "BudgetPress needs head-wise masking, which kvpress supports for sdpa and flash "
+                "attention, not for attn_implementation='eager'"
+            )
+        length = keys.shape[2]
+        budgets = self.layer_budgets(int(module.layer_idx), length)
+        if budgets.shape[0] != keys.shape[1]:
+            raise InvalidInputError(
+                f"`allocation` has {budgets.shape[0]} KV heads per layer; the cache has {keys.shape[1]}"
+            )
+        scores = self.press.score(module, hidden_states, keys, values, attentions, kwargs)
+        if self.mode == "mask":
+            hidden = ~keep_mask(scores, budgets, sink=self.sink, window=self.window)
+        else:
+            kv = compact(keys, values, scores, budgets, sink=self.sink, window=self.window)
+            keys, values, hidden = kv.keys, kv.values, ~kv.valid
+        indices = torch.where(hidden)
+        module.masked_key_indices = indices if indices[0].numel() else None
+        return keys, values
+
+    def __repr__(self):
+        source = "table" if self._table is not None else "budgets"
+        return (
+            f"BudgetPress(press={self.press!r}, {source} {self.head_shape}, "
+            f"compression_ratio={self._ratio!r}, sink={self.sink}, window={self.window}, "
+            f"mode={self.mode!r})"
+        )
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
