@@ -1,0 +1,343 @@
+"""GPU check of budgetopt.torch: CUDA equals CPU, and how fast ``compact`` moves a KV cache.
+
+One prepared script (under 3 minutes on one H200):
+
+1. ``keep_mask``, ``compact``, ``CompactKV.to_varlen`` and ``reduce_gqa`` on CUDA give the
+   same results as on the CPU, on seeded inputs in float32, float16 and bfloat16 (random,
+   tied, and with signed zeros, NaN and infinities; host and device budgets; contiguous and
+   strided caches).
+2. ``compact`` over 32 layers x 8 KV heads x 131,072 tokens x head_dim 128 in bfloat16 at a
+   20% budget (per-head budgets around 20%, exact total), timed with CUDA events after a
+   warm-up, one layer per call. Throughput is reported against the bytes the issue counts
+   (read K and V once, write the kept K and V) and, separately, against the bytes a gather
+   physically moves (read and write the kept rows), each as GB/s and as a fraction of the
+   card's device-to-device copy bandwidth measured in the same run (``copy_`` of a large
+   tensor, counted as bytes read + bytes written).
+3. Memory: kept bytes after compaction against kvpress-style masking, which keeps the full
+   tensors (plus three int64 indices per evicted token in ``masked_key_indices``); measured
+   with ``torch.cuda.memory_allocated`` as well as counted.
+
+Prints a JSON summary and writes it to ``$OUT/gpu_check.json`` when ``OUT`` is set.
+
+Usage::
+
+    python benchmarks/gpu_check.py            # needs CUDA
+    python benchmarks/gpu_check.py --smoke    # tiny sizes; runs on the CPU too (tests use it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import budgetopt  # noqa: E402
+from budgetopt.rounding import keep_counts_from_prune_ratios, tokens_from_fraction  # noqa: E402
+from budgetopt.torch import compact, keep_mask, reduce_gqa  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GiB = 2**30
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device, reps):
+    """Median seconds of ``fn()`` over ``reps`` runs (CUDA events on a GPU); each run's
+    outputs stay alive until it has been timed."""
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        del out
+    return float(np.median(times))
+
+
+def _same(a, b):
+    """Bitwise equality of two tensors (moved to the CPU)."""
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        a, b = a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    return bool(torch.equal(a, b))
+
+
+def _same_compact(x, y):
+    return all(_same(getattr(x, n), getattr(y, n)) for n in ("keys", "values", "positions", "lengths", "valid")) \
+        and x.total == y.total
+
+
+def _same_varlen(x, y):
+    return all(_same(getattr(x, n), getattr(y, n)) for n in ("keys", "values", "positions", "cu_seqlens")) \
+        and x.max_seqlen == y.max_seqlen
+
+
+def check_equality(device, size):
+    """Compare every adapter on ``device`` with the CPU, per dtype."""
+    batch, kv_heads, group, length, dim = size
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    budgets = rng.integers(0, length + 1, size=(batch, kv_heads))
+    budgets[0, 0], budgets[-1, -1] = 0, length + 5  # zero and above T
+    sink, window = 4, 16
+    results = {}
+    for name, dtype in DTYPES.items():
+        keys = torch.randn(batch, kv_heads, length, dim, generator=gen).to(dtype)
+        values = torch.randn(batch, kv_heads, length, dim, generator=gen).to(dtype)
+        query_scores = torch.randn(batch, kv_heads * group, length, generator=gen).to(dtype)
+        tied = (torch.randint(0, 4, (batch, kv_heads, length), generator=gen).to(dtype) / 4)
+        special = torch.randn(batch, kv_heads, length, generator=gen)
+        picks = torch.randint(0, 6, special.shape, generator=gen)
+        for code, value in enumerate((-0.0, 0.0, float("nan"), float("inf"), float("-inf"))):
+            special[picks == code] = value  # about 1/6 of each
+        special = special.to(dtype)
+        gpu = lambda t: t.to(device)  # noqa: E731
+        row = {}
+        cases = (("random", reduce_gqa(query_scores, kv_heads, how="max")), ("tied", tied), ("special", special))
+        for label, scores in cases:
+            cpu_mask = keep_mask(scores, budgets, sink=sink, window=window)
+            dev_mask = keep_mask(gpu(scores), budgets, sink=sink, window=window)
+            row[f"keep_mask_{label}"] = _same(cpu_mask, dev_mask)
+            cpu_kv = compact(keys, values, scores, budgets, sink=sink, window=window)
+            dev_kv = compact(gpu(keys), gpu(values), gpu(scores), budgets, sink=sink, window=window)
+            row[f"compact_{label}"] = _same_compact(cpu_kv, dev_kv)
+            dev_kv_tensor_budgets = compact(gpu(keys), gpu(values), gpu(scores), gpu(torch.as_tensor(budgets)),
+                                            sink=sink, window=window)
+            row[f"compact_{label}_device_budgets"] = _same_compact(cpu_kv, dev_kv_tensor_budgets)
+            strided_k = gpu(keys).transpose(1, 2).contiguous().transpose(1, 2)
+            strided_v = gpu(values).transpose(1, 2).contiguous().transpose(1, 2)
+            dev_kv_strided = compact(strided_k, strided_v, gpu(scores), budgets, sink=sink, window=window)
+            row[f"compact_{label}_strided"] = _same_compact(cpu_kv, dev_kv_strided)
+            row[f"to_varlen_{label}"] = _same_varlen(cpu_kv.to_varlen(), dev_kv.to_varlen())
+        row["reduce_gqa_max"] = _same(reduce_gqa(query_scores, kv_heads, how="max"),
+                                      reduce_gqa(gpu(query_scores), kv_heads, how="max"))
+        mean_cpu = reduce_gqa(query_scores, kv_heads, how="mean").double()
+        mean_dev = reduce_gqa(gpu(query_scores), kv_heads, how="mean").double().cpu()
+        diff = float((mean_cpu - mean_dev).abs().max())
+        spacing = float(torch.finfo(dtype).eps) * float(mean_cpu.abs().max())
+        row["reduce_gqa_mean_max_abs_diff"] = diff
+        row["reduce_gqa_mean_within_1ulp"] = diff <= spacing  # summation order may differ
+        results[name] = row
+    flags = [v for row in results.values() for k, v in row.items() if isinstance(v, bool)]
+    return {"all_equal": all(flags), "per_dtype": results,
+            "shape": {"batch": batch, "kv_heads": kv_heads, "query_group": group, "T": length, "head_dim": dim,
+                      "sink": sink, "window": window}}
+
+
+def make_budgets(layers, kv_heads, length, fraction, seed=0):
+    """Per-head budgets varying around ``fraction`` (+-50%) with an exact total."""
+    rng = np.random.default_rng(seed)
+    keep = fraction * (1.0 + rng.uniform(-0.5, 0.5, size=layers * kv_heads))
+    keep *= fraction / keep.mean()
+    counts = keep_counts_from_prune_ratios(1.0 - keep, length).reshape(layers, kv_heads)
+    return counts, tokens_from_fraction(fraction, layers * kv_heads * length)
+
+
+def measure_copy_bandwidth(device, nbytes, reps):
+    """Device-to-device ``copy_`` bandwidth, bytes read + bytes written per second."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    seconds = _time(lambda: dst.copy_(src), device, reps)
+    del src, dst
+    return 2 * nbytes / seconds, seconds
+
+
+def row_copy_variants(keys, kv, device, reps):
+    """Times of three ways to gather the same kept rows of one layer (informative)."""
+    batch, heads, length, dim = keys.shape
+    source = kv.positions.clamp(min=0)
+    rows = ((torch.arange(batch * heads, device=device) * length).view(batch, heads, 1) + source).reshape(-1)
+    flat = keys.reshape(-1, dim)
+    words = flat.view(torch.int64) if (dim * keys.element_size()) % 8 == 0 else flat
+    index = source.unsqueeze(-1).expand(batch, heads, source.shape[-1], dim)
+    variants = {
+        "index_select_int64_words": lambda: words.index_select(0, rows),
+        "index_select_native_dtype": lambda: flat.index_select(0, rows),
+        "torch_gather_dim2": lambda: keys.gather(2, index),
+    }
+    out = {}
+    for name, fn in variants.items():
+        fn()
+        out[name] = _time(fn, device, reps) * 1e3
+    return out
+
+
+def benchmark(device, layers, kv_heads, length, dim, fraction, reps):
+    dtype = torch.bfloat16
+    itemsize = torch.finfo(dtype).bits // 8
+    budgets, target = make_budgets(layers, kv_heads, length, fraction)
+    kept = int(budgets.sum())
+    gen = torch.Generator(device=device).manual_seed(0)
+    keys = [torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype, generator=gen) for _ in range(layers)]
+    values = [torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype, generator=gen) for _ in range(layers)]
+    scores = [torch.randn(1, kv_heads, length, device=device, generator=gen) for _ in range(layers)]
+    _sync(device)
+
+    def run_compact():
+        return [compact(keys[i], values[i], scores[i], budgets[i]) for i in range(layers)]
+
+    def run_select():
+        return [keep_mask(scores[i], budgets[i]) for i in range(layers)]
+
+    device_budgets = torch.as_tensor(budgets, device=device)
+
+    def run_compact_device_budgets():  # one host synchronisation per layer (max budget)
+        return [compact(keys[i], values[i], scores[i], device_budgets[i]) for i in range(layers)]
+
+    def run_argsort():
+        return [torch.argsort(scores[i], dim=-1, descending=True, stable=True) for i in range(layers)]
+
+    for fn in (run_compact, run_select, run_compact_device_budgets, run_argsort):
+        fn()  # warm-up
+    seconds = _time(run_compact, device, reps)
+    select_seconds = _time(run_select, device, reps)
+    device_budget_seconds = _time(run_compact_device_budgets, device, reps)
+    argsort_seconds = _time(run_argsort, device, reps)
+
+    full_bytes = sum(k.nbytes + v.nbytes for k, v in zip(keys, values))
+    kept_bytes = 2 * kept * dim * itemsize  # K and V rows kept
+    padded_slots = sum(kv_heads * int(budgets[i].max()) for i in range(layers))
+    written_bytes = 2 * padded_slots * dim * itemsize  # incl. zero padding to the layer max
+    issue_bytes = full_bytes + kept_bytes  # the issue's count: read K and V once, write the kept
+    gather_bytes = kept_bytes + written_bytes  # what a row gather reads and writes
+
+    one = compact(keys[0], values[0], scores[0], budgets[0])
+    variants = row_copy_variants(keys[0], one, device, reps)
+    del one
+
+    # Memory: compact one layer at a time, freeing each full layer after compaction.
+    _sync(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    outputs = []
+    for i in range(layers):
+        outputs.append(compact(keys[i], values[i], scores[i], budgets[i]))
+        keys[i] = values[i] = None
+    _sync(device)
+    compact_tensor_bytes = sum(o.keys.nbytes + o.values.nbytes + o.positions.nbytes + o.lengths.nbytes
+                               + o.valid.nbytes for o in outputs)
+    masking_bytes = full_bytes + 3 * 8 * (layers * kv_heads * length - kept)
+    memory = {
+        "full_kv_bytes": full_bytes,
+        "kvpress_masking_bytes": masking_bytes,  # full K, V + masked_key_indices (3 x int64 per evicted)
+        "compact_bytes": compact_tensor_bytes,  # padded K, V + positions, lengths, valid
+        "varlen_kv_bytes": kept_bytes,  # to_varlen() K and V, no padding
+        "freed_vs_full_kv_bytes": full_bytes - compact_tensor_bytes,
+        "saved_vs_kvpress_masking_bytes": masking_bytes - compact_tensor_bytes,
+        "freed_fraction_of_full_kv": 1 - compact_tensor_bytes / full_bytes,
+    }
+    if device.type == "cuda":
+        after = torch.cuda.memory_allocated(device)
+        memory.update({
+            "measured_allocated_before_bytes": before,
+            "measured_allocated_after_bytes": after,
+            "measured_freed_bytes": before - after,
+            "measured_peak_above_start_bytes": torch.cuda.max_memory_allocated(device) - before,
+        })
+    del outputs
+
+    return {
+        "shape": {"layers": layers, "kv_heads": kv_heads, "T": length, "head_dim": dim, "dtype": "bfloat16",
+                  "budget_fraction": fraction},
+        "budgets": {"total_kept": kept, "target_total": target, "exact_total": kept == target,
+                    "min_per_head": int(budgets.min()), "max_per_head": int(budgets.max())},
+        "compact_seconds_all_layers": seconds,
+        "compact_ms_per_layer": seconds / layers * 1e3,
+        "compact_seconds_all_layers_device_budgets": device_budget_seconds,
+        "keep_mask_seconds_all_layers": select_seconds,
+        "argsort_seconds_all_layers": argsort_seconds,
+        "bytes_issue_definition": issue_bytes,
+        "bytes_gather_physical": gather_bytes,
+        "gbps_issue_definition": issue_bytes / seconds / 1e9,
+        "gbps_gather_physical": gather_bytes / seconds / 1e9,
+        "row_copy_variants_ms_one_layer": variants,
+        "memory": memory,
+    }
+
+
+def environment(device, argv):
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "command": " ".join([Path(sys.executable).name] + argv),
+        "commit": commit,
+        "budgetopt": budgetopt.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    }
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on the CPU too")
+    parser.add_argument("--device", default=None, help="default: cuda (cpu allowed with --smoke)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda" and not args.smoke:
+        parser.error("a CUDA device is needed (or pass --smoke for a tiny CPU run)")
+    started = time.perf_counter()
+    if args.smoke:
+        eq_size, bench = (2, 2, 2, 257, 16), dict(layers=2, kv_heads=2, length=2048, dim=16, fraction=0.2, reps=2)
+        copy_bytes = 8 * 2**20
+    else:
+        eq_size, bench = (2, 8, 4, 4099, 128), dict(layers=32, kv_heads=8, length=131072, dim=128, fraction=0.2,
+                                                     reps=5)
+        copy_bytes = 2 * GiB
+
+    summary = {"environment": environment(device, [sys.argv[0]] + argv), "smoke": args.smoke}
+    summary["equality"] = check_equality(device, eq_size)
+    copy_bw, copy_seconds = measure_copy_bandwidth(device, copy_bytes, reps=10)
+    summary["copy_bandwidth"] = {"bytes_copied": copy_bytes, "seconds": copy_seconds,
+                                 "gbps_read_plus_write": copy_bw / 1e9}
+    result = benchmark(device, **bench)
+    result["fraction_of_copy_bw_issue_definition"] = result["gbps_issue_definition"] * 1e9 / copy_bw
+    result["fraction_of_copy_bw_gather_physical"] = result["gbps_gather_physical"] * 1e9 / copy_bw
+    result["goal_half_of_copy_bw_met"] = result["fraction_of_copy_bw_issue_definition"] >= 0.5
+    summary["compact_benchmark"] = result
+    summary["wall_seconds"] = time.perf_counter() - started
+
+    text = json.dumps(summary, indent=2)
+    print(text)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        Path(out_dir, "gpu_check.json").write_text(text + "\n")
+    return 0 if summary["equality"]["all_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""benchmarks/gpu_check.py runs end to end at tiny sizes on the CPU (--smoke)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_smoke_writes_summary(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary == json.loads(out.stdout)
+    assert summary["smoke"] is True and summary["equality"]["all_equal"] is True
+    flags = summary["equality"]["per_dtype"]
+    assert set(flags) == {"float32", "float16", "bfloat16"}
+    bench = summary["compact_benchmark"]
+    assert bench["budgets"]["exact_total"] is True
+    assert bench["budgets"]["total_kept"] == bench["budgets"]["target_total"] > 0
+    assert bench["compact_seconds_all_layers"] > 0 and bench["gbps_issue_definition"] > 0
+    memory = bench["memory"]
+    assert memory["compact_bytes"] < memory["full_kv_bytes"] < memory["kvpress_masking_bytes"]
+    assert summary["copy_bandwidth"]["gbps_read_plus_write"] > 0
