@@ -598,4 +598,83 @@ def test_sweep_nesting_needs_monotone_curves():
     assert budgetopt.sweep(curves, [1, 2]).budgets.tolist() == [[0, 1], [2, 0]]
 
 
+# -- the front door never lets a foreign exception through -----------------------------------
+_odd_ints = st.one_of(st.integers(-3, 12), st.integers(-(2**70), 2**70), st.sampled_from([2**62, 2**63 - 1, 2**63, 2**64]))
+_odd_scalars = st.one_of(
+    _odd_ints,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([None, True, "3", b"3", 1j, np.int64(2), np.uint64(2**63), np.float32(1.5)]),
+)
+_odd_bounds = st.one_of(
+    st.none(),
+    st.none(),
+    st.integers(0, 3),
+    _odd_scalars,
+    st.lists(_odd_ints, min_size=0, max_size=3).map(np.asarray),
+    st.lists(st.floats(allow_nan=True), min_size=2, max_size=2).map(np.asarray),
+)
+
+
+@pytest.mark.parametrize("method", ["greedy", "dp", "milp"])
+@given(total=_odd_scalars, lo=_odd_bounds, hi=_odd_bounds, grid_top=st.sampled_from([3, 2**40, 2**61, 2**62]))
+@settings(max_examples=scaled(60))
+def test_fuzz_arguments_give_an_allocation_or_own_error(method, total, lo, hi, grid_top):
+    curves = Curves([[0.0, 1.0, 1.5], [0.0, 0.5, 2.0]], [0, 1, grid_top])
+    try:
+        a = allocate(curves, total, method=method, min_budget=lo, max_budget=hi)
+    except budgetopt.BudgetoptError:
+        return
+    check_allocation(curves, a, total_budget=int(total), min_budget=lo, max_budget=hi)
+
+
 # -- regressions -----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ALL)
+def test_regression_capacity_above_int64_is_refused_or_solved(method):
+    # Four heads of up to 2**62 tokens: the capacity, 2**64, does not fit in int64. It wrapped
+    # to 0: the greedy gave every head 2**62 tokens (used reported 0) and dp returned nothing.
+    curves = Curves([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]], [0, 2**62])
+    try:
+        a = allocate(curves, 2**62, method=method)
+    except budgetopt.BudgetoptError:
+        return
+    check_allocation(curves, a, total_budget=2**62)
+    assert a.utility == pytest.approx(4.0) or method == "greedy"
+
+
+@pytest.mark.parametrize("method", ["greedy", "dp", "milp"])
+def test_regression_total_budget_beyond_int64(method):
+    # A budget far above the capacity raised a bare OverflowError.
+    try:
+        a = allocate([[0.0, 1.0, 2.0]], 10**30, method=method)
+    except InvalidInputError as exc:
+        assert "`total_budget`" in str(exc)
+        return
+    assert a.budgets.tolist() == [2]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_regression_utility_sum_overflow_is_own_error(method):
+    # Each utility is finite but their sum is not: milp raised ZeroDivisionError.
+    try:
+        allocate([[0.0, 1e308], [0.0, 1e308]], 2, method=method)
+    except budgetopt.BudgetoptError:
+        pass
+
+
+def test_exact_methods_print_nothing_on_stdout():
+    # A library must not write to stdout: HiGHS prints a banner from C once per process.
+    import subprocess
+    import sys
+
+    code = (
+        "import budgetopt\n"
+        "for m in ('milp', 'cvxpy', 'dp', 'greedy'):\n"
+        "    budgetopt.allocate([[0.0, 1.0, 2.0], [0.0, 0.5, 3.0]], 2, method=m)\n"
+    )
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "", f"allocate printed to stdout: {res.stdout!r}"
