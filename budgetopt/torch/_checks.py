@@ -79,11 +79,10 @@ def budgets_on_host(budgets, batch, heads):
     return np.broadcast_to(arr.astype(np.int64, copy=False), (batch, heads))
 
 
-def budgets_tensor(budgets, host, batch, heads, device):
-    """Budgets as an int64 tensor ``(batch, heads)`` on ``device``."""
-    if host is not None:
-        return torch.as_tensor(np.ascontiguousarray(host), dtype=torch.int64).to(device)
-    out = budgets.to(device=device, dtype=torch.int64, non_blocking=True)
+def budgets_tensor(budgets, batch, heads, device):
+    """A checked budgets tensor as int64 ``(batch, heads)`` on ``device``."""
+    # Host-to-device copies need not wait; a device-to-host copy must (it is read at once).
+    out = budgets.to(device=device, dtype=torch.int64, non_blocking=device.type != "cpu")
     return out.expand(batch, heads)
 
 

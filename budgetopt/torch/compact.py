@@ -243,7 +243,7 @@ def compact(keys, values, scores, budgets, *, sink=0, window=0):
 
     found = select_positions(scores, middle_budgets, s, w, slots)
     valid = found < length
-    positions = found.masked_fill(~valid, -1)
+    positions = torch.where(valid, found, -1)
     rows = _slot_rows(found.clamp(max=max(length - 1, 0)), length)
     padding = batch * heads * slots - total
     pad_rows = _nth_true(~valid.reshape(-1), padding) if padding else None

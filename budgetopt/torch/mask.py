@@ -103,7 +103,7 @@ def prepare_selection(scores, budgets, sink, window):
         middle_budgets = torch.as_tensor(np.ascontiguousarray(host_middle)).to(scores.device, non_blocking=True)
         host_lengths = host_middle + (s + w)
     else:
-        all_budgets = budgets_tensor(budgets, None, batch, heads, scores.device)
+        all_budgets = budgets_tensor(budgets, batch, heads, scores.device)
         middle_budgets = (all_budgets - (s + w)).clamp(0, middle)
         host_lengths = None
     return scores, middle_budgets, host_lengths, (s, w)
@@ -161,5 +161,6 @@ def _middle_order(scores, s, stop):
     so it would otherwise put +0.0 above -0.0, which a comparison sort calls equal.
     """
     middle = scores[..., s:stop]
-    middle = middle.masked_fill(torch.isnan(middle), float("-inf")).add_(0.0)
+    inf = float("inf")
+    middle = torch.nan_to_num(middle, nan=-inf, posinf=inf, neginf=-inf).add_(0.0)
     return torch.argsort(middle, dim=-1, descending=True, stable=True)
