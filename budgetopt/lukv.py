@@ -83,8 +83,9 @@ def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
     layers, heads, _ = utility.shape
     ratios = compression_ratios()
     table = np.empty((LUKV_ROWS, layers, heads))
-    # Rows above 1 - min_keep_fraction are uniform (the published cut-off, in float).
-    uniform = ratios > 1.0 - min_keep_fraction
+    # Rows above 1 - min_keep_fraction are uniform. The margin keeps a row exactly at the
+    # cut-off solved although 1 - 0.07 is 0.9299999999999999 in binary (published: 0.93 > 0.93).
+    uniform = ratios > 1.0 - min_keep_fraction + 1e-12
     table[uniform] = ratios[uniform, None, None]
     solved = np.flatnonzero(~uniform)
     if solved.size == 0:

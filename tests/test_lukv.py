@@ -60,6 +60,18 @@ def test_equals_reference_with_published_defaults(layerwise):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("threshold", [93, 95, 99])
+def test_equals_reference_at_other_thresholds(threshold):
+    """min_keep_fraction = 1 - threshold / 100; the cut-off row itself is solved, not uniform."""
+    # T = 40, sink + window = 3: round(0.07 * 40) = 3, so the floor stays the protected tokens.
+    oracles, scores = make_pairs(threshold, (2, 3, 40), 2, shared_scores=False)
+    fraction = round(1 - threshold / 100, 2)
+    ours = lukv_table(oracles, scores, sink=1, window=2, min_keep_fraction=fraction)
+    ref = lukv_reference_table(oracles, scores, 1, 2, threshold=threshold)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    assert not np.allclose(ours[threshold - 1], RATIOS[threshold - 1])
+
+
 def test_single_pair_row_totals_are_exact():
     shape = (3, 2, 64)
     oracles, scores = make_pairs(1, shape, 1, shared_scores=True)
