@@ -21,8 +21,9 @@ def test_gpu_check_smoke_writes_summary(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary == json.loads(out.stdout)
     assert summary["smoke"] is True and summary["equality"]["all_equal"] is True
-    flags = summary["equality"]["per_dtype"]
-    assert set(flags) == {"float32", "float16", "bfloat16"}
+    for check in summary["equality"]["per_length"].values():
+        assert set(check["per_dtype"]) == {"float32", "float16", "bfloat16"}
+        assert all(v for v in check["per_dtype"]["bfloat16"].values() if isinstance(v, bool))
     bench = summary["compact_benchmark"]
     assert bench["budgets"]["exact_total"] is True
     assert bench["budgets"]["total_kept"] == bench["budgets"]["target_total"] > 0
