@@ -199,6 +199,10 @@ def compact(keys, values, scores, budgets, *, sink=0, window=0):
     (see :func:`keep_mask`). Memory: the outputs plus O(batch * kv_heads * T) int64
     work space for the selection.
 
+    Each call launches a few dozen small kernels; layers of equal length can share one call
+    by stacking them on the batch axis with budgets shaped ``(layers, kv_heads)`` (all heads
+    are then padded to the largest budget of any layer).
+
     Examples
     --------
     >>> import torch
