@@ -21,8 +21,9 @@ def random_curves(seed, head_shape=(3,), n_points=5, *, kind="random", grid="uni
     seed : int
     head_shape : tuple of int
     n_points : int
-    kind : {"random", "monotone", "concave"}
-        ``"random"``: any values (non-monotone, non-concave); ``"monotone"``: non-decreasing;
+    kind : {"random", "monotone", "increasing", "concave"}
+        ``"random"``: any values (non-monotone, non-concave); ``"monotone"``: non-decreasing
+        (flat steps possible); ``"increasing"``: strictly increasing;
         ``"concave"``: non-decreasing with non-increasing increments (concave on an
         equally spaced grid).
     grid : {"unit", "equal", "shared", "per_head"}
@@ -38,6 +39,8 @@ def random_curves(seed, head_shape=(3,), n_points=5, *, kind="random", grid="uni
         utility = rng.normal(size=shape).round(3)
     elif kind == "monotone":
         utility = np.cumsum(rng.random(shape).round(3), axis=-1)
+    elif kind == "increasing":
+        utility = np.cumsum(rng.random(shape).round(3) + 0.001, axis=-1)
     elif kind == "concave":
         steps = -np.sort(-rng.random(shape).round(3), axis=-1)
         steps[..., 0] = rng.random(head_shape).round(3)

@@ -22,7 +22,7 @@ from budgetopt import (
 )
 from budgetopt._invariants import check_allocation, tolerance
 from generators import problems, scaled, random_curves
-from reference_exact import brute_force, dual_value, lp_relaxation
+from reference_exact import brute_force, dual_value, feasible_options, lp_relaxation
 
 EXACT = ["dp", "milp", "cvxpy"]
 ALL = ["greedy", *EXACT]
@@ -286,25 +286,41 @@ def test_greedy_utility_non_decreasing_hand_case():
 
 @given(problems(max_heads=6, max_points=6, bounds=False, per_head_grid=False))
 @settings(max_examples=scaled(60))
-def test_property_greedy_uses_budget_exactly_on_unit_monotone(p):
-    # Monotone curves on the unit grid: no budget is left on the table.
-    utility = np.maximum.accumulate(p["utility"], axis=-1)
-    k = utility.shape[-1]
+def test_property_greedy_uses_budget_exactly_on_unit_increasing(p):
+    # Strictly increasing curves on the unit grid: every token buys utility somewhere, so no
+    # budget is left on the table.
+    utility = np.cumsum(np.abs(p["utility"]) + 0.25, axis=-1)
     curves = Curves(utility)
     for total in sorted({0, p["total_budget"], curves.capacity // 2, curves.capacity, curves.capacity + 1}):
         a = allocate(curves, total)
         check_allocation(curves, a, total_budget=total)
         assert a.used == min(total, curves.capacity), (total, a.budgets.tolist())
-    assert k >= 1
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_greedy_uses_budget_exactly_on_seeded_per_token_curves(seed):
-    curves = Curves(*random_curves(seed, (4, 4), 33, kind="monotone"))
+    curves = Curves(*random_curves(seed, (4, 4), 33, kind="increasing"))
     for total in (0, 1, 17, 100, 257, curves.capacity - 1, curves.capacity, curves.capacity + 5):
         a = allocate(curves, total)
         check_allocation(curves, a, total_budget=total)
         assert a.used == min(total, curves.capacity)
+
+
+@given(problems())
+@settings(max_examples=scaled(120))
+def test_property_greedy_leaves_no_improving_move_unfunded(p):
+    # "No budget is left on the table when a move could use it": after the greedy, no head can
+    # move up to a grid point within its range, paid from the unused tokens, and gain utility.
+    curves = Curves(p["utility"], p["grid"])
+    if brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"]) is None:
+        return
+    curves, a = _solve(p, "greedy")
+    left = p["total_budget"] - a.used
+    options = feasible_options(curves, p["min_budget"], p["max_budget"])
+    for h, (b, opts) in enumerate(zip(a.budgets.reshape(-1).tolist(), options)):
+        for g, u in opts.items():
+            if b < g <= b + left:
+                assert u <= opts[b], f"head {h} could move {b} -> {g} tokens and gain {u - opts[b]} with {left} unused"
 
 
 # -- degenerate shapes, every method -----------------------------------------------------------
@@ -582,8 +598,8 @@ def test_property_sweep_rows_equal_allocate(p):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_sweep_nested_on_monotone_unit_grids(seed):
-    curves = Curves(*random_curves(seed, (3, 4), 17, kind="monotone"))
+def test_sweep_nested_on_increasing_unit_grids(seed):
+    curves = Curves(*random_curves(seed, (3, 4), 17, kind="increasing"))
     totals = np.arange(0, curves.capacity + 3)
     s = budgetopt.sweep(curves, totals)
     assert np.all(np.diff(s.budgets.reshape(len(totals), -1), axis=0) >= 0), "allocations are not nested"
