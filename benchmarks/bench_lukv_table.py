@@ -187,6 +187,8 @@ def main(argv=None):
         print(f"reference (pool of {args.processes} processes): {ref_total:.1f} s for {args.pairs} pairs, {label}; "
               f"{ref_s * args.processes / ref_pairs:.2f} s per pair per core")
         print(f"ratio reference / budgetopt: {ref_total / ours_s:.1f}x")
+        print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+              f"on {os.cpu_count()} cores (other work on the machine slows both sides)")
 
         if ref_pairs == args.pairs:
             compare = ours
