@@ -297,7 +297,11 @@ def greedy_solve(utility, grid, per_head, lo, hi, verts, nv, spare, idx):
 
 @nb.njit(**_JIT)
 def blocked_move(utility, grid, per_head, hi, idx, h, left):
-    """Move head ``h`` to its best grid point within ``left`` more tokens (ties: largest)."""
+    """Move head ``h`` to its best grid point within ``left`` more tokens, if that gains.
+
+    Among points of equal utility the one with fewest tokens is taken, so tokens that would
+    buy nothing here stay available to other heads. Returns the tokens still left.
+    """
     g = grid[h * per_head]
     u = utility[h]
     cur = idx[h]
@@ -306,22 +310,24 @@ def blocked_move(utility, grid, per_head, hi, idx, h, left):
     for k in range(cur + 1, hi[h]):
         if g[k] - x0 > left:
             break
-        if u[k] >= u[best]:
+        if u[k] > u[best]:
             best = k
     idx[h] = best
     return left - (g[best] - x0)
 
 
 @nb.njit(**_JIT)
-def fill(utility, grid, per_head, hi, idx, left):
-    """Spend ``left`` tokens on the best positive-gain moves that fit, one at a time.
+def fill(utility, grid, per_head, hi, idx, left, by_density):
+    """Spend ``left`` tokens on positive-gain moves that fit, one move at a time.
 
-    Each round every head proposes its best reachable point (largest gain, ties: fewest
-    tokens); the largest gain wins (ties: lowest head). Returns the tokens still left.
+    Each round takes, over all heads and all points within reach, the move with the largest
+    gain per token (``by_density``) or the largest gain; ties go to the larger gain (resp.
+    fewer tokens), then the lower head. Returns the tokens still left.
     """
     H = utility.shape[0]
     while left > 0:
         best_gain = 0.0
+        best_cost = 1
         best_h = -1
         best_k = -1
         for h in range(H):
@@ -330,17 +336,53 @@ def fill(utility, grid, per_head, hi, idx, left):
             cur = idx[h]
             x0 = g[cur]
             for k in range(cur + 1, hi[h]):
-                if g[k] - x0 > left:
+                cost = g[k] - x0
+                if cost > left:
                     break
                 gain = u[k] - u[cur]
-                if gain > best_gain:
+                if gain <= 0.0 or cost == 0:
+                    continue
+                if best_h < 0:
+                    better = True
+                elif by_density:
+                    # gain/cost vs best_gain/best_cost, compared without division
+                    lhs = gain * best_cost
+                    rhs = best_gain * cost
+                    better = lhs > rhs or (lhs == rhs and gain > best_gain)
+                else:
+                    better = gain > best_gain or (gain == best_gain and cost < best_cost)
+                if better:
                     best_gain = gain
+                    best_cost = cost
                     best_h = h
                     best_k = k
         if best_h < 0:
             break
-        left -= grid[best_h * per_head, best_k] - grid[best_h * per_head, idx[best_h]]
+        left -= best_cost
         idx[best_h] = best_k
+    return left
+
+
+@nb.njit(**_JIT)
+def fill_free(utility, grid, per_head, hi, idx, left):
+    """Spend ``left`` tokens on moves that lose no utility, heads in order, each as far as it
+    can reach. Used last, when no move gains, so that budgets are used up where it is free."""
+    H = utility.shape[0]
+    for h in range(H):
+        if left <= 0:
+            break
+        g = grid[h * per_head]
+        u = utility[h]
+        cur = idx[h]
+        x0 = g[cur]
+        best = cur
+        for k in range(cur + 1, hi[h]):
+            if g[k] - x0 > left:
+                break
+            if u[k] >= u[cur]:
+                best = k
+        left -= g[best] - x0
+        idx[h] = best
     return left
 
 

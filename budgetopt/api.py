@@ -71,9 +71,11 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     explicitly: the slope at which the budget runs out is found by bisection over float64
     values with a binary search per head, O(heads * (K + 64 log K)) in all. The result so far
     solves the LP relaxation exactly; its value is ``upper_bound``. The head whose segment no
-    longer fits then moves to its best grid point that fits (ties: the largest), and tokens
-    still left go to the best positive-gain moves that fit, one at a time. On per-token grids
-    this uses the budget exactly. Deterministic: the same input gives the same output.
+    longer fits then moves to its best grid point that fits if that gains utility (ties: the
+    fewest tokens), and tokens still left go to the best positive-gain moves that fit, one at
+    a time. Tokens that would buy no utility anywhere are left unused. On per-token grids with
+    increasing curves this uses the budget exactly. Deterministic: the same input gives the
+    same output.
 
     The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
     bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see
@@ -129,11 +131,12 @@ def sweep(curves, totals, *, min_budget=None, max_budget=None):
 
     Notes
     -----
-    O(heads * K) once for the hulls, then O(heads * 64 log K) per total. Allocations are
-    nested (a larger total never takes tokens from a head) whenever each hull segment's
-    interior grid points are one token apart, as on per-token curves: the LP part of the
-    greedy is nested by construction and the blocked head then fills exactly. On coarse
-    grids the final fill step can trade tokens between heads from one total to the next.
+    O(heads * K) once for the hulls, then O(heads * 64 log K) per total. The LP part of the
+    greedy is nested by construction (a larger total never takes tokens from a head), and so
+    are the allocations whenever the blocked head can spend the remaining tokens itself, as
+    on per-token grids with increasing curves (curves from :func:`curves_from_scores`). On
+    coarse grids, or where the blocked head gains nothing, the final fill step may give the
+    leftover tokens to different heads from one total to the next.
 
     Examples
     --------

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import METHODS, allocate
+from .exact import c_stdout_to_stderr
 from .curves import load_curves, write_atomic
 from .errors import BudgetoptError, InvalidInputError, InvalidTypeError
 from .hull import hull_gap
@@ -91,24 +92,6 @@ def non_negative_number(text):
     return value
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send C-level stdout to stderr for the duration (solver banners, e.g. HiGHS's)."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no fd 1 at all
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def check_output_path(path, suffixes):
     """Reject an output path with an unknown suffix or a missing directory before any work."""
     p = Path(path)
@@ -153,7 +136,7 @@ def _cmd_solve(args):
         total = args.tokens
     else:
         total = int(math.floor(args.avg_tokens * curves.n_heads + 1e-9))
-    with stdout_to_stderr():
+    with c_stdout_to_stderr():
         result = allocate(
             curves, total, method=args.method, min_budget=args.min_budget, max_budget=args.max_budget
         )
@@ -402,7 +385,7 @@ def _cmd_sweep(args):
     curves = load_source(args)
     plot = check_output_path_named(args.plot, (".png", ".pdf", ".svg"), "--plot") if args.plot else None
     totals = [tokens_from_fraction(b, curves.capacity) for b in args.budgets]
-    with stdout_to_stderr():
+    with c_stdout_to_stderr():
         result = sweep(curves, totals, min_budget=args.min_budget, max_budget=args.max_budget)
     rows = [
         {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +86,17 @@ class Curves:
             raise InvalidInputError(
                 f"`utility` must have at least one head and one point; got shape {u.shape}"
             )
-        u = np.ascontiguousarray(u, dtype=np.float64)
+        u = np.array(u, dtype=np.float64, order="C", copy=True)
         bad = ~np.isfinite(u)
         if bad.any():
             first = int(np.flatnonzero(bad.ravel())[0])
             kind = "NaN" if np.isnan(u.flat[first]) else "inf"
             raise InvalidInputError(f"`utility` must be finite; found {kind} at {_where(u.shape, first)}")
         K = u.shape[-1]
+        if not np.isfinite(np.abs(u).max(axis=-1).sum()):
+            raise InvalidInputError(
+                "`utility` values are too large: a total over heads would overflow float64"
+            )
 
         if grid is None:
             g = np.arange(K, dtype=np.int64)
@@ -104,6 +107,7 @@ class Curves:
                     f"`grid` must have shape ({K},) or {u.shape} to match `utility`; got {g.shape}"
                 )
             if g.dtype.kind == "f":
+                g = g.astype(np.float64)
                 if not np.all(np.isfinite(g)):
                     raise InvalidInputError("`grid` must hold finite whole token counts; found NaN or inf")
                 if np.any(g != np.floor(g)):
@@ -116,7 +120,7 @@ class Curves:
                     raise InvalidInputError("`grid` values must be below 2**62 tokens")
             elif g.dtype.kind == "u" and g.size and int(g.max()) > 2**62:
                 raise InvalidInputError("`grid` values must be below 2**62 tokens")
-            g = np.ascontiguousarray(g, dtype=np.int64)
+            g = np.array(g, dtype=np.int64, order="C", copy=True)
             g2 = g.reshape(-1, K)
             neg = g2 < 0
             if neg.any():
@@ -192,7 +196,11 @@ class Curves:
     def capacity(self):
         """Tokens of the full cache: the sum over heads of each head's largest grid point."""
         last = self.grid2d[:, -1]
-        return int(last[0]) * self.n_heads if self.shared_grid else int(last.sum())
+        if self.shared_grid:
+            return int(last[0]) * self.n_heads
+        if int(last.max()) * self.n_heads < 2**62:  # no int64 overflow possible
+            return int(last.sum())
+        return sum(int(x) for x in last)
 
     def is_concave(self, *, tol=0.0):
         """Whether every head's curve equals its upper concave hull.

@@ -7,7 +7,10 @@ grid values (the best utility at a repeated value) as costs above the head's flo
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from functools import reduce
 
@@ -82,13 +85,36 @@ def _result(problem, total, idx, method, seconds, upper_bound, stats):
     )
 
 
+@contextlib.contextmanager
+def c_stdout_to_stderr():
+    """Send C-level stdout to stderr meanwhile: HiGHS prints a banner to stdout whenever a
+    ``highspy.Highs`` object is made (cvxpy makes two), which would corrupt a caller's
+    stdout (for example the CLI's JSON)."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable fd 1: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        except ValueError:
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _model(problem, total):
     """Binary model data: objective, one-hot rows per head, the budget row."""
     from scipy import sparse
 
     opts = _Options(problem)
     n = len(opts)
-    spare = total - problem.floor_total
+    spare = min(total, problem.ceiling_total) - problem.floor_total
     scale = _OBJECTIVE_SCALE / max(float(np.abs(opts.value).max(initial=0.0)) * problem.n_heads, 1e-300)
     onehot = sparse.csr_matrix((np.ones(n), (opts.head, np.arange(n))), shape=(problem.n_heads, n))
     return opts, spare, scale, onehot
@@ -152,7 +178,8 @@ def cvxpy_milp(problem, total):
         cp.Maximize((opts.value * scale) @ z),
         [onehot @ z == 1, opts.cost.astype(np.float64) @ z <= float(spare)],
     )
-    prob.solve(solver=cp.HIGHS, verbose=False, mip_rel_gap=0.0, mip_abs_gap=0.0, output_flag=False)
+    with c_stdout_to_stderr():
+        prob.solve(solver=cp.HIGHS, verbose=False, mip_rel_gap=0.0, mip_abs_gap=0.0, output_flag=False)
     if prob.status not in ("optimal",) or z.value is None:
         raise SolverError(f"cvxpy (HiGHS) did not solve the problem: status {prob.status}")
     idx = _decode(opts, z.value, problem)
@@ -171,7 +198,7 @@ def dp(problem, total):
 
     t0 = time.perf_counter()
     opts = _Options(problem)
-    spare = total - problem.floor_total
+    spare = min(total, problem.ceiling_total) - problem.floor_total
     nonzero = opts.cost[opts.cost > 0]
     unit = int(reduce(math.gcd, np.unique(nonzero).tolist(), 0)) or 1
     max_useful = int(np.maximum.reduceat(opts.cost, opts.offsets[:-1]).sum()) // unit

@@ -24,15 +24,13 @@ class _Greedy:
         """Chosen grid indices (H,) and ``(lp_value, threshold, stats)`` for ``total`` tokens."""
         p, hulls = self.problem, self.hulls
         idx = np.empty(p.n_heads, np.int64)
-        spare = total - p.floor_total
+        spare = min(total, p.ceiling_total) - p.floor_total
         lp, lam, blocked, left = _kernels.greedy_solve(
             p.utility, p.grid, p.per_head, p.lo, p.hi, hulls.verts, hulls.nv, spare, idx
         )
         left_lp = left
-        if blocked >= 0 and left > 0:
-            left = _kernels.blocked_move(p.utility, p.grid, p.per_head, p.hi, idx, blocked, left)
         if left > 0:
-            left = _kernels.fill(p.utility, p.grid, p.per_head, p.hi, idx, left)
+            idx, left = self._repair(idx, blocked, left)
         stats = {
             "lp_bound": float(lp),
             "blocked_head": None if blocked < 0 else p.head_label(int(blocked)),
@@ -40,6 +38,39 @@ class _Greedy:
             "hull_segments": int((hulls.nv - 1).sum()),
         }
         return idx, float(lp), float(lam), stats
+
+    def _repair(self, idx, blocked, left):
+        """Spend the tokens the LP part left over; returns ``(idx, tokens still left)``.
+
+        As in LU-KV, the head whose segment did not fit first takes its best point within
+        reach. When that spends every token and the head's utility does not fall on the way
+        (always so on per-token grids with increasing curves), that is the answer: it is what
+        LU-KV does, and it keeps allocations nested across budgets. Otherwise positive-gain
+        moves are added by gain per token and, separately, by gain, each also tried without
+        the blocked head's move; the best total utility wins (ties: that order). Tokens no
+        move can turn into utility are finally spent where they lose nothing.
+        """
+        p = self.problem
+        rows = np.arange(p.n_heads)
+        if blocked >= 0:
+            trial = idx.copy()
+            rest = _kernels.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, left)
+            if rest == 0 and np.all(np.diff(p.utility[blocked, idx[blocked] : trial[blocked] + 1]) >= 0):
+                return trial, 0
+        best = None
+        for blocked_first in (True, False) if blocked >= 0 else (False,):
+            for by_density in (True, False):
+                trial = idx.copy()
+                rest = left
+                if blocked_first:
+                    rest = _kernels.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, rest)
+                rest = _kernels.fill(p.utility, p.grid, p.per_head, p.hi, trial, rest, by_density)
+                value = p.utility[rows, trial].sum()
+                if best is None or value > best[0]:
+                    best = (value, trial, rest)
+        _, trial, rest = best
+        rest = _kernels.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
+        return trial, rest
 
 
 def _pick(problem, idx):

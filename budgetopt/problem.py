@@ -15,7 +15,10 @@ import numpy as np
 from .curves import Curves, as_curves
 from .errors import InfeasibleError, InvalidInputError, InvalidTypeError
 
-__all__ = ["Problem", "build_problem", "check_total"]
+__all__ = ["Problem", "build_problem", "check_total", "MAX_TOKENS"]
+
+#: Token totals are int64 inside; every total the solvers handle stays below this.
+MAX_TOKENS = 2**62
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Problem:
         Head ``h`` may use grid indices ``lo[h] <= k < hi[h]`` (its floor and cap applied).
     floor_total : int
         Tokens used when every head takes its smallest usable grid point.
+    ceiling_total : int
+        Tokens used when every head takes its largest usable grid point (no total beyond it
+        changes the answer).
     """
 
     curves: Curves
@@ -42,6 +48,7 @@ class Problem:
     lo: np.ndarray
     hi: np.ndarray
     floor_total: int
+    ceiling_total: int
 
     @property
     def n_heads(self):
@@ -88,6 +95,11 @@ def build_problem(curves, min_budget=None, max_budget=None):
         Some head has no grid point within its [floor, cap].
     """
     curves = as_curves(curves)
+    if curves.capacity >= MAX_TOKENS:
+        raise InvalidInputError(
+            f"`curves` hold {curves.capacity} tokens in all (the sum of each head's largest grid "
+            f"point); the solvers handle totals below 2**62"
+        )
     utility = curves.utility2d
     grid = curves.grid2d
     H, K = utility.shape
@@ -117,8 +129,10 @@ def build_problem(curves, min_budget=None, max_budget=None):
             f"head {_label(curves, h)} has no grid point within its [min_budget, max_budget] = "
             f"[{lo_s}, {hi_s}] (its grid spans {g[0]}..{g[-1]})"
         )
-    floor_total = int(grid[np.arange(H) * per_head, lo].sum())
-    return Problem(curves, utility, grid, per_head, lo, hi, floor_total)
+    rows = np.arange(H) * per_head
+    floor_total = int(grid[rows, lo].sum())
+    ceiling_total = int(grid[rows, hi - 1].sum())
+    return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total)
 
 
 def _label(curves, h):
