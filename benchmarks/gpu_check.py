@@ -359,6 +359,13 @@ def main(argv=None):
 
     text = json.dumps(summary, indent=2)
     print(text)
+    run = summary["compact_benchmark"]["throughput"]["compact"]
+    print(f"headline: all_equal={summary['equality']['all_equal']} "
+          f"copy={summary['copy_bandwidth']['gbps_read_plus_write']:.0f} GB/s "
+          f"compact={run['gbps_issue_definition']:.0f} GB/s (issue bytes, "
+          f"{run['fraction_of_copy_bw_issue_definition']:.0%} of copy) "
+          f"physical={run['fraction_of_copy_bw_gather_physical']:.0%} of copy "
+          f"freed={summary['compact_benchmark']['memory']['freed_fraction_of_full_kv']:.0%} of full KV")
     out_dir = os.environ.get("OUT")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ def test_gpu_check_smoke_writes_summary(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert summary == json.loads(out.stdout)
+    text, headline = out.stdout.rsplit("\n", 2)[0], out.stdout.rstrip().splitlines()[-1]
+    assert summary == json.loads(text) and headline.startswith("headline: all_equal=True")
     assert summary["smoke"] is True and summary["equality"]["all_equal"] is True
     for check in summary["equality"]["per_length"].values():
         assert set(check["per_dtype"]) == {"float32", "float16", "bfloat16"}
