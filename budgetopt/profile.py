@@ -85,20 +85,54 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     return oracle, scores, sink, window
 
 
+def _descending_u32(middle):
+    """uint32 keys whose ascending order is ``middle``'s descending order, or None.
+
+    Exists for float16/float32 values, float64 values that are all exactly float32, and
+    integers of at most 32 bits. ``-0.0`` and ``0.0`` get the same key.
+    """
+    kind, size = middle.dtype.kind, middle.dtype.itemsize
+    if kind == "f":
+        if size > 4:
+            with np.errstate(over="ignore", invalid="ignore"):
+                narrow = middle.astype(np.float32)
+            if not np.array_equal(narrow, middle):
+                return None
+            middle = narrow
+        bits = (np.asarray(middle, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+        # IEEE order as unsigned integers: flip all bits of negatives, the sign bit of the rest.
+        ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    elif kind == "i" and size <= 4:
+        ascending = middle.astype(np.int64).astype(np.uint32) ^ np.uint32(0x80000000)
+    elif kind == "u" and size <= 4:
+        ascending = middle.astype(np.uint32)
+    else:
+        return None
+    return ~ascending
+
+
 def rank_middle(scores, sink, window):
     """Scorer order of each head's middle tokens: indices into ``scores[..., sink:T-window]``.
 
-    Highest score first; equal scores by position, earlier first. Float scores: one unstable
-    sort per head along the last axis; heads whose sorted keys contain an exact tie are sorted
-    again with a stable sort, so the order is always the stable one. Integer scores: one
-    stable sort. Validated input only.
+    Highest score first; equal scores by position, earlier first (the order of a stable sort
+    of ``-scores``). Scores that fit 32 bits (float16/32, float64 values exact in float32,
+    integers up to 32 bits) are packed with their position into unique 64-bit keys and sorted
+    once: no ties remain, so the plain sort is the stable order. Other float64 scores: one
+    unstable sort per head, and heads whose sorted keys contain an exact tie are sorted again
+    stably. 64-bit integers: one stable sort. Vectorised over heads. Validated input only.
     """
     length = scores.shape[-1]
     middle = scores[..., sink:length - window]
+    keys32 = _descending_u32(middle)
+    if keys32 is not None:
+        positions = np.arange(middle.shape[-1], dtype=np.uint64)
+        packed = (keys32.astype(np.uint64) << np.uint64(32)) | positions
+        packed.sort(axis=-1)
+        return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
     if middle.dtype.kind in "iu":
         # Bitwise NOT reverses the order of any integer type without overflow.
         return np.argsort(np.invert(middle), axis=-1, kind="stable")
-    keys = -middle  # floats keep their precision; negation is exact
+    keys = -middle  # negation is exact
     order = np.argsort(keys, axis=-1)
     sorted_keys = np.take_along_axis(keys, order, axis=-1)
     tied = np.any(sorted_keys[..., 1:] == sorted_keys[..., :-1], axis=-1)
@@ -162,8 +196,9 @@ def curves_from_scores(oracle, scores, *, sink=0, window=0):
     Notes
     -----
     O(n T log T) for n heads: one sort per head along the last axis (numpy, vectorised over
-    heads; an exact tie in a head's scores triggers a stable re-sort of that head), one
-    gather and one cumulative sum. No Python loop over heads.
+    heads; scores that fit 32 bits are sorted packed with their positions, other float64
+    scores with an exact tie in a head are re-sorted stably), one gather and one cumulative
+    sum. No Python loop over heads.
 
     Examples
     --------

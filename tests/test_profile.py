@@ -19,7 +19,7 @@ def direct_curves(oracle, scores, sink, window):
     protected = list(range(sink)) + list(range(length - window, length))
     out = np.zeros(head_shape + (length - sink - window + 1,))
     for head in np.ndindex(*head_shape):
-        ranked = sorted(middle, key=lambda t: (-float(scores[head][t]), t))
+        ranked = sorted(middle, key=lambda t: (-scores[head][t].item(), t))  # exact Python int/float
         base = sum(float(oracle[head][t]) for t in protected)
         for k in range(len(middle) + 1):
             out[head][k] = base + sum(float(oracle[head][t]) for t in ranked[:k])
@@ -59,6 +59,34 @@ def test_matches_direct_loop_with_many_ties(head_shape, length, sink, window):
                    rng.integers(0, 3, head_shape + (length,)).astype(np.float32) / 2):
         curves = curves_from_scores(oracle, scores, sink=sink, window=window)
         np.testing.assert_allclose(curves.utility, direct_curves(oracle, scores, sink, window), rtol=1e-12, atol=1e-12)
+
+
+def _tied_scores(rng, shape, dtype):
+    """Scores of ``dtype`` with many exact ties, negative values and both signed zeros."""
+    if dtype == "float64-exact32":
+        pool = np.array([-2.5, -0.0, 0.0, 0.25, 2.0**100, -(2.0**-100), 3.0])
+    elif dtype == "float64-general":
+        pool = np.array([-0.1, -0.0, 0.0, 0.1, 0.3, 1e300, -1e-300])
+    elif np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        pool = np.array([info.min, info.min + 1, 0, 1, 2, info.max - 1, info.max], dtype=dtype)
+    else:
+        pool = np.array([-2.5, -0.0, 0.0, 0.25, 3.0, 6e4, -6e4], dtype=dtype)
+    return pool[rng.integers(0, len(pool), shape)]
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    ["float16", "float32", "float64-exact32", "float64-general", "int8", "uint8", "int16",
+     "uint16", "int32", "uint32", "int64", "uint64"],
+)
+def test_every_sort_path_gives_the_stable_order(dtype):
+    """Packed 32-bit keys, float64 sort plus tie re-sort, and 64-bit integer sort agree."""
+    rng = np.random.default_rng(13)
+    oracle = rng.random((3, 2, 25))
+    scores = _tied_scores(rng, oracle.shape, dtype)
+    curves = curves_from_scores(oracle, scores, sink=2, window=3)
+    np.testing.assert_allclose(curves.utility, direct_curves(oracle, scores, 2, 3), rtol=1e-12, atol=1e-12)
 
 
 def test_ties_in_some_heads_only():
