@@ -7,9 +7,10 @@ Every kernel takes canonical arrays prepared by :mod:`budgetopt.problem`:
   ``h * per_head`` where ``per_head`` is 0 or 1;
 * ``lo``, ``hi``: int64 ``(H,)``: head ``h`` may use grid indices ``lo[h] <= k < hi[h]``.
 
-Hulls are stored as vertex indices into the grid: ``verts[h, :nv[h]]``. Slopes are always
-computed by :func:`_slope` from the same two vertices, so the same float operations give the
-same value everywhere and hull slopes are strictly decreasing by construction.
+Hulls are packed head after head (CSR): head ``h``'s vertices are
+``verts[offsets[h]:offsets[h+1]]`` (grid indices) with ``slopes`` of the segments that start
+there. Slopes are always computed by :func:`_slope` from the same two vertices, so hull slopes
+are strictly decreasing by construction and compare consistently everywhere.
 
 Compiled functions are cached on disk (``cache=True``): a new process does not recompile.
 """
@@ -32,13 +33,14 @@ _PRUNE_STOP = 0.75
 
 
 @nb.njit(**_JIT)
-def _hull_one(u, g, lo, hi, out, drop_descending):
+def _hull_one(u, g, lo, hi, out, xs, ys, drop_descending):
     """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
     Two stages. (1) Branch-free pruning rounds: a point strictly between its neighbours in
     x that lies on or below their chord cannot be a hull vertex, so every such point is
     dropped at once; rounds repeat while they remove at least a quarter of what is left.
-    (2) Monotone chain, left to right, over the survivors. A repeated grid value keeps its
+    (2) Monotone chain, left to right, over the survivors. ``out``, ``xs`` and ``ys`` are
+    scratch of at least ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]``. A repeated grid value keeps its
     best utility. With ``drop_descending``, trailing segments of negative slope are dropped,
     so the hull ends at the rightmost point of largest utility.
     """
@@ -48,8 +50,6 @@ def _hull_one(u, g, lo, hi, out, drop_descending):
             out[i] = lo + i
     else:
         # Candidates live in contiguous (x, y, index) arrays so rounds read memory in order.
-        xs = np.empty(n, np.float64)
-        ys = np.empty(n, np.float64)
         # First round reads the grid directly (the candidates are lo..hi-1).
         xs[0] = g[lo]
         ys[0] = u[lo]
@@ -123,15 +123,44 @@ def _hull_one(u, g, lo, hi, out, drop_descending):
 
 
 @nb.njit(**_JIT)
-def upper_hulls(utility, grid, per_head, lo, hi, verts, nv, drop_descending):
-    """Fill ``verts``/``nv`` with every head's upper hull. O(H * K), parallel over heads."""
-    H = utility.shape[0]
+def upper_hulls(utility, grid, per_head, lo, hi, drop_descending):
+    """Every head's upper hull, packed: ``(offsets, verts, slopes)``.
+
+    Head ``h``'s vertices are the grid indices ``verts[offsets[h]:offsets[h+1]]``, left to
+    right; ``slopes[i]`` is the slope of the segment that starts at vertex ``i`` (``-inf`` at
+    a head's last vertex). Packing keeps later passes over the hulls in cache. O(H * K).
+    """
+    H, K = utility.shape
+    scratch = np.empty(K, np.int64)
+    xs = np.empty(K, np.float64)
+    ys = np.empty(K, np.float64)
+    offsets = np.empty(H + 1, np.int64)
+    offsets[0] = 0
+    cap = max(64, 16 * H)
+    verts = np.empty(cap, np.int64)
     for h in range(H):
-        nv[h] = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], verts[h], drop_descending)
+        m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, drop_descending)
+        start = offsets[h]
+        if start + m > cap:
+            cap = max(2 * cap, start + m)
+            grown = np.empty(cap, np.int64)
+            grown[:start] = verts[:start]
+            verts = grown
+        verts[start : start + m] = scratch[:m]
+        offsets[h + 1] = start + m
+    verts = verts[: offsets[H]].copy()
+    slopes = np.empty(offsets[H], np.float64)
+    for h in range(H):
+        u = utility[h]
+        g = grid[h * per_head]
+        for i in range(offsets[h], offsets[h + 1] - 1):
+            slopes[i] = _slope(u, g, verts[i], verts[i + 1])
+        slopes[offsets[h + 1] - 1] = -np.inf
+    return offsets, verts, slopes
 
 
 @nb.njit(**_JIT)
-def hull_gaps(utility, grid, per_head, lo, hi, verts, nv, out):
+def hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out):
     """Largest amount by which a head's points lie below its (full) upper hull.
 
     A repeated grid value is judged by its best utility. O(H * K).
@@ -140,8 +169,8 @@ def hull_gaps(utility, grid, per_head, lo, hi, verts, nv, out):
     for h in range(H):
         u = utility[h]
         g = grid[h * per_head]
-        v = verts[h]
-        n = nv[h]
+        v = verts[offsets[h] : offsets[h + 1]]
+        n = offsets[h + 1] - offsets[h]
         worst = 0.0
         j = 0
         k = lo[h]
@@ -169,127 +198,114 @@ def hull_gaps(utility, grid, per_head, lo, hi, verts, nv, out):
 
 
 @nb.njit(**_JIT)
-def _count_ge(u, g, v, n, lam):
-    """Number of leading hull segments with slope >= lam (slopes decrease along the hull)."""
+def _weighted_threshold(slopes, costs, budget):
+    """Largest slope ``s`` with ``sum(costs[slopes >= s]) > budget`` (given the total is).
+
+    Quickselect with a three-way partition, in place: O(n) expected. ``slopes`` and
+    ``costs`` are scratch copies and come back reordered.
+    """
     lo = 0
-    hi = n - 1  # segments
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _slope(u, g, v[mid], v[mid + 1]) >= lam:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    hi = slopes.shape[0]
+    while True:
+        a = slopes[lo]
+        b = slopes[(lo + hi) // 2]
+        c = slopes[hi - 1]
+        pivot = max(min(a, b), min(max(a, b), c))  # median of three
+        # Dutch flag: [lo, i) > pivot, [i, j) == pivot, [k, hi) < pivot
+        i = lo
+        j = lo
+        k = hi
+        while j < k:
+            sj = slopes[j]
+            if sj > pivot:
+                slopes[i], slopes[j] = slopes[j], slopes[i]
+                costs[i], costs[j] = costs[j], costs[i]
+                i += 1
+                j += 1
+            elif sj < pivot:
+                k -= 1
+                slopes[k], slopes[j] = slopes[j], slopes[k]
+                costs[k], costs[j] = costs[j], costs[k]
+            else:
+                j += 1
+        above = 0
+        for t in range(lo, i):
+            above += costs[t]
+        if above > budget:
+            hi = i
+            continue
+        equal = 0
+        for t in range(i, j):
+            equal += costs[t]
+        if above + equal > budget:
+            return pivot
+        budget -= above + equal
+        lo = j
 
 
 @nb.njit(**_JIT)
-def _cost_ge(utility, grid, per_head, verts, nv, lam):
-    total = 0
-    for h in range(utility.shape[0]):
-        g = grid[h * per_head]
-        v = verts[h]
-        c = _count_ge(utility[h], g, v, nv[h], lam)
-        total += g[v[c]] - g[v[0]]
-    return total
-
-
-@nb.njit(inline="always", **_JIT)
-def _key(x):
-    """Order-preserving map of float64 to int64 (for bisection over floats)."""
-    i = np.array([x]).view(np.int64)[0]
-    if i < 0:
-        i = np.int64(-9223372036854775808) - i - 1
-    return i
-
-
-@nb.njit(inline="always", **_JIT)
-def _unkey(k):
-    if k < 0:
-        k = np.int64(-9223372036854775808) - k - 1
-    return np.array([k]).view(np.float64)[0]
-
-
-@nb.njit(**_JIT)
-def greedy_solve(utility, grid, per_head, lo, hi, verts, nv, spare, idx):
+def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     """Marginal-utility greedy over hull segments for ``spare`` tokens above the floors.
 
     Writes each head's chosen grid index to ``idx`` and returns
     ``(lp_value, threshold, blocked_head, left_over)``.
 
     The order "slope descending, ties by head" is never materialised: the slope of the
-    blocked segment is found by bisection over the float64 order, each step counting with
-    a binary search per head (O(64 * H * log K)). Segments steeper than it are all taken;
-    those of equal slope are taken in head order until one does not fit.
+    segment that no longer fits is found by weighted quickselect over all segments (O(S)
+    expected); segments steeper than it are all taken, and those of equal slope are taken
+    in head order until one does not fit.
     """
     H = utility.shape[0]
-    # Everything fits: take every segment.
+    n_seg = offsets[H] - H
+    seg_slopes = np.empty(n_seg, np.float64)
+    seg_costs = np.empty(n_seg, np.int64)
     all_cost = 0
-    smax = -1.0
-    smin = np.inf
+    t = 0
     for h in range(H):
         g = grid[h * per_head]
-        v = verts[h]
-        n = nv[h]
-        all_cost += g[v[n - 1]] - g[v[0]]
-        if n >= 2:
-            s0 = _slope(utility[h], g, v[0], v[1])
-            s1 = _slope(utility[h], g, v[n - 2], v[n - 1])
-            if s0 > smax:
-                smax = s0
-            if s1 < smin:
-                smin = s1
+        for i in range(offsets[h], offsets[h + 1] - 1):
+            c = g[verts[i + 1]] - g[verts[i]]
+            seg_slopes[t] = slopes[i]
+            seg_costs[t] = c
+            all_cost += c
+            t += 1
     lp = 0.0
     if all_cost <= spare:
         for h in range(H):
-            idx[h] = verts[h, nv[h] - 1]
+            idx[h] = verts[offsets[h + 1] - 1]
             lp += utility[h, idx[h]]
         return lp, 0.0, -1, spare - all_cost
 
-    # Largest slope value lam with cost_ge(lam) > spare; cost_ge(smin) = all_cost > spare.
-    klo = _key(smin)
-    khi = _key(smax)
-    while klo < khi:
-        kmid = klo + (khi - klo + 1) // 2
-        if _cost_ge(utility, grid, per_head, verts, nv, _unkey(kmid)) > spare:
-            klo = kmid
-        else:
-            khi = kmid - 1
-    lam = _unkey(klo)
-
+    lam = _weighted_threshold(seg_slopes, seg_costs, spare)
     left = spare
+    blocked = -1
+    # Heads' segments steeper than lam are all taken.
     cnt = np.empty(H, np.int64)
     for h in range(H):
         g = grid[h * per_head]
-        v = verts[h]
-        n = nv[h]
-        # segments with slope > lam
-        a = 0
-        b = n - 1
-        while a < b:
+        a = offsets[h]
+        b = offsets[h + 1] - 1  # index of the last vertex
+        while a < b:  # first vertex whose outgoing slope is <= lam
             mid = (a + b) // 2
-            if _slope(utility[h], g, v[mid], v[mid + 1]) > lam:
+            if slopes[mid] > lam:
                 a = mid + 1
             else:
                 b = mid
         cnt[h] = a
-        left -= g[v[a]] - g[v[0]]
-    blocked = -1
+        left -= g[verts[a]] - g[verts[offsets[h]]]
     for h in range(H):
-        n = nv[h]
         c = cnt[h]
-        if c < n - 1:
+        if c < offsets[h + 1] - 1 and slopes[c] == lam:
             g = grid[h * per_head]
-            v = verts[h]
-            if _slope(utility[h], g, v[c], v[c + 1]) == lam:
-                cost = g[v[c + 1]] - g[v[c]]
-                if cost <= left:
-                    cnt[h] = c + 1
-                    left -= cost
-                else:
-                    blocked = h
-                    break
+            cost = g[verts[c + 1]] - g[verts[c]]
+            if cost <= left:
+                cnt[h] = c + 1
+                left -= cost
+            else:
+                blocked = h
+                break
     for h in range(H):
-        idx[h] = verts[h, cnt[h]]
+        idx[h] = verts[cnt[h]]
         lp += utility[h, idx[h]]
     lp += left * lam
     return lp, lam, blocked, left

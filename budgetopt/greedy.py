@@ -26,7 +26,7 @@ class _Greedy:
         idx = np.empty(p.n_heads, np.int64)
         spare = min(total, p.ceiling_total) - p.floor_total
         lp, lam, blocked, left = _kernels.greedy_solve(
-            p.utility, p.grid, p.per_head, p.lo, p.hi, hulls.verts, hulls.nv, spare, idx
+            p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
         )
         left_lp = left
         if left > 0:
@@ -35,7 +35,7 @@ class _Greedy:
             "lp_bound": float(lp),
             "blocked_head": None if blocked < 0 else p.head_label(int(blocked)),
             "left_after_lp": int(left_lp),
-            "hull_segments": int((hulls.nv - 1).sum()),
+            "hull_segments": hulls.n_segments,
         }
         return idx, float(lp), float(lam), stats
 

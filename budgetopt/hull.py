@@ -15,18 +15,26 @@ __all__ = ["Hulls", "upper_hulls", "hull_gap"]
 
 @dataclass(frozen=True)
 class Hulls:
-    """Every head's upper hull, as indices into its grid.
+    """Every head's upper hull, packed head after head.
 
     Attributes
     ----------
-    verts : ndarray int64 (H, K)
-        ``verts[h, :nv[h]]`` are the grid indices of head ``h``'s hull vertices, left to right.
-    nv : ndarray int64 (H,)
-        Number of vertices per head (>= 1; ``nv - 1`` segments).
+    offsets : ndarray int64 (H + 1,)
+        Head ``h``'s vertices are entries ``offsets[h]:offsets[h + 1]`` of the other arrays.
+    verts : ndarray int64
+        Grid indices of the hull vertices, left to right within each head.
+    slopes : ndarray float64
+        Slope of the segment that starts at each vertex (strictly decreasing within a head;
+        ``-inf`` at each head's last vertex).
     """
 
+    offsets: np.ndarray
     verts: np.ndarray
-    nv: np.ndarray
+    slopes: np.ndarray
+
+    @property
+    def n_segments(self):
+        return int(self.verts.shape[0] - (self.offsets.shape[0] - 1))
 
 
 def upper_hulls(problem, *, drop_descending=True):
@@ -44,16 +52,13 @@ def upper_hulls(problem, *, drop_descending=True):
 
     Notes
     -----
-    Monotone chain, O(K) per head, compiled and parallel over heads. Hull slopes are
-    strictly decreasing; collinear points are not vertices.
+    O(K) per head, compiled: branch-free pruning rounds, then a monotone chain over what
+    survives. Hull slopes are strictly decreasing; collinear points are not vertices.
     """
-    H, K = problem.utility.shape
-    verts = np.empty((H, K), np.int64)
-    nv = np.empty(H, np.int64)
-    _kernels.upper_hulls(
-        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, verts, nv, drop_descending
+    offsets, verts, slopes = _kernels.upper_hulls(
+        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, drop_descending
     )
-    return Hulls(verts, nv)
+    return Hulls(offsets, verts, slopes)
 
 
 def hull_gap(curves):
@@ -83,6 +88,6 @@ def hull_gap(curves):
     hulls = upper_hulls(problem, drop_descending=False)
     out = np.empty(problem.n_heads, np.float64)
     _kernels.hull_gaps(
-        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, hulls.verts, hulls.nv, out
+        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, hulls.offsets, hulls.verts, out
     )
     return out.reshape(problem.curves.head_shape)
