@@ -3,8 +3,9 @@
 Both sides build the same ``[99, L, H]`` table from the same calibration files:
 
 * budgetopt: ``lukv_table`` over memory-mapped ``.npy`` files, end to end (reading, validation,
-  one sort per head and scores array, curves, one ``sweep`` of 99 totals per pair). Numba
-  compilation is excluded by a warm-up call on a tiny problem.
+  one sort per head and scores array, curves, one ``sweep`` of 99 totals per pair), with one
+  thread per core (``workers=-1``). Numba compilation is excluded by a warm-up call on a tiny
+  problem.
 * reference: ``tests/reference_lukv.py`` (a plain re-expression of ``step2_compute_curve.py``:
   per-head Python hull scan and a heapq eviction of single tokens), one task per pair in a
   ``multiprocessing.Pool`` with one process per core, each worker loading its pair's files,
@@ -70,7 +71,7 @@ def make_files(directory, pairs, contexts, layers, heads, length, seed):
     return oracle_paths, score_paths
 
 
-def run_ours(oracle_paths, score_paths, sink, window):
+def run_ours(oracle_paths, score_paths, sink, window, workers):
     loaded = {}
     scores = []
     for path in score_paths:  # one array object per distinct file, so each is ranked once
@@ -78,7 +79,7 @@ def run_ours(oracle_paths, score_paths, sink, window):
             loaded[path] = np.load(path, mmap_mode="r")
         scores.append(loaded[path])
     oracles = [np.load(path, mmap_mode="r") for path in oracle_paths]
-    return lukv_table(oracles, scores, sink=sink, window=window)
+    return lukv_table(oracles, scores, sink=sink, window=window, workers=workers)
 
 
 def breakdown(oracle_path, score_path, sink, window):
@@ -144,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--ref-pairs", type=int, default=None, help="pairs timed for the reference (default: all)")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="lukv_table threads (default -1: one per core, like the reference's pool)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of budgetopt (the median is reported)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -167,10 +170,11 @@ def main(argv=None):
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            ours = run_ours(oracle_paths, score_paths, args.sink, args.window)
+            ours = run_ours(oracle_paths, score_paths, args.sink, args.window, args.workers)
             times.append(time.perf_counter() - t0)
         ours_s = float(np.median(times))
-        print(f"budgetopt lukv_table: {ours_s:.3f} s for {args.pairs} pairs (median of {args.repeats}: "
+        print(f"budgetopt lukv_table (workers={args.workers}): {ours_s:.3f} s for {args.pairs} pairs "
+              f"(median of {args.repeats}: "
               f"{', '.join(f'{t:.3f}' for t in times)}), {1000 * ours_s / args.pairs:.1f} ms per pair")
 
         print("budgetopt per pair, first pair (median of 3): " + breakdown(
@@ -193,7 +197,7 @@ def main(argv=None):
         if ref_pairs == args.pairs:
             compare = ours
         else:
-            compare = run_ours(oracle_paths[:ref_pairs], score_paths[:ref_pairs], args.sink, args.window)
+            compare = run_ours(oracle_paths[:ref_pairs], score_paths[:ref_pairs], args.sink, args.window, args.workers)
         diff = np.abs(compare - ref)
         print(f"tables: max |budgetopt - reference| = {diff.max():.3g} (1/T = {1 / args.length:.3g}); "
               f"entries differing by > 1e-12: {int((diff > 1e-12).sum())} of {diff.size}")

@@ -442,6 +442,7 @@ def _cmd_lukv_table(args):
             layerwise=not args.layer_local,
             aggregate=args.aggregate,
             progress=progress,
+            workers=args.workers,
         )
     except (InvalidInputError, InvalidTypeError) as exc:
         raise name_files(exc, args) from None
@@ -461,6 +462,16 @@ def fraction_below_one(text):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from None
     if not math.isfinite(value) or not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}")
+    return value
+
+
+def workers_count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or -1 (all cores); got {text!r}") from None
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or -1 (all cores); got {text!r}")
     return value
 
 
@@ -501,6 +512,8 @@ def add_profile_parsers(sub):
                    help="each layer keeps exactly its share (default: one budget across all layers)")
     p.add_argument("--aggregate", choices=["mean_ratio", "mean_curve"], default="mean_ratio",
                    help="average per-pair prune ratios (default, published) or solve the mean curve")
+    p.add_argument("--workers", type=workers_count, default=-1,
+                   help="pairs solved at once on threads (default -1: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("-o", "--output", required=True, help="table file to write (.npy)")
     p.set_defaults(func=_cmd_lukv_table)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .api import sweep
 from .curves import Curves, write_atomic
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from .profile import check_profile_arrays, rank_middle, utility_from_order
+from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
 
 __all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
 
@@ -112,6 +114,7 @@ def lukv_table(
     layerwise=True,
     aggregate="mean_ratio",
     progress=None,
+    workers=1,
 ):
     """Per-head prune ratios at global compression 1%..99%: a kvpress ``LUKVPress`` table.
 
@@ -145,7 +148,12 @@ def lukv_table(
         ``"mean_curve"``: average the pairs' utility curves and solve once (optimal for the
         expected retained oracle mass); see docs/profiling.md for a held-out comparison.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each pair is processed.
+        Called as ``progress(done, total)`` after each pair is processed (in pair order, from
+        the calling thread).
+    workers : int, optional
+        Threads solving pairs at once (default 1; -1: one per core). The sorts, gathers and
+        compiled kernels release the GIL, so pairs run in parallel; the result does not
+        depend on ``workers`` (the pairs are summed in order).
 
     Returns
     -------
@@ -164,6 +172,7 @@ def lukv_table(
     Per pair: one sort per head (skipped when the pair reuses a ranked scores array), a
     cumulative sum, then one :func:`budgetopt.sweep` over the 99 totals (once per layer when
     ``layerwise`` is false): O(n T log T) for n heads, no Python loop over heads or tokens.
+    With ``workers > 1`` pairs run on a thread pool; results are deterministic.
 
     With ``min_keep_fraction * T <= sink + window`` (the floor is the protected tokens) the
     result equals the published solver's (a min-heap evicting single tokens by their
@@ -200,47 +209,97 @@ def lukv_table(
     if progress is not None and not callable(progress):
         raise InvalidTypeError("`progress` must be callable as progress(done, total) or None")
     min_keep_fraction = _check_fraction(min_keep_fraction)
+    sink = check_count(sink, "sink")
+    window = check_count(window, "window")
+    workers = _check_workers(workers)
     oracles, scores, per_pair = _as_pairs(oracles, scores)
+    rankings = _Rankings(sink, window)
 
-    shape = None
-    grid = None
-    length = None
-    floor = None
-    total = None
-    orders = {}  # id(scores array) -> ranking; the list keeps those objects alive
-    for i, (oracle, score) in enumerate(zip(oracles, scores)):
-        scores_name = f"scores[{i}]" if per_pair else "scores"
-        oracle_arr, score_arr, sink, window = check_profile_arrays(
-            oracle, score, sink, window, oracle_name=f"oracles[{i}]", scores_name=scores_name
+    def solve_pair(i):
+        """Shape and contribution of pair ``i``: its table (mean_ratio) or its curves."""
+        oracle_arr, score_arr, _, _ = check_profile_arrays(
+            oracles[i], scores[i], sink, window,
+            oracle_name=f"oracles[{i}]", scores_name=f"scores[{i}]" if per_pair else "scores",
         )
         if oracle_arr.ndim != 3:
             raise InvalidInputError(
                 f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle_arr.shape}"
             )
+        utility = utility_from_order(oracle_arr, rankings.get(scores[i], score_arr), sink, window)
+        if aggregate == "mean_curve":
+            return oracle_arr.shape, utility
+        length = oracle_arr.shape[-1]
+        grid = np.arange(sink + window, length + 1, dtype=np.int64)
+        floor = _floor(min_keep_fraction, length, sink, window)
+        return oracle_arr.shape, _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise)
+
+    shape = None
+    total = None
+    for i, (pair_shape, part) in enumerate(_map_in_order(solve_pair, len(oracles), workers)):
         if shape is None:
-            shape = oracle_arr.shape
-            length = shape[-1]
-            grid = np.arange(sink + window, length + 1, dtype=np.int64)
-            floor = max(int(round(min_keep_fraction * length)), sink + window)
-        elif oracle_arr.shape != shape:
+            shape = pair_shape
+        elif pair_shape != shape:
             raise InvalidInputError(
-                f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {oracle_arr.shape}"
+                f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {pair_shape}"
             )
-        key = id(score)
-        if key not in orders:
-            orders[key] = rank_middle(score_arr, sink, window)
-        utility = utility_from_order(oracle_arr, orders[key], sink, window)
-        if aggregate == "mean_ratio":
-            part = _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise)
-        else:
-            part = utility
-        total = part if total is None else total + part
+        total = part if total is None else total + part  # in pair order: deterministic
         if progress is not None:
             progress(i + 1, len(oracles))
     mean = total / len(oracles)
     if aggregate == "mean_curve":
+        length = shape[-1]
+        grid = np.arange(sink + window, length + 1, dtype=np.int64)
+        floor = _floor(min_keep_fraction, length, sink, window)
         mean = _solve_rows(mean, grid, length, floor, min_keep_fraction, layerwise)
     return np.clip(mean, 0.0, 1.0)
+
+
+def _floor(min_keep_fraction, length, sink, window):
+    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
+    return max(int(round(min_keep_fraction * length)), sink + window)
+
+
+def _check_workers(workers):
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, numbers.Integral):
+        raise InvalidTypeError(f"`workers` must be a positive integer or -1 (all cores); got {workers!r}")
+    workers = int(workers)
+    if workers == -1:
+        return os.cpu_count() or 1
+    if workers < 1:
+        raise InvalidInputError(f"`workers` must be a positive integer or -1 (all cores); got {workers}")
+    return workers
+
+
+class _Rankings:
+    """Each distinct scores object ranked once, safely from several threads."""
+
+    def __init__(self, sink, window):
+        self.sink, self.window = sink, window
+        self.lock = threading.Lock()
+        self.entries = {}  # id(scores object) -> [lock, ranking]; the caller keeps the objects alive
+
+    def get(self, obj, validated):
+        with self.lock:
+            entry = self.entries.setdefault(id(obj), [threading.Lock(), None])
+        with entry[0]:
+            if entry[1] is None:
+                entry[1] = rank_middle(validated, self.sink, self.window)
+            return entry[1]
+
+
+def _map_in_order(fn, n, workers):
+    """``fn(0), ..., fn(n - 1)`` in order, on ``workers`` threads; the first error cancels the rest."""
+    if workers == 1 or n == 1:
+        for i in range(n):
+            yield fn(i)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="lukv")
+    try:
+        futures = [pool.submit(fn, i) for i in range(n)]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_table(table, name):

@@ -20,7 +20,7 @@ from .errors import InvalidInputError, InvalidTypeError
 __all__ = ["curves_from_scores"]
 
 
-def _check_count(value, name):
+def check_count(value, name):
     """A non-negative Python/numpy integer (bools refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise InvalidTypeError(f"`{name}` must be a non-negative integer; got {value!r}")
@@ -63,8 +63,8 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     Internal front door shared by :func:`curves_from_scores` and :func:`budgetopt.lukv_table`.
     ``oracle`` is returned as float64; ``scores`` keeps a real dtype (it is only ranked).
     """
-    sink = _check_count(sink, "sink")
-    window = _check_count(window, "window")
+    sink = check_count(sink, "sink")
+    window = check_count(window, "window")
     oracle = _real_array(oracle, oracle_name)
     scores = _real_array(scores, scores_name)
     if oracle.shape != scores.shape:

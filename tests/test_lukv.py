@@ -155,6 +155,27 @@ def test_shared_scores_same_as_repeated_list_and_progress_called():
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+@pytest.mark.parametrize("aggregate", ["mean_ratio", "mean_curve"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_workers_do_not_change_the_table(aggregate, shared):
+    oracles, scores = make_pairs(13, (3, 2, 50), 5, shared_scores=shared)
+    one = lukv_table(oracles, scores, sink=1, window=2, aggregate=aggregate)
+    calls = []
+    many = lukv_table(oracles, scores, sink=1, window=2, aggregate=aggregate, workers=3,
+                      progress=lambda done, total: calls.append(done))
+    np.testing.assert_array_equal(many, one)
+    np.testing.assert_array_equal(lukv_table(oracles, scores, sink=1, window=2, aggregate=aggregate, workers=-1), one)
+    assert calls == [1, 2, 3, 4, 5]
+
+
+def test_workers_report_the_first_bad_pair():
+    oracles, scores = make_pairs(14, (2, 2, 30), 5, shared_scores=True)
+    oracles[3] = np.full((2, 2, 30), np.nan)
+    oracles[4] = np.ones((2, 2, 31))
+    with pytest.raises(InvalidInputError, match=r"`oracles\[3\]` must be finite"):
+        lukv_table(oracles, scores, sink=1, window=1, workers=4)
+
+
 def test_reference_per_pair_solver_agrees_with_sweep_on_arbitrary_ratios():
     """The reference's per-pair entry point (used by benchmarks) at non-percent ratios."""
     oracles, scores = make_pairs(9, (2, 3, 45), 1, shared_scores=True)
@@ -291,6 +312,9 @@ SCORES = np.arange(60.0).reshape(2, 3, 10)
         (GOOD, SCORES, dict(min_keep_fraction="0.1"), InvalidTypeError, r"`min_keep_fraction`"),
         (GOOD, SCORES, dict(layerwise=1), InvalidTypeError, r"`layerwise` must be True or False"),
         (GOOD, SCORES, dict(progress=3), InvalidTypeError, r"`progress` must be callable"),
+        (GOOD, SCORES, dict(workers=0), InvalidInputError, r"`workers` must be a positive integer or -1"),
+        (GOOD, SCORES, dict(workers=2.0), InvalidTypeError, r"`workers` must be a positive integer or -1"),
+        (GOOD, SCORES, dict(workers=-2), InvalidInputError, r"`workers`"),
     ],
 )
 def test_errors_name_the_argument(oracles, scores, kwargs, error, match):
