@@ -188,20 +188,24 @@ def compact(keys, values, scores, budgets, *, sink=0, window=0):
 
     Notes
     -----
-    Selection as in :func:`keep_mask` (one stable sort of each head's unprotected tokens,
-    then a sort of the at most ``max_length`` kept positions), then one row gather per
-    tensor, so the copy reads only the kept rows: O(batch * kv_heads * (T log T +
-    max_length * dim)). When ``budgets`` is a device tensor, reading ``max_length`` back
-    is the one host synchronisation (the output shape needs it); host budgets (NumPy
-    arrays, lists) need none, so a loop over layers never waits for the device.
-    Rows are copied as 8-, 4- or 2-byte words when their size allows, so every dtype is
-    moved bit for bit. A head whose budget is below its protected tokens keeps those tokens
-    (see :func:`keep_mask`). Memory: the outputs plus O(batch * kv_heads * T) int64
-    work space for the selection.
+    Selection as in :func:`keep_mask` (the ``max_length`` largest scores of each head by
+    :func:`torch.topk`, then a threshold and a tie rule by position), then a binary search
+    in the running count of kept tokens gives each slot its position, in ascending order
+    without a sort; then one ``gather`` along the token axis per tensor, so the copy reads
+    only the kept rows: O(batch * kv_heads * (T + max_length * (log T + dim))), plus the
+    top-k's own ``max_length log max_length`` ordering of its values. When ``budgets`` is
+    a device tensor, reading ``max_length`` back is the one host synchronisation (the
+    output shape needs it); host budgets (NumPy arrays, lists) need none, so a loop over
+    layers never waits for the device. Rows are copied as 8-, 4- or 2-byte words when
+    their size allows, so every dtype is moved bit for bit. A head whose budget is below
+    its protected tokens keeps those tokens (see :func:`keep_mask`). Memory: the outputs
+    plus O(batch * kv_heads * T) work space for the selection (a copy of the scores, a few
+    bool masks and an int32 running count).
 
-    Each call launches a few dozen small kernels; layers of equal length can share one call
-    by stacking them on the batch axis with budgets shaped ``(layers, kv_heads)`` (all heads
-    are then padded to the largest budget of any layer).
+    Each call launches about thirty tensor operations (a few more inside
+    ``torch.topk``); layers of equal length can share one call by stacking them on the
+    batch axis with budgets shaped ``(layers, kv_heads)`` (all heads are then padded to the
+    largest budget of any layer).
 
     Examples
     --------
@@ -248,11 +252,11 @@ def compact(keys, values, scores, budgets, *, sink=0, window=0):
     found = select_positions(scores, middle_budgets, s, w, slots)
     valid = found < length
     positions = torch.where(valid, found, -1)
-    rows = _slot_rows(found.clamp(max=max(length - 1, 0)), length)
+    source = found.clamp_(max=max(length - 1, 0))  # padding slots read a real row, then are zeroed
     padding = batch * heads * slots - total
-    pad_rows = _nth_true(~valid.reshape(-1), padding) if padding else None
-    out_keys = _gather_slots(keys, rows, pad_rows, slots)
-    out_values = _gather_slots(values, rows, pad_rows, slots)
+    pad_rows = _nth_true(valid.logical_not().reshape(-1), padding) if padding else None
+    out_keys = _gather_slots(keys, source, pad_rows)
+    out_values = _gather_slots(values, source, pad_rows)
     return CompactKV(out_keys, out_values, positions, lengths, valid, length, total)
 
 
@@ -285,23 +289,15 @@ def _index_rows(rows2d, rows):
     return words.index_select(0, rows).view(rows2d.dtype)
 
 
-def _slot_rows(source, length):
-    """Flat row ``(b * kv_heads + h) * T + source[b, h, j]`` of every slot, shape (n,)."""
-    batch, heads, _ = source.shape
-    base = (torch.arange(batch * heads, device=source.device) * length).view(batch, heads, 1)
-    return (source + base).reshape(-1)
+def _gather_slots(x, source, pad_rows):
+    """``x[b, h, source[b, h, j]]`` for every slot, shape (batch, kv_heads, slots, dim),
+    with the flat slots ``pad_rows`` zeroed.
 
-
-def _gather_slots(x, rows, pad_rows, slots):
-    """Rows ``rows`` of ``x`` seen as (batch * kv_heads * T, dim), zeroed at ``pad_rows``,
-    shaped (batch, kv_heads, slots, dim)."""
-    batch, heads, length, dim = x.shape
+    One ``gather`` along the token axis (any strides), copying rows as machine words."""
+    batch, heads, slots = source.shape
     words = _as_words(x)
-    if x.is_contiguous():
-        out = words.reshape(batch * heads * length, words.shape[-1]).index_select(0, rows)
-    else:
-        bh = rows // length
-        out = words[bh // heads, bh % heads, rows % length]
+    width = words.shape[-1]
+    out = words.gather(2, source.unsqueeze(-1).expand(batch, heads, slots, width))
     if pad_rows is not None:
-        out.index_fill_(0, pad_rows, 0)
-    return out.view(x.dtype).reshape(batch, heads, slots, dim)
+        out.view(batch * heads * slots, width).index_fill_(0, pad_rows, 0)
+    return out.view(x.dtype)

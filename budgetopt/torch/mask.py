@@ -59,9 +59,12 @@ def keep_mask(scores, budgets, *, sink=0, window=0):
     keeps more than its budget; every other head keeps exactly ``min(budget, T)`` tokens.
 
     Ties between equal scores go to the lower position, on every device, so the result is
-    deterministic. Cost: one stable sort of the unprotected tokens per head,
-    O(batch * kv_heads * T log T), with no Python loop over heads or tokens and no host
-    synchronisation (a budgets tensor on another device is copied without waiting).
+    deterministic. Cost: the ``k`` largest unprotected scores of each head by
+    :func:`torch.topk` (``k`` the largest budget; a radix selection on CUDA), then a few
+    elementwise passes and one cumulative sum, O(batch * kv_heads * (T + k log k)). With a
+    budgets tensor, ``k`` is not known on the host, so the scores are sorted instead
+    (O(T log T) per head). No Python loop over heads or tokens and no host synchronisation
+    (a budgets tensor on another device is copied without waiting).
 
     Examples
     --------
@@ -78,8 +81,11 @@ def keep_mask(scores, budgets, *, sink=0, window=0):
     tensor([[[0, 1, 0, 0, 1],
              [0, 0, 0, 0, 1]]], dtype=torch.int32)
     """
-    scores, middle_budgets, _, (s, w) = prepare_selection(scores, budgets, sink, window)
-    return select(scores, middle_budgets, s, w)
+    scores, middle_budgets, host_lengths, (s, w) = prepare_selection(scores, budgets, sink, window)
+    top = None
+    if host_lengths is not None:
+        top = int(host_lengths.max()) - (s + w) if host_lengths.size else 0
+    return select(scores, middle_budgets, s, w, top)
 
 
 def prepare_selection(scores, budgets, sink, window):
@@ -109,19 +115,22 @@ def prepare_selection(scores, budgets, sink, window):
     return scores, middle_budgets, host_lengths, (s, w)
 
 
-def select(scores, middle_budgets, s, w):
+def select(scores, middle_budgets, s, w, top=None):
     """Keep mask from checked inputs: the ``s`` first and ``w`` last tokens, plus the top
-    ``middle_budgets[b, h]`` of the tokens between them (stable: lower position wins ties)."""
+    ``middle_budgets[b, h]`` of the tokens between them (lower position wins ties).
+
+    ``top``, when given, is ``max(middle_budgets)`` as a Python int; it lets the selection
+    look at only that many scores per head (see :func:`_keep_middle`).
+    """
     batch, heads, length = scores.shape
-    mask = torch.ones((batch, heads, length), dtype=torch.bool, device=scores.device)
     stop = length - w
     if stop <= s:
-        return mask
-    order = _middle_order(scores, s, stop)
-    ranks = torch.empty_like(order)
-    steps = torch.arange(stop - s, device=scores.device).expand_as(order)
-    ranks.scatter_(-1, order, steps)
-    mask[..., s:stop] = ranks < middle_budgets.unsqueeze(-1)
+        return torch.ones((batch, heads, length), dtype=torch.bool, device=scores.device)
+    kept = _keep_middle(scores[..., s:stop], middle_budgets, top)
+    if s == 0 and w == 0:
+        return kept
+    mask = torch.ones((batch, heads, length), dtype=torch.bool, device=scores.device)
+    mask[..., s:stop] = kept
     return mask
 
 
@@ -129,38 +138,49 @@ def select_positions(scores, middle_budgets, s, w, slots):
     """Kept positions of each head in ascending order, padded with ``T`` to ``slots``.
 
     The same kept set as :func:`select`; ``slots`` must be ``s + w + max(middle_budgets)``.
-    One stable sort of the unprotected tokens and one small sort of the kept ones.
+    Slot ``j`` of a head holds the position of its ``(j + 1)``-th kept token, found by a
+    binary search in the running count of kept tokens (no sort, no host synchronisation);
+    past the head's last kept token the search returns ``T``.
     """
     batch, heads, length = scores.shape
-    device = scores.device
-    stop = length - w
-    top = slots - s - w  # the most unprotected tokens any head keeps
-    parts = []
-    if s:
-        parts.append(torch.arange(s, device=device).expand(batch, heads, s))
-    if top > 0:
-        order = _middle_order(scores, s, stop)[..., :top]
-        rank = torch.arange(top, device=device)
-        chosen = rank < middle_budgets.unsqueeze(-1)
-        parts.append(torch.where(chosen, order + s, length))  # T marks an unused slot
-    if w:
-        parts.append(torch.arange(stop, length, device=device).expand(batch, heads, w))
-    if not parts:
-        return torch.empty((batch, heads, 0), dtype=torch.int64, device=device)
-    if top > 0:
-        # Sinks sort first and the window after the kept middle tokens, ahead of the T marks.
-        return torch.cat(parts, dim=-1).sort(dim=-1).values
-    return torch.cat(parts, dim=-1)
+    if slots == 0:
+        return torch.empty((batch, heads, 0), dtype=torch.int64, device=scores.device)
+    mask = select(scores, middle_budgets, s, w, top=slots - s - w)
+    count_dtype = torch.int32 if length < 2**31 else torch.int64
+    running = mask.cumsum(-1, dtype=count_dtype)
+    wanted = torch.arange(1, slots + 1, dtype=count_dtype, device=scores.device)
+    return torch.searchsorted(running, wanted.expand(batch, heads, slots).contiguous())
 
 
-def _middle_order(scores, s, stop):
-    """Positions ``s:stop`` (relative to ``s``) of each head by score, best first; NaN
-    counts as -inf, -0.0 as +0.0, and ties go to the lower position.
+def _keep_middle(middle, budgets, top):
+    """Which of the unprotected tokens ``middle`` (batch, kv_heads, M) each head keeps: its
+    ``budgets[b, h]`` highest scores, ties to the lower position; NaN counts as -inf and
+    -0.0 as +0.0.
 
-    Both rewrites make every device agree: a CUDA radix sort orders keys by their bits,
-    so it would otherwise put +0.0 above -0.0, which a comparison sort calls equal.
+    Selection by threshold rather than by a full argsort: the ``budgets``-th largest score
+    ``v`` of a head (from ``torch.topk`` of the ``top`` largest values, or from a sort of the
+    values when ``top`` is ``None``) splits its tokens into those above ``v`` (all kept) and
+    those equal to ``v``, of which the first ``budgets - #above`` in position order are
+    kept. The values of the ``k`` largest scores do not depend on how a device breaks ties,
+    so every device keeps the same tokens.
+
+    The rewrites of NaN and -0.0 make the selection agree with the comparisons: a radix
+    top-k or sort orders keys by their bits, so it would otherwise put +0.0 above -0.0,
+    which ``==`` and ``>`` call equal.
     """
-    middle = scores[..., s:stop]
+    if top == 0:
+        return torch.zeros(middle.shape, dtype=torch.bool, device=middle.device)
     inf = float("inf")
     middle = torch.nan_to_num(middle, nan=-inf, posinf=inf, neginf=-inf).add_(0.0)
-    return torch.argsort(middle, dim=-1, descending=True, stable=True)
+    if top is None:
+        best = middle.sort(dim=-1, descending=True).values
+    else:
+        best = middle.topk(top, dim=-1, sorted=True).values
+    # A head with budget 0 reads its largest value: nothing is above it and no tie is taken.
+    threshold = best.gather(-1, (budgets - 1).clamp_(min=0).unsqueeze(-1))
+    above = middle > threshold
+    tied = middle == threshold
+    spare = (budgets - above.sum(-1)).unsqueeze(-1)  # tied tokens each head still takes
+    count_dtype = torch.int32 if middle.shape[-1] < 2**31 else torch.int64
+    first_tied = tied.logical_and_(tied.cumsum(-1, dtype=count_dtype) <= spare)
+    return above.logical_or_(first_tied)
