@@ -216,6 +216,8 @@ def lukv_reference_table(
     if processes > 1:
         with multiprocessing.Pool(processes=processes) as pool:
             results = list(pool.imap(_solve_pair, tasks))
+            pool.close()
+            pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
     else:
         results = [_solve_pair(task) for task in tasks]
     for result in results:
