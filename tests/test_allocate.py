@@ -657,6 +657,17 @@ def test_regression_capacity_above_int64_is_refused_or_solved(method):
     assert a.utility == pytest.approx(4.0) or method == "greedy"
 
 
+def test_regression_greedy_falls_when_the_blocked_head_takes_a_small_gain():
+    # Found by hypothesis after the repair rework. Unit grid, non-decreasing curves. Head B's
+    # hull (0 -> 3 tokens, slope 2/3) comes first and is blocked for totals 1 and 2; head A
+    # gains .5 from one token. Total 1: B gains nothing within 1 token, A takes it: .5.
+    # Total 2: B moved to 2 tokens (+.25), leaving nothing for A: .25 < .5 (optimum .5).
+    curves = [[0.0, 0.5, 0.5, 0.5], [0.0, 0.0, 0.25, 2.0]]
+    values = [allocate(curves, t).utility for t in range(5)]
+    assert all(b >= a for a, b in zip(values, values[1:])), f"greedy utility over totals 0..4: {values}"
+    assert values[2] == pytest.approx(allocate(curves, 2, method="dp").utility)
+
+
 @pytest.mark.parametrize("method", ["greedy", "dp", "milp"])
 def test_regression_total_budget_beyond_int64(method):
     # A budget far above the capacity raised a bare OverflowError.
