@@ -146,10 +146,15 @@ def select_positions(scores, middle_budgets, s, w, slots):
     if slots == 0:
         return torch.empty((batch, heads, 0), dtype=torch.int64, device=scores.device)
     mask = select(scores, middle_budgets, s, w, top=slots - s - w)
-    count_dtype = torch.int32 if length < 2**31 else torch.int64
-    running = mask.cumsum(-1, dtype=count_dtype)
-    wanted = torch.arange(1, slots + 1, dtype=count_dtype, device=scores.device)
+    running = row_cumsum(mask)
+    wanted = torch.arange(1, slots + 1, dtype=running.dtype, device=scores.device)
     return torch.searchsorted(running, wanted.expand(batch, heads, slots).contiguous())
+
+
+# Below this many rows (batch x kv_heads) a per-row radix top-k leaves most of a GPU idle;
+# a segmented sort of the values is then faster (measured on an H200: 8 rows of 131,072
+# tokens, topk 0.31 ms vs sort 0.15 ms; with 256 rows topk wins).
+_TOPK_MIN_ROWS = 64
 
 
 def _keep_middle(middle, budgets, top):
@@ -172,7 +177,8 @@ def _keep_middle(middle, budgets, top):
         return torch.zeros(middle.shape, dtype=torch.bool, device=middle.device)
     inf = float("inf")
     middle = torch.nan_to_num(middle, nan=-inf, posinf=inf, neginf=-inf).add_(0.0)
-    if top is None:
+    rows = middle.shape[0] * middle.shape[1]
+    if top is None or rows < _TOPK_MIN_ROWS:
         best = middle.sort(dim=-1, descending=True).values
     else:
         best = middle.topk(top, dim=-1, sorted=True).values
@@ -181,6 +187,21 @@ def _keep_middle(middle, budgets, top):
     above = middle > threshold
     tied = middle == threshold
     spare = (budgets - above.sum(-1)).unsqueeze(-1)  # tied tokens each head still takes
-    count_dtype = torch.int32 if middle.shape[-1] < 2**31 else torch.int64
-    first_tied = tied.logical_and_(tied.cumsum(-1, dtype=count_dtype) <= spare)
+    first_tied = tied.logical_and_(row_cumsum(tied) <= spare)
     return above.logical_or_(first_tied)
+
+
+def row_cumsum(flags):
+    """Running count of ``True`` along the last axis of a bool tensor, per row.
+
+    Computed as one scan over all rows flattened, minus each row's starting count: a scan
+    along a short batch of long rows runs one row per GPU block, a flat scan uses the whole
+    device. Same values as ``flags.cumsum(-1)``.
+    """
+    length = flags.shape[-1]
+    dtype = torch.int32 if flags.numel() < 2**31 else torch.int64
+    if flags.numel() == 0 or length == 0:
+        return torch.zeros(flags.shape, dtype=dtype, device=flags.device)
+    flat = flags.reshape(-1).cumsum(0, dtype=dtype).view(-1, length)
+    start = torch.cat([flat.new_zeros(1), flat[:-1, -1]]).unsqueeze(-1)
+    return (flat - start).view(flags.shape)

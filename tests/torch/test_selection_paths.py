@@ -79,3 +79,13 @@ def test_heads_with_smaller_budgets_than_the_largest(ref):
     got = keep_mask(scores, budgets)
     np.testing.assert_array_equal(got.numpy(), ref.keep_mask(scores, budgets))
     assert got.sum(-1).tolist() == [[200, 67, 66, 1]]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 17), (1, 8, 1000), (3, 2, 0)])
+def test_row_cumsum_equals_cumsum_along_rows(shape):
+    from budgetopt.torch.mask import row_cumsum
+
+    gen = torch.Generator().manual_seed(7)
+    flags = torch.rand(shape, generator=gen) < 0.3
+    got = row_cumsum(flags)
+    assert torch.equal(got.long(), flags.long().cumsum(-1))
