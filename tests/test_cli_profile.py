@@ -149,7 +149,7 @@ def test_sweep_infeasible_floor_exit_2(files, capsys):
 def test_lukv_table_equals_the_library(files, capsys, extra, kwargs):
     out_path = files["dir"] / "table.npy"
     code, _, err = run(["lukv-table", "--oracle", *files["oracle_paths"], "--scores", files["scores_path"],
-                        "--sink", 2, "--window", 2, "-o", out_path, *extra], capsys)
+                        "--sink", 2, "--window", 2, "--workers", 2, "-o", out_path, *extra], capsys)
     assert code == 0, err
     expected = lukv_table(files["oracles"], files["scores"], sink=2, window=2, **kwargs)
     np.testing.assert_array_equal(load_lukv_table(out_path), expected)
@@ -208,6 +208,15 @@ def exit_code(argv):
         return cli.main(argv)
     except SystemExit as exc:
         return exc.code
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_bad_workers_exit_2(files, capsys, workers):
+    code = exit_code(["lukv-table", "--oracle", *files["oracle_paths"], "--scores", files["scores_path"],
+                      "--sink", "1", "--window", "1", "--workers", workers, "-o", str(files["dir"] / "t.npy")])
+    assert code == 2
+    assert "--workers: must be a positive whole number or -1" in capsys.readouterr().err
+    assert not (files["dir"] / "t.npy").exists()
 
 
 def test_output_suffix_checked_before_work(files, capsys):
