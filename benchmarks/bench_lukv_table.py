@@ -85,7 +85,6 @@ def run_ours(oracle_paths, score_paths, sink, window, workers):
 
 def breakdown(oracle_path, score_path, sink, window):
     """Milliseconds spent per stage of one pair: read+validate, rank, curves, sweep of 99 totals."""
-    from budgetopt.curves import Curves
     from budgetopt.lukv import _solve_rows
     from budgetopt.profile import check_profile_arrays, rank_middle, utility_from_order
 
