@@ -252,6 +252,13 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     problem = build_problem(curves)
     solver = _Greedy(problem)
     hulls = solver.hulls
+    last = hulls.offsets[1:] - 1
+    seg = np.setdiff1d(np.arange(hulls.verts.shape[0]), last)
+    heads_of = np.repeat(np.arange(problem.n_heads), np.diff(hulls.offsets))
+    grid_rows = problem.grid[heads_of * problem.per_head]
+    xs = grid_rows[np.arange(len(heads_of)), hulls.verts]
+    seg_slopes = hulls.slopes[seg]
+    seg_costs = (xs[seg + 1] - xs[seg]).astype(np.int64)
     steps = {
         "sum": (lambda: utility.sum(), 21),
         "diff": (lambda: np.diff(utility, axis=-1), 5),
@@ -259,9 +266,9 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
         "build_problem": (lambda: build_problem(curves), 1),
         "upper_hulls": (lambda: upper_hulls(problem), 1),
         "greedy_solve": (lambda: solver.solve(total), 1),
-        # One step of the threshold bisection (a binary search in every head's hull).
-        "bisection_step": (lambda: _kernels._cost_ge(
-            problem.utility, problem.grid, problem.per_head, hulls.verts, hulls.nv, alloc.threshold), 1),
+        # The threshold search alone: weighted quickselect over every hull segment.
+        "threshold_select": (lambda: _kernels._weighted_threshold(
+            seg_slopes.copy(), seg_costs.copy(), total - problem.floor_total), 1),
     }
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
@@ -294,13 +301,13 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     stages = ("build_problem", "upper_hulls", "greedy_solve")
     cpu_rest = cpu["allocate"] - sum(cpu[k] for k in stages)
     out["breakdown"] = {
-        **{f"{k}_s": med[k] for k in stages + ("bisection_step",)},
-        **{f"cpu_{k}_s": float(np.median(cpu[k])) for k in stages + ("bisection_step",)},
+        **{f"{k}_s": med[k] for k in stages + ("threshold_select",)},
+        **{f"cpu_{k}_s": float(np.median(cpu[k])) for k in stages + ("threshold_select",)},
         "cpu_rest_s": float(np.median(cpu_rest)),
         **{f"cpu_share_{k}": float(np.median(cpu[k] / cpu["allocate"])) for k in stages},
         "hull_cpu_ns_per_point": float(np.median(cpu["upper_hulls"])) / utility.size * 1e9,
         "first_prune_round_keeps": first_round_survivors(curves.utility2d),
-        "hull_vertices_mean": float(hulls.nv.mean()),
+        "hull_vertices_mean": float(np.diff(hulls.offsets).mean()),
     }
 
     # The anchor on the same curves.
@@ -444,7 +451,7 @@ def report(res):
             f"upper_hulls {_ms(b['cpu_upper_hulls_s'])} ({b['cpu_share_upper_hulls']:.0%}), "
             f"greedy solve {_ms(b['cpu_greedy_solve_s'])} ({b['cpu_share_greedy_solve']:.0%}), rest {_ms(b['cpu_rest_s'])}",
             f"    hull: {b['hull_cpu_ns_per_point']:.1f} ns/point, first prune round keeps {b['first_prune_round_keeps']:.0%} "
-            f"of points, {b['hull_vertices_mean']:.0f} vertices/head; one bisection step {_ms(b['cpu_bisection_step_s'])}",
+            f"of points, {b['hull_vertices_mean']:.0f} vertices/head; threshold quickselect {_ms(b['cpu_threshold_select_s'])}",
             f"  (allocate on a bare array {_ms(t['allocate_bare_array_s'])}; Curves() construction alone "
             f"{_ms(t['curves_construction_s'])}; curves_from_scores {s['curves_from_scores_s']:.2f} s)",
             f"  anchor (Python hull + heapq)      {a['seconds']:.2f} s  runs {[round(x, 2) for x in a['runs_s']]}",

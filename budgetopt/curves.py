@@ -93,7 +93,9 @@ class Curves:
             kind = "NaN" if np.isnan(u.flat[first]) else "inf"
             raise InvalidInputError(f"`utility` must be finite; found {kind} at {_where(u.shape, first)}")
         K = u.shape[-1]
-        if not np.isfinite(np.abs(u).max(axis=-1).sum()):
+        with np.errstate(over="ignore"):
+            total_magnitude = np.abs(u).max(axis=-1).sum()
+        if not np.isfinite(total_magnitude):
             raise InvalidInputError(
                 "`utility` values are too large: a total over heads would overflow float64"
             )

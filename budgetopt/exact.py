@@ -143,13 +143,14 @@ def milp(problem, total):
         LinearConstraint(onehot, 1.0, 1.0),
         LinearConstraint(opts.cost[None, :].astype(np.float64), -np.inf, float(spare)),
     ]
-    res = scipy_milp(
-        c=-opts.value * scale,
-        constraints=constraints,
-        integrality=np.ones(n),
-        bounds=(0.0, 1.0),
-        options={"disp": False, "mip_rel_gap": 0.0},
-    )
+    with c_stdout_to_stderr():  # HiGHS can print diagnostics even with disp=False
+        res = scipy_milp(
+            c=-opts.value * scale,
+            constraints=constraints,
+            integrality=np.ones(n),
+            bounds=(0.0, 1.0),
+            options={"disp": False, "mip_rel_gap": 0.0},
+        )
     if res.status != 0 or res.x is None:
         raise SolverError(f"scipy.optimize.milp (HiGHS) did not solve the problem: {res.message}")
     idx = _decode(opts, res.x, problem)

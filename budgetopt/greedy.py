@@ -142,7 +142,7 @@ def greedy_sweep(problem, totals):
     return Sweep(
         totals=np.asarray(totals, np.int64),
         budgets=budgets,
-        used=budgets.reshape(n, -1).sum(axis=1),
+        used=budgets.reshape(n, problem.n_heads).sum(axis=1),
         utility=utility,
         upper_bound=bound,
         gap=bound - utility,

@@ -118,7 +118,8 @@ class Sweep:
         return len(self.totals)
 
     def __getitem__(self, i):
-        """The :class:`Allocation`-like view of row ``i`` (method ``"greedy"``)."""
+        """Row ``i`` as an :class:`Allocation` (method ``"greedy"``; ``seconds`` is the sweep's
+        time divided by its number of rows, and ``stats`` is empty)."""
         return Allocation(
             budgets=self.budgets[i],
             used=int(self.used[i]),
@@ -128,5 +129,5 @@ class Sweep:
             gap=float(self.gap[i]),
             threshold=float(self.threshold[i]),
             method="greedy",
-            seconds=float("nan"),
+            seconds=self.seconds / len(self),
         )
