@@ -21,6 +21,7 @@ from .errors import (
     SolverError,
 )
 from .hull import hull_gap
+from .lukv import load_lukv_table, lukv_table, save_lukv_table
 from .profile import curves_from_scores
 from .result import Allocation, Sweep
 from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
@@ -33,6 +34,9 @@ __all__ = [
     "METHODS",
     "hull_gap",
     "curves_from_scores",
+    "lukv_table",
+    "save_lukv_table",
+    "load_lukv_table",
     "Sweep",
     "Curves",
     "load_curves",
