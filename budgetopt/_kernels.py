@@ -269,18 +269,16 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
             seg_costs[t] = c
             all_cost += c
             t += 1
-    lp = 0.0
+    cnt = np.empty(H, np.int64)
     if all_cost <= spare:
         for h in range(H):
-            idx[h] = verts[offsets[h + 1] - 1]
-            lp += utility[h, idx[h]]
-        return lp, 0.0, -1, spare - all_cost
+            cnt[h] = offsets[h + 1] - 1
+        return take_counts(utility, verts, cnt, 0.0, spare - all_cost, idx), 0.0, -1, spare - all_cost
 
     lam = _weighted_threshold(seg_slopes, seg_costs, spare)
     left = spare
     blocked = -1
     # Heads' segments steeper than lam are all taken.
-    cnt = np.empty(H, np.int64)
     for h in range(H):
         g = grid[h * per_head]
         a = offsets[h]
@@ -304,11 +302,36 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
             else:
                 blocked = h
                 break
-    for h in range(H):
+    return take_counts(utility, verts, cnt, lam, left, idx), lam, blocked, left
+
+
+@nb.njit(**_JIT)
+def take_counts(utility, verts, cnt, lam, left, idx):
+    """Each head at hull vertex ``cnt[h]`` (a packed index): fill ``idx`` with their grid
+    indices and return the LP value, ``sum of utilities + left * lam``. One place, so that
+    :func:`greedy_solve` and :func:`sweep_counts` users get bit-identical values."""
+    lp = 0.0
+    for h in range(utility.shape[0]):
         idx[h] = verts[cnt[h]]
         lp += utility[h, idx[h]]
-    lp += left * lam
-    return lp, lam, blocked, left
+    return lp + left * lam
+
+
+@nb.njit(**_JIT)
+def sweep_counts(offsets, order_head, prefixes):
+    """Vertex reached by each head after the first ``prefixes[i]`` segments of the greedy
+    order, for ascending ``prefixes``: ``(len(prefixes), H)`` packed vertex indices.
+    One walk along the order, O(S + n * H)."""
+    H = offsets.shape[0] - 1
+    out = np.empty((prefixes.shape[0], H), np.int64)
+    cnt = offsets[:-1].copy()
+    p = 0
+    for i in range(prefixes.shape[0]):
+        while p < prefixes[i]:
+            cnt[order_head[p]] += 1
+            p += 1
+        out[i] = cnt
+    return out
 
 
 @nb.njit(**_JIT)

@@ -28,6 +28,45 @@ class _Greedy:
         lp, lam, blocked, left = _kernels.greedy_solve(
             p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
         )
+        return self._finish(idx, lp, lam, blocked, left)
+
+    def solve_many(self, totals):
+        """:meth:`solve` for each of ``totals``, sharing one ordering of all hull segments.
+
+        The segments are sorted once (slope descending, ties by head); for each total the
+        blocked segment is where the running cost first exceeds the spare tokens, and each
+        head's position follows from one walk along the order. Gives the same results as
+        :meth:`solve`, bit for bit.
+        """
+        p, hulls = self.problem, self.hulls
+        offsets, verts, slopes = hulls.offsets, hulls.verts, hulls.slopes
+        is_seg = np.ones(verts.shape[0], bool)
+        is_seg[offsets[1:] - 1] = False
+        seg = np.flatnonzero(is_seg)
+        head = np.repeat(np.arange(p.n_heads), np.diff(offsets) - 1)
+        x = p.grid[head * p.per_head, verts[seg]]
+        cost = p.grid[head * p.per_head, verts[seg + 1]] - x
+        order = np.lexsort((head, -slopes[seg]))
+        cum = np.cumsum(cost[order])
+        spares = np.minimum(np.asarray(totals, np.int64), p.ceiling_total) - p.floor_total
+        taken = np.searchsorted(cum, spares, side="right")
+        ascending = np.argsort(taken, kind="stable")
+        counts = np.empty((len(taken), p.n_heads), np.int64)
+        counts[ascending] = _kernels.sweep_counts(offsets, head[order], taken[ascending])
+        results = []
+        for i, (spare, k) in enumerate(zip(spares.tolist(), taken.tolist())):
+            left = spare - (int(cum[k - 1]) if k else 0)
+            if k < len(order):
+                lam, blocked = float(slopes[seg[order[k]]]), int(head[order[k]])
+            else:
+                lam, blocked = 0.0, -1
+            idx = np.empty(p.n_heads, np.int64)
+            lp = _kernels.take_counts(p.utility, verts, counts[i], lam, left, idx)
+            results.append(self._finish(idx, lp, lam, blocked, left))
+        return results
+
+    def _finish(self, idx, lp, lam, blocked, left):
+        p, hulls = self.problem, self.hulls
         left_lp = left
         if left > 0:
             idx, left = self._repair(idx, blocked, left)
@@ -134,8 +173,7 @@ def greedy_sweep(problem, totals):
     utility = np.empty(n)
     bound = np.empty(n)
     threshold = np.empty(n)
-    for i, total in enumerate(totals):
-        idx, lp, lam, _ = solver.solve(int(total))
+    for i, (idx, lp, lam, _) in enumerate(solver.solve_many(totals)):
         budgets[i], utility[i] = _pick(problem, idx)
         bound[i] = max(lp, utility[i])
         threshold[i] = lam
