@@ -9,7 +9,6 @@ partial output file (files are written atomically).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
@@ -22,8 +21,8 @@ import numpy as np
 
 from .api import METHODS, allocate
 from .exact import c_stdout_to_stderr
-from .curves import load_curves, write_atomic
-from .errors import BudgetoptError, InvalidInputError, InvalidTypeError
+from .curves import check_input_file, load_curves, write_atomic
+from .errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
 from .hull import hull_gap
 from .rounding import tokens_from_fraction
 
@@ -194,12 +193,7 @@ def _cmd_inspect(args):
 # -- profiling: curves, sweep, lukv-table ----------------------------------------------------
 def load_npy(path, what):
     """A ``.npy`` array from ``path`` (memory-mapped, never unpickled), errors naming the file."""
-    from .errors import CurvesFileError
-
-    if not os.path.exists(path):
-        raise CurvesFileError(f"{path}: no such file ({what})")
-    if os.path.isdir(path):
-        raise CurvesFileError(f"{path}: is a directory, not a .npy file ({what})")
+    path = check_input_file(path, ".npy file", what)
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:

@@ -274,11 +274,7 @@ def load_curves(path):
     >>> load_curves(os.path.join(d, "c.npz")).meta
     {'scorer': 'snapkv'}
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CurvesFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CurvesFileError(f"{path}: is a directory, not an .npz file")
+    path = check_input_file(path, ".npz file")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -318,6 +314,20 @@ def load_curves(path):
         return Curves(arrays["utility"], arrays.get("grid"), meta=meta)
     except (InvalidInputError, InvalidTypeError) as exc:
         raise CurvesFileError(f"{path}: {exc}") from exc
+
+
+def check_input_file(path, what, role=None):
+    """``path`` as a str, or :class:`CurvesFileError` if it is missing or a directory.
+
+    ``what`` names the expected kind of file; ``role``, when given, is appended to the
+    message (for example the command-line option the path came from)."""
+    path = os.fspath(path)
+    note = f" ({role})" if role else ""
+    if not os.path.exists(path):
+        raise CurvesFileError(f"{path}: no such file{note}")
+    if os.path.isdir(path):
+        raise CurvesFileError(f"{path}: is a directory, not a {what}{note}")
+    return path
 
 
 def save_curves(path, curves):

@@ -65,23 +65,11 @@ class _Options:
 
 
 def _result(problem, total, idx, method, seconds, upper_bound, stats):
-    rows = np.arange(problem.n_heads) * problem.per_head
-    budgets = problem.grid[rows, idx].reshape(problem.curves.head_shape)
-    utility = float(problem.utility[np.arange(problem.n_heads), idx].sum())
+    budgets, utility = problem.pick(idx)
     lp, lam = lp_multiplier(problem, total)
-    bound = max(float(upper_bound), utility)
-    stats = dict(stats, lp_bound=float(lp))
-    return Allocation(
-        budgets=budgets,
-        used=int(budgets.sum()),
-        total_budget=int(total),
-        utility=utility,
-        upper_bound=bound,
-        gap=bound - utility,
-        threshold=float(lam),
-        method=method,
-        seconds=seconds,
-        stats=stats,
+    return Allocation.from_solution(
+        budgets, utility, total_budget=total, upper_bound=upper_bound, threshold=lam, method=method,
+        seconds=seconds, stats=dict(stats, lp_bound=float(lp)),
     )
 
 

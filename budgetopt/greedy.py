@@ -112,13 +112,6 @@ class _Greedy:
         return trial, rest
 
 
-def _pick(problem, idx):
-    rows = np.arange(problem.n_heads) * problem.per_head
-    budgets = problem.grid[rows, idx]
-    utility = float(problem.utility[np.arange(problem.n_heads), idx].sum())
-    return budgets.reshape(problem.curves.head_shape), utility
-
-
 def greedy(problem, total):
     """Allocate ``total`` tokens with the hull greedy; see :func:`budgetopt.allocate`.
 
@@ -133,23 +126,11 @@ def greedy(problem, total):
     Allocation
     """
     t0 = time.perf_counter()
-    solver = _Greedy(problem)
-    idx, lp, lam, stats = solver.solve(total)
-    budgets, utility = _pick(problem, idx)
-    seconds = time.perf_counter() - t0
-    # The LP value is a bound on any integer solution; guard the last-bit rounding of sums.
-    bound = max(lp, utility)
-    return Allocation(
-        budgets=budgets,
-        used=int(budgets.sum()),
-        total_budget=int(total),
-        utility=utility,
-        upper_bound=bound,
-        gap=bound - utility,
-        threshold=lam,
-        method="greedy",
-        seconds=seconds,
-        stats=stats,
+    idx, lp, lam, stats = _Greedy(problem).solve(total)
+    budgets, utility = problem.pick(idx)
+    return Allocation.from_solution(
+        budgets, utility, total_budget=total, upper_bound=lp, threshold=lam, method="greedy",
+        seconds=time.perf_counter() - t0, stats=stats,
     )
 
 
@@ -174,7 +155,7 @@ def greedy_sweep(problem, totals):
     bound = np.empty(n)
     threshold = np.empty(n)
     for i, (idx, lp, lam, _) in enumerate(solver.solve_many(totals)):
-        budgets[i], utility[i] = _pick(problem, idx)
+        budgets[i], utility[i] = problem.pick(idx)
         bound[i] = max(lp, utility[i])
         threshold[i] = lam
     return Sweep(

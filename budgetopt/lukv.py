@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .api import sweep
-from .curves import Curves, write_atomic
+from .curves import Curves, check_input_file, write_atomic
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
 
@@ -376,11 +376,7 @@ def load_lukv_table(path):
         object array (never unpickled), or breaks a rule of the table (shape, finite, values
         in ``[0, 1]``). The message starts with the path.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CurvesFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CurvesFileError(f"{path}: is a directory, not a .npy file")
+    path = check_input_file(path, ".npy file")
     try:
         with open(path, "rb") as f:
             magic = f.read(6)

@@ -60,6 +60,12 @@ class Problem:
     def head_label(self, h):
         return _label(self.curves, h)
 
+    def pick(self, idx):
+        """Budgets (head shape) and total utility of grid indices ``idx`` (one per head)."""
+        heads = np.arange(self.n_heads)
+        budgets = self.grid[heads * self.per_head, idx].reshape(self.curves.head_shape)
+        return budgets, float(self.utility[heads, idx].sum())
+
 
 def _bound(value, name, head_shape):
     """A floor or cap as int64 ``(H,)``, or None."""

@@ -61,6 +61,25 @@ class Allocation:
         budgets.setflags(write=False)
         object.__setattr__(self, "budgets", budgets)
 
+    @classmethod
+    def from_solution(cls, budgets, utility, *, total_budget, upper_bound, threshold, method, seconds, stats):
+        """The result of a solver: ``used`` and ``gap`` derived, and the bound guarded
+        against the last-bit rounding of sums (a proven bound is never below a value
+        actually reached)."""
+        bound = max(float(upper_bound), float(utility))
+        return cls(
+            budgets=budgets,
+            used=int(np.asarray(budgets).sum()),
+            total_budget=int(total_budget),
+            utility=float(utility),
+            upper_bound=bound,
+            gap=bound - float(utility),
+            threshold=float(threshold),
+            method=method,
+            seconds=float(seconds),
+            stats=stats,
+        )
+
     @property
     def head_shape(self):
         """Shape of the head grid, as in the input curves."""

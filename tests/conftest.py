@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -240,7 +240,6 @@ def compact(keys, values, scores, budgets, *, sink=0, window=0):
         )
 
     batch, heads, length = scores.shape
-    device = scores.device
     lengths = middle_budgets + (s + w)
     if lengths.numel() == 0:
         slots, total = 0, 0
