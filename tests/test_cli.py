@@ -373,7 +373,7 @@ def test_process_exact_methods_keep_stdout_json(tmp_path, method):
 
 @pytest.mark.skipif(shutil.which("budgetopt") is None, reason="console script not installed (pip install -e .)")
 def test_console_script(tmp_path):
-    res = subprocess.run(["budgetopt", "solve", "--example", "--tokens", "100"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(["budgetopt", "solve", "--example", "--tokens", "20000"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["total_budget"] == 100
+    assert json.loads(res.stdout)["total_budget"] == 20000
     assert math.isfinite(json.loads(res.stdout)["utility"])
