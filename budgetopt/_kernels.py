@@ -456,3 +456,17 @@ def dp_solve(costs, values, offsets, budget, choice):
             choice[h, b] = arg
         prev, cur = cur, prev
     return prev[B - 1]
+
+
+@nb.njit(**_JIT)
+def ranked_cumsum(middle, order, protected, out):
+    """``out[r, 0] = protected[r]``; ``out[r, i + 1] = cumsum(middle[r, order[r]])[i] +
+    protected[r]``: the same left-to-right sums as numpy's ``cumsum``, in one pass."""
+    R, M = middle.shape
+    for r in range(R):
+        p = protected[r]
+        out[r, 0] = p
+        c = 0.0
+        for i in range(M):
+            c += middle[r, order[r, i]]
+            out[r, i + 1] = c + p

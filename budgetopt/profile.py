@@ -14,6 +14,7 @@ import numbers
 
 import numpy as np
 
+from . import _kernels
 from .curves import Curves
 from .errors import InvalidInputError, InvalidTypeError
 
@@ -151,9 +152,13 @@ def utility_from_order(oracle, order, sink, window):
     middle = oracle[..., sink:length - window]
     protected = oracle[..., :sink].sum(axis=-1) + oracle[..., length - window:].sum(axis=-1)
     utility = np.empty(oracle.shape[:-1] + (middle.shape[-1] + 1,), dtype=np.float64)
-    utility[..., 0] = protected
-    np.cumsum(np.take_along_axis(middle, order, axis=-1), axis=-1, out=utility[..., 1:])
-    utility[..., 1:] += protected[..., None]
+    M = middle.shape[-1]
+    _kernels.ranked_cumsum(
+        np.ascontiguousarray(middle, dtype=np.float64).reshape(-1, M),
+        np.ascontiguousarray(order).reshape(-1, M),
+        np.ascontiguousarray(protected, dtype=np.float64).reshape(-1),
+        utility.reshape(-1, M + 1),
+    )
     return utility
 
 
@@ -197,8 +202,8 @@ def curves_from_scores(oracle, scores, *, sink=0, window=0):
     -----
     O(n T log T) for n heads: one sort per head along the last axis (numpy, vectorised over
     heads; scores that fit 32 bits are sorted packed with their positions, other float64
-    scores with an exact tie in a head are re-sorted stably), one gather and one cumulative
-    sum. No Python loop over heads.
+    scores with an exact tie in a head are re-sorted stably), then one compiled pass that
+    gathers and accumulates the oracle. No Python loop over heads.
 
     Examples
     --------
