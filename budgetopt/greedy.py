@@ -36,7 +36,7 @@ class _Greedy:
         The segments are sorted once (slope descending, ties by head); for each total the
         blocked segment is where the running cost first exceeds the spare tokens, and each
         head's position follows from one walk along the order. Gives the same results as
-        :meth:`solve`, bit for bit.
+        :meth:`solve`, bit for bit (without the ``stats``, which sweeps do not report).
         """
         p, hulls = self.problem, self.hulls
         offsets, verts, slopes = hulls.offsets, hulls.verts, hulls.slopes
@@ -62,14 +62,16 @@ class _Greedy:
                 lam, blocked = 0.0, -1
             idx = np.empty(p.n_heads, np.int64)
             lp = _kernels.take_counts(p.utility, verts, counts[i], lam, left, idx)
-            results.append(self._finish(idx, lp, lam, blocked, left))
+            results.append(self._finish(idx, lp, lam, blocked, left, with_stats=False))
         return results
 
-    def _finish(self, idx, lp, lam, blocked, left):
+    def _finish(self, idx, lp, lam, blocked, left, with_stats=True):
         p, hulls = self.problem, self.hulls
         left_lp = left
         if left > 0:
             idx, left = self._repair(idx, blocked, left)
+        if not with_stats:
+            return idx, float(lp), float(lam), None
         stats = {
             "lp_bound": float(lp),
             "blocked_head": None if blocked < 0 else p.head_label(int(blocked)),

@@ -86,8 +86,9 @@ class BudgetPress(BasePress):
     Notes
     -----
     A head whose budget is below ``sink + window`` keeps its protected tokens all the same.
-    Cost per layer: the scorer, one stable sort per head, and in ``"gather"`` mode one row
-    copy of the kept tokens.
+    Cost per layer: the scorer, one top-k (or value sort) per head to find its score
+    threshold, and in ``"gather"`` mode one row copy of the kept tokens (see
+    :func:`budgetopt.torch.compact`).
 
     In ``"gather"`` mode the cache is shorter than the context, as with every kvpress press
     that evicts tokens: decode with explicit ``position_ids`` (kvpress's pipeline does) so
