@@ -287,3 +287,13 @@ def test_meta_written_as_json_string(tmp_path):
     with np.load(tmp_path / "c.npz", allow_pickle=False) as z:
         assert set(z.files) == {"utility", "grid", "meta"}
         assert json.loads(str(z["meta"])) == {"a": [1, 2]}
+
+
+def test_saved_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    # Regression: atomic writes went through mkstemp, so outputs were readable by root only.
+    old = os.umask(0o022)
+    try:
+        save_curves(tmp_path / "c.npz", Curves([[0.0, 1.0]]))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644
