@@ -33,7 +33,7 @@ _PRUNE_STOP = 0.75
 
 
 @nb.njit(**_JIT)
-def _hull_one(u, g, lo, hi, out, xs, ys, drop_descending):
+def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
     Two stages. (1) Branch-free pruning rounds: a point strictly between its neighbours in
@@ -55,15 +55,26 @@ def _hull_one(u, g, lo, hi, out, xs, ys, drop_descending):
         ys[0] = u[lo]
         out[0] = lo
         kept = 1
-        for k in range(lo + 1, hi - 1):
-            xa = g[k - 1]
-            xb = g[k]
-            xc = g[k + 1]
-            drop = (xa < xb) & (xb < xc) & ((u[k] - u[k - 1]) * (xc - xb) <= (u[k + 1] - u[k]) * (xb - xa))
-            xs[kept] = xb
-            ys[kept] = u[k]
-            out[kept] = k
-            kept += 1 - np.int64(drop)
+        if unit:  # grid steps of one token: compare successive increments only
+            before = u[lo + 1] - u[lo]
+            for k in range(lo + 1, hi - 1):
+                y = u[k]
+                after = u[k + 1] - y
+                xs[kept] = g[k]
+                ys[kept] = y
+                out[kept] = k
+                kept += 1 - np.int64(before <= after)
+                before = after
+        else:
+            for k in range(lo + 1, hi - 1):
+                xa = g[k - 1]
+                xb = g[k]
+                xc = g[k + 1]
+                drop = (xa < xb) & (xb < xc) & ((u[k] - u[k - 1]) * (xc - xb) <= (u[k + 1] - u[k]) * (xb - xa))
+                xs[kept] = xb
+                ys[kept] = u[k]
+                out[kept] = k
+                kept += 1 - np.int64(drop)
         xs[kept] = g[hi - 1]
         ys[kept] = u[hi - 1]
         out[kept] = hi - 1
@@ -123,12 +134,13 @@ def _hull_one(u, g, lo, hi, out, xs, ys, drop_descending):
 
 
 @nb.njit(**_JIT)
-def upper_hulls(utility, grid, per_head, lo, hi, drop_descending):
+def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     """Every head's upper hull, packed: ``(offsets, verts, slopes)``.
 
     Head ``h``'s vertices are the grid indices ``verts[offsets[h]:offsets[h+1]]``, left to
     right; ``slopes[i]`` is the slope of the segment that starts at vertex ``i`` (``-inf`` at
-    a head's last vertex). Packing keeps later passes over the hulls in cache. O(H * K).
+    a head's last vertex). Packing keeps later passes over the hulls in cache. ``unit[h]``
+    says head ``h``'s grid steps are all one token (a cheaper first pruning round). O(H * K).
     """
     H, K = utility.shape
     scratch = np.empty(K, np.int64)
@@ -139,7 +151,7 @@ def upper_hulls(utility, grid, per_head, lo, hi, drop_descending):
     cap = max(64, 16 * H)
     verts = np.empty(cap, np.int64)
     for h in range(H):
-        m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, drop_descending)
+        m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, unit[h], drop_descending)
         start = offsets[h]
         if start + m > cap:
             cap = max(2 * cap, start + m)

@@ -56,7 +56,8 @@ def upper_hulls(problem, *, drop_descending=True):
     survives. Hull slopes are strictly decreasing; collinear points are not vertices.
     """
     offsets, verts, slopes = _kernels.upper_hulls(
-        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, drop_descending
+        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, problem.unit_steps,
+        drop_descending,
     )
     return Hulls(offsets, verts, slopes)
 

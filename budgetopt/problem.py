@@ -39,6 +39,8 @@ class Problem:
     ceiling_total : int
         Tokens used when every head takes its largest usable grid point (no total beyond it
         changes the answer).
+    unit_steps : ndarray bool (H,)
+        Whether each head's grid advances one token at a time (per-token curves).
     """
 
     curves: Curves
@@ -49,6 +51,7 @@ class Problem:
     hi: np.ndarray
     floor_total: int
     ceiling_total: int
+    unit_steps: np.ndarray
 
     @property
     def n_heads(self):
@@ -138,7 +141,9 @@ def build_problem(curves, min_budget=None, max_budget=None):
     rows = np.arange(H) * per_head
     floor_total = int(grid[rows, lo].sum())
     ceiling_total = int(grid[rows, hi - 1].sum())
-    return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total)
+    unit = np.all(np.diff(grid, axis=1) == 1, axis=1)
+    unit_steps = np.broadcast_to(unit, (H,)) if not per_head else unit
+    return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total, unit_steps)
 
 
 def _label(curves, h):
