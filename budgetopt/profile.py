@@ -124,6 +124,14 @@ def rank_middle(scores, sink, window):
     """
     length = scores.shape[-1]
     middle = scores[..., sink:length - window]
+    if middle.dtype == np.float32 or middle.dtype == np.float16:
+        rows = np.ascontiguousarray(middle, dtype=np.float32).reshape(-1, middle.shape[-1])
+        packed = np.empty(rows.shape, np.uint64)
+        _kernels.pack_descending_f32(rows, packed)
+        packed.sort(axis=-1)
+        order = np.empty(rows.shape, np.int64)
+        _kernels.unpack_positions(packed, order)
+        return order.reshape(middle.shape)
     keys32 = _descending_u32(middle)
     if keys32 is not None:
         positions = np.arange(middle.shape[-1], dtype=np.uint64)
