@@ -148,6 +148,20 @@ class Curves:
         self._grid = g
         self._meta = dict(meta)
 
+    @classmethod
+    def _trusted(cls, utility, grid, meta=None):
+        """Curves from arrays the package itself just built and checked (float64 utility,
+        int64 grid, already valid): no copy, no validation pass. Internal."""
+        self = cls.__new__(cls)
+        u = utility.view()
+        g = grid.view()
+        u.setflags(write=False)
+        g.setflags(write=False)
+        self._utility = u
+        self._grid = g
+        self._meta = dict(meta or {})
+        return self
+
     # -- structure -------------------------------------------------------------------------
     @property
     def utility(self):

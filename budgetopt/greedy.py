@@ -158,7 +158,7 @@ def greedy_sweep(problem, totals):
     threshold = np.empty(n)
     for i, (idx, lp, lam, _) in enumerate(solver.solve_many(totals)):
         budgets[i], utility[i] = problem.pick(idx)
-        bound[i] = max(lp, utility[i])
+        bound[i] = max(lp, utility[i])  # as Allocation.from_solution does
         threshold[i] = lam
     return Sweep(
         totals=np.asarray(totals, np.int64),

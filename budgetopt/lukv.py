@@ -22,7 +22,7 @@ import numpy as np
 from .api import sweep
 from .curves import Curves, check_input_file, write_atomic
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
+from .profile import check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
 __all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
 
@@ -94,7 +94,7 @@ def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
         return table
     groups = [slice(None)] if layerwise else [slice(layer, layer + 1) for layer in range(layers)]
     for group in groups:
-        curves = Curves(utility[group], grid)
+        curves = Curves._trusted(np.ascontiguousarray(utility[group]), grid)  # built by curves_from_scores' helpers
         tokens = curves.n_heads * length
         kept = np.array([tokens - _evicted_tokens(ratios[i], tokens) for i in solved], np.int64)
         # The published heap stops when every head is at its floor; so does the table.
@@ -225,6 +225,8 @@ def lukv_table(
             raise InvalidInputError(
                 f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle_arr.shape}"
             )
+        if not sums_bounded(oracle_arr):
+            raise InvalidInputError(f"`oracles[{i}]` values are too large: their sums overflow float64")
         utility = utility_from_order(oracle_arr, rankings.get(scores[i], score_arr), sink, window)
         if aggregate == "mean_curve":
             return oracle_arr.shape, utility
@@ -247,6 +249,8 @@ def lukv_table(
             progress(i + 1, len(oracles))
     mean = total / len(oracles)
     if aggregate == "mean_curve":
+        if not np.all(np.isfinite(mean)):
+            raise InvalidInputError("`oracles` values are too large: their mean curves overflow float64")
         length = shape[-1]
         grid = np.arange(sink + window, length + 1, dtype=np.int64)
         floor = _floor(min_keep_fraction, length, sink, window)

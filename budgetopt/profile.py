@@ -229,4 +229,13 @@ def curves_from_scores(oracle, scores, *, sink=0, window=0):
     order = rank_middle(scores, sink, window)
     utility = utility_from_order(oracle, order, sink, window)
     grid = np.arange(sink + window, length + 1, dtype=np.int64)
-    return Curves(utility, grid, meta={"sink": sink, "window": window, "length": int(length)})
+    meta = {"sink": sink, "window": window, "length": int(length)}
+    if sums_bounded(oracle):  # every sum of utilities is finite: valid as built
+        return Curves._trusted(utility, grid, meta)
+    return Curves(utility, grid, meta=meta)  # reports the overflow
+
+
+def sums_bounded(oracle):
+    """Whether ``sum(|oracle|)`` is finite, so no sum of utilities built from it overflows."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.abs(oracle).sum()))
