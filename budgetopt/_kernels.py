@@ -510,3 +510,35 @@ def unpack_positions(packed, order):
     for r in range(R):
         for i in range(M):
             order[r, i] = np.int64(packed[r, i] & np.uint64(0xFFFFFFFF))
+
+
+@nb.njit(**_JIT)
+def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, lefts, idx, lp):
+    """For each row of a sweep: grid indices and LP value from ``counts`` (as
+    :func:`take_counts`), then LU-KV's blocked-head move where it settles the row (the move
+    spends every token left and the head's utility does not fall on the way, exactly the
+    shortcut of ``_Greedy._repair``). Returns a bool array: rows still to be repaired."""
+    n, H = counts.shape
+    open_rows = np.zeros(n, np.bool_)
+    for i in range(n):
+        lp[i] = take_counts(utility, verts, counts[i], lams[i], lefts[i], idx[i])
+        if lefts[i] == 0:
+            continue
+        h = blocked[i]
+        if h < 0:
+            open_rows[i] = True
+            continue
+        start = idx[i, h]
+        trial = idx[i].copy()
+        rest = blocked_move(utility, grid, per_head, hi, trial, h, lefts[i])
+        settled = rest == 0
+        u = utility[h]
+        for k in range(start, trial[h]):
+            if u[k + 1] < u[k]:
+                settled = False
+                break
+        if settled:
+            idx[i, h] = trial[h]
+        else:
+            open_rows[i] = True
+    return open_rows

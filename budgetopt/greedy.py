@@ -53,16 +53,20 @@ class _Greedy:
         ascending = np.argsort(taken, kind="stable")
         counts = np.empty((len(taken), p.n_heads), np.int64)
         counts[ascending] = _kernels.sweep_counts(offsets, head[order], taken[ascending])
-        results = []
-        for i, (spare, k) in enumerate(zip(spares.tolist(), taken.tolist())):
-            left = spare - (int(cum[k - 1]) if k else 0)
-            if k < len(order):
-                lam, blocked = float(slopes[seg[order[k]]]), int(head[order[k]])
-            else:
-                lam, blocked = 0.0, -1
-            idx = np.empty(p.n_heads, np.int64)
-            lp = _kernels.take_counts(p.utility, verts, counts[i], lam, left, idx)
-            results.append(self._finish(idx, lp, lam, blocked, left, with_stats=False))
+        n = len(taken)
+        lefts = spares - np.where(taken > 0, cum[np.maximum(taken - 1, 0)] if len(cum) else 0, 0)
+        inside = taken < len(order)
+        at = order[np.minimum(taken, max(len(order) - 1, 0))] if len(order) else np.zeros(n, np.int64)
+        lams = np.where(inside, slopes[seg[at]] if len(order) else 0.0, 0.0)
+        blocked = np.where(inside, head[at] if len(order) else -1, -1)
+        idx = np.empty((n, p.n_heads), np.int64)
+        lp = np.empty(n)
+        still_open = _kernels.sweep_settle(
+            p.utility, p.grid, p.per_head, p.hi, verts, counts, lams, blocked, lefts, idx, lp
+        )
+        results = [(idx[i], float(lp[i]), float(lams[i]), None) for i in range(n)]
+        for i in np.flatnonzero(still_open):  # the rare rows that need the full repair
+            results[i] = self._finish(idx[i].copy(), lp[i], lams[i], int(blocked[i]), int(lefts[i]), with_stats=False)
         return results
 
     def _finish(self, idx, lp, lam, blocked, left, with_stats=True):
