@@ -47,18 +47,17 @@ class _Greedy:
         x = p.grid[head * p.per_head, verts[seg]]
         cost = p.grid[head * p.per_head, verts[seg + 1]] - x
         order = np.lexsort((head, -slopes[seg]))
-        cum = np.cumsum(cost[order])
+        cum = np.concatenate([[0], np.cumsum(cost[order])])  # tokens of the first j segments
         spares = np.minimum(np.asarray(totals, np.int64), p.ceiling_total) - p.floor_total
-        taken = np.searchsorted(cum, spares, side="right")
-        ascending = np.argsort(taken, kind="stable")
-        counts = np.empty((len(taken), p.n_heads), np.int64)
-        counts[ascending] = _kernels.sweep_counts(offsets, head[order], taken[ascending])
+        taken = np.searchsorted(cum, spares, side="right") - 1  # segments that fit in full
         n = len(taken)
-        lefts = spares - np.where(taken > 0, cum[np.maximum(taken - 1, 0)] if len(cum) else 0, 0)
-        inside = taken < len(order)
-        at = order[np.minimum(taken, max(len(order) - 1, 0))] if len(order) else np.zeros(n, np.int64)
-        lams = np.where(inside, slopes[seg[at]] if len(order) else 0.0, 0.0)
-        blocked = np.where(inside, head[at] if len(order) else -1, -1)
+        ascending = np.argsort(taken, kind="stable")
+        counts = np.empty((n, p.n_heads), np.int64)
+        counts[ascending] = _kernels.sweep_counts(offsets, head[order], taken[ascending])
+        lefts = spares - cum[taken]
+        # The blocked segment is the next in order; past the last one: none (slope 0, head -1).
+        lams = np.append(slopes[seg[order]], 0.0)[taken]
+        blocked = np.append(head[order], -1)[taken]
         idx = np.empty((n, p.n_heads), np.int64)
         lp = np.empty(n)
         still_open = _kernels.sweep_settle(

@@ -8,6 +8,7 @@ import pytest
 import budgetopt
 from budgetopt import Curves, allocate, sweep
 from budgetopt._invariants import check_allocation
+from budgetopt.problem import build_problem
 from budgetopt.errors import InfeasibleError, InvalidInputError, InvalidTypeError
 from budgetopt.profile import curves_from_scores
 from generators import random_curves
@@ -140,3 +141,30 @@ def test_empty_totals_give_an_empty_sweep():
     assert len(s) == 0
     assert s.budgets.shape == (0, 2)
     assert s.used.shape == s.utility.shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sweep_rows_bit_identical_to_allocate_on_random_small_problems(seed):
+    # Any order of totals, shared and per-head grids, repeated grid points, floors, ties
+    # (values on a 0.1 lattice): sweep's shared ordering must reproduce allocate exactly.
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        heads, points = int(rng.integers(1, 6)), int(rng.integers(1, 10))
+        if trial % 2:
+            utility = np.round(rng.normal(size=(heads, points)), 1)
+        else:
+            utility = np.cumsum(np.round(rng.random((heads, points)), 1), axis=1)
+        grid = None if trial % 3 else np.sort(rng.integers(0, 8, size=(heads, points)), axis=1)
+        curves = Curves(utility, grid)
+        floor = 1 if trial % 4 == 0 and curves.grid.min() <= 1 <= curves.grid.max() else None
+        try:
+            least = build_problem(curves, floor).floor_total
+        except budgetopt.InfeasibleError:  # a head without a grid point at or above the floor
+            continue
+        totals = list(range(curves.capacity + 2, least - 1, -1))
+        s = sweep(curves, totals, min_budget=floor)
+        for i, total in enumerate(totals):
+            a = allocate(curves, total, min_budget=floor)
+            assert a.budgets.tolist() == s.budgets[i].tolist(), (trial, total)
+            assert a.utility == s.utility[i] and a.upper_bound == s.upper_bound[i]
+            assert a.threshold == s.threshold[i] and a.used == s.used[i]
