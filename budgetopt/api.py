@@ -65,17 +65,20 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
 
     Notes
     -----
-    ``"greedy"``: each head's curve is replaced by its upper concave hull (monotone chain,
-    O(K) per head, compiled); hull segments are taken in order of marginal utility per
-    token, largest first, ties by head order, while they fit. That order is not sorted
-    explicitly: the slope at which the budget runs out is found by bisection over float64
-    values with a binary search per head, O(heads * (K + 64 log K)) in all. The result so far
-    solves the LP relaxation exactly; its value is ``upper_bound``. The head whose segment no
-    longer fits then moves to its best grid point that fits if that gains utility (ties: the
-    fewest tokens), and tokens still left go to the best positive-gain moves that fit, one at
-    a time. Tokens that would buy no utility anywhere are left unused. On per-token grids with
-    increasing curves this uses the budget exactly. Deterministic: the same input gives the
-    same output.
+    ``"greedy"``: each head's curve is replaced by its upper concave hull (pruning rounds
+    then a monotone chain, O(K) per head, compiled); hull segments are taken in order of
+    marginal utility per token, largest first, ties by head order, while they fit. That
+    order is not sorted: the slope at which the budget runs out (``threshold``) is found by
+    a weighted quickselect over all S hull segments, O(heads * K + S) in all. The result so
+    far solves the LP relaxation exactly; its value is ``upper_bound``. Then, as in LU-KV,
+    the head whose segment no longer fits moves to its best grid point within the tokens
+    left; when that spends them all without the head's utility falling on the way (always
+    so on per-token grids with increasing curves) the answer is complete. Otherwise the
+    leftover goes to the best positive-gain moves (by gain per token and by gain, with and
+    without that first move; the best total wins), and tokens that buy nothing anywhere are
+    spent last only where they lose nothing. LU-KV's move can make the utility fall when the
+    budget grows; ``gap`` bounds the loss. Deterministic: the same input gives the same
+    output.
 
     The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
     bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see
@@ -131,7 +134,8 @@ def sweep(curves, totals, *, min_budget=None, max_budget=None):
 
     Notes
     -----
-    O(heads * K) once for the hulls, then O(heads * 64 log K) per total. The LP part of the
+    O(heads * K) once for the hulls and one sort of the S hull segments, then O(heads) per
+    total (one walk along the sorted segments serves every total). The LP part of the
     greedy is nested by construction (a larger total never takes tokens from a head), and so
     are the allocations whenever the blocked head can spend the remaining tokens itself, as
     on per-token grids with increasing curves (curves from :func:`curves_from_scores`). On
