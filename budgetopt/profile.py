@@ -86,30 +86,40 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     return oracle, scores, sink, window
 
 
-def _descending_u32(middle):
-    """uint32 keys whose ascending order is ``middle``'s descending order, or None.
+def _as_float32(middle):
+    """``middle`` as C-ordered float32 rows ``(n, M)`` when every value is exactly a float32
+    (float16/float32 always, float64 when it holds only such values), else None."""
+    if middle.dtype.kind != "f":
+        return None
+    if middle.dtype.itemsize > 4:
+        with np.errstate(over="ignore", invalid="ignore"):
+            narrow = middle.astype(np.float32)
+        if not np.array_equal(narrow, middle):
+            return None
+        middle = narrow
+    return np.ascontiguousarray(middle, dtype=np.float32).reshape(-1, middle.shape[-1])
 
-    Exists for float16/float32 values, float64 values that are all exactly float32, and
-    integers of at most 32 bits. ``-0.0`` and ``0.0`` get the same key.
-    """
+
+def _int_keys(middle):
+    """uint32 keys whose ascending order is the descending order of integers of at most 32
+    bits, as rows ``(n, M)``, else None."""
     kind, size = middle.dtype.kind, middle.dtype.itemsize
-    if kind == "f":
-        if size > 4:
-            with np.errstate(over="ignore", invalid="ignore"):
-                narrow = middle.astype(np.float32)
-            if not np.array_equal(narrow, middle):
-                return None
-            middle = narrow
-        bits = (np.asarray(middle, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-        # IEEE order as unsigned integers: flip all bits of negatives, the sign bit of the rest.
-        ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    elif kind == "i" and size <= 4:
+    if kind == "i" and size <= 4:
         ascending = middle.astype(np.int64).astype(np.uint32) ^ np.uint32(0x80000000)
     elif kind == "u" and size <= 4:
         ascending = middle.astype(np.uint32)
     else:
         return None
-    return ~ascending
+    return (~ascending).reshape(-1, middle.shape[-1])
+
+
+def _sorted_positions(packed, shape):
+    """Sort each row of packed ``key << 32 | position`` keys (unique, so the plain sort is
+    stable) and return the positions, shaped ``shape``."""
+    packed.sort(axis=-1)
+    order = np.empty(packed.shape, np.int64)
+    _kernels.unpack_positions(packed, order)
+    return order.reshape(shape)
 
 
 def rank_middle(scores, sink, window):
@@ -124,20 +134,15 @@ def rank_middle(scores, sink, window):
     """
     length = scores.shape[-1]
     middle = scores[..., sink:length - window]
-    if middle.dtype == np.float32 or middle.dtype == np.float16:
-        rows = np.ascontiguousarray(middle, dtype=np.float32).reshape(-1, middle.shape[-1])
+    rows = _as_float32(middle)
+    if rows is not None:
         packed = np.empty(rows.shape, np.uint64)
         _kernels.pack_descending_f32(rows, packed)
-        packed.sort(axis=-1)
-        order = np.empty(rows.shape, np.int64)
-        _kernels.unpack_positions(packed, order)
-        return order.reshape(middle.shape)
-    keys32 = _descending_u32(middle)
+        return _sorted_positions(packed, middle.shape)
+    keys32 = _int_keys(middle)
     if keys32 is not None:
         positions = np.arange(middle.shape[-1], dtype=np.uint64)
-        packed = (keys32.astype(np.uint64) << np.uint64(32)) | positions
-        packed.sort(axis=-1)
-        return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        return _sorted_positions((keys32.astype(np.uint64) << np.uint64(32)) | positions, middle.shape)
     if middle.dtype.kind in "iu":
         # Bitwise NOT reverses the order of any integer type without overflow.
         return np.argsort(np.invert(middle), axis=-1, kind="stable")
