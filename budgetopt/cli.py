@@ -61,34 +61,25 @@ def load_source(args):
     return load_curves(args.curves)
 
 
-def positive_fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]; got {text!r}") from None
-    if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] (the fraction kept); got {text!r}")
-    return value
+def _number(convert, accepts, rule):
+    """An argparse ``type``: ``convert(text)`` that must satisfy ``accepts``; errors say ``rule``."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+            ok = math.isfinite(value) and accepts(value)
+        except (ValueError, OverflowError):  # not a number, or an int too large for a float
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}")
-    return value
-
-
-def non_negative_number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}")
-    return value
+positive_fraction = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (the fraction kept)")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+non_negative_number = _number(float, lambda v: v >= 0, "a number >= 0")
 
 
 def check_output_path(path, suffixes):
