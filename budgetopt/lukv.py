@@ -21,6 +21,7 @@ import numpy as np
 
 from .api import sweep
 from .curves import Curves, check_input_file, write_atomic
+from .rounding import tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
@@ -36,15 +37,6 @@ AGGREGATES = ("mean_ratio", "mean_curve")
 def compression_ratios():
     """The 99 global compression ratios of a table row, ``(i + 1) / 100``, as float64."""
     return np.array([(i + 1) / 100.0 for i in range(LUKV_ROWS)])
-
-
-def _evicted_tokens(ratio, tokens):
-    """Tokens evicted at global compression ``ratio`` of ``tokens``: ``round(ratio * tokens)``.
-
-    The published rule (a float product rounded half to even), kept bit for bit so that the
-    tables match the published ones. Used only for the 99 whole-percent rows of a table.
-    """
-    return int(round(ratio * tokens))
 
 
 def _as_pairs(oracles, scores):
@@ -96,7 +88,7 @@ def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
     for group in groups:
         curves = Curves._trusted(np.ascontiguousarray(utility[group]), grid)  # built by curves_from_scores' helpers
         tokens = curves.n_heads * length
-        kept = np.array([tokens - _evicted_tokens(ratios[i], tokens) for i in solved], np.int64)
+        kept = np.array([tokens - tokens_evicted(ratios[i], tokens) for i in solved], np.int64)
         # The published heap stops when every head is at its floor; so does the table.
         kept = np.maximum(kept, curves.n_heads * floor)
         result = sweep(curves, kept, min_budget=floor)

@@ -1,10 +1,12 @@
 """Turning fractions into whole tokens: the package's only rounding rules.
 
 budgetopt works in integer token units. A fraction becomes tokens exactly once, at a front
-door, through one of the two functions below:
+door, through one of the functions below:
 
 * :func:`tokens_from_fraction` turns a kept fraction of a whole cache into a total (floor, so
   the total never exceeds the fraction asked for).
+* :func:`tokens_evicted` is the published LU-KV rule for the tokens a table row at global
+  compression ``c`` evicts, ``round(c * N)``, kept bit for bit so tables match.
 * :func:`keep_counts_from_prune_ratios` turns per-head prune ratios (an LU-KV table row for
   one layer) into integer keep counts whose sum is exact, by largest remainder: the rule
   kvpress's ``LUKVPress`` applies at run time.
@@ -18,7 +20,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["tokens_from_fraction", "keep_counts_from_prune_ratios"]
+__all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios"]
 
 # Fractions typed by people (0.2, 0.3) are not exact in binary: 0.3 * 10 is
 # 2.9999999999999996. Values within this relative distance of an integer count as it.
@@ -61,6 +63,21 @@ def tokens_from_fraction(fraction, capacity):
     if abs(exact - nearest) <= _REL_EPS * max(1.0, abs(exact)):
         return int(min(nearest, capacity))
     return int(min(math.floor(exact), capacity))
+
+
+def tokens_evicted(ratio, tokens):
+    """Tokens evicted at global compression ``ratio`` of ``tokens``: ``round(ratio * tokens)``.
+
+    The published LU-KV rule (a float product rounded half to even), kept bit for bit so that
+    :func:`budgetopt.lukv_table` reproduces the published tables. Used for their 99
+    whole-percent rows; elsewhere budgets come from :func:`tokens_from_fraction`.
+
+    Examples
+    --------
+    >>> tokens_evicted(0.8, 1000), tokens_evicted(0.5, 3)
+    (800, 2)
+    """
+    return int(round(ratio * tokens))
 
 
 def keep_counts_from_prune_ratios(prune_ratios, length):
