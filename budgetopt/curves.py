@@ -87,14 +87,19 @@ class Curves:
                 f"`utility` must have at least one head and one point; got shape {u.shape}"
             )
         u = np.array(u, dtype=np.float64, order="C", copy=True)
-        bad = ~np.isfinite(u)
-        if bad.any():
+        # Row maxima and minima are NaN or infinite exactly when a row holds NaN or inf, and
+        # bound every magnitude: two reductions, no temporary the size of `utility`.
+        with np.errstate(invalid="ignore"):
+            top = u.max(axis=-1)
+            bottom = u.min(axis=-1)
+        if not (np.isfinite(top).all() and np.isfinite(bottom).all()):
+            bad = ~np.isfinite(u)
             first = int(np.flatnonzero(bad.ravel())[0])
             kind = "NaN" if np.isnan(u.flat[first]) else "inf"
             raise InvalidInputError(f"`utility` must be finite; found {kind} at {_where(u.shape, first)}")
         K = u.shape[-1]
         with np.errstate(over="ignore"):
-            total_magnitude = np.abs(u).max(axis=-1).sum()
+            total_magnitude = np.maximum(top, -bottom).sum()
         if not np.isfinite(total_magnitude):
             raise InvalidInputError(
                 "`utility` values are too large: a total over heads would overflow float64"
