@@ -13,7 +13,8 @@ One run measures, on seeded synthetic per-token curves, and prints a report and 
 2. **A numpy pass.** ``allocate`` relative to ``utility.sum()`` (and to
    ``np.diff(utility, axis=-1)``) over the same float64 array, measured in interleaved rounds
    so both see the same machine load, with a breakdown of ``allocate`` into its stages
-   (``build_problem``, ``upper_hulls``, the greedy solve, the rest).
+   (``build_problem``, the bracketed LP and its kernels, the rest) and, for comparison, the
+   previous path that builds every head's full hull.
 3. Both of the above for 256 heads x 4,097 points (a 32 x 8 model at 4,096 tokens) and
    5,120 heads x 1,024 points (160 x 32 heads at 1,023 tokens).
 4. ``method="dp"`` at 100 heads x 10 options x 50,000 and x 100,000 budget units, and the
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import budgetopt  # noqa: E402
 from budgetopt import _kernels  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
-from budgetopt.greedy import _Greedy  # noqa: E402
+from budgetopt import greedy as greedy_module  # noqa: E402
 from budgetopt.hull import upper_hulls  # noqa: E402
 from budgetopt.problem import build_problem  # noqa: E402
 from reference_lukv import lukv_reference_prune_ratios  # noqa: E402
@@ -250,8 +251,8 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     # Wall time is the headline; this thread's CPU time is recorded beside it because the
     # machine is shared (CPU time leaves out the time the process waits for a core).
     problem = build_problem(curves)
-    solver = _Greedy(problem)
-    hulls = solver.hulls
+    spare = total - problem.floor_total
+    hulls = upper_hulls(problem)
     last = hulls.offsets[1:] - 1
     seg = np.setdiff1d(np.arange(hulls.verts.shape[0]), last)
     heads_of = np.repeat(np.arange(problem.n_heads), np.diff(hulls.offsets))
@@ -259,16 +260,39 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     xs = grid_rows[np.arange(len(heads_of)), hulls.verts]
     seg_slopes = hulls.slopes[seg]
     seg_costs = (xs[seg + 1] - xs[seg]).astype(np.int64)
+    # Inputs of the bracket's kernels, as allocate computes them.
+    args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi)
+    sigma = _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, spare)
+    chunk_max = np.empty((problem.n_heads, -(-int((problem.hi - problem.lo).max()) // _kernels._CHUNK)))
+    _kernels.tilted_chunk_max(*args, sigma, chunk_max)
+    arg = np.empty(problem.n_heads, np.int64)
+    robust = np.empty(problem.n_heads, np.bool_)
+    idx = np.empty(problem.n_heads, np.int64)
+    calls = []
+    real_argmax = _kernels.tilted_argmax
+    _kernels.tilted_argmax = lambda *a: calls.append(a[7]) or real_argmax(*a)
+    try:
+        bracket = greedy_module._bracketed(problem, spare, idx)
+    finally:
+        _kernels.tilted_argmax = real_argmax
+
+    def full_hull_lp():  # the previous path: every head's full hull, then the greedy
+        h = upper_hulls(problem)
+        return _kernels.greedy_solve(*args[:3], h.offsets, h.verts, h.slopes, spare, np.empty_like(idx))
+
     steps = {
         "sum": (lambda: utility.sum(), 21),
         "diff": (lambda: np.diff(utility, axis=-1), 5),
         "allocate": (lambda: budgetopt.allocate(curves, total), 1),
         "build_problem": (lambda: build_problem(curves), 1),
+        "bracketed_lp": (lambda: greedy_module._bracketed(problem, spare, idx), 1),
+        "sample_threshold": (lambda: _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, spare), 1),
+        "tilted_chunk_max": (lambda: _kernels.tilted_chunk_max(*args, sigma, chunk_max), 1),
+        "tilted_argmax": (lambda: _kernels.tilted_argmax(*args, sigma, chunk_max, sigma * 1.01, arg, robust), 1),
+        "full_hull_lp": (full_hull_lp, 1),
         "upper_hulls": (lambda: upper_hulls(problem), 1),
-        "greedy_solve": (lambda: solver.solve(total), 1),
-        # The threshold search alone: weighted quickselect over every hull segment.
-        "threshold_select": (lambda: _kernels._weighted_threshold(
-            seg_slopes.copy(), seg_costs.copy(), total - problem.floor_total), 1),
+        # The threshold search over every full-hull segment (weighted quickselect).
+        "threshold_select": (lambda: _kernels._weighted_threshold(seg_slopes.copy(), seg_costs.copy(), spare), 1),
     }
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
@@ -295,17 +319,24 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
         "cpu_numpy_diff_s": float(np.median(cpu["diff"])),
         "cpu_allocate_over_sum": float(np.median(cpu["allocate"] / cpu["sum"])),
         "cpu_allocate_over_diff": float(np.median(cpu["allocate"] / cpu["diff"])),
+        "full_hull_lp_over_sum": float(np.median(wall["full_hull_lp"] / wall["sum"])),
         "allocate_bare_array_s": median_time(lambda: budgetopt.allocate(utility, total), max(5, rounds // 3)),
         "curves_construction_s": median_time(lambda: budgetopt.Curves(utility, curves.grid), max(5, rounds // 3)),
     }
-    stages = ("build_problem", "upper_hulls", "greedy_solve")
-    cpu_rest = cpu["allocate"] - sum(cpu[k] for k in stages)
+    stages = ("build_problem", "bracketed_lp", "sample_threshold", "tilted_chunk_max", "tilted_argmax",
+              "full_hull_lp", "upper_hulls", "threshold_select")
+    cpu_rest = cpu["allocate"] - cpu["build_problem"] - cpu["bracketed_lp"]
     out["breakdown"] = {
-        **{f"{k}_s": med[k] for k in stages + ("threshold_select",)},
-        **{f"cpu_{k}_s": float(np.median(cpu[k])) for k in stages + ("threshold_select",)},
+        **{f"{k}_s": med[k] for k in stages},
+        **{f"cpu_{k}_s": float(np.median(cpu[k])) for k in stages},
         "cpu_rest_s": float(np.median(cpu_rest)),
         **{f"cpu_share_{k}": float(np.median(cpu[k] / cpu["allocate"])) for k in stages},
-        "hull_cpu_ns_per_point": float(np.median(cpu["upper_hulls"])) / utility.size * 1e9,
+        "bracket_argmax_calls": len(calls),
+        "bracket_multipliers_over_estimate": [float(lam / sigma) for lam in calls],
+        "bracket_estimate_over_threshold": float(sigma / alloc.threshold),
+        "bracket_hull_points_fraction": alloc.stats["hull_points_fraction"],
+        "bracket_answered": bracket is not None,
+        "full_hull_cpu_ns_per_point": float(np.median(cpu["upper_hulls"])) / utility.size * 1e9,
         "first_prune_round_keeps": first_round_survivors(curves.utility2d),
         "hull_vertices_mean": float(np.diff(hulls.offsets).mean()),
     }
@@ -447,11 +478,15 @@ def report(res):
             f"  CPU time (this thread): allocate {_ms(t['cpu_allocate_s'])}, sum {_ms(t['cpu_numpy_sum_s'])}, "
             f"diff {_ms(t['cpu_numpy_diff_s'])}: allocate / sum = {t['cpu_allocate_over_sum']:.1f}x, "
             f"allocate / diff = {t['cpu_allocate_over_diff']:.1f}x",
-            f"  breakdown (CPU time): build_problem {_ms(b['cpu_build_problem_s'])}, "
-            f"upper_hulls {_ms(b['cpu_upper_hulls_s'])} ({b['cpu_share_upper_hulls']:.0%}), "
-            f"greedy solve {_ms(b['cpu_greedy_solve_s'])} ({b['cpu_share_greedy_solve']:.0%}), rest {_ms(b['cpu_rest_s'])}",
-            f"    hull: {b['hull_cpu_ns_per_point']:.1f} ns/point, first prune round keeps {b['first_prune_round_keeps']:.0%} "
-            f"of points, {b['hull_vertices_mean']:.0f} vertices/head; threshold quickselect {_ms(b['cpu_threshold_select_s'])}",
+            f"  breakdown (CPU time): build_problem {_ms(b['cpu_build_problem_s'])}, bracketed LP "
+            f"{_ms(b['cpu_bracketed_lp_s'])} ({b['cpu_share_bracketed_lp']:.0%}), rest (repair, result) {_ms(b['cpu_rest_s'])}",
+            f"    bracketed LP: estimate {_ms(b['cpu_sample_threshold_s'])} (estimate / threshold "
+            f"{b['bracket_estimate_over_threshold']:.3f}), chunk pass {_ms(b['cpu_tilted_chunk_max_s'])}, "
+            f"{b['bracket_argmax_calls']} maximiser passes x {_ms(b['cpu_tilted_argmax_s'])}, hulls built over "
+            f"{b['bracket_hull_points_fraction']:.1%} of the points",
+            f"    previous path (every head's full hull + greedy) {_ms(b['cpu_full_hull_lp_s'])} = "
+            f"{t['full_hull_lp_over_sum']:.1f}x sum; full hull {b['full_hull_cpu_ns_per_point']:.1f} ns/point, "
+            f"{b['hull_vertices_mean']:.0f} vertices/head; quickselect over all its segments {_ms(b['cpu_threshold_select_s'])}",
             f"  (allocate on a bare array {_ms(t['allocate_bare_array_s'])}; Curves() construction alone "
             f"{_ms(t['curves_construction_s'])}; curves_from_scores {s['curves_from_scores_s']:.2f} s)",
             f"  anchor (Python hull + heapq)      {a['seconds']:.2f} s  runs {[round(x, 2) for x in a['runs_s']]}",

@@ -28,8 +28,8 @@ def _slope(u, g, a, b):
     return (u[b] - u[a]) / (g[b] - g[a])
 
 
-# Prune rounds stop once a round keeps more than this fraction of the candidates.
-_PRUNE_STOP = 0.75
+# Pruning rounds repeat while a round drops a point, at most this many times.
+_MAX_ROUNDS = 32
 
 
 @nb.njit(**_JIT)
@@ -38,14 +38,21 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
 
     Two stages. (1) Branch-free pruning rounds: a point strictly between its neighbours in
     x that lies on or below their chord cannot be a hull vertex, so every such point is
-    dropped at once; rounds repeat while they remove at least a quarter of what is left.
+    dropped at once; rounds repeat until one drops nothing (at most ``_MAX_ROUNDS``).
     (2) Monotone chain, left to right, over the survivors. ``out``, ``xs`` and ``ys`` are
-    scratch of at least ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]``. A repeated grid value keeps its
-    best utility. With ``drop_descending``, trailing segments of negative slope are dropped,
-    so the hull ends at the rightmost point of largest utility.
+    scratch of at least ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]``.
+    A repeated grid value keeps its best utility. With ``drop_descending``, trailing
+    segments of negative slope are dropped, so the hull ends at the rightmost point of
+    largest utility.
+
+    Every decision looks only at a point and its current neighbours, and the rounds stop
+    on a rule that a sub-range reproduces (a round that changes nothing changes nothing
+    again). So for two points ``a < b`` that every comparison keeps (see
+    :func:`tilted_argmax`), the hull of ``lo = a, hi = b + 1`` is, bit for bit, the part
+    of the full hull between them: :func:`budgetopt.greedy` relies on this.
     """
     n = hi - lo
-    if n <= 8:
+    if n <= 2:
         for i in range(n):
             out[i] = lo + i
     else:
@@ -78,8 +85,11 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
         xs[kept] = g[hi - 1]
         ys[kept] = u[hi - 1]
         out[kept] = hi - 1
-        n = kept + 1
-        while n > 8:
+        kept += 1
+        rounds = 1
+        while kept < n and rounds < _MAX_ROUNDS:
+            n = kept
+            rounds += 1
             kept = 1
             xa = xs[0]
             ya = ys[0]
@@ -104,10 +114,14 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
             ys[kept] = ys[n - 1]
             out[kept] = out[n - 1]
             kept += 1
-            shrunk = kept <= _PRUNE_STOP * n
-            n = kept
-            if not shrunk:
-                break
+        n = kept
+    return _chain(u, g, out, n, drop_descending)
+
+
+@nb.njit(**_JIT)
+def _chain(u, g, out, n, drop_descending):
+    """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
+    place; returns the hull's size. See :func:`_hull_one`."""
     m = 0
     for j in range(n):
         k = out[j]
@@ -171,6 +185,208 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     return offsets, verts, slopes
 
 
+# -- the greedy's bracket: hulls only where the threshold can fall ---------------------------
+#
+# For one total budget the LP threshold is found without every head's full hull. A
+# geometric sample of each head gives an estimate ``sigma`` (:func:`sample_threshold`); one
+# pass stores, per chunk of ``_CHUNK`` grid points, the largest ``u - sigma * g``
+# (:func:`tilted_chunk_max`); from those bounds the exact maximiser of ``u - lam * g`` is
+# found for multipliers just above and just below the threshold by scanning a few chunks
+# (:func:`tilted_argmax`). Such a maximiser is a hull vertex; when no other point comes
+# within rounding of it, every hull computation keeps it (see :func:`_hull_one`), so the
+# hull between the two maximisers is exactly the part of the full hull where the greedy
+# can stop. ``budgetopt.greedy._bracketed`` puts these together.
+
+_CHUNK = 32
+_EPS = 2.220446049250313e-16
+
+
+@nb.njit(**_JIT)
+def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, spare):
+    """Greedy threshold of the problem cut down to a geometric sample of each head's usable
+    grid indices; 0.0 when the sampled hulls fit in ``spare`` tokens.
+
+    The sample steps by ``d >> octave_shift`` (at least 1), ``d`` the distance to the
+    nearer end of the head's range: dense at both ends, about ``2 ** octave_shift``
+    points per doubling in between. A head's point at a given slope is then located to within a fixed fraction
+    of its distance from either end, so the estimate holds at small and large budgets
+    alike, at O(H * 2 ** octave_shift * log K). The sampled hulls use a monotone chain with
+    cross-multiplied tests (no division): only an estimate is wanted here.
+    """
+    H, K = utility.shape
+    m = K + 1
+    pos = np.empty(m, np.int64)
+    xs = np.empty(m, np.float64)
+    ys = np.empty(m, np.float64)
+    seg_slopes = np.empty(0, np.float64)
+    seg_costs = np.empty(0, np.int64)
+    t = 0
+    all_cost = 0
+    for h in range(H):
+        u = utility[h]
+        g = grid[h * per_head]
+        a = lo[h]
+        last = hi[h] - 1
+        n = 0
+        k = a
+        while k < last:
+            pos[n] = k
+            n += 1
+            k += max(1, min(k - a, last - k) >> octave_shift)
+        pos[n] = last
+        n += 1
+        for i in range(n):  # gather first: independent loads, so cache misses overlap
+            xs[i] = np.float64(g[pos[i]])
+            ys[i] = u[pos[i]]
+        s = 0
+        for i in range(n):
+            x = xs[i]
+            y = ys[i]
+            if s > 0 and xs[s - 1] == x:  # repeated grid value: keep the best utility
+                if y <= ys[s - 1]:
+                    continue
+                s -= 1
+            while s >= 2 and (ys[s - 1] - ys[s - 2]) * (x - xs[s - 1]) <= (y - ys[s - 1]) * (xs[s - 1] - xs[s - 2]):
+                s -= 1
+            xs[s] = x
+            ys[s] = y
+            s += 1
+        while s >= 2 and ys[s - 1] < ys[s - 2]:
+            s -= 1
+        if t + s > seg_slopes.shape[0]:
+            grown = max(2 * seg_slopes.shape[0], t + s, 1024)
+            seg_slopes = _grow(seg_slopes, grown, t)
+            seg_costs = _grow(seg_costs, grown, t)
+        for i in range(s - 1):
+            c = np.int64(xs[i + 1] - xs[i])
+            seg_slopes[t] = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+            seg_costs[t] = c
+            all_cost += c
+            t += 1
+    if all_cost <= spare:
+        return 0.0
+    return _weighted_threshold(seg_slopes[:t], seg_costs[:t], spare)
+
+
+@nb.njit(**_JIT)
+def _grow(arr, size, keep):
+    out = np.empty(size, arr.dtype)
+    out[:keep] = arr[:keep]
+    return out
+
+
+@nb.njit(fastmath=True, **_JIT)
+def tilted_chunk_max(utility, grid, per_head, lo, hi, sigma, out):
+    """``out[h, j]``: the largest ``u[k] - sigma * g[k]`` over chunk ``j`` of head ``h``
+    (grid indices ``lo[h] + _CHUNK * j`` onwards, within ``hi[h]``). Computed with relaxed
+    floating point: these are bounds, used with a margin (:func:`tilted_argmax`). O(H * K),
+    one pass."""
+    H, K = utility.shape
+    xf = np.empty(K, np.float64)
+    if per_head == 0:
+        for k in range(K):
+            xf[k] = grid[0, k]
+    for h in range(H):
+        if per_head:
+            for k in range(K):
+                xf[k] = grid[h, k]
+        # rows sliced to the head's range (indexing from zero lets the loops unroll well)
+        u = utility[h, lo[h] : hi[h]]
+        x = xf[lo[h] : hi[h]]
+        n = u.shape[0]
+        full = n // _CHUNK
+        for j in range(full):
+            c0 = _CHUNK * j
+            # four groups of eight, combined pairwise: independent chains, no long dependency
+            best = u[c0] - sigma * x[c0]
+            for i in range(c0, c0 + 8):
+                w0 = u[i] - sigma * x[i]
+                w1 = u[i + 8] - sigma * x[i + 8]
+                w2 = u[i + 16] - sigma * x[i + 16]
+                w3 = u[i + 24] - sigma * x[i + 24]
+                w0 = w1 if w1 > w0 else w0
+                w2 = w3 if w3 > w2 else w2
+                w0 = w2 if w2 > w0 else w0
+                best = w0 if w0 > best else best
+            out[h, j] = best
+        if n > full * _CHUNK:
+            c0 = _CHUNK * full
+            best = u[c0] - sigma * x[c0]
+            for i in range(c0 + 1, n):
+                w0 = u[i] - sigma * x[i]
+                best = w0 if w0 > best else best
+            out[h, full] = best
+
+
+@nb.njit(**_JIT)
+def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, robust):
+    """For each head, the first grid index maximising ``u[k] - lam * g[k]`` (``lam > 0``)
+    into ``arg``; returns the tokens those points use above the floors.
+
+    ``chunk_max`` from :func:`tilted_chunk_max` with ``sigma`` bounds every chunk, so only
+    chunks that may hold a point near the maximum are scanned (usually one to three).
+    ``robust[h]`` says that every other point is below the maximum by more than a
+    tolerance covering the rounding of these values and of the hull kernel's tests: then
+    the point is a vertex of the upper hull that no pruning round drops and the chain never
+    pops (the tests' exact margins grow with that gap, their rounding errors only with
+    ``lam`` times the grid range). O(H * K / _CHUNK) plus the scanned chunks.
+    """
+    H = utility.shape[0]
+    ub = np.empty(chunk_max.shape[1], np.float64)
+    d = sigma - lam
+    used = 0
+    for h in range(H):
+        u = utility[h]
+        g = grid[h * per_head]
+        a = lo[h]
+        b = hi[h]
+        nch = (b - a + _CHUNK - 1) // _CHUNK
+        top = -np.inf
+        jt = 0
+        for j in range(nch):
+            c0 = a + _CHUNK * j
+            c1 = min(c0 + _CHUNK, b) - 1
+            x0 = np.float64(g[c0])
+            x1 = np.float64(g[c1])
+            c = chunk_max[h, j]
+            tilt = max(d * x0, d * x1)  # u - lam*g = (u - sigma*g) + (sigma - lam)*g
+            bound = c + tilt + 1e-13 * (abs(c) + (sigma + lam) * x1 + abs(tilt))
+            ub[j] = bound
+            if bound > top:
+                top = bound
+                jt = j
+        best = -np.inf
+        second = -np.inf
+        kb = -1
+        c0 = a + _CHUNK * jt
+        for k in range(c0, min(c0 + _CHUNK, b)):
+            v = u[k] - lam * g[k]
+            if v > best:
+                second = max(second, best)
+                best = v
+                kb = k
+            else:
+                second = max(second, v)
+        tol = 64.0 * _EPS * (max(abs(best), abs(top)) + 2.0 * lam * np.float64(g[b - 1]))
+        cut = best - tol
+        for j in range(nch):
+            if j == jt or ub[j] < cut:
+                continue
+            c0 = a + _CHUNK * j
+            for k in range(c0, min(c0 + _CHUNK, b)):
+                v = u[k] - lam * g[k]
+                if v > best or (v == best and k < kb):
+                    second = max(second, best)
+                    best = v
+                    kb = k
+                else:
+                    second = max(second, v)
+        arg[h] = kb
+        robust[h] = best - second > tol
+        used += g[kb] - g[a]
+    return used
+
+
 @nb.njit(**_JIT)
 def hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out):
     """Largest amount by which a head's points lie below its (full) upper hull.
@@ -209,13 +425,63 @@ def hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out):
         out[h] = worst
 
 
+@nb.njit(inline="always", **_JIT)
+def _order_key(bits):
+    """A uint64 whose order is the order of the float64 with these bits (-0.0 as 0.0)."""
+    if bits == np.uint64(0x8000000000000000):
+        bits = np.uint64(0)
+    if bits >> np.uint64(63):
+        return ~bits
+    return bits | np.uint64(0x8000000000000000)
+
+
+_RADIX_BITS = 12
+
+
 @nb.njit(**_JIT)
 def _weighted_threshold(slopes, costs, budget):
     """Largest slope ``s`` with ``sum(costs[slopes >= s]) > budget`` (given the total is).
 
-    Quickselect with a three-way partition, in place: O(n) expected. ``slopes`` and
-    ``costs`` are scratch copies and come back reordered.
+    Radix selection on the slopes' order-preserving bit patterns, 12 bits at a time from
+    the top: a cost histogram per digit finds the bucket where the running cost (largest
+    slopes first) passes ``budget``, and only that bucket's entries are kept. Once few
+    remain, a quickselect finishes. O(n); ``slopes`` and ``costs`` are scratch (reordered).
     """
+    n = slopes.shape[0]
+    bits = slopes.view(np.uint64)
+    hist = np.zeros(1 << _RADIX_BITS, np.int64)
+    mask = np.uint64((1 << _RADIX_BITS) - 1)
+    shift = np.uint64(64 - _RADIX_BITS)
+    if n > 64:
+        for i in range(n):
+            hist[(_order_key(bits[i]) >> shift) & mask] += costs[i]
+    while n > 64:
+        b = (1 << _RADIX_BITS) - 1
+        while hist[b] <= budget:  # buckets wholly above the threshold: all taken
+            budget -= hist[b]
+            b -= 1
+        hist[:] = 0
+        last = shift < np.uint64(_RADIX_BITS)
+        below = np.uint64(0) if last else shift - np.uint64(_RADIX_BITS)
+        m = 0
+        for i in range(n):  # keep the threshold's bucket, in place; histogram its next digit
+            key = _order_key(bits[i])
+            if (key >> shift) & mask == b:
+                slopes[m] = slopes[i]
+                costs[m] = costs[i]
+                hist[(key >> below) & mask] += costs[i]
+                m += 1
+        n = m
+        if last:
+            break
+        shift = below
+    return _quickselect_threshold(slopes[:n], costs[:n], budget)
+
+
+@nb.njit(**_JIT)
+def _quickselect_threshold(slopes, costs, budget):
+    """:func:`_weighted_threshold` by quickselect with a three-way partition, in place:
+    O(n) expected."""
     lo = 0
     hi = slopes.shape[0]
     while True:

@@ -69,10 +69,14 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     then a monotone chain, O(K) per head, compiled); hull segments are taken in order of
     marginal utility per token, largest first, ties by head order, while they fit. That
     order is not sorted: the slope at which the budget runs out (``threshold``) is found by
-    a weighted quickselect over all S hull segments, O(heads * K + S) in all. The result so
-    far solves the LP relaxation exactly; its value is ``upper_bound``. Then, as in LU-KV,
-    the head whose segment no longer fits moves to its best grid point within the tokens
-    left; when that spends them all without the head's utility falling on the way (always
+    a weighted radix selection over the hull segments. On large problems the hulls are
+    built only where that slope can fall: an estimate from a sample of each curve, one
+    pass over the utilities, and the points that maximise ``utility - lam * tokens`` for a
+    ``lam`` just above and one just below the threshold fix every head's hull outside that
+    range; the answer is bit for bit the one full hulls give. O(heads * K) in all. The
+    result so far solves the LP relaxation exactly; its value is ``upper_bound``. Then, as
+    in LU-KV, the head whose segment no longer fits moves to its best grid point within the
+    tokens left; when that spends them all without the head's utility falling on the way (always
     so on per-token grids with increasing curves) the answer is complete. Otherwise the
     leftover goes to the best positive-gain moves (by gain per token and by gain, with and
     without that first move; the best total wins), and tokens that buy nothing anywhere are

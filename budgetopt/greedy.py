@@ -13,22 +13,53 @@ from .result import Allocation, Sweep
 __all__ = ["greedy", "greedy_sweep"]
 
 
+# The threshold estimate samples 2 ** _OCTAVE_SHIFT points per doubling of the distance
+# from either end of each head; problems smaller than _BRACKET_MIN_POINTS use full hulls.
+_OCTAVE_SHIFT = 1
+# Multiples of the estimate tried as bracket ends, outwards from it (the first up first).
+_BRACKET_UP = (1.001, 1.005, 1.02, 1.08, 1.3, 2.0, 8.0)
+_BRACKET_DOWN = (0.999, 0.995, 0.98, 0.92, 0.7, 0.3, 0.05)
+_BRACKET_MIN_POINTS = 1 << 15
+
+
 class _Greedy:
-    """Hulls of one problem, reused for any number of total budgets."""
+    """One problem, solved for any number of total budgets.
+
+    A single total (:meth:`solve`) builds hulls only where its threshold can fall
+    (:func:`_bracketed`); many totals (:meth:`solve_many`) share every head's full hull.
+    Both give the same answer, bit for bit.
+    """
 
     def __init__(self, problem):
         self.problem = problem
-        self.hulls = upper_hulls(problem)
+        self._hulls = None
+
+    @property
+    def hulls(self):
+        """Every head's full upper hull (built on first use)."""
+        if self._hulls is None:
+            self._hulls = upper_hulls(self.problem)
+        return self._hulls
 
     def solve(self, total):
         """Chosen grid indices (H,) and ``(lp_value, threshold, stats)`` for ``total`` tokens."""
-        p, hulls = self.problem, self.hulls
+        p = self.problem
         idx = np.empty(p.n_heads, np.int64)
         spare = min(total, p.ceiling_total) - p.floor_total
-        lp, lam, blocked, left = _kernels.greedy_solve(
-            p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
-        )
-        return self._finish(idx, lp, lam, blocked, left)
+        found = _bracketed(p, spare, idx) if _bracket_worthwhile(p) else None
+        if found is None:
+            hulls = self.hulls
+            lp, lam, blocked, left = _kernels.greedy_solve(
+                p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
+            )
+            segments, points = hulls.n_segments, int((p.hi - p.lo).sum())
+        else:
+            lp, lam, blocked, left, segments, points = found
+        stats = {
+            "hull_segments": segments,
+            "hull_points_fraction": points / int((p.hi - p.lo).sum()),
+        }
+        return self._finish(idx, lp, lam, blocked, left, stats)
 
     def solve_many(self, totals):
         """:meth:`solve` for each of ``totals``, sharing one ordering of all hull segments.
@@ -65,22 +96,21 @@ class _Greedy:
         )
         results = [(idx[i], float(lp[i]), float(lams[i]), None) for i in range(n)]
         for i in np.flatnonzero(still_open):  # the rare rows that need the full repair
-            results[i] = self._finish(idx[i].copy(), lp[i], lams[i], int(blocked[i]), int(lefts[i]), with_stats=False)
+            results[i] = self._finish(idx[i].copy(), lp[i], lams[i], int(blocked[i]), int(lefts[i]))
         return results
 
-    def _finish(self, idx, lp, lam, blocked, left, with_stats=True):
-        p, hulls = self.problem, self.hulls
+    def _finish(self, idx, lp, lam, blocked, left, stats=None):
+        """Repair what the LP part left over; ``stats`` (if given) gains the LP's figures."""
         left_lp = left
         if left > 0:
             idx, left = self._repair(idx, blocked, left)
-        if not with_stats:
-            return idx, float(lp), float(lam), None
-        stats = {
-            "lp_bound": float(lp),
-            "blocked_head": None if blocked < 0 else p.head_label(int(blocked)),
-            "left_after_lp": int(left_lp),
-            "hull_segments": hulls.n_segments,
-        }
+        if stats is not None:
+            stats = {
+                "lp_bound": float(lp),
+                "blocked_head": None if blocked < 0 else self.problem.head_label(int(blocked)),
+                "left_after_lp": int(left_lp),
+                **stats,
+            }
         return idx, float(lp), float(lam), stats
 
     def _repair(self, idx, blocked, left):
@@ -115,6 +145,90 @@ class _Greedy:
         _, trial, rest = best
         rest = _kernels.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
         return trial, rest
+
+
+def _bracket_worthwhile(p):
+    """Large enough for the bracket to pay, and grid values exact as floats."""
+    if p.utility.size < _BRACKET_MIN_POINTS or int((p.hi - p.lo).max()) < 4 * _kernels._CHUNK:
+        return False
+    rows = np.arange(p.n_heads) * p.per_head
+    return int(p.grid[rows, p.hi - 1].max()) < 2**52
+
+
+def _bracketed(p, spare, idx):
+    """The LP part of the greedy from hulls built only between two multipliers.
+
+    An estimate ``sigma`` of the threshold comes from a geometric sample of each head
+    (:func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried outwards from it
+    (``_BRACKET_UP``, ``_BRACKET_DOWN``) until the points maximising ``u - lam * g`` use at
+    most ``spare`` tokens at one (``lam_hi``) and more at another (``lam_lo``). Hull
+    segments left of a head's maximiser at ``lam_hi`` are steeper than ``lam_hi`` (all
+    taken), those right of its maximiser at ``lam_lo`` flatter than ``lam_lo`` (none
+    taken); only the hull between the two is built, and the greedy runs on those pieces
+    with the tokens the taken parts use set aside. A head whose maximiser is not robust
+    (another point within rounding) has that side built in full, to its floor or cap.
+
+    Returns ``None`` when this does not apply (the caller then uses the full hulls);
+    otherwise fills ``idx`` and returns ``(lp, lam, blocked, left, segments, points)``,
+    equal bit for bit to :func:`_kernels.greedy_solve` over the full hulls. The proof: the
+    threshold found lies strictly between ``lam_lo`` and ``lam_hi`` (checked below); there
+    both computations see the same segments with the same slopes, the same tokens above
+    them and the same ties in head order, so they select the same threshold and vertices.
+    """
+    if spare <= 0:
+        return None
+    H = p.n_heads
+    sigma = _kernels.sample_threshold(p.utility, p.grid, p.per_head, p.lo, p.hi, _OCTAVE_SHIFT, spare)
+    if not sigma > 0.0:
+        return None
+    chunk = _kernels._CHUNK
+    chunk_max = np.empty((H, (int((p.hi - p.lo).max()) + chunk - 1) // chunk))
+    _kernels.tilted_chunk_max(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max)
+
+    def maximisers(lam):
+        arg = np.empty(H, np.int64)
+        robust = np.empty(H, np.bool_)
+        used = _kernels.tilted_argmax(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max, lam, arg, robust)
+        return used, arg, robust
+
+    # Step away from sigma until the maximisers' tokens straddle ``spare``. Maximisers that
+    # fit put ``lam`` above the threshold, others below it; stepping on towards the
+    # threshold, each new bound on the same side is tighter than the last.
+    above = below = None
+    lam = sigma * _BRACKET_UP[0]
+    used, arg, robust = maximisers(lam)
+    if used <= spare:
+        above, steps = (lam, arg, robust), _BRACKET_DOWN
+    else:
+        below, steps = (lam, arg, robust), _BRACKET_UP[1:]
+    for factor in steps:
+        lam = sigma * factor
+        used, arg, robust = maximisers(lam)
+        if used <= spare:
+            above = (lam, arg, robust)
+        else:
+            below = (lam, arg, robust)
+        if above is not None and below is not None:
+            break
+    else:
+        return None
+    lam_hi, first, first_ok = above
+    lam_lo, last, last_ok = below
+    start = np.where(first_ok, first, p.lo)
+    stop = np.where(last_ok, last + 1, p.hi)
+    if np.any(start >= stop):
+        return None
+    rows = np.arange(H) * p.per_head
+    fixed = int((p.grid[rows, start] - p.grid[rows, p.lo]).sum())
+    if fixed > spare:
+        return None
+    offsets, verts, slopes = _kernels.upper_hulls(p.utility, p.grid, p.per_head, start, stop, p.unit_steps, True)
+    lp, lam, blocked, left = _kernels.greedy_solve(
+        p.utility, p.grid, p.per_head, offsets, verts, slopes, spare - fixed, idx
+    )
+    if not lam_lo < lam < lam_hi:
+        return None
+    return lp, lam, blocked, left, int(verts.shape[0] - H), int((stop - start).sum())
 
 
 def greedy(problem, total):
