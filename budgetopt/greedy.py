@@ -16,10 +16,13 @@ __all__ = ["greedy", "greedy_sweep"]
 # The threshold estimate samples 2 ** _OCTAVE_SHIFT points per doubling of the distance
 # from either end of each head; problems smaller than _BRACKET_MIN_POINTS use full hulls.
 _OCTAVE_SHIFT = 1
-# Multiples of the estimate tried as bracket ends, outwards from it (the first up first).
-_BRACKET_UP = (1.001, 1.005, 1.02, 1.08, 1.3, 2.0, 8.0)
-_BRACKET_DOWN = (0.999, 0.995, 0.98, 0.92, 0.7, 0.3, 0.05)
 _BRACKET_MIN_POINTS = 1 << 15
+# Bracket search: the first multiplier tried (a multiple of the estimate), the smallest
+# and largest step from one multiplier to the next, and the most multipliers tried.
+_FIRST_STEP = 1.001
+_MIN_STEP = 1.002
+_MAX_STEP = 4.0
+_MAX_TRIES = 10
 
 
 class _Greedy:
@@ -159,9 +162,9 @@ def _bracketed(p, spare, idx):
     """The LP part of the greedy from hulls built only between two multipliers.
 
     An estimate ``sigma`` of the threshold comes from a geometric sample of each head
-    (:func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried outwards from it
-    (``_BRACKET_UP``, ``_BRACKET_DOWN``) until the points maximising ``u - lam * g`` use at
-    most ``spare`` tokens at one (``lam_hi``) and more at another (``lam_lo``). Hull
+    (:func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried from it
+    (:func:`_find_bracket`) until the points maximising ``u - lam * g`` use at most
+    ``spare`` tokens at one (``lam_hi``) and more at another (``lam_lo``). Hull
     segments left of a head's maximiser at ``lam_hi`` are steeper than ``lam_hi`` (all
     taken), those right of its maximiser at ``lam_lo`` flatter than ``lam_lo`` (none
     taken); only the hull between the two is built, and the greedy runs on those pieces
@@ -191,27 +194,10 @@ def _bracketed(p, spare, idx):
         used = _kernels.tilted_argmax(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max, lam, arg, robust)
         return used, arg, robust
 
-    # Step away from sigma until the maximisers' tokens straddle ``spare``. Maximisers that
-    # fit put ``lam`` above the threshold, others below it; stepping on towards the
-    # threshold, each new bound on the same side is tighter than the last.
-    above = below = None
-    lam = sigma * _BRACKET_UP[0]
-    used, arg, robust = maximisers(lam)
-    if used <= spare:
-        above, steps = (lam, arg, robust), _BRACKET_DOWN
-    else:
-        below, steps = (lam, arg, robust), _BRACKET_UP[1:]
-    for factor in steps:
-        lam = sigma * factor
-        used, arg, robust = maximisers(lam)
-        if used <= spare:
-            above = (lam, arg, robust)
-        else:
-            below = (lam, arg, robust)
-        if above is not None and below is not None:
-            break
-    else:
+    found = _find_bracket(maximisers, sigma, spare)
+    if found is None:
         return None
+    above, below = found
     lam_hi, first, first_ok = above
     lam_lo, last, last_ok = below
     start = np.where(first_ok, first, p.lo)
@@ -230,6 +216,43 @@ def _bracketed(p, spare, idx):
         return None
     return lp, lam, blocked, left, int(verts.shape[0] - H), int((stop - start).sum())
 
+
+def _find_bracket(maximisers, sigma, spare):
+    """Multipliers ``(lam, arg, robust)`` above and below the threshold, or ``None``.
+
+    ``maximisers(lam)`` gives the tokens the maximisers of ``u - lam * g`` use, which never
+    grow with ``lam``: where they fit in ``spare``, ``lam`` is above the threshold. From
+    ``sigma * _FIRST_STEP`` the search moves towards the threshold, each step aimed by
+    the secant through the last two tries (a little past the predicted crossing, so that
+    it lands on the far side) but at least the square of the step before (``_MIN_STEP``
+    first) and at most ``_MAX_STEP``, until one try falls on each side.
+    """
+    lam = sigma * _FIRST_STEP
+    tries = []  # (lam, used) on the side where the search started
+    above = below = None
+    step = 1.0
+    for _ in range(_MAX_TRIES):
+        used, arg, robust = maximisers(lam)
+        if used <= spare:
+            above = (lam, arg, robust)
+        else:
+            below = (lam, arg, robust)
+        if above is not None and below is not None:
+            return above, below
+        down = above is not None  # the threshold lies below every multiplier tried
+        tries.append((lam, used))
+        # Each step is at least the square of the last (so that plateaus of ``used`` and
+        # secants that fall short cannot stall the search), and the secant's if larger.
+        step = max(step * step, _MIN_STEP)
+        if len(tries) >= 2:
+            (lam0, used0), (lam1, used1) = tries[-2], tries[-1]
+            if used1 != used0:
+                target = lam1 + (spare - used1) * (lam1 - lam0) / (used1 - used0)
+                if target > 0.0:
+                    step = max(step, (target / lam1 if target > lam1 else lam1 / target) * _MIN_STEP)
+        step = min(step, _MAX_STEP)
+        lam = lam / step if down else lam * step
+    return None
 
 def greedy(problem, total):
     """Allocate ``total`` tokens with the hull greedy; see :func:`budgetopt.allocate`.
