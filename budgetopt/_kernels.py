@@ -341,20 +341,23 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
         a = lo[h]
         b = hi[h]
         nch = (b - a + _CHUNK - 1) // _CHUNK
+        # u - lam*g = (u - sigma*g) + (sigma - lam)*g, and (sigma - lam)*g is largest at a
+        # chunk's last point when sigma >= lam, else at its first.
+        off = _CHUNK - 1 if d >= 0.0 else 0
         top = -np.inf
         jt = 0
+        magnitude = 0.0
         for j in range(nch):
-            c0 = a + _CHUNK * j
-            c1 = min(c0 + _CHUNK, b) - 1
-            x0 = np.float64(g[c0])
-            x1 = np.float64(g[c1])
             c = chunk_max[h, j]
-            tilt = max(d * x0, d * x1)  # u - lam*g = (u - sigma*g) + (sigma - lam)*g
-            bound = c + tilt + 1e-13 * (abs(c) + (sigma + lam) * x1 + abs(tilt))
+            bound = c + d * np.float64(g[min(a + _CHUNK * j + off, b - 1)])
             ub[j] = bound
+            magnitude = max(magnitude, abs(c))
             if bound > top:
                 top = bound
                 jt = j
+        # one margin for the head covers the rounding of chunk_max and of these bounds
+        slack = 1e-13 * (magnitude + (sigma + lam + abs(d)) * np.float64(g[b - 1]))
+        top += slack
         best = -np.inf
         second = -np.inf
         kb = -1
@@ -368,7 +371,7 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
             else:
                 second = max(second, v)
         tol = 64.0 * _EPS * (max(abs(best), abs(top)) + 2.0 * lam * np.float64(g[b - 1]))
-        cut = best - tol
+        cut = best - tol - slack
         for j in range(nch):
             if j == jt or ub[j] < cut:
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -191,7 +192,7 @@ class Curves:
     @property
     def n_heads(self):
         """Number of heads (product of :attr:`head_shape`)."""
-        return int(np.prod(self.head_shape))
+        return math.prod(self.head_shape)
 
     @property
     def n_points(self):

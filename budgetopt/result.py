@@ -42,7 +42,11 @@ class Allocation:
     seconds : float
         Wall-clock time of the solve, front-door validation excluded.
     stats : dict
-        Method-specific extras (for example ``lp_bound``, ``hull_vertices``, solver status).
+        Method-specific extras. Greedy: ``lp_bound``, ``blocked_head`` (the head whose hull
+        segment did not fit), ``left_after_lp`` (tokens the LP part left to the repair),
+        ``hull_segments`` (segments in the hulls searched) and ``hull_points_fraction``
+        (share of the usable grid points whose hulls were built: below 1 when only the
+        range around the threshold was needed). Exact methods: solver status and sizes.
     """
 
     budgets: np.ndarray
