@@ -17,9 +17,11 @@ One run measures, on seeded synthetic per-token curves, and prints a report and 
    previous path that builds every head's full hull.
 3. Both of the above for 256 heads x 4,097 points (a 32 x 8 model at 4,096 tokens) and
    5,120 heads x 1,024 points (160 x 32 heads at 1,023 tokens).
-4. ``method="dp"`` at 100 heads x 10 options x 50,000 and x 100,000 budget units, and the
+4. allocate / ``utility.sum()`` at 5%, 20%, 50% and 90% kept on the 256 x 4,097 curves and on
+   random-walk curves of the same size.
+5. ``method="dp"`` at 100 heads x 10 options x 50,000 and x 100,000 budget units, and the
    message it gives for a problem over its limit.
-5. The numba on-disk cache: ``python -m budgetopt solve --example --budget 0.2`` twice in
+6. The numba on-disk cache: ``python -m budgetopt solve --example --budget 0.2`` twice in
    fresh processes sharing a new, empty ``NUMBA_CACHE_DIR``, counting numba's
    ``NUMBA_DEBUG_CACHE`` lines (saved = compiled, loaded = read from the cache).
 
@@ -396,6 +398,36 @@ def _dp_curves(heads, options, max_tokens, seed):
     return budgetopt.Curves(utility, grid)
 
 
+def bench_other_cases(rounds):
+    """allocate / utility.sum() beyond the headline case: other budgets on the same kind of
+    curves, and random-walk curves (nearly straight, so the threshold pins the hulls down
+    less and the bracket covers more of each curve)."""
+    oracle, scores = make_oracle_scores((32, 8), 4096, 0)
+    attention = budgetopt.curves_from_scores(oracle, scores)
+    rng = np.random.default_rng(0)
+    walk = budgetopt.Curves(np.cumsum(rng.random((256, 4097)), axis=1))
+    cases = []
+    for name, curves in (("attention-like", attention), ("random walk", walk)):
+        for kept in (0.05, 0.2, 0.5, 0.9):
+            total = budgetopt.tokens_from_fraction(kept, curves.capacity)
+            a = budgetopt.allocate(curves, total)  # warm-up
+            ratios = []
+            times = []
+            for _ in range(rounds):
+                s = median_time(lambda: curves.utility.sum(), 21)
+                t = median_time(lambda: budgetopt.allocate(curves, total), 7)
+                ratios.append(t / s)
+                times.append(t)
+            cases.append({
+                "curves": name,
+                "kept_fraction": kept,
+                "allocate_s": float(np.median(times)),
+                "allocate_over_sum": float(np.median(ratios)),
+                "hull_points_fraction": a.stats["hull_points_fraction"],
+            })
+    return cases
+
+
 def bench_dp():
     budgetopt.allocate(_dp_curves(3, 4, 10, 0), 12, method="dp")  # warm-up (compilation)
     cases = []
@@ -509,6 +541,13 @@ def report(res):
                 f"{r['heads_differing_from_anchor']} heads differ from the anchor, utility {r['utility']:.9f}"
             )
         lines.append("")
+    lines.append("== other budgets and curves (256 heads x 4097 points; median of rounds of 7 calls vs 21 sums)")
+    for c in res["other_cases"]:
+        lines.append(
+            f"  {c['curves']:>14}, keep {c['kept_fraction']:.0%}: allocate {_ms(c['allocate_s'])} = "
+            f"{c['allocate_over_sum']:.1f}x sum; hulls built over {c['hull_points_fraction']:.1%} of the points"
+        )
+    lines.append("")
     lines.append("== method=\"dp\"")
     for c in res["dp"]["cases"]:
         lines.append(
@@ -548,6 +587,7 @@ def main(argv=None):
         bench_size(label, shape, length, seed, args.rounds, args.anchor_runs, not args.no_reference)
         for label, shape, length, seed in sizes
     ]
+    res["other_cases"] = bench_other_cases(max(3, args.rounds // 4))
     res["dp"] = bench_dp()
     res["cache"] = bench_cache()
     res["machine"]["loadavg_end"] = list(os.getloadavg())
