@@ -532,9 +532,11 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     ``(lp_value, threshold, blocked_head, left_over)``.
 
     The order "slope descending, ties by head" is never materialised: the slope of the
-    segment that no longer fits is found by weighted quickselect over all segments (O(S)
-    expected); segments steeper than it are all taken, and those of equal slope are taken
-    in head order until one does not fit.
+    segment that no longer fits is found by a weighted selection over all segments (O(S),
+    :func:`_weighted_threshold`); segments steeper than it are all taken, and those of
+    equal slope are taken in head order until one does not fit. The hulls may be pieces
+    (``offsets``/``verts`` over sub-ranges, see ``budgetopt.greedy._bracketed``): tokens
+    are counted from each piece's first vertex.
     """
     H = utility.shape[0]
     n_seg = offsets[H] - H
