@@ -252,3 +252,15 @@ def test_heads_marked_not_robust_change_nothing(monkeypatch):
     for kept in (0.03, 0.2, 0.6):
         total = budgetopt.tokens_from_fraction(kept, curves.capacity)
         assert assert_same(problem, min(total, problem.ceiling_total) - problem.floor_total)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-100, 1e100, 1e305])
+def test_extreme_magnitudes(scale):
+    """Tiny and huge utilities (sums still finite): the bounds and tolerances scale with
+    the values, so the bracket still agrees with full hulls."""
+    rng = np.random.default_rng(4)
+    utility = np.cumsum(rng.random((8, 600)), axis=1) * (scale / 600)
+    utility[3] -= 0.5 * scale
+    problem = build_problem(budgetopt.Curves(utility))
+    answered = [assert_same(problem, int(f * (problem.ceiling_total - problem.floor_total))) for f in (0.1, 0.5, 0.9)]
+    assert any(answered)
