@@ -207,11 +207,11 @@ def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, spare):
     grid indices; 0.0 when the sampled hulls fit in ``spare`` tokens.
 
     The sample steps by ``d >> octave_shift`` (at least 1), ``d`` the distance to the
-    nearer end of the head's range: dense at both ends, about ``2 ** octave_shift``
-    points per doubling in between. A head's point at a given slope is then located to within a fixed fraction
-    of its distance from either end, so the estimate holds at small and large budgets
-    alike, at O(H * 2 ** octave_shift * log K). The sampled hulls use a monotone chain with
-    cross-multiplied tests (no division): only an estimate is wanted here.
+    nearer end of the head's range: dense at both ends, about ``2 ** octave_shift`` points
+    per doubling in between. A head's point at a given slope is then located to within a
+    fixed fraction of its distance from either end, so the estimate holds at small and
+    large budgets alike, at O(H * 2 ** octave_shift * log K). The sampled hulls use a
+    monotone chain with cross-multiplied tests (no division): only an estimate is wanted.
     """
     H, K = utility.shape
     m = K + 1

@@ -254,6 +254,7 @@ def _find_bracket(maximisers, sigma, spare):
         lam = lam / step if down else lam * step
     return None
 
+
 def greedy(problem, total):
     """Allocate ``total`` tokens with the hull greedy; see :func:`budgetopt.allocate`.
 
