@@ -264,7 +264,8 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     seg_costs = (xs[seg + 1] - xs[seg]).astype(np.int64)
     # Inputs of the bracket's kernels, as allocate computes them.
     args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi)
-    sigma = _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, spare)
+    head_step = max(1, problem.n_heads // greedy_module._SAMPLE_HEADS)
+    sigma = _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, head_step, spare)
     chunk_max = np.empty((problem.n_heads, -(-int((problem.hi - problem.lo).max()) // _kernels._CHUNK)))
     _kernels.tilted_chunk_max(*args, sigma, chunk_max)
     arg = np.empty(problem.n_heads, np.int64)
@@ -292,7 +293,7 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
         "allocate": (lambda: budgetopt.allocate(curves, total), 7),
         "build_problem": (lambda: build_problem(curves), 3),
         "bracketed_lp": (lambda: greedy_module._bracketed(problem, spare, idx), 3),
-        "sample_threshold": (lambda: _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, spare), 3),
+        "sample_threshold": (lambda: _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, head_step, spare), 3),
         "tilted_chunk_max": (lambda: _kernels.tilted_chunk_max(*args, sigma, chunk_max), 3),
         "tilted_argmax": (lambda: _kernels.tilted_argmax(*args, sigma, chunk_max, sigma * 1.01, arg, robust), 3),
         "full_hull_lp": (full_hull_lp, 3),

@@ -202,15 +202,17 @@ _EPS = 2.220446049250313e-16
 
 
 @nb.njit(**_JIT)
-def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, spare):
-    """Greedy threshold of the problem cut down to a geometric sample of each head's usable
-    grid indices; 0.0 when the sampled hulls fit in ``spare`` tokens.
+def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, head_step, spare):
+    """Greedy threshold of the problem cut down to a geometric sample of every
+    ``head_step``-th head's usable grid indices, for its share of ``spare`` tokens; 0.0
+    when the sampled hulls fit in that share.
 
     The sample steps by ``d >> octave_shift`` (at least 1), ``d`` the distance to the
     nearer end of the head's range: dense at both ends, about ``2 ** octave_shift`` points
     per doubling in between. A head's point at a given slope is then located to within a
     fixed fraction of its distance from either end, so the estimate holds at small and
-    large budgets alike, at O(H * 2 ** octave_shift * log K). The sampled hulls use a
+    large budgets alike. The sampled heads' share of ``spare`` is in proportion to their
+    token ranges. O((H / head_step) * 2 ** octave_shift * log K). The sampled hulls use a
     monotone chain with cross-multiplied tests (no division): only an estimate is wanted.
     """
     H, K = utility.shape
@@ -222,7 +224,18 @@ def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, spare):
     seg_costs = np.empty(0, np.int64)
     t = 0
     all_cost = 0
-    for h in range(H):
+    if head_step > 1:
+        whole = 0.0
+        part = 0.0
+        for h in range(H):
+            g = grid[h * per_head]
+            r = np.float64(g[hi[h] - 1] - g[lo[h]])
+            whole += r
+            if h % head_step == 0:
+                part += r
+        if whole > 0.0:
+            spare = np.int64(spare * (part / whole))
+    for h in range(0, H, head_step):
         u = utility[h]
         g = grid[h * per_head]
         a = lo[h]

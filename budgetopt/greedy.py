@@ -14,8 +14,11 @@ __all__ = ["greedy", "greedy_sweep"]
 
 
 # The threshold estimate samples 2 ** _OCTAVE_SHIFT points per doubling of the distance
-# from either end of each head; problems smaller than _BRACKET_MIN_POINTS use full hulls.
+# from either end of a head, in about _SAMPLE_HEADS heads (every head up to twice that:
+# the heads' sum averages the sample's error out); problems smaller than
+# _BRACKET_MIN_POINTS use full hulls.
 _OCTAVE_SHIFT = 1
+_SAMPLE_HEADS = 1024
 _BRACKET_MIN_POINTS = 1 << 15
 # Bracket search: the first multiplier tried (a multiple of the estimate), the smallest
 # and largest step from one multiplier to the next, and the most multipliers tried.
@@ -161,8 +164,8 @@ def _bracket_worthwhile(p):
 def _bracketed(p, spare, idx):
     """The LP part of the greedy from hulls built only between two multipliers.
 
-    An estimate ``sigma`` of the threshold comes from a geometric sample of each head
-    (:func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried from it
+    An estimate ``sigma`` of the threshold comes from a geometric sample of each head (of
+    every ``H // _SAMPLE_HEADS``-th head on very many heads; :func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried from it
     (:func:`_find_bracket`) until the points maximising ``u - lam * g`` use at most
     ``spare`` tokens at one (``lam_hi``) and more at another (``lam_lo``). Hull
     segments left of a head's maximiser at ``lam_hi`` are steeper than ``lam_hi`` (all
@@ -181,7 +184,8 @@ def _bracketed(p, spare, idx):
     if spare <= 0:
         return None
     H = p.n_heads
-    sigma = _kernels.sample_threshold(p.utility, p.grid, p.per_head, p.lo, p.hi, _OCTAVE_SHIFT, spare)
+    head_step = max(1, H // _SAMPLE_HEADS)
+    sigma = _kernels.sample_threshold(p.utility, p.grid, p.per_head, p.lo, p.hi, _OCTAVE_SHIFT, head_step, spare)
     if not sigma > 0.0:
         return None
     chunk = _kernels._CHUNK

@@ -218,20 +218,18 @@ def test_tilted_chunk_max_bounds_every_chunk():
             np.testing.assert_allclose(out[h, j], values[start : start + chunk].max(), rtol=0, atol=1e-12)
 
 
-def test_sample_threshold_estimates_the_threshold():
-    curves = attention_like(5, 32, 2000)
+@pytest.mark.parametrize("head_step", [1, 3])
+def test_sample_threshold_estimates_the_threshold(head_step):
+    """An estimate, from every head or every third head (with its share of the budget)."""
+    curves = attention_like(5, 96, 2000)
     problem = build_problem(curves)
+    args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, greedy_module._OCTAVE_SHIFT)
     for kept in (0.05, 0.2, 0.5):
         total = budgetopt.tokens_from_fraction(kept, curves.capacity)
-        spare = total - problem.floor_total
         exact = budgetopt.allocate(curves, total).threshold
-        estimate = _kernels.sample_threshold(
-            problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, greedy_module._OCTAVE_SHIFT, spare
-        )
+        estimate = _kernels.sample_threshold(*args, head_step, total - problem.floor_total)
         assert 0.8 * exact < estimate < 1.25 * exact
-    assert _kernels.sample_threshold(
-        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, 1, problem.ceiling_total
-    ) == 0.0
+    assert _kernels.sample_threshold(*args, head_step, problem.ceiling_total) == 0.0
 
 
 def test_heads_marked_not_robust_change_nothing(monkeypatch):
