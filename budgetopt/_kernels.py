@@ -346,7 +346,12 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
     """
     H = utility.shape[0]
     ub = np.empty(chunk_max.shape[1], np.float64)
+    cx = np.empty(chunk_max.shape[1], np.float64)  # grid value where each chunk's tilt peaks
+    cx_for = -1  # the floor ``cx`` was filled for (shared grids reuse it across heads)
     d = sigma - lam
+    # u - lam*g = (u - sigma*g) + (sigma - lam)*g, and (sigma - lam)*g is largest at a
+    # chunk's last point when sigma >= lam, else at its first.
+    off = _CHUNK - 1 if d >= 0.0 else 0
     used = 0
     for h in range(H):
         u = utility[h]
@@ -354,15 +359,16 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
         a = lo[h]
         b = hi[h]
         nch = (b - a + _CHUNK - 1) // _CHUNK
-        # u - lam*g = (u - sigma*g) + (sigma - lam)*g, and (sigma - lam)*g is largest at a
-        # chunk's last point when sigma >= lam, else at its first.
-        off = _CHUNK - 1 if d >= 0.0 else 0
+        if per_head or a != cx_for:
+            for j in range(nch):
+                cx[j] = np.float64(g[min(a + _CHUNK * j + off, b - 1)])
+            cx_for = -1 if per_head else a
         top = -np.inf
         jt = 0
         magnitude = 0.0
         for j in range(nch):
             c = chunk_max[h, j]
-            bound = c + d * np.float64(g[min(a + _CHUNK * j + off, b - 1)])
+            bound = c + d * cx[j]
             ub[j] = bound
             magnitude = max(magnitude, abs(c))
             if bound > top:
@@ -371,18 +377,16 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
         # one margin for the head covers the rounding of chunk_max and of these bounds
         slack = 1e-13 * (magnitude + (sigma + lam + abs(d)) * np.float64(g[b - 1]))
         top += slack
+        # best, its first index, and the best of the others; selects, not branches
         best = -np.inf
         second = -np.inf
         kb = -1
         c0 = a + _CHUNK * jt
         for k in range(c0, min(c0 + _CHUNK, b)):
             v = u[k] - lam * g[k]
-            if v > best:
-                second = max(second, best)
-                best = v
-                kb = k
-            else:
-                second = max(second, v)
+            kb = k if v > best else kb
+            second = max(second, min(v, best))
+            best = max(v, best)
         tol = 64.0 * _EPS * (max(abs(best), abs(top)) + 2.0 * lam * np.float64(g[b - 1]))
         cut = best - tol - slack
         for j in range(nch):
@@ -391,12 +395,9 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
             c0 = a + _CHUNK * j
             for k in range(c0, min(c0 + _CHUNK, b)):
                 v = u[k] - lam * g[k]
-                if v > best or (v == best and k < kb):
-                    second = max(second, best)
-                    best = v
-                    kb = k
-                else:
-                    second = max(second, v)
+                kb = k if (v > best or (v == best and k < kb)) else kb
+                second = max(second, min(v, best))
+                best = max(v, best)
         arg[h] = kb
         robust[h] = best - second > tol
         used += g[kb] - g[a]
