@@ -76,8 +76,8 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     range; the answer is bit for bit the one full hulls give. O(heads * K) in all. The
     result so far solves the LP relaxation exactly; its value is ``upper_bound``. Then, as
     in LU-KV, the head whose segment no longer fits moves to its best grid point within the
-    tokens left; when that spends them all without the head's utility falling on the way (always
-    so on per-token grids with increasing curves) the answer is complete. Otherwise the
+    tokens left; when that spends them all without the head's utility falling on the way
+    (always so on per-token grids with increasing curves) the answer is complete. Otherwise the
     leftover goes to the best positive-gain moves (by gain per token and by gain, with and
     without that first move; the best total wins), and tokens that buy nothing anywhere are
     spent last only where they lose nothing. LU-KV's move can make the utility fall when the

@@ -52,19 +52,17 @@ class _Greedy:
         p = self.problem
         idx = np.empty(p.n_heads, np.int64)
         spare = min(total, p.ceiling_total) - p.floor_total
+        usable = int((p.hi - p.lo).sum())
         found = _bracketed(p, spare, idx) if _bracket_worthwhile(p) else None
         if found is None:
             hulls = self.hulls
             lp, lam, blocked, left = _kernels.greedy_solve(
                 p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
             )
-            segments, points = hulls.n_segments, int((p.hi - p.lo).sum())
+            segments, points = hulls.n_segments, usable
         else:
             lp, lam, blocked, left, segments, points = found
-        stats = {
-            "hull_segments": segments,
-            "hull_points_fraction": points / int((p.hi - p.lo).sum()),
-        }
+        stats = {"hull_segments": segments, "hull_points_fraction": points / usable}
         return self._finish(idx, lp, lam, blocked, left, stats)
 
     def solve_many(self, totals):
