@@ -331,6 +331,18 @@ def tilted_chunk_max(utility, grid, per_head, lo, hi, sigma, out):
             out[h, full] = best
 
 
+@nb.njit(inline="always", **_JIT)
+def _scan_chunk(u, g, lam, start, stop, best, second, kb):
+    """Fold points ``start <= k < stop`` into (largest ``u - lam * g``, the best of the
+    others, the first index of the largest); selects, not branches."""
+    for k in range(start, stop):
+        v = u[k] - lam * g[k]
+        kb = k if (v > best or (v == best and k < kb)) else kb
+        second = max(second, min(v, best))
+        best = max(v, best)
+    return best, second, kb
+
+
 @nb.njit(**_JIT)
 def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, robust):
     """For each head, the first grid index maximising ``u[k] - lam * g[k]`` (``lam > 0``)
@@ -377,27 +389,15 @@ def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, r
         # one margin for the head covers the rounding of chunk_max and of these bounds
         slack = 1e-13 * (magnitude + (sigma + lam + abs(d)) * np.float64(g[b - 1]))
         top += slack
-        # best, its first index, and the best of the others; selects, not branches
-        best = -np.inf
-        second = -np.inf
-        kb = -1
         c0 = a + _CHUNK * jt
-        for k in range(c0, min(c0 + _CHUNK, b)):
-            v = u[k] - lam * g[k]
-            kb = k if v > best else kb
-            second = max(second, min(v, best))
-            best = max(v, best)
+        best, second, kb = _scan_chunk(u, g, lam, c0, min(c0 + _CHUNK, b), -np.inf, -np.inf, -1)
         tol = 64.0 * _EPS * (max(abs(best), abs(top)) + 2.0 * lam * np.float64(g[b - 1]))
         cut = best - tol - slack
         for j in range(nch):
             if j == jt or ub[j] < cut:
                 continue
             c0 = a + _CHUNK * j
-            for k in range(c0, min(c0 + _CHUNK, b)):
-                v = u[k] - lam * g[k]
-                kb = k if (v > best or (v == best and k < kb)) else kb
-                second = max(second, min(v, best))
-                best = max(v, best)
+            best, second, kb = _scan_chunk(u, g, lam, c0, min(c0 + _CHUNK, b), best, second, kb)
         arg[h] = kb
         robust[h] = best - second > tol
         used += g[kb] - g[a]
