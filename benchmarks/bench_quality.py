@@ -1,0 +1,577 @@
+"""Allocation quality: how much held-out oracle mass each budget allocator keeps.
+
+Calibrate on some contexts, measure on held-out ones. For each held-out request (one context
+and one question) and each global compression ``c`` (kvpress's ``compression_ratio``, the
+fraction *removed*), every method gives each layer and KV head a keep count; a head keeping
+``b`` tokens keeps its ``sink`` first and ``window`` last tokens plus the ``b - sink - window``
+middle tokens the scorer ranks highest (exactly the curves of
+:func:`budgetopt.curves_from_scores`). We report the oracle mass those tokens hold, as a
+fraction of the request's total oracle mass ("retained mass"). All methods share the scorer
+and the token choice within a head; they differ only in how many tokens each head keeps.
+
+Methods (the baselines are small functions below, each citing the rule it follows; they are
+comparison points, not library features):
+
+* ``uniform`` -- every head keeps the same share (SnapKV's default).
+* ``pyramidkv`` -- PyramidKV's layer schedule (Cai et al. 2024), beta = 20.
+* ``adakv`` -- AdaKV (Feng et al. 2024): per layer, top-k over the concatenated heads' scores
+  of the held-out request itself, with the safeguard alpha = 0.2 (computed online).
+* ``headkv`` -- HeadKV-style (Fu et al. 2024) static per-head split: a base share plus a
+  shared pool split in proportion to a head-importance score from calibration.
+* ``duoattention`` -- DuoAttention-style (Xiao et al. 2024) binary heads at the same total:
+  the most important heads keep everything, the others only sink + window.
+* ``raw_greedy`` -- the marginal-gain greedy on the calibration mean curves *without* the
+  concave hull (one token at a time, largest next gain first).
+* ``lukv_mean_ratio`` / ``lukv_mean_curve`` -- :func:`budgetopt.lukv_table` with
+  ``aggregate="mean_ratio"`` (published) and ``"mean_curve"``, applied with kvpress's rounding.
+* ``allocate_mean_curve`` -- :func:`budgetopt.allocate` (global, floor sink + window) on the
+  calibration mean curves.
+* ``own_optimum`` -- each held-out request's own allocation (:func:`budgetopt.allocate` on its
+  own curves): the ceiling, not available at inference. Its certified gap is reported.
+
+Per method and compression: mean and worst held-out retained mass, and the share of the
+uniform -> ceiling gain it takes, ``(mean - uniform) / (own_optimum - uniform)``.
+
+Data: ``--run DIR [DIR ...]`` reads ``budgetopt profile`` run directories (real attention);
+without it, the seeded synthetic worlds of ``benchmarks/heldout_aggregate.py`` are used.
+Every table says which.
+
+Usage::
+
+    python benchmarks/bench_quality.py                       # synthetic, full (~1-2 min)
+    python benchmarks/bench_quality.py --quick               # tiny, seconds (run by the tests)
+    python benchmarks/bench_quality.py --run /path/to/run    # real profile run directory
+    python benchmarks/bench_quality.py --figures docs/img    # also draw the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import budgetopt  # noqa: E402
+from budgetopt.curves import write_atomic  # noqa: E402
+from budgetopt.lukv import compression_ratios, lukv_table  # noqa: E402
+from budgetopt.profile import curves_from_scores  # noqa: E402
+from budgetopt.rounding import keep_counts_from_prune_ratios, tokens_evicted  # noqa: E402
+from heldout_aggregate import make_context, make_world  # noqa: E402
+
+METHODS = (
+    "uniform",
+    "pyramidkv",
+    "adakv",
+    "headkv",
+    "duoattention",
+    "raw_greedy",
+    "lukv_mean_ratio",
+    "lukv_mean_curve",
+    "allocate_mean_curve",
+    "own_optimum",
+)
+TABLE_COMPRESSIONS = (0.5, 0.75, 0.8, 0.9, 0.95)
+PYRAMID_BETA = 20
+ADAKV_ALPHA = 0.2
+HEADKV_POOL = 0.5  # share of the middle (non-protected) budget HeadKV distributes by importance
+
+
+# -- small shared helpers ----------------------------------------------------------------------
+def split_integer(total, weights, cap):
+    """Non-negative integers proportional to ``weights``, each ``<= cap``, summing to ``total``.
+
+    Water-filling: shares above ``cap`` are fixed at ``cap`` and the rest is split again among the
+    others; the integer parts are then completed by largest remainder (ties: lower index).
+    ``total`` must not exceed ``cap * len(weights)``.
+    """
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), weights.shape)
+    n = weights.size
+    if total > cap.sum() + 1e-9:
+        raise ValueError(f"total {total} exceeds the caps' sum {cap.sum()}")
+    share = np.zeros(n)
+    free = np.ones(n, bool)
+    left = float(total)
+    while left > 1e-9 and free.any():
+        w = np.where(free, np.maximum(weights, 0.0), 0.0)
+        w = w if w.sum() > 0 else free.astype(np.float64)
+        want = left * w / w.sum()
+        over = free & (share + want >= cap - 1e-12)
+        if not over.any():
+            share += want
+            break
+        left -= (cap[over] - share[over]).sum()
+        share[over] = cap[over]
+        free &= ~over
+    base = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
+    rest = int(total - base.sum())
+    room = base < cap
+    order = np.argsort(np.where(room, base - share, np.inf), kind="stable")
+    base[order[:rest]] += 1
+    return base
+
+
+def retained(utility, counts, protected):
+    """Fraction of the total oracle mass kept when each head keeps ``counts`` tokens."""
+    idx = np.asarray(counts) - protected
+    kept = np.take_along_axis(utility, idx[..., None], axis=-1)[..., 0].sum()
+    return kept / utility[..., -1].sum()
+
+
+def kept_total(c, heads, length, protected):
+    """Tokens kept over ``heads`` heads of ``length`` tokens at compression ``c`` (LU-KV's
+    ``round(c * N)`` rule), never fewer than the always-kept sink + window tokens."""
+    tokens = heads * length
+    return max(tokens - tokens_evicted(c, tokens), heads * protected)
+
+
+def counts_from_ratios(ratios, length, protected):
+    """Prune ratios -> keep counts by kvpress's rule, never below the protected tokens."""
+    return np.maximum(keep_counts_from_prune_ratios(ratios, length), protected)
+
+
+# -- baselines (comparison points; each follows the cited rule) --------------------------------
+def uniform_counts(layers, heads, length, total, protected):
+    """SnapKV (Li et al. 2024) default: every head of every layer keeps the same number of tokens.
+
+    The total is split as evenly as integers allow (largest remainder)."""
+    n = layers * heads
+    return split_integer(total, np.ones(n), length).reshape(layers, heads).clip(protected)
+
+
+def pyramidkv_counts(layers, heads, length, total, protected, beta=PYRAMID_BETA):
+    """PyramidKV (Cai et al. 2024, "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
+    Information Funneling"): per-layer budgets on an arithmetic sequence, the top layer keeping
+    ``avg / beta`` selectable tokens and the bottom layer ``2 * avg - avg / beta``, where ``avg``
+    is the mean selectable budget per layer (tokens beyond the always-kept sink + window). When
+    the bottom layer would exceed its context, it is capped and the top raised so the mean holds
+    (as in the published schedule). Heads of a layer share its budget equally."""
+    n = layers * heads
+    middle = total - n * protected
+    avg = middle / layers
+    room = heads * (length - protected)
+    top = avg / beta
+    bottom = 2 * avg - top
+    if bottom > room:
+        bottom = room
+        top = 2 * avg - bottom
+    per_layer = np.linspace(bottom, top, layers) if layers > 1 else np.array([avg])
+    layer_tokens = split_integer(middle, per_layer, room)
+    out = np.empty((layers, heads), np.int64)
+    for layer in range(layers):
+        out[layer] = split_integer(layer_tokens[layer], np.ones(heads), length - protected)
+    return out + protected
+
+
+def adakv_counts(scores, total, sink, window, alpha=ADAKV_ALPHA):
+    """AdaKV (Feng et al. 2024, "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget
+    Allocation"): each layer keeps its share of the total; within a layer every head first keeps
+    its own ``floor(alpha * B / H)`` best tokens (the safeguard, alpha = 0.2), then the rest of the
+    layer budget ``B`` goes to the highest scores over all the layer's heads concatenated. Computed
+    online from the request's own scorer values (middle tokens; sink and window are always kept)."""
+    layers, heads, length = scores.shape
+    protected = sink + window
+    middle_scores = scores[..., sink:length - window].astype(np.float64)
+    m = middle_scores.shape[-1]
+    layer_middle = split_integer(total - layers * heads * protected, np.ones(layers), heads * m)
+    out = np.empty((layers, heads), np.int64)
+    for layer in range(layers):
+        budget = int(layer_middle[layer])
+        safe = min(int(alpha * budget / heads), m)
+        s = -np.sort(-middle_scores[layer], axis=-1)  # each head's scores, best first
+        rest = s[:, safe:].ravel()
+        extra = budget - heads * safe
+        counts = np.full(heads, safe, np.int64)
+        if extra > 0 and m > safe:
+            chosen = np.argsort(-rest, kind="stable")[:extra]
+            counts += np.bincount(chosen // (m - safe), minlength=heads)
+        out[layer] = counts
+    return out + protected
+
+
+def headkv_counts(importance, length, total, protected, pool=HEADKV_POOL):
+    """HeadKV-style (Fu et al. 2024, "Not All Heads Matter: A Head-Level KV Cache Compression
+    Method with Integrated Retrieval and Reasoning"): every head keeps a base budget and gives a
+    share ``pool`` of it to a shared pool, which is split in proportion to a static head-importance
+    score estimated offline. Here the score is each head's mean calibration oracle mass outside
+    the sink and window (how much a head stands to lose), not HeadKV's retrieval-reasoning score."""
+    layers, heads = importance.shape
+    n = layers * heads
+    middle = total - n * protected
+    pooled = int(round(pool * middle))
+    base = split_integer(middle - pooled, np.ones(n), length - protected)
+    extra = split_integer(pooled, importance.ravel(), (length - protected) - base)
+    return (base + extra).reshape(layers, heads) + protected
+
+
+def duoattention_counts(importance, length, total, protected):
+    """DuoAttention-style (Xiao et al. 2024, "DuoAttention: Efficient Long-Context LLM Inference
+    with Retrieval and Streaming Heads"): retrieval heads keep the full context, streaming heads
+    only their sink and recent-window tokens. Heads are ranked by a static importance score (here
+    the mean calibration oracle mass outside sink and window, standing in for DuoAttention's
+    learned gates) and made retrieval heads while the total allows; the tokens left over go to the
+    next head (so every method spends the same total)."""
+    layers, heads = importance.shape
+    out = np.full(layers * heads, protected, np.int64)
+    left = total - out.sum()
+    for h in np.argsort(-importance.ravel(), kind="stable"):
+        take = min(left, length - protected)
+        out[h] += take
+        left -= take
+        if left <= 0:
+            break
+    return out.reshape(layers, heads)
+
+
+def raw_greedy_counts(utility, total, protected):
+    """The marginal-gain greedy on raw (non-convexified) curves: starting from sink + window
+    tokens per head, repeatedly give one token to the head whose *next* token adds the most
+    utility (a heap). Without the concave hull it stalls at a head's flat stretch even when a
+    steep rise follows -- the failure LU-KV's hull relaxation fixes."""
+    layers, heads, k = utility.shape
+    u = utility.reshape(-1, k)
+    pos = np.zeros(u.shape[0], np.int64)
+    heap = [(-(u[h, 1] - u[h, 0]), h) for h in range(u.shape[0]) if k > 1]
+    heapq.heapify(heap)
+    for _ in range(total - u.shape[0] * protected):
+        if not heap:
+            break
+        _, h = heapq.heappop(heap)
+        pos[h] += 1
+        if pos[h] + 1 < k:
+            heapq.heappush(heap, (-(u[h, pos[h] + 1] - u[h, pos[h]]), h))
+    return pos.reshape(layers, heads) + protected
+
+
+# -- data --------------------------------------------------------------------------------------
+def read_run_dirs(dirs):
+    """Pairs of ``budgetopt profile`` run directories: ``(meta, [(context, question, oracle,
+    scores), ...])`` in calibration order.
+
+    A small local reader (``np.load(allow_pickle=False)``); to be replaced by
+    ``budgetopt.load_profile_run`` once that loader is merged.
+    """
+    metas, pairs = [], {}
+    for d in dirs:
+        d = Path(d)
+        meta_path = d / "meta.json"
+        if not meta_path.is_file():
+            raise SystemExit(f"--run {d}: no meta.json (not a budgetopt profile run directory)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "budgetopt-profile/1":
+            raise SystemExit(f"--run {d}: meta.json format {meta.get('format')!r} is not budgetopt-profile/1")
+        metas.append(meta)
+        for f in sorted((d / "pairs").glob("c*_q*.npz")):
+            with np.load(f, allow_pickle=False) as z:
+                info = json.loads(str(z["meta"][()]))
+                pairs[(info["context"], info["question"])] = (np.asarray(z["oracle"]), np.asarray(z["scores"]))
+    strip = [{k: v for k, v in m.items() if k not in ("shard", "n_pairs")} for m in metas]
+    if any(s != strip[0] for s in strip[1:]):
+        raise SystemExit("--run: the run directories' meta.json disagree (apart from shard)")
+    if not pairs:
+        raise SystemExit("--run: no finished pairs found")
+    return metas[0], [(c, q, o, s) for (c, q), (o, s) in sorted(pairs.items())]
+
+
+def synthetic_splits(args):
+    """Seeded synthetic worlds (benchmarks/heldout_aggregate.py): one (calibration, held-out)
+    split per seed, each a list of (oracle, scores) pairs; the held-out contexts are new ones."""
+    for split in range(args.splits):
+        rng = np.random.default_rng(split)
+        world = make_world(rng, args.layers, args.heads, args.length)
+        contexts = [make_context(rng, world, args.questions, args.scorer_noise) for _ in range(args.contexts)]
+        pairs = [[(o, s) for o in oracles] for oracles, s in contexts]
+        half = args.contexts // 2
+        yield [p for c in pairs[:half] for p in c], [p for c in pairs[half:] for p in c]
+
+
+def real_splits(pairs):
+    """Two folds over the run's contexts: first half calibrates and the second is held out, then
+    the other way round. Questions of one context never straddle the split."""
+    contexts = sorted({c for c, _, _, _ in pairs})
+    half = len(contexts) // 2
+    if half == 0:
+        raise SystemExit("--run: need at least two contexts to hold one out")
+    a, b = set(contexts[:half]), set(contexts[half:])
+    groups = [[(o, s) for c, _, o, s in pairs if c in g] for g in (a, b)]
+    yield groups[0], groups[1]
+    yield groups[1], groups[0]
+
+
+# -- calibration -------------------------------------------------------------------------------
+def resample(utility, points):
+    """Curves ``(L, H, K)`` on ``points`` equally spaced kept fractions of the selectable range."""
+    k = utility.shape[-1]
+    if k == points:
+        return utility
+    x_old, x_new = np.linspace(0, 1, k), np.linspace(0, 1, points)
+    flat = utility.reshape(-1, k)
+    return np.stack([np.interp(x_new, x_old, row) for row in flat]).reshape(utility.shape[:-1] + (points,))
+
+
+def calibrate(cal, sink, window, compressions):
+    """Everything the static methods learn from the calibration pairs."""
+    protected = sink + window
+    lengths = [o.shape[-1] for o, _ in cal]
+    length = int(np.median(lengths))
+    same = all(t == length for t in lengths)
+    curves = [curves_from_scores(o, s, sink=sink, window=window).utility for o, s in cal]
+    mean_u = np.mean([resample(u, length - protected + 1) for u in curves], axis=0)
+    layers, heads, _ = mean_u.shape
+    importance = np.mean([u[..., -1] - u[..., 0] for u in curves], axis=0)
+    ratios = compression_ratios()
+    rows = [int(np.argmin(np.abs(ratios - c))) for c in compressions]
+    cal_o, cal_s = [o for o, _ in cal], [s for _, s in cal]
+    if same:
+        mean_ratio = lukv_table(cal_o, cal_s, sink=sink, window=window, aggregate="mean_ratio")
+        mean_curve = lukv_table(cal_o, cal_s, sink=sink, window=window, aggregate="mean_curve")
+    else:  # contexts of different lengths: per-pair tables averaged, and the resampled mean curve
+        mean_ratio = np.mean([lukv_table([o], s, sink=sink, window=window) for o, s in cal], axis=0)
+        mean_curve = None
+    grid = np.arange(protected, length + 1)
+    static = {"raw_greedy": {}, "allocate_mean_curve": {}, "lukv_mean_ratio": {}, "lukv_mean_curve": {}}
+    for c, row in zip(compressions, rows):
+        total = kept_total(c, layers * heads, length, protected)
+        raw = raw_greedy_counts(mean_u, total, protected)
+        glob = budgetopt.allocate(budgetopt.Curves(mean_u, grid), total, min_budget=protected).budgets
+        static["raw_greedy"][c] = 1.0 - raw / length
+        static["allocate_mean_curve"][c] = 1.0 - glob / length
+        static["lukv_mean_ratio"][c] = mean_ratio[row]
+        if mean_curve is not None:
+            static["lukv_mean_curve"][c] = mean_curve[row]
+        else:
+            floor = max(int(round(0.01 * length)), protected)
+            b = budgetopt.allocate(budgetopt.Curves(mean_u, grid), max(total, layers * heads * floor),
+                                   min_budget=floor).budgets
+            static["lukv_mean_curve"][c] = 1.0 - b / length
+    return {"static": static, "importance": importance, "length": length}
+
+
+# -- evaluation --------------------------------------------------------------------------------
+def evaluate(cal_info, heldout, sink, window, compressions):
+    """``{method: array (requests, compressions)}`` of retained mass, plus used tokens / total
+    and the ceiling's certified gap."""
+    protected = sink + window
+    out = {m: np.empty((len(heldout), len(compressions))) for m in METHODS}
+    over = {m: 0.0 for m in METHODS}
+    worst_gap = 0.0
+    for i, (oracle, scores) in enumerate(heldout):
+        layers, heads, length = oracle.shape
+        u = curves_from_scores(oracle, scores, sink=sink, window=window).utility
+        curves = budgetopt.Curves(u, np.arange(protected, length + 1))
+        for j, c in enumerate(compressions):
+            total = kept_total(c, layers * heads, length, protected)
+            own = budgetopt.allocate(curves, total, min_budget=protected)
+            worst_gap = max(worst_gap, own.gap / u[..., -1].sum())
+            counts = {
+                "uniform": uniform_counts(layers, heads, length, total, protected),
+                "pyramidkv": pyramidkv_counts(layers, heads, length, total, protected),
+                "adakv": adakv_counts(scores, total, sink, window),
+                "headkv": headkv_counts(cal_info["importance"], length, total, protected),
+                "duoattention": duoattention_counts(cal_info["importance"], length, total, protected),
+                "own_optimum": own.budgets,
+            }
+            for name, table in cal_info["static"].items():
+                counts[name] = counts_from_ratios(table[c], length, protected)
+            for name in METHODS:
+                b = counts[name]
+                assert b.min() >= protected and b.max() <= length, name
+                over[name] = max(over[name], b.sum() / total)
+                out[name][i, j] = retained(u, b, protected)
+    return out, over, worst_gap
+
+
+# -- report ------------------------------------------------------------------------------------
+def environment(argv):
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numba
+    import scipy
+
+    return {
+        "machine": {"cpu_model": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_start": list(os.getloadavg())},
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+                     "numba": numba.__version__, "budgetopt": budgetopt.__version__},
+        "commit": git("rev-parse", "HEAD"),
+        "budgetopt_uncommitted": (git("status", "--porcelain", "--", "budgetopt") or "").splitlines(),
+        "command": "python benchmarks/bench_quality.py " + " ".join(argv),
+    }
+
+
+def summarise(per_request, compressions):
+    """Per method and compression: mean, worst, share of the uniform -> ceiling gain."""
+    summary = {}
+    uni = per_request["uniform"].mean(axis=0)
+    top = per_request["own_optimum"].mean(axis=0)
+    for m, values in per_request.items():
+        mean = values.mean(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(top - uni > 1e-12, (mean - uni) / (top - uni), np.nan)
+        summary[m] = {
+            f"{c:g}": {"mean": float(mean[j]), "worst": float(values[:, j].min()), "gain_share": float(share[j])}
+            for j, c in enumerate(compressions)
+        }
+    return summary
+
+
+def format_report(result):
+    lines = [f"Allocation quality on {result['data']} data: held-out retained oracle mass "
+             f"(fraction of each request's total)"]
+    lines.append(result["data_description"])
+    lines.append("Cells: mean / worst over held-out requests / share of the uniform -> own-optimum gain")
+    cs = [c for c in result["compressions"] if c in TABLE_COMPRESSIONS] or result["compressions"]
+    head = f"{'method':<20}" + "".join(f"{f'c={c:g}':>24}" for c in cs)
+    lines += [head, "-" * len(head)]
+    for m in METHODS:
+        cells = []
+        for c in cs:
+            s = result["summary"][m][f"{c:g}"]
+            share = "   -" if not np.isfinite(s["gain_share"]) else f"{s['gain_share']:+.2f}"
+            cells.append(f"{s['mean']:.4f} / {s['worst']:.4f} / {share}")
+        lines.append(f"{m:<20}" + "".join(f"{cell:>24}" for cell in cells))
+    lines.append(f"own_optimum certified gap: at most {result['ceiling_max_relative_gap']:.2e} of the total mass")
+    lines.append("largest used/total per method: " + ", ".join(
+        f"{m} {v:.4f}" for m, v in result["max_used_over_total"].items()))
+    env = result["environment"]
+    lines.append(f"machine: {env['machine']['cpu_model']}, {env['machine']['cores']} cores; "
+                 f"commit {env['commit']}; {result['seconds']:.1f} s")
+    lines.append(f"command: {env['command']}")
+    return "\n".join(lines) + "\n"
+
+
+def figure_quality(result, path):
+    """Retained mass (mean over held-out requests) vs compression, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cs = result["compressions"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for m in METHODS:
+            y = [result["summary"][m][f"{c:g}"]["mean"] for c in cs]
+            style = {"ls": "--", "color": "k"} if m == "own_optimum" else {}
+            ax.plot(cs, y, marker="o", ms=3, label=m, **style)
+        ax.set_xlabel("compression (fraction of the cache removed)")
+        ax.set_ylabel("held-out retained oracle mass")
+        ax.set_title(f"Allocation quality ({result['data']} data)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def parse_compressions(text):
+    values = sorted({float(x) for x in text.split(",") if x.strip()})
+    if not values or any(not 0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"compressions must be numbers in (0, 1); got {text!r}")
+    return values
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", nargs="+", metavar="DIR", help="budgetopt profile run directories (real data)")
+    parser.add_argument("--quick", action="store_true", help="tiny synthetic world (seconds; used by the tests)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--sink", type=int, default=4)
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--contexts", type=int, default=12, help="contexts per split (half calibrate, half held out)")
+    parser.add_argument("--questions", type=int, default=4)
+    parser.add_argument("--scorer-noise", type=float, default=1.0)
+    parser.add_argument("--splits", type=int, default=5, help="independent synthetic worlds (seeds)")
+    parser.add_argument("--compressions", type=parse_compressions,
+                        default=parse_compressions("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"))
+    parser.add_argument("--output", default=None, help="JSON report (default benchmarks/results/bench_quality_<data>.json)")
+    parser.add_argument("--figures", metavar="DIR", help="also write quality_<data>.png to DIR")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.heads, args.length, args.contexts, args.questions, args.splits = 3, 2, 160, 4, 2, 1
+        args.sink, args.window = 2, 6
+        args.compressions = list(TABLE_COMPRESSIONS)
+    t0 = time.perf_counter()
+    env = environment(argv)
+    if args.run:
+        meta, pairs = read_run_dirs(args.run)
+        sink, window = int(meta["sink"]), int(meta["window"])
+        splits = list(real_splits(pairs))
+        lengths = sorted({o.shape[-1] for _, _, o, _ in pairs})
+        model = meta.get("model", {})
+        scorer = meta.get("scorer", {})
+        data = "real"
+        description = (f"real: {model.get('name', model) if isinstance(model, dict) else model}, "
+                       f"scorer {scorer.get('name', scorer) if isinstance(scorer, dict) else scorer}, "
+                       f"{meta['layers']} layers x {meta['kv_heads']} KV heads, {len(pairs)} pairs from "
+                       f"{len({c for c, *_ in pairs})} contexts (T = {lengths[0]}..{lengths[-1]}), "
+                       f"sink={sink}, window={window}; 2 folds (calibrate on half the contexts, "
+                       f"hold out the others, then swap)")
+    else:
+        sink, window = args.sink, args.window
+        splits = list(synthetic_splits(args))
+        data = "synthetic"
+        half = args.contexts // 2
+        description = (f"synthetic (benchmarks/heldout_aggregate.py worlds): {args.layers} layers x "
+                       f"{args.heads} KV heads, T={args.length}, sink={sink}, window={window}; "
+                       f"{args.splits} seeded world(s), each {half * args.questions} calibration and "
+                       f"{(args.contexts - half) * args.questions} held-out requests (new contexts)")
+    per_request = {m: [] for m in METHODS}
+    over = {m: 0.0 for m in METHODS}
+    gap = 0.0
+    for cal, heldout in splits:
+        info = calibrate(cal, sink, window, args.compressions)
+        res, o, g = evaluate(info, heldout, sink, window, args.compressions)
+        for m in METHODS:
+            per_request[m].append(res[m])
+            over[m] = max(over[m], o[m])
+        gap = max(gap, g)
+    per_request = {m: np.concatenate(v) for m, v in per_request.items()}
+    result = {
+        "data": data,
+        "data_description": description,
+        "compressions": args.compressions,
+        "summary": summarise(per_request, args.compressions),
+        "per_request": {m: v.tolist() for m, v in per_request.items()},
+        "ceiling_max_relative_gap": gap,
+        "max_used_over_total": over,
+        "environment": env,
+    }
+    result["seconds"] = time.perf_counter() - t0
+    text = format_report(result)
+    sys.stdout.write(text)
+    if not args.quick or args.output:
+        out = Path(args.output or ROOT / "benchmarks" / "results" / f"bench_quality_{data}.json")
+        write_atomic(out, lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
+        write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
+    if args.figures:
+        figure_quality(result, Path(args.figures) / f"quality_{data}.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
