@@ -504,6 +504,97 @@ def add_profile_parsers(sub):
     p.set_defaults(func=_cmd_lukv_table)
 
 
+# -- plot ----------------------------------------------------------------------------------
+def parse_head(text):
+    """A head index ``L,H`` (comma-separated integers, one per head axis)."""
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a head is comma-separated integers such as 0,3; got {text!r}") from None
+    if any(v < 0 for v in parts):
+        raise argparse.ArgumentTypeError(f"head indices must be >= 0; got {text!r}")
+    return parts
+
+
+def whole_percent(text):
+    """A compression ratio that names an LU-KV table row: 0.01, 0.02, ..., 0.99."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.01 - 1e-9 <= value <= 0.99 + 1e-9
+            and abs(value * 100 - round(value * 100)) < 1e-6):
+        raise argparse.ArgumentTypeError(
+            f"must be a whole-percent compression ratio in 0.01..0.99 (a table row); got {text!r}")
+    return value
+
+
+def _cmd_plot(args):
+    from . import plot
+
+    output = check_output_path(args.output, plot.FIGURE_SUFFIXES)
+    if bool(args.heads) == bool(args.heatmap):
+        raise UsageError("give either --heads L,H [L,H ...] (curves and hulls) or --heatmap (the allocation)")
+    if args.table:
+        if args.curves or args.example:
+            raise UsageError("give either a curves file (or --example) or --table, not both")
+        if args.heads:
+            raise UsageError("--table draws a heatmap of one row; use --heatmap, not --heads")
+        if args.compression is None:
+            raise UsageError("--table needs --compression (the table row, e.g. 0.8)")
+        from .lukv import load_lukv_table
+
+        table = load_lukv_table(args.table)
+        row = int(round(args.compression * 100)) - 1
+        fig = plot.allocation_heatmap(
+            1.0 - table[row], label="fraction of T kept",
+            title=f"{os.path.basename(args.table)}: compression {args.compression:g} "
+                  f"(keeps {1 - args.compression:.0%} on average)")
+    else:
+        if args.compression is not None:
+            raise UsageError("--compression selects a --table row; with curves use --budget")
+        curves = load_source(args)
+        total = tokens_from_fraction(args.budget, curves.capacity) if args.budget is not None else None
+        name = os.path.basename(args.curves) if args.curves else "example"
+        if args.heads:
+            for head in args.heads:
+                if len(head) != len(curves.head_shape) or any(v >= n for v, n in zip(head, curves.head_shape)):
+                    raise UsageError(
+                        f"--heads {','.join(map(str, head))}: not a head of {name} (head shape "
+                        f"{'x'.join(map(str, curves.head_shape))})")
+            with c_stdout_to_stderr():
+                fig = plot.curves_figure(curves, args.heads, total_budget=total,
+                                         min_budget=args.min_budget, max_budget=args.max_budget)
+        else:
+            if total is None:
+                raise UsageError("--heatmap of curves needs --budget (the fraction kept)")
+            with c_stdout_to_stderr():
+                result = allocate(curves, total, min_budget=args.min_budget, max_budget=args.max_budget)
+            fig = plot.allocation_heatmap(
+                result.budgets, title=f"{name}: budget {args.budget:g} ({result.used} of {curves.capacity} tokens)")
+    plot.save_figure(fig, output)
+    sys.stderr.write(f"wrote {output}\n")
+    return 0
+
+
+def add_plot_parser(sub):
+    """Register ``plot`` on the subparsers ``sub``."""
+    p = sub.add_parser("plot", help="draw curves and hulls, or an allocation heatmap (needs matplotlib)")
+    add_source_arguments(p)
+    p.add_argument("--heads", nargs="+", type=parse_head, metavar="L,H",
+                   help="draw these heads' curves, upper hulls and (with --budget) budgets")
+    p.add_argument("--heatmap", action="store_true", help="draw the allocation as a layers x KV-heads heatmap")
+    p.add_argument("--budget", type=positive_fraction,
+                   help="fraction of the full cache KEPT, in (0, 1] (kvpress compression_ratio = 1 - budget)")
+    p.add_argument("--min-budget", type=non_negative_int, help="tokens every head keeps at least")
+    p.add_argument("--max-budget", type=non_negative_int, help="tokens any head keeps at most")
+    p.add_argument("--table", metavar="TABLE.npy", help="an LU-KV prune-ratio table [99, L, H] instead of curves")
+    p.add_argument("--compression", type=whole_percent,
+                   help="with --table: the row to draw (kvpress compression_ratio, 0.01..0.99)")
+    p.add_argument("-o", "--output", required=True, help="figure file to write (.png, .pdf or .svg)")
+    p.set_defaults(func=_cmd_plot)
+
+
 # -- parser and entry point ----------------------------------------------------------------
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -536,6 +627,7 @@ def build_parser():
     p.set_defaults(func=_cmd_inspect)
 
     add_profile_parsers(sub)
+    add_plot_parser(sub)
     return parser
 
 
