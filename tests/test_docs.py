@@ -1,0 +1,213 @@
+"""The documentation runs and matches the code.
+
+Rules (one place, so a doc writer knows what is checked):
+
+* **Python blocks** (```` ```python ````) of README.md and every docs/*.md page run, in page order,
+  in one namespace per page (like a notebook), in a fresh temporary directory holding the
+  fixture files below. A page may rely on names a short setup defines (``PAGE_SETUP``; used where
+  a page shows a step on "your" arrays). A block fails the test if it raises, except that a
+  block needing a package listed in ``OPTIONAL_MODULES`` that is not installed is skipped (a
+  page whose blocks import torch is skipped as a whole without torch).
+* **Shell blocks** (```` ```bash ````): every line that starts with ``budgetopt`` is parsed by the
+  CLI's own parser (an unknown command or option fails), and on the pages in ``RUN_PAGES`` it is
+  also run, in the fixture directory, and must exit 0. Commands of ``PENDING_COMMANDS`` are
+  skipped while the command is not registered. ``python <path>.py`` lines must name an existing
+  script. Other lines (``pip install ...``) are not checked.
+* **docs/reference.md** documents exactly the commands and options of the CLI's parser.
+* **docs/api.md** equals what ``docs/make_api.py`` generates from the docstrings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import budgetopt
+from budgetopt import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+RUN_PAGES = {"README.md", "index.md", "concepts.md", "guide-model-to-budgets.md",
+             "guide-choosing-a-method.md", "guide-applying-budgets.md", "reference.md", "quality.md"}
+PENDING_COMMANDS = {"profile"}
+OPTIONAL_MODULES = {"flash_attn"}
+
+PAGE_SETUP = {
+    # docs/profiling.md shows each step on "your" calibration arrays: a small seeded stand-in.
+    "profiling.md": (
+        "import numpy as np\n"
+        "rng = np.random.default_rng(0)\n"
+        "oracle = rng.gamma(0.3, size=(2, 2, 512))\n"
+        "scores = np.log(oracle) + rng.normal(size=oracle.shape)\n"
+        "oracles = [rng.gamma(0.3, size=(2, 2, 512)) for _ in range(3)]\n"
+    ),
+}
+
+BLOCK = re.compile(r"^([ \t]*)```(\w+)[^\n]*\n(.*?)^\1```[ \t]*$", re.S | re.M)
+
+
+def blocks(page, language):
+    """``(line, code)`` of each fenced block of ``language``, dedented."""
+    text = page.read_text(encoding="utf-8")
+    out = []
+    for m in BLOCK.finditer(text):
+        if m.group(2) != language:
+            continue
+        indent = m.group(1)
+        code = "\n".join(line[len(indent):] if line.startswith(indent) else line
+                         for line in m.group(3).splitlines())
+        out.append((text[: m.start()].count("\n") + 1, code))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """Files the documented commands and snippets use: three calibration pairs of a 4 x 2-head
+    model with T = 64 (``q0.npy``.., ``snapkv.npy``), their curves, a table, and a profile run
+    directory in the documented format."""
+    d = tmp_path_factory.mktemp("docfix")
+    rng = np.random.default_rng(0)
+    scores = np.log(rng.gamma(0.4, size=(4, 2, 64))) + rng.normal(size=(4, 2, 64))
+    oracles = [rng.gamma(0.4, size=(4, 2, 64)) for _ in range(3)]
+    np.save(d / "snapkv.npy", scores)
+    for i, o in enumerate(oracles):
+        np.save(d / f"q{i}.npy", o)
+    curves = budgetopt.curves_from_scores(oracles[0], scores, sink=1, window=2)
+    budgetopt.save_curves(d / "curves.npz", curves)
+    budgetopt.save_lukv_table(d / "table.npy", budgetopt.lukv_table(oracles, scores, sink=1, window=2))
+    run = d / "run"
+    (run / "pairs").mkdir(parents=True)
+    meta = {"format": "budgetopt-profile/1", "model": {"name": "tiny", "model_type": "llama"}, "layers": 4,
+            "kv_heads": 2, "heads": 4, "scorer": {"name": "snapkv", "repr": "SnapKVPress()"}, "sink": 1, "window": 2,
+            "max_new_tokens": 8, "head_reduce": "max", "step_reduce": "max", "sampling": False,
+            "temperature": None, "seed": 0, "calibration": {"path": "calib.jsonl", "sha256": "0" * 64},
+            "n_contexts": 2, "n_pairs": 4, "shard": None, "budgetopt_version": budgetopt.__version__}
+    (run / "meta.json").write_text(json.dumps(meta))
+    for c in range(2):
+        s = (np.log(rng.gamma(0.4, size=(4, 2, 64))) + rng.normal(size=(4, 2, 64))).astype(np.float32)
+        for q in range(2):
+            info = {"context": c, "question": q, "context_tokens": 64, "question_tokens": 9, "new_tokens": 8,
+                    "seconds": 0.1}
+            np.savez(run / "pairs" / f"c{c:05d}_q{q:03d}.npz", oracle=rng.gamma(0.4, size=(4, 2, 64)).astype(np.float32),
+                     scores=s, value_norms=rng.random((4, 2, 64)).astype(np.float32), meta=np.array(json.dumps(info)))
+    return d
+
+
+@pytest.fixture
+def workdir(fixtures, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(fixtures, work)
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
+def test_python_blocks_run(page, workdir):
+    code_blocks = blocks(page, "python")
+    if any(re.search(r"^\s*(import torch|from budgetopt\.torch|from kvpress)", code, re.M) for _, code in code_blocks):
+        pytest.importorskip("torch")
+    namespace = {"__name__": f"docs_{page.stem}"}
+    if page.name in PAGE_SETUP:
+        exec(PAGE_SETUP[page.name], namespace)
+    for line, code in code_blocks:
+        try:
+            exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+        except ModuleNotFoundError as exc:
+            if exc.name not in OPTIONAL_MODULES:
+                raise
+        except Exception as exc:
+            raise AssertionError(f"{page.name}, block at line {line} raised {type(exc).__name__}: {exc}") from exc
+
+
+def shell_lines(page):
+    for line, code in blocks(page, "bash"):
+        for i, text in enumerate(code.splitlines()):
+            words = shlex.split(text, comments=True)
+            if words:
+                yield line + 1 + i, words
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=lambda p: p.name)
+def test_shell_blocks_parse_and_run(page, workdir, capfd):
+    parser = cli.build_parser()
+    registered = set(subcommands(parser))
+    checked = 0
+    for line, words in shell_lines(page):
+        where = f"{page.name}:{line}: {' '.join(words)}"
+        if words[0] == "python" and len(words) > 1 and words[1].endswith(".py"):
+            assert (ROOT / words[1]).is_file(), f"{where}: no such script"
+            continue
+        if words[0] != "budgetopt":
+            continue
+        argv = words[1:]
+        if argv and argv[0] in PENDING_COMMANDS and argv[0] not in registered:
+            continue
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where}: the CLI parser refuses it: {capfd.readouterr().err.strip()}")
+        if page.name in RUN_PAGES:
+            code = cli.main(argv)
+            assert code == 0, f"{where}: exit {code}: {capfd.readouterr().err.strip()}"
+        checked += 1
+    assert checked or page.name not in RUN_PAGES or not any(w[0] == "budgetopt" for _, w in shell_lines(page))
+
+
+def subcommands(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def reference_sections():
+    text = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    parts = re.split(r"^### `budgetopt ([\w-]+)`.*$", text, flags=re.M)
+    sections = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        sections[name] = re.split(r"^#{1,3} ", body, flags=re.M)[0]
+    return sections
+
+
+def test_reference_documents_every_command_and_option():
+    sections = reference_sections()
+    commands = subcommands(cli.build_parser())
+    missing = set(commands) - set(sections)
+    assert not missing, f"docs/reference.md has no section for: {sorted(missing)}"
+    stale = set(sections) - set(commands) - PENDING_COMMANDS
+    assert not stale, f"docs/reference.md documents commands the CLI does not have: {sorted(stale)}"
+    for name, sub in commands.items():
+        body = sections[name]
+        rows = "\n".join(line for line in body.splitlines() if line.startswith("|"))
+        documented = set(re.findall(r"`(--?[a-z][\w-]*)", rows))
+        options = set()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.option_strings:
+                assert f"`{action.dest.upper()}`" in rows, f"reference.md, {name}: positional {action.dest} undocumented"
+            options.update(action.option_strings)
+        assert options - documented == set(), f"reference.md, budgetopt {name}: undocumented {sorted(options - documented)}"
+        assert documented - options == set(), f"reference.md, budgetopt {name}: no such option {sorted(documented - options)}"
+
+
+def test_api_reference_is_generated_from_the_current_docstrings():
+    pytest.importorskip("torch")
+    pytest.importorskip("kvpress")
+    spec = importlib.util.spec_from_file_location("make_api", ROOT / "docs" / "make_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert module.render() == current, "docs/api.md is out of date: run python docs/make_api.py"
+
+
+def test_api_reference_lists_every_public_name():
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    for name in budgetopt.__all__:
+        assert f"### `budgetopt.{name}" in text, name
