@@ -32,9 +32,15 @@ comparison points, not library features):
 Per method and compression: mean and worst held-out retained mass, and the share of the
 uniform -> ceiling gain it takes, ``(mean - uniform) / (own_optimum - uniform)``.
 
-Data: ``--run DIR [DIR ...]`` reads ``budgetopt profile`` run directories (real attention);
-without it, the seeded synthetic worlds of ``benchmarks/heldout_aggregate.py`` are used.
-Every table says which.
+Data: ``--run DIR [DIR ...]`` reads ``budgetopt profile`` run directories (real attention;
+two folds over the contexts); without it, the seeded synthetic worlds of
+``benchmarks/heldout_aggregate.py`` are used. Every table says which. Static methods are
+calibrated at one length (the median context length) and applied to a held-out context of
+another length through prune ratios and kvpress's rounding, as ``LUKVPress`` does; when the
+calibration contexts differ in length, ``lukv_mean_ratio`` averages per-pair tables and
+``lukv_mean_curve`` solves the mean of the curves resampled to that length (with the table's
+floor). The largest ratio of tokens used to the total is reported per method: the rounding
+and the sink + window floor can give table methods slightly more than the total.
 
 Usage::
 
@@ -525,7 +531,7 @@ def main(argv=None):
         model = meta.get("model", {})
         scorer = meta.get("scorer", {})
         data = "real"
-        description = (f"real: {model.get('name', model) if isinstance(model, dict) else model}, "
+        description = (f"real: {model.get('name') or model.get('path') if isinstance(model, dict) else model}, "
                        f"scorer {scorer.get('name', scorer) if isinstance(scorer, dict) else scorer}, "
                        f"{meta['layers']} layers x {meta['kv_heads']} KV heads, {len(pairs)} pairs from "
                        f"{len({c for c, *_ in pairs})} contexts (T = {lengths[0]}..{lengths[-1]}), "
