@@ -482,7 +482,7 @@ def figure_quality(result, path):
             ax.plot(cs, y, marker="o", ms=3, label=m, **style)
         ax.set_xlabel("compression (fraction of the cache removed)")
         ax.set_ylabel("held-out retained oracle mass")
-        ax.set_title(f"Allocation quality ({result['data']} data)")
+        ax.set_title(f"Allocation quality, held out ({result['title']})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -531,6 +531,9 @@ def main(argv=None):
         model = meta.get("model", {})
         scorer = meta.get("scorer", {})
         data = "real"
+        name = model.get("name") or Path(str(model.get("path", "model"))).name if isinstance(model, dict) else model
+        title = (f"real: {name}, {scorer.get('name', scorer) if isinstance(scorer, dict) else scorer}, "
+                 f"{len(pairs)} pairs, 2 folds")
         description = (f"real: {model.get('name') or model.get('path') if isinstance(model, dict) else model}, "
                        f"scorer {scorer.get('name', scorer) if isinstance(scorer, dict) else scorer}, "
                        f"{meta['layers']} layers x {meta['kv_heads']} KV heads, {len(pairs)} pairs from "
@@ -541,6 +544,7 @@ def main(argv=None):
         sink, window = args.sink, args.window
         splits = list(synthetic_splits(args))
         data = "synthetic"
+        title = f"synthetic: {args.layers} x {args.heads} heads, T={args.length}, {args.splits} worlds"
         half = args.contexts // 2
         description = (f"synthetic (benchmarks/heldout_aggregate.py worlds): {args.layers} layers x "
                        f"{args.heads} KV heads, T={args.length}, sink={sink}, window={window}; "
@@ -560,6 +564,7 @@ def main(argv=None):
     result = {
         "data": data,
         "data_description": description,
+        "title": title,
         "compressions": args.compressions,
         "summary": summarise(per_request, args.compressions),
         "per_request": {m: v.tolist() for m, v in per_request.items()},
