@@ -151,3 +151,42 @@ def test_quick_run_end_to_end(bench, tmp_path):
     for c in ("0.5", "0.9"):
         assert saved["summary"]["uniform"][c]["gain_share"] == 0.0
         assert saved["summary"]["own_optimum"][c]["gain_share"] == pytest.approx(1.0)
+
+
+def write_run(path, lengths, *, seed=0, model="tiny"):
+    """A run directory in the profile format: one context per entry of ``lengths``, 2 questions."""
+    rng = np.random.default_rng(seed)
+    (path / "pairs").mkdir(parents=True)
+    meta = {"format": "budgetopt-profile/1", "model": {"name": model, "model_type": "llama"}, "layers": 2,
+            "kv_heads": 2, "scorer": {"name": "snapkv"}, "sink": 1, "window": 2, "shard": None}
+    (path / "meta.json").write_text(json.dumps(meta))
+    for c, t in enumerate(lengths):
+        scores = rng.normal(size=(2, 2, t)).astype(np.float32)
+        for q in range(2):
+            info = json.dumps({"context": c, "question": q, "context_tokens": t})
+            np.savez(path / "pairs" / f"c{c:05d}_q{q:03d}.npz", oracle=rng.gamma(0.3, size=(2, 2, t)).astype(np.float32),
+                     scores=scores, value_norms=np.ones((2, 2, t), np.float32), meta=np.array(info))
+
+
+def test_run_directories_of_mixed_lengths(bench, tmp_path):
+    write_run(tmp_path / "run", [60, 64, 58, 64])
+    out = tmp_path / "real.json"
+    result = bench.main(["--run", str(tmp_path / "run"), "--compressions", "0.5,0.8", "--output", str(out)])
+    assert result["data"] == "real" and "real: tiny" in out.with_suffix(".txt").read_text()
+    per = {m: np.array(v) for m, v in result["per_request"].items()}
+    assert per["uniform"].shape == (8, 2)  # two folds, 4 held-out requests each
+    for m, values in per.items():
+        assert np.all((values > 0) & (values <= 1 + 1e-12)), m
+        if result["max_used_over_total"][m] <= 1 + 1e-12:
+            assert np.all(values <= per["own_optimum"] + result["ceiling_max_relative_gap"] + 1e-12), m
+
+
+def test_run_directory_errors(bench, tmp_path):
+    with pytest.raises(SystemExit, match="no meta.json"):
+        bench.read_run_dirs([tmp_path])
+    write_run(tmp_path / "a", [30, 30])
+    write_run(tmp_path / "b", [30, 30], model="other")
+    with pytest.raises(SystemExit, match="disagree"):
+        bench.read_run_dirs([tmp_path / "a", tmp_path / "b"])
+    meta, pairs = bench.read_run_dirs([tmp_path / "a"])
+    assert [(c, q) for c, q, _, _ in pairs] == [(0, 0), (0, 1), (1, 0), (1, 1)] and meta["sink"] == 1

@@ -195,3 +195,18 @@ def test_cli_plot_bad_input_exits_2_and_writes_nothing(capfd, curves_file, tmp_p
     assert err.count("\n") == 1 or err.startswith("usage:")
     assert "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.name != "curves.npz"]
+
+
+def test_cli_plot_needs_no_display(tmp_path):
+    """In a fresh process with no display and an interactive backend requested, plot still works."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["MPLBACKEND"] = "TkAgg"
+    out = tmp_path / "nodisplay.png"
+    proc = subprocess.run([sys.executable, "-m", "budgetopt", "plot", "--example", "--budget", "0.2", "--heatmap",
+                           "-o", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == PNG
