@@ -542,6 +542,8 @@ def _cmd_plot(args):
             raise UsageError("--table draws a heatmap of one row; use --heatmap, not --heads")
         if args.compression is None:
             raise UsageError("--table needs --compression (the table row, e.g. 0.8)")
+        if args.budget is not None or args.min_budget is not None or args.max_budget is not None:
+            raise UsageError("--budget, --min-budget and --max-budget apply to curves, not to --table")
         from .lukv import load_lukv_table
 
         table = load_lukv_table(args.table)

@@ -182,6 +182,8 @@ def run_cli(args):
     (["--table", "MISSING.npy", "--heatmap", "-o", "OUT.png"], "--table needs --compression"),
     (["--table", "MISSING.npy", "--compression", "0.805", "--heatmap", "-o", "OUT.png"], "whole-percent"),
     (["CURVES", "--table", "MISSING.npy", "--compression", "0.8", "--heatmap", "-o", "OUT.png"], "not both"),
+    (["--table", "MISSING.npy", "--compression", "0.8", "--budget", "0.2", "--heatmap", "-o", "OUT.png"],
+     "apply to curves, not to --table"),
     (["--example", "--heatmap", "--budget", "0.2", "--min-budget", "900", "-o", "OUT.png"], "`total_budget`"),
     (["--example", "--heatmap", "--budget", "0.2", "-o", "NODIR/OUT.png"], "does not exist"),
 ])
