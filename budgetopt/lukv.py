@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .api import sweep
-from .curves import Curves, check_input_file, write_atomic
+from ._io import check_input_file, read_npy, write_atomic
+from .curves import Curves, refuse_masked
 from .rounding import tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
@@ -300,10 +301,11 @@ def _map_in_order(fn, n, workers):
 
 def _check_table(table, name):
     """The table as float64 (99, L, H) in [0, 1], or an InvalidInputError naming ``name``."""
+    refuse_masked(table, name)
     try:
         arr = np.asarray(table)
     except Exception as exc:
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
     if arr.dtype.kind not in "iuf":
         raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
     if arr.ndim != 3 or arr.shape[0] != LUKV_ROWS or 0 in arr.shape:
@@ -351,13 +353,16 @@ def save_lukv_table(path, table):
     write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
-def load_lukv_table(path):
+def load_lukv_table(path, *, max_bytes=None):
     """Read a ``[99, layers, kv_heads]`` prune-ratio table (the LU-KV ``.npy`` format).
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``.npy`` file as published by the LU-KV authors or written by :func:`save_lukv_table`.
+    max_bytes : int, optional
+        Most bytes the array may take once read, checked against its header before reading.
+        Default: the environment variable ``BUDGETOPT_MAX_ARRAY_BYTES`` if set, else 1 GiB.
 
     Returns
     -------
@@ -367,30 +372,17 @@ def load_lukv_table(path):
 
     Raises
     ------
+    InvalidTypeError
+        ``path`` is not a str or os.PathLike.
     CurvesFileError
         The file is missing, is not a ``.npy`` array (an ``.npz`` archive, a pickle), holds an
-        object array (never unpickled), or breaks a rule of the table (shape, finite, values
-        in ``[0, 1]``). The message starts with the path.
+        object array (never unpickled), declares more data than the limit or than it holds,
+        or breaks a rule of the table (shape, finite, values in ``[0, 1]``). The message
+        starts with the path.
     """
     path = check_input_file(path, ".npy file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise CurvesFileError(f"{path}: cannot be read ({exc})") from exc
-    if magic[:4] == b"PK\x03\x04":
-        raise CurvesFileError(f"{path}: is an .npz archive; an LU-KV table is a single .npy array")
-    if magic != b"\x93NUMPY":
-        raise CurvesFileError(f"{path}: not a .npy file (no NumPy header)")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise CurvesFileError(f"{path}: holds an object (pickled) array; budgetopt never unpickles") from exc
-        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
+    data = read_npy(path, max_bytes=max_bytes)
     try:
         return _check_table(data, "table")
     except (InvalidInputError, InvalidTypeError) as exc:
-        raise CurvesFileError(f"{path}: {exc}") from exc
+        raise CurvesFileError(f"{path}: {exc}") from None

@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from . import _kernels
-from .curves import Curves
+from .curves import Curves, refuse_masked
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["curves_from_scores"]
@@ -33,6 +33,7 @@ def check_count(value, name):
 
 def _real_array(value, name):
     """``value`` as a float64 array with at least one head axis, or a named error."""
+    refuse_masked(value, name)
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged nested lists
