@@ -24,7 +24,7 @@ from ._io import check_input_file, check_output_file, read_npy, write_atomic
 from ._io import c_stdout_to_stderr
 from .api import METHODS, allocate
 from .curves import MAX_TOKENS, load_curves
-from .errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
+from .errors import BudgetoptError, CurvesFileError, InvalidInputError
 from .hull import hull_gap
 from .rounding import tokens_from_fraction
 
@@ -264,16 +264,27 @@ def load_pairs(args):
     return oracles, scores
 
 
-def name_files(exc, args):
-    """Re-raise ``exc`` with argument names like ```oracles[3]``` replaced by the file names."""
-    import re
+def check_pairs(args, oracles, scores, *, three_axes=False):
+    """Check every (oracle, scores) pair with the library's rules, naming the files, and
+    that all oracle files share one shape (of three axes if ``three_axes``), before any work."""
+    from .profile import check_profile_arrays
 
-    message = str(exc)
-    message = re.sub(r"`oracles?\[(\d+)\]`", lambda m: f"--oracle {args.oracle[int(m.group(1))]}", message)
-    message = re.sub(r"`scores\[(\d+)\]`", lambda m: f"--scores {args.scores[int(m.group(1))]}", message)
-    message = message.replace("`oracle`", f"--oracle {args.oracle[0]}" if len(args.oracle) == 1 else "--oracle")
-    message = message.replace("`scores`", f"--scores {args.scores[0]}" if len(args.scores) == 1 else "--scores")
-    return type(exc)(message)
+    for i, oracle in enumerate(oracles):
+        score = scores[i] if isinstance(scores, list) else scores
+        scores_file = args.scores[i if len(args.scores) > 1 else 0]
+        check_profile_arrays(oracle, score, args.sink, args.window,
+                             oracle_name=f"--oracle {args.oracle[i]}", scores_name=f"--scores {scores_file}",
+                             quoted=False)
+        if three_axes and oracle.ndim != 3:
+            raise InvalidInputError(
+                f"--oracle {args.oracle[i]} must have shape (L, H, T) (layers, KV heads, tokens); "
+                f"got {tuple(oracle.shape)}"
+            )
+        if oracle.shape != oracles[0].shape:
+            raise InvalidInputError(
+                f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
+                f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
+            )
 
 
 class Progress:
@@ -310,42 +321,19 @@ class Progress:
 
 def _cmd_curves(args):
     from .curves import Curves, save_curves
-    from .profile import curves_from_scores
+    from .profile import curves_from_pairs
 
     inputs = input_paths(args)
     output = check_output_path(args.output, (".npz",), inputs=inputs)
     oracles, scores = load_pairs(args)
-    per_pair = scores if isinstance(scores, list) else [scores] * len(oracles)
-    utilities = []
-    grid = None
-    for i, (oracle, score) in enumerate(zip(oracles, per_pair)):
-        try:
-            curves = curves_from_scores(oracle, score, sink=args.sink, window=args.window)
-        except (InvalidInputError, InvalidTypeError) as exc:
-            scores_file = args.scores[i if len(args.scores) > 1 else 0]
-            message = str(exc).replace("`oracle`", f"--oracle {args.oracle[i]}")
-            raise type(exc)(message.replace("`scores`", f"--scores {scores_file}")) from None
-        if utilities and curves.utility.shape != utilities[0].shape:
-            raise InvalidInputError(
-                f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
-                f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
-            )
-        utilities.append(curves.utility)
-        grid = curves.grid
-    stack = np.stack(utilities)
-    utility = stack.mean(axis=0) if args.aggregate == "mean_curve" else np.median(stack, axis=0)
-    meta = {
-        "sink": args.sink,
-        "window": args.window,
-        "length": int(oracles[0].shape[-1]),
-        "pairs": len(oracles),
-        "aggregate": args.aggregate,
-        "oracle_files": [os.path.basename(p) for p in args.oracle],
-        "scores_files": [os.path.basename(p) for p in args.scores],
-    }
-    save_curves(output, Curves(utility, grid, meta=meta))
+    check_pairs(args, oracles, scores)
+    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    meta = dict(curves.meta, oracle_files=[os.path.basename(p) for p in args.oracle],
+                scores_files=[os.path.basename(p) for p in args.scores])
+    save_curves(output, Curves(curves.utility, curves.grid, meta=meta))
+    grid = curves.grid
     sys.stderr.write(
-        f"wrote {output}: {len(oracles)} pair(s), head shape {utility.shape[:-1]}, "
+        f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, "
         f"grid {int(grid[0])}..{int(grid[-1])} tokens\n"
     )
     return 0
@@ -466,6 +454,7 @@ def _cmd_lukv_table(args):
 
     output = check_output_path(args.output, (".npy",), inputs=input_paths(args))
     oracles, scores = load_pairs(args)
+    check_pairs(args, oracles, scores, three_axes=True)
     progress = Progress(len(oracles), not args.no_progress, "lukv-table")
     try:
         table = lukv_table(
@@ -479,8 +468,6 @@ def _cmd_lukv_table(args):
             progress=progress,
             workers=args.workers,
         )
-    except (InvalidInputError, InvalidTypeError) as exc:
-        raise name_files(exc, args) from None
     finally:
         progress.close()
     save_lukv_table(output, table)
