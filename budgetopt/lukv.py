@@ -24,7 +24,7 @@ from ._io import check_input_file, read_npy, write_atomic
 from .curves import Curves, refuse_masked
 from .rounding import tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from .profile import check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
+from .profile import as_pairs, check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
 __all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
 
@@ -38,30 +38,6 @@ AGGREGATES = ("mean_ratio", "mean_curve")
 def compression_ratios():
     """The 99 global compression ratios of a table row, ``(i + 1) / 100``, as float64."""
     return np.array([(i + 1) / 100.0 for i in range(LUKV_ROWS)])
-
-
-def _as_pairs(oracles, scores):
-    """``oracles`` as a list and ``scores`` as a list of the same length (shared -> repeated)."""
-    if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
-        raise InvalidInputError(
-            "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one "
-            "3-D array (wrap a single pair in a list)"
-        )
-    if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
-        raise InvalidTypeError(
-            f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}"
-        )
-    oracles = list(oracles)
-    if not oracles:
-        raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
-    if isinstance(scores, (list, tuple)):
-        if len(scores) != len(oracles):
-            raise InvalidInputError(
-                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
-                f"got {len(scores)}"
-            )
-        return oracles, list(scores), True
-    return oracles, [scores] * len(oracles), False
 
 
 def _check_fraction(value):
@@ -205,7 +181,7 @@ def lukv_table(
     sink = check_count(sink, "sink")
     window = check_count(window, "window")
     workers = _check_workers(workers)
-    oracles, scores, per_pair = _as_pairs(oracles, scores)
+    oracles, scores, per_pair = as_pairs(oracles, scores, "(L, H, T)")
     rankings = _Rankings(sink, window)
 
     def solve_pair(i):

@@ -11,6 +11,7 @@ its utility is the oracle mass of those tokens.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -257,6 +258,30 @@ def sums_bounded(oracle):
         return bool(np.isfinite(np.abs(oracle).sum()))
 
 
+def as_pairs(oracles, scores, layout):
+    """``(oracles, scores, separate)``: the oracles as a list, the scores as a list of the same
+    length (one shared array repeated), and whether the scores were given one per pair.
+    ``layout`` describes one array's axes in messages, e.g. ``"(L, H, T)"``."""
+    if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
+        raise InvalidInputError(
+            f"`oracles` must be a sequence of {layout} arrays, one per calibration pair; got one "
+            "3-D array (wrap a single pair in a list)"
+        )
+    if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
+        raise InvalidTypeError(f"`oracles` must be a sequence of {layout} arrays; got {type(oracles).__name__}")
+    oracles = list(oracles)
+    if not oracles:
+        raise InvalidInputError(f"`oracles` must hold at least one {layout} array")
+    if isinstance(scores, (list, tuple)):
+        if len(scores) != len(oracles):
+            raise InvalidInputError(
+                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
+                f"got {len(scores)}"
+            )
+        return oracles, list(scores), True
+    return oracles, [scores] * len(oracles), False
+
+
 def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curve"):
     """One set of curves from several calibration pairs: each pair's
     :func:`curves_from_scores`, combined point by point.
@@ -304,25 +329,14 @@ def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curv
         raise InvalidInputError(
             f"`aggregate` must be one of {', '.join(map(repr, CURVE_AGGREGATES))}; got {aggregate!r}"
         )
-    if isinstance(oracles, np.ndarray) or not isinstance(oracles, (list, tuple)):
-        raise InvalidTypeError("`oracles` must be a list or tuple of arrays, one per calibration pair")
-    if not oracles:
-        raise InvalidInputError("`oracles` must hold at least one array")
-    if isinstance(scores, (list, tuple)):
-        if len(scores) != len(oracles):
-            raise InvalidInputError(
-                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); got {len(scores)}"
-            )
-        per_pair = list(scores)
-    else:
-        per_pair = [scores] * len(oracles)
+    oracles, per_pair, separate = as_pairs(oracles, scores, "(*head_shape, T)")
     total = None
     parts = []
     grid = shape = None
     for i, (oracle, score) in enumerate(zip(oracles, per_pair)):
         oracle, score, sink, window = check_profile_arrays(
             oracle, score, sink, window, oracle_name=f"oracles[{i}]",
-            scores_name=f"scores[{i}]" if isinstance(scores, (list, tuple)) else "scores",
+            scores_name=f"scores[{i}]" if separate else "scores",
         )
         if shape is not None and oracle.shape != shape:
             raise InvalidInputError(f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {oracle.shape}")

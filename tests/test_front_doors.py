@@ -177,6 +177,26 @@ def test_write_error_names_the_target_not_the_temporary_file(tmp_path):
         save_curves(tmp_path / "file" / "c.npz", [[0.0, 1.0]])
 
 
+def signal_when_ready(script, ready, signum, during=lambda: None):
+    """Run ``script`` in a fresh interpreter; once it creates the file ``ready``, call
+    ``during()`` and send ``signum``. Returns ``(returncode, stdout, stderr, during())``."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_with_repo())
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the command never reached the point to interrupt"
+            time.sleep(0.02)
+        seen = during()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err, seen
+
+
 _SLOW_WRITE = """
 import os, sys, time
 import numpy as np
@@ -199,21 +219,10 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, curves_file, signu
     ready = tmp_path / "ready"
     argv = ["solve", str(path), "--budget", "0.5", "-o", str(out_dir / "budgets.npz")]
     script = _SLOW_WRITE.format(ready=str(ready), argv=argv)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env_with_repo())
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the write never started"
-            time.sleep(0.02)
-        assert len(listing(out_dir)) == 1  # the temporary file, mid-write
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, err
+    during = lambda: len(listing(out_dir))  # noqa: E731 - the temporary file, mid-write
+    returncode, out, err, seen = signal_when_ready(script, ready, signum, during)
+    assert seen == 1
+    assert returncode == code, err
     assert out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert ("interrupted" if signum == signal.SIGINT else "terminated by SIGTERM") in err
@@ -232,20 +241,8 @@ def test_ctrl_c_during_a_solve_exits_130_with_one_line(tmp_path, curves_file):
         cli.allocate = slow_allocate
         sys.exit(cli.main(["solve", {str(path)!r}, "--budget", "0.5"]))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env_with_repo())
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and out == "" and err == "budgetopt: interrupted\n"
+    returncode, out, err, _ = signal_when_ready(script, ready, signal.SIGINT)
+    assert returncode == 130 and out == "" and err == "budgetopt: interrupted\n"
 
 
 # -- memory ------------------------------------------------------------------------------------
