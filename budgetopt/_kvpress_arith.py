@@ -46,10 +46,20 @@ def kvpress_keep_counts(ratios, length, lanes=DEFAULT_LANES):
     base = np.floor(ideal).astype(np.int64)
     leftover = totals - base.sum(axis=-1)
     frac = ideal - base.astype(_F32)  # float32 minus int64: float32 in torch
-    counts = base.copy()
-    for r in np.flatnonzero(leftover > 0):
-        k = int(min(leftover[r], heads))
-        counts[r, torch_cpu_topk_set(frac[r], k)] += 1
+    k = np.clip(leftover, 0, heads)
+    # Where the k-th and (k+1)-th largest fractional parts differ, the top k are the same set
+    # in any order: rank them all at once. Rows with a tie across that boundary replay topk.
+    order = np.argsort(-frac, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(heads), axis=-1)
+    counts = base + (rank < k[:, None])
+    ordered = np.take_along_axis(frac, order, axis=-1)
+    inner = np.flatnonzero((k > 0) & (k < heads))
+    kth = ordered[inner, k[inner] - 1]
+    tied = inner[kth == ordered[inner, k[inner]]]
+    for r in tied:
+        counts[r] = base[r]
+        counts[r, torch_cpu_topk_set(frac[r], int(k[r]))] += 1
     return np.clip(counts, 1, length).reshape(ratios.shape)
 
 
