@@ -340,6 +340,27 @@ def test_sweep_budgets_above_the_limit_are_refused_before_building_them(curves_f
     assert code == 0
 
 
+def test_solve_needs_a_small_multiple_of_its_data(tmp_path):
+    """Peak memory of `budgetopt solve` on a 10 MB curves file, above the same command on a
+    tiny file (same imports and compiled kernels), stays below 4x the data."""
+    rng = np.random.default_rng(8)
+    save_curves(tmp_path / "small.npz", Curves(np.cumsum(rng.random((2, 2, 50)), axis=-1)))
+    big = Curves(np.cumsum(rng.random((32, 8, 5000)), axis=-1))
+    save_curves(tmp_path / "big.npz", big)
+
+    def peak(name):
+        code = ("import resource, sys; from budgetopt.cli import main; "
+                f"main(['solve', {str(tmp_path / name)!r}, '--budget', '0.2', '-o', {str(tmp_path / 'out.json')!r}]); "
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env_with_repo(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stderr.strip().splitlines()[-1]) * 1024  # kilobytes on Linux
+
+    extra = peak("big.npz") - peak("small.npz")
+    assert extra < 4 * big.utility.nbytes, (extra, big.utility.nbytes)
+
+
 # -- errors, not crashes -------------------------------------------------------------------------
 def test_deeply_nested_or_huge_meta_is_an_error(tmp_path, capfd):
     deep = "[" * 100_000 + "]" * 100_000
