@@ -169,18 +169,9 @@ def _unguarded_partition_pivot(a, first, last, comp):
 
 def _move_median_to_first(a, result, x, y, z, comp):
     if comp(a[x], a[y]):
-        if comp(a[y], a[z]):
-            pick = y
-        elif comp(a[x], a[z]):
-            pick = z
-        else:
-            pick = x
-    elif comp(a[x], a[z]):
-        pick = x
-    elif comp(a[y], a[z]):
-        pick = z
+        pick = y if comp(a[y], a[z]) else (z if comp(a[x], a[z]) else x)
     else:
-        pick = y
+        pick = x if comp(a[x], a[z]) else (z if comp(a[y], a[z]) else y)
     a[result], a[pick] = a[pick], a[result]
 
 
