@@ -495,7 +495,7 @@ def _ms(s):
 def report(res):
     m, v, g = res["machine"], res["versions"], res["git"]
     lines = [
-        "budgetopt core allocator benchmark (issue 2)",
+        "budgetopt core allocator benchmark",
         f"machine : {m['cpu_model']}, {m['cores']} cores; load avg start {m['loadavg_start'][0]:.2f}, "
         f"end {m['loadavg_end'][0]:.2f}",
         f"versions: python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, scipy {v['scipy']}",

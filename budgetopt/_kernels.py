@@ -13,6 +13,9 @@ there. Slopes are always computed by :func:`_slope` from the same two vertices, 
 are strictly decreasing by construction and compare consistently everywhere.
 
 Compiled functions are cached on disk (``cache=True``): a new process does not recompile.
+The cache is only an optimisation: where numba finds no writable cache location (a read-only
+installation with a read-only home and no usable ``NUMBA_CACHE_DIR``), the kernels are
+compiled in memory instead, once per process.
 """
 
 from __future__ import annotations
@@ -20,7 +23,23 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_JIT = dict(cache=True, nogil=True)
+
+def _disk_cache_usable():
+    """Whether numba can cache this module's functions on disk, by numba's own rule: asking
+    for ``cache=True`` raises RuntimeError when none of its cache locators (``NUMBA_CACHE_DIR``,
+    the source tree's ``__pycache__``, the user-wide cache directory) is writable."""
+    try:
+        nb.njit(cache=True)(_cache_probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _cache_probe():  # pragma: no cover - never called, only decorated
+    return 0
+
+
+_JIT = dict(cache=_disk_cache_usable(), nogil=True)
 
 
 @nb.njit(inline="always", **_JIT)

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import exact, greedy as _greedy
 from .errors import InvalidInputError, InvalidTypeError
+from .curves import refuse_masked
 from .problem import build_problem, check_total, require_feasible
 
 __all__ = ["allocate", "sweep", "METHODS"]
@@ -156,12 +157,19 @@ def sweep(curves, totals, *, min_budget=None, max_budget=None):
     [0.0, 0.6, 1.1, 1.5, 1.6]
     """
     problem = build_problem(curves, min_budget, max_budget)
-    arr = np.asarray(totals)
+    refuse_masked(totals, "totals")
+    if isinstance(totals, (str, bytes)):
+        raise InvalidTypeError("`totals` must be a 1-D sequence of token totals; got a string")
+    try:
+        arr = np.asarray(totals)
+    except (ValueError, TypeError) as exc:
+        raise InvalidTypeError(f"`totals` must be a 1-D sequence of token totals; could not convert it ({exc})") from None
     if arr.ndim != 1:
         raise InvalidInputError(f"`totals` must be a 1-D sequence of token totals; got shape {arr.shape}")
-    if arr.dtype.kind not in "iuf" and arr.size:
+    if arr.dtype.kind not in "iufO" and arr.size:
         raise InvalidTypeError(f"`totals` must hold whole numbers of tokens; got dtype {arr.dtype}")
-    checked = np.array([check_total(t.item(), f"totals[{i}]") for i, t in enumerate(arr)], np.int64)
+    values = arr.tolist()
+    checked = np.array([check_total(t, f"totals[{i}]") for i, t in enumerate(values)], np.int64)
     if checked.size:
         require_feasible(problem, int(checked.min()))
     return _greedy.greedy_sweep(problem, checked)

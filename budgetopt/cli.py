@@ -13,22 +13,26 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ._io import check_input_file, check_output_file, read_npy, write_atomic
+from ._io import c_stdout_to_stderr
 from .api import METHODS, allocate
-from .exact import c_stdout_to_stderr
-from .curves import check_input_file, load_curves, write_atomic
-from .errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
+from .curves import MAX_TOKENS, load_curves
+from .errors import BudgetoptError, CurvesFileError, InvalidInputError
 from .hull import hull_gap
 from .rounding import tokens_from_fraction
 
 __all__ = ["main", "build_parser"]
 
 EXAMPLE = "example_curves.npz"
+#: Most budgets one ``sweep --budgets start:stop:step`` may ask for (checked before building them).
+MAX_SWEEP_BUDGETS = 10_000
 
 
 class UsageError(InvalidInputError):
@@ -51,6 +55,18 @@ def add_source_arguments(parser):
     )
 
 
+def input_paths(args):
+    """The files a command reads (an output must not be one of them)."""
+    paths = []
+    if getattr(args, "curves", None):
+        paths.append(args.curves)
+    if getattr(args, "example", False):
+        paths.append(example_path())
+    paths.extend(getattr(args, "oracle", None) or [])
+    paths.extend(getattr(args, "scores", None) or [])
+    return paths
+
+
 def load_source(args):
     if args.example and args.curves:
         raise UsageError("give either a curves file or --example, not both")
@@ -61,43 +77,70 @@ def load_source(args):
     return load_curves(args.curves)
 
 
-def _number(convert, accepts, rule):
-    """An argparse ``type``: ``convert(text)`` that must satisfy ``accepts``; errors say ``rule``."""
+def _number(convert, accepts, rule, *, below=None):
+    """An argparse ``type``: ``convert(text)`` that must satisfy ``accepts``; errors say ``rule``.
+
+    ``below``, when given, is an exclusive upper limit (in tokens) reported as "too large"."""
 
     def parse(text):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
         try:
             value = convert(text)
-            ok = math.isfinite(value) and accepts(value)
-        except (ValueError, OverflowError):  # not a number, or an int too large for a float
-            ok = False
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be {rule}; got {text!r}")
+        except (ValueError, OverflowError):  # not a number (or more digits than Python parses)
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {rule} (finite); got {shown!r}")
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"is too large: must be below 2**62 tokens; got {shown!r}")
         return value
 
     return parse
 
 
 positive_fraction = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (the fraction kept)")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
-non_negative_number = _number(float, lambda v: v >= 0, "a number >= 0")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0", below=MAX_TOKENS)
+non_negative_number = _number(float, lambda v: v >= 0, "a number >= 0", below=float(MAX_TOKENS))
+fraction_below_one = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+workers_count = _number(int, lambda v: v >= 1 or v == -1, "a positive whole number or -1 (all cores)")
 
 
-def check_output_path(path, suffixes):
-    """Reject an output path with an unknown suffix or a missing directory before any work."""
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise UsageError(f"-o/--output must end in {' or '.join(suffixes)}; got {path!r}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"-o/--output: directory {str(parent)!r} does not exist")
-    if p.is_dir():
-        raise UsageError(f"-o/--output: {path!r} is a directory")
-    return p
+def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
+    """Reject a bad output path before any work: an empty name, a name ending in a separator,
+    an unknown suffix, a missing directory, a destination that is not a regular file or that
+    is one of ``inputs``. Returns the path as given (a symlink is written through)."""
+    if path == "":
+        raise UsageError(f"{option} needs a file name; got an empty string")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UsageError(f"{option} {path!r} names a directory; give a file name ending in {' or '.join(suffixes)}")
+    if Path(path).suffix.lower() not in suffixes:
+        raise UsageError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
+    try:
+        check_output_file(path, inputs=inputs)
+    except CurvesFileError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    return Path(path)
 
 
-def write_json(path, payload):
-    text = json.dumps(payload) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+def dumps(payload):
+    """Standard JSON text: non-finite floats (never expected) become null, not NaN/Infinity."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(payload), allow_nan=False)
+
+
+def write_json(path, payload, inputs=()):
+    text = dumps(payload) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), inputs=inputs)
 
 
 def format_table(budgets, title):
@@ -119,13 +162,20 @@ def format_table(budgets, title):
 # -- solve ---------------------------------------------------------------------------------
 def _cmd_solve(args):
     curves = load_source(args)
-    output = check_output_path(args.output, (".json", ".npz")) if args.output else None
+    inputs = input_paths(args)
+    output = check_output_path(args.output, (".json", ".npz"), inputs=inputs) if args.output is not None else None
     if args.budget is not None:
         total = tokens_from_fraction(args.budget, curves.capacity)
     elif args.tokens is not None:
         total = args.tokens
     else:
-        total = int(math.floor(args.avg_tokens * curves.n_heads + 1e-9))
+        exact = args.avg_tokens * curves.n_heads
+        if exact >= MAX_TOKENS:
+            raise UsageError(
+                f"--avg-tokens {args.avg_tokens:g} is too large: times {curves.n_heads} heads it asks "
+                "for more than 2**62 tokens"
+            )
+        total = int(math.floor(exact + 1e-9))
     with c_stdout_to_stderr():
         result = allocate(
             curves, total, method=args.method, min_budget=args.min_budget, max_budget=args.max_budget
@@ -135,9 +185,9 @@ def _cmd_solve(args):
     payload["kept_fraction"] = result.used / curves.capacity if curves.capacity else 0.0
     if output is not None and output.suffix.lower() == ".npz":
         scalars = {k: np.array(v) for k, v in payload.items() if k not in ("budgets", "head_shape")}
-        write_atomic(output, lambda f: np.savez(f, budgets=result.budgets, **scalars))
+        write_atomic(output, lambda f: np.savez(f, budgets=result.budgets, **scalars), inputs=inputs)
     elif output is not None:
-        write_json(output, payload)
+        write_json(output, payload, inputs)
     elif args.format == "table":
         title = (
             f"method={result.method} used={result.used}/{result.total_budget} tokens "
@@ -146,7 +196,7 @@ def _cmd_solve(args):
         )
         sys.stdout.write(format_table(result.budgets, title))
     else:
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(dumps(payload) + "\n")
     return 0
 
 
@@ -173,7 +223,7 @@ def _cmd_inspect(args):
         "meta": curves.meta,
     }
     if args.format == "json":
-        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.write(dumps(info) + "\n")
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
@@ -186,14 +236,9 @@ def load_npy(path, what):
     """A ``.npy`` array from ``path`` (memory-mapped, never unpickled), errors naming the file."""
     path = check_input_file(path, ".npy file", what)
     try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: not a readable .npy array ({what}; {exc})") from exc
-    if not isinstance(data, np.ndarray):
-        if hasattr(data, "close"):
-            data.close()
-        raise CurvesFileError(f"{path}: is an .npz archive; {what} must be a single .npy array")
-    return data
+        return read_npy(path, mmap=True)
+    except CurvesFileError as exc:
+        raise CurvesFileError(f"{exc} ({what})") from None
 
 
 def load_pairs(args):
@@ -219,16 +264,27 @@ def load_pairs(args):
     return oracles, scores
 
 
-def name_files(exc, args):
-    """Re-raise ``exc`` with argument names like ```oracles[3]``` replaced by the file names."""
-    import re
+def check_pairs(args, oracles, scores, *, three_axes=False):
+    """Check every (oracle, scores) pair with the library's rules, naming the files, and
+    that all oracle files share one shape (of three axes if ``three_axes``), before any work."""
+    from .profile import check_profile_arrays
 
-    message = str(exc)
-    message = re.sub(r"`oracles?\[(\d+)\]`", lambda m: f"--oracle {args.oracle[int(m.group(1))]}", message)
-    message = re.sub(r"`scores\[(\d+)\]`", lambda m: f"--scores {args.scores[int(m.group(1))]}", message)
-    message = message.replace("`oracle`", f"--oracle {args.oracle[0]}" if len(args.oracle) == 1 else "--oracle")
-    message = message.replace("`scores`", f"--scores {args.scores[0]}" if len(args.scores) == 1 else "--scores")
-    return type(exc)(message)
+    for i, oracle in enumerate(oracles):
+        score = scores[i] if isinstance(scores, list) else scores
+        scores_file = args.scores[i if len(args.scores) > 1 else 0]
+        check_profile_arrays(oracle, score, args.sink, args.window,
+                             oracle_name=f"--oracle {args.oracle[i]}", scores_name=f"--scores {scores_file}",
+                             quoted=False)
+        if three_axes and oracle.ndim != 3:
+            raise InvalidInputError(
+                f"--oracle {args.oracle[i]} must have shape (L, H, T) (layers, KV heads, tokens); "
+                f"got {tuple(oracle.shape)}"
+            )
+        if oracle.shape != oracles[0].shape:
+            raise InvalidInputError(
+                f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
+                f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
+            )
 
 
 class Progress:
@@ -265,41 +321,19 @@ class Progress:
 
 def _cmd_curves(args):
     from .curves import Curves, save_curves
-    from .profile import curves_from_scores
+    from .profile import curves_from_pairs
 
-    output = check_output_path(args.output, (".npz",))
+    inputs = input_paths(args)
+    output = check_output_path(args.output, (".npz",), inputs=inputs)
     oracles, scores = load_pairs(args)
-    per_pair = scores if isinstance(scores, list) else [scores] * len(oracles)
-    utilities = []
-    grid = None
-    for i, (oracle, score) in enumerate(zip(oracles, per_pair)):
-        try:
-            curves = curves_from_scores(oracle, score, sink=args.sink, window=args.window)
-        except (InvalidInputError, InvalidTypeError) as exc:
-            scores_file = args.scores[i if len(args.scores) > 1 else 0]
-            message = str(exc).replace("`oracle`", f"--oracle {args.oracle[i]}")
-            raise type(exc)(message.replace("`scores`", f"--scores {scores_file}")) from None
-        if utilities and curves.utility.shape != utilities[0].shape:
-            raise InvalidInputError(
-                f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
-                f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
-            )
-        utilities.append(curves.utility)
-        grid = curves.grid
-    stack = np.stack(utilities)
-    utility = stack.mean(axis=0) if args.aggregate == "mean_curve" else np.median(stack, axis=0)
-    meta = {
-        "sink": args.sink,
-        "window": args.window,
-        "length": int(oracles[0].shape[-1]),
-        "pairs": len(oracles),
-        "aggregate": args.aggregate,
-        "oracle_files": [os.path.basename(p) for p in args.oracle],
-        "scores_files": [os.path.basename(p) for p in args.scores],
-    }
-    save_curves(output, Curves(utility, grid, meta=meta))
+    check_pairs(args, oracles, scores)
+    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    meta = dict(curves.meta, oracle_files=[os.path.basename(p) for p in args.oracle],
+                scores_files=[os.path.basename(p) for p in args.scores])
+    save_curves(output, Curves(curves.utility, curves.grid, meta=meta))
+    grid = curves.grid
     sys.stderr.write(
-        f"wrote {output}: {len(oracles)} pair(s), head shape {utility.shape[:-1]}, "
+        f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, "
         f"grid {int(grid[0])}..{int(grid[-1])} tokens\n"
     )
     return 0
@@ -317,10 +351,20 @@ def parse_budgets(text):
                 raise argparse.ArgumentTypeError(
                     f"start:stop:step needs finite numbers, step > 0 and stop >= start; got {text!r}"
                 )
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            span = (stop - start) / step
+            if not span < MAX_SWEEP_BUDGETS:  # also catches an overflow to inf
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} asks for more than {MAX_SWEEP_BUDGETS} budgets (the limit per sweep); "
+                    "use a larger step"
+                )
+            count = int(math.floor(span + 1e-9)) + 1
             values = [round(start + i * step, 12) for i in range(count)]
         else:
             values = [float(x) for x in text.split(",") if x.strip()]
+            if len(values) > MAX_SWEEP_BUDGETS:
+                raise argparse.ArgumentTypeError(
+                    f"more than {MAX_SWEEP_BUDGETS} budgets (the limit per sweep); got {len(values)}"
+                )
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected start:stop:step (e.g. 0.05:0.95:0.05) or a comma list (e.g. 0.1,0.2); got {text!r}"
@@ -368,7 +412,9 @@ def _cmd_sweep(args):
     from .api import sweep
 
     curves = load_source(args)
-    plot = check_output_path_named(args.plot, (".png", ".pdf", ".svg"), "--plot") if args.plot else None
+    plot = None
+    if args.plot is not None:
+        plot = check_output_path(args.plot, (".png", ".pdf", ".svg"), option="--plot", inputs=input_paths(args))
     totals = [tokens_from_fraction(b, curves.capacity) for b in args.budgets]
     with c_stdout_to_stderr():
         result = sweep(curves, totals, min_budget=args.min_budget, max_budget=args.max_budget)
@@ -384,8 +430,12 @@ def _cmd_sweep(args):
         }
         for i, b in enumerate(args.budgets)
     ]
+    if plot is not None:  # first, so a plot that cannot be written stops the command before any output
+        name = args.curves or "example"
+        plot_frontier(plot, args.budgets, result, f"Utility frontier: {os.path.basename(name)}")
+        sys.stderr.write(f"wrote {plot}\n")
     if args.format == "json":
-        sys.stdout.write(json.dumps({"capacity": curves.capacity, "rows": rows}) + "\n")
+        sys.stdout.write(dumps({"capacity": curves.capacity, "rows": rows}) + "\n")
     else:
         out = io.StringIO()
         out.write(f"capacity={curves.capacity} tokens, heads={curves.n_heads}\n")
@@ -396,26 +446,15 @@ def _cmd_sweep(args):
                 f"{r['upper_bound']:>12.6g} {r['gap']:>10.3g} {r['threshold']:>11.4g}\n"
             )
         sys.stdout.write(out.getvalue())
-    if plot is not None:
-        name = args.curves or "example"
-        plot_frontier(plot, args.budgets, result, f"Utility frontier: {os.path.basename(name)}")
-        sys.stderr.write(f"wrote {plot}\n")
     return 0
-
-
-def check_output_path_named(path, suffixes, option):
-    """:func:`check_output_path` for an option other than -o/--output."""
-    try:
-        return check_output_path(path, suffixes)
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("-o/--output", option)) from None
 
 
 def _cmd_lukv_table(args):
     from .lukv import lukv_table, save_lukv_table
 
-    output = check_output_path(args.output, (".npy",))
+    output = check_output_path(args.output, (".npy",), inputs=input_paths(args))
     oracles, scores = load_pairs(args)
+    check_pairs(args, oracles, scores, three_axes=True)
     progress = Progress(len(oracles), not args.no_progress, "lukv-table")
     try:
         table = lukv_table(
@@ -429,8 +468,6 @@ def _cmd_lukv_table(args):
             progress=progress,
             workers=args.workers,
         )
-    except (InvalidInputError, InvalidTypeError) as exc:
-        raise name_files(exc, args) from None
     finally:
         progress.close()
     save_lukv_table(output, table)
@@ -438,26 +475,6 @@ def _cmd_lukv_table(args):
         f"wrote {output}: table {table.shape} (rows: compression 1%..99%) from {len(oracles)} pair(s)\n"
     )
     return 0
-
-
-def fraction_below_one(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}")
-    return value
-
-
-def workers_count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or -1 (all cores); got {text!r}") from None
-    if value < 1 and value != -1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or -1 (all cores); got {text!r}")
-    return value
 
 
 def add_pair_arguments(parser):
@@ -633,8 +650,43 @@ def build_parser():
     return parser
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (or SIGHUP) while the CLI
+    runs, so that pending writes remove their temporary files before it exits."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv=None):
-    """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error, 130 after
+    Ctrl-C, 128 + N after signal N such as SIGTERM)."""
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                try:
+                    previous[sig] = signal.signal(sig, _raise_terminated)
+                except ValueError:  # not the main thread: leave signals alone
+                    pass
+        return _run(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("budgetopt: interrupted\n")
+        return 130
+    except Terminated as exc:
+        sys.stderr.write(f"budgetopt: terminated by {signal.Signals(exc.signum).name}\n")
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -647,9 +699,14 @@ def main(argv=None):
     except OSError as exc:
         sys.stderr.write(f"budgetopt {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("budgetopt: interrupted\n")
-        return 130
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except RecursionError:
+        sys.stderr.write(f"budgetopt {args.command}: error: input nested too deeply\n")
+        return 2
+    except MemoryError:
+        sys.stderr.write(f"budgetopt {args.command}: error: out of memory\n")
+        return 2
     except Exception as exc:  # a bug: say so plainly, without a traceback
         sys.stderr.write(
             f"budgetopt {args.command}: internal error: {type(exc).__name__}: {exc} "

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from ._io import as_path, check_input_file, read_npz, write_atomic  # noqa: F401 (re-exported)
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
-__all__ = ["Curves", "as_curves", "load_curves", "save_curves"]
+__all__ = ["Curves", "as_curves", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
+
+#: Token counts and totals are int64 inside; every grid point, floor, cap and total stays
+#: below this (2**62), so sums over heads cannot overflow.
+MAX_TOKENS = 2**62
+#: Largest ``meta`` a curves file may hold, as JSON text (16 MiB).
+MAX_META_BYTES = 2**24
 
 
 def _where(shape, flat_index):
@@ -22,16 +26,59 @@ def _where(shape, flat_index):
     return f"head {head if len(head) != 1 else head[0]}, point {int(idx[-1])}"
 
 
+def refuse_masked(value, name):
+    """:class:`InvalidTypeError` for a NumPy masked array: a mask would be silently dropped."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise InvalidTypeError(
+            f"`{name}` is a masked array; budgetopt does not read masks (fill the masked entries "
+            "with `.filled(value)` or drop them first)"
+        )
+
+
 def _as_real_array(value, name):
+    refuse_masked(value, name)
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
+    if arr.dtype.kind == "O" and too_large_ints(arr):
+        raise InvalidInputError(f"`{name}` holds integers too large for int64 (values must be below 2**62)")
     if arr.dtype.kind not in "iuf":
         raise InvalidTypeError(
             f"`{name}` must hold real numbers (integer or float dtype); got dtype {arr.dtype}"
         )
     return arr
+
+
+def too_large_ints(arr):
+    """Whether the object array ``arr`` holds Python ints only, some beyond int64 (so NumPy
+    could not give it an integer dtype): a number too large, not a wrong type."""
+    values = list(arr.flat)
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values) and any(
+        abs(v) >= 2**63 for v in values
+    )
+
+
+def check_meta(meta, name="meta"):
+    """``meta`` as a dict that round-trips through standard JSON (no NaN or Infinity)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidTypeError(f"`{name}` must be a dict; got {type(meta).__name__}")
+    try:
+        text = json.dumps(meta, allow_nan=False)
+    except RecursionError:
+        raise InvalidInputError(f"`{name}` is nested too deeply to be stored as JSON") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidTypeError(
+            f"`{name}` must be JSON-serialisable (str, int, finite float, bool, None, lists, "
+            f"dicts with str keys); {exc}"
+        ) from None
+    if len(text) > MAX_META_BYTES:
+        raise InvalidInputError(
+            f"`{name}` is {len(text)} bytes as JSON, above the limit of {MAX_META_BYTES} bytes"
+        )
+    return json.loads(text)
 
 
 class Curves:
@@ -52,12 +99,14 @@ class Curves:
         ragged heads by repeating their last point); the best utility at a repeated point
         counts. Default ``arange(K)``.
     meta : dict, optional
-        JSON-serialisable description (model, scorer, sink, window, ...), kept in files.
+        Description (model, scorer, sink, window, ...) kept in files: standard JSON (no
+        NaN or Infinity), at most 16 MiB as text. Stored as its JSON round trip.
 
     Raises
     ------
     InvalidTypeError
-        ``utility`` or ``grid`` is not a real numeric array, or ``meta`` is not a dict.
+        ``utility`` or ``grid`` is not a real numeric array (masked arrays are refused), or
+        ``meta`` is not a JSON-serialisable dict.
     InvalidInputError
         A rule above is broken; the message names the argument and the first place it fails.
 
@@ -124,10 +173,10 @@ class Curves:
                         f"`grid` must hold whole token counts; found {g.flat[first]!r} at "
                         f"{_where(g.shape if g.ndim > 1 else (1,) + g.shape, first)}"
                     )
-                if np.any(np.abs(g) > 2.0**62):
-                    raise InvalidInputError("`grid` values must be below 2**62 tokens")
-            elif g.dtype.kind == "u" and g.size and int(g.max()) > 2**62:
-                raise InvalidInputError("`grid` values must be below 2**62 tokens")
+                if np.any(np.abs(g) >= float(MAX_TOKENS)):
+                    raise InvalidInputError("`grid` values are too large: they must be below 2**62 tokens")
+            elif g.dtype.kind == "u" and g.size and int(g.max()) >= MAX_TOKENS:
+                raise InvalidInputError("`grid` values are too large: they must be below 2**62 tokens")
             g = np.array(g, dtype=np.int64, order="C", copy=True)
             g2 = g.reshape(-1, K)
             neg = g2 < 0
@@ -144,10 +193,7 @@ class Curves:
                 raise InvalidInputError(
                     f"`grid` must be non-decreasing along the last axis; it decreases at {where}"
                 )
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):
-            raise InvalidTypeError(f"`meta` must be a dict; got {type(meta).__name__}")
+        meta = check_meta(meta)
         u.setflags(write=False)
         g.setflags(write=False)
         self._utility = u
@@ -220,7 +266,7 @@ class Curves:
         last = self.grid2d[:, -1]
         if self.shared_grid:
             return int(last[0]) * self.n_heads
-        if int(last.max()) * self.n_heads < 2**62:  # no int64 overflow possible
+        if int(last.max()) * self.n_heads < MAX_TOKENS:  # no int64 overflow possible
             return int(last.sum())
         return sum(int(x) for x in last)
 
@@ -266,14 +312,17 @@ def as_curves(curves):
 
 
 # -- files ---------------------------------------------------------------------------------
-def load_curves(path):
+def load_curves(path, *, max_bytes=None):
     """Read curves from an ``.npz`` file with keys ``utility``, ``grid`` and optional ``meta``.
 
     Parameters
     ----------
     path : str or os.PathLike
         The file. ``grid`` may be absent (then ``arange(K)``); ``meta``, when present, is a
-        JSON object stored as a string. Other keys are ignored.
+        JSON object stored as a string. Other keys are ignored (and not read).
+    max_bytes : int, optional
+        Most bytes one array may take once read. Default: the environment variable
+        ``BUDGETOPT_MAX_ARRAY_BYTES`` if set, else 1 GiB. ``meta`` may hold at most 16 MiB.
 
     Returns
     -------
@@ -281,10 +330,18 @@ def load_curves(path):
 
     Raises
     ------
+    InvalidTypeError
+        ``path`` is not a str or os.PathLike (a file object, None).
     CurvesFileError
-        The file is missing or unreadable, is not an ``.npz`` archive, lacks ``utility``,
-        holds object (pickled) arrays, or its contents break a rule of :class:`Curves`. The
-        message starts with the path. Loading never unpickles.
+        The file is missing, not a regular file, not an ``.npz`` archive, lacks ``utility``,
+        holds object (pickled) arrays, holds an array whose declared size is above the limit
+        (checked before reading, so a zip bomb costs nothing), or its contents break a rule
+        of :class:`Curves`. The message starts with the path. Loading never unpickles.
+
+    Notes
+    -----
+    Memory: each array is read once at its declared size (checked against the limit first),
+    then converted to float64 / int64.
 
     Examples
     --------
@@ -295,59 +352,36 @@ def load_curves(path):
     {'scorer': 'snapkv'}
     """
     path = check_input_file(path, ".npz file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: not a readable .npz archive ({exc})") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CurvesFileError(f"{path}: is a single .npy array, not an .npz archive with key 'utility'")
-    with archive:
-        if "utility" not in archive.files:
-            raise CurvesFileError(
-                f"{path}: missing key 'utility' (found {sorted(archive.files) or 'no keys'})"
-            )
-        arrays = {}
-        for key in ("utility", "grid", "meta"):
-            if key not in archive.files:
-                continue
-            try:
-                arrays[key] = archive[key]
-            except ValueError as exc:
-                raise CurvesFileError(
-                    f"{path}: key '{key}' holds an object array; budgetopt never unpickles"
-                    if "pickle" in str(exc) else f"{path}: key '{key}' is unreadable ({exc})"
-                ) from exc
-            except Exception as exc:
-                raise CurvesFileError(f"{path}: key '{key}' is unreadable ({exc})") from exc
+    arrays = read_npz(path, ("utility", "grid", "meta"), max_bytes=max_bytes,
+                      max_bytes_of={"meta": 4 * MAX_META_BYTES})
+    if "utility" not in arrays:
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            found = sorted(n[:-4] if n.endswith(".npy") else n for n in z.namelist())
+        raise CurvesFileError(f"{path}: missing key 'utility' (found {found or 'no keys'})")
     meta = {}
     if "meta" in arrays:
         m = arrays["meta"]
         if m.dtype.kind not in "US" or m.shape != ():
             raise CurvesFileError(f"{path}: key 'meta' must be a JSON string; got a {m.dtype} array of shape {m.shape}")
         try:
-            meta = json.loads(m.item() if m.dtype.kind == "U" else m.item().decode("utf-8"))
+            text = m.item() if m.dtype.kind == "U" else m.item().decode("utf-8")
+            meta = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise CurvesFileError(f"{path}: key 'meta' is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+            raise CurvesFileError(f"{path}: key 'meta' is not valid standard JSON ({exc})") from None
         if not isinstance(meta, dict):
             raise CurvesFileError(f"{path}: key 'meta' must hold a JSON object; got {type(meta).__name__}")
     try:
         return Curves(arrays["utility"], arrays.get("grid"), meta=meta)
     except (InvalidInputError, InvalidTypeError) as exc:
-        raise CurvesFileError(f"{path}: {exc}") from exc
+        raise CurvesFileError(f"{path}: {exc}") from None
 
 
-def check_input_file(path, what, role=None):
-    """``path`` as a str, or :class:`CurvesFileError` if it is missing or a directory.
-
-    ``what`` names the expected kind of file; ``role``, when given, is appended to the
-    message (for example the command-line option the path came from)."""
-    path = os.fspath(path)
-    note = f" ({role})" if role else ""
-    if not os.path.exists(path):
-        raise CurvesFileError(f"{path}: no such file{note}")
-    if os.path.isdir(path):
-        raise CurvesFileError(f"{path}: is a directory, not a {what}{note}")
-    return path
+def _no_constant(name):
+    raise ValueError(f"{name} is not standard JSON")
 
 
 def save_curves(path, curves):
@@ -359,43 +393,16 @@ def save_curves(path, curves):
     Parameters
     ----------
     path : str or os.PathLike
+        Destination: a new or existing regular file (a symbolic link is written through; an
+        existing file keeps its permission bits). Directories, devices and FIFOs are refused.
     curves : Curves or array_like
+
+    Raises
+    ------
+    CurvesFileError
+        The destination is refused (see above) or cannot be written; the message names it.
     """
     curves = as_curves(curves)
-    path = Path(path)
-    meta = json.dumps(curves.meta)
+    path = as_path(path)
+    meta = json.dumps(curves.meta, allow_nan=False)
     write_atomic(path, lambda f: np.savez(f, utility=curves.utility, grid=curves.grid, meta=np.array(meta)))
-
-
-def write_atomic(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise CurvesFileError(f"{path}: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask():
-    """The process's umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -7,15 +7,13 @@ grid values (the best utility at a repeated value) as costs above the head's flo
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
 from functools import reduce
 
 import numpy as np
 
+from ._io import c_stdout_to_stderr  # noqa: F401 (kept importable from here)
 from .errors import MissingDependencyError, ProblemTooLargeError, SolverError
 from .greedy import lp_multiplier
 from .result import Allocation
@@ -71,29 +69,6 @@ def _result(problem, total, idx, method, seconds, upper_bound, stats):
         budgets, utility, total_budget=total, upper_bound=upper_bound, threshold=lam, method=method,
         seconds=seconds, stats=dict(stats, lp_bound=float(lp)),
     )
-
-
-@contextlib.contextmanager
-def c_stdout_to_stderr():
-    """Send C-level stdout to stderr meanwhile: HiGHS prints a banner to stdout whenever a
-    ``highspy.Highs`` object is made (cvxpy makes two), which would corrupt a caller's
-    stdout (for example the CLI's JSON)."""
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):  # no usable fd 1: nothing to protect
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        try:
-            sys.stdout.flush()
-        except ValueError:
-            pass
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _model(problem, total):

@@ -111,7 +111,7 @@ class _Greedy:
         if stats is not None:
             stats = {
                 "lp_bound": float(lp),
-                "blocked_head": None if blocked < 0 else self.problem.head_label(int(blocked)),
+                "blocked_head": None if blocked < 0 else self.problem.head_index(int(blocked)),
                 "left_after_lp": int(left_lp),
                 **stats,
             }

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .api import sweep
-from .curves import Curves, check_input_file, write_atomic
+from ._io import check_input_file, read_npy, write_atomic
+from .curves import Curves, refuse_masked
 from .rounding import tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from .profile import check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
+from .profile import as_pairs, check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
 __all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
 
@@ -37,30 +38,6 @@ AGGREGATES = ("mean_ratio", "mean_curve")
 def compression_ratios():
     """The 99 global compression ratios of a table row, ``(i + 1) / 100``, as float64."""
     return np.array([(i + 1) / 100.0 for i in range(LUKV_ROWS)])
-
-
-def _as_pairs(oracles, scores):
-    """``oracles`` as a list and ``scores`` as a list of the same length (shared -> repeated)."""
-    if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
-        raise InvalidInputError(
-            "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one "
-            "3-D array (wrap a single pair in a list)"
-        )
-    if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
-        raise InvalidTypeError(
-            f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}"
-        )
-    oracles = list(oracles)
-    if not oracles:
-        raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
-    if isinstance(scores, (list, tuple)):
-        if len(scores) != len(oracles):
-            raise InvalidInputError(
-                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
-                f"got {len(scores)}"
-            )
-        return oracles, list(scores), True
-    return oracles, [scores] * len(oracles), False
 
 
 def _check_fraction(value):
@@ -204,7 +181,7 @@ def lukv_table(
     sink = check_count(sink, "sink")
     window = check_count(window, "window")
     workers = _check_workers(workers)
-    oracles, scores, per_pair = _as_pairs(oracles, scores)
+    oracles, scores, per_pair = as_pairs(oracles, scores, "(L, H, T)")
     rankings = _Rankings(sink, window)
 
     def solve_pair(i):
@@ -300,10 +277,11 @@ def _map_in_order(fn, n, workers):
 
 def _check_table(table, name):
     """The table as float64 (99, L, H) in [0, 1], or an InvalidInputError naming ``name``."""
+    refuse_masked(table, name)
     try:
         arr = np.asarray(table)
     except Exception as exc:
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
     if arr.dtype.kind not in "iuf":
         raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
     if arr.ndim != 3 or arr.shape[0] != LUKV_ROWS or 0 in arr.shape:
@@ -351,13 +329,16 @@ def save_lukv_table(path, table):
     write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
-def load_lukv_table(path):
+def load_lukv_table(path, *, max_bytes=None):
     """Read a ``[99, layers, kv_heads]`` prune-ratio table (the LU-KV ``.npy`` format).
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``.npy`` file as published by the LU-KV authors or written by :func:`save_lukv_table`.
+    max_bytes : int, optional
+        Most bytes the array may take once read, checked against its header before reading.
+        Default: the environment variable ``BUDGETOPT_MAX_ARRAY_BYTES`` if set, else 1 GiB.
 
     Returns
     -------
@@ -367,30 +348,17 @@ def load_lukv_table(path):
 
     Raises
     ------
+    InvalidTypeError
+        ``path`` is not a str or os.PathLike.
     CurvesFileError
         The file is missing, is not a ``.npy`` array (an ``.npz`` archive, a pickle), holds an
-        object array (never unpickled), or breaks a rule of the table (shape, finite, values
-        in ``[0, 1]``). The message starts with the path.
+        object array (never unpickled), declares more data than the limit or than it holds,
+        or breaks a rule of the table (shape, finite, values in ``[0, 1]``). The message
+        starts with the path.
     """
     path = check_input_file(path, ".npy file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise CurvesFileError(f"{path}: cannot be read ({exc})") from exc
-    if magic[:4] == b"PK\x03\x04":
-        raise CurvesFileError(f"{path}: is an .npz archive; an LU-KV table is a single .npy array")
-    if magic != b"\x93NUMPY":
-        raise CurvesFileError(f"{path}: not a .npy file (no NumPy header)")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise CurvesFileError(f"{path}: holds an object (pickled) array; budgetopt never unpickles") from exc
-        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: not a readable .npy file ({exc})") from exc
+    data = read_npy(path, max_bytes=max_bytes)
     try:
         return _check_table(data, "table")
     except (InvalidInputError, InvalidTypeError) as exc:
-        raise CurvesFileError(f"{path}: {exc}") from exc
+        raise CurvesFileError(f"{path}: {exc}") from None

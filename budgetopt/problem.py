@@ -12,13 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .curves import Curves, as_curves
+from .curves import MAX_TOKENS, Curves, as_curves, refuse_masked, too_large_ints
 from .errors import InfeasibleError, InvalidInputError, InvalidTypeError
 
 __all__ = ["Problem", "build_problem", "check_total", "MAX_TOKENS"]
-
-#: Token totals are int64 inside; every total the solvers handle stays below this.
-MAX_TOKENS = 2**62
 
 
 @dataclass(frozen=True)
@@ -63,6 +60,10 @@ class Problem:
     def head_label(self, h):
         return _label(self.curves, h)
 
+    def head_index(self, h):
+        """Flat head ``h`` as a tuple index into the head shape, e.g. ``(3, 1)``."""
+        return tuple(int(i) for i in np.unravel_index(h, self.curves.head_shape))
+
     def pick(self, idx):
         """Budgets (head shape) and total utility of grid indices ``idx`` (one per head)."""
         heads = np.arange(self.n_heads)
@@ -74,7 +75,16 @@ def _bound(value, name, head_shape):
     """A floor or cap as int64 ``(H,)``, or None."""
     if value is None:
         return None
-    arr = np.asarray(value)
+    refuse_masked(value, name)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise InvalidTypeError(
+            f"`{name}` must be a whole number of tokens or an array of them in the head shape "
+            f"{tuple(head_shape)}; could not convert it ({exc})"
+        ) from None
+    if arr.dtype.kind == "O" and too_large_ints(arr):
+        raise InvalidInputError(f"`{name}` values are too large: they must be below 2**62 tokens")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
         raise InvalidTypeError(f"`{name}` must be a whole number of tokens or an array of them; got dtype {arr.dtype}")
     if arr.dtype.kind == "f":
@@ -88,8 +98,8 @@ def _bound(value, name, head_shape):
         raise InvalidInputError(
             f"`{name}` must be a scalar or have the head shape {tuple(head_shape)}; got shape {arr.shape}"
         )
-    if np.any(arr > 2.0**62):
-        raise InvalidInputError(f"`{name}` values must be below 2**62 tokens")
+    if arr.size and (int(arr.max()) if arr.dtype.kind in "iu" else float(arr.max())) >= MAX_TOKENS:
+        raise InvalidInputError(f"`{name}` values are too large: they must be below 2**62 tokens")
     return np.broadcast_to(arr.astype(np.int64), tuple(head_shape)).reshape(-1)
 
 
@@ -107,7 +117,7 @@ def build_problem(curves, min_budget=None, max_budget=None):
     if curves.capacity >= MAX_TOKENS:
         raise InvalidInputError(
             f"`curves` hold {curves.capacity} tokens in all (the sum of each head's largest grid "
-            f"point); the solvers handle totals below 2**62"
+            "point); the solvers handle totals below 2**62"
         )
     utility = curves.utility2d
     grid = curves.grid2d
@@ -159,7 +169,11 @@ def _searchsorted_rows(grid, values, side):
 
 
 def check_total(total_budget, name="total_budget"):
-    """A total budget as a Python int >= 0 (whole tokens)."""
+    """A total budget as a Python int in ``[0, 2**62)`` (whole tokens)."""
+    if isinstance(total_budget, (np.ma.MaskedArray, np.ma.core.MaskedConstant)):
+        raise InvalidTypeError(f"`{name}` must be a whole number of tokens; got a masked array or value")
+    if isinstance(total_budget, np.ndarray) and total_budget.ndim == 0:
+        total_budget = total_budget.item()
     if isinstance(total_budget, (bool, np.bool_)):
         raise InvalidTypeError(f"`{name}` must be a whole number of tokens; got a bool")
     if isinstance(total_budget, numbers.Integral):
@@ -178,6 +192,8 @@ def check_total(total_budget, name="total_budget"):
         raise InvalidTypeError(f"`{name}` must be a whole number of tokens; got {type(total_budget).__name__}")
     if total < 0:
         raise InvalidInputError(f"`{name}` must be >= 0; got {total}")
+    if total >= MAX_TOKENS:
+        raise InvalidInputError(f"`{name}` is too large: totals must be below 2**62 tokens; got {total}")
     return total
 
 

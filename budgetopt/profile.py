@@ -11,14 +11,18 @@ its utility is the oracle mass of those tokens.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
 from . import _kernels
-from .curves import Curves
+from .curves import Curves, refuse_masked
 from .errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["curves_from_scores"]
+__all__ = ["curves_from_scores", "curves_from_pairs", "CURVE_AGGREGATES"]
+
+#: How :func:`curves_from_pairs` combines the curves of several calibration pairs.
+CURVE_AGGREGATES = ("mean_curve", "median_curve")
 
 
 def check_count(value, name):
@@ -31,58 +35,66 @@ def check_count(value, name):
     return value
 
 
-def _real_array(value, name):
-    """``value`` as a float64 array with at least one head axis, or a named error."""
+def _real_array(value, ref):
+    """``value`` as a real array with at least one head axis, or an error that names it as
+    ``ref`` (an argument name in backticks, or a file the user gave)."""
+    if isinstance(value, np.ma.MaskedArray):
+        refuse_masked(value, ref.strip("`"))
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged nested lists
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+        raise InvalidTypeError(f"{ref} must be a numeric array; could not convert it ({exc})") from None
     if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"`{name}` must hold real numbers (integer or float dtype); got dtype {arr.dtype}")
+        raise InvalidTypeError(f"{ref} must hold real numbers (integer or float dtype); got dtype {arr.dtype}")
     if arr.ndim < 2:
         raise InvalidInputError(
-            f"`{name}` must have shape (*head_shape, T) with at least one head axis; got shape "
-            f"{arr.shape} (for a single head pass {name}[None])"
+            f"{ref} must have shape (*head_shape, T) with at least one head axis; got shape "
+            f"{arr.shape} (for a single head add a leading axis of length 1)"
         )
     if 0 in arr.shape[:-1]:
-        raise InvalidInputError(f"`{name}` must hold at least one head; got shape {arr.shape}")
+        raise InvalidInputError(f"{ref} must hold at least one head; got shape {arr.shape}")
     return arr
 
 
-def _check_finite(arr, name):
+def _check_finite(arr, ref):
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), arr.shape)
         head = tuple(int(i) for i in idx[:-1])
         kind = "NaN" if np.isnan(arr[idx]) else "inf"
-        raise InvalidInputError(f"`{name}` must be finite; found {kind} at head {head}, token {int(idx[-1])}")
+        raise InvalidInputError(f"{ref} must be finite; found {kind} at head {head}, token {int(idx[-1])}")
 
 
-def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", scores_name="scores"):
+def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", scores_name="scores",
+                         quoted=True):
     """Validate one (oracle, scores) pair; return them as arrays plus ``sink`` and ``window``.
 
-    Internal front door shared by :func:`curves_from_scores` and :func:`budgetopt.lukv_table`.
-    ``oracle`` is returned as float64; ``scores`` keeps a real dtype (it is only ranked).
+    Internal front door shared by :func:`curves_from_scores`, :func:`curves_from_pairs`,
+    :func:`budgetopt.lukv_table` and the command line. ``oracle`` is returned as float64;
+    ``scores`` keeps a real dtype (it is only ranked). Messages name the arrays
+    ```oracle_name``` (in backticks, as arguments), or ``oracle_name`` as given when
+    ``quoted`` is False (for example ``--oracle run1.npy``).
     """
+    o_ref = f"`{oracle_name}`" if quoted else oracle_name
+    s_ref = f"`{scores_name}`" if quoted else scores_name
     sink = check_count(sink, "sink")
     window = check_count(window, "window")
-    oracle = _real_array(oracle, oracle_name)
-    scores = _real_array(scores, scores_name)
+    oracle = _real_array(oracle, o_ref)
+    scores = _real_array(scores, s_ref)
     if oracle.shape != scores.shape:
         raise InvalidInputError(
-            f"`{scores_name}` must have the same shape as `{oracle_name}`; got {scores.shape} "
-            f"and {oracle.shape}"
+            f"{s_ref} must have the same shape as {o_ref}; got {scores.shape} and {oracle.shape}"
         )
     length = oracle.shape[-1]
     if length <= sink + window:
         raise InvalidInputError(
-            f"`{oracle_name}` must have more tokens than sink + window = {sink + window} "
+            f"{o_ref} must have more tokens than sink + window = {sink + window} "
             f"(sink={sink}, window={window}); got T = {length}"
         )
     oracle = np.asarray(oracle, dtype=np.float64)
-    _check_finite(oracle, oracle_name)
+    _check_finite(oracle, o_ref)
     if scores.dtype.kind == "f":
-        _check_finite(scores, scores_name)
+        _check_finite(scores, s_ref)
     return oracle, scores, sink, window
 
 
@@ -244,3 +256,102 @@ def sums_bounded(oracle):
     """Whether ``sum(|oracle|)`` is finite, so no sum of utilities built from it overflows."""
     with np.errstate(over="ignore"):
         return bool(np.isfinite(np.abs(oracle).sum()))
+
+
+def as_pairs(oracles, scores, layout):
+    """``(oracles, scores, separate)``: the oracles as a list, the scores as a list of the same
+    length (one shared array repeated), and whether the scores were given one per pair.
+    ``layout`` describes one array's axes in messages, e.g. ``"(L, H, T)"``."""
+    if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
+        raise InvalidInputError(
+            f"`oracles` must be a sequence of {layout} arrays, one per calibration pair; got one "
+            "3-D array (wrap a single pair in a list)"
+        )
+    if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
+        raise InvalidTypeError(f"`oracles` must be a sequence of {layout} arrays; got {type(oracles).__name__}")
+    oracles = list(oracles)
+    if not oracles:
+        raise InvalidInputError(f"`oracles` must hold at least one {layout} array")
+    if isinstance(scores, (list, tuple)):
+        if len(scores) != len(oracles):
+            raise InvalidInputError(
+                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
+                f"got {len(scores)}"
+            )
+        return oracles, list(scores), True
+    return oracles, [scores] * len(oracles), False
+
+
+def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curve"):
+    """One set of curves from several calibration pairs: each pair's
+    :func:`curves_from_scores`, combined point by point.
+
+    Parameters
+    ----------
+    oracles : sequence of array_like, each of shape ``(*head_shape, T)``
+        One oracle array per calibration pair, all of one shape.
+    scores : array_like, or list/tuple of array_like
+        The scorer's values: one array shared by every pair, or one per pair.
+    sink, window : int, optional
+        As in :func:`curves_from_scores`.
+    aggregate : {"mean_curve", "median_curve"}, optional
+        ``"mean_curve"`` (default): the mean utility at every grid point (the expected
+        retained mass); ``"median_curve"``: the median at every point.
+
+    Returns
+    -------
+    Curves
+        Grid ``arange(sink + window, T + 1)``; ``meta`` holds ``sink``, ``window``,
+        ``length``, ``pairs`` and ``aggregate``.
+
+    Raises
+    ------
+    InvalidInputError, InvalidTypeError
+        A pair breaks a rule of :func:`curves_from_scores` (the message names ``oracles[i]``
+        or ``scores[i]``), pairs differ in shape, or ``aggregate`` is unknown.
+
+    Notes
+    -----
+    O(pairs * n T log T); memory: the curves of every pair at once (``pairs * n * T``
+    float64) for the median, one running sum for the mean.
+
+    Examples
+    --------
+    Three pairs of one head and two tokens, one shared ranking (token 0 first):
+
+    >>> import numpy as np
+    >>> oracles = [[[0.5, 0.5]], [[1.0, 0.0]], [[0.0, 1.0]]]
+    >>> c = curves_from_pairs(oracles, np.array([[2.0, 1.0]]), aggregate="median_curve")
+    >>> c.utility.tolist(), c.meta["pairs"]
+    ([[0.0, 0.5, 1.0]], 3)
+    """
+    if aggregate not in CURVE_AGGREGATES:
+        raise InvalidInputError(
+            f"`aggregate` must be one of {', '.join(map(repr, CURVE_AGGREGATES))}; got {aggregate!r}"
+        )
+    oracles, per_pair, separate = as_pairs(oracles, scores, "(*head_shape, T)")
+    total = None
+    parts = []
+    grid = shape = None
+    for i, (oracle, score) in enumerate(zip(oracles, per_pair)):
+        oracle, score, sink, window = check_profile_arrays(
+            oracle, score, sink, window, oracle_name=f"oracles[{i}]",
+            scores_name=f"scores[{i}]" if separate else "scores",
+        )
+        if shape is not None and oracle.shape != shape:
+            raise InvalidInputError(f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {oracle.shape}")
+        shape = oracle.shape
+        curves = curves_from_scores(oracle, score, sink=sink, window=window)
+        grid = curves.grid
+        if aggregate == "median_curve":
+            parts.append(curves.utility)
+        else:
+            total = curves.utility.copy() if total is None else total + curves.utility  # pair order
+    if aggregate == "median_curve":
+        utility = np.median(np.stack(parts), axis=0)
+    else:
+        utility = total / len(oracles)
+    meta = {"sink": sink, "window": window, "length": int(shape[-1]), "pairs": len(oracles),
+            "aggregate": aggregate}
+    return Curves(utility, grid, meta=meta)
+

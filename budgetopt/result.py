@@ -42,11 +42,28 @@ class Allocation:
     seconds : float
         Wall-clock time of the solve, front-door validation excluded.
     stats : dict
-        Method-specific extras. Greedy: ``lp_bound``, ``blocked_head`` (the head whose hull
-        segment did not fit), ``left_after_lp`` (tokens the LP part left to the repair),
+        Method-specific extras. Greedy: ``lp_bound``, ``blocked_head`` (the index tuple in
+        the head shape, e.g. ``(3, 1)``, of the head whose hull segment did not fit; None
+        when every segment fit), ``left_after_lp`` (tokens the LP part left to the repair),
         ``hull_segments`` (segments in the hulls searched) and ``hull_points_fraction``
         (share of the usable grid points whose hulls were built: below 1 when only the
         range around the threshold was needed). Exact methods: solver status and sizes.
+
+    Notes
+    -----
+    Allocations behave like values: ``a == b`` compares the solution (``budgets``, ``used``,
+    ``total_budget``, ``utility``, ``upper_bound``, ``gap``, ``threshold`` and ``method``),
+    never the timing ``seconds`` nor the diagnostic ``stats``, so the same problem solved
+    twice gives equal results. They are hashable, consistently with ``==`` (the object and
+    its arrays are read-only), so they can be dict keys or set members.
+
+    Examples
+    --------
+    >>> import budgetopt
+    >>> a = budgetopt.allocate([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], 2)
+    >>> b = budgetopt.allocate([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], 2)
+    >>> a == b, hash(a) == hash(b), a.seconds is b.seconds
+    (True, True, False)
     """
 
     budgets: np.ndarray
@@ -64,6 +81,18 @@ class Allocation:
         budgets = np.array(self.budgets, dtype=np.int64, copy=True)
         budgets.setflags(write=False)
         object.__setattr__(self, "budgets", budgets)
+
+    def _key(self):
+        return (self.budgets.shape, self.budgets.tobytes(), self.used, self.total_budget, self.utility,
+                self.upper_bound, self.gap, self.threshold, self.method)
+
+    def __eq__(self, other):
+        if not isinstance(other, Allocation):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
 
     @classmethod
     def from_solution(cls, budgets, utility, *, total_budget, upper_bound, threshold, method, seconds, stats):
@@ -120,6 +149,12 @@ class Sweep:
     utility, upper_bound, gap, threshold : ndarray float64 (n,)
     seconds : float
         Wall-clock time of the whole sweep.
+
+    Notes
+    -----
+    Like :class:`Allocation`, a value: ``==`` compares every array (``totals``, ``budgets``,
+    ``used``, ``utility``, ``upper_bound``, ``gap``, ``threshold``), never ``seconds``, and
+    the hash agrees with ``==``.
     """
 
     totals: np.ndarray
@@ -136,6 +171,17 @@ class Sweep:
             arr = np.array(getattr(self, name), copy=True)
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
+
+    _ARRAYS = ("totals", "budgets", "used", "utility", "upper_bound", "gap", "threshold")
+
+    def __eq__(self, other):
+        if not isinstance(other, Sweep):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in self._ARRAYS)
+
+    def __hash__(self):  # from the integer arrays only, so equal sweeps hash alike
+        return hash((self.budgets.shape, self.totals.astype(np.int64).tobytes(),
+                     self.budgets.astype(np.int64).tobytes()))
 
     def __len__(self):
         return len(self.totals)

@@ -9,18 +9,21 @@ door, through one of the functions below:
   compression ``c`` evicts, ``round(c * N)``, kept bit for bit so tables match.
 * :func:`keep_counts_from_prune_ratios` turns per-head prune ratios (an LU-KV table row for
   one layer) into integer keep counts whose sum is exact, by largest remainder: the rule
-  kvpress's ``LUKVPress`` applies at run time.
+  kvpress's ``LUKVPress`` applies at run time, by default in its own float32 arithmetic and
+  tie order (see :mod:`budgetopt._kvpress_arith`).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .curves import MAX_TOKENS, refuse_masked
+from .errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios"]
+__all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "RULES"]
 
 # Fractions typed by people (0.2, 0.3) are not exact in binary: 0.3 * 10 is
 # 2.9999999999999996. Values within this relative distance of an integer count as it.
@@ -52,17 +55,36 @@ def tokens_from_fraction(fraction, capacity):
     >>> tokens_from_fraction(0.3, 10)
     3
     """
-    fraction = float(fraction)
+    fraction = _real(fraction, "fraction")
     if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
         raise InvalidInputError(f"`fraction` must be a number in [0, 1]; got {fraction!r}")
-    capacity = int(capacity)
-    if capacity < 0:
-        raise InvalidInputError(f"`capacity` must be >= 0; got {capacity}")
+    capacity = _whole(capacity, "capacity", 0)
     exact = fraction * capacity
     nearest = round(exact)
     if abs(exact - nearest) <= _REL_EPS * max(1.0, abs(exact)):
         return int(min(nearest, capacity))
     return int(min(math.floor(exact), capacity))
+
+
+def _real(value, name):
+    """``value`` as a float: a real number, not a string, bool or array."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"`{name}` must be a real number; got {type(value).__name__}")
+    return float(value)
+
+
+def _whole(value, name, minimum):
+    """``value`` as a Python int >= ``minimum``: an integer, or a float with no fractional part."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"`{name}` must be a whole number; got {type(value).__name__}")
+    if not isinstance(value, numbers.Integral):
+        v = float(value)
+        if not math.isfinite(v) or v != math.floor(v):
+            raise InvalidInputError(f"`{name}` must be a whole number of tokens; got {v!r}")
+    value = int(value)
+    if value < minimum:
+        raise InvalidInputError(f"`{name}` must be >= {minimum}; got {value}")
+    return value
 
 
 def tokens_evicted(ratio, tokens):
@@ -80,14 +102,18 @@ def tokens_evicted(ratio, tokens):
     return int(round(ratio * tokens))
 
 
-def keep_counts_from_prune_ratios(prune_ratios, length):
+#: Rounding rules of :func:`keep_counts_from_prune_ratios`.
+RULES = ("kvpress", "float64")
+
+
+def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress"):
     """Integer keep counts for heads of ``length`` tokens pruned at ``prune_ratios``.
 
     The largest-remainder rule of kvpress's ``LUKVPress``: the ideal keep count of a head is
-    ``(1 - ratio) * length``; the total is ``round(sum of ideals)`` (clamped to
+    ``(1 - ratio) * length``; the total is ``round(sum of ideals)`` (half to even, clamped to
     ``[heads, heads * length]``); each head gets the floor of its ideal and the leftover
-    tokens go one each to the heads with the largest fractional parts (ties: lower head
-    index first); finally each count is clamped to ``[1, length]``.
+    tokens go one each to the heads with the largest fractional parts; finally each count
+    is clamped to ``[1, length]``.
 
     Parameters
     ----------
@@ -96,6 +122,13 @@ def keep_counts_from_prune_ratios(prune_ratios, length):
         that share one exact total (the KV heads of one layer).
     length : int
         Tokens per head before eviction (``T``), ``>= 1``.
+    rule : {"kvpress", "float64"}, optional
+        ``"kvpress"`` (default): ``LUKVPress``'s own arithmetic, bit for bit: the ratios
+        read as float32, the ideals, their sum and the fractional parts in float32 (the sum
+        in torch's CPU order), and ties among equal fractional parts broken the way
+        ``torch.topk`` breaks them on a CPU. The counts are then exactly the ones
+        ``LUKVPress`` applies on a CPU. ``"float64"``: the same rule in float64, ties to the
+        lower head index (independent of any library's internals).
 
     Returns
     -------
@@ -103,9 +136,22 @@ def keep_counts_from_prune_ratios(prune_ratios, length):
         Tokens each head keeps. Unless the final clamp to ``[1, length]`` binds, the sum over
         the last axis is exactly the rounded ideal total.
 
+    Raises
+    ------
+    InvalidTypeError
+        ``prune_ratios`` is not a real array (strings, ragged lists, masked arrays), or
+        ``length`` is not a number.
+    InvalidInputError
+        A ratio outside ``[0, 1]`` or not finite, no heads, ``length`` below 1 or not whole,
+        or an unknown ``rule``.
+
     Notes
     -----
-    O(n log n) for n heads per row (one stable sort of the fractional parts).
+    ``"float64"``: O(n log n) for n heads per row (one stable sort). ``"kvpress"``: O(n) per
+    row for the sum and O(n log n) for the selection, in Python loops over rows that have
+    leftover tokens (fine for tables; these are not per-token paths). kvpress on a GPU sums
+    and breaks ties in its own order: layer totals agree, single heads may differ by one
+    token where fractional parts tie or a float32 sum lands within rounding of a half.
 
     Examples
     --------
@@ -114,17 +160,44 @@ def keep_counts_from_prune_ratios(prune_ratios, length):
     >>> keep_counts_from_prune_ratios([[0.55, 0.55], [0.0, 1.0]], 10)
     array([[ 5,  4],
            [10,  1]])
+
+    Four tied heads share two leftover tokens: ``torch.topk`` (hence ``LUKVPress``) picks the
+    last two, the float64 rule the first two:
+
+    >>> keep_counts_from_prune_ratios([0.25, 0.25, 0.25, 0.25], 10)
+    array([7, 7, 8, 8])
+    >>> keep_counts_from_prune_ratios([0.25, 0.25, 0.25, 0.25], 10, rule="float64")
+    array([8, 8, 7, 7])
     """
-    ratios = np.asarray(prune_ratios, dtype=np.float64)
+    return _keep_counts(prune_ratios, length, rule)
+
+
+def _keep_counts(prune_ratios, length, rule, lanes=None):
+    """:func:`keep_counts_from_prune_ratios`; ``lanes`` sets the float32 vector width of the
+    torch CPU sum that ``rule="kvpress"`` reproduces (None: 8, AVX2)."""
+    if rule not in RULES:
+        raise InvalidInputError(f"`rule` must be one of {', '.join(map(repr, RULES))}; got {rule!r}")
+    refuse_masked(prune_ratios, "prune_ratios")
+    try:
+        raw = np.asarray(prune_ratios)
+    except (ValueError, TypeError) as exc:
+        raise InvalidTypeError(f"`prune_ratios` must be a numeric array; could not convert it ({exc})") from None
+    if raw.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"`prune_ratios` must hold real numbers; got dtype {raw.dtype}")
+    ratios = raw.astype(np.float64)
     if ratios.ndim == 0:
         raise InvalidInputError("`prune_ratios` must have at least one axis (the heads)")
     if ratios.shape[-1] == 0:
         raise InvalidInputError("`prune_ratios` must hold at least one head")
     if not np.all(np.isfinite(ratios)) or np.any(ratios < 0) or np.any(ratios > 1):
         raise InvalidInputError("`prune_ratios` must be finite numbers in [0, 1]")
-    length = int(length)
-    if length < 1:
-        raise InvalidInputError(f"`length` must be >= 1; got {length}")
+    length = _whole(length, "length", 1)
+    if length >= MAX_TOKENS:
+        raise InvalidInputError(f"`length` is too large: it must be below 2**62 tokens; got {length}")
+    if rule == "kvpress":
+        from ._kvpress_arith import DEFAULT_LANES, kvpress_keep_counts
+
+        return kvpress_keep_counts(ratios, length, DEFAULT_LANES if lanes is None else lanes)
     heads = ratios.shape[-1]
     ideal = (1.0 - ratios) * length
     total = np.clip(np.rint(ideal.sum(axis=-1)), heads, heads * length).astype(np.int64)

@@ -165,7 +165,7 @@ def test_lukv_table_equals_the_library(files, capsys, extra, kwargs):
         (lambda f: ["--oracle", f["nan_path"]], r"--oracle .*nan\.npy must be finite; found NaN"),
         (lambda f: ["--oracle", f["oracle_paths"][0], f["short_path"]], r"--scores .*snapkv\.npy must have the same shape as --oracle .*short\.npy"),
         (lambda f: ["--oracle", f["npz_path"]], r"npz archive"),
-        (lambda f: ["--oracle", f["obj_path"]], r"obj\.npy: not a readable \.npy array"),
+        (lambda f: ["--oracle", f["obj_path"]], r"obj\.npy: holds an object \(pickled\) array; budgetopt never unpickles"),
         (lambda f: ["--sink", "40", "--window", "20"], r"more tokens than sink \+ window = 60"),
     ],
 )

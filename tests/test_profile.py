@@ -191,3 +191,25 @@ def test_errors_are_value_and_type_errors():
         curves_from_scores(OK, OK, sink=10)
     with pytest.raises(TypeError):
         curves_from_scores(OK, OK, sink="4")
+
+
+def test_curves_from_pairs_mean_and_median_match_per_pair_curves():
+    from budgetopt.profile import curves_from_pairs
+
+    rng = np.random.default_rng(21)
+    oracles = [rng.random((2, 3, 30)) ** 3 for _ in range(5)]
+    shared = rng.random((2, 3, 30))
+    per_pair = [rng.random((2, 3, 30)) for _ in range(5)]
+    for scores in (shared, per_pair):
+        each = [curves_from_scores(o, shared if scores is shared else per_pair[i], sink=2, window=1).utility
+                for i, o in enumerate(oracles)]
+        mean = curves_from_pairs(oracles, scores, sink=2, window=1)
+        median = curves_from_pairs(oracles, scores, sink=2, window=1, aggregate="median_curve")
+        np.testing.assert_allclose(mean.utility, sum(each) / 5, rtol=1e-12)
+        np.testing.assert_array_equal(median.utility, np.median(each, axis=0))
+        assert mean.meta == {"sink": 2, "window": 1, "length": 30, "pairs": 5, "aggregate": "mean_curve"}
+        np.testing.assert_array_equal(mean.grid, np.arange(3, 31))
+    with pytest.raises(InvalidInputError, match=r"`oracles\[1\]` must have the shape of `oracles\[0\]`"):
+        curves_from_pairs([oracles[0], oracles[1][:, :, :20]], [shared, shared[:, :, :20]])
+    with pytest.raises(InvalidInputError, match="`aggregate` must be one of"):
+        curves_from_pairs(oracles, shared, aggregate="mode")

@@ -56,6 +56,11 @@ def budgets_on_host(budgets, batch, heads):
         shape = tuple(budgets.shape)
         arr = None
     else:
+        if isinstance(budgets, np.ma.MaskedArray):
+            raise InvalidTypeError(
+                "`budgets` is a masked array; budgetopt does not read masks (fill the masked "
+                "entries with `.filled(value)` or drop them first)"
+            )
         try:
             arr = np.asarray(budgets)
         except Exception as exc:  # ragged lists and the like
@@ -76,6 +81,8 @@ def budgets_on_host(budgets, batch, heads):
         )
     if arr is None:
         return None
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        arr = np.minimum(arr, np.iinfo(np.int64).max)  # any budget >= T keeps all: no wrap-around
     return np.broadcast_to(arr.astype(np.int64, copy=False), (batch, heads))
 
 

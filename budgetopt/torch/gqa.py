@@ -62,6 +62,9 @@ def reduce_gqa(scores, num_kv_heads, how="mean"):
         raise InvalidTypeError(f"`num_kv_heads` must be an int; got {type(num_kv_heads).__name__}")
     num_kv_heads = int(num_kv_heads)
     batch, heads, length = scores.shape
+    if heads == 0:
+        raise InvalidInputError("`scores` must hold at least one query head; got shape "
+                                f"{tuple(scores.shape)}")
     if num_kv_heads < 1 or heads % num_kv_heads:
         raise InvalidInputError(
             f"`num_kv_heads` must be a positive divisor of the {heads} query heads of `scores`; "

@@ -11,9 +11,9 @@ from ..errors import InvalidInputError, InvalidTypeError
 from ..lukv import LUKV_ROWS
 from ..lukv import _check_table as _check_lukv_table  # the one home of the table rules
 from ..result import Allocation
-from ..rounding import keep_counts_from_prune_ratios
+from ..rounding import _keep_counts, keep_counts_from_prune_ratios
 
-__all__ = ["layer_budgets", "lukv_row"]
+__all__ = ["layer_budgets", "lukv_row", "cpu_lanes"]
 
 
 def lukv_row(compression_ratio):
@@ -82,9 +82,11 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
 
     Notes
     -----
-    Table rows are converted with :func:`budgetopt.keep_counts_from_prune_ratios`, the
-    largest-remainder rule of kvpress's ``LUKVPress`` (ties in fractional parts go to the
-    lower head index). O(kv_heads log kv_heads).
+    Table rows are converted exactly as kvpress's ``LUKVPress`` converts them on this CPU:
+    :func:`budgetopt.keep_counts_from_prune_ratios` with ``rule="kvpress"`` (float32
+    arithmetic, torch's summation order for this CPU's vector width, ``torch.topk``'s tie
+    order). Budgets scaled by ``head_capacity`` use the same largest-remainder rule in
+    float64 (``rule="float64"``, ties to the lower head index). O(kv_heads log kv_heads).
 
     Examples
     --------
@@ -117,7 +119,7 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
         row = lukv_row(compression_ratio)
         if length == 0:
             return np.zeros(table.shape[-1], dtype=np.int64)
-        return keep_counts_from_prune_ratios(table[row, layer], length)
+        return _keep_counts(table[row, layer], length, "kvpress", lanes=cpu_lanes())
 
     if compression_ratio is not None:
         raise InvalidInputError(
@@ -132,7 +134,24 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
     capacity = _check_capacity(head_capacity, budgets)
     if length == 0:
         return np.zeros(row.shape, dtype=np.int64)
-    return keep_counts_from_prune_ratios(1.0 - row / capacity, length)
+    return keep_counts_from_prune_ratios(1.0 - row / capacity, length, rule="float64")
+
+
+def cpu_lanes():
+    """float32 lanes of torch's CPU vector type here (the order of its float32 sums): 16 with
+    AVX512, ``N / 32`` with SVE-N, 4 on other ARM CPUs (NEON), else 8 (AVX2 and default)."""
+    import platform
+
+    import torch
+
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if capability == "AVX512":
+        return 16
+    if capability.startswith("SVE") and capability[3:].isdigit():
+        return int(capability[3:]) // 32
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return 4
+    return 8
 
 
 def budget_source(source):

@@ -127,14 +127,18 @@ def test_full_budgets_change_nothing(model, ids, mode):
     assert torch.equal(_next_logits(model, ids, cache), _next_logits(model, ids, reference))
 
 
-def _table():
-    # Prune ratios without ties in fractional parts (kvpress breaks such ties with topk).
-    return np.random.default_rng(5).uniform(0.2, 0.7, size=(99, LAYERS, KV_HEADS))
+def _table(ties=False):
+    table = np.random.default_rng(5).uniform(0.2, 0.7, size=(99, LAYERS, KV_HEADS))
+    if ties:  # equal fractional parts, which kvpress breaks with torch.topk's order
+        table = np.round(table, 2)
+        table[:, 0] = 0.2625  # 29.5 of 40 tokens each: one leftover token, two tied heads
+    return table
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["no-ties", "ties"])
 @pytest.mark.parametrize("ratio", [0.3, 0.62])
-def test_lukv_table_matches_kvpress_lukvpress(model, ids, tmp_path, ratio):
-    table = _table()
+def test_lukv_table_matches_kvpress_lukvpress(model, ids, tmp_path, ratio, ties):
+    table = _table(ties)
     lukv = LUKVPress(KnormPress(), compression_ratio=ratio, sink=SINK, window=WINDOW)
     lukv._budget_curves = table  # preloaded, so kvpress downloads nothing
     _, expected = _prefill(model, ids, lukv)
