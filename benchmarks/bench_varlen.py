@@ -89,7 +89,7 @@ def load_model(path, smoke):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if path:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
         return model.eval(), str(path)
     torch.manual_seed(0)
     if smoke:
@@ -223,7 +223,8 @@ def report(res):
             m, d = r["memory"][mode], r["decode"][mode]
             lines.append(f"| {mode} | {m['cache_bytes']:,} | {m['over_sum_budgets']:.4f} | "
                          f"{m['masked_key_indices_bytes']:,} | {d['median_ms']:.2f} | {d['over_full']:.2f} |")
-        lines.append(f"max |logits varlen - mask| over {r['steps']} steps: {r['max_abs_logit_diff_varlen_vs_mask']:.2e}")
+        diff = r["max_abs_logit_diff_varlen_vs_mask"]
+        lines.append(f"max |logits varlen - mask| over {r['steps']} steps: {diff:.2e}")
     return "\n".join(lines)
 
 

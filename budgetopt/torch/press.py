@@ -1,7 +1,8 @@
 """``BudgetPress``: a kvpress press that applies budgetopt budgets per layer and KV head.
 
 Importing this module imports kvpress, which patches transformers' attention functions
-(kvpress's own import-time behaviour, needed for head-wise masking).
+(kvpress's own import-time behaviour, needed for head-wise masking), and registers the
+``"budgetopt_varlen"`` attention of :mod:`budgetopt.torch.varlen_cache` under a new name.
 """
 
 from __future__ import annotations

@@ -159,7 +159,9 @@ class VarlenLayer(CacheLayerMixin):
 
     # -- the CacheLayerMixin interface --------------------------------------------------
     def lazy_initialization(self, key_states, value_states):
-        raise InvalidInputError("a VarlenLayer is created filled (VarlenLayer.from_varlen); it cannot be re-initialised")
+        raise InvalidInputError(
+            "a VarlenLayer is created filled (VarlenLayer.from_varlen); it cannot be re-initialised"
+        )
 
     def update(self, key_states, value_states, cache_kwargs=None):
         """Append new tokens to every head; returns views of the decoded tail that carry
@@ -384,7 +386,8 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
     tail_bias = None
     if attention_mask is None and q_len > 1:
         # Causal among the new tokens: query i sees decoded tokens 0 .. n_dec - q_len + i.
-        seen = torch.arange(n_dec, device=query.device)[None, :] <= (n_dec - q_len + torch.arange(q_len, device=query.device))[:, None]
+        last = n_dec - q_len + torch.arange(q_len, device=query.device)
+        seen = torch.arange(n_dec, device=query.device)[None, :] <= last[:, None]
         tail_bias = torch.zeros(q_len, n_dec, dtype=work, device=query.device).masked_fill_(~seen, float("-inf"))
     for b in range(batch):
         bias = None if attention_mask is None else _bias(attention_mask, b, work)

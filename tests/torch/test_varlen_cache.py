@@ -310,9 +310,10 @@ def test_ordinary_layers_run_sdpa():
 def test_batch_select_and_crop():
     layer, keys, values, keep, gen = _random_layer(3)
     batch, kv_heads, length, dim = keys.shape
-    layer.update(torch.randn(batch, kv_heads, 3, dim, generator=gen), torch.randn(batch, kv_heads, 3, dim, generator=gen))
-    before = [(layer.keys[layer._offsets[i]:layer._offsets[i + 1]].clone(), layer.positions[layer._offsets[i]:layer._offsets[i + 1]].clone())
-              for i in range(batch * kv_heads)]
+    new = torch.randn(batch, kv_heads, 3, dim, generator=gen)
+    layer.update(new, -new)
+    spans = [slice(layer._offsets[i], layer._offsets[i + 1]) for i in range(batch * kv_heads)]
+    before = [(layer.keys[span].clone(), layer.positions[span].clone()) for span in spans]
     tail = layer.decoded_keys.clone()
     layer.batch_select_indices(torch.tensor([1, 0, 1]))
     assert layer.batch == 3 and layer.cu_seqlens.shape == (3 * kv_heads + 1,)
@@ -369,7 +370,8 @@ def test_non_sdpa_models_are_refused_and_the_attention_restored():
 def test_sliding_window_layers_are_refused():
     sliding = _build("mistral", sliding_window=8)
     press = BudgetPress(KnormPress(), CASES["mixed"][0], head_capacity=LENGTH, mode="varlen")
-    with pytest.raises(InvalidInputError, match="without sliding-window or quantized layers; layer 0 is DynamicSlidingWindowLayer"):
+    match = "without sliding-window or quantized layers; layer 0 is DynamicSlidingWindowLayer"
+    with pytest.raises(InvalidInputError, match=match):
         _generate(sliding, _ids(1), press)
     assert sliding.config._attn_implementation == "sdpa"
 
