@@ -25,6 +25,7 @@ switches the model to this attention; nothing is patched at import.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -357,7 +358,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         )
     out = None
     if attention_mask is None and q_len == 1 and query.is_cuda and query.dtype in _HALF:
-        varlen = _cuda_varlen_attn()
+        varlen = _cuda_varlen_attn(query.device, query.dtype)
         if varlen is not None:
             out = _decode_packed_merge(query, layer, key, value, scale, varlen)
     if out is None:
@@ -440,23 +441,65 @@ def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):
     return out.to(query.dtype).view(batch, heads, 1, -1)
 
 
-_VARLEN_CACHE = {}
+_VARLEN_KERNEL = {}
 
 
-def _cuda_varlen_attn():
-    """``varlen_attn`` adapted to :func:`_decode_packed_merge`, or None where torch lacks it."""
-    if "fn" not in _VARLEN_CACHE:
-        fn = None
-        try:
-            from torch.nn.attention.varlen import AuxRequest, varlen_attn
-        except ImportError:  # older torch
-            pass
+def _cuda_varlen_attn(device=None, dtype=torch.bfloat16):
+    """``varlen_attn`` adapted to :func:`_decode_packed_merge` (log-sum-exp as ``(total_q,
+    heads)``), or None where torch lacks it or it fails a probe on ``device``.
+
+    The probe, once per (device, dtype), runs three sequences (one empty) and compares
+    the kernel with plain float32 math; it also settles the log-sum-exp layout, which torch
+    documents as ``(total_q, heads)`` while flash-attn's varlen path returns ``(heads,
+    total_q)``."""
+    key = (str(device), dtype)
+    if key not in _VARLEN_KERNEL:
+        _VARLEN_KERNEL[key] = _probe_varlen_attn(device, dtype)
+    return _VARLEN_KERNEL[key]
+
+
+def _probe_varlen_attn(device, dtype):
+    try:
+        from torch.nn.attention.varlen import AuxRequest, varlen_attn
+    except ImportError:  # older torch
+        return None
+
+    def call(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=AuxRequest(lse=True), scale=scale,
+                           enable_gqa=True)
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        q = torch.randn(3, 2, 64, generator=gen).to(device=device, dtype=dtype)   # 3 sequences, 2 query heads
+        k = torch.randn(5, 1, 64, generator=gen).to(device=device, dtype=dtype)
+        v = torch.randn(5, 1, 64, generator=gen).to(device=device, dtype=dtype)
+        cu_q = torch.arange(4, dtype=torch.int32, device=device)
+        cu_k = torch.tensor([0, 2, 2, 5], dtype=torch.int32, device=device)      # the middle one is empty
+        out, lse = call(q, k, v, cu_q, cu_k, 1, 3, 0.125)
+        if tuple(lse.shape) == (2, 3):
+            transpose = True
+        elif tuple(lse.shape) == (3, 2):
+            transpose = False
         else:
-            def fn(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-                return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=AuxRequest(lse=True),
-                                   scale=scale, enable_gqa=True)
-        _VARLEN_CACHE["fn"] = fn
-    return _VARLEN_CACHE["fn"]
+            raise RuntimeError(f"unexpected log-sum-exp shape {tuple(lse.shape)}")
+        lse = lse.t() if transpose else lse
+        for i, (s, e) in enumerate(((0, 2), (2, 5))):
+            row = 2 * i  # sequences 0 and 2
+            scores = (q[row].float() @ k[s:e, 0].float().T) * 0.125
+            if not (torch.allclose(out[row].float(), torch.softmax(scores, -1) @ v[s:e, 0].float(), atol=2e-2)
+                    and torch.allclose(lse[row].float(), torch.logsumexp(scores, -1), atol=2e-2)):
+                raise RuntimeError("varlen_attn disagrees with plain attention on the probe")
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the per-sequence loop
+        warnings.warn(f"budgetopt_varlen: torch.nn.attention.varlen.varlen_attn unusable on {device} "
+                      f"({type(exc).__name__}: {exc}); decoding uses the per-sequence loop", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        out, lse = call(q.contiguous(), k, v, cu_q, cu_k, max_q, max_k, scale)
+        return out, (lse.t() if transpose else lse)
+
+    return kernel
 
 
 def register():

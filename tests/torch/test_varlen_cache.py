@@ -390,3 +390,36 @@ def test_bad_layer_construction():
     layer = VarlenLayer.from_varlen(packed, 4)
     with pytest.raises(InvalidInputError, match=r"\(batch, kv_heads\) = \(1, 2\)"):
         layer.update(torch.zeros(1, 3, 1, 3), torch.zeros(1, 3, 1, 3))
+
+
+@pytest.mark.parametrize("layout", ["heads_first", "tokens_first"])
+def test_kernel_probe_settles_the_lse_layout(monkeypatch, layout):
+    # torch documents varlen_attn's log-sum-exp as (total_q, heads); flash-attn's varlen path
+    # returns (heads, total_q). The probe must give _decode_packed_merge (total_q, heads).
+    import torch.nn.attention.varlen as varlen_module
+
+    from budgetopt.torch import varlen_cache
+
+    def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, enable_gqa=False):
+        assert enable_gqa and return_aux.lse
+        out, lse = _cpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+        return out, (lse.t().contiguous() if layout == "heads_first" else lse)
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", fake)
+    kernel = varlen_cache._probe_varlen_attn("cpu", torch.float32)
+    assert kernel is not None
+    layer, keys, values, keep, gen = _random_layer(11)
+    batch, kv_heads, _, dim = keys.shape
+    new = torch.randn(batch, kv_heads, 1, dim, generator=gen)
+    tail_k, tail_v = layer.update(new, -new)
+    query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen)
+    merged = _decode_packed_merge(query, layer, tail_k, tail_v, 0.3, kernel)
+    torch.testing.assert_close(merged, _attend_per_sequence(query, layer, tail_k, tail_v, None, 0.3))
+
+    def wrong(*args, **kwargs):
+        out, lse = fake(*args, **kwargs)
+        return out + 1, lse
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", wrong)
+    with pytest.warns(RuntimeWarning, match="disagrees with plain attention"):
+        assert varlen_cache._probe_varlen_attn("cpu", torch.float32) is None
