@@ -68,8 +68,14 @@ def versions():
     import kvpress
     import transformers
 
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        kvpress_version = version("kvpress")
+    except PackageNotFoundError:
+        kvpress_version = getattr(kvpress, "__version__", "unknown")
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "kvpress": getattr(kvpress, "__version__", "unknown"), "numpy": np.__version__,
+            "kvpress": kvpress_version, "numpy": np.__version__,
             "budgetopt": budgetopt.__version__}
 
 
@@ -241,8 +247,10 @@ def main(argv=None):
     args.lengths = args.lengths or ([128] if args.smoke else [1024, 4096])
     args.steps = args.steps or (4 if args.smoke else 24)
     start = time.time()
+    torch.set_num_threads(args.threads)
+    env, git = machine(), git_state()  # before the run: the code measured, the load at the start
     res = run(args)
-    res.update(machine=machine(), versions=versions(), git=git_state(),
+    res.update(machine=env, versions=versions(), git=git,
                command="python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
                seconds=time.time() - start)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
