@@ -56,6 +56,27 @@ class VarlenLayer(CacheLayerMixin):
     Built by :meth:`from_varlen` from a :class:`~budgetopt.torch.VarlenKV` (usually by
     ``BudgetPress(mode="varlen")``); decoding appends every new token to every head.
 
+    Parameters
+    ----------
+    keys, values : torch.Tensor, shape (total, dim)
+        Packed kept rows (see Attributes).
+    positions : torch.Tensor of int, shape (total,)
+        Original position of each row; stored as int32.
+    cu_seqlens : torch.Tensor of int, shape (batch * kv_heads + 1,)
+        Cumulative lengths from 0 to ``total``, non-decreasing; read back to the host once.
+    batch, kv_heads : int
+        The shape the sequences were flattened from (batch-major, then head).
+    context_length : int
+        Tokens per head before compression.
+    config : transformers.PretrainedConfig, optional
+        As in :meth:`from_varlen`.
+
+    Raises
+    ------
+    InvalidInputError
+        Shapes that do not fit together, or ``cu_seqlens`` that do not rise from 0 to
+        ``total``.
+
     Attributes
     ----------
     keys, values : torch.Tensor, shape (total, head_dim) and (total, value_dim)
