@@ -423,3 +423,26 @@ def test_kernel_probe_settles_the_lse_layout(monkeypatch, layout):
     monkeypatch.setattr(varlen_module, "varlen_attn", wrong)
     with pytest.warns(RuntimeWarning, match="disagrees with plain attention"):
         assert varlen_cache._probe_varlen_attn("cpu", torch.float32) is None
+
+
+def test_lukv_table_source_and_ratio_zero_keep_everything():
+    table = np.random.default_rng(5).uniform(0.2, 0.7, size=(99, LAYERS, KV_HEADS))
+    ids = _ids(2)
+    press = BudgetPress(KnormPress(), table, sink=2, window=1, mode="varlen")  # compression_ratio 0.0
+    varlen = _generate(model(), ids, press)
+    plain = _generate(model(), ids, _NoPress())
+    _assert_same_generation(plain, varlen)
+    assert varlen.past_key_values.held_rows() == [2 * KV_HEADS * (LENGTH + NEW - 1)] * LAYERS
+    press.compression_ratio = 0.5
+    mask = _generate(model(), ids, BudgetPress(KnormPress(), table, compression_ratio=0.5, sink=2, window=1))
+    varlen = _generate(model(), ids, press)
+    _assert_same_generation(mask, varlen)
+    kept = [2 * int(press.layer_budgets(layer, LENGTH).sum()) for layer in range(LAYERS)]
+    assert [layer.keys.shape[0] for layer in varlen.past_key_values.layers] == kept
+
+
+class _NoPress:
+    def __call__(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
