@@ -16,6 +16,13 @@ One prepared script (under 3 minutes on one H200):
 3. Memory: kept bytes after compaction against kvpress-style masking, which keeps the full
    tensors (plus three int64 indices per evicted token in ``masked_key_indices``); measured
    with ``torch.cuda.memory_allocated`` as well as counted.
+4. ``BudgetPress(mode="varlen")`` (skip with ``--skip-varlen``): the decoding path through
+   ``torch.nn.attention.varlen.varlen_attn`` (bfloat16, float16) against the float32
+   per-sequence loop, heads with no kept token included; ``generate`` against
+   ``mode="mask"`` on a tiny Llama (float32 and bfloat16, one row left-padded); cache bytes
+   after pre-filling and decode time per token of ``full``, ``gather`` and ``varlen`` at
+   32,768 tokens (4 layers x 8 KV heads x head_dim 128, bfloat16, a skewed per-layer split
+   at 20% kept; batch 1 and 8).
 
 Prints a JSON summary and writes it to ``$OUT/gpu_check.json`` when ``OUT`` is set.
 
@@ -28,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -315,6 +323,173 @@ def benchmark(device, layers, kv_heads, length, dim, fraction, reps, copy_bw):
     }
 
 
+# -- the varlen cache (BudgetPress(mode="varlen")) -------------------------------------------
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """CPU stand-in for ``varlen_attn`` (smoke runs): per sequence, flash-attn's convention
+    for an empty one (zero output, lse = +inf)."""
+    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], device=q.device)
+    lse = torch.full((q.shape[0], q.shape[1]), float("inf"), device=q.device)
+    for i in range(cu_k.numel() - 1):
+        s, e = int(cu_k[i]), int(cu_k[i + 1])
+        if e > s:
+            scores = (q[i].float() @ k[s:e, 0].float().T) * scale
+            lse[i] = torch.logsumexp(scores, -1)
+            out[i] = torch.softmax(scores, -1) @ v[s:e, 0].float()
+    return out.to(q.dtype), lse
+
+
+def _tiny_llama(device, dtype, layers=3, hidden=128, heads=8, kv_heads=2, vocab=256, intermediate=256):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=65536, attn_implementation="sdpa", pad_token_id=0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def check_varlen(device, smoke):
+    """The ``budgetopt_varlen`` attention on ``device``: its kernel path against the
+    per-sequence loop, generation against ``mode="mask"``, and (full runs) memory and decode
+    time against the uncompressed cache at 32k tokens."""
+    from kvpress import KnormPress
+    from transformers import DynamicCache
+
+    from budgetopt.torch.press import BudgetPress
+    from budgetopt.torch.varlen_cache import (ATTENTION_NAME, VarlenLayer, _attend_per_sequence,
+                                              _cuda_varlen_attn, _decode_packed_merge)
+
+    out = {}
+    cuda = device.type == "cuda"
+    kernels = {name: (_cuda_varlen_attn(device, DTYPES[name]) if cuda else None) for name in ("bfloat16", "float16")}
+    out["varlen_attn_kernel"] = {name: "torch.nn.attention.varlen.varlen_attn" if k else
+                                 ("unusable: the per-sequence loop decodes" if cuda else "cpu reference stand-in")
+                                 for name, k in kernels.items()}
+    # 1. Kernel path (varlen_attn + log-sum-exp merge) against the float32 loop, heads with 0 rows.
+    gen = torch.Generator().manual_seed(0)
+    batch, kv_heads, group, length, dim = (2, 8, 4, 3000, 128) if not smoke else (2, 2, 2, 64, 16)
+    kernel_rows = {}
+    for name in ("bfloat16", "float16"):
+        dtype = DTYPES[name]
+        keys = torch.randn(batch, kv_heads, length, dim, generator=gen).to(dtype).to(device)
+        values = torch.randn(batch, kv_heads, length, dim, generator=gen).to(dtype).to(device)
+        scores = torch.randn(batch, kv_heads, length, generator=gen).to(device)
+        counts = np.random.default_rng(1).integers(0, length + 1, (batch, kv_heads))
+        counts[0, 0], counts[-1, -1] = 0, length
+        layer = VarlenLayer.from_varlen(compact(keys, values, scores, counts).to_varlen(), length)
+        for _ in range(3):
+            new = torch.randn(batch, kv_heads, 1, dim, generator=gen).to(dtype).to(device)
+            tail_k, tail_v = layer.update(new, -new)
+        query = torch.randn(batch, kv_heads * group, 1, dim, generator=gen).to(dtype).to(device)
+        merged = _decode_packed_merge(query, layer, tail_k, tail_v, dim ** -0.5, kernels[name] or _reference_varlen)
+        looped = _attend_per_sequence(query, layer, tail_k, tail_v, None, dim ** -0.5)
+        diff = float((merged.float() - looped.float()).abs().max())
+        kernel_rows[name] = {"max_abs_diff": diff, "close": bool(diff <= 2e-2 and torch.isfinite(merged).all())}
+    out["kernel_vs_loop"] = kernel_rows
+
+    # 2. Generation: varlen against mask mode (greedy, batch 2, one row left-padded).
+    gen_rows = {}
+    for name in (("float32", "bfloat16") if cuda else ("float32",)):
+        model = _tiny_llama(device, DTYPES[name])
+        ids = torch.randint(1, 256, (2, 200), generator=torch.Generator().manual_seed(2)).to(device)
+        attention_mask = torch.ones_like(ids)
+        attention_mask[1, :9] = 0
+        budgets = np.random.default_rng(3).integers(0, 120, (3, 2))
+        results = {}
+        for mode in ("mask", "varlen"):
+            press = BudgetPress(KnormPress(), budgets, head_capacity=200, sink=4, window=8, mode=mode)
+            for mask_name, mask in (("unpadded", torch.ones_like(ids)), ("padded", attention_mask)):
+                with torch.no_grad(), press(model):
+                    results[mode, mask_name] = model.generate(
+                        ids, attention_mask=mask, max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                        suppress_tokens=[0], pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+        row = {}
+        for mask_name in ("unpadded", "padded"):
+            a, b = results["mask", mask_name], results["varlen", mask_name]
+            same = (a.sequences == b.sequences).all(dim=0)
+            first_diff = int((~same).nonzero()[0]) - 200 if (~same).any() else None
+            row[mask_name] = {"same_tokens": bool(same.all()), "first_differing_new_token": first_diff,
+                              "max_abs_logit_diff_while_same": max(
+                                  float((x - y).abs().max()) for x, y in
+                                  list(zip(a.logits, b.logits))[: first_diff if first_diff is not None else 24]
+                                  or [(a.logits[0], b.logits[0])]),
+                              "cache": type(b.past_key_values).__name__}
+        gen_rows[name] = row
+        del model
+    out["generate_vs_mask"] = gen_rows
+    out["all_ok"] = all(r["close"] for r in kernel_rows.values()) and (all(kernels.values()) or not cuda) and all(
+        r["unpadded"]["same_tokens"] for k, r in gen_rows.items() if k == "float32")
+
+    # 3. Memory after pre-filling and decode time per token, against the uncompressed cache.
+    layers, length = (2, 512) if smoke else (4, 32768)
+    model = _tiny_llama(device, torch.bfloat16 if cuda else torch.float32, layers=layers,
+                        hidden=128 if smoke else 2048, heads=4 if smoke else 16, kv_heads=2 if smoke else 8,
+                        vocab=256, intermediate=256 if smoke else 5632)
+    cfg = model.config
+    rng = np.random.default_rng(4)
+    share = rng.dirichlet(np.full(cfg.num_key_value_heads, 0.3), size=layers)  # skewed split per layer
+    budgets = keep_counts_from_prune_ratios(1 - np.clip(share * cfg.num_key_value_heads * 0.2, 0, 1), length)
+    modes = ("full", "gather", "varlen")
+    timing = {}
+    for batch in ((1,) if smoke else (1, 8)):
+        ids = torch.randint(1, 256, (batch, length), generator=torch.Generator().manual_seed(5)).to(device)
+        caches, memory, indices = {}, {}, {}
+        for mode in modes:
+            cache = DynamicCache()
+            _sync(device)
+            before = torch.cuda.memory_allocated(device) if cuda else 0
+            with torch.no_grad():
+                if mode == "full":
+                    model.model(input_ids=ids, past_key_values=cache)
+                else:
+                    with BudgetPress(KnormPress(), budgets, head_capacity=length, mode=mode)(model):
+                        model.model(input_ids=ids, past_key_values=cache)
+            _sync(device)
+            caches[mode] = cache
+            indices[mode] = [getattr(layer.self_attn, "masked_key_indices", None) for layer in model.model.layers]
+            held = sum(layer.nbytes() if isinstance(layer, VarlenLayer) else layer.keys.nbytes + layer.values.nbytes
+                       for layer in cache.layers)
+            memory[mode] = {"cache_bytes": held,
+                            "allocated_delta_bytes": (torch.cuda.memory_allocated(device) - before) if cuda else None}
+        target = 2 * batch * int(budgets.sum()) * (cfg.hidden_size // cfg.num_attention_heads) * \
+            (2 if cuda else 4)
+        for mode in modes:
+            memory[mode]["over_sum_budgets_rows"] = memory[mode]["cache_bytes"] / target
+        steps, rounds = (2, 1) if smoke else (20, 3)
+        times = {mode: [] for mode in modes}
+        token = ids[:, -1:]
+        for r in range(rounds + 1):  # round 0 is a warm-up
+            for mode in modes:
+                model.set_attn_implementation(ATTENTION_NAME if mode == "varlen" else "sdpa")
+                for layer, ix in zip(model.model.layers, indices[mode]):
+                    layer.self_attn.masked_key_indices = ix  # gather mode hides its padding slots
+                _sync(device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for step in range(steps):
+                        position = torch.full((batch, 1), length + r * steps + step, device=device)
+                        model(input_ids=token, past_key_values=caches[mode], position_ids=position, logits_to_keep=1)
+                _sync(device)
+                if r:
+                    times[mode].append((time.perf_counter() - t0) / steps)
+        model.set_attn_implementation("sdpa")
+        decode = {mode: 1e3 * float(np.median(times[mode])) for mode in modes}
+        timing[f"batch={batch}"] = {
+            "memory": memory,
+            "decode_ms_per_token": decode,
+            "varlen_over_full": decode["varlen"] / decode["full"],
+            "varlen_faster_than_full": decode["varlen"] < decode["full"],
+        }
+        del caches
+    out["decode_benchmark"] = {"layers": layers, "T": length, "kv_heads": cfg.num_key_value_heads,
+                               "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+                               "dtype": str(model.dtype), "kept_fraction": float(budgets.sum()) / budgets.size / length,
+                               "per_batch": timing}
+    return out
+
+
 def environment(device, argv):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -338,6 +513,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on the CPU too")
     parser.add_argument("--device", default=None, help="default: cuda (cpu allowed with --smoke)")
+    parser.add_argument("--skip-varlen", action="store_true", help="skip the varlen cache check (needs kvpress)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and not args.smoke:
@@ -362,6 +538,11 @@ def main(argv=None):
     summary["copy_bandwidth"] = {"bytes_copied": copy_bytes, "seconds": copy_seconds,
                                  "gbps_read_plus_write": copy_bw / 1e9}
     summary["compact_benchmark"] = benchmark(device, **bench, copy_bw=copy_bw)
+    if not args.skip_varlen:
+        if importlib.util.find_spec("kvpress") is None:
+            summary["varlen"] = "skipped: kvpress is not installed"
+        else:
+            summary["varlen"] = check_varlen(device, args.smoke)
     summary["wall_seconds"] = time.perf_counter() - started
 
     text = json.dumps(summary, indent=2)
@@ -372,7 +553,8 @@ def main(argv=None):
           f"compact={run['gbps_issue_definition']:.0f} GB/s (issue bytes, "
           f"{run['fraction_of_copy_bw_issue_definition']:.0%} of copy) "
           f"physical={run['fraction_of_copy_bw_gather_physical']:.0%} of copy "
-          f"freed={summary['compact_benchmark']['memory']['freed_fraction_of_full_kv']:.0%} of full KV")
+          f"freed={summary['compact_benchmark']['memory']['freed_fraction_of_full_kv']:.0%} of full KV"
+          + (f" varlen_ok={summary['varlen']['all_ok']}" if isinstance(summary.get("varlen"), dict) else ""))
     out_dir = os.environ.get("OUT")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

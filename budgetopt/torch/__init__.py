@@ -13,7 +13,10 @@ float32):
   :func:`budgetopt.lukv.load_lukv_table`).
 
 ``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
-optional ``kvpress`` package, which is imported only when the press is first used).
+optional ``kvpress`` package, which is imported only when the press is first used). Its
+``mode="varlen"`` keeps each head's tokens packed in a transformers cache,
+:class:`budgetopt.torch.varlen_cache.VarlenCache`, read by the ``"budgetopt_varlen"``
+attention registered in that module.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).

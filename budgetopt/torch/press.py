@@ -1,14 +1,17 @@
 """``BudgetPress``: a kvpress press that applies budgetopt budgets per layer and KV head.
 
 Importing this module imports kvpress, which patches transformers' attention functions
-(kvpress's own import-time behaviour, needed for head-wise masking).
+(kvpress's own import-time behaviour, needed for head-wise masking), and registers the
+``"budgetopt_varlen"`` attention of :mod:`budgetopt.torch.varlen_cache` under a new name.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
@@ -18,16 +21,20 @@ from .layers import budget_source, layer_budgets
 from .mask import keep_mask
 
 try:
-    from kvpress.presses.base_press import BasePress
+    from kvpress.presses.base_press import BasePress, is_prefilling
     from kvpress.presses.scorer_press import ScorerPress
 except ImportError as _exc:  # pragma: no cover - exercised only without kvpress
     raise MissingDependencyError(
         "budgetopt.torch.press needs kvpress; install it with: pip install 'budgetopt[kvpress]'"
     ) from _exc
 
+from transformers.cache_utils import DynamicCache, DynamicLayer  # noqa: E402  (after kvpress's patching)
+
+from .varlen_cache import ATTENTION_NAME, VarlenCache, VarlenLayer  # noqa: E402
+
 __all__ = ["BudgetPress"]
 
-_MODES = ("mask", "gather")
+_MODES = ("mask", "gather", "varlen")
 
 
 class BudgetPress(BasePress):
@@ -75,13 +82,21 @@ class BudgetPress(BasePress):
           position, heads with fewer tokens padded with zero slots that are hidden through
           ``module.masked_key_indices``. Every head keeps exactly the tokens of ``"mask"``
           mode, and the layer frees ``1 - max_budget / T`` of its keys and values.
+        * ``"varlen"``: each layer becomes a
+          :class:`~budgetopt.torch.varlen_cache.VarlenLayer` holding exactly each head's
+          kept tokens packed end to end, plus the tokens decoded since; the cache object
+          becomes a :class:`~budgetopt.torch.varlen_cache.VarlenCache`. Inside the press's
+          context the model runs the ``"budgetopt_varlen"`` attention, which reads it
+          (sdpa models only; the previous implementation is restored on exit). Every head
+          keeps exactly the tokens of ``"mask"`` mode.
 
     Raises
     ------
     InvalidTypeError, InvalidInputError, CurvesFileError
         Bad arguments, a table file that cannot be read, or (when the press is applied) a
         model whose layers or KV heads do not match the allocation, or eager attention
-        (head-wise masking needs ``sdpa`` or flash attention).
+        (head-wise masking needs ``sdpa`` or flash attention; ``"varlen"`` needs ``sdpa``
+        and a ``DynamicCache`` without sliding-window layers).
 
     Notes
     -----
@@ -187,6 +202,65 @@ class BudgetPress(BasePress):
                 f"({layers}, {kv_heads})"
             )
 
+    @contextmanager
+    def __call__(self, model):
+        """Apply the press to ``model`` inside a ``with`` block (kvpress's usage).
+
+        In ``"varlen"`` mode the model also runs the ``"budgetopt_varlen"`` attention inside
+        the block; its previous attention implementation is restored on exit, also on error.
+        """
+        if self.mode != "varlen":
+            with super().__call__(model):
+                yield
+            return
+        config = model.config
+        previous = getattr(config, "_attn_implementation", None)
+        if previous not in ("sdpa", ATTENTION_NAME):
+            raise InvalidInputError(
+                f"BudgetPress(mode='varlen') needs a model with attn_implementation='sdpa'; this one runs {previous!r}"
+            )
+        model.set_attn_implementation(ATTENTION_NAME)
+        try:
+            with super().__call__(model):
+                yield
+        finally:
+            model.set_attn_implementation(previous)
+
+    def forward_hook(self, module, input, kwargs, output):
+        if self.mode != "varlen":
+            return super().forward_hook(module, input, kwargs, output)
+        hidden_states = kwargs["hidden_states"]
+        if not is_prefilling(kwargs["cache_position"], hidden_states.shape[1]):
+            return output
+        cache = kwargs["past_key_values"]
+        index = int(module.layer_idx)
+        layer = cache.layers[index] if cache is not None and index < len(cache.layers) else None
+        if not isinstance(cache, DynamicCache) or type(layer) is not DynamicLayer:
+            raise InvalidInputError(
+                "BudgetPress(mode='varlen') needs a DynamicCache (or VarlenCache) without sliding-window or "
+                f"quantized layers; layer {index} is {type(layer).__name__} in a {type(cache).__name__}"
+            )
+        keys, values = layer.keys, layer.values
+        length = keys.shape[2]
+        if self._table is not None and self._ratio <= 0:
+            budgets = np.full(keys.shape[1], length)
+        else:
+            budgets = self._checked_budgets(index, keys)
+        scores = self.press.score(module, hidden_states, keys, values, output[1], kwargs)
+        packed = compact(keys, values, scores, budgets, sink=self.sink, window=self.window).to_varlen()
+        cache.layers[index] = VarlenLayer.from_varlen(packed, length, config=module.config)
+        if type(cache) is DynamicCache:
+            cache.__class__ = VarlenCache  # a subclass that adds methods only: same state, same object
+        return output
+
+    def _checked_budgets(self, layer, keys):
+        budgets = self.layer_budgets(layer, keys.shape[2])
+        if budgets.shape[0] != keys.shape[1]:
+            raise InvalidInputError(
+                f"`allocation` has {budgets.shape[0]} KV heads per layer; the cache has {keys.shape[1]}"
+            )
+        return budgets
+
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
         if self._table is not None and self._ratio <= 0:
             return keys, values
@@ -195,12 +269,7 @@ class BudgetPress(BasePress):
                 "BudgetPress needs head-wise masking, which kvpress supports for sdpa and flash "
                 "attention, not for attn_implementation='eager'"
             )
-        length = keys.shape[2]
-        budgets = self.layer_budgets(int(module.layer_idx), length)
-        if budgets.shape[0] != keys.shape[1]:
-            raise InvalidInputError(
-                f"`allocation` has {budgets.shape[0]} KV heads per layer; the cache has {keys.shape[1]}"
-            )
+        budgets = self._checked_budgets(int(module.layer_idx), keys)
         scores = self.press.score(module, hidden_states, keys, values, attentions, kwargs)
         if self.mode == "mask":
             hidden = ~keep_mask(scores, budgets, sink=self.sink, window=self.window)

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py runs end to end at tiny sizes on the CPU (--smoke)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,3 +35,13 @@ def test_gpu_check_smoke_writes_summary(tmp_path):
     memory = bench["memory"]
     assert memory["compact_bytes"] < memory["full_kv_bytes"] < memory["kvpress_masking_bytes"]
     assert summary["copy_bandwidth"]["gbps_read_plus_write"] > 0
+    if importlib.util.find_spec("kvpress") is None:
+        assert summary["varlen"] == "skipped: kvpress is not installed"
+        return
+    varlen = summary["varlen"]
+    assert varlen["all_ok"] is True and headline.endswith("varlen_ok=True")
+    assert all(row["close"] for row in varlen["kernel_vs_loop"].values())
+    for run in varlen["decode_benchmark"]["per_batch"].values():
+        held = {mode: m["cache_bytes"] for mode, m in run["memory"].items()}
+        assert held["varlen"] < held["gather"] < held["full"]
+        assert 1.0 <= run["memory"]["varlen"]["over_sum_budgets_rows"] < 1.05

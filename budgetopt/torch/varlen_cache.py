@@ -1,0 +1,533 @@
+"""A transformers cache whose layers hold each KV head's kept tokens packed end to end.
+
+After compression every (batch row, KV head) keeps its own number of tokens. A
+:class:`VarlenLayer` stores them as one ``(total, head_dim)`` tensor per layer (the
+:class:`~budgetopt.torch.VarlenKV` layout: sequence ``b * kv_heads + h``, offsets in
+``cu_seqlens``), so the memory held is the kept rows and nothing else. Tokens decoded
+afterwards are seen by every head; they are appended to a dense ``(batch, kv_heads, n,
+head_dim)`` tail.
+
+The attention that reads such a layer is registered in transformers' attention registry
+under :data:`ATTENTION_NAME` (``"budgetopt_varlen"``). On ordinary cache layers it runs
+transformers' ``"sdpa"`` attention unchanged; on a :class:`VarlenLayer` it attends over
+each head's packed rows plus the decoded tail:
+
+* on CUDA in float16/bfloat16, one :func:`torch.nn.attention.varlen.varlen_attn` call over
+  the packed rows, merged with the tail by log-sum-exp (single-token decoding steps without
+  an attention mask);
+* otherwise (the CPU, float32, padded batches, several new tokens at once) a loop over the
+  (batch row, KV head) sequences, two small matrix products per sequence, softmax in
+  float32.
+
+:class:`~budgetopt.torch.press.BudgetPress` with ``mode="varlen"`` builds the layers and
+switches the model to this attention; nothing is patched at import.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+
+from ..errors import InvalidInputError, MissingDependencyError
+
+try:
+    from transformers.cache_utils import CacheLayerMixin, DynamicCache
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+except ImportError as _exc:  # pragma: no cover - exercised only without transformers
+    raise MissingDependencyError(
+        "budgetopt.torch.varlen_cache needs transformers; install it with: pip install 'budgetopt[kvpress]'"
+    ) from _exc
+
+__all__ = ["ATTENTION_NAME", "VarlenCache", "VarlenLayer", "varlen_attention_forward"]
+
+ATTENTION_NAME = "budgetopt_varlen"
+"""Name of the attention function in transformers' ``AttentionInterface`` registry."""
+
+_LAYER_ATTR = "_budgetopt_varlen_layer"
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class VarlenLayer(CacheLayerMixin):
+    """One layer's cache with a different number of kept tokens per (batch row, KV head).
+
+    Built by :meth:`from_varlen` from a :class:`~budgetopt.torch.VarlenKV` (usually by
+    ``BudgetPress(mode="varlen")``); decoding appends every new token to every head.
+
+    Parameters
+    ----------
+    keys, values : torch.Tensor, shape (total, dim)
+        Packed kept rows (see Attributes).
+    positions : torch.Tensor of int, shape (total,)
+        Original position of each row; stored as int32.
+    cu_seqlens : torch.Tensor of int, shape (batch * kv_heads + 1,)
+        Cumulative lengths from 0 to ``total``, non-decreasing; read back to the host once.
+    batch, kv_heads : int
+        The shape the sequences were flattened from (batch-major, then head).
+    context_length : int
+        Tokens per head before compression.
+    config : transformers.PretrainedConfig, optional
+        As in :meth:`from_varlen`.
+
+    Raises
+    ------
+    InvalidInputError
+        Shapes that do not fit together, or ``cu_seqlens`` that do not rise from 0 to
+        ``total``.
+
+    Attributes
+    ----------
+    keys, values : torch.Tensor, shape (total, head_dim) and (total, value_dim)
+        Kept rows of the compressed context, sequence ``i = b * kv_heads + h`` at rows
+        ``cu_seqlens[i]:cu_seqlens[i + 1]`` in ascending position.
+    positions : torch.Tensor of int32, shape (total,)
+        Original position of each packed row (to read attention masks, which are indexed
+        by position).
+    cu_seqlens : torch.Tensor of int32, shape (batch * kv_heads + 1,)
+        Cumulative lengths, starting at 0.
+    decoded_keys, decoded_values : torch.Tensor, shape (batch, kv_heads, n, dim)
+        The ``n`` tokens appended after compression, shared by all heads.
+    context_length : int
+        Tokens of the context before compression (``T``): the position of the first
+        decoded token.
+    batch, kv_heads, max_seqlen : int
+        Shape of the packing, and the longest packed sequence.
+
+    Notes
+    -----
+    :meth:`get_seq_length` is the number of tokens seen (``T`` plus decoded), not the rows
+    held, so ``generate`` and the attention masks number new tokens by their true
+    positions.
+    """
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, keys, values, positions, cu_seqlens, *, batch, kv_heads, context_length, config=None):
+        super().__init__()
+        if keys.dim() != 2 or values.dim() != 2 or keys.shape[0] != values.shape[0]:
+            raise InvalidInputError(
+                f"`keys` and `values` must be (total, dim) with one row each per kept token; got shapes "
+                f"{tuple(keys.shape)} and {tuple(values.shape)}"
+            )
+        if tuple(cu_seqlens.shape) != (batch * kv_heads + 1,):
+            raise InvalidInputError(
+                f"`cu_seqlens` must have batch * kv_heads + 1 = {batch * kv_heads + 1} entries; got "
+                f"{tuple(cu_seqlens.shape)}"
+            )
+        if tuple(positions.shape) != (keys.shape[0],):
+            raise InvalidInputError(
+                f"`positions` must have one entry per row ({keys.shape[0]}); got {tuple(positions.shape)}"
+            )
+        self.keys, self.values = keys, values
+        self.positions = positions.to(torch.int32)
+        self.cu_seqlens = cu_seqlens.to(torch.int32)
+        self._offsets = [int(v) for v in self.cu_seqlens.tolist()]  # host copy: one sync, at creation
+        if self._offsets[0] != 0 or self._offsets[-1] != keys.shape[0] or any(
+                a > b for a, b in zip(self._offsets, self._offsets[1:])):
+            raise InvalidInputError("`cu_seqlens` must rise from 0 to the number of rows")
+        self.batch, self.kv_heads = int(batch), int(kv_heads)
+        self.max_seqlen = max((b - a for a, b in zip(self._offsets, self._offsets[1:])), default=0)
+        self.context_length = int(context_length)
+        self.decoded_keys = keys.new_zeros(batch, kv_heads, 0, keys.shape[-1])
+        self.decoded_values = values.new_zeros(batch, kv_heads, 0, values.shape[-1])
+        self.dtype, self.device = keys.dtype, keys.device
+        self._config = weakref.ref(config) if config is not None else None
+        self.is_initialized = True
+
+    @classmethod
+    def from_varlen(cls, packed, context_length, *, config=None):
+        """Layer holding a :class:`~budgetopt.torch.VarlenKV` (from
+        :meth:`CompactKV.to_varlen <budgetopt.torch.CompactKV.to_varlen>`).
+
+        Parameters
+        ----------
+        packed : VarlenKV
+        context_length : int
+            Tokens per head before compaction (``CompactKV.seq_len``).
+        config : transformers.PretrainedConfig, optional
+            The model's config; when given, decoding checks that the model runs
+            :data:`ATTENTION_NAME` and otherwise raises instead of attending wrongly.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from budgetopt.torch import compact
+        >>> keys = torch.arange(24.0).reshape(1, 2, 6, 2)
+        >>> scores = torch.arange(6.0).expand(1, 2, 6)
+        >>> layer = VarlenLayer.from_varlen(compact(keys, keys, scores, [1, 3]).to_varlen(), 6)
+        >>> layer.lengths().tolist(), layer.get_seq_length(), layer.held_rows()
+        ([[1, 3]], 6, 4)
+        """
+        return cls(packed.keys, packed.values, packed.positions, packed.cu_seqlens, batch=packed.batch,
+                   kv_heads=packed.kv_heads, context_length=context_length, config=config)
+
+    # -- sizes -------------------------------------------------------------------------
+    def lengths(self):
+        """Tokens held per (batch row, KV head), packed plus decoded: int64 ``(batch, kv_heads)``."""
+        packed = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).to(torch.int64)
+        return packed.view(self.batch, self.kv_heads) + self.decoded_keys.shape[2]
+
+    def held_rows(self):
+        """Key rows held in all: packed rows plus ``batch * kv_heads`` per decoded token."""
+        return self.keys.shape[0] + self.decoded_keys.shape[0] * self.decoded_keys.shape[1] * self.decoded_keys.shape[2]
+
+    def nbytes(self):
+        """Bytes of every tensor this layer holds (keys, values, positions, offsets, tail)."""
+        tensors = (self.keys, self.values, self.positions, self.cu_seqlens, self.decoded_keys, self.decoded_values)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # -- the CacheLayerMixin interface --------------------------------------------------
+    def lazy_initialization(self, key_states, value_states):
+        raise InvalidInputError(
+            "a VarlenLayer is created filled (VarlenLayer.from_varlen); it cannot be re-initialised"
+        )
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        """Append new tokens to every head; returns views of the decoded tail that carry
+        this layer for :func:`varlen_attention_forward`."""
+        config = self._config() if self._config is not None else None
+        if config is not None and config._attn_implementation != ATTENTION_NAME:
+            raise InvalidInputError(
+                "this cache holds per-head packed (variable-length) layers, which only the "
+                f"{ATTENTION_NAME!r} attention reads; the model runs {config._attn_implementation!r}. Decode "
+                f"inside `with press(model):` or call model.set_attn_implementation({ATTENTION_NAME!r})"
+            )
+        expected = (self.batch, self.kv_heads)
+        if tuple(key_states.shape[:2]) != expected or tuple(value_states.shape[:2]) != expected:
+            raise InvalidInputError(
+                f"new keys and values must be (batch, kv_heads, n, dim) with (batch, kv_heads) = {expected}; "
+                f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}"
+            )
+        self.decoded_keys = torch.cat([self.decoded_keys, key_states.to(self.dtype)], dim=2)
+        self.decoded_values = torch.cat([self.decoded_values, value_states.to(self.dtype)], dim=2)
+        keys = self.decoded_keys.view(self.decoded_keys.shape)
+        setattr(keys, _LAYER_ATTR, self)
+        return keys, self.decoded_values.view(self.decoded_values.shape)
+
+    def get_seq_length(self):
+        """Tokens seen: the context before compression plus the decoded tokens."""
+        return self.context_length + self.decoded_keys.shape[2]
+
+    def get_mask_sizes(self, cache_position):
+        """``(kv_length, 0)``: masks cover every position seen, packed rows read theirs."""
+        return self.get_seq_length() + cache_position.shape[0], 0
+
+    def get_max_cache_shape(self):
+        return -1
+
+    def reset(self):
+        for t in (self.keys, self.values, self.decoded_keys, self.decoded_values):
+            t.zero_()
+
+    def offload(self):
+        self._move("cpu")
+
+    def prefetch(self):
+        if self.keys.device != self.device:
+            self._move(self.device)
+
+    def _move(self, device):
+        for name in ("keys", "values", "positions", "cu_seqlens", "decoded_keys", "decoded_values"):
+            setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+
+    def crop(self, max_length):
+        """Drop decoded tokens beyond ``max_length`` seen tokens (negative: that many fewer).
+
+        The compressed context itself cannot be cropped."""
+        if max_length < 0:
+            max_length = self.get_seq_length() + max_length
+        if max_length >= self.get_seq_length():
+            return
+        if max_length < self.context_length:
+            raise InvalidInputError(
+                f"cannot crop a compressed cache below its context of {self.context_length} tokens; "
+                f"got max_length={max_length}"
+            )
+        keep = max_length - self.context_length
+        self.decoded_keys = self.decoded_keys[:, :, :keep]
+        self.decoded_values = self.decoded_values[:, :, :keep]
+
+    def batch_select_indices(self, indices):
+        """Keep batch rows ``indices`` (in that order; a row may repeat)."""
+        indices = torch.as_tensor(indices, device=self.cu_seqlens.device)
+        if indices.dtype == torch.bool:
+            indices = torch.nonzero(indices).flatten()
+        indices = indices.to(torch.int64)
+        heads = self.kv_heads
+        seqs = (indices[:, None] * heads + torch.arange(heads, device=indices.device)).flatten()
+        starts = self.cu_seqlens[:-1].to(torch.int64)[seqs]
+        counts = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).to(torch.int64)[seqs]
+        cu = torch.zeros(seqs.numel() + 1, dtype=torch.int64, device=seqs.device)
+        cu[1:] = counts.cumsum(0)
+        total = int(cu[-1])
+        within = torch.arange(total, device=seqs.device) - torch.repeat_interleave(cu[:-1], counts, output_size=total)
+        rows = torch.repeat_interleave(starts, counts, output_size=total) + within
+        rows = rows.to(self.keys.device)
+        self.keys, self.values = self.keys.index_select(0, rows), self.values.index_select(0, rows)
+        self.positions = self.positions.index_select(0, rows)
+        self.cu_seqlens = cu.to(torch.int32)
+        self._offsets = [int(v) for v in cu.tolist()]
+        self.batch = int(indices.numel())
+        self.max_seqlen = int(counts.max()) if counts.numel() else 0
+        batch_index = indices.to(self.decoded_keys.device)
+        self.decoded_keys = self.decoded_keys.index_select(0, batch_index)
+        self.decoded_values = self.decoded_values.index_select(0, batch_index)
+
+    def reorder_cache(self, beam_idx):
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats):
+        self.batch_select_indices(torch.arange(self.batch).repeat_interleave(repeats))
+
+    def __repr__(self):
+        return (f"VarlenLayer(batch={self.batch}, kv_heads={self.kv_heads}, rows={self.keys.shape[0]}, "
+                f"decoded={self.decoded_keys.shape[2]}, context_length={self.context_length})")
+
+
+class VarlenCache(DynamicCache):
+    """A :class:`transformers.DynamicCache` whose compressed layers are :class:`VarlenLayer`.
+
+    It fills like a ``DynamicCache``; ``BudgetPress(mode="varlen")`` replaces each layer by
+    a :class:`VarlenLayer` at the end of pre-filling. When ``generate`` (or the caller) made
+    a plain ``DynamicCache``, the press turns that same object into a ``VarlenCache``, so
+    ``generate(..., return_dict_in_generate=True).past_key_values`` is this class.
+
+    Examples
+    --------
+    >>> cache = VarlenCache()
+    >>> cache.held_rows(), cache.nbytes()
+    ([], 0)
+    """
+
+    def held_rows(self):
+        """Key rows held per layer (a :class:`VarlenLayer` counts its packed rows plus
+        ``batch * kv_heads`` per decoded token; other layers ``batch * kv_heads * length``)."""
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, VarlenLayer):
+                out.append(layer.held_rows())
+            elif getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
+                out.append(layer.keys.shape[0] * layer.keys.shape[1] * layer.keys.shape[2])
+            else:
+                out.append(0)
+        return out
+
+    def nbytes(self):
+        """Bytes held by all layers' tensors."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, VarlenLayer):
+                total += layer.nbytes()
+            else:
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                    if t is not None:
+                        total += t.numel() * t.element_size()
+        return total
+
+
+# -- attention ----------------------------------------------------------------------------
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention over a :class:`VarlenLayer`, transformers' ``sdpa`` attention otherwise.
+
+    Registered as :data:`ATTENTION_NAME`; select it with
+    ``model.set_attn_implementation("budgetopt_varlen")`` (``BudgetPress(mode="varlen")``
+    does this inside its context). The signature is transformers' attention interface.
+
+    Returns
+    -------
+    (torch.Tensor, None)
+        Output of shape ``(batch, q_len, heads, head_dim)``, no attention weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from budgetopt.torch import compact
+    >>> kv = torch.randn(1, 1, 5, 4, generator=torch.Generator().manual_seed(0))
+    >>> layer = VarlenLayer.from_varlen(compact(kv, kv, torch.arange(5.0).view(1, 1, 5), [2]).to_varlen(), 5)
+    >>> new = torch.zeros(1, 1, 1, 4)
+    >>> key, value = layer.update(new, new)
+    >>> class Attn:  # the attributes transformers' attention modules have
+    ...     num_key_value_groups, is_causal, training = 2, True, False
+    >>> out, _ = varlen_attention_forward(Attn(), torch.randn(1, 2, 1, 4), key, value, None)
+    >>> out.shape
+    torch.Size([1, 1, 2, 4])
+    """
+    layer = getattr(key, _LAYER_ATTR, None)
+    if layer is None:
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                              scaling=scaling, **kwargs)
+    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
+        raise InvalidInputError(
+            "the budgetopt_varlen attention supports neither sliding-window attention nor logit soft-capping"
+        )
+    if dropout and getattr(module, "training", False):
+        raise InvalidInputError("the budgetopt_varlen attention is for inference: dropout is not supported")
+    batch, heads, q_len, head_dim = query.shape
+    if heads % layer.kv_heads or batch != layer.batch:
+        raise InvalidInputError(
+            f"the query has (batch, heads) = ({batch}, {heads}); the cache layer holds batch {layer.batch} and "
+            f"{layer.kv_heads} KV heads"
+        )
+    scale = head_dim ** -0.5 if scaling is None else float(scaling)
+    if attention_mask is not None and attention_mask.shape[-1] != layer.get_seq_length():
+        raise InvalidInputError(
+            f"the attention mask covers {attention_mask.shape[-1]} positions; the cache has seen "
+            f"{layer.get_seq_length()} tokens"
+        )
+    out = None
+    if attention_mask is None and q_len == 1 and query.is_cuda and query.dtype in _HALF:
+        varlen = _cuda_varlen_attn(query.device, query.dtype)
+        if varlen is not None:
+            out = _decode_packed_merge(query, layer, key, value, scale, varlen)
+    if out is None:
+        out = _attend_per_sequence(query, layer, key, value, attention_mask, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _bias(attention_mask, b, dtype):
+    """Additive bias ``(q_len, kv_length)`` of batch row ``b`` (0 where attended, -inf else)."""
+    row = attention_mask[b, 0] if attention_mask.dim() == 4 else attention_mask[b]
+    if row.dtype == torch.bool:
+        return torch.zeros(row.shape, dtype=dtype, device=row.device).masked_fill_(~row, float("-inf"))
+    return row.to(dtype)
+
+
+def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, scale):
+    """Reference path: each (batch row, KV head) attends over its packed rows and the
+    decoded tail; scores and softmax in float32 (float64 stays float64)."""
+    batch, heads, q_len, _ = query.shape
+    kv_heads = layer.kv_heads
+    group = heads // kv_heads
+    n_dec = dec_keys.shape[2]
+    work = torch.float64 if query.dtype == torch.float64 else torch.float32
+    out = query.new_empty(batch, heads, q_len, dec_values.shape[-1])
+    offsets, keys, values = layer._offsets, layer.keys, layer.values
+    tail_bias = None
+    if attention_mask is None and q_len > 1:
+        # Causal among the new tokens: query i sees decoded tokens 0 .. n_dec - q_len + i.
+        last = n_dec - q_len + torch.arange(q_len, device=query.device)
+        seen = torch.arange(n_dec, device=query.device)[None, :] <= last[:, None]
+        tail_bias = torch.zeros(q_len, n_dec, dtype=work, device=query.device).masked_fill_(~seen, float("-inf"))
+    for b in range(batch):
+        bias = None if attention_mask is None else _bias(attention_mask, b, work)
+        if bias is not None:
+            tail_bias = bias[:, layer.context_length:]
+        for h in range(kv_heads):
+            i = b * kv_heads + h
+            start, end = offsets[i], offsets[i + 1]
+            q = query[b, h * group:(h + 1) * group].to(work) * scale             # (G, q_len, D)
+            kp, vp = keys[start:end].to(work), values[start:end].to(work)
+            kd, vd = dec_keys[b, h].to(work), dec_values[b, h].to(work)
+            packed_scores = q @ kp.T
+            if bias is not None and end > start:
+                packed_scores = packed_scores + bias.index_select(1, layer.positions[start:end].to(torch.int64))
+            tail_scores = q @ kd.T
+            if tail_bias is not None:
+                tail_scores = tail_scores + tail_bias
+            weights = torch.softmax(torch.cat([packed_scores, tail_scores], dim=-1), dim=-1)
+            o = weights[..., : end - start] @ vp + weights[..., end - start:] @ vd
+            out[b, h * group:(h + 1) * group] = o.to(out.dtype)
+    return out
+
+
+def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):
+    """One decoding step: ``varlen(...)`` over the packed rows (flash-attn layout, with
+    log-sum-exp), the decoded tail in float32, merged by log-sum-exp.
+
+    ``varlen`` has the signature of :func:`torch.nn.attention.varlen.varlen_attn` restricted
+    to ``(q, k, v, cu_q, cu_k, max_q, max_k, scale) -> (out, lse)``, so a CPU reference can
+    stand in for the CUDA kernel in tests."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads = layer.kv_heads
+    group = heads // kv_heads
+    seqs = batch * kv_heads
+    q = query.reshape(seqs, group, head_dim)                                   # one query row per sequence
+    cu_q = torch.arange(seqs + 1, dtype=torch.int32, device=query.device)
+    out_p, lse_p = varlen(q, layer.keys.unsqueeze(1), layer.values.unsqueeze(1), cu_q, layer.cu_seqlens, 1,
+                          max(layer.max_seqlen, 1), scale)
+    out_p = out_p.float().view(batch, kv_heads, group, -1)
+    lse_p = lse_p.float().reshape(batch, kv_heads, group)
+    empty = (layer.cu_seqlens[1:] == layer.cu_seqlens[:-1]).view(batch, kv_heads, 1)
+    lse_p = lse_p.masked_fill(empty, float("-inf"))                            # kernels differ on empty sequences
+    out_p = out_p.masked_fill(empty.unsqueeze(-1), 0.0)
+    qf = query.float().view(batch, kv_heads, group, head_dim) * scale
+    tail = qf @ dec_keys.float().transpose(-1, -2)                             # (B, H, G, n_dec)
+    lse_t = torch.logsumexp(tail, dim=-1)
+    out_t = torch.softmax(tail, dim=-1) @ dec_values.float()
+    lse = torch.logaddexp(lse_p, lse_t)
+    out = out_p * torch.exp(lse_p - lse).unsqueeze(-1) + out_t * torch.exp(lse_t - lse).unsqueeze(-1)
+    return out.to(query.dtype).view(batch, heads, 1, -1)
+
+
+_VARLEN_KERNEL = {}
+
+
+def _cuda_varlen_attn(device=None, dtype=torch.bfloat16):
+    """``varlen_attn`` adapted to :func:`_decode_packed_merge` (log-sum-exp as ``(total_q,
+    heads)``), or None where torch lacks it or it fails a probe on ``device``.
+
+    The probe, once per (device, dtype), runs three sequences (one empty) and compares
+    the kernel with plain float32 math; it also settles the log-sum-exp layout, which torch
+    documents as ``(total_q, heads)`` while flash-attn's varlen path returns ``(heads,
+    total_q)``."""
+    key = (str(device), dtype)
+    if key not in _VARLEN_KERNEL:
+        _VARLEN_KERNEL[key] = _probe_varlen_attn(device, dtype)
+    return _VARLEN_KERNEL[key]
+
+
+def _probe_varlen_attn(device, dtype):
+    try:
+        from torch.nn.attention.varlen import AuxRequest, varlen_attn
+    except ImportError:  # older torch
+        return None
+
+    def call(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=AuxRequest(lse=True), scale=scale,
+                           enable_gqa=True)
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        q = torch.randn(3, 2, 64, generator=gen).to(device=device, dtype=dtype)   # 3 sequences, 2 query heads
+        k = torch.randn(5, 1, 64, generator=gen).to(device=device, dtype=dtype)
+        v = torch.randn(5, 1, 64, generator=gen).to(device=device, dtype=dtype)
+        cu_q = torch.arange(4, dtype=torch.int32, device=device)
+        cu_k = torch.tensor([0, 2, 2, 5], dtype=torch.int32, device=device)      # the middle one is empty
+        out, lse = call(q, k, v, cu_q, cu_k, 1, 3, 0.125)
+        if tuple(lse.shape) == (2, 3):
+            transpose = True
+        elif tuple(lse.shape) == (3, 2):
+            transpose = False
+        else:
+            raise RuntimeError(f"unexpected log-sum-exp shape {tuple(lse.shape)}")
+        lse = lse.t() if transpose else lse
+        for i, (s, e) in enumerate(((0, 2), (2, 5))):
+            row = 2 * i  # sequences 0 and 2
+            scores = (q[row].float() @ k[s:e, 0].float().T) * 0.125
+            if not (torch.allclose(out[row].float(), torch.softmax(scores, -1) @ v[s:e, 0].float(), atol=2e-2)
+                    and torch.allclose(lse[row].float(), torch.logsumexp(scores, -1), atol=2e-2)):
+                raise RuntimeError("varlen_attn disagrees with plain attention on the probe")
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the per-sequence loop
+        warnings.warn(f"budgetopt_varlen: torch.nn.attention.varlen.varlen_attn unusable on {device} "
+                      f"({type(exc).__name__}: {exc}); decoding uses the per-sequence loop", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        out, lse = call(q.contiguous(), k, v, cu_q, cu_k, max_q, max_k, scale)
+        return out, (lse.t() if transpose else lse)
+
+    return kernel
+
+
+def register():
+    """Register :data:`ATTENTION_NAME` (attention function and its mask, the ``sdpa``
+    mask) in transformers' registries. Idempotent; adds a name, replaces nothing."""
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+register()
