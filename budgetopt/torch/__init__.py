@@ -14,6 +14,10 @@ float32):
 
 ``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
 optional ``kvpress`` package, which is imported only when the press is first used).
+The profiling engine (:func:`~budgetopt.torch.profiler.profile_context`,
+:func:`~budgetopt.torch.profiler.model_geometry`,
+:func:`~budgetopt.torch.profiler.resolve_scorer`, ...) lives in
+:mod:`budgetopt.torch.profiler` and needs kvpress and transformers in the same way.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).
@@ -42,7 +46,18 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
+    "profile_context",
+    "model_geometry",
+    "resolve_scorer",
+    "value_output_norms",
+    "ContextProfile",
+    "ModelGeometry",
 ]
+
+_PROFILER_NAMES = frozenset(
+    ("profile_context", "model_geometry", "resolve_scorer", "value_output_norms",
+     "ContextProfile", "ModelGeometry")
+)
 
 
 def __getattr__(name):
@@ -52,4 +67,8 @@ def __getattr__(name):
         from .press import BudgetPress
 
         return BudgetPress
+    if name in _PROFILER_NAMES:
+        from . import profiler
+
+        return getattr(profiler, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
