@@ -13,7 +13,7 @@ is a finished pair: resuming skips exactly those. Pair ``i`` in global order (co
 calibration order, their questions in order) belongs to shard ``K/N`` when ``i % N == K``.
 
 Everything here is numpy and the standard library; the profiling itself (torch) lives in
-:mod:`budgetopt.torch.profiling`.
+:mod:`budgetopt.torch.profiling_run`.
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ __all__ = [
     "value_output_norms",
     "ContextProfile",
     "ModelGeometry",
+    "profile_model",
+    "load_local_model",
 ]
 
 _PROFILER_NAMES = frozenset(
@@ -71,4 +73,8 @@ def __getattr__(name):
         from . import profiler
 
         return getattr(profiler, name)
+    if name in ("profile_model", "load_local_model"):
+        from . import profiling_run
+
+        return getattr(profiling_run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
