@@ -110,6 +110,9 @@ def cmd_profile(args):
         raise MissingDependencyError(
             f"budgetopt profile needs torch, transformers and kvpress (pip install 'budgetopt[kvpress]'): {exc}"
         ) from None
+    from .torch.profiler import resolve_scorer
+
+    resolve_scorer(args.scorer)  # an unknown name fails before the model loads
     model, tokenizer = load_local_model(args.model_dir, device=args.device, dtype=args.dtype)
     run = profile_model(
         model, tokenizer, calibration, scorer=args.scorer, out_dir=args.output, sink=args.sink,

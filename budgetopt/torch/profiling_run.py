@@ -430,6 +430,7 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
         or ``dtype``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = Path(model_dir)
     if not path.is_dir():
@@ -458,12 +459,17 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CurvesFileError(f"{model_dir}: no usable tokenizer ({_first_line(exc)})") from None
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one line of output per command, not a loading bar
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype]
         )
     except (OSError, ValueError) as exc:
         raise CurvesFileError(f"{model_dir}: the model could not be loaded ({_first_line(exc)})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval(), tokenizer
 
 
