@@ -305,10 +305,11 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     order = calibration.pairs()
     index_of = {pair: i for i, pair in enumerate(order)}
     wanted = [pair for i, pair in enumerate(order) if in_shard(i, shard)]
-    finished = set()
+    finished, created = set(), False
     if out_dir is not None:
         if not isinstance(resume, (bool, np.bool_)):
             raise InvalidTypeError(f"`resume` must be True or False; got {resume!r}")
+        created = not os.path.exists(out_dir)
         finished = open_run_dir(out_dir, meta, resume=resume)
     pending = {}
     for c, q in wanted:
@@ -353,12 +354,30 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                 if bar is not None:
                     bar.set_postfix_str(f"{tokens / max(seconds, 1e-9):,.0f} tok/s", refresh=False)
                     bar.update(len(qs))
+    except BaseException:
+        if out_dir is not None and created and not os.listdir(Path(out_dir) / "pairs"):
+            _remove_empty_run(out_dir)  # failed before finishing any pair: leave nothing behind
+        raise
     finally:
         if bar is not None:
             bar.close()
     if out_dir is not None:
         return load_profile_run(out_dir, partial=shard is not None)
     return _in_memory_run(meta, order, wanted, held)
+
+
+def _remove_empty_run(out_dir):
+    path = Path(out_dir)
+    for name in ("meta.json",):
+        try:
+            os.unlink(path / name)
+        except OSError:
+            pass
+    for folder in (path / "pairs", path):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _budgetopt_version():

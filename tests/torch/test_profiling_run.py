@@ -206,6 +206,11 @@ def test_bad_input_writes_nothing(llama, tmp_path):
         profile_model(llama, tokenizer, str(calib), scorer="snap", out_dir=tmp_path / "run", progress=False)
     with pytest.raises(InvalidInputError, match=r"`head_reduce` must be one of 'max', 'mean'"):
         profile_model(llama, tokenizer, str(calib), scorer="knorm", head_reduce="sum", progress=False)
+    # A scorer that cannot score the first context (SnapKV's window is longer than it) fails
+    # inside the engine, after the directory was opened: the new, empty directory goes again.
+    calib.write_text('{"context": "the cat sat on the mat", "questions": ["who ?"]}\n')
+    with pytest.raises(InvalidInputError, match=r"c.jsonl:1: `scorer` SnapKVPress cannot score this context"):
+        profile_model(llama, tokenizer, str(calib), scorer="snapkv", out_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
