@@ -241,7 +241,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     ...     _ = f.write('{"context": "the cat sat on the mat the dog ran", "questions": ["who sat"]}\\n')
     >>> run = profile_model(model, tokenizer, calib, scorer="knorm", max_new_tokens=3, progress=False)
     >>> run.pairs, run.oracles[0].shape
-    (((0, 0),), (2, 2, 10))
+    (((0, 0),), (2, 2, 9))
     """
     geometry = profiler.model_geometry(model)
     press = profiler.resolve_scorer(scorer)
