@@ -305,6 +305,22 @@ class _CapturePress(BasePress):
         self.scores[module.layer_idx] = scores.detach()[0].float()
         return keys, values
 
+    def stacked(self, layers, length):
+        """Scores ``(layers, kv_heads, length)``; a layer holding only its last tokens (a
+        sliding-window layer) gets the lowest float32 for the tokens it no longer holds."""
+        missing = [layer for layer in range(layers) if layer not in self.scores]
+        if missing:
+            raise InvalidInputError(f"`scorer` produced no scores for layers {missing}")
+        rows = []
+        for layer in range(layers):
+            row = self.scores[layer]
+            if row.shape[-1] < length:
+                pad = torch.full((row.shape[0], length - row.shape[-1]), torch.finfo(torch.float32).min,
+                                 dtype=torch.float32, device=row.device)
+                row = torch.cat([pad, row], dim=-1)
+            rows.append(row)
+        return torch.stack(rows)
+
 
 # --------------------------------------------------------------------------- value norms
 
@@ -726,10 +742,7 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
                 hook.remove()
         cache = out.past_key_values
         del out
-        missing = [l for l in range(geometry.layers) if l not in capture.scores]
-        if missing:
-            raise InvalidInputError(f"`scorer` produced no scores for layers {missing}")
-        scores = torch.stack([capture.scores[l] for l in range(geometry.layers)])
+        scores = capture.stacked(geometry.layers, length)
         norms = value_output_norms(geometry, cache, length=length)
         norms_kv = norms.view(geometry.layers, geometry.kv_heads, geometry.group, length)
         norms_kv = norms_kv.amax(dim=2) if head_reduce == "max" else norms_kv.mean(dim=2)
