@@ -69,8 +69,11 @@ def eager_copy(model):
     return ref
 
 
-def reference(model, context, question, generated, head_reduce, step_reduce):
-    """Oracle, unreduced norms and greedy tokens from one full eager forward, by loops."""
+def reference(model, context, question, generated, head_reduce, step_reduce, layers=None):
+    """Oracle, unreduced norms and greedy tokens from one full eager forward, by loops.
+
+    ``layers``: the layers to compute (default all); the others stay zero.
+    """
     ref = eager_copy(model)
     T, Q, N = len(context), len(question), len(generated)
     seq = torch.cat([context, question, torch.as_tensor(generated[:-1], dtype=torch.int64)])
@@ -81,10 +84,12 @@ def reference(model, context, question, generated, head_reduce, step_reduce):
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     group = heads // kv_heads
-    layers = ref.model.layers
+    only, layers = layers, ref.model.layers
     oracle = np.zeros((len(layers), kv_heads, T))
     norms = np.zeros((len(layers), heads, T))
     for l, layer in enumerate(layers):
+        if only is not None and l not in only:
+            continue
         d = layer.self_attn.head_dim
         w = layer.self_attn.o_proj.weight.detach().double()
         v = out.past_key_values.layers[l].values[0, :, :T].double()
@@ -312,6 +317,9 @@ def test_other_families_match_the_reference(family):
         assert (p.oracles[0][[0, 2], :, :30 - 11] == 0).all()
         assert (p.scores[[0, 2], :, :30 - 11] == np.finfo(np.float32).min).all()
         assert (p.oracles[0][1] > 0).all()
+        want, _, greedy = reference(model, context, question, p.generated[0], "max", "max", layers=[1])
+        np.testing.assert_array_equal(p.generated[0], greedy)
+        np.testing.assert_allclose(p.oracles[0][1], want[1], rtol=1e-4, atol=1e-8)
         return
     want, _, greedy = reference(model, context, question, p.generated[0], "max", "max")
     np.testing.assert_array_equal(p.generated[0], greedy)
