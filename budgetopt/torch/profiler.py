@@ -437,10 +437,13 @@ class _OracleState:
         # last K tokens); context position j is column j - offset.
         offset = self.seq_len - klen
         length = self.context
-        ctx = torch.zeros((kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
-        first = max(offset, 0)
-        if first < length:
-            ctx[..., first:] = probs[..., first - offset:length - offset]
+        if offset == 0:
+            ctx = probs[..., :length]
+        else:
+            ctx = torch.zeros((kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
+            first = max(offset, 0)
+            if first < length:
+                ctx[..., first:] = probs[..., first - offset:length - offset]
         layer = module.layer_idx
         weighted = ctx * self.norms[layer].view(kv_heads, self.group, length)
         reduced = weighted.amax(dim=1) if self.head_reduce == "max" else weighted.mean(dim=1)
