@@ -348,6 +348,12 @@ def test_attention_implementation_restored_even_on_error(monkeypatch):
         model(ids(10, 2)[None])
 
 
+def test_training_mode_is_refused():
+    model = tiny("llama").train()
+    with pytest.raises(InvalidInputError, match=r"`model` is in training mode.*model.eval\(\)"):
+        profile_context(model, ids(20, 0), [ids(3, 1)], scorer="knorm")
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(context_ids=torch.tensor([], dtype=torch.int64)), InvalidInputError, r"`context_ids` is empty"),
     (dict(questions=[torch.tensor([], dtype=torch.int64)]), InvalidInputError, r"`questions\[0\]` is empty"),
