@@ -46,13 +46,10 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
-    "profile_context",
-    "model_geometry",
-    "resolve_scorer",
-    "value_output_norms",
-    "ContextProfile",
-    "ModelGeometry",
 ]
+
+# The profiling engine (budgetopt.torch.profiler) imports kvpress and transformers: its names
+# resolve here on first use and stay out of __all__, so ``import *`` loads neither.
 
 _PROFILER_NAMES = frozenset(
     ("profile_context", "model_geometry", "resolve_scorer", "value_output_norms",

@@ -378,3 +378,10 @@ def test_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
         profile_context(model, args.pop("context_ids"), args.pop("questions"), **args)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_names_resolve_lazily_from_the_torch_package():
+    import budgetopt.torch as bt
+
+    assert bt.profile_context is profile_context and bt.ModelGeometry is profiler.ModelGeometry
+    assert "profile_context" not in bt.__all__  # `import *` must not load kvpress
