@@ -17,7 +17,9 @@ optional ``kvpress`` package, which is imported only when the press is first use
 The profiling engine (:func:`~budgetopt.torch.profiler.profile_context`,
 :func:`~budgetopt.torch.profiler.model_geometry`,
 :func:`~budgetopt.torch.profiler.resolve_scorer`, ...) lives in
-:mod:`budgetopt.torch.profiler` and needs kvpress and transformers in the same way.
+:mod:`budgetopt.torch.profiler` and needs kvpress and transformers in the same way, as do
+:func:`~budgetopt.torch.profiling_run.profile_model` (a whole calibration file into a run
+directory) and :func:`~budgetopt.torch.profiling_run.load_local_model`.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).
@@ -46,15 +48,12 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
-    "profile_context",
-    "model_geometry",
-    "resolve_scorer",
-    "value_output_norms",
-    "ContextProfile",
-    "ModelGeometry",
-    "profile_model",
-    "load_local_model",
 ]
+
+# The profiling engine (budgetopt.torch.profiler) and the calibration runs around it
+# (budgetopt.torch.profiling_run: profile_model, load_local_model) import kvpress and
+# transformers: their names resolve here on first use and stay out of __all__, so
+# ``import *`` loads neither.
 
 _PROFILER_NAMES = frozenset(
     ("profile_context", "model_geometry", "resolve_scorer", "value_output_norms",

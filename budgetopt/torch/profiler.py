@@ -305,6 +305,22 @@ class _CapturePress(BasePress):
         self.scores[module.layer_idx] = scores.detach()[0].float()
         return keys, values
 
+    def stacked(self, layers, length):
+        """Scores ``(layers, kv_heads, length)``; a layer holding only its last tokens (a
+        sliding-window layer) gets the lowest float32 for the tokens it no longer holds."""
+        missing = [layer for layer in range(layers) if layer not in self.scores]
+        if missing:
+            raise InvalidInputError(f"`scorer` produced no scores for layers {missing}")
+        rows = []
+        for layer in range(layers):
+            row = self.scores[layer]
+            if row.shape[-1] < length:
+                pad = torch.full((row.shape[0], length - row.shape[-1]), torch.finfo(torch.float32).min,
+                                 dtype=torch.float32, device=row.device)
+                row = torch.cat([pad, row], dim=-1)
+            rows.append(row)
+        return torch.stack(rows)
+
 
 # --------------------------------------------------------------------------- value norms
 
@@ -421,10 +437,13 @@ class _OracleState:
         # last K tokens); context position j is column j - offset.
         offset = self.seq_len - klen
         length = self.context
-        ctx = torch.zeros((kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
-        first = max(offset, 0)
-        if first < length:
-            ctx[..., first:] = probs[..., first - offset:length - offset]
+        if offset == 0:
+            ctx = probs[..., :length]
+        else:
+            ctx = torch.zeros((kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
+            first = max(offset, 0)
+            if first < length:
+                ctx[..., first:] = probs[..., first - offset:length - offset]
         layer = module.layer_idx
         weighted = ctx * self.norms[layer].view(kv_heads, self.group, length)
         reduced = weighted.amax(dim=1) if self.head_reduce == "max" else weighted.mean(dim=1)
@@ -676,6 +695,8 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
     """
     start = time.perf_counter()
     geometry = model_geometry(model)
+    if model.training:
+        raise InvalidInputError("`model` is in training mode (dropout would perturb the oracle); call model.eval() first")
     press = resolve_scorer(scorer)
     text = model.config.get_text_config()
     vocab = getattr(text, "vocab_size", None)
@@ -726,10 +747,7 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
                 hook.remove()
         cache = out.past_key_values
         del out
-        missing = [l for l in range(geometry.layers) if l not in capture.scores]
-        if missing:
-            raise InvalidInputError(f"`scorer` produced no scores for layers {missing}")
-        scores = torch.stack([capture.scores[l] for l in range(geometry.layers)])
+        scores = capture.stacked(geometry.layers, length)
         norms = value_output_norms(geometry, cache, length=length)
         norms_kv = norms.view(geometry.layers, geometry.kv_heads, geometry.group, length)
         norms_kv = norms_kv.amax(dim=2) if head_reduce == "max" else norms_kv.mean(dim=2)
