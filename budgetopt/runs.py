@@ -126,7 +126,7 @@ def read_run_meta(run_dir):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CurvesFileError(f"{path}: not a budgetopt profile run (format {found!r}, expected {FORMAT!r})")
-    for key in ("layers", "kv_heads", "questions", "context_tokens", "n_pairs"):
+    for key in ("layers", "kv_heads", "n_pairs"):
         if key not in meta:
             raise CurvesFileError(f"{path}: missing key {key!r}")
     return meta
@@ -233,15 +233,23 @@ class ProfileRun:
         )
 
 
-def all_pairs(meta):
-    """Every ``(context, question)`` of a run's meta, in global order."""
-    return [(c, q) for c, n in enumerate(meta["questions"]) for q in range(int(n))]
+def all_pairs(meta, found=()):
+    """Every ``(context, question)`` of a run, in global order.
+
+    From ``meta["questions"]`` (questions per context) when the run records it; otherwise
+    (a run written by another tool, which need not record it) the pairs ``found`` on disk."""
+    if "questions" in meta:
+        return [(c, q) for c, n in enumerate(meta["questions"]) for q in range(int(n))]
+    return sorted(set(found))
 
 
-def _read_pair(path, context, question, meta, need_context_arrays):
-    """``(oracle, scores or None, value_norms or None, pair meta)`` of one pair file."""
-    length = int(meta["context_tokens"][context])
-    shape = (int(meta["layers"]), int(meta["kv_heads"]), length)
+def _read_pair(path, context, question, meta, need_context_arrays, length=None):
+    """``(oracle, scores or None, value_norms or None, pair meta)`` of one pair file.
+
+    ``length`` is the context's token count when known (from ``meta["context_tokens"]`` or
+    the context's first pair); otherwise the oracle's own."""
+    if length is None and "context_tokens" in meta:
+        length = int(meta["context_tokens"][context])
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -254,6 +262,7 @@ def _read_pair(path, context, question, meta, need_context_arrays):
         if missing:
             raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
         out = {}
+        shape = None
         for name in wanted:
             try:
                 arr = archive[name]
@@ -262,6 +271,9 @@ def _read_pair(path, context, question, meta, need_context_arrays):
                     f"{path}: member {name!r} holds an object array; budgetopt never unpickles"
                     if "pickle" in str(exc) else f"{path}: member {name!r} is unreadable ({exc})"
                 ) from None
+            if shape is None:
+                t = length if length is not None else (arr.shape[-1] if arr.ndim == 3 else -1)
+                shape = (int(meta["layers"]), int(meta["kv_heads"]), int(t))
             if arr.dtype != np.float32 or arr.shape != shape:
                 raise CurvesFileError(
                     f"{path}: member {name!r} must be float32 of shape {shape} (layers, kv_heads, "
@@ -337,8 +349,8 @@ def load_profile_run(*paths, partial=False):
         if diff:
             raise InvalidInputError(f"{p}: is not a shard of the same run as {paths[0]} ({diff})")
     meta = dict(metas[0])
-    expected = all_pairs(meta)
-    expected_set = set(expected)
+    recorded = "questions" in meta
+    expected_set = set(all_pairs(meta)) if recorded else None
     where = {}
     for p in paths:
         pairs_dir = Path(p) / "pairs"
@@ -349,7 +361,7 @@ def load_profile_run(*paths, partial=False):
             if not match:
                 continue
             key = (int(match.group(1)), int(match.group(2)))
-            if key not in expected_set:
+            if recorded and key not in expected_set:
                 raise CurvesFileError(
                     f"{pairs_dir / entry}: context {key[0]}, question {key[1]} is not a pair of this run "
                     f"({len(meta['questions'])} contexts)"
@@ -359,6 +371,7 @@ def load_profile_run(*paths, partial=False):
                     f"pair {entry} is in both {where[key][0]} and {p}; give each shard once"
                 )
             where[key] = (p, pairs_dir / entry)
+    expected = all_pairs(meta, where)
     missing = tuple(k for k in expected if k not in where)
     if missing and not partial:
         shown = ", ".join(pair_file_name(*k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
@@ -366,12 +379,19 @@ def load_profile_run(*paths, partial=False):
             f"{len(missing)} of {len(expected)} pairs are missing ({shown}); give every shard's "
             "directory, finish the run, or pass partial=True"
         )
+    complete = not missing and (recorded or len(where) == int(meta["n_pairs"]))
+    if not complete and not partial:  # without per-context question counts, which is unknown
+        raise InvalidInputError(
+            f"{int(meta['n_pairs']) - len(where)} of {int(meta['n_pairs'])} pairs are missing (the run's "
+            "meta.json does not record which); give every shard's directory, finish the run, or pass partial=True"
+        )
     held = [k for k in expected if k in where]
     oracles, scores, norms, pair_meta = [], [], [], []
     per_context = {}
     for c, q in held:
         first = c not in per_context
-        oracle, s, v, pm = _read_pair(where[(c, q)][1], c, q, meta, first)
+        length = None if first else per_context[c][0].shape[-1]
+        oracle, s, v, pm = _read_pair(where[(c, q)][1], c, q, meta, first, length)
         if first:
             s.setflags(write=False)
             v.setflags(write=False)
@@ -381,7 +401,7 @@ def load_profile_run(*paths, partial=False):
         scores.append(per_context[c][0])
         norms.append(per_context[c][1])
         pair_meta.append(pm)
-    if not missing:
+    if complete:
         meta["shard"] = None
     elif len(paths) > 1:
         meta["shard"] = [m.get("shard") for m in metas]

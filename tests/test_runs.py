@@ -296,3 +296,26 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys, argv, match):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert __import__("re").search(match, err), err
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_runs_written_by_other_tools_need_only_the_documented_keys(tmp_path):
+    # The format requires "layers", "kv_heads", "n_pairs", ... but not the per-context question
+    # and token counts budgetopt records: pairs and lengths then come from the files.
+    _fake_profile(tmp_path / "run")
+    full = load_profile_run(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    del meta["questions"], meta["context_tokens"]
+    (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
+    again = load_profile_run(tmp_path / "run")
+    assert again.pairs == full.pairs and again.meta["shard"] is None
+    for a, b in zip(full.oracles + full.scores, again.oracles + again.scores):
+        np.testing.assert_array_equal(a, b)
+    os.unlink(tmp_path / "run" / "pairs" / "c00002_q001.npz")
+    with pytest.raises(InvalidInputError, match=r"1 of 8 pairs are missing \(the run's meta.json does not record which\)"):
+        load_profile_run(tmp_path / "run")
+    assert len(load_profile_run(tmp_path / "run", partial=True).pairs) == 7
+    np.savez(tmp_path / "run" / "pairs" / "c00002_q002.npz", oracle=np.zeros((LAYERS, KV, 41), np.float32),
+             scores=np.zeros((LAYERS, KV, 41), np.float32), value_norms=np.zeros((LAYERS, KV, 41), np.float32),
+             meta=np.array('{"context": 2, "question": 2}'))
+    with pytest.raises(CurvesFileError, match=r"c00002_q002.npz: member 'oracle' must be float32 of shape \(3, 2, 40\)"):
+        load_profile_run(tmp_path / "run", partial=True)
