@@ -25,6 +25,8 @@ from .lukv import load_lukv_table, lukv_table, save_lukv_table
 from .profile import curves_from_scores
 from .result import Allocation, Sweep
 from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
+from .calibration import Calibration, read_calibration
+from .runs import ProfileRun, curves_from_run, load_profile_run, lukv_table_from_run
 
 __version__ = "0.1.0"
 
@@ -44,6 +46,12 @@ __all__ = [
     "Allocation",
     "tokens_from_fraction",
     "keep_counts_from_prune_ratios",
+    "read_calibration",
+    "Calibration",
+    "load_profile_run",
+    "ProfileRun",
+    "lukv_table_from_run",
+    "curves_from_run",
     "BudgetoptError",
     "CurvesFileError",
     "InfeasibleError",

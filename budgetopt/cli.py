@@ -320,8 +320,12 @@ class Progress:
 
 
 def _cmd_curves(args):
+    from .cli_profile import check_pair_source, cmd_curves_from_runs
     from .curves import Curves, save_curves
     from .profile import curves_from_pairs
+
+    if check_pair_source(args):
+        return cmd_curves_from_runs(args)
 
     inputs = input_paths(args)
     output = check_output_path(args.output, (".npz",), inputs=inputs)
@@ -450,7 +454,11 @@ def _cmd_sweep(args):
 
 
 def _cmd_lukv_table(args):
+    from .cli_profile import check_pair_source, cmd_lukv_table_from_runs
     from .lukv import lukv_table, save_lukv_table
+
+    if check_pair_source(args):
+        return cmd_lukv_table_from_runs(args)
 
     output = check_output_path(args.output, (".npy",), inputs=input_paths(args))
     oracles, scores = load_pairs(args)
@@ -478,12 +486,14 @@ def _cmd_lukv_table(args):
 
 
 def add_pair_arguments(parser):
-    parser.add_argument("--oracle", nargs="+", required=True, metavar="FILE",
+    parser.add_argument("runs", nargs="*", metavar="RUN",
+                        help="profile run directories (budgetopt profile), shards merged; or use --oracle/--scores")
+    parser.add_argument("--oracle", nargs="+", metavar="FILE",
                         help="oracle .npy files (L, H, T), one per calibration pair")
-    parser.add_argument("--scores", nargs="+", required=True, metavar="FILE",
+    parser.add_argument("--scores", nargs="+", metavar="FILE",
                         help="scorer .npy file (L, H, T) shared by all pairs, or one per --oracle file")
-    parser.add_argument("--sink", type=non_negative_int, required=True, help="first tokens always kept")
-    parser.add_argument("--window", type=non_negative_int, required=True, help="last tokens always kept")
+    parser.add_argument("--sink", type=non_negative_int, help="first tokens always kept (default with RUN: the run's)")
+    parser.add_argument("--window", type=non_negative_int, help="last tokens always kept (default with RUN: the run's)")
 
 
 def add_profile_parsers(sub):
@@ -647,6 +657,9 @@ def build_parser():
 
     add_profile_parsers(sub)
     add_plot_parser(sub)
+    from .cli_profile import add_profile_command
+
+    add_profile_command(sub)
     return parser
 
 

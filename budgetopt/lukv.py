@@ -98,7 +98,9 @@ def lukv_table(
     ----------
     oracles : sequence of array_like, each of shape ``(L, H, T)``
         Oracle importance of each context token to each layer and KV head, one array per
-        calibration (context, question) pair. All of one shape; finite. Read one at a time, so
+        calibration (context, question) pair. All of one ``(L, H)``; finite. ``T`` may differ
+        between pairs with ``aggregate="mean_ratio"`` (ratios are fractions of each pair's
+        ``T``); ``"mean_curve"`` needs one ``T``. Read one at a time, so
         memory-mapped arrays work.
     scores : array_like of shape ``(L, H, T)``, or list/tuple of them
         The scorer's values: one array shared by every pair (the usual case, since the
@@ -209,9 +211,13 @@ def lukv_table(
     for i, (pair_shape, part) in enumerate(_map_in_order(solve_pair, len(oracles), workers)):
         if shape is None:
             shape = pair_shape
-        elif pair_shape != shape:
+        elif pair_shape != shape and (aggregate == "mean_curve" or pair_shape[:2] != shape[:2]):
+            # Prune ratios are fractions of each pair's T, so "mean_ratio" averages pairs of
+            # different lengths; curves (mean_curve) need one length.
             raise InvalidInputError(
                 f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {pair_shape}"
+                + (" (pairs of different lengths need aggregate='mean_ratio')"
+                   if aggregate == "mean_curve" and pair_shape[:2] == shape[:2] else "")
             )
         total = part if total is None else total + part  # in pair order: deterministic
         if progress is not None:

@@ -17,6 +17,12 @@ optional ``kvpress`` package, which is imported only when the press is first use
 ``mode="varlen"`` keeps each head's tokens packed in a transformers cache,
 :class:`budgetopt.torch.varlen_cache.VarlenCache`, read by the ``"budgetopt_varlen"``
 attention registered in that module.
+The profiling engine (:func:`~budgetopt.torch.profiler.profile_context`,
+:func:`~budgetopt.torch.profiler.model_geometry`,
+:func:`~budgetopt.torch.profiler.resolve_scorer`, ...) lives in
+:mod:`budgetopt.torch.profiler` and needs kvpress and transformers in the same way, as do
+:func:`~budgetopt.torch.profiling_run.profile_model` (a whole calibration file into a run
+directory) and :func:`~budgetopt.torch.profiling_run.load_local_model`.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).
@@ -47,6 +53,16 @@ __all__ = [
     "BudgetPress",
 ]
 
+# The profiling engine (budgetopt.torch.profiler) and the calibration runs around it
+# (budgetopt.torch.profiling_run: profile_model, load_local_model) import kvpress and
+# transformers: their names resolve here on first use and stay out of __all__, so
+# ``import *`` loads neither.
+
+_PROFILER_NAMES = frozenset(
+    ("profile_context", "model_geometry", "resolve_scorer", "value_output_norms",
+     "ContextProfile", "ModelGeometry")
+)
+
 
 def __getattr__(name):
     # BudgetPress needs kvpress (which patches transformers' attention functions when it
@@ -55,4 +71,12 @@ def __getattr__(name):
         from .press import BudgetPress
 
         return BudgetPress
+    if name in _PROFILER_NAMES:
+        from . import profiler
+
+        return getattr(profiler, name)
+    if name in ("profile_model", "load_local_model"):
+        from . import profiling_run
+
+        return getattr(profiling_run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

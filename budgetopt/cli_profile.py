@@ -1,0 +1,195 @@
+"""The ``budgetopt profile`` command, and profile run directories as input to ``lukv-table``
+and ``curves``.
+
+Kept apart from :mod:`budgetopt.cli` so that the core command line never imports torch: the
+profiling code is imported inside :func:`cmd_profile` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import InvalidInputError
+
+
+def shard_argument(text):
+    """``K/N``, or ``env``: the rank and world size a launcher such as torchrun sets."""
+    from .runs import parse_shard
+
+    if text == "env":
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            raise argparse.ArgumentTypeError("'env' needs the RANK and WORLD_SIZE environment variables (torchrun sets them)")
+        text = f"{rank}/{world}"
+    try:
+        return parse_shard(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("`shard` ", "")) from None
+
+
+def positive_number(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
+    return value
+
+
+def add_profile_command(sub):
+    """Register ``profile`` on the subparsers ``sub``."""
+    from .cli import non_negative_int
+
+    positive_int = lambda text: _positive_int(text)  # noqa: E731
+    p = sub.add_parser(
+        "profile",
+        help="profile a local model on a calibration file into oracle and scorer arrays (a run directory)",
+        description="Profile MODEL_DIR (local files only) on a calibration file: per (context, question) "
+                    "pair, oracle, scorer and value-norm arrays written to a resumable run directory.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (save_pretrained layout; never downloaded)")
+    p.add_argument("--calibration", required=True, metavar="FILE",
+                   help='JSON lines, each {"context": str, "questions": [str, ...]} (see docs/profiling.md)')
+    p.add_argument("--scorer", required=True,
+                   help="kvpress scorer name: snapkv, keydiff, expected_attention, knorm, tova, ...")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory to write (or resume)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda:$LOCAL_RANK if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="model dtype (default: the checkpoint's)")
+    p.add_argument("--sink", type=non_negative_int, default=4, help="first tokens always kept (default 4)")
+    p.add_argument("--window", type=non_negative_int, default=1, help="last tokens always kept (default 1)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per question (default 64)")
+    p.add_argument("--head-reduce", choices=["max", "mean"], default="max",
+                   help="over each KV group's query heads (default max, published)")
+    p.add_argument("--step-reduce", choices=["max", "sum"], default="max",
+                   help="over generated steps (default max, published)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+    p.add_argument("--temperature", type=positive_number, default=0.7, help="with --sample (default 0.7, published)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--shard", type=shard_argument, metavar="K/N",
+                   help="profile pairs i with i %% N == K only; 'env' reads RANK/WORLD_SIZE (torchrun)")
+    p.add_argument("--no-resume", action="store_true", help="start the run directory over instead of resuming it")
+    p.add_argument("--table", metavar="TABLE.npy",
+                   help="then write the LU-KV table (and TABLE.json describing it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_profile)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
+    return value
+
+
+def cmd_profile(args):
+    from .calibration import read_calibration
+    from .cli import UsageError, check_output_path_named
+
+    table_path = check_output_path_named(args.table, (".npy",), "--table") if args.table else None
+    if table_path is not None and args.shard is not None:
+        raise UsageError(
+            "--table needs every pair; with --shard, build the table from all shard directories "
+            "afterwards: budgetopt lukv-table RUN_0 RUN_1 ... -o table.npy"
+        )
+    out = os.path.abspath(args.output)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"-o/--output: directory {os.path.dirname(out)!r} does not exist")
+    calibration = read_calibration(args.calibration)  # before the model loads: fast errors
+    try:
+        from .torch.profiling_run import load_local_model, profile_model
+    except ImportError as exc:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"budgetopt profile needs torch, transformers and kvpress (pip install 'budgetopt[kvpress]'): {exc}"
+        ) from None
+    from .torch.profiler import resolve_scorer
+
+    resolve_scorer(args.scorer)  # an unknown name fails before the model loads
+    model, tokenizer = load_local_model(args.model_dir, device=args.device, dtype=args.dtype)
+    run = profile_model(
+        model, tokenizer, calibration, scorer=args.scorer, out_dir=args.output, sink=args.sink,
+        window=args.window, max_new_tokens=args.max_new_tokens, head_reduce=args.head_reduce,
+        step_reduce=args.step_reduce, sampling=args.sample, temperature=args.temperature,
+        seed=args.seed, shard=args.shard, resume=not args.no_resume,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    sys.stderr.write(
+        f"wrote {args.output}: {len(run.pairs)} pair(s) of {run.meta['n_pairs']}, "
+        f"{run.meta['layers']} layers x {run.meta['kv_heads']} KV heads, scorer {run.meta['scorer']['name']}\n"
+    )
+    if table_path is not None:
+        _write_table(run, table_path, sink=None, window=None, min_keep_fraction=0.01, layerwise=True,
+                     aggregate="mean_ratio", workers=-1, progress=False)
+    return 0
+
+
+def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggregate, workers, progress):
+    from .cli import Progress
+    from .runs import lukv_table_from_run, save_table_with_meta
+
+    bar = Progress(len(run.pairs), progress, "lukv-table")
+    try:
+        table, meta = lukv_table_from_run(
+            run, sink=sink, window=window, min_keep_fraction=min_keep_fraction, layerwise=layerwise,
+            aggregate=aggregate, workers=workers, progress=bar,
+        )
+    finally:
+        bar.close()
+    meta_path = save_table_with_meta(path, table, meta)
+    sys.stderr.write(
+        f"wrote {path} and {meta_path}: table {table.shape} (rows: compression 1%..99%) from "
+        f"{len(run.pairs)} pair(s), sink {meta['sink']}, window {meta['window']}\n"
+    )
+
+
+def check_pair_source(args):
+    """Either run directories or ``--oracle``/``--scores``/``--sink``/``--window``; not both."""
+    from .cli import UsageError
+
+    if args.runs:
+        if args.oracle or args.scores:
+            raise UsageError("give run directories or --oracle/--scores files, not both")
+        return True
+    missing = [name for name, value in (("--oracle", args.oracle), ("--scores", args.scores),
+                                        ("--sink", args.sink), ("--window", args.window)) if value is None]
+    if missing:
+        raise UsageError(
+            f"give profile run directories (RUN ...) or the arguments {', '.join(missing)}"
+        )
+    return False
+
+
+def cmd_lukv_table_from_runs(args):
+    from .cli import check_output_path
+    from .runs import load_profile_run
+
+    output = check_output_path(args.output, (".npy",))
+    run = load_profile_run(*args.runs)
+    _write_table(run, output, sink=args.sink, window=args.window, min_keep_fraction=args.min_keep_fraction,
+                 layerwise=not args.layer_local, aggregate=args.aggregate, workers=args.workers,
+                 progress=not args.no_progress)
+    return 0
+
+
+def cmd_curves_from_runs(args):
+    from .cli import check_output_path
+    from .curves import save_curves
+    from .runs import curves_from_run, load_profile_run
+
+    output = check_output_path(args.output, (".npz",))
+    run = load_profile_run(*args.runs)
+    curves = curves_from_run(run, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    save_curves(output, curves)
+    sys.stderr.write(
+        f"wrote {output}: {len(run.pairs)} pair(s), head shape {curves.head_shape}, "
+        f"grid {int(curves.grid[0])}..{int(curves.grid[-1])} tokens\n"
+    )
+    return 0

@@ -1,0 +1,579 @@
+"""Profile run directories: what ``budgetopt profile`` writes, and loading (merging) them.
+
+A run directory holds::
+
+    RUN/
+      meta.json                        the run's settings (model, scorer, sink, window, ...)
+      pairs/c{ctx:05d}_q{q:03d}.npz    one per finished (context, question) pair
+
+Each pair file holds float32 ``oracle``, ``scores`` and ``value_norms`` arrays of shape
+``(layers, kv_heads, T)`` (``T``: that context's tokens) and ``meta``, a JSON object. Every
+file is written atomically (a temporary file renamed into place), so a pair file that exists
+is a finished pair: resuming skips exactly those. Pair ``i`` in global order (contexts in
+calibration order, their questions in order) belongs to shard ``K/N`` when ``i % N == K``.
+
+Everything here is numpy and the standard library; the profiling itself (torch) lives in
+:mod:`budgetopt.torch.profiling_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .curves import Curves, write_atomic
+from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+
+__all__ = ["ProfileRun", "load_profile_run", "parse_shard", "lukv_table_from_run", "curves_from_run"]
+
+#: ``meta.json["format"]`` of the run directories this module reads and writes.
+FORMAT = "budgetopt-profile/1"
+#: ``"format"`` of the JSON file written beside a table built from runs.
+TABLE_FORMAT = "budgetopt-lukv-table/1"
+
+_PAIR_FILE = re.compile(r"^c(\d{5,})_q(\d{3,})\.npz$")
+_MEMBERS = ("oracle", "scores", "value_norms")
+# Settings that may differ between shards of one run: where each shard ran and which shard it is.
+_PER_MACHINE = ("shard", "device", "versions")
+
+
+def pair_file_name(context, question):
+    """``c{context:05d}_q{question:03d}.npz``."""
+    return f"c{context:05d}_q{question:03d}.npz"
+
+
+def parse_shard(value):
+    """``(K, N)`` from ``"K/N"`` (or a ``(K, N)`` pair), ``None`` for ``None``.
+
+    Examples
+    --------
+    >>> parse_shard("1/4")
+    (1, 4)
+    >>> parse_shard(None) is None
+    True
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        if not match:
+            raise InvalidInputError(f"`shard` must look like K/N (for example 0/4); got {value!r}")
+        k, n = int(match.group(1)), int(match.group(2))
+    else:
+        try:
+            k, n = value
+        except (TypeError, ValueError):
+            raise InvalidTypeError(f"`shard` must be 'K/N' or a (K, N) pair; got {value!r}") from None
+        if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in (k, n)):
+            raise InvalidTypeError(f"`shard` must hold two integers; got {value!r}")
+        k, n = int(k), int(n)
+    if n < 1 or not 0 <= k < n:
+        raise InvalidInputError(f"`shard` K/N needs N >= 1 and 0 <= K < N; got {k}/{n}")
+    return k, n
+
+
+def shard_label(shard):
+    """``"K/N"`` for a parsed shard, ``None`` for ``None``."""
+    return None if shard is None else f"{shard[0]}/{shard[1]}"
+
+
+def in_shard(index, shard):
+    """Whether global pair ``index`` belongs to ``shard`` (``None``: every pair)."""
+    return shard is None or index % shard[1] == shard[0]
+
+
+def _identity(meta):
+    """``meta`` without the settings shards may differ in (shard, device, versions, paths)."""
+    out = {k: v for k, v in meta.items() if k not in _PER_MACHINE}
+    for key in ("model", "calibration"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k != "path"}
+    return out
+
+
+def _difference(a, b, prefix=""):
+    """The first key (dotted) where two JSON objects differ, with both values."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            show = lambda v: json.dumps(v) if len(json.dumps(v)) <= 60 else json.dumps(v)[:57] + "..."
+            return f"{prefix}{key}: {show(va)} vs {show(vb)}"
+    return None
+
+
+# -- writing -------------------------------------------------------------------------------
+def read_run_meta(run_dir):
+    """The ``meta.json`` of ``run_dir`` as a dict, or :class:`CurvesFileError`."""
+    run_dir = Path(run_dir)
+    path = run_dir / "meta.json"
+    if not run_dir.is_dir():
+        raise CurvesFileError(f"{run_dir}: no such profile run directory")
+    if not path.is_file():
+        raise CurvesFileError(f"{run_dir}: not a profile run directory (no meta.json)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CurvesFileError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CurvesFileError(f"{path}: not a budgetopt profile run (format {found!r}, expected {FORMAT!r})")
+    for key in ("layers", "kv_heads", "n_pairs"):
+        if key not in meta:
+            raise CurvesFileError(f"{path}: missing key {key!r}")
+    return meta
+
+
+def open_run_dir(run_dir, meta, *, resume=True):
+    """Create or reopen a run directory for writing; returns the finished ``{(c, q), ...}``.
+
+    A new directory (or an empty existing one) gets ``meta.json``. An existing run is resumed
+    when ``resume`` is true and its settings equal ``meta`` (apart from the device, versions
+    and file paths); with ``resume=False`` its pair files are deleted first. Leftover
+    temporary files of an interrupted write are removed. A non-empty directory that is not a
+    run is refused.
+    """
+    run_dir = Path(run_dir)
+    parent = run_dir.parent if str(run_dir.parent) else Path(".")
+    if not run_dir.exists() and not parent.is_dir():
+        raise CurvesFileError(f"{run_dir}: parent directory {str(parent)!r} does not exist")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CurvesFileError(f"{run_dir}: exists and is not a directory")
+    pairs = run_dir / "pairs"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        old = read_run_meta(run_dir) if (run_dir / "meta.json").exists() else None
+        if old is None:
+            raise CurvesFileError(
+                f"{run_dir}: is not empty and not a profile run directory (no meta.json); "
+                "choose a new or empty directory"
+            )
+        if resume:
+            diff = _difference(_identity(old), _identity(meta)) or (
+                None if old.get("shard") == meta.get("shard") else
+                f"shard: {json.dumps(old.get('shard'))} vs {json.dumps(meta.get('shard'))}"
+            )
+            if diff:
+                raise InvalidInputError(
+                    f"{run_dir}: holds a run with other settings ({diff}); use a new directory, "
+                    "or --no-resume / resume=False to start it over"
+                )
+    pairs.mkdir(parents=True, exist_ok=True)
+    finished = set()
+    for entry in os.scandir(pairs):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            os.unlink(entry.path)  # a write that never finished
+            continue
+        match = _PAIR_FILE.match(entry.name)
+        if match:
+            if resume:
+                finished.add((int(match.group(1)), int(match.group(2))))
+            else:
+                os.unlink(entry.path)
+    text = json.dumps(meta, indent=1) + "\n"
+    write_atomic(run_dir / "meta.json", lambda f: f.write(text.encode("utf-8")))
+    return finished
+
+
+def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta):
+    """Write one pair file atomically (float32 arrays, JSON meta; nothing pickled)."""
+    arrays = {}
+    for name, value in (("oracle", oracle), ("scores", scores), ("value_norms", value_norms)):
+        arrays[name] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+    text = np.array(json.dumps(meta))
+    path = Path(run_dir) / "pairs" / pair_file_name(context, question)
+    write_atomic(path, lambda f: np.savez(f, meta=text, **arrays))
+    return path
+
+
+# -- reading -------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ProfileRun:
+    """Oracle and scorer arrays of a profile run, in global pair order.
+
+    Attributes
+    ----------
+    meta : dict
+        The run's ``meta.json`` (``shard`` is ``None`` when every pair is present).
+    pairs : tuple of (int, int)
+        ``(context, question)`` of each pair held, in global order.
+    oracles, scores, value_norms : tuple of numpy.ndarray
+        float32 ``(layers, kv_heads, T)`` per pair. The questions of one context share one
+        ``scores`` and one ``value_norms`` array object (they come from the same prefill).
+    pair_meta : tuple of dict
+        Each pair file's ``meta`` (token counts, generated tokens, seconds).
+    missing : tuple of (int, int)
+        Pairs of the run that are not held (only with ``partial=True``).
+    """
+
+    meta: dict
+    pairs: tuple
+    oracles: tuple
+    scores: tuple
+    value_norms: tuple
+    pair_meta: tuple
+    missing: tuple = ()
+
+    @property
+    def head_shape(self):
+        """``(layers, kv_heads)``."""
+        return (int(self.meta["layers"]), int(self.meta["kv_heads"]))
+
+    def __repr__(self):
+        return (
+            f"ProfileRun(pairs={len(self.pairs)}, head_shape={self.head_shape}, "
+            f"scorer={self.meta.get('scorer', {}).get('name')!r}, missing={len(self.missing)})"
+        )
+
+
+def all_pairs(meta, found=()):
+    """Every ``(context, question)`` of a run, in global order.
+
+    From ``meta["questions"]`` (questions per context) when the run records it; otherwise
+    (a run written by another tool, which need not record it) the pairs ``found`` on disk."""
+    if "questions" in meta:
+        return [(c, q) for c, n in enumerate(meta["questions"]) for q in range(int(n))]
+    return sorted(set(found))
+
+
+def _read_pair(path, context, question, meta, need_context_arrays, length=None):
+    """``(oracle, scores or None, value_norms or None, pair meta)`` of one pair file.
+
+    ``length`` is the context's token count when known (from ``meta["context_tokens"]`` or
+    the context's first pair); otherwise the oracle's own."""
+    if length is None and "context_tokens" in meta:
+        length = int(meta["context_tokens"][context])
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CurvesFileError(f"{path}: not a readable .npz pair file ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CurvesFileError(f"{path}: not an .npz archive")
+    with archive:
+        wanted = _MEMBERS if need_context_arrays else ("oracle",)
+        missing = [m for m in (*wanted, "meta") if m not in archive.files]
+        if missing:
+            raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
+        out = {}
+        shape = None
+        for name in wanted:
+            try:
+                arr = archive[name]
+            except ValueError as exc:
+                raise CurvesFileError(
+                    f"{path}: member {name!r} holds an object array; budgetopt never unpickles"
+                    if "pickle" in str(exc) else f"{path}: member {name!r} is unreadable ({exc})"
+                ) from None
+            if shape is None:
+                t = length if length is not None else (arr.shape[-1] if arr.ndim == 3 else -1)
+                shape = (int(meta["layers"]), int(meta["kv_heads"]), int(t))
+            if arr.dtype != np.float32 or arr.shape != shape:
+                raise CurvesFileError(
+                    f"{path}: member {name!r} must be float32 of shape {shape} (layers, kv_heads, "
+                    f"context tokens); got {arr.dtype} {arr.shape}"
+                )
+            out[name] = arr
+        try:
+            pair_meta = json.loads(str(archive["meta"].item()))
+        except Exception as exc:
+            raise CurvesFileError(f"{path}: member 'meta' is not a JSON string ({exc})") from None
+    if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get("question")) != (context, question):
+        raise CurvesFileError(f"{path}: its meta does not name context {context}, question {question}")
+    return out["oracle"], out.get("scores"), out.get("value_norms"), pair_meta
+
+
+def load_profile_run(*paths, partial=False):
+    """Load one profile run directory, or merge the directories of a sharded run.
+
+    Parameters
+    ----------
+    *paths : str or os.PathLike
+        Run directories written by ``budgetopt profile`` / ``profile_model``: one run, or its
+        shards (in any order). Their ``meta.json`` must agree apart from ``shard``, the
+        device, versions and file paths (shards may run on different machines).
+    partial : bool, optional
+        False (default): every pair of the run must be present exactly once. True: missing
+        pairs are allowed (listed in :attr:`ProfileRun.missing`), for example one shard on
+        its own or a run still in progress.
+
+    Returns
+    -------
+    ProfileRun
+        Pairs in global order, whatever the shards; the same arrays as one unsharded run.
+
+    Raises
+    ------
+    CurvesFileError
+        A directory is not a run, a pair file is unreadable or has the wrong shape or dtype,
+        or holds a pickled object (never unpickled).
+    InvalidInputError
+        The runs disagree (the message names the first differing setting), a pair is held
+        twice, or pairs are missing (without ``partial``).
+
+    Notes
+    -----
+    Reads each oracle once, and ``scores`` / ``value_norms`` once per context (from the
+    context's first pair held). Memory: all oracles of the run, plus one scores and one
+    value-norm array per context.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run = os.path.join(tempfile.mkdtemp(), "run")
+    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 2, "questions": [2],
+    ...         "context_tokens": [5], "n_pairs": 2, "shard": None}
+    >>> open_run_dir(run, meta)
+    set()
+    >>> for q in range(2):
+    ...     a = np.full((1, 2, 5), 0.1 * (q + 1), np.float32)
+    ...     _ = write_pair(run, 0, q, oracle=a, scores=a, value_norms=a,
+    ...                    meta={"context": 0, "question": q})
+    >>> r = load_profile_run(run)
+    >>> r.pairs, r.oracles[1].shape, r.scores[0] is r.scores[1]
+    (((0, 0), (0, 1)), (1, 2, 5), True)
+    """
+    if not paths:
+        raise InvalidInputError("`paths` must name at least one profile run directory")
+    if not isinstance(partial, (bool, np.bool_)):
+        raise InvalidTypeError(f"`partial` must be True or False; got {partial!r}")
+    metas = [read_run_meta(p) for p in paths]
+    for p, m in zip(paths[1:], metas[1:]):
+        diff = _difference(_identity(metas[0]), _identity(m))
+        if diff:
+            raise InvalidInputError(f"{p}: is not a shard of the same run as {paths[0]} ({diff})")
+    meta = dict(metas[0])
+    recorded = "questions" in meta
+    expected_set = set(all_pairs(meta)) if recorded else None
+    where = {}
+    for p in paths:
+        pairs_dir = Path(p) / "pairs"
+        if not pairs_dir.is_dir():
+            continue
+        for entry in sorted(os.listdir(pairs_dir)):
+            match = _PAIR_FILE.match(entry)
+            if not match:
+                continue
+            key = (int(match.group(1)), int(match.group(2)))
+            if recorded and key not in expected_set:
+                raise CurvesFileError(
+                    f"{pairs_dir / entry}: context {key[0]}, question {key[1]} is not a pair of this run "
+                    f"({len(meta['questions'])} contexts)"
+                )
+            if key in where:
+                raise InvalidInputError(
+                    f"pair {entry} is in both {where[key][0]} and {p}; give each shard once"
+                )
+            where[key] = (p, pairs_dir / entry)
+    expected = all_pairs(meta, where)
+    missing = tuple(k for k in expected if k not in where)
+    if missing and not partial:
+        shown = ", ".join(pair_file_name(*k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise InvalidInputError(
+            f"{len(missing)} of {len(expected)} pairs are missing ({shown}); give every shard's "
+            "directory, finish the run, or pass partial=True"
+        )
+    complete = not missing and (recorded or len(where) == int(meta["n_pairs"]))
+    if not complete and not partial:  # without per-context question counts, which is unknown
+        raise InvalidInputError(
+            f"{int(meta['n_pairs']) - len(where)} of {int(meta['n_pairs'])} pairs are missing (the run's "
+            "meta.json does not record which); give every shard's directory, finish the run, or pass partial=True"
+        )
+    held = [k for k in expected if k in where]
+    oracles, scores, norms, pair_meta = [], [], [], []
+    per_context = {}
+    for c, q in held:
+        first = c not in per_context
+        length = None if first else per_context[c][0].shape[-1]
+        oracle, s, v, pm = _read_pair(where[(c, q)][1], c, q, meta, first, length)
+        if first:
+            s.setflags(write=False)
+            v.setflags(write=False)
+            per_context[c] = (s, v)
+        oracle.setflags(write=False)
+        oracles.append(oracle)
+        scores.append(per_context[c][0])
+        norms.append(per_context[c][1])
+        pair_meta.append(pm)
+    if complete:
+        meta["shard"] = None
+    elif len(paths) > 1:
+        meta["shard"] = [m.get("shard") for m in metas]
+    return ProfileRun(
+        meta=meta, pairs=tuple(held), oracles=tuple(oracles), scores=tuple(scores),
+        value_norms=tuple(norms), pair_meta=tuple(pair_meta), missing=missing,
+    )
+
+
+# -- from a run to tables and curves ---------------------------------------------------------
+def _sink_window(run, sink, window):
+    sink = run.meta.get("sink") if sink is None else sink
+    window = run.meta.get("window") if window is None else window
+    if sink is None or window is None:
+        raise InvalidInputError("`sink` and `window` must be given (the run's meta.json does not record them)")
+    return sink, window
+
+
+def _check_run(run):
+    if not isinstance(run, ProfileRun):
+        raise InvalidTypeError(f"`run` must be a ProfileRun (see load_profile_run); got {type(run).__name__}")
+    if not run.pairs:
+        raise InvalidInputError("`run` holds no pairs")
+
+
+def lukv_table_from_run(run, *, sink=None, window=None, min_keep_fraction=0.01, layerwise=True,
+                        aggregate="mean_ratio", workers=1, progress=None):
+    """The LU-KV table ``(99, layers, kv_heads)`` of a profile run, and its JSON description.
+
+    :func:`budgetopt.lukv_table` over the run's pairs (each context's scores ranked once).
+    ``sink`` and ``window`` default to the run's; the other parameters are those of
+    :func:`budgetopt.lukv_table`. Contexts may differ in length with ``"mean_ratio"``
+    (ratios are averaged); ``"mean_curve"`` needs one length.
+
+    Returns
+    -------
+    table : numpy.ndarray of float64, shape ``(99, layers, kv_heads)``
+    meta : dict
+        What the table was built from: model, scorer, sink, window, calibration (path and
+        sha256), the run's profiling settings and the table settings; save it beside the table
+        (:func:`save_table_with_meta`).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run_dir = os.path.join(tempfile.mkdtemp(), "run")
+    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 2, "questions": [1],
+    ...         "context_tokens": [10], "n_pairs": 1, "sink": 1, "window": 1}
+    >>> _ = open_run_dir(run_dir, meta)
+    >>> a = np.linspace(0, 1, 20, dtype=np.float32).reshape(1, 2, 10)
+    >>> _ = write_pair(run_dir, 0, 0, oracle=a, scores=a, value_norms=a, meta={"context": 0, "question": 0})
+    >>> table, info = lukv_table_from_run(load_profile_run(run_dir))
+    >>> table.shape, info["sink"], info["pairs"]
+    ((99, 1, 2), 1, 1)
+    """
+    from .lukv import lukv_table
+
+    _check_run(run)
+    sink, window = _sink_window(run, sink, window)
+    table = lukv_table(
+        list(run.oracles), list(run.scores), sink=sink, window=window,
+        min_keep_fraction=min_keep_fraction, layerwise=layerwise, aggregate=aggregate,
+        progress=progress, workers=workers,
+    )
+    meta = _derived_meta(run, sink, window)
+    meta.update(
+        format=TABLE_FORMAT,
+        shape=list(table.shape),
+        lukv={"min_keep_fraction": float(min_keep_fraction), "layerwise": bool(layerwise), "aggregate": aggregate},
+    )
+    return table, meta
+
+
+def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
+    """Utility curves of a profile run: the mean (or median) over its pairs.
+
+    Each pair's curves are :func:`budgetopt.curves_from_scores` of its oracle and its
+    context's scores; all contexts must have the same token count. ``sink`` and ``window``
+    default to the run's.
+
+    Parameters
+    ----------
+    run : ProfileRun
+    sink, window : int, optional
+    aggregate : {"mean_curve", "median_curve"}, optional
+
+    Returns
+    -------
+    Curves
+        With ``meta`` describing the run (model, scorer, calibration, settings).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run_dir = os.path.join(tempfile.mkdtemp(), "run")
+    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 1, "questions": [1],
+    ...         "context_tokens": [4], "n_pairs": 1, "sink": 1, "window": 1}
+    >>> _ = open_run_dir(run_dir, meta)
+    >>> o = np.array([[[0.1, 0.5, 0.2, 0.2]]], np.float32)
+    >>> _ = write_pair(run_dir, 0, 0, oracle=o, scores=o, value_norms=o, meta={"context": 0, "question": 0})
+    >>> c = curves_from_run(load_profile_run(run_dir))
+    >>> c.grid.tolist(), np.round(c.utility, 3).tolist()
+    ([2, 3, 4], [[[0.3, 0.8, 1.0]]])
+    """
+    from .profile import curves_from_scores
+
+    _check_run(run)
+    if aggregate not in ("mean_curve", "median_curve"):
+        raise InvalidInputError(f"`aggregate` must be 'mean_curve' or 'median_curve'; got {aggregate!r}")
+    sink, window = _sink_window(run, sink, window)
+    lengths = sorted({int(o.shape[-1]) for o in run.oracles})
+    if len(lengths) > 1:
+        raise InvalidInputError(
+            f"curves need contexts of one token count; this run has {len(lengths)} "
+            f"({lengths[0]}..{lengths[-1]}); build an LU-KV table instead (prune ratios average across lengths)"
+        )
+    utilities, grid = [], None
+    for i, (oracle, scores) in enumerate(zip(run.oracles, run.scores)):
+        curves = curves_from_scores(oracle, scores, sink=sink, window=window)
+        utilities.append(curves.utility)
+        grid = curves.grid
+    stack = np.stack(utilities)
+    utility = stack.mean(axis=0) if aggregate == "mean_curve" else np.median(stack, axis=0)
+    meta = _derived_meta(run, sink, window)
+    meta.update(aggregate=aggregate, length=lengths[0])
+    return Curves(utility, grid, meta=meta)
+
+
+def _derived_meta(run, sink, window):
+    """The description of what a table or curves came from."""
+    from . import __version__
+
+    m = run.meta
+    keys = ("model", "scorer", "calibration", "max_new_tokens", "head_reduce", "step_reduce",
+            "sampling", "temperature", "seed", "dtype", "tokenization", "layers", "kv_heads", "heads")
+    return {
+        "sink": int(sink),
+        "window": int(window),
+        **{k: m[k] for k in keys if k in m},
+        "profile_sink": m.get("sink"),
+        "profile_window": m.get("window"),
+        "pairs": len(run.pairs),
+        "contexts": len({c for c, _ in run.pairs}),
+        "complete": not run.missing,
+        "budgetopt_version": __version__,
+    }
+
+
+def table_meta_path(table_path):
+    """Where the JSON description of ``table.npy`` goes: ``table.json`` beside it."""
+    p = Path(table_path)
+    return p.with_suffix(".json") if p.suffix else p.with_name(p.name + ".json")
+
+
+def save_table_with_meta(path, table, meta):
+    """Write an LU-KV table (``.npy``) and its JSON description beside it, both atomically.
+
+    If writing the table fails, the description is removed again: nothing half-done remains.
+    """
+    from .lukv import save_lukv_table
+
+    meta_path = table_meta_path(path)
+    text = json.dumps({**meta, "table": Path(path).name}, indent=1) + "\n"
+    existed = meta_path.exists()
+    write_atomic(meta_path, lambda f: f.write(text.encode("utf-8")))
+    try:
+        save_lukv_table(path, table)
+    except BaseException:
+        if not existed:
+            try:
+                os.unlink(meta_path)
+            except OSError:
+                pass
+        raise
+    return meta_path

