@@ -90,9 +90,10 @@ def _positive_int(text):
 
 def cmd_profile(args):
     from .calibration import read_calibration
-    from .cli import UsageError, check_output_path_named
+    from .cli import UsageError, check_output_path
 
-    table_path = check_output_path_named(args.table, (".npy",), "--table") if args.table else None
+    table_path = (check_output_path(args.table, (".npy",), option="--table", inputs=[args.calibration])
+                  if args.table else None)
     if table_path is not None and args.shard is not None:
         raise UsageError(
             "--table needs every pair; with --shard, build the table from all shard directories "
