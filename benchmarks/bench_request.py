@@ -164,12 +164,20 @@ def mean_ratio_fit(contexts, sink, window, fractions):
     return np.mean(keep, axis=0)  # (compressions, n)
 
 
+def grid_split(u, fractions, T, sink, window, total):
+    """Budgets of curves ``u`` (n, G) on the fraction grid for one request of ``T`` tokens."""
+    tokens = rq._token_counts(fractions, T - sink - window) + sink + window
+    u, grid = rq._with_floor(np.ascontiguousarray(u), tokens, floor_of(T, sink, window), T)
+    return rq._split(u, grid, total)[0]
+
+
 def evaluate(contexts, sink, window, *, variants=True, log=print):
     L, H = contexts[0][0].shape[:2]
     n = L * H
     names = ["uniform", "adakv", "mean_ratio", "mean_curve", "request"]
     if variants:
         names += ["request s=0.5", "request s=0", "request scores only"]
+        names += ["ref: true shape", "ref: true weights", "ref: context mean"]
     names += ["own"]
     has_norms = contexts[0][1] is not None
     rows = []  # per held-out pair: {name: [retained at each compression]}
@@ -200,9 +208,17 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
         T = scores.shape[-1]
         floor = floor_of(T, sink, window)
         tots = totals_for(n, T, sink, window)
-        for o in oracles:
-            curves = budgetopt.curves_from_scores(o, scores, sink=sink, window=window)
-            util = curves.utility.reshape(n, -1)
+        fr = fits["request"].fractions
+        counts = rq._token_counts(fr, T - sink - window)
+        utils = [budgetopt.curves_from_scores(o, scores, sink=sink, window=window).utility.reshape(n, -1)
+                 for o in oracles]
+        context_mean = np.mean([u[:, counts] / u[:, -1].sum() for u in utils], axis=0)
+        static_u = fits["request"].weight.reshape(-1, 1) * fits["request"].mean_shape.reshape(n, -1)
+        for o, util in zip(oracles, utils):
+            curves = budgetopt.Curves(util, np.arange(sink + window, T + 1))
+            sampled = util[:, counts] / util[:, -1].sum()
+            true_w = sampled[:, -1:]
+            true_s = sampled / np.where(true_w > 0, true_w, 1.0)
             own = budgetopt.sweep(curves, tots, min_budget=floor)
             row = {name: [] for name in names}
             for j, c in enumerate(COMPRESSIONS):
@@ -213,6 +229,13 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
                 for name, ra in fits.items():
                     nm = norms if "scores_x_norms" in ra.features else None
                     row[name].append(retained(util, ra.allocate(scores, tots[j], value_norms=nm).budgets, sink, window))
+                if variants:
+                    refs = {"ref: true shape": fits["request"].weight.reshape(-1, 1) * true_s,
+                            "ref: true weights": true_w * static_u / np.where(
+                                static_u[:, -1:] > 0, static_u[:, -1:], 1.0),
+                            "ref: context mean": context_mean}
+                    for name, u in refs.items():
+                        row[name].append(retained(util, grid_split(u, fr, T, sink, window, tots[j]), sink, window))
                 row["own"].append(retained(util, own.budgets[j], sink, window))
             rows.append(row)
         log(f"  held-out context {held}: shrinkage {chosen[-1]}, {len(oracles)} pairs")

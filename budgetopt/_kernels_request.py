@@ -2,10 +2,10 @@
 
 Two stages, in pipeline order:
 
-* :func:`mass_curves`: one pass over each head's middle tokens (no sort) builds a histogram
+* :func:`mass_curves`: one pass over each head's tokens (no sort) builds a histogram
   of its non-negative weights on a logarithmic scale (the float32 exponent and its top three
-  mantissa bits: 2048 bins, each 2**(1/8) wide), then reads the share of the weight held by
-  the top ``n_k`` tokens off the histogram, interpolating linearly inside a bin;
+  mantissa bits: 2048 bins, each 2**(1/8) wide) of its middle tokens, then reads the share
+  of the weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram, interpolating linearly inside a bin;
 * :func:`lp_split`: the upper concave hull of each head's predicted curve on its coarse token
   grid, then the hull segments taken steepest first until the total is spent. The answer
   solves the LP relaxation of the piecewise-linear curves exactly; at most one head stops
@@ -26,52 +26,138 @@ N_BINS = 2048
 _SHIFT = 20
 
 
-@nb.njit(**_JIT)
-def mass_curves(values, bits, sink, window, counts, out):
-    """Share of each row's middle weight held by its ``counts[k]`` heaviest middle tokens.
+@nb.njit(inline="always", **_JIT)
+def _read_curve(hist_n, hist_w, protected, total, middle, counts, out, r):
+    """Shares at ``counts`` from one row's histogram into ``out[r]``."""
+    n_counts = counts.shape[0]
+    if not total > 0.0:
+        for k in range(n_counts):
+            out[r, k] = 1.0 if protected > 0.0 else counts[k] / middle
+        return
+    whole = total + protected
+    k = 0
+    seen = 0
+    mass = 0.0
+    for b in range(N_BINS - 1, -1, -1):
+        c = hist_n[b]
+        if c == 0:
+            continue
+        while k < n_counts and counts[k] <= seen + c:
+            out[r, k] = (protected + mass + hist_w[b] * ((counts[k] - seen) / c)) / whole
+            k += 1
+        seen += c
+        mass += hist_w[b]
+        if k == n_counts:
+            break
+    while k < n_counts:
+        out[r, k] = 1.0
+        k += 1
 
-    ``values`` float32 ``(n, T)`` non-negative and finite, ``bits`` the same memory viewed as
-    uint32; the middle is ``sink <= t < T - window``. ``counts`` int64 ``(G,)`` increasing from
-    0 to the middle length. Writes ``out[r, k]`` (float64, in [0, 1]); a row without weight
-    gets the uniform share ``counts[k] / M``. O(n (T + N_BINS + G)).
+
+@nb.njit(inline="always", **_JIT)
+def _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w):
+    """Histogram of ``row[sink:stop]`` by the 12 high bits; returns (middle sum, suspect).
+
+    Four interleaved lane histograms (merged at the end) keep consecutive tokens that fall
+    in one bin from waiting on each other. ``suspect``: some value has its sign bit set or
+    the largest exponent (negative, NaN or infinite); its bins lie at or above
+    :data:`N_BINS` - 8.
+    """
+    lanes_n[:] = 0
+    lanes_w[:] = 0.0
+    t = sink
+    while t + 4 <= stop:
+        for lane in range(4):
+            b = row_bits[t + lane] >> _SHIFT
+            lanes_n[lane, b] += 1
+            lanes_w[lane, b] += row[t + lane]
+        t += 4
+    while t < stop:
+        b = row_bits[t] >> _SHIFT
+        lanes_n[0, b] += 1
+        lanes_w[0, b] += row[t]
+        t += 1
+    total = 0.0
+    for b in range(2 * N_BINS):
+        hist_n[b] = lanes_n[0, b] + lanes_n[1, b] + lanes_n[2, b] + lanes_n[3, b]
+        hist_w[b] = lanes_w[0, b] + lanes_w[1, b] + lanes_w[2, b] + lanes_w[3, b]
+        total += hist_w[b]
+    suspect = False
+    for b in range(N_BINS - 8, 2 * N_BINS):
+        if hist_n[b] > 0:
+            suspect = True
+            break
+    return total, suspect
+
+
+@nb.njit(**_JIT)
+def mass_curves(values, norms, use_norms, sink, window, counts, out):
+    """Share of each row's weight held by its protected tokens and ``counts[k]`` heaviest middle tokens.
+
+    The protected tokens are the ``sink`` first and ``window`` last ones; the middle is
+    ``sink <= t < T - window``. Weights: ``values`` (float32 ``(n, T)``) minus the row's
+    minimum when that is negative, into ``out[0]``; with ``use_norms``, also
+    ``values * norms`` (norms float32 ``(n, T)``), shifted the same way, into ``out[1]``.
+    ``counts`` int64 ``(G,)`` increases from 0 to the middle length; ``out`` float64
+    ``(J, n, G)``. A row without weight gets the uniform share ``counts[k] / M`` (1 when only
+    protected tokens weigh).
+
+    Returns -1, or ``4 * row + code`` for the first bad row: code 1, a value is NaN or
+    infinite; code 2, a norm is NaN, infinite or negative. O(n (T + N_BINS + G)): each
+    feature is one sequential copy of the row and one histogram pass (a second pass only
+    for rows with negative weights).
     """
     n, length = values.shape
     stop = length - window
     middle = stop - sink
-    n_counts = counts.shape[0]
-    hist_n = np.zeros(N_BINS, np.int64)
-    hist_w = np.zeros(N_BINS, np.float64)
+    hist_n = np.zeros(2 * N_BINS, np.int64)   # the upper half catches sign-bit values
+    hist_w = np.zeros(2 * N_BINS, np.float64)
+    lanes_n = np.zeros((4, 2 * N_BINS), np.int32)
+    lanes_w = np.zeros((4, 2 * N_BINS), np.float64)
+    row = np.empty(length, np.float32)
+    row_bits = row.view(np.uint32)
+    big = np.float32(3.4e38)
     for r in range(n):
-        hist_n[:] = 0
-        hist_w[:] = 0.0
-        total = 0.0
-        for t in range(sink, stop):
-            b = bits[r, t] >> _SHIFT
-            hist_n[b] += 1
-            v = values[r, t]
-            hist_w[b] += v
-            total += v
-        if not total > 0.0:
-            for k in range(n_counts):
-                out[r, k] = counts[k] / middle
-            continue
-        k = 0
-        seen = 0
-        mass = 0.0
-        for b in range(N_BINS - 1, -1, -1):
-            c = hist_n[b]
-            if c == 0:
-                continue
-            while k < n_counts and counts[k] <= seen + c:
-                out[r, k] = (mass + hist_w[b] * ((counts[k] - seen) / c)) / total
-                k += 1
-            seen += c
-            mass += hist_w[b]
-            if k == n_counts:
-                break
-        while k < n_counts:
-            out[r, k] = 1.0
-            k += 1
+        for j in range(2 if use_norms else 1):
+            if j == 0:
+                for t in range(length):
+                    row[t] = values[r, t]
+            else:
+                bad = False
+                for t in range(length):
+                    m = norms[r, t]
+                    bad |= not (m >= 0.0 and m <= big)
+                    row[t] = values[r, t] * m
+                if bad:
+                    return 4 * r + 2
+            total, suspect = _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w)
+            protected = 0.0
+            low = np.float32(0.0)
+            for t in range(sink):
+                protected += row[t]
+                suspect |= not (row[t] >= 0.0 and row[t] <= big)
+            for t in range(stop, length):
+                protected += row[t]
+                suspect |= not (row[t] >= 0.0 and row[t] <= big)
+            if suspect:
+                for t in range(length):
+                    v = values[r, t]
+                    if not (v - v == 0.0):
+                        return 4 * r + 1
+                    if not (row[t] - row[t] == 0.0):  # the product overflowed float32
+                        return 4 * r + 2
+                    if row[t] < low:
+                        low = row[t]
+                for t in range(length):
+                    row[t] = row[t] - low
+                total, _ = _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w)
+                protected = 0.0
+                for t in range(sink):
+                    protected += row[t]
+                for t in range(stop, length):
+                    protected += row[t]
+            _read_curve(hist_n, hist_w, protected, total, middle, counts, out[j], r)
+    return -1
 
 
 @nb.njit(**_JIT)

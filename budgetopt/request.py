@@ -81,8 +81,9 @@ def _as_list(values, n, name):
     return [values] * n, False
 
 
-def _check_norms(norms, like_shape, name):
-    """Value norms as float32, shaped like the scores, finite and non-negative."""
+def _check_norms(norms, like_shape, name, values=True):
+    """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
+    :func:`proxy_curves` checks them in its pass)."""
     try:
         arr = np.asarray(norms)
     except Exception as exc:
@@ -91,7 +92,7 @@ def _check_norms(norms, like_shape, name):
         raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
     if arr.shape != like_shape:
         raise InvalidInputError(f"`{name}` must have the shape of the scores, {like_shape}; got {arr.shape}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+    if values and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
         raise InvalidInputError(f"`{name}` must be finite and non-negative")
     return arr
 
@@ -107,19 +108,23 @@ def _floor(min_keep_fraction, length, sink, window):
 
 
 # -- the pieces shared by fit and allocate -------------------------------------------------
-def proxy_curves(scores, norms, sink, window, counts):
-    """Proxy shapes ``(J, n, G)`` of validated ``scores`` ``(n, T)`` (and ``norms`` or None)."""
-    rows = scores.reshape(-1, scores.shape[-1])
-    weights = [np.asarray(rows, dtype=np.float32)]
-    if norms is not None:
-        weights.append(weights[0] * np.asarray(norms, dtype=np.float32).reshape(rows.shape))
-    out = np.empty((len(weights), rows.shape[0], counts.shape[0]))
-    for j, w in enumerate(weights):
-        w = np.ascontiguousarray(w)
-        low = w[:, sink:w.shape[1] - window].min(axis=1)
-        if np.any(low < 0):  # a scorer with negative values: weigh each token above the head's minimum
-            w = np.ascontiguousarray(w - np.minimum(low, 0.0)[:, None], dtype=np.float32)
-        _k.mass_curves(w, w.view(np.uint32), sink, window, counts, out[j])
+def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", norms_name="value_norms"):
+    """Proxy shapes ``(J, n, G)`` of ``scores`` ``(..., T)`` (and ``norms`` of that shape, or None).
+
+    Checks the values on the way (one compiled pass): a NaN or infinite score, or a NaN,
+    infinite or negative norm, raises :class:`InvalidInputError` naming the array and head.
+    """
+    length = scores.shape[-1]
+    rows = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1, length)
+    n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
+    out = np.empty((1 if norms is None else 2, rows.shape[0], counts.shape[0]))
+    with np.errstate(over="ignore"):
+        status = _k.mass_curves(rows, n_rows, norms is not None, sink, window, counts, out)
+    if status >= 0:
+        head = tuple(int(i) for i in np.unravel_index(status // 4, scores.shape[:-1]))
+        if status % 4 == 1:
+            raise InvalidInputError(f"`{scores_name}` must be finite (within float32 range); found NaN or inf at head {head}")
+        raise InvalidInputError(f"`{norms_name}` must be finite and non-negative; found a bad value at head {head}")
     return out
 
 
@@ -370,15 +375,13 @@ class RequestAllocator:
         if length <= self.sink + self.window:
             raise InvalidInputError(
                 f"`scores` must have more tokens than sink + window = {self.sink + self.window}; got T = {length}")
-        if not np.all(np.isfinite(arr)):
-            raise InvalidInputError("`scores` must be finite; found NaN or inf")
         norms = None
         if "scores_x_norms" in self.features:
             if value_norms is None:
                 raise InvalidInputError(
                     "`value_norms` are required: this allocator was fitted with value norms (features "
                     f"{self.features})")
-            norms = _check_norms(value_norms, arr.shape, "value_norms")
+            norms = _check_norms(value_norms, arr.shape, "value_norms", values=False)
         return arr, norms
 
     def _predicted(self, scores, norms, layers=slice(None), shrinkage=None):
@@ -388,9 +391,9 @@ class RequestAllocator:
         counts = _token_counts(self.fractions, length - self.sink - self.window)
         L, H, G = self.mean_shape[layers].shape
         shape = self.mean_shape[layers].reshape(-1, G)
+        proxies = proxy_curves(scores[layers], None if norms is None else norms[layers], self.sink, self.window,
+                               counts)  # also checks the values
         if shrink < 1.0:
-            proxies = proxy_curves(scores[layers], None if norms is None else norms[layers], self.sink,
-                                   self.window, counts)
             dev = proxies - self.mean_proxy[:, layers].reshape(proxies.shape)
             shape = shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", dev, self.beta)
             np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1, out=shape)

@@ -34,8 +34,10 @@ def world(seed, shape=(2, 3), length=80, contexts=3, questions=2, power=2.0):
 
 # -- kernels -------------------------------------------------------------------------------
 def direct_mass(row, sink, window, counts):
-    mid = np.sort(np.asarray(row[sink:len(row) - window], np.float64))[::-1]
-    cum = np.concatenate([[0.0], np.cumsum(mid)])
+    row = np.asarray(row, np.float64)
+    mid = np.sort(row[sink:len(row) - window])[::-1]
+    protected = row[:sink].sum() + row[len(row) - window:].sum()
+    cum = protected + np.concatenate([[0.0], np.cumsum(mid)])
     return cum[counts] / cum[-1]
 
 
@@ -44,10 +46,12 @@ def test_mass_curves_exact_when_each_bin_holds_equal_values():
     values = (2.0 ** rng.integers(-20, 5, size=(5, 300))).astype(np.float32)  # powers of two: one value per bin
     values[2, 50:120] = 0.0
     counts = np.unique(np.rint(np.linspace(0, 1, 17) ** 2 * 290).astype(np.int64))
-    out = np.empty((5, counts.size))
-    kr.mass_curves(values, values.view(np.uint32), 4, 6, counts, out)
+    out = np.empty((2, 5, counts.size))
+    norms = (2.0 ** rng.integers(-3, 3, size=(5, 300))).astype(np.float32)
+    assert kr.mass_curves(values, norms, True, 4, 6, counts, out) == -1
     for r in range(5):
-        np.testing.assert_allclose(out[r], direct_mass(values[r], 4, 6, counts), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[0, r], direct_mass(values[r], 4, 6, counts), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[1, r], direct_mass(values[r] * norms[r], 4, 6, counts), rtol=1e-12, atol=1e-12)
 
 
 def test_mass_curves_close_to_sorted_reference_and_uniform_without_weight():
@@ -55,8 +59,9 @@ def test_mass_curves_close_to_sorted_reference_and_uniform_without_weight():
     values = rng.gamma(0.3, size=(6, 1000)).astype(np.float32)
     values[5] = 0.0
     counts = np.rint(np.linspace(0, 1, 33) * 1000).astype(np.int64)
-    out = np.empty((6, 33))
-    kr.mass_curves(values, values.view(np.uint32), 0, 0, counts, out)
+    out = np.empty((1, 6, 33))
+    assert kr.mass_curves(values, values, False, 0, 0, counts, out) == -1
+    out = out[0]
     for r in range(5):
         # inside one bin the values differ by at most 2 ** (1 / 8): the interpolation error is small
         np.testing.assert_allclose(out[r], direct_mass(values[r], 0, 0, counts), atol=0.01)
@@ -314,8 +319,12 @@ def test_allocate_validation(fitted):
         ra.allocate(s[..., :5], 30)
     bad = s.copy()
     bad[0, 0, 3] = np.inf
-    with pytest.raises(InvalidInputError, match="finite"):
+    with pytest.raises(InvalidInputError, match=r"scores.*finite.*head \(0, 0\)"):
         ra.allocate(bad, 50)
+    with pytest.raises(InvalidInputError, match=r"value_norms.*non-negative.*head \(1, 2\)"):
+        n = np.ones_like(s)
+        n[1, 2, 7] = -1.0
+        rn.allocate(s, 50, value_norms=n)
     with pytest.raises(InvalidTypeError, match="scores"):
         ra.allocate(s.astype(str), 50)
     with pytest.raises(InvalidTypeError, match="total_budget"):
