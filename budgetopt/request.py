@@ -385,14 +385,14 @@ class RequestAllocator:
         return arr, norms
 
     def _predicted(self, scores, norms, layers=slice(None), shrinkage=None):
-        """Predicted curves ``(n, G)`` on token grid ``(G,)`` for validated input."""
+        """Predicted curves ``(n, G)`` on token grid ``(G,)`` for validated input: ``scores``
+        (and ``norms``) hold the layers ``layers`` of the model."""
         shrink = self.shrinkage if shrinkage is None else shrinkage
         length = scores.shape[-1]
         counts = _token_counts(self.fractions, length - self.sink - self.window)
         L, H, G = self.mean_shape[layers].shape
         shape = self.mean_shape[layers].reshape(-1, G)
-        proxies = proxy_curves(scores[layers], None if norms is None else norms[layers], self.sink, self.window,
-                               counts)  # also checks the values
+        proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
         if shrink < 1.0:
             dev = proxies - self.mean_proxy[:, layers].reshape(proxies.shape)
             shape = shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", dev, self.beta)
@@ -519,6 +519,82 @@ class RequestAllocator:
             budgets.reshape(self.layers, self.kv_heads), value, total_budget=total, upper_bound=lp, threshold=lam,
             method="request", seconds=time.perf_counter() - start,
             stats={"shrinkage": self.shrinkage, "layerwise": bool(layerwise), "floor": floor})
+
+    def allocate_layer(self, layer, scores, layer_total, *, value_norms=None):
+        """Split one layer's tokens between its KV heads from that layer's scores alone.
+
+        What a press calls inside each layer's hook during prefill; with ``layer_total`` from
+        :meth:`layer_totals`, the per-layer answers together equal
+        ``allocate(..., layerwise=False)``.
+
+        Parameters
+        ----------
+        layer : int
+            Layer index in ``[0, L)``.
+        scores : array_like ``(H, T)``
+            This layer's scores of the request's ``T`` context tokens.
+        layer_total : int
+            Tokens the layer's heads keep together, in ``[H * floor, H * T]``.
+        value_norms : array_like ``(H, T)``, optional
+            Required when the allocator was fitted with value norms.
+
+        Returns
+        -------
+        numpy.ndarray of int64 ``(H,)``, adding up to ``layer_total``.
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(0)
+        >>> s = [rng.random((2, 2, 64)) for _ in range(2)]
+        >>> ra = budgetopt.RequestAllocator.fit([x ** 4 for x in s], s, sink=2, window=2, shrinkage=0.5)
+        >>> request = rng.random((2, 2, 64))
+        >>> per_layer = [ra.allocate_layer(l, request[l], t) for l, t in enumerate(ra.layer_totals(64, 100))]
+        >>> np.array_equal(np.stack(per_layer), ra.allocate(request, 100, layerwise=False).budgets)
+        True
+        """
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.layers:
+            raise InvalidInputError(f"`layer` must be an integer in [0, {self.layers}); got {layer!r}")
+        layer = int(layer)
+        try:
+            arr = np.asarray(scores)
+        except Exception as exc:
+            raise InvalidTypeError(f"`scores` must be a numeric array; could not convert it ({exc})") from exc
+        if arr.ndim != 2:
+            raise InvalidInputError(
+                f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got "
+                f"{getattr(arr, 'shape', type(arr).__name__)}")
+        norms = None if value_norms is None else np.asarray(value_norms)[None]
+        arr3, norms = self._check_request_layer(arr, norms)
+        length = arr3.shape[-1]
+        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        total = check_count(layer_total, "layer_total")
+        H = self.kv_heads
+        if not H * floor <= total <= H * length:
+            raise InfeasibleError(
+                f"`layer_total` must be in [kv_heads * floor, kv_heads * T] = [{H * floor}, {H * length}]; got {total}")
+        u, tokens = self._predicted(arr3, norms, layers=slice(layer, layer + 1))
+        u, grid = _with_floor(u, tokens, floor, length)
+        return _split(u, grid, total)[0]
+
+    def _check_request_layer(self, arr, norms):
+        """One layer's scores ``(H, T)`` (and norms ``(1, H, T)``) checked as a request."""
+        if arr.dtype.kind not in "iuf":
+            raise InvalidTypeError(f"`scores` must hold real numbers; got dtype {arr.dtype}")
+        if arr.shape[0] != self.kv_heads:
+            raise InvalidInputError(f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got {arr.shape}")
+        if arr.shape[-1] <= self.sink + self.window:
+            raise InvalidInputError(
+                f"`scores` must have more tokens than sink + window = {self.sink + self.window}; got T = {arr.shape[-1]}")
+        arr3 = arr[None]
+        if "scores_x_norms" in self.features:
+            if norms is None:
+                raise InvalidInputError(
+                    f"`value_norms` are required: this allocator was fitted with value norms (features {self.features})")
+            norms = _check_norms(norms, arr3.shape, "value_norms", values=False)
+        else:
+            norms = None
+        return arr3, norms
 
     def _check_total(self, total_budget, length):
         total = check_count(total_budget, "total_budget")

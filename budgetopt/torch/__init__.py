@@ -42,6 +42,7 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
+    "RequestBudgetPress",
 ]
 
 
@@ -52,4 +53,8 @@ def __getattr__(name):
         from .press import BudgetPress
 
         return BudgetPress
+    if name == "RequestBudgetPress":
+        from .request_press import RequestBudgetPress
+
+        return RequestBudgetPress
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
