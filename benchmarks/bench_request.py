@@ -320,7 +320,7 @@ def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
 def environment(command):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "budgetopt", "benchmarks"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "budgetopt", "benchmarks/bench_request.py"], cwd=ROOT,
                                capture_output=True, text=True).stdout.strip()
     except OSError:
         commit, dirty = "unknown", ""
