@@ -271,49 +271,50 @@ def report(names, table, summary, log):
 
 
 # -- timing --------------------------------------------------------------------------------
+def _median_times(fn, repeats):
+    """Median wall and thread-CPU seconds of ``repeats`` warm calls."""
+    fn()  # compile / warm
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        cpu.append(time.thread_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
 def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
+    """``allocate`` at ``layers x heads x length`` against ``scores.sum()`` (wall and CPU)."""
     contexts = synthetic_world(0, layers, heads, 512, 3, 2)
     cal_o = [o for _, _, os_ in contexts for o in os_]
     cal_s = [s for s, _, os_ in contexts for _ in os_]
     cal_n = [nm for _, nm, os_ in contexts for _ in os_]
-    ra = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
+    with_norms = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
+    scores_only = budgetopt.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
     rng = np.random.default_rng(1)
     scores = rng.gamma(0.3, size=(layers, heads, length)).astype(np.float32)
     norms = rng.lognormal(0.0, 0.5, (layers, heads, length)).astype(np.float32)
     total = budgetopt.tokens_from_fraction(0.2, layers * heads * length)
+    cases = {
+        "scores.sum()": lambda: scores.sum(),
+        "allocate, norms, global": lambda: with_norms.allocate(scores, total, value_norms=norms),
+        "allocate, norms, layerwise=False": lambda: with_norms.allocate(scores, total, value_norms=norms,
+                                                                        layerwise=False),
+        "allocate, scores only, global": lambda: scores_only.allocate(scores, total),
+    }
     out = {}
-    for layerwise in (True, False):
-        ra.allocate(scores, total, value_norms=norms, layerwise=layerwise)  # compile / warm
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ra.allocate(scores, total, value_norms=norms, layerwise=layerwise)
-            ts.append(time.perf_counter() - t0)
-        out[f"layerwise={layerwise}"] = float(np.median(ts))
-    # one layer's worth (what a per-layer press calls), scores only
-    ra1 = budgetopt.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
-    one = np.ascontiguousarray(scores[:1])
-    sub = rq.RequestAllocator(fractions=ra1.fractions, mean_shape=ra1.mean_shape[:1], weight=ra1.weight[:1],
-                              mean_proxy=ra1.mean_proxy[:, :1], beta=ra1.beta, shrinkage=0.5, sink=4, window=32,
-                              min_keep_fraction=0.01, features=ra1.features, info={})
-    t1 = budgetopt.tokens_from_fraction(0.2, heads * length)
-    sub.allocate(one, t1)
-    ts = []
-    for _ in range(repeats * 3):
-        t0 = time.perf_counter()
-        sub.allocate(one, t1)
-        ts.append(time.perf_counter() - t0)
-    out["one layer, scores only"] = float(np.median(ts))
-    sums = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        scores.sum()
-        sums.append(time.perf_counter() - t0)
-    out["scores.sum() (all layers)"] = float(np.median(sums))
-    log(f"allocate timing, {layers} layers x {heads} KV heads x {length} tokens, 20% kept (median of {repeats}):")
+    for _ in range(2):  # interleaved rounds: every case sees the same machine load
+        for name, fn in cases.items():
+            out.setdefault(name, []).append(_median_times(fn, repeats))
+    out = {k: {"wall": float(np.median([w for w, _ in v])), "cpu": float(np.median([c for _, c in v]))}
+           for k, v in out.items()}
+    base = out["scores.sum()"]
+    log(f"allocate timing, {layers} layers x {heads} KV heads x {length} tokens, 20% kept "
+        f"(median of {repeats} warm calls, 2 interleaved rounds):")
     for k, v in out.items():
-        per = v / layers if k.startswith("layerwise") or k.startswith("scores") else v
-        log(f"  {k:<28} {v * 1e3:8.2f} ms   ({per * 1e3:.3f} ms per layer)")
+        log(f"  {k:<34} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
+            f"CPU {v['cpu'] * 1e3:8.2f} ms ({v['cpu'] / layers * 1e3:.3f} per layer)   "
+            f"{v['wall'] / base['wall']:.1f}x / {v['cpu'] / base['cpu']:.1f}x the sum")
     return out
 
 

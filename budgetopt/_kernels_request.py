@@ -149,7 +149,7 @@ def mass_curves(values, norms, use_norms, sink, window, counts, out):
                     if row[t] < low:
                         low = row[t]
                 for t in range(length):
-                    row[t] = row[t] - low
+                    row[t] = (row[t] - low) + np.float32(0.0)  # -0.0 becomes +0.0
                 total, _ = _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w)
                 protected = 0.0
                 for t in range(sink):
