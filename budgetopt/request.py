@@ -12,12 +12,16 @@ the ``sink`` first and ``window`` last ones)::
                     + (1 - shrinkage) * sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
     curve[h](x_k) = weight[h] * shape[h](x_k)
 
-``shape`` is a head's utility curve (oracle mass kept with the scorer's top tokens plus sink
-and window) divided by its total; ``proxy_j[h](x)`` is the share of a head's own score mass
-(feature ``"scores"``) or score-times-value-norm mass (``"scores_x_norms"``) in its top
-``x`` middle tokens. ``beta`` is a ridge regression pooled over heads, one coefficient per
-feature and grid point; ``shrinkage`` (1 = the static curves alone) is chosen by
-leave-one-context-out cross-validation on the calibration pairs. Budgets come from the
+``weight[h] * mean_shape[h]`` is the head's static curve: the mean over calibration pairs of
+its utility curve (oracle mass kept with the scorer's top tokens plus sink and window, as a
+share of the pair's total), as ``lukv_table(aggregate="mean_curve")`` averages curves;
+``weight[h]`` is its mean share of the mass. ``proxy_j[h](x)`` is the share of a head's own
+score mass (feature ``"scores"``) or score-times-value-norm mass (``"scores_x_norms"``) held
+by its protected tokens and its top ``x`` middle tokens. ``beta`` is a ridge regression of the
+pairs' shape deviations (utility curve divided by its total, minus the head's mean) on the
+proxy deviations, pooled over heads, one coefficient per feature and grid point;
+``shrinkage`` (1 = the static curves alone) is chosen by leave-one-context-out
+cross-validation on the calibration pairs. Budgets come from the
 piecewise-linear curves by the upper-hull greedy, in whole tokens that add up to the total.
 """
 

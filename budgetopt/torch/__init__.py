@@ -13,7 +13,9 @@ float32):
   :func:`budgetopt.lukv.load_lukv_table`).
 
 ``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
-optional ``kvpress`` package, which is imported only when the press is first used).
+optional ``kvpress`` package, which is imported only when the press is first used);
+``RequestBudgetPress`` (per-request budgets from a :class:`budgetopt.RequestAllocator`) in
+:mod:`budgetopt.torch.request_press`, loaded the same way.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).
@@ -42,7 +44,6 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
-    "RequestBudgetPress",
 ]
 
 
