@@ -29,7 +29,7 @@ Also times ``allocate`` at 32 layers x 8 KV heads x 32,768 tokens (compilation e
 Usage::
 
     python benchmarks/bench_request.py --synthetic                 # synthetic worlds
-    python benchmarks/bench_request.py --run /path/to/RUN          # a profile run directory
+    python benchmarks/bench_request.py --run /path/to/RUN [RUN2 ...]  # profile run directories
     python benchmarks/bench_request.py --synthetic --quick         # seconds; used by a test
 """
 
@@ -339,7 +339,8 @@ def environment(command):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", help="a profile run directory (real attention)")
+    parser.add_argument("--run", nargs="+", help="profile run directories (real attention); several are merged "
+                        "(their sink, window, model and scorer must agree)")
     parser.add_argument("--synthetic", action="store_true", help="seeded synthetic worlds")
     parser.add_argument("--seeds", type=int, default=3, help="synthetic worlds")
     parser.add_argument("--quick", action="store_true", help="a tiny synthetic run, no timing, no files")
@@ -366,8 +367,16 @@ def main(argv=None):
                 datasets.append((f"synthetic world seed {seed} (8 layers x 4 KV heads, T~1024, 8 contexts x 4 questions)",
                                  synthetic_world(seed, 8, 4, 1024, 8, 4), 4, 16))
         if args.run:
-            meta, contexts = read_run(args.run)
-            datasets.append((f"real run {args.run} ({meta.get('model', {}).get('path')}, scorer "
+            meta, contexts = read_run(args.run[0])
+            for other in args.run[1:]:
+                m2, c2 = read_run(other)
+                for key in ("sink", "window", "max_new_tokens", "layers", "kv_heads"):
+                    if m2.get(key) != meta.get(key):
+                        raise SystemExit(f"{other}: {key} {m2.get(key)!r} differs from {meta.get(key)!r}")
+                if (m2["model"].get("path"), m2["scorer"]["name"]) != (meta["model"].get("path"), meta["scorer"]["name"]):
+                    raise SystemExit(f"{other}: model or scorer differs from {args.run[0]}")
+                contexts += c2
+            datasets.append((f"real run {' + '.join(args.run)} ({meta.get('model', {}).get('path')}, scorer "
                              f"{meta.get('scorer', {}).get('name')}, {len(contexts)} contexts, "
                              f"{sum(len(c[2]) for c in contexts)} pairs)", contexts, meta["sink"], meta["window"]))
     for label, contexts, sink, window in datasets:
