@@ -55,108 +55,135 @@ def _read_curve(hist_n, hist_w, protected, total, middle, counts, out, r):
 
 
 @nb.njit(inline="always", **_JIT)
-def _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w):
-    """Histogram of ``row[sink:stop]`` by the 12 high bits; returns (middle sum, suspect).
+def _histogram(row, row_bits, norms, use_norms, sink, stop, lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2):
+    """Histogram of ``row[sink:stop]`` by value, with ``row * norms`` summed by the same bins.
 
-    Four interleaved lane histograms (merged at the end) keep consecutive tokens that fall
-    in one bin from waiting on each other. ``suspect``: some value has its sign bit set or
-    the largest exponent (negative, NaN or infinite); its bins lie at or above
-    :data:`N_BINS` - 8.
+    Returns (middle sum of ``row``, middle sum of ``row * norms``, suspect). Four interleaved
+    lane histograms (merged at the end) keep consecutive tokens that fall in one bin from
+    waiting on each other. ``suspect``: some value has its sign bit set or the largest
+    exponent (negative, NaN or infinite); its bins lie at or above :data:`N_BINS` - 8.
     """
     lanes_n[:] = 0
     lanes_w[:] = 0.0
+    if use_norms:
+        lanes_w2[:] = 0.0
     t = sink
-    while t + 4 <= stop:
-        for lane in range(4):
-            b = row_bits[t + lane] >> _SHIFT
-            lanes_n[lane, b] += 1
-            lanes_w[lane, b] += row[t + lane]
-        t += 4
-    while t < stop:
-        b = row_bits[t] >> _SHIFT
-        lanes_n[0, b] += 1
-        lanes_w[0, b] += row[t]
-        t += 1
+    if use_norms:
+        while t + 4 <= stop:
+            for lane in range(4):
+                b = row_bits[t + lane] >> _SHIFT
+                v = row[t + lane]
+                lanes_n[lane, b] += 1
+                lanes_w[lane, b] += v
+                lanes_w2[lane, b] += v * norms[t + lane]
+            t += 4
+        while t < stop:
+            b = row_bits[t] >> _SHIFT
+            lanes_n[0, b] += 1
+            lanes_w[0, b] += row[t]
+            lanes_w2[0, b] += row[t] * norms[t]
+            t += 1
+    else:
+        while t + 4 <= stop:
+            for lane in range(4):
+                b = row_bits[t + lane] >> _SHIFT
+                lanes_n[lane, b] += 1
+                lanes_w[lane, b] += row[t + lane]
+            t += 4
+        while t < stop:
+            b = row_bits[t] >> _SHIFT
+            lanes_n[0, b] += 1
+            lanes_w[0, b] += row[t]
+            t += 1
     total = 0.0
+    total2 = 0.0
     for b in range(2 * N_BINS):
         hist_n[b] = lanes_n[0, b] + lanes_n[1, b] + lanes_n[2, b] + lanes_n[3, b]
         hist_w[b] = lanes_w[0, b] + lanes_w[1, b] + lanes_w[2, b] + lanes_w[3, b]
         total += hist_w[b]
+    if use_norms:
+        for b in range(2 * N_BINS):
+            hist_w2[b] = lanes_w2[0, b] + lanes_w2[1, b] + lanes_w2[2, b] + lanes_w2[3, b]
+            total2 += hist_w2[b]
     suspect = False
     for b in range(N_BINS - 8, 2 * N_BINS):
         if hist_n[b] > 0:
             suspect = True
             break
-    return total, suspect
+    return total, total2, suspect
 
 
 @nb.njit(**_JIT)
-def mass_curves(values, norms, use_norms, sink, window, counts, out):
-    """Share of each row's weight held by its protected tokens and ``counts[k]`` heaviest middle tokens.
+def mass_curves(values, values_bits, norms, use_norms, sink, window, counts, out):
+    """Share of each row's weight held by its protected tokens and its ``counts[k]`` top-scored middle tokens.
 
     The protected tokens are the ``sink`` first and ``window`` last ones; the middle is
-    ``sink <= t < T - window``. Weights: ``values`` (float32 ``(n, T)``) minus the row's
-    minimum when that is negative, into ``out[0]``; with ``use_norms``, also
-    ``values * norms`` (norms float32 ``(n, T)``), shifted the same way, into ``out[1]``.
-    ``counts`` int64 ``(G,)`` increases from 0 to the middle length; ``out`` float64
-    ``(J, n, G)``. A row without weight gets the uniform share ``counts[k] / M`` (1 when only
-    protected tokens weigh).
+    ``sink <= t < T - window``, ranked by ``values`` (float32 ``(n, T)``; ``values_bits``, the
+    same memory as uint32). Weights: the values (minus the row's minimum when that is
+    negative) into ``out[0]``; with ``use_norms``, those weights times ``norms`` (float32
+    ``(n, T)``, non-negative) into ``out[1]``, still ranked by value. ``counts`` int64 ``(G,)``
+    increases from 0 to the middle length; ``out`` float64 ``(J, n, G)``. A row without
+    weight gets the uniform share ``counts[k] / M`` (1 when only protected tokens weigh).
 
     Returns -1, or ``4 * row + code`` for the first bad row: code 1, a value is NaN or
-    infinite; code 2, a norm is NaN, infinite or negative. O(n (T + N_BINS + G)): each
-    feature is one sequential copy of the row and one histogram pass (a second pass only
-    for rows with negative weights).
+    infinite; code 2, a norm is NaN, infinite or negative (or a product overflows).
+    O(n (T + N_BINS + G)): one histogram pass per row, both features sharing its bins (a
+    second pass only for rows with negative values).
     """
     n, length = values.shape
     stop = length - window
     middle = stop - sink
     hist_n = np.zeros(2 * N_BINS, np.int64)   # the upper half catches sign-bit values
     hist_w = np.zeros(2 * N_BINS, np.float64)
+    hist_w2 = np.zeros(2 * N_BINS, np.float64)
     lanes_n = np.zeros((4, 2 * N_BINS), np.int32)
     lanes_w = np.zeros((4, 2 * N_BINS), np.float64)
+    lanes_w2 = np.zeros((4, 2 * N_BINS) if use_norms else (4, 1), np.float64)
     row = np.empty(length, np.float32)
     row_bits = row.view(np.uint32)
     big = np.float32(3.4e38)
     for r in range(n):
-        for j in range(2 if use_norms else 1):
-            if j == 0:
-                for t in range(length):
-                    row[t] = values[r, t]
-            else:
-                bad = False
-                for t in range(length):
-                    m = norms[r, t]
-                    bad |= not (m >= 0.0 and m <= big)
-                    row[t] = values[r, t] * m
-                if bad:
-                    return 4 * r + 2
-            total, suspect = _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w)
+        if use_norms:
+            bad = False
+            for t in range(length):
+                m = norms[r, t]
+                bad |= not (m >= 0.0 and m <= big)
+            if bad:
+                return 4 * r + 2
+        total, total2, suspect = _histogram(values[r], values_bits[r], norms[r], use_norms, sink, stop,
+                                            lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2)
+        src = values[r]
+        for attempt in range(2):
             protected = 0.0
+            protected2 = 0.0
+            for t in range(length):
+                if sink <= t < stop:
+                    continue
+                v = src[t]
+                suspect |= not (v >= 0.0 and v <= big)
+                protected += v
+                if use_norms:
+                    protected2 += v * norms[r, t]
+            if not suspect or attempt == 1:
+                break
             low = np.float32(0.0)
-            for t in range(sink):
-                protected += row[t]
-                suspect |= not (row[t] >= 0.0 and row[t] <= big)
-            for t in range(stop, length):
-                protected += row[t]
-                suspect |= not (row[t] >= 0.0 and row[t] <= big)
-            if suspect:
-                for t in range(length):
-                    v = values[r, t]
-                    if not (v - v == 0.0):
-                        return 4 * r + 1
-                    if not (row[t] - row[t] == 0.0):  # the product overflowed float32
-                        return 4 * r + 2
-                    if row[t] < low:
-                        low = row[t]
-                for t in range(length):
-                    row[t] = (row[t] - low) + np.float32(0.0)  # -0.0 becomes +0.0
-                total, _ = _histogram(row, row_bits, sink, stop, lanes_n, lanes_w, hist_n, hist_w)
-                protected = 0.0
-                for t in range(sink):
-                    protected += row[t]
-                for t in range(stop, length):
-                    protected += row[t]
-            _read_curve(hist_n, hist_w, protected, total, middle, counts, out[j], r)
+            for t in range(length):
+                v = values[r, t]
+                if not (v - v == 0.0):
+                    return 4 * r + 1
+                if v < low:
+                    low = v
+            for t in range(length):
+                row[t] = (values[r, t] - low) + np.float32(0.0)  # -0.0 becomes +0.0
+            src = row
+            total, total2, suspect = _histogram(row, row_bits, norms[r], use_norms, sink, stop,
+                                                lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2)
+            suspect = False
+        if use_norms and not (total2 - total2 == 0.0 and protected2 - protected2 == 0.0):
+            return 4 * r + 2
+        _read_curve(hist_n, hist_w, protected, total, middle, counts, out[0], r)
+        if use_norms:
+            _read_curve(hist_n, hist_w2, protected2, total2, middle, counts, out[1], r)
     return -1
 
 

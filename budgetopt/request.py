@@ -17,7 +17,8 @@ its utility curve (oracle mass kept with the scorer's top tokens plus sink and w
 share of the pair's total), as ``lukv_table(aggregate="mean_curve")`` averages curves;
 ``weight[h]`` is its mean share of the mass. ``proxy_j[h](x)`` is the share of a head's own
 score mass (feature ``"scores"``) or score-times-value-norm mass (``"scores_x_norms"``) held
-by its protected tokens and its top ``x`` middle tokens. ``beta`` is a ridge regression of the
+by its protected tokens and its ``x`` top-scored middle tokens (both ranked by score, as the
+scorer keeps them). ``beta`` is a ridge regression of the
 pairs' shape deviations (utility curve divided by its total, minus the head's mean) on the
 proxy deviations, pooled over heads, one coefficient per feature and grid point;
 ``shrinkage`` (1 = the static curves alone) is chosen by leave-one-context-out
@@ -123,7 +124,7 @@ def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", n
     n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
     out = np.empty((1 if norms is None else 2, rows.shape[0], counts.shape[0]))
     with np.errstate(over="ignore"):
-        status = _k.mass_curves(rows, n_rows, norms is not None, sink, window, counts, out)
+        status = _k.mass_curves(rows, rows.view(np.uint32), n_rows, norms is not None, sink, window, counts, out)
     if status >= 0:
         head = tuple(int(i) for i in np.unravel_index(status // 4, scores.shape[:-1]))
         if status % 4 == 1:
