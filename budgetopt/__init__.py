@@ -23,6 +23,7 @@ from .errors import (
 from .hull import hull_gap
 from .lukv import load_lukv_table, lukv_table, save_lukv_table
 from .profile import curves_from_scores
+from .request import RequestAllocator
 from .result import Allocation, Sweep
 from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
 from .calibration import Calibration, read_calibration
@@ -37,6 +38,7 @@ __all__ = [
     "hull_gap",
     "curves_from_scores",
     "lukv_table",
+    "RequestAllocator",
     "save_lukv_table",
     "load_lukv_table",
     "Sweep",

@@ -13,7 +13,9 @@ float32):
   :func:`budgetopt.lukv.load_lukv_table`).
 
 ``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
-optional ``kvpress`` package, which is imported only when the press is first used). Its
+optional ``kvpress`` package, which is imported only when the press is first used);
+``RequestBudgetPress`` (per-request budgets from a :class:`budgetopt.RequestAllocator`) lives in
+:mod:`budgetopt.torch.request_press`, loaded the same way. ``BudgetPress``'s
 ``mode="varlen"`` keeps each head's tokens packed in a transformers cache,
 :class:`budgetopt.torch.varlen_cache.VarlenCache`, read by the ``"budgetopt_varlen"``
 attention registered in that module.
@@ -79,4 +81,8 @@ def __getattr__(name):
         from . import profiling_run
 
         return getattr(profiling_run, name)
+    if name == "RequestBudgetPress":
+        from .request_press import RequestBudgetPress
+
+        return RequestBudgetPress
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,784 @@
+"""Per-request head budgets: the static profile corrected by the request's own prefill scores.
+
+A static LU-KV table gives every request the same per-head split. :class:`RequestAllocator`
+keeps what offline profiling knows (each head's mean utility curve and its share of the
+oracle mass) and corrects each head's curve *shape* with what the request shows at prefill:
+how concentrated its scores are (and, optionally, its scores times the value-output norms).
+
+Model, on a fixed grid of fractions ``x_k`` of each head's middle tokens (the tokens between
+the ``sink`` first and ``window`` last ones)::
+
+    shape[h](x_k) = mean_shape[h](x_k)
+                    + (1 - shrinkage) * sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
+    curve[h](x_k) = weight[h] * shape[h](x_k)
+
+``weight[h] * mean_shape[h]`` is the head's static curve: the mean over calibration pairs of
+its utility curve (oracle mass kept with the scorer's top tokens plus sink and window, as a
+share of the pair's total), as ``lukv_table(aggregate="mean_curve")`` averages curves;
+``weight[h]`` is its mean share of the mass. ``proxy_j[h](x)`` is the share of a head's own
+score mass (feature ``"scores"``) or score-times-value-norm mass (``"scores_x_norms"``) held
+by its protected tokens and its ``x`` top-scored middle tokens (both ranked by score, as the
+scorer keeps them). ``beta`` is a ridge regression of the
+pairs' shape deviations (utility curve divided by its total, minus the head's mean) on the
+proxy deviations, pooled over heads, one coefficient per feature and grid point;
+``shrinkage`` (1 = the static curves alone) is chosen by leave-one-context-out
+cross-validation on the calibration pairs. Budgets come from the
+piecewise-linear curves by the upper-hull greedy, in whole tokens that add up to the total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import time
+
+import numpy as np
+
+from . import _kernels_request as _k
+from .curves import check_input_file, write_atomic
+from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
+from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
+from .result import Allocation
+
+__all__ = ["RequestAllocator", "FORMAT"]
+
+#: ``format`` field of a saved allocator.
+FORMAT = "budgetopt-request/1"
+
+#: Features, in the order of ``beta``'s first axis.
+FEATURES = ("scores", "scores_x_norms")
+
+#: Default fraction grid: 65 points, quadratic (dense where high compression needs it).
+DEFAULT_FRACTIONS = (np.arange(65) / 64.0) ** 2
+
+#: Shrinkage values tried by cross-validation (1 = static curves only).
+SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+#: Compressions (fraction removed) at which cross-validation scores a shrinkage.
+CV_COMPRESSIONS = (0.5, 0.8, 0.9)
+
+#: Largest loss of retained oracle mass on any cross-validation pair (at any of
+#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static curves.
+CV_MAX_LOSS = 0.005
+
+_RIDGE = 1e-6
+
+
+# -- checks --------------------------------------------------------------------------------
+def _check_fraction(value, name, *, upper_open=True):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"`{name}` must be a number in [0, 1{')' if upper_open else ']'}; got {value!r}")
+    value = float(value)
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not math.isfinite(value) or not ok:
+        raise InvalidInputError(f"`{name}` must be a number in [0, 1{')' if upper_open else ']'}; got {value!r}")
+    return value
+
+
+def _as_list(values, n, name):
+    """``values`` as a list of ``n`` items: a list/tuple as given, anything else repeated."""
+    if isinstance(values, (list, tuple)):
+        if len(values) != n:
+            raise InvalidInputError(f"`{name}` given as a list must hold one array per oracle ({n}); got {len(values)}")
+        return list(values), True
+    return [values] * n, False
+
+
+def _check_norms(norms, like_shape, name, values=True):
+    """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
+    :func:`proxy_curves` checks them in its pass)."""
+    try:
+        arr = np.asarray(norms)
+    except Exception as exc:
+        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
+    if arr.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
+    if arr.shape != like_shape:
+        raise InvalidInputError(f"`{name}` must have the shape of the scores, {like_shape}; got {arr.shape}")
+    if values and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
+        raise InvalidInputError(f"`{name}` must be finite and non-negative")
+    return arr
+
+
+def _token_counts(fractions, middle):
+    """Middle tokens kept at each grid fraction: ``round(x_k * M)``, int64 ``(G,)``."""
+    return np.rint(fractions * middle).astype(np.int64)
+
+
+def _floor(min_keep_fraction, length, sink, window):
+    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
+    return max(int(round(min_keep_fraction * length)), sink + window)
+
+
+# -- the pieces shared by fit and allocate -------------------------------------------------
+def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", norms_name="value_norms"):
+    """Proxy shapes ``(J, n, G)`` of ``scores`` ``(..., T)`` (and ``norms`` of that shape, or None).
+
+    Checks the values on the way (one compiled pass): a NaN or infinite score, or a NaN,
+    infinite or negative norm, raises :class:`InvalidInputError` naming the array and head.
+    """
+    length = scores.shape[-1]
+    rows = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1, length)
+    n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
+    out = np.empty((1 if norms is None else 2, rows.shape[0], counts.shape[0]))
+    with np.errstate(over="ignore"):
+        status = _k.mass_curves(rows, rows.view(np.uint32), n_rows, norms is not None, sink, window, counts, out)
+    if status >= 0:
+        head = tuple(int(i) for i in np.unravel_index(status // 4, scores.shape[:-1]))
+        if status % 4 == 1:
+            raise InvalidInputError(f"`{scores_name}` must be finite (within float32 range); found NaN or inf at head {head}")
+        raise InvalidInputError(f"`{norms_name}` must be finite and non-negative; found a bad value at head {head}")
+    return out
+
+
+def _oracle_shapes(oracle, order, sink, window, counts):
+    """Utility sampled at the grid ``(n, G)``, as (shapes, totals)."""
+    utility = utility_from_order(oracle, order, sink, window)
+    u = utility.reshape(-1, utility.shape[-1])
+    sampled = u[:, counts]
+    totals = sampled[:, -1].copy()
+    safe = np.where(totals > 0, totals, 1.0)
+    shapes = np.where(totals[:, None] > 0, sampled / safe[:, None], counts / counts[-1])
+    return shapes, totals, u
+
+
+def _fit_beta(y, d, ridge=_RIDGE):
+    """Ridge coefficients ``(J, G)`` of ``y ~ sum_j beta[j] d[j]`` pooled over pairs and heads.
+
+    ``y`` ``(P, n, G)``, ``d`` ``(P, J, n, G)``.
+    """
+    gram = np.einsum("pjnk,pink->kji", d, d)
+    rhs = np.einsum("pjnk,pnk->kj", d, y)
+    scale = np.trace(gram, axis1=1, axis2=2)[:, None, None] / max(d.shape[1], 1)
+    gram = gram + (ridge * scale + 1e-300) * np.eye(d.shape[1])[None]
+    return np.linalg.solve(gram, rhs[..., None])[..., 0].T
+
+
+def _with_floor(u, tokens, floor, length):
+    """Per-head grids ``(n, G)`` that start at ``floor`` (utility interpolated there) and stop at
+    ``length``, with the utilities ``(n, G)`` to match; both C-contiguous."""
+    grid = np.ascontiguousarray(np.broadcast_to(np.clip(tokens, floor, length), u.shape))
+    j = int(np.searchsorted(tokens, floor, side="left"))
+    if 0 < j < tokens.size:
+        lo, hi = tokens[j - 1], tokens[j]
+        t = (floor - lo) / (hi - lo) if hi > lo else 1.0
+        u = u.copy()
+        u[:, :j] = (u[:, j - 1] + t * (u[:, j] - u[:, j - 1]))[:, None]
+    return np.ascontiguousarray(u), grid
+
+
+def _split(utility, grid, total):
+    """Budgets ``(n,)``, LP value and threshold of piecewise-linear curves for ``total``."""
+    budgets = np.empty(utility.shape[0], np.int64)
+    lp, lam = _k.lp_split(utility, grid, np.int64(total), budgets)
+    return budgets, float(lp), float(lam)
+
+
+class RequestAllocator:
+    """Per-head KV budgets for one request: static profile plus the request's own scores.
+
+    Build it with :meth:`fit` (from calibration pairs) or :meth:`load`; call
+    :meth:`allocate` at each request's prefill.
+
+    Attributes
+    ----------
+    layers, kv_heads : int
+        The head shape ``(L, H)`` of the calibration arrays.
+    sink, window : int
+        Tokens at the start and end every head keeps (counted in its budget).
+    min_keep_fraction : float
+        Per-head floor as a fraction of the request's ``T``.
+    features : tuple of str
+        ``("scores",)`` or ``("scores", "scores_x_norms")`` (fitted with value norms).
+    shrinkage : float
+        Weight of the static curves in ``[0, 1]``; 1 is the static profile alone.
+    fractions : numpy.ndarray
+        The grid of middle-token fractions, from 0 to 1.
+    info : dict
+        How the model was fitted (pairs, contexts, cross-validation figures); JSON-ready.
+    """
+
+    def __init__(self, *, fractions, mean_shape, weight, mean_proxy, beta, shrinkage, sink, window,
+                 min_keep_fraction, features, info):
+        self.fractions = np.asarray(fractions, np.float64)
+        self.mean_shape = np.asarray(mean_shape, np.float64)
+        self.weight = np.asarray(weight, np.float64)
+        self.mean_proxy = np.asarray(mean_proxy, np.float64)
+        self.beta = np.asarray(beta, np.float64)
+        self.shrinkage = float(shrinkage)
+        self.sink, self.window = int(sink), int(window)
+        self.min_keep_fraction = float(min_keep_fraction)
+        self.features = tuple(features)
+        self.info = dict(info)
+        for arr in (self.fractions, self.mean_shape, self.weight, self.mean_proxy, self.beta):
+            arr.setflags(write=False)
+
+    @property
+    def layers(self):
+        return self.mean_shape.shape[0]
+
+    @property
+    def kv_heads(self):
+        return self.mean_shape.shape[1]
+
+    def __repr__(self):
+        return (f"RequestAllocator(layers={self.layers}, kv_heads={self.kv_heads}, features={self.features}, "
+                f"shrinkage={self.shrinkage}, sink={self.sink}, window={self.window})")
+
+    # -- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, oracles, scores, *, value_norms=None, sink, window, min_keep_fraction=0.01, shrinkage=None,
+            fractions=None):
+        """Learn per-head static curves and a shape correction from calibration pairs.
+
+        Parameters
+        ----------
+        oracles : sequence of array_like, each ``(L, H, T)``
+            Oracle importance per calibration (context, question) pair, as for
+            :func:`budgetopt.lukv_table`. ``T`` may differ between pairs (the model works on
+            fractions of each head's middle tokens).
+        scores : array_like ``(L, H, T)``, or list/tuple of them (one per pair)
+            The scorer's values at each pair's context prefill (shared by the questions of
+            one context). Pairs whose scores are equal form one context for the
+            cross-validation.
+        value_norms : array_like ``(L, H, T)``, or list/tuple of them, optional
+            The oracle's value-output norms ``n`` of each pair's context, reduced over each
+            KV group. When given, the allocator also uses ``scores * value_norms`` and then
+            needs them at :meth:`allocate` too.
+        sink, window : int
+            First and last tokens every head keeps.
+        min_keep_fraction : float, optional
+            Per-head floor as a fraction of ``T`` (default 0.01, as ``lukv_table``); the floor
+            is ``max(round(min_keep_fraction * T), sink + window)``.
+        shrinkage : float in [0, 1], optional
+            Weight of the static curves (1: static only, 0: the fitted correction in full).
+            Default: chosen by leave-one-context-out cross-validation among
+            :data:`SHRINKAGES`, as the one with the highest mean retained oracle mass at
+            compressions 0.5/0.8/0.9 among those that never lose more than
+            :data:`CV_MAX_LOSS` of a held-out pair's mass against the static curves; 1 when
+            there is only one context.
+        fractions : array_like, optional
+            The grid of middle-token fractions (increasing, from 0 to 1; default 65 points
+            ``(k / 64) ** 2``).
+
+        Returns
+        -------
+        RequestAllocator
+
+        Raises
+        ------
+        InvalidTypeError, InvalidInputError
+            Bad arrays (as in :func:`budgetopt.lukv_table`; head shapes must agree, ``T`` may
+            not), bad ``value_norms``, ``sink``, ``window``, ``min_keep_fraction``,
+            ``shrinkage`` or ``fractions``; the message names the argument.
+
+        Notes
+        -----
+        Per pair: one sort per head (shared by pairs with the same scores object) for the
+        oracle curves, one pass over the scores for the proxies. The regression and the
+        cross-validation (one refit per held-out context, then allocations of the held-out
+        pairs at three compressions for five shrinkages) work on the coarse grid only.
+        Deterministic.
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(0)
+        >>> scores = [rng.random((2, 2, 64)) for _ in range(3)]
+        >>> oracles = [s ** 2 for s in scores]
+        >>> ra = budgetopt.RequestAllocator.fit(oracles, scores, sink=2, window=4)
+        >>> ra.layers, ra.kv_heads, ra.features
+        (2, 2, ('scores',))
+        >>> a = ra.allocate(rng.random((2, 2, 100)), 120)
+        >>> a.budgets.shape, int(a.budgets.sum())
+        ((2, 2), 120)
+        """
+        sink = check_count(sink, "sink")
+        window = check_count(window, "window")
+        min_keep_fraction = _check_fraction(min_keep_fraction, "min_keep_fraction")
+        if shrinkage is not None:
+            shrinkage = _check_fraction(shrinkage, "shrinkage", upper_open=False)
+        fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
+        if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
+            raise InvalidInputError(
+                "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one 3-D array "
+                "(wrap a single pair in a list)")
+        if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
+            raise InvalidTypeError(f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}")
+        oracles = list(oracles)
+        if not oracles:
+            raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
+        n_pairs = len(oracles)
+        score_list, per_pair = _as_list(scores, n_pairs, "scores")
+        norm_list = None if value_norms is None else _as_list(value_norms, n_pairs, "value_norms")[0]
+        features = FEATURES if value_norms is not None else FEATURES[:1]
+
+        head_shape = None
+        pairs = []  # (context id, shapes (n, G), totals (n,), proxies (J, n, G), utility (n, T'), T)
+        contexts = []  # representative scores of each context, to group pairs
+        rankings = {}
+        for i in range(n_pairs):
+            oracle, score, _, _ = check_profile_arrays(
+                oracles[i], score_list[i], sink, window, oracle_name=f"oracles[{i}]",
+                scores_name=f"scores[{i}]" if per_pair else "scores")
+            if oracle.ndim != 3:
+                raise InvalidInputError(f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle.shape}")
+            if head_shape is None:
+                head_shape = oracle.shape[:2]
+            elif oracle.shape[:2] != head_shape:
+                raise InvalidInputError(
+                    f"`oracles[{i}]` must have the layers and KV heads of `oracles[0]`, {head_shape}; got {oracle.shape[:2]}")
+            norms = None
+            if norm_list is not None:
+                norms = _check_norms(norm_list[i], oracle.shape, f"value_norms[{i}]" if isinstance(value_norms, (list, tuple)) else "value_norms")
+            length = oracle.shape[-1]
+            counts = _token_counts(fractions, length - sink - window)
+            key = id(score_list[i])
+            if key not in rankings:
+                rankings[key] = rank_middle(score, sink, window)
+            shapes, totals, utility = _oracle_shapes(oracle, rankings[key], sink, window, counts)
+            proxies = proxy_curves(score, norms, sink, window, counts)
+            ctx = next((c for c, rep in enumerate(contexts) if rep is score_list[i] or (
+                rep.shape == score.shape and np.array_equal(rep, score))), None)
+            if ctx is None:
+                contexts.append(score)
+                ctx = len(contexts) - 1
+            pairs.append((ctx, shapes, totals, proxies, utility, length))
+
+        groups = np.array([p[0] for p in pairs])
+        model = _fit_arrays(pairs, np.arange(n_pairs))
+        info = {"pairs": n_pairs, "contexts": len(contexts)}
+        if shrinkage is None:
+            if len(contexts) < 2:
+                shrinkage = 1.0
+                info["cv"] = "one context: no cross-validation, static curves only"
+            else:
+                shrinkage, info["cv"] = _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction)
+        mean_shape, weight, mean_proxy, beta = model
+        L, H = head_shape
+        G = fractions.size
+        return cls(fractions=fractions, mean_shape=mean_shape.reshape(L, H, G), weight=weight.reshape(L, H),
+                   mean_proxy=mean_proxy.reshape(len(features), L, H, G), beta=beta, shrinkage=shrinkage,
+                   sink=sink, window=window, min_keep_fraction=min_keep_fraction, features=features, info=info)
+
+    # -- prediction ------------------------------------------------------------------------
+    def _check_request(self, scores, value_norms):
+        """Validated scores ``(L, H, T)`` and norms (or None) of one request."""
+        try:
+            arr = np.asarray(scores)
+        except Exception as exc:
+            raise InvalidTypeError(f"`scores` must be a numeric array; could not convert it ({exc})") from exc
+        if arr.dtype.kind not in "iuf":
+            raise InvalidTypeError(f"`scores` must hold real numbers; got dtype {arr.dtype}")
+        if arr.ndim != 3 or arr.shape[:2] != (self.layers, self.kv_heads):
+            raise InvalidInputError(
+                f"`scores` must have shape ({self.layers}, {self.kv_heads}, T) (layers, KV heads, tokens) as the "
+                f"calibration; got {arr.shape}")
+        length = arr.shape[-1]
+        if length <= self.sink + self.window:
+            raise InvalidInputError(
+                f"`scores` must have more tokens than sink + window = {self.sink + self.window}; got T = {length}")
+        norms = None
+        if "scores_x_norms" in self.features:
+            if value_norms is None:
+                raise InvalidInputError(
+                    "`value_norms` are required: this allocator was fitted with value norms (features "
+                    f"{self.features})")
+            norms = _check_norms(value_norms, arr.shape, "value_norms", values=False)
+        return arr, norms
+
+    def _predicted(self, scores, norms, layers=slice(None), shrinkage=None):
+        """Predicted curves ``(n, G)`` on token grid ``(G,)`` for validated input: ``scores``
+        (and ``norms``) hold the layers ``layers`` of the model."""
+        shrink = self.shrinkage if shrinkage is None else shrinkage
+        length = scores.shape[-1]
+        counts = _token_counts(self.fractions, length - self.sink - self.window)
+        L, H, G = self.mean_shape[layers].shape
+        shape = self.mean_shape[layers].reshape(-1, G)
+        proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
+        if shrink < 1.0:
+            dev = proxies - self.mean_proxy[:, layers].reshape(proxies.shape)
+            shape = shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", dev, self.beta)
+            np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1, out=shape)
+        return self.weight[layers].reshape(-1, 1) * shape, counts + (self.sink + self.window)
+
+    def predict_curves(self, scores, *, value_norms=None):
+        """Predicted utility curves of one request on its coarse token grid.
+
+        Parameters
+        ----------
+        scores : array_like ``(L, H, T)``
+            The scorer's values at this request's prefill.
+        value_norms : array_like ``(L, H, T)``, optional
+            Required when the allocator was fitted with them.
+
+        Returns
+        -------
+        utility : numpy.ndarray ``(L, H, G)``
+            Predicted retained oracle mass (each head's share of a pair's mass); between grid
+            points the curves are linear.
+        tokens : numpy.ndarray of int64 ``(G,)``
+            Tokens kept at each grid point, sink and window included
+            (``sink + window + round(fractions * (T - sink - window))``).
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(1)
+        >>> s = [rng.random((1, 2, 50)) for _ in range(2)]
+        >>> ra = budgetopt.RequestAllocator.fit([x ** 3 for x in s], s, sink=1, window=1, shrinkage=1.0)
+        >>> u, tokens = ra.predict_curves(rng.random((1, 2, 80)))
+        >>> u.shape, int(tokens[0]), int(tokens[-1])
+        ((1, 2, 65), 2, 80)
+        """
+        arr, norms = self._check_request(scores, value_norms)
+        u, tokens = self._predicted(arr, norms)
+        return u.reshape(self.layers, self.kv_heads, -1), tokens
+
+    # -- allocation ------------------------------------------------------------------------
+    def allocate(self, scores, total_budget, *, value_norms=None, layerwise=True):
+        """Per-head budgets for one request from its prefill scores.
+
+        Maximises the predicted retained oracle mass ``sum_h curve[h](b_h)`` subject to
+        ``sum_h b_h = total_budget`` and ``floor <= b_h <= T``, where ``curve[h]`` is the
+        head's static curve with its shape corrected by this request's scores (see the module
+        docstring) and ``floor = max(round(min_keep_fraction * T), sink + window)``.
+
+        Parameters
+        ----------
+        scores : array_like ``(L, H, T)``
+            The scorer's values of this request's context tokens at prefill, any ``T`` above
+            ``sink + window``.
+        total_budget : int
+            Tokens all heads keep together, sink and window included (for a kept fraction
+            ``f`` of the cache use ``budgetopt.tokens_from_fraction(f, L * H * T)``), in
+            ``[L * H * floor, L * H * T]``.
+        value_norms : array_like ``(L, H, T)``, optional
+            This request's value-output norms; required when the allocator was fitted with
+            them.
+        layerwise : bool, optional
+            True (default): all layers and heads share ``total_budget``. False: each layer
+            keeps exactly what the static curves give it for ``total_budget`` and only its
+            heads trade tokens (what a per-layer press can apply during prefill; see
+            :meth:`layer_totals`).
+
+        Returns
+        -------
+        Allocation
+            ``budgets`` ``(L, H)`` int64 adding up to ``total_budget``; ``utility`` is the
+            predicted value of the piecewise-linear curves, ``upper_bound`` the value of
+            their upper hulls (the LP relaxation), ``threshold`` the marginal value per token
+            where the total ran out (for ``layerwise=False``, the largest over layers);
+            ``method`` is ``"request"``; ``stats`` holds ``shrinkage`` and ``layerwise``.
+
+        Raises
+        ------
+        InvalidTypeError, InvalidInputError
+            Bad ``scores`` or ``value_norms`` (shape, non-finite), missing ``value_norms``,
+            ``total_budget`` not a non-negative integer, bad ``layerwise``.
+        InfeasibleError
+            ``total_budget`` below ``L * H * floor`` or above ``L * H * T``.
+
+        Notes
+        -----
+        One pass over each head's scores (a log-scale histogram, no sort; O(T) per head),
+        the predicted curves on the coarse grid (G points), their upper hulls and a sort of
+        the hull segments: O(L H (T + G log(L H G))). Deterministic.
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(0)
+        >>> s = [rng.random((2, 2, 64)) for _ in range(2)]
+        >>> ra = budgetopt.RequestAllocator.fit([x ** 4 for x in s], s, sink=2, window=2, shrinkage=0.5)
+        >>> a = ra.allocate(rng.random((2, 2, 64)), 100, layerwise=False)
+        >>> a.budgets.sum(axis=1).tolist() == ra.layer_totals(64, 100).tolist()
+        True
+        """
+        start = time.perf_counter()
+        arr, norms = self._check_request(scores, value_norms)
+        if not isinstance(layerwise, (bool, np.bool_)):
+            raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
+        length = arr.shape[-1]
+        total = self._check_total(total_budget, length)
+        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        u, tokens = self._predicted(arr, norms)
+        u, grid = _with_floor(u, tokens, floor, length)
+        if layerwise:
+            budgets, lp, lam = _split(u, grid, total)
+        else:
+            per_layer = self._static_layer_totals(length, total, floor)
+            H = self.kv_heads
+            budgets = np.empty(u.shape[0], np.int64)
+            lp, lam = 0.0, 0.0
+            for layer in range(self.layers):
+                rows = slice(layer * H, (layer + 1) * H)
+                b, v, s = _split(u[rows], grid[rows], per_layer[layer])
+                budgets[rows] = b
+                lp += v
+                lam = max(lam, s)
+        value = float(_k.curve_values(u, grid, budgets))
+        return Allocation.from_solution(
+            budgets.reshape(self.layers, self.kv_heads), value, total_budget=total, upper_bound=lp, threshold=lam,
+            method="request", seconds=time.perf_counter() - start,
+            stats={"shrinkage": self.shrinkage, "layerwise": bool(layerwise), "floor": floor})
+
+    def allocate_layer(self, layer, scores, layer_total, *, value_norms=None):
+        """Split one layer's tokens between its KV heads from that layer's scores alone.
+
+        What a press calls inside each layer's hook during prefill; with ``layer_total`` from
+        :meth:`layer_totals`, the per-layer answers together equal
+        ``allocate(..., layerwise=False)``.
+
+        Parameters
+        ----------
+        layer : int
+            Layer index in ``[0, L)``.
+        scores : array_like ``(H, T)``
+            This layer's scores of the request's ``T`` context tokens.
+        layer_total : int
+            Tokens the layer's heads keep together, in ``[H * floor, H * T]``.
+        value_norms : array_like ``(H, T)``, optional
+            Required when the allocator was fitted with value norms.
+
+        Returns
+        -------
+        numpy.ndarray of int64 ``(H,)``, adding up to ``layer_total``.
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(0)
+        >>> s = [rng.random((2, 2, 64)) for _ in range(2)]
+        >>> ra = budgetopt.RequestAllocator.fit([x ** 4 for x in s], s, sink=2, window=2, shrinkage=0.5)
+        >>> request = rng.random((2, 2, 64))
+        >>> per_layer = [ra.allocate_layer(l, request[l], t) for l, t in enumerate(ra.layer_totals(64, 100))]
+        >>> np.array_equal(np.stack(per_layer), ra.allocate(request, 100, layerwise=False).budgets)
+        True
+        """
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.layers:
+            raise InvalidInputError(f"`layer` must be an integer in [0, {self.layers}); got {layer!r}")
+        layer = int(layer)
+        try:
+            arr = np.asarray(scores)
+        except Exception as exc:
+            raise InvalidTypeError(f"`scores` must be a numeric array; could not convert it ({exc})") from exc
+        if arr.ndim != 2:
+            raise InvalidInputError(
+                f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got "
+                f"{getattr(arr, 'shape', type(arr).__name__)}")
+        norms = None if value_norms is None else np.asarray(value_norms)[None]
+        arr3, norms = self._check_request_layer(arr, norms)
+        length = arr3.shape[-1]
+        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        total = check_count(layer_total, "layer_total")
+        H = self.kv_heads
+        if not H * floor <= total <= H * length:
+            raise InfeasibleError(
+                f"`layer_total` must be in [kv_heads * floor, kv_heads * T] = [{H * floor}, {H * length}]; got {total}")
+        u, tokens = self._predicted(arr3, norms, layers=slice(layer, layer + 1))
+        u, grid = _with_floor(u, tokens, floor, length)
+        return _split(u, grid, total)[0]
+
+    def _check_request_layer(self, arr, norms):
+        """One layer's scores ``(H, T)`` (and norms ``(1, H, T)``) checked as a request."""
+        if arr.dtype.kind not in "iuf":
+            raise InvalidTypeError(f"`scores` must hold real numbers; got dtype {arr.dtype}")
+        if arr.shape[0] != self.kv_heads:
+            raise InvalidInputError(f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got {arr.shape}")
+        if arr.shape[-1] <= self.sink + self.window:
+            raise InvalidInputError(
+                f"`scores` must have more tokens than sink + window = {self.sink + self.window}; got T = {arr.shape[-1]}")
+        arr3 = arr[None]
+        if "scores_x_norms" in self.features:
+            if norms is None:
+                raise InvalidInputError(
+                    f"`value_norms` are required: this allocator was fitted with value norms (features {self.features})")
+            norms = _check_norms(norms, arr3.shape, "value_norms", values=False)
+        else:
+            norms = None
+        return arr3, norms
+
+    def _check_total(self, total_budget, length):
+        total = check_count(total_budget, "total_budget")
+        n = self.layers * self.kv_heads
+        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        if total < n * floor:
+            raise InfeasibleError(
+                f"`total_budget` must be at least heads * floor = {n} * {floor} = {n * floor} tokens "
+                f"(floor = max(round(min_keep_fraction * T), sink + window), T = {length}); got {total}")
+        if total > n * length:
+            raise InfeasibleError(f"`total_budget` must be at most heads * T = {n * length} tokens; got {total}")
+        return total
+
+    def _static_layer_totals(self, length, total, floor):
+        u, tokens = self.weight.reshape(-1, 1) * self.mean_shape.reshape(-1, self.fractions.size), \
+            _token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
+        u, grid = _with_floor(np.ascontiguousarray(u), tokens, floor, length)
+        budgets, _, _ = _split(u, grid, total)
+        return budgets.reshape(self.layers, self.kv_heads).sum(axis=1)
+
+    def layer_totals(self, length, total_budget):
+        """Tokens each layer keeps under the static curves for a request of ``length`` tokens.
+
+        These are the per-layer totals :meth:`allocate` keeps with ``layerwise=False``; they
+        depend only on ``length`` and ``total_budget``, so a per-layer press can compute them
+        before the first layer's scores exist.
+
+        Returns
+        -------
+        numpy.ndarray of int64 ``(L,)``, adding up to ``total_budget``.
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> rng = np.random.default_rng(0)
+        >>> s = [rng.random((3, 2, 40)) for _ in range(2)]
+        >>> ra = budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0)
+        >>> int(ra.layer_totals(40, 90).sum())
+        90
+        """
+        length = check_count(length, "length")
+        if length <= self.sink + self.window:
+            raise InvalidInputError(f"`length` must exceed sink + window = {self.sink + self.window}; got {length}")
+        total = self._check_total(total_budget, length)
+        return self._static_layer_totals(length, total, _floor(self.min_keep_fraction, length, self.sink, self.window))
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self, path):
+        """Write the allocator to ``path`` as ``.npz`` (arrays plus a JSON ``meta``), atomically.
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np, budgetopt
+        >>> s = [np.random.default_rng(0).random((1, 2, 30))]
+        >>> ra = budgetopt.RequestAllocator.fit(s, s, sink=1, window=1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "ra.npz")
+        >>> ra.save(path)
+        >>> budgetopt.RequestAllocator.load(path).shrinkage
+        1.0
+        """
+        meta = {"format": FORMAT, "sink": self.sink, "window": self.window,
+                "min_keep_fraction": self.min_keep_fraction, "shrinkage": self.shrinkage,
+                "features": list(self.features), "info": self.info}
+        arrays = dict(fractions=self.fractions, mean_shape=self.mean_shape, weight=self.weight,
+                      mean_proxy=self.mean_proxy, beta=self.beta, meta=np.array(json.dumps(meta)))
+        write_atomic(path, lambda f: np.savez(f, **arrays))
+
+    @classmethod
+    def load(cls, path):
+        """Read an allocator written by :meth:`save` (never unpickles).
+
+        Raises
+        ------
+        CurvesFileError
+            Missing or unreadable file, wrong ``format``, a missing or object array, or
+            arrays whose shapes disagree; the message starts with the path.
+        """
+        path = check_input_file(path, ".npz file")
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise CurvesFileError(f"{path}: not a readable .npz archive ({exc})") from exc
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise CurvesFileError(f"{path}: is a single .npy array, not a request allocator (.npz)")
+        keys = ("fractions", "mean_shape", "weight", "mean_proxy", "beta", "meta")
+        arrays = {}
+        with archive:
+            for key in keys:
+                if key not in archive.files:
+                    raise CurvesFileError(f"{path}: missing key {key!r}; not a request allocator file")
+                try:
+                    arrays[key] = archive[key]
+                except ValueError as exc:
+                    raise CurvesFileError(f"{path}: key {key!r} holds an object array; budgetopt never unpickles") from exc
+        try:
+            meta = json.loads(str(arrays["meta"].item()))
+        except (ValueError, TypeError) as exc:
+            raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CurvesFileError(f"{path}: not a request allocator file (format {FORMAT!r} expected)")
+        try:
+            features = tuple(meta["features"])
+            G = arrays["fractions"].shape[0]
+            L, H = arrays["weight"].shape
+            ok = (arrays["mean_shape"].shape == (L, H, G) and arrays["mean_proxy"].shape == (len(features), L, H, G)
+                  and arrays["beta"].shape == (len(features), G) and features in (FEATURES[:1], FEATURES))
+            if not ok:
+                raise ValueError("array shapes disagree")
+            for key in keys[:-1]:
+                if arrays[key].dtype.kind != "f" or not np.all(np.isfinite(arrays[key])):
+                    raise ValueError(f"{key!r} must hold finite floats")
+            return cls(fractions=arrays["fractions"], mean_shape=arrays["mean_shape"], weight=arrays["weight"],
+                       mean_proxy=arrays["mean_proxy"], beta=arrays["beta"], shrinkage=meta["shrinkage"],
+                       sink=meta["sink"], window=meta["window"], min_keep_fraction=meta["min_keep_fraction"],
+                       features=features, info=meta.get("info", {}))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from exc
+
+
+def _check_fractions(fractions):
+    arr = np.asarray(fractions, dtype=np.float64)
+    if (arr.ndim != 1 or arr.size < 2 or not np.all(np.isfinite(arr)) or arr[0] != 0.0 or arr[-1] != 1.0
+            or np.any(np.diff(arr) <= 0)):
+        raise InvalidInputError("`fractions` must be an increasing 1-D grid from 0 to 1 with at least 2 points")
+    return arr
+
+
+def _fit_arrays(pairs, idx):
+    """Static means and ridge coefficients from the pairs ``idx``: flat over heads."""
+    shapes = np.stack([pairs[i][1] for i in idx])            # (P, n, G)
+    totals = np.stack([pairs[i][2] for i in idx])            # (P, n)
+    proxies = np.stack([pairs[i][3] for i in idx])           # (P, J, n, G)
+    mass = totals.sum(axis=1, keepdims=True)
+    share = totals / np.where(mass > 0, mass, 1.0)
+    weight = share.mean(axis=0)
+    # the static curve is the mean of the pairs' curves (as lukv_table's "mean_curve"), stored
+    # as a shape relative to the mean weight
+    mean_shape = (share[..., None] * shapes).mean(axis=0) / np.where(weight > 0, weight, 1.0)[:, None]
+    mean_proxy = proxies.mean(axis=0)
+    beta = _fit_beta(shapes - mean_shape, proxies - mean_proxy)
+    return mean_shape, weight, mean_proxy, beta
+
+
+def _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
+    """Shrinkage chosen by leave-one-context-out; returns it and the figures (JSON-ready)."""
+    gains = {s: [] for s in SHRINKAGES}  # per held-out pair and compression: retained(s) - retained(static)
+    for g in np.unique(groups):
+        train = np.flatnonzero(groups != g)
+        mean_shape, weight, mean_proxy, beta = _fit_arrays(pairs, train)
+        for i in np.flatnonzero(groups == g):
+            _, _, totals, proxies, utility, length = pairs[i]
+            kept = {s: _retained(s, mean_shape, weight, mean_proxy, beta, proxies, utility, totals, length,
+                                 fractions, sink, window, min_keep_fraction) for s in SHRINKAGES}
+            for s in SHRINKAGES:
+                gains[s].append(kept[s] - kept[1.0])
+    figures = {str(s): {"mean_gain": float(np.mean(gains[s])), "worst": float(np.min(gains[s]))} for s in SHRINKAGES}
+    allowed = [s for s in SHRINKAGES if np.min(gains[s]) >= -CV_MAX_LOSS]
+    best = max(allowed, key=lambda s: (np.mean(gains[s]), s))
+    if np.mean(gains[best]) <= 0.0:
+        best = 1.0
+    return float(best), {"shrinkage": figures, "compressions": list(CV_COMPRESSIONS), "max_loss": CV_MAX_LOSS}
+
+
+def _retained(shrink, mean_shape, weight, mean_proxy, beta, proxies, utility, totals, length, fractions, sink,
+              window, min_keep_fraction):
+    """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS` (array)."""
+    shape = mean_shape
+    if shrink < 1.0:
+        shape = mean_shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", proxies - mean_proxy, beta)
+        shape = np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1)
+    u = weight[:, None] * shape
+    n = u.shape[0]
+    floor = _floor(min_keep_fraction, length, sink, window)
+    tokens = _token_counts(fractions, length - sink - window) + (sink + window)
+    u, grid = _with_floor(u, tokens, floor, length)
+    out = []
+    capacity = n * length
+    for c in CV_COMPRESSIONS:
+        total = max(capacity - int(round(c * capacity)), n * floor)
+        budgets, _, _ = _split(u, grid, total)
+        out.append(utility[np.arange(n), budgets - (sink + window)].sum() / max(utility[:, -1].sum(), 1e-300))
+    return np.array(out)
