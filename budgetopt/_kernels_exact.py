@@ -305,3 +305,113 @@ def distinct_options(utility, grid, per_head, lo, hi):
             elif u[k] > u[best]:
                 best = k
     return offsets, index, cost
+
+
+@nb.njit(**_JIT)
+def undominated(costs, values, offsets, lam, keep):
+    """Clear ``keep`` where a lighter kept option of the head has at least the utility.
+
+    Returns ``(counts, closeness)`` per head: the options left, and the difference between
+    the best and the second-best ``values - lam * costs`` among them (``inf`` with one)."""
+    H = offsets.shape[0] - 1
+    counts = np.zeros(H, np.int64)
+    close = np.empty(H)
+    for h in range(H):
+        run = -np.inf
+        first = -np.inf
+        second = -np.inf
+        for j in range(offsets[h], offsets[h + 1]):
+            if not keep[j]:
+                continue
+            if values[j] <= run:
+                keep[j] = False
+                continue
+            run = values[j]
+            counts[h] += 1
+            r = values[j] - lam * costs[j]
+            if r > first:
+                second = first
+                first = r
+            elif r > second:
+                second = r
+        close[h] = first - second
+    return counts, close
+
+
+@nb.njit(**_JIT)
+def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
+    """Reduced-cost fixing straight from the curves: the options that can still beat ``target``.
+
+    An option is a distinct usable grid value of a head with the best utility among its
+    equal grid points (the first such index); its cost is the tokens above the head's first
+    usable point. With ``L_h = max (u - lam * cost)`` over the head's options, the
+    Lagrangian bound is ``lam * spare + sum_h L_h`` and forcing an option lowers it by
+    ``L_h - (u - lam * cost)``; options whose forced bound is below ``target`` are dropped.
+
+    Returns ``(bound, dropped, offsets, index, cost, value, lp_opt)``: the bound, the
+    largest forced bound among dropped options (``-inf`` if none), the kept options as CSR
+    arrays (head after head, ascending cost) and, per head, the position in them of its
+    lightest maximiser of ``u - lam * cost`` (always kept when ``bound >= target``; ``-1``
+    otherwise). O(usable points), three passes, memory O(kept options).
+    """
+    H = utility.shape[0]
+    best = np.empty(H)
+    arg = np.empty(H, np.int64)
+    total = lam * spare
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        m = -np.inf
+        a = lo[h]
+        for k in range(lo[h], hi[h]):
+            r = u[k] - lam * (g[k] - g0)
+            if r > m:
+                m = r
+                a = k
+        best[h] = m
+        arg[h] = a
+        total += m
+    dropped = -np.inf
+    offsets = np.zeros(H + 1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        n = 0
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    n += 1
+                elif forced > dropped:
+                    dropped = forced
+                b = k
+            elif u[k] > u[b]:
+                b = k
+        offsets[h + 1] = offsets[h] + n
+    index = np.empty(offsets[H], np.int64)
+    cost = np.empty(offsets[H], np.int64)
+    value = np.empty(offsets[H], np.float64)
+    lp_opt = np.full(H, -1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        j = offsets[h]
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    if b == arg[h]:
+                        lp_opt[h] = j
+                    index[j] = b
+                    cost[j] = g[b] - g0
+                    value[j] = u[b]
+                    j += 1
+                b = k
+            elif u[k] > u[b]:
+                b = k
+    return total, dropped, offsets, index, cost, value, lp_opt

@@ -32,6 +32,9 @@ EXACT_MAX_STATES = 20_000_000
 #: of the optimum (the same scale as :func:`budgetopt._invariants.tolerance`).
 EXACT_RTOL = 1e-9
 
+# Core heads searched first, with the rest at their LP choice, for a better incumbent.
+_HEURISTIC_CORE = 48
+
 
 def exact(problem, total, *, time_limit=None):
     """Proven optimum by LP bound, reduced-cost fixing and a bounded core DP.
@@ -84,10 +87,14 @@ class _Search:
         rows = np.arange(p.n_heads)
         greedy_value = float(p.utility[rows, idx].sum())
         self.best, self.best_idx = greedy_value, idx
-        opts = self.opts = _options(p)
         self.spare = min(self.total, p.ceiling_total) - p.floor_total
-        scale = float(np.maximum.reduceat(np.abs(opts.value), opts.offsets[:-1]).sum())
+        scale = float(np.abs(p.utility).max(axis=1).sum()) if p.utility.size else 0.0
         self.tau = EXACT_RTOL * max(1.0, scale)
+        from . import _kernels_exact as K
+
+        self.opts = _Kept(*K.lagrangian_options(
+            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.tau
+        ))
         self.stats = {
             "status": "optimal",
             "tolerance": self.tau,
@@ -115,64 +122,106 @@ class _Search:
 
     # -- the search -------------------------------------------------------------------------
     def _search(self):
-        """Run fixing and the core DP; returns ``None`` when the incumbent is proven optimal,
-        else the largest bound of the states left open at the time limit."""
+        """Fixing, a heuristic core for a better incumbent, fixing again, the core DP.
+
+        Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
+        states left open at the time limit."""
+        fixing = self._fix()
+        self.stats["lagrangian_bound"] = float(self.lagrangian)
+        if fixing is None:
+            return None
+        fixed_opt, core = fixing
+        if len(core) > _HEURISTIC_CORE:
+            # The best allocation with every head outside a small core at its LP choice
+            # (the lightest maximiser of utility - lam * tokens): a cheap, usually much
+            # better incumbent, which makes the fixing below far stronger.
+            before = self.best
+            self._heuristic(core)
+            if self.best > before:
+                fixing = self._fix()
+                if fixing is None:
+                    return None
+                fixed_opt, core = fixing
+        self.stats.update(fixed_heads=int(self.problem.n_heads - len(core)), core_heads=len(core))
+        self.stats["core_options"] = int(sum(len(j) for _, j in core))
+        open_bound, dropped = self._core_dp(core, fixed_opt, record=True)
+        self.dropped = max(self.dropped, dropped)
+        return open_bound
+
+    def _fix(self):
+        """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
+        no allocation can beat the incumbent. ``fixed_opt[h]`` is the only option head ``h``
+        can take in a better allocation (-1 for core heads); ``core`` lists ``(head, options)``
+        for the others, undominated options only, likeliest to change first."""
         from . import _kernels_exact as K
 
         p, opts = self.problem, self.opts
+        if opts.bound < self.best + self.tau:
+            self.lagrangian, self.dropped = opts.bound, opts.dropped
+            return None
+        # Options dropped before (against a lower target) stay dropped; the bound is the same.
         keep = np.empty(len(opts), np.bool_)
-        lagrangian, self.dropped = K.reduced_cost_filter(
+        self.lagrangian, dropped = K.reduced_cost_filter(
             opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.tau, keep
         )
-        self.stats["lagrangian_bound"] = float(lagrangian)
-        counts = np.add.reduceat(keep.astype(np.int64), opts.offsets[:-1])
-        if lagrangian < self.best + self.tau or np.any(counts == 0):
-            return None  # no option set can beat the incumbent
-        # Per head: the options kept, less those a lighter kept option dominates.
+        self.dropped = max(opts.dropped, dropped)
+        if self.lagrangian < self.best + self.tau:
+            return None
+        counts, closeness = K.undominated(opts.cost, opts.value, opts.offsets, self.lam, keep)
+        if np.any(counts == 0):
+            return None
+        kept = np.flatnonzero(keep)
+        head = np.repeat(np.arange(p.n_heads), counts)
         fixed_opt = np.full(p.n_heads, -1, np.int64)
         single = counts == 1
-        fixed_opt[single] = np.flatnonzero(keep)[np.repeat(single, counts)]
-        core = []  # (head, global option indices)
-        for h in np.flatnonzero(~single):
-            j = opts.offsets[h] + np.flatnonzero(keep[opts.offsets[h] : opts.offsets[h + 1]])
-            v = opts.value[j]
-            undominated = v > np.maximum.accumulate(np.r_[-np.inf, v[:-1]])
-            j = j[undominated]
-            if len(j) == 1:
-                fixed_opt[h] = j[0]
-            else:
-                core.append((int(h), j))
-        fixed = fixed_opt >= 0
-        self.fixed_value = float(opts.value[fixed_opt[fixed]].sum())
-        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
-        self.stats.update(fixed_heads=int(fixed.sum()), core_heads=len(core))
-        self.fixed_opt = fixed_opt
-        if not core:
-            if cap >= 0 and self.fixed_value > self.best:
-                self._adopt({})
-            return None
+        fixed_opt[single] = kept[single[head]]
         # Heads whose second-best option comes closest to their best (in reduced value at
         # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
-        def closeness(item):
-            rv = np.sort(opts.value[item[1]] - self.lam * opts.cost[item[1]])
-            return (rv[-1] - rv[-2], item[0])
+        heads = np.flatnonzero(~single)
+        heads = heads[np.argsort(closeness[heads], kind="stable")]
+        starts = np.r_[0, np.cumsum(counts)]
+        core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        return fixed_opt, core
 
-        core.sort(key=closeness)
-        self.core = core
+    def _heuristic(self, core):
+        fixed_opt = self.opts.lp_opt.copy()
+        small = core[:_HEURISTIC_CORE]
+        fixed_opt[[h for h, _ in small]] = -1
+        self._core_dp(small, fixed_opt, record=False)
+
+    def _core_dp(self, core, fixed_opt, *, record):
+        """Search ``core`` with every other head at ``fixed_opt``; improves the incumbent.
+
+        Returns ``(open_bound, dropped)``: ``open_bound`` is ``None`` when the search
+        finished (no state left that can beat the incumbent), else the largest bound of the
+        states left at the time limit; ``dropped`` is the largest bound of any state dropped.
+        With ``record`` the layer statistics go to ``stats``.
+        """
+        from . import _kernels_exact as K
+
+        opts = self.opts
+        fixed = fixed_opt >= 0
+        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
+        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
+        self.ctx = ctx = {"core": core, "fixed_opt": fixed_opt, "cap": cap, "layers": []}
+        if not core:
+            if cap >= 0 and fixed_value > self.best:
+                self.best = fixed_value
+                self._adopt({})
+            return None, -np.inf
         sizes = np.array([len(j) for _, j in core], np.int64)
         gopt = np.concatenate([j for _, j in core])
         c = opts.cost[gopt]
         v = opts.value[gopt]
         coff = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-        self.stats["core_options"] = int(len(gopt))
         min_c = c[coff[:-1]]
         min_v = v[coff[:-1]]
         if cap < int(min_c.sum()):
-            return None
+            return None, -np.inf
         pos, end, dc, dv, slope = K.core_hulls(c, v, coff)
         order = np.lexsort((pos, -slope))
         pos, end, dc, dv, slope = pos[order], end[order], dc[order], dv[order], slope[order]
-        self.seg = (pos, end, dc, dv)
+        ctx["seg"] = (pos, end, dc, dv)
         by_pos = np.argsort(pos, kind="stable")  # sorted-segment indices grouped by position
         seg_off = np.r_[0, np.cumsum(np.bincount(pos, minlength=len(core)))].astype(np.int64)
         fc = np.empty(len(dc) + 1, np.int64)
@@ -181,22 +230,21 @@ class _Search:
         K.fenwick_build(dv, fv)
         top = 1 << (max(len(dc), 1).bit_length() - 1)
         # suffix sums of the lightest options: heads at positions >= k
-        self.suf_c = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
-        self.suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
-        self.cap = cap
+        suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
+        suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
 
         w = np.zeros(1, np.int64)
         val = np.zeros(1, np.float64)
-        open_bound = float(lagrangian)
-        self.layers = []
+        open_bound = float(self.lagrangian)
+        all_dropped = -np.inf
         states = 0
         for k in range(len(core)):
             if self.deadline is not None and time.perf_counter() > self.deadline:
-                return max(open_bound, self.best)
+                return max(open_bound, self.best), all_dropped
             K.fenwick_remove(fc, fv, dc, dv, by_pos[seg_off[k] : seg_off[k + 1]])
-            sfx = (int(self.suf_c[k + 1]), float(self.suf_v[k + 1]), fc, fv, slope, top)
+            sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
             o0, o1 = coff[k], coff[k + 1]
-            target = self.best - self.fixed_value + self.tau
+            target = self.best - fixed_value + self.tau
             nw, nval, par, ch, dropped, fl_best, fl_at, live = K.expand_layer(
                 w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states
             )
@@ -206,40 +254,42 @@ class _Search:
                     f"({len(core)} core heads, {int(len(gopt)):,} core options); use time_limit to stop "
                     'earlier with a bound, or method="greedy"'
                 )
-            self.dropped = max(self.dropped, dropped + self.fixed_value)
-            if fl_at >= 0 and fl_best + self.fixed_value > self.best:
-                self.best = fl_best + self.fixed_value
+            all_dropped = max(all_dropped, dropped + fixed_value)
+            if fl_at >= 0 and fl_best + fixed_value > self.best:
+                self.best = fl_best + fixed_value
                 self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
                 alive = np.empty(len(nw), np.bool_)
-                target = self.best - self.fixed_value + self.tau
+                target = self.best - fixed_value + self.tau
                 _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
-                self.dropped = max(self.dropped, dropped + self.fixed_value)
+                all_dropped = max(all_dropped, dropped + fixed_value)
                 nw, nval, par, ch = nw[alive], nval[alive], par[alive], ch[alive]
-            self.layers.append((par, ch))
+            ctx["layers"].append((par, ch))
             states += len(nw)
-            self.stats.update(
-                layers_done=k + 1, states=states, max_layer_states=max(self.stats["max_layer_states"], len(nw))
-            )
+            if record:
+                self.stats.update(
+                    layers_done=k + 1, states=states,
+                    max_layer_states=max(self.stats["max_layer_states"], len(nw)),
+                )
             if len(nw) == 0:
-                return None
-            open_bound = live + self.fixed_value
+                return None, all_dropped
+            open_bound = live + fixed_value
             w, val = nw, nval
-        return None
+        return None, all_dropped
 
     def _choices(self, k, par, ch, t, w_state):
         """Local option per core position of state ``t`` of layer ``k`` completed by the
         integral part of its suffix LP."""
+        ctx = self.ctx
         local = {k: int(ch[t])}
         s = int(par[t])
         for kk in range(k - 1, -1, -1):
-            lp_, lc = self.layers[kk]
+            lp_, lc = ctx["layers"][kk]
             local[kk] = int(lc[s])
             s = int(lp_[s])
-        pos, end, dc, dv = self.seg
-        n = len(self.core)
-        for kk in range(k + 1, n):
+        pos, end, dc, dv = ctx["seg"]
+        for kk in range(k + 1, len(ctx["core"])):
             local[kk] = 0
-        r0 = self.cap - w_state - int(self.suf_c[k + 1])
+        r0 = ctx["cap"] - w_state - int(ctx["suf_c"][k + 1])
         m = np.flatnonzero(pos >= k + 1)
         taken = m[np.cumsum(dc[m]) <= r0]
         for i in taken:  # segments of one head come in hull order: the last one wins
@@ -247,28 +297,23 @@ class _Search:
         return local
 
     def _adopt(self, local):
-        """Make fixed heads plus the core choices ``local`` (position -> local option) the
-        incumbent's grid indices."""
-        opts = self.opts
-        chosen = self.fixed_opt.copy()
+        """Make the fixed heads plus the core choices ``local`` (position -> local option)
+        the incumbent."""
+        ctx = self.ctx
+        chosen = ctx["fixed_opt"].copy()
         for kk, j in local.items():
-            h, gj = self.core[kk]
+            h, gj = ctx["core"][kk]
             chosen[h] = gj[j]
-        self.best_idx = opts.index[chosen]
+        self.best_idx = self.opts.index[chosen]
 
 
-class _options:
-    """Each head's distinct usable grid values (as :class:`budgetopt.exact._Options`, compiled):
-    ``offsets``, grid ``index``, ``cost`` above the head's floor and ``value``."""
+class _Kept:
+    """The options reduced-cost fixing kept (CSR, head after head; see
+    :func:`budgetopt._kernels_exact.lagrangian_options`)."""
 
-    def __init__(self, problem):
-        from . import _kernels_exact as K
-
-        self.offsets, self.index, self.cost = K.distinct_options(
-            problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi
-        )
-        head = np.repeat(np.arange(problem.n_heads), np.diff(self.offsets))
-        self.value = problem.utility[head, self.index]
+    def __init__(self, bound, dropped, offsets, index, cost, value, lp_opt):
+        self.bound, self.dropped = float(bound), float(dropped)
+        self.offsets, self.index, self.cost, self.value, self.lp_opt = offsets, index, cost, value, lp_opt
 
     def __len__(self):
         return len(self.index)
