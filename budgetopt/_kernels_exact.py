@@ -131,24 +131,22 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     n = w.shape[0]
     m = opt_c.shape[0]
     dropped = -np.inf
-    count = 0
-    for j in range(m):
-        c = opt_c[j]
-        v = opt_v[j]
-        for s in range(n):
-            ww = w[s] + c
-            if ww > cap:
-                break  # states are sorted by w
-            ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
-            ub += p[s] + v
-            if ub >= target:
-                count += 1
-            elif ub > dropped:
-                dropped = ub
-    empty_i = np.empty(0, np.int64)
-    empty_f = np.empty(0, np.float64)
-    if count > max_candidates:
-        return empty_i, empty_f, empty_i, empty_i, dropped, -np.inf, -2, -np.inf
+    count = n * m
+    if count > max_candidates:  # count first, allocate only if within the limit
+        count = 0
+        for j in range(m):
+            c = opt_c[j]
+            v = opt_v[j]
+            for s in range(n):
+                ww = w[s] + c
+                if ww > cap:
+                    break  # states are sorted by w
+                ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+                if ub + p[s] + v >= target:
+                    count += 1
+        if count > max_candidates:
+            empty_i = np.empty(0, np.int64)
+            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf
     cw = np.empty(count, np.int64)
     cp = np.empty(count, np.float64)
     cub = np.empty(count, np.float64)
@@ -165,7 +163,10 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
                 break
             ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
             pp = p[s] + v
-            if ub + pp >= target:
+            if ub + pp < target:
+                if ub + pp > dropped:
+                    dropped = ub + pp
+            else:
                 cw[k] = ww
                 cp[k] = pp
                 cub[k] = ub + pp
@@ -173,7 +174,8 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
                 cpar[k] = s
                 cch[k] = j
                 k += 1
-    order = np.argsort(cw, kind="mergesort")
+    count = k
+    order = np.argsort(cw[:count], kind="mergesort")
     # Pareto sweep: by tokens ascending; within equal tokens the largest utility (first such)
     keep = np.empty(count, np.int64)
     kept = 0

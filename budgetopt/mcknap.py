@@ -34,6 +34,9 @@ EXACT_RTOL = 1e-9
 
 # Core heads searched first, with the rest at their LP choice, for a better incumbent.
 _HEURISTIC_CORE = 48
+# ... for at most this long, or this share of the time limit.
+_HEURISTIC_SECONDS = 0.2
+_HEURISTIC_SHARE = 0.25
 
 
 def exact(problem, total, *, time_limit=None):
@@ -187,16 +190,24 @@ class _Search:
         fixed_opt = self.opts.lp_opt.copy()
         small = core[:_HEURISTIC_CORE]
         fixed_opt[[h for h, _ in small]] = -1
-        self._core_dp(small, fixed_opt, record=False)
+        stop = time.perf_counter() + _HEURISTIC_SECONDS
+        if self.deadline is not None:
+            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+        try:
+            self._core_dp(small, fixed_opt, record=False, deadline=stop)
+        except ProblemTooLargeError:
+            pass  # only a heuristic: the main search enforces the limit
 
-    def _core_dp(self, core, fixed_opt, *, record):
+    def _core_dp(self, core, fixed_opt, *, record, deadline=None):
         """Search ``core`` with every other head at ``fixed_opt``; improves the incumbent.
 
         Returns ``(open_bound, dropped)``: ``open_bound`` is ``None`` when the search
         finished (no state left that can beat the incumbent), else the largest bound of the
         states left at the time limit; ``dropped`` is the largest bound of any state dropped.
-        With ``record`` the layer statistics go to ``stats``.
+        With ``record`` the layer statistics go to ``stats``; ``deadline`` (default: the
+        solve's) is checked between layers.
         """
+        deadline = self.deadline if deadline is None else deadline
         from . import _kernels_exact as K
 
         opts = self.opts
@@ -239,7 +250,7 @@ class _Search:
         all_dropped = -np.inf
         states = 0
         for k in range(len(core)):
-            if self.deadline is not None and time.perf_counter() > self.deadline:
+            if deadline is not None and time.perf_counter() > deadline:
                 return max(open_bound, self.best), all_dropped
             K.fenwick_remove(fc, fv, dc, dv, by_pos[seg_off[k] : seg_off[k + 1]])
             sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
