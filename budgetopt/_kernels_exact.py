@@ -113,7 +113,8 @@ def fenwick_remove(fc, fv, dc, dv, where):
 
 
 @nb.njit(**_JIT)
-def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates):
+def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates,
+                 walk, cum_c, cum_v, cum_slope):
     """One layer of the core DP: every state extended by every option of the next head.
 
     An extension ``(w + c, p + v)`` is kept when it fits in ``cap`` and its bound
@@ -127,6 +128,11 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     state it belongs to (``-1`` if none), and the largest bound of a new state. When more
     than ``max_candidates`` extensions pass the bound it returns at once with ``parent`` of
     length 0 and ``floor_at == -2``.
+
+    With ``walk`` the suffix bound is read from its running sums instead of the Fenwick
+    trees (``cum_c``/``cum_v`` from 0 over the segments left, ``cum_slope`` theirs; see
+    :func:`suffix_sums`): for one option the states' tokens only grow, so one pointer walks
+    down the sums, O(states + segments) per option instead of O(states x log segments).
     """
     n = w.shape[0]
     m = opt_c.shape[0]
@@ -154,14 +160,27 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     cpar = np.empty(count, np.int64)
     cch = np.empty(count, np.int64)
     k = 0
+    n_seg = cum_slope.shape[0]
     for j in range(m):
         c = opt_c[j]
         v = opt_v[j]
+        t = n_seg
         for s in range(n):
             ww = w[s] + c
             if ww > cap:
                 break
-            ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+            if walk:
+                r0 = cap - ww - base_c
+                if r0 < 0:
+                    ub = -np.inf
+                    fl = -np.inf
+                else:
+                    while cum_c[t] > r0:
+                        t -= 1
+                    fl = base_v + cum_v[t]
+                    ub = fl + (r0 - cum_c[t]) * cum_slope[t] if t < n_seg else fl
+            else:
+                ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
             pp = p[s] + v
             if ub + pp < target:
                 if ub + pp > dropped:
@@ -417,3 +436,19 @@ def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
             elif u[k] > u[b]:
                 b = k
     return total, dropped, offsets, index, cost, value, lp_opt
+
+
+@nb.njit(**_JIT)
+def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
+    """Running sums of the costs and gains of the ``alive`` segments (in slope order), from
+    0, and their slopes; returns how many are alive. O(segments)."""
+    k = 0
+    cum_c[0] = 0
+    cum_v[0] = 0.0
+    for i in range(dc.shape[0]):
+        if alive[i]:
+            cum_c[k + 1] = cum_c[k] + dc[i]
+            cum_v[k + 1] = cum_v[k] + dv[i]
+            cum_slope[k] = slope[i]
+            k += 1
+    return k

@@ -244,6 +244,12 @@ class _Search:
         suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
         suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
 
+        seg_alive = np.ones(len(dc), np.bool_)
+        cum_c = np.empty(len(dc) + 1, np.int64)
+        cum_v = np.empty(len(dc) + 1, np.float64)
+        cum_slope = np.empty(len(dc), np.float64)
+        log_s = max(len(dc), 2).bit_length()
+
         w = np.zeros(1, np.int64)
         val = np.zeros(1, np.float64)
         open_bound = float(self.lagrangian)
@@ -252,12 +258,20 @@ class _Search:
         for k in range(len(core)):
             if deadline is not None and time.perf_counter() > deadline:
                 return max(open_bound, self.best), all_dropped
-            K.fenwick_remove(fc, fv, dc, dv, by_pos[seg_off[k] : seg_off[k + 1]])
+            gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            K.fenwick_remove(fc, fv, dc, dv, gone)
+            seg_alive[gone] = False
             sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
             o0, o1 = coff[k], coff[k + 1]
             target = self.best - fixed_value + self.tau
+            # Bounds by a pointer walk over running sums when that is cheaper than one
+            # Fenwick search per extension.
+            n_left = len(dc) - int(seg_off[k + 1])
+            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
+            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
             nw, nval, par, ch, dropped, fl_best, fl_at, live = K.expand_layer(
-                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states
+                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive],
             )
             if fl_at == -2:
                 raise ProblemTooLargeError(
