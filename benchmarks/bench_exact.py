@@ -205,11 +205,13 @@ def report(res):
     env = res["environment"]
     lines = [
         "bench_exact: optimality gap of the greedy and time to proof of method='exact'",
-        f"machine: {env['cpu_model']}, {env['cores']} cores, {env['platform']}, load {env['loadavg_start']}",
+        f"machine: {env['cpu_model']}, {env['cores']} cores, {env['platform']}",
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}",
         f"commit: {env['commit']} (uncommitted in budgetopt/: {len(env['budgetopt_uncommitted'])})",
         f"command: {env['command']}",
-        f"time limit (exact and milp): {res['time_limit']} s; total run {res['seconds']:.0f} s",
+        f"time limit (exact and milp): {res['time_limit']} s; total run {res['seconds']:.0f} s"
+        + ("" if res.get("complete", True) else " (INCOMPLETE: the run was cut short)"),
+        f"load average at the start {env['loadavg_start']}, at the end {env.get('loadavg_end')}",
         "",
         f"{'family':<24}{'size':<19}{'seed':>4} {'greedy':>12} {'optimum':>12} {'true gap':>9} {'certif.':>9}"
         f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree",
@@ -301,18 +303,19 @@ def main(argv=None):
     warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)
     budgetopt.allocate(warm, wt, method="exact")  # compile / load the kernels
     rows = []
-    for family, size, seed, curves, total in instances(args.quick, args.seeds):
+    todo = instances(args.quick, args.seeds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, (family, size, seed, curves, total) in enumerate(todo):
         rows.append(run_one(family, size, seed, curves, total, args))
         r = rows[-1]
         print(f"{family} {size} seed {seed}: exact {r['exact_status']} {_t(r['exact_s'])}, "
               f"milp {r['milp_status']} {_t(r['milp_s'])}", file=sys.stderr, flush=True)
-    env["loadavg_end"] = list(os.getloadavg())
-    res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
-           "seconds": time.perf_counter() - t_start}
-    text = report(res)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))
-    write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
+        env["loadavg_end"] = list(os.getloadavg())
+        res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
+               "seconds": time.perf_counter() - t_start, "complete": i + 1 == len(todo)}
+        text = report(res)  # rewritten after every instance: a cut-short run keeps what it did
+        write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))
+        write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
     if args.plot or not args.quick:
         plot(res, Path(args.plot) if args.plot else out.with_suffix(".png"))
     sys.stdout.write(text)
