@@ -235,3 +235,41 @@ def test_refuses_too_many_states(monkeypatch):
 
 def test_exact_listed_in_methods():
     assert "exact" in budgetopt.METHODS
+
+
+# -- command line ------------------------------------------------------------------------------
+def test_cli_solve_exact_with_time_limit(capsys):
+    from budgetopt.cli import main
+
+    code = main(["solve", "--example", "--budget", "0.2", "--method", "exact", "--time-limit", "30"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    import json
+
+    payload = json.loads(out)
+    assert payload["method"] == "exact" and payload["status"] == "optimal" and payload["gap"] == 0.0
+    curves = budgetopt.load_curves(budgetopt.cli.example_path())
+    dp = allocate(curves, payload["total_budget"], method="dp")
+    assert payload["utility"] == pytest.approx(dp.utility, abs=tolerance(curves))
+
+
+def test_cli_time_limit_refused_for_greedy(capsys):
+    from budgetopt.cli import main
+
+    code = main(["solve", "--example", "--budget", "0.2", "--time-limit", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "`time_limit` applies only to method 'exact' or 'milp'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_cli_time_limit_must_be_positive_seconds(capsys, value):
+    from budgetopt.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", "--example", "--budget", "0.2", "--method", "exact", "--time-limit", value])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith(f"argument --time-limit: must be a number of seconds > 0; got {value!r}")
+    assert "Traceback" not in err
