@@ -63,6 +63,23 @@ def exact(problem, total, *, time_limit=None):
     ProblemTooLargeError
         More usable grid points than :data:`EXACT_MAX_OPTIONS`, or a search that would
         create more states than :data:`EXACT_MAX_STATES`.
+
+    Notes
+    -----
+    O(heads * K) for the greedy and the fixing (one pass over the curves, only the options
+    kept are stored); the core DP costs O(states x options x log segments) per layer and is
+    exponential in the worst case (the problem is NP-hard). Deterministic. The greedy's
+    answer is never changed: it is only the first incumbent.
+
+    Examples
+    --------
+    Head 0 jumps from 0 to 1 at two tokens, head 1 gains .4 with its first token; with one
+    token the greedy's LP bound is .5 and the optimum .4:
+
+    >>> from budgetopt.problem import build_problem
+    >>> a = exact(build_problem([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]]), 1)
+    >>> a.budgets.tolist(), a.utility, a.stats["status"], a.stats["lp_bound"]
+    ([0, 1], 0.4, 'optimal', 0.5)
     """
     return _Search(problem, total, time_limit).run()
 
