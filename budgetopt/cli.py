@@ -147,6 +147,7 @@ def _cmd_solve(args):
             f"method={result.method} used={result.used}/{result.total_budget} tokens "
             f"({payload['kept_fraction']:.1%} of {curves.capacity}) utility={result.utility:.6g} "
             f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g}"
+            + (f" status={payload['status']}" if "status" in payload else "")
         )
         sys.stdout.write(format_table(result.budgets, title))
     else:

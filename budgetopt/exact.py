@@ -122,7 +122,8 @@ def milp(problem, total, *, time_limit=None):
 
     The upper bound reported is HiGHS's proven dual bound (relative MIP gap set to 0).
     With ``time_limit`` (seconds) HiGHS may stop early: ``stats["status"]`` is then
-    ``"time_limit"`` and the result is its best allocation with its dual bound.
+    ``"time_limit"`` and the result is its best allocation with its dual bound; when it has
+    found no allocation by then, :class:`SolverError` says so.
     """
     from scipy.optimize import LinearConstraint, milp as scipy_milp
 

@@ -49,7 +49,8 @@ def exact(problem, total, *, time_limit=None):
     total : int
     time_limit : float or None
         Seconds (wall clock, from the start of the solve) after which the search stops with
-        the best allocation found and a valid upper bound. Checked between core heads.
+        the best allocation found and a valid upper bound. Checked between core heads. The
+        first call in a process loads the compiled kernels first, outside this limit.
 
     Returns
     -------
@@ -81,7 +82,32 @@ def exact(problem, total, *, time_limit=None):
     >>> a.budgets.tolist(), a.utility, a.stats["status"], a.stats["lp_bound"]
     ([0, 1], 0.4, 'optimal', 0.5)
     """
+    _load_kernels()
     return _Search(problem, total, time_limit).run()
+
+
+_LOADED = False
+
+
+def _load_kernels():
+    """Solve two small problems once per process, untimed, so that loading the compiled
+    kernels (from numba's on-disk cache: seconds on a busy machine) does not count against
+    a caller's ``time_limit``."""
+    global _LOADED
+    if _LOADED:
+        return
+    from .problem import build_problem
+    from .curves import Curves
+
+    rng = np.random.default_rng(0)
+    steps = np.sort(rng.integers(1, 50, (64, 6)), axis=1)
+    grid = np.cumsum(steps, axis=1)
+    curves = Curves(np.cumsum(steps + 3, axis=1).astype(np.float64), grid)
+    _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
+    t = np.arange(4097)
+    per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
+    _Search(build_problem(per_token), 4000, None).run()
+    _LOADED = True
 
 
 class _Search:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -170,12 +169,10 @@ def test_stats_report_fixing_and_core():
 def test_time_limit_stops_early_with_a_valid_bound():
     # Strongly correlated classes: no option can be fixed, the core DP is long.
     curves, total = pisinger("strongly", 120, 20, seed=0, data_range=1000)
-    t0 = time.perf_counter()
     a = _exact(curves, total, time_limit=1e-3)
-    elapsed = time.perf_counter() - t0
     assert a.stats["status"] == "time_limit"
     assert a.stats["layers_done"] < a.stats["core_heads"]
-    assert elapsed < 5.0
+    assert a.seconds < 5.0  # the solve's own clock: loading compiled kernels is not counted
     dp = allocate(curves, total, method="dp")
     tol = tolerance(curves)
     assert a.utility <= dp.utility + tol
