@@ -23,10 +23,12 @@ from .result import Allocation
 
 __all__ = ["exact", "EXACT_MAX_OPTIONS", "EXACT_MAX_STATES", "EXACT_RTOL"]
 
-#: Largest number of usable grid points ``method="exact"`` accepts (about 32 bytes each).
+#: Largest number of usable grid points ``method="exact"`` accepts (the options kept after
+#: fixing take 24 bytes each, at most this many).
 EXACT_MAX_OPTIONS = 20_000_000
-#: Largest number of DP states ``method="exact"`` creates, over all core heads together
-#: (about 24 bytes each kept, 48 bytes each while a layer is built); about 1 GB in all.
+#: Largest number of DP states ``method="exact"`` keeps over all core heads together, and
+#: of extensions it builds for one head (16 bytes per state kept, 48 per extension while a
+#: layer is built): about 1.3 GB at most.
 EXACT_MAX_STATES = 20_000_000
 #: Optimality tolerance, relative: the answer is within ``EXACT_RTOL * sum_h max_k |u_hk|``
 #: of the optimum (the same scale as :func:`budgetopt._invariants.tolerance`).
