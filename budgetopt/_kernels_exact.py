@@ -1,8 +1,11 @@
 """Compiled kernels (numba) of the exact solver in :mod:`budgetopt.mcknap`.
 
-Options are packed head after head (CSR), as :class:`budgetopt.exact._Options` lists them:
-head ``h`` owns entries ``offsets[h] <= j < offsets[h+1]`` of ``costs`` (int64 tokens above
-the head's floor, ascending) and ``values`` (float64).
+In pipeline order: fixing (the options that can still beat the incumbent), the core heads'
+options and hulls, the suffix bound, the DP layers.
+
+Options are packed head after head (CSR): head ``h`` owns entries ``offsets[h] <= j <
+offsets[h+1]`` of ``costs`` (int64 tokens above the head's first usable grid point,
+ascending) and ``values`` (float64).
 
 A *state* of the core dynamic programme is a partial choice for the first core heads: its
 tokens ``w`` (int64) and utility ``p`` (float64). States of one layer are kept sorted by
@@ -12,7 +15,8 @@ The *suffix bound* of a layer is the LP relaxation of the core heads not yet cho
 function of the tokens ``r`` left for them: ``base_c`` tokens and ``base_v`` utility at
 their lightest options, then hull segments in order of slope, held in two Fenwick trees
 (costs ``fc``, gains ``fv``) from which a chosen head's segments are removed.
-:func:`_suffix_lp` evaluates it in O(log segments).
+:func:`_suffix_lp` evaluates it in O(log segments); :func:`suffix_sums` lays it out as
+running sums for a pointer walk.
 
 Compiled functions are cached on disk (``cache=True``).
 """
@@ -23,6 +27,85 @@ import numba as nb
 import numpy as np
 
 _JIT = dict(cache=True, nogil=True)
+
+
+@nb.njit(**_JIT)
+def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
+    """Reduced-cost fixing straight from the curves: the options that can still beat ``target``.
+
+    An option is a distinct usable grid value of a head with the best utility among its
+    equal grid points (the first such index); its cost is the tokens above the head's first
+    usable point. With ``L_h = max (u - lam * cost)`` over the head's options, the
+    Lagrangian bound is ``lam * spare + sum_h L_h`` and forcing an option lowers it by
+    ``L_h - (u - lam * cost)``; options whose forced bound is below ``target`` are dropped.
+
+    Returns ``(bound, dropped, offsets, index, cost, value, lp_opt)``: the bound, the
+    largest forced bound among dropped options (``-inf`` if none), the kept options as CSR
+    arrays (head after head, ascending cost) and, per head, the position in them of its
+    lightest maximiser of ``u - lam * cost`` (always kept when ``bound >= target``; ``-1``
+    otherwise). O(usable points), three passes, memory O(kept options).
+    """
+    H = utility.shape[0]
+    best = np.empty(H)
+    arg = np.empty(H, np.int64)
+    total = lam * spare
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        m = -np.inf
+        a = lo[h]
+        for k in range(lo[h], hi[h]):
+            r = u[k] - lam * (g[k] - g0)
+            if r > m:
+                m = r
+                a = k
+        best[h] = m
+        arg[h] = a
+        total += m
+    dropped = -np.inf
+    offsets = np.zeros(H + 1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        n = 0
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    n += 1
+                elif forced > dropped:
+                    dropped = forced
+                b = k
+            elif u[k] > u[b]:
+                b = k
+        offsets[h + 1] = offsets[h] + n
+    index = np.empty(offsets[H], np.int64)
+    cost = np.empty(offsets[H], np.int64)
+    value = np.empty(offsets[H], np.float64)
+    lp_opt = np.full(H, -1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        j = offsets[h]
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    if b == arg[h]:
+                        lp_opt[h] = j
+                    index[j] = b
+                    cost[j] = g[b] - g0
+                    value[j] = u[b]
+                    j += 1
+                b = k
+            elif u[k] > u[b]:
+                b = k
+    return total, dropped, offsets, index, cost, value, lp_opt
 
 
 @nb.njit(**_JIT)
@@ -59,30 +142,74 @@ def reduced_cost_filter(costs, values, offsets, lam, spare, target, keep):
     return total, dropped
 
 
-@nb.njit(inline="always", **_JIT)
-def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
-    """``(LP value, value of its integral part)`` of the suffix with ``r`` tokens left;
-    ``(-inf, -inf)`` when even the lightest options do not fit. ``fc``/``fv`` are Fenwick
-    trees of the costs and gains of the segments in slope order (removed ones are zero);
-    ``top`` is the largest power of two not above their length. O(log segments)."""
-    r0 = r - base_c
-    if r0 < 0:
-        return -np.inf, -np.inf
-    n = fc.shape[0] - 1
-    pos = 0
-    gain = 0.0
-    step = top
-    while step > 0:
-        nxt = pos + step
-        if nxt <= n and fc[nxt] <= r0:
-            pos = nxt
-            r0 -= fc[nxt]
-            gain += fv[nxt]
-        step >>= 1
-    floor = base_v + gain
-    if pos < n:  # segment ``pos`` (0-based) is the first that does not fit: it is alive
-        return floor + r0 * slope[pos], floor
-    return floor, floor
+@nb.njit(**_JIT)
+def undominated(costs, values, offsets, lam, keep):
+    """Clear ``keep`` where a lighter kept option of the head has at least the utility.
+
+    Returns ``(counts, closeness)`` per head: the options left, and the difference between
+    the best and the second-best ``values - lam * costs`` among them (``inf`` with one)."""
+    H = offsets.shape[0] - 1
+    counts = np.zeros(H, np.int64)
+    close = np.empty(H)
+    for h in range(H):
+        run = -np.inf
+        first = -np.inf
+        second = -np.inf
+        for j in range(offsets[h], offsets[h + 1]):
+            if not keep[j]:
+                continue
+            if values[j] <= run:
+                keep[j] = False
+                continue
+            run = values[j]
+            counts[h] += 1
+            r = values[j] - lam * costs[j]
+            if r > first:
+                second = first
+                first = r
+            elif r > second:
+                second = r
+        close[h] = first - second
+    return counts, close
+
+
+@nb.njit(**_JIT)
+def core_hulls(costs, values, offsets):
+    """Upper concave hull of each core head's options (costs strictly increasing, values
+    strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
+    position-major, left to right. O(options)."""
+    n = costs.shape[0]
+    pos = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    dc = np.empty(n, np.int64)
+    dv = np.empty(n, np.float64)
+    stack = np.empty(n, np.int64)
+    k = 0
+    for h in range(offsets.shape[0] - 1):
+        top = 0
+        for j in range(offsets[h], offsets[h + 1]):
+            while top >= 2:
+                a = stack[top - 2]
+                b = stack[top - 1]
+                # drop b when it does not lie strictly above the chord a -> j
+                if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
+                    top -= 1
+                else:
+                    break
+            stack[top] = j
+            top += 1
+        for i in range(top - 1):
+            a = stack[i]
+            b = stack[i + 1]
+            pos[k] = h
+            end[k] = b - offsets[h]
+            dc[k] = costs[b] - costs[a]
+            dv[k] = values[b] - values[a]
+            k += 1
+    slope = np.empty(k, np.float64)
+    for i in range(k):
+        slope[i] = dv[i] / dc[i]
+    return pos[:k], end[:k], dc[:k], dv[:k], slope
 
 
 @nb.njit(**_JIT)
@@ -110,6 +237,48 @@ def fenwick_remove(fc, fv, dc, dv, where):
             fc[i] -= c
             fv[i] -= v
             i += i & -i
+
+
+@nb.njit(**_JIT)
+def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
+    """Running sums of the costs and gains of the ``alive`` segments (in slope order), from
+    0, and their slopes; returns how many are alive. O(segments)."""
+    k = 0
+    cum_c[0] = 0
+    cum_v[0] = 0.0
+    for i in range(dc.shape[0]):
+        if alive[i]:
+            cum_c[k + 1] = cum_c[k] + dc[i]
+            cum_v[k + 1] = cum_v[k] + dv[i]
+            cum_slope[k] = slope[i]
+            k += 1
+    return k
+
+
+@nb.njit(inline="always", **_JIT)
+def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
+    """``(LP value, value of its integral part)`` of the suffix with ``r`` tokens left;
+    ``(-inf, -inf)`` when even the lightest options do not fit. ``fc``/``fv`` are Fenwick
+    trees of the costs and gains of the segments in slope order (removed ones are zero);
+    ``top`` is the largest power of two not above their length. O(log segments)."""
+    r0 = r - base_c
+    if r0 < 0:
+        return -np.inf, -np.inf
+    n = fc.shape[0] - 1
+    pos = 0
+    gain = 0.0
+    step = top
+    while step > 0:
+        nxt = pos + step
+        if nxt <= n and fc[nxt] <= r0:
+            pos = nxt
+            r0 -= fc[nxt]
+            gain += fv[nxt]
+        step >>= 1
+    floor = base_v + gain
+    if pos < n:  # segment ``pos`` (0-based) is the first that does not fit: it is alive
+        return floor + r0 * slope[pos], floor
+    return floor, floor
 
 
 @nb.njit(**_JIT)
@@ -253,202 +422,3 @@ def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive):
             if ub > dropped:
                 dropped = ub
     return kept, dropped, live
-
-
-@nb.njit(**_JIT)
-def core_hulls(costs, values, offsets):
-    """Upper concave hull of each core head's options (costs strictly increasing, values
-    strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
-    position-major, left to right. O(options)."""
-    n = costs.shape[0]
-    pos = np.empty(n, np.int64)
-    end = np.empty(n, np.int64)
-    dc = np.empty(n, np.int64)
-    dv = np.empty(n, np.float64)
-    stack = np.empty(n, np.int64)
-    k = 0
-    for h in range(offsets.shape[0] - 1):
-        top = 0
-        for j in range(offsets[h], offsets[h + 1]):
-            while top >= 2:
-                a = stack[top - 2]
-                b = stack[top - 1]
-                # drop b when it does not lie strictly above the chord a -> j
-                if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
-                    top -= 1
-                else:
-                    break
-            stack[top] = j
-            top += 1
-        for i in range(top - 1):
-            a = stack[i]
-            b = stack[i + 1]
-            pos[k] = h
-            end[k] = b - offsets[h]
-            dc[k] = costs[b] - costs[a]
-            dv[k] = values[b] - values[a]
-            k += 1
-    slope = np.empty(k, np.float64)
-    for i in range(k):
-        slope[i] = dv[i] / dc[i]
-    return pos[:k], end[:k], dc[:k], dv[:k], slope
-
-
-@nb.njit(**_JIT)
-def distinct_options(utility, grid, per_head, lo, hi):
-    """Each head's distinct usable grid values, as :class:`budgetopt.exact._Options` lists
-    them: ``(offsets, index, cost)`` with ``index`` the first grid index of the best utility
-    among equal grid values and ``cost`` the tokens above the head's first usable point.
-    O(usable points)."""
-    H = utility.shape[0]
-    offsets = np.empty(H + 1, np.int64)
-    offsets[0] = 0
-    for h in range(H):
-        g = grid[h * per_head]
-        n = 1
-        for k in range(lo[h] + 1, hi[h]):
-            if g[k] != g[k - 1]:
-                n += 1
-        offsets[h + 1] = offsets[h] + n
-    index = np.empty(offsets[H], np.int64)
-    cost = np.empty(offsets[H], np.int64)
-    for h in range(H):
-        g = grid[h * per_head]
-        u = utility[h]
-        j = offsets[h]
-        best = lo[h]
-        for k in range(lo[h] + 1, hi[h] + 1):
-            if k == hi[h] or g[k] != g[k - 1]:
-                index[j] = best
-                cost[j] = g[best] - g[lo[h]]
-                j += 1
-                best = k
-            elif u[k] > u[best]:
-                best = k
-    return offsets, index, cost
-
-
-@nb.njit(**_JIT)
-def undominated(costs, values, offsets, lam, keep):
-    """Clear ``keep`` where a lighter kept option of the head has at least the utility.
-
-    Returns ``(counts, closeness)`` per head: the options left, and the difference between
-    the best and the second-best ``values - lam * costs`` among them (``inf`` with one)."""
-    H = offsets.shape[0] - 1
-    counts = np.zeros(H, np.int64)
-    close = np.empty(H)
-    for h in range(H):
-        run = -np.inf
-        first = -np.inf
-        second = -np.inf
-        for j in range(offsets[h], offsets[h + 1]):
-            if not keep[j]:
-                continue
-            if values[j] <= run:
-                keep[j] = False
-                continue
-            run = values[j]
-            counts[h] += 1
-            r = values[j] - lam * costs[j]
-            if r > first:
-                second = first
-                first = r
-            elif r > second:
-                second = r
-        close[h] = first - second
-    return counts, close
-
-
-@nb.njit(**_JIT)
-def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
-    """Reduced-cost fixing straight from the curves: the options that can still beat ``target``.
-
-    An option is a distinct usable grid value of a head with the best utility among its
-    equal grid points (the first such index); its cost is the tokens above the head's first
-    usable point. With ``L_h = max (u - lam * cost)`` over the head's options, the
-    Lagrangian bound is ``lam * spare + sum_h L_h`` and forcing an option lowers it by
-    ``L_h - (u - lam * cost)``; options whose forced bound is below ``target`` are dropped.
-
-    Returns ``(bound, dropped, offsets, index, cost, value, lp_opt)``: the bound, the
-    largest forced bound among dropped options (``-inf`` if none), the kept options as CSR
-    arrays (head after head, ascending cost) and, per head, the position in them of its
-    lightest maximiser of ``u - lam * cost`` (always kept when ``bound >= target``; ``-1``
-    otherwise). O(usable points), three passes, memory O(kept options).
-    """
-    H = utility.shape[0]
-    best = np.empty(H)
-    arg = np.empty(H, np.int64)
-    total = lam * spare
-    for h in range(H):
-        g = grid[h * per_head]
-        u = utility[h]
-        g0 = g[lo[h]]
-        m = -np.inf
-        a = lo[h]
-        for k in range(lo[h], hi[h]):
-            r = u[k] - lam * (g[k] - g0)
-            if r > m:
-                m = r
-                a = k
-        best[h] = m
-        arg[h] = a
-        total += m
-    dropped = -np.inf
-    offsets = np.zeros(H + 1, np.int64)
-    for h in range(H):
-        g = grid[h * per_head]
-        u = utility[h]
-        g0 = g[lo[h]]
-        n = 0
-        b = lo[h]
-        for k in range(lo[h] + 1, hi[h] + 1):
-            if k == hi[h] or g[k] != g[k - 1]:
-                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
-                if forced >= target:
-                    n += 1
-                elif forced > dropped:
-                    dropped = forced
-                b = k
-            elif u[k] > u[b]:
-                b = k
-        offsets[h + 1] = offsets[h] + n
-    index = np.empty(offsets[H], np.int64)
-    cost = np.empty(offsets[H], np.int64)
-    value = np.empty(offsets[H], np.float64)
-    lp_opt = np.full(H, -1, np.int64)
-    for h in range(H):
-        g = grid[h * per_head]
-        u = utility[h]
-        g0 = g[lo[h]]
-        j = offsets[h]
-        b = lo[h]
-        for k in range(lo[h] + 1, hi[h] + 1):
-            if k == hi[h] or g[k] != g[k - 1]:
-                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
-                if forced >= target:
-                    if b == arg[h]:
-                        lp_opt[h] = j
-                    index[j] = b
-                    cost[j] = g[b] - g0
-                    value[j] = u[b]
-                    j += 1
-                b = k
-            elif u[k] > u[b]:
-                b = k
-    return total, dropped, offsets, index, cost, value, lp_opt
-
-
-@nb.njit(**_JIT)
-def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
-    """Running sums of the costs and gains of the ``alive`` segments (in slope order), from
-    0, and their slopes; returns how many are alive. O(segments)."""
-    k = 0
-    cum_c[0] = 0
-    cum_v[0] = 0.0
-    for i in range(dc.shape[0]):
-        if alive[i]:
-            cum_c[k + 1] = cum_c[k] + dc[i]
-            cum_v[k + 1] = cum_v[k] + dv[i]
-            cum_slope[k] = slope[i]
-            k += 1
-    return k
