@@ -328,6 +328,8 @@ class _Search:
             if fl_at >= 0 and fl_best + fixed_value > self.best:
                 self.best = fl_best + fixed_value
                 self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
+                if self.best + self.tau > self.lagrangian:
+                    return None, all_dropped  # it meets the bound of the whole problem
                 alive = np.empty(len(nw), np.bool_)
                 target = self.best - fixed_value + self.tau
                 _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
