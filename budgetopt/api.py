@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import exact, greedy as _greedy
+from . import exact, greedy as _greedy, mcknap
 from .errors import InvalidInputError, InvalidTypeError
 from .curves import refuse_masked
-from .problem import build_problem, check_total, require_feasible
+from .problem import build_problem, check_time_limit, check_total, require_feasible
 
 __all__ = ["allocate", "sweep", "METHODS"]
 
@@ -21,10 +21,14 @@ METHODS = {
     "milp": (exact.milp, "exact (scipy.optimize.milp, HiGHS)"),
     "cvxpy": (exact.cvxpy_milp, "exact (cvxpy model, HiGHS)"),
     "dp": (exact.dp, "exact (dynamic programme over budget units; size-limited)"),
+    "exact": (mcknap.exact, "exact (LP bound, reduced-cost fixing, core DP); proven optimal or stopped at time_limit with a bound"),
 }
 
+#: Methods that accept ``time_limit``.
+TIME_LIMITED = ("exact", "milp")
 
-def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budget=None):
+
+def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budget=None, time_limit=None):
     """Choose one grid point per head to maximise total utility within a token budget.
 
     Solves the multiple-choice knapsack
@@ -40,11 +44,17 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
         Total tokens all heads may keep together, in the grid's unit (absolute, not a
         fraction: for a fraction ``f`` of the full cache use
         ``tokens_from_fraction(f, curves.capacity)``).
-    method : {"greedy", "milp", "cvxpy", "dp"}, optional
+    method : {"greedy", "milp", "cvxpy", "dp", "exact"}, optional
         ``"greedy"`` (default) is LU-KV's hull greedy with a certificate; the others are exact.
+        ``"exact"`` proves optimality at scale (LP bound, reduced-cost fixing, a DP over the
+        few heads left; see ``docs/exact.md``).
     min_budget, max_budget : int or array_like of int (head shape), optional
         Per-head floor and cap: a head may take only grid points in ``[min, max]``
         (a safeguard floor, sink + window tokens, the context length).
+    time_limit : float, optional
+        Seconds after which ``"exact"`` or ``"milp"`` stop with the best allocation found
+        and a valid ``upper_bound``; ``stats["status"]`` is then ``"time_limit"`` instead of
+        ``"optimal"``. Not accepted by the other methods. Default: no limit.
 
     Returns
     -------
@@ -60,7 +70,7 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
         ``total_budget`` is below the sum of the smallest allowed grid points, or a head has
         no grid point within its ``[min_budget, max_budget]``.
     ProblemTooLargeError
-        ``method="dp"`` above its size limit.
+        ``method="dp"`` or ``method="exact"`` above its size limit.
     MissingDependencyError
         ``method="cvxpy"`` without cvxpy installed.
 
@@ -87,7 +97,11 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
 
     The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
     bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see
-    :data:`budgetopt.exact.DP_MAX_UPDATES`.
+    :data:`budgetopt.exact.DP_MAX_UPDATES`. ``"exact"`` starts from the greedy's answer and
+    its multiplier, drops every grid point whose Lagrangian bound cannot beat that answer,
+    and searches the heads left by a DP over undominated (tokens, utility) states pruned by
+    LP bounds: "optimal" means no allocation is better by more than
+    ``stats["tolerance"]`` (``1e-9 * sum_h max_k |utility|``).
 
     References
     ----------
@@ -108,6 +122,9 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     [1, 1]
     >>> round(a.upper_bound, 6), a.gap >= 0
     (1.1, True)
+    >>> e = budgetopt.allocate([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]], 1, method="exact")
+    >>> e.budgets.tolist(), e.stats["status"], e.gap
+    ([0, 1], 'optimal', 0.0)
     """
     try:
         solver = METHODS[method][0]
@@ -115,9 +132,16 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
         raise InvalidInputError(
             f"`method` must be one of {', '.join(repr(m) for m in METHODS)}; got {method!r}"
         ) from None
+    limit = check_time_limit(time_limit)
+    if limit is not None and method not in TIME_LIMITED:
+        raise InvalidInputError(
+            f"`time_limit` applies only to method {' or '.join(repr(m) for m in TIME_LIMITED)}; got method={method!r}"
+        )
     problem = build_problem(curves, min_budget, max_budget)
     total = check_total(total_budget)
     require_feasible(problem, total)
+    if limit is not None:
+        return solver(problem, total, time_limit=limit)
     return solver(problem, total)
 
 

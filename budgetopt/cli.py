@@ -104,6 +104,7 @@ non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0", below=M
 non_negative_number = _number(float, lambda v: v >= 0, "a number >= 0", below=float(MAX_TOKENS))
 fraction_below_one = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 workers_count = _number(int, lambda v: v >= 1 or v == -1, "a positive whole number or -1 (all cores)")
+positive_seconds = _number(float, lambda v: v > 0, "a number of seconds > 0")
 
 
 def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
@@ -178,11 +179,14 @@ def _cmd_solve(args):
         total = int(math.floor(exact + 1e-9))
     with c_stdout_to_stderr():
         result = allocate(
-            curves, total, method=args.method, min_budget=args.min_budget, max_budget=args.max_budget
+            curves, total, method=args.method, min_budget=args.min_budget, max_budget=args.max_budget,
+            time_limit=args.time_limit,
         )
     payload = result.to_dict()
     payload["capacity"] = curves.capacity
     payload["kept_fraction"] = result.used / curves.capacity if curves.capacity else 0.0
+    if "status" in result.stats:
+        payload["status"] = result.stats["status"]
     if output is not None and output.suffix.lower() == ".npz":
         scalars = {k: np.array(v) for k, v in payload.items() if k not in ("budgets", "head_shape")}
         write_atomic(output, lambda f: np.savez(f, budgets=result.budgets, **scalars), inputs=inputs)
@@ -193,6 +197,7 @@ def _cmd_solve(args):
             f"method={result.method} used={result.used}/{result.total_budget} tokens "
             f"({payload['kept_fraction']:.1%} of {curves.capacity}) utility={result.utility:.6g} "
             f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g}"
+            + (f" status={payload['status']}" if "status" in payload else "")
         )
         sys.stdout.write(format_table(result.budgets, title))
     else:
@@ -646,6 +651,8 @@ def build_parser():
     p.add_argument("--method", default="greedy", choices=list(METHODS), help="solver (default: greedy)")
     p.add_argument("--min-budget", type=non_negative_int, help="tokens every head keeps at least")
     p.add_argument("--max-budget", type=non_negative_int, help="tokens any head keeps at most")
+    p.add_argument("--time-limit", type=positive_seconds, metavar="S",
+                   help="--method exact or milp: stop after S seconds with the best answer and a bound")
     p.add_argument("-o", "--output", help="write the result to a .json or .npz file instead of stdout")
     p.add_argument("--format", choices=["json", "table"], default="json", help="stdout format")
     p.set_defaults(func=_cmd_solve)

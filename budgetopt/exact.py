@@ -92,10 +92,13 @@ def _decode(opts, z, problem):
     return idx
 
 
-def milp(problem, total):
+def milp(problem, total, *, time_limit=None):
     """Exact allocation by ``scipy.optimize.milp`` (HiGHS branch and bound).
 
     The upper bound reported is HiGHS's proven dual bound (relative MIP gap set to 0).
+    With ``time_limit`` (seconds) HiGHS may stop early: ``stats["status"]`` is then
+    ``"time_limit"`` and the result is its best allocation with its dual bound; when it has
+    found no allocation by then, :class:`SolverError` says so.
     """
     from scipy.optimize import LinearConstraint, milp as scipy_milp
 
@@ -112,15 +115,19 @@ def milp(problem, total):
             constraints=constraints,
             integrality=np.ones(n),
             bounds=(0.0, 1.0),
-            options={"disp": False, "mip_rel_gap": 0.0},
+            options={"disp": False, "mip_rel_gap": 0.0, **({} if time_limit is None else {"time_limit": float(time_limit)})},
         )
-    if res.status != 0 or res.x is None:
+    if res.status == 1 and res.x is not None:
+        status = "time_limit"
+    elif res.status != 0 or res.x is None:
         raise SolverError(f"scipy.optimize.milp (HiGHS) did not solve the problem: {res.message}")
+    else:
+        status = "optimal"
     idx = _decode(opts, res.x, problem)
     dual = getattr(res, "mip_dual_bound", None)
     bound = -dual / scale if dual is not None and np.isfinite(dual) else -res.fun / scale
     seconds = time.perf_counter() - t0
-    return _result(problem, total, idx, "milp", seconds, bound, {"variables": n, "mip_gap": float(getattr(res, "mip_gap", 0.0) or 0.0)})
+    return _result(problem, total, idx, "milp", seconds, bound, {"status": status, "variables": n, "mip_gap": float(getattr(res, "mip_gap", 0.0) or 0.0)})
 
 
 def cvxpy_milp(problem, total):

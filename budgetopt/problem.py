@@ -15,7 +15,7 @@ import numpy as np
 from .curves import MAX_TOKENS, Curves, as_curves, refuse_masked, too_large_ints
 from .errors import InfeasibleError, InvalidInputError, InvalidTypeError
 
-__all__ = ["Problem", "build_problem", "check_total", "MAX_TOKENS"]
+__all__ = ["Problem", "build_problem", "check_total", "check_time_limit", "MAX_TOKENS"]
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,18 @@ def check_total(total_budget, name="total_budget"):
     if total >= MAX_TOKENS:
         raise InvalidInputError(f"`{name}` is too large: totals must be below 2**62 tokens; got {total}")
     return total
+
+
+def check_time_limit(time_limit, name="time_limit"):
+    """A time limit as a float number of seconds > 0, or None."""
+    if time_limit is None:
+        return None
+    if isinstance(time_limit, (bool, np.bool_)) or not isinstance(time_limit, numbers.Real):
+        raise InvalidTypeError(f"`{name}` must be a number of seconds or None; got {type(time_limit).__name__}")
+    t = float(time_limit)
+    if not (np.isfinite(t) and t > 0):
+        raise InvalidInputError(f"`{name}` must be a finite number of seconds > 0; got {t}")
+    return t
 
 
 def require_feasible(problem, total):

@@ -1,0 +1,326 @@
+"""Benchmark: how far is the greedy from the optimum, and how fast does ``method="exact"`` prove it?
+
+For each instance (families in ``benchmarks/instances_exact.py``) one run records:
+
+* the greedy's utility, its certificate ``upper_bound - utility`` and its true gap (the proven
+  optimum minus its utility);
+* ``method="exact"``: time to proof (or to the time limit), status, core size and DP states;
+* ``method="milp"`` (HiGHS, ``mip_rel_gap`` 0) under the same time limit, with its status;
+* ``method="cvxpy"`` (HiGHS, no time limit) on instances of at most ``--cvxpy-max-options``
+  options where ``milp`` finished, and ``method="dp"`` where it needs at most
+  ``--dp-max-updates`` cell updates;
+* whether every method that finished agrees with the proven optimum.
+
+Families: concave saturating per-token curves; attention-derived per-token curves
+(``curves_from_scores`` of heads with varying concentration and scorer fidelity) at 32 x 8
+heads x 4,096 tokens and 5,120 heads x 1,023 tokens; random-walk (non-monotone) per-token
+curves; Pisinger's multiple-choice knapsack classes (uncorrelated, weakly correlated,
+strongly correlated, subset-sum, zig-zag) with 100 and 1,000 classes x 10 and 100 items,
+data range R = 1,000 and 10,000.
+
+Numba compilation is excluded by a warm-up solve. ``exact`` and ``greedy`` times are the
+best of ``--repeat`` runs (one when a run takes over a second); ``milp``, ``cvxpy`` and
+``dp`` run once (their times include building the model).
+
+Usage::
+
+    python benchmarks/bench_exact.py                  # the full run
+    python benchmarks/bench_exact.py --time-limit 10  # milp/exact limit per instance (s)
+    python benchmarks/bench_exact.py --quick          # tiny sizes (the test suite runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import budgetopt  # noqa: E402
+from budgetopt.curves import write_atomic  # noqa: E402
+from budgetopt.errors import ProblemTooLargeError  # noqa: E402
+from instances_exact import PISINGER_KINDS, attention, concave, non_monotone, pisinger  # noqa: E402
+
+
+# -- environment ---------------------------------------------------------------------------
+def environment(argv):
+    import numba
+    import scipy
+
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    return {
+        "command": "python benchmarks/bench_exact.py " + " ".join(argv),
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "scipy": scipy.__version__,
+        "commit": git("rev-parse", "HEAD"),
+        "budgetopt_uncommitted": (git("status", "--porcelain", "--", "budgetopt") or "").splitlines(),
+    }
+
+
+# -- instances -----------------------------------------------------------------------------
+def instances(quick, seeds):
+    """``(family, size label, seed, curves, total)`` in run order."""
+    out = []
+    if quick:
+        token_sizes = {"concave": [(8, 33)], "attention": [(8, 33)], "non_monotone": [(8, 33)]}
+        pis_sizes = [(10, 5)]
+        ranges = [100]
+    else:
+        token_sizes = {
+            "concave": [(256, 4097)],
+            "attention": [(256, 4097), (5120, 1024)],
+            "non_monotone": [(256, 4097)],
+        }
+        pis_sizes = [(100, 10), (100, 100), (1000, 10), (1000, 100)]
+        ranges = [1000, 10000]
+    makers = {"concave": concave, "attention": attention, "non_monotone": non_monotone}
+    for family, sizes in token_sizes.items():
+        for heads, points in sizes:
+            for seed in range(seeds):
+                curves, total = makers[family](heads, points, seed)
+                out.append((family, f"{heads}x{points}", seed, curves, total))
+    for kind in PISINGER_KINDS:
+        for R in ranges:
+            for classes, items in pis_sizes:
+                for seed in range(seeds):
+                    curves, total = pisinger(kind, classes, items, seed, data_range=R)
+                    out.append((f"pisinger-{kind}", f"{classes}x{items} R={R}", seed, curves, total))
+    return out
+
+
+# -- one instance --------------------------------------------------------------------------
+def best_of(fn, repeat):
+    """Best time of up to ``repeat`` runs (one only when a run takes over a second)."""
+    best, result = np.inf, None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+        if best > 1.0:
+            break
+    return best, result
+
+
+def run_one(family, size, seed, curves, total, args):
+    n_options = int(curves.utility.size)
+    row = {"family": family, "size": size, "seed": seed, "options": n_options, "total": int(total)}
+    tg, g = best_of(lambda: budgetopt.allocate(curves, total), args.repeat)
+    row.update(greedy_s=tg, greedy_utility=g.utility, certificate=g.gap)
+    te, e = best_of(lambda: budgetopt.allocate(curves, total, method="exact", time_limit=args.time_limit), args.repeat)
+    s = e.stats
+    row.update(
+        exact_s=te, exact_status=s["status"], exact_utility=e.utility, exact_bound=e.upper_bound,
+        core_heads=s["core_heads"], core_options=s["core_options"], states=s["states"],
+        tolerance=s["tolerance"],
+    )
+    # milp, same limit
+    t0 = time.perf_counter()
+    try:
+        m = budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit)
+        row.update(milp_s=time.perf_counter() - t0, milp_status=m.stats["status"], milp_utility=m.utility,
+                   milp_bound=m.upper_bound)
+    except budgetopt.SolverError as exc:
+        row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None, milp_bound=None)
+    # cvxpy where milp finished and the model is small
+    row.update(cvxpy_s=None, cvxpy_status="skipped", cvxpy_utility=None)
+    if row["milp_status"] == "optimal" and n_options <= args.cvxpy_max_options:
+        t0 = time.perf_counter()
+        c = budgetopt.allocate(curves, total, method="cvxpy")
+        row.update(cvxpy_s=time.perf_counter() - t0, cvxpy_status="optimal", cvxpy_utility=c.utility)
+    # dp where it fits
+    row.update(dp_s=None, dp_status="skipped", dp_utility=None)
+    try:
+        from budgetopt import exact as exact_module
+
+        limit = exact_module.DP_MAX_UPDATES
+        exact_module.DP_MAX_UPDATES = args.dp_max_updates
+        try:
+            t0 = time.perf_counter()
+            d = budgetopt.allocate(curves, total, method="dp")
+            row.update(dp_s=time.perf_counter() - t0, dp_status="optimal", dp_utility=d.utility)
+        finally:
+            exact_module.DP_MAX_UPDATES = limit
+    except ProblemTooLargeError:
+        row["dp_status"] = "too large"
+    # the proven optimum: exact's, else milp's or dp's when they finished
+    optimum = None
+    for name in ("exact", "milp", "dp"):
+        if row[f"{name}_status"] == "optimal":
+            optimum = row[f"{name}_utility"]
+            break
+    row["optimum"] = optimum
+    row["true_gap"] = None if optimum is None else optimum - g.utility
+    # agreement with it (tolerance: 1e-9 of the utilities' scale, as exact's)
+    tol = s["tolerance"]
+    checks = []
+    if optimum is not None:
+        for name in ("exact", "milp", "cvxpy", "dp"):
+            if row[f"{name}_status"] == "optimal":
+                checks.append(abs(row[f"{name}_utility"] - optimum) <= tol)
+        checks.append(g.utility <= optimum + tol)
+        checks.append(e.utility <= optimum + tol and e.upper_bound >= optimum - tol)
+    row["agree"] = all(checks)
+    row["speedup_vs_milp"] = row["milp_s"] / te if row["milp_status"] == "optimal" and s["status"] == "optimal" else None
+    return row
+
+
+# -- report --------------------------------------------------------------------------------
+def _t(x):
+    return "-" if x is None else (f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def _g(x):
+    return "-" if x is None else f"{x:.6g}"
+
+
+def report(res):
+    env = res["environment"]
+    lines = [
+        "bench_exact: optimality gap of the greedy and time to proof of method='exact'",
+        f"machine: {env['cpu_model']}, {env['cores']} cores, {env['platform']}",
+        f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}",
+        f"commit: {env['commit']} (uncommitted in budgetopt/: {len(env['budgetopt_uncommitted'])})",
+        f"command: {env['command']}",
+        f"time limit (exact and milp): {res['time_limit']} s; total run {res['seconds']:.0f} s"
+        + ("" if res.get("complete", True) else " (INCOMPLETE: the run was cut short)"),
+        f"load average at the start {env['loadavg_start']}, at the end {env.get('loadavg_end')}",
+        "",
+        f"{'family':<24}{'size':<19}{'seed':>4} {'greedy':>12} {'optimum':>12} {'true gap':>9} {'certif.':>9}"
+        f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree",
+    ]
+    for r in res["rows"]:
+        exact_t = _t(r["exact_s"]) + ("" if r["exact_status"] == "optimal" else "*")
+        milp_t = _t(r["milp_s"]) + ("" if r["milp_status"] == "optimal" else "*")
+        sp = "-" if r["speedup_vs_milp"] is None else f"{r['speedup_vs_milp']:.0f}x"
+        lines.append(
+            f"{r['family']:<24}{r['size']:<19}{r['seed']:>4} {r['greedy_utility']:>12.6g} {_g(r['optimum']):>12}"
+            f" {_g(r['true_gap']):>9} {r['certificate']:>9.3g} {exact_t:>10} {milp_t:>10} {sp:>8}"
+            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO'}"
+        )
+    s = res["summary"]
+    lines += [
+        "",
+        "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's).",
+        f"exact proved {s['exact_proved']}/{s['instances']} instances, {s['exact_under_1s']} of them in under 1 s;"
+        f" milp proved {s['milp_proved']}/{s['instances']}.",
+        f"where both proved: exact/milp speed-up median {_g(s['speedup_median'])}x, min {_g(s['speedup_min'])}x;"
+        f" instances at >= 100x: {s['speedup_100x']}/{s['both_proved']}.",
+        f"every finished method agrees with the proven optimum: {s['all_agree']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows):
+    sp = [r["speedup_vs_milp"] for r in rows if r["speedup_vs_milp"] is not None]
+    return {
+        "instances": len(rows),
+        "exact_proved": sum(r["exact_status"] == "optimal" for r in rows),
+        "exact_under_1s": sum(r["exact_status"] == "optimal" and r["exact_s"] < 1 for r in rows),
+        "milp_proved": sum(r["milp_status"] == "optimal" for r in rows),
+        "both_proved": len(sp),
+        "speedup_median": float(np.median(sp)) if sp else None,
+        "speedup_min": float(min(sp)) if sp else None,
+        "speedup_100x": sum(x >= 100 for x in sp),
+        "all_agree": all(r["agree"] for r in rows),
+    }
+
+
+def plot(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    families = sorted({r["family"] for r in res["rows"]})
+    markers = "os^vD<>ph*"
+    lim = res["time_limit"]
+    for i, fam in enumerate(families):
+        rows = [r for r in res["rows"] if r["family"] == fam]
+        ax.scatter([r["milp_s"] for r in rows], [r["exact_s"] for r in rows], marker=markers[i % len(markers)],
+                   label=fam, alpha=0.8)
+    lo = 1e-4
+    ax.plot([lo, lim * 2], [lo, lim * 2], "k-", lw=0.8, label="equal time")
+    ax.plot([lo * 100, lim * 2], [lo, lim * 2 / 100], "k--", lw=0.8, label="100x faster")
+    ax.axhline(1.0, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"milp (HiGHS) seconds (limit {lim} s)")
+    ax.set_ylabel(f'method="exact" seconds (limit {lim} s)')
+    ax.set_title("Time to proof of optimality, per instance")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds); for the test suite")
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds per instance for exact and milp")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per family and size")
+    parser.add_argument("--repeat", type=int, default=None, help="exact/greedy timing: best of this many")
+    parser.add_argument("--cvxpy-max-options", type=int, default=20_000)
+    parser.add_argument("--dp-max-updates", type=int, default=200_000_000)
+    parser.add_argument("--out", default=None, help="results .json (the report goes next to it as .txt)")
+    parser.add_argument("--plot", default=None, help="plot .png (default: next to --out; none in --quick)")
+    args = parser.parse_args(argv)
+    args.time_limit = args.time_limit or (2.0 if args.quick else 10.0)
+    args.seeds = args.seeds or 1
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / "bench_exact.json")
+    t_start = time.perf_counter()
+    env = environment(argv)
+    warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)
+    budgetopt.allocate(warm, wt, method="exact")  # compile / load the kernels
+    rows = []
+    todo = instances(args.quick, args.seeds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, (family, size, seed, curves, total) in enumerate(todo):
+        rows.append(run_one(family, size, seed, curves, total, args))
+        r = rows[-1]
+        print(f"{family} {size} seed {seed}: exact {r['exact_status']} {_t(r['exact_s'])}, "
+              f"milp {r['milp_status']} {_t(r['milp_s'])}", file=sys.stderr, flush=True)
+        env["loadavg_end"] = list(os.getloadavg())
+        res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
+               "seconds": time.perf_counter() - t_start, "complete": i + 1 == len(todo)}
+        text = report(res)  # rewritten after every instance: a cut-short run keeps what it did
+        write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))
+        write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
+    if args.plot or not args.quick:
+        plot(res, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    sys.stdout.write(text)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""Compiled kernels (numba) of the exact solver in :mod:`budgetopt.mcknap`.
+
+In pipeline order: fixing (the options that can still beat the incumbent), the core heads'
+options and hulls, the suffix bound, the DP layers.
+
+Options are packed head after head (CSR): head ``h`` owns entries ``offsets[h] <= j <
+offsets[h+1]`` of ``costs`` (int64 tokens above the head's first usable grid point,
+ascending) and ``values`` (float64).
+
+A *state* of the core dynamic programme is a partial choice for the first core heads: its
+tokens ``w`` (int64) and utility ``p`` (float64). States of one layer are kept sorted by
+``w`` with ``p`` strictly increasing (no state is dominated by a lighter one).
+
+The *suffix bound* of a layer is the LP relaxation of the core heads not yet chosen, as a
+function of the tokens ``r`` left for them: ``base_c`` tokens and ``base_v`` utility at
+their lightest options, then hull segments in order of slope, held in two Fenwick trees
+(costs ``fc``, gains ``fv``) from which a chosen head's segments are removed.
+:func:`_suffix_lp` evaluates it in O(log segments); :func:`suffix_sums` lays it out as
+running sums for a pointer walk.
+
+Compiled functions are cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@nb.njit(**_JIT)
+def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
+    """Reduced-cost fixing straight from the curves: the options that can still beat ``target``.
+
+    An option is a distinct usable grid value of a head with the best utility among its
+    equal grid points (the first such index); its cost is the tokens above the head's first
+    usable point. With ``L_h = max (u - lam * cost)`` over the head's options, the
+    Lagrangian bound is ``lam * spare + sum_h L_h`` and forcing an option lowers it by
+    ``L_h - (u - lam * cost)``; options whose forced bound is below ``target`` are dropped.
+
+    Returns ``(bound, dropped, offsets, index, cost, value, lp_opt)``: the bound, the
+    largest forced bound among dropped options (``-inf`` if none), the kept options as CSR
+    arrays (head after head, ascending cost) and, per head, the position in them of its
+    lightest maximiser of ``u - lam * cost`` (always kept when ``bound >= target``; ``-1``
+    otherwise). O(usable points), three passes, memory O(kept options).
+    """
+    H = utility.shape[0]
+    best = np.empty(H)
+    arg = np.empty(H, np.int64)
+    total = lam * spare
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        m = -np.inf
+        a = lo[h]
+        for k in range(lo[h], hi[h]):
+            r = u[k] - lam * (g[k] - g0)
+            if r > m:
+                m = r
+                a = k
+        best[h] = m
+        arg[h] = a
+        total += m
+    dropped = -np.inf
+    offsets = np.zeros(H + 1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        n = 0
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    n += 1
+                elif forced > dropped:
+                    dropped = forced
+                b = k
+            elif u[k] > u[b]:
+                b = k
+        offsets[h + 1] = offsets[h] + n
+    index = np.empty(offsets[H], np.int64)
+    cost = np.empty(offsets[H], np.int64)
+    value = np.empty(offsets[H], np.float64)
+    lp_opt = np.full(H, -1, np.int64)
+    for h in range(H):
+        g = grid[h * per_head]
+        u = utility[h]
+        g0 = g[lo[h]]
+        j = offsets[h]
+        b = lo[h]
+        for k in range(lo[h] + 1, hi[h] + 1):
+            if k == hi[h] or g[k] != g[k - 1]:
+                forced = total - (best[h] - (u[b] - lam * (g[b] - g0)))
+                if forced >= target:
+                    if b == arg[h]:
+                        lp_opt[h] = j
+                    index[j] = b
+                    cost[j] = g[b] - g0
+                    value[j] = u[b]
+                    j += 1
+                b = k
+            elif u[k] > u[b]:
+                b = k
+    return total, dropped, offsets, index, cost, value, lp_opt
+
+
+@nb.njit(**_JIT)
+def reduced_cost_filter(costs, values, offsets, lam, spare, target, keep):
+    """Lagrangian bound at ``lam`` and the options that can still beat ``target``.
+
+    With ``L_h = max_j (values_j - lam * costs_j)`` the bound is
+    ``lam * spare + sum_h L_h``; forcing option ``j`` of head ``h`` lowers it by
+    ``L_h - (values_j - lam * costs_j)``. ``keep[j]`` is set where the forced bound is at
+    least ``target``. Returns ``(bound, largest forced bound among the options dropped)``
+    (``-inf`` when none is dropped). O(options).
+    """
+    H = offsets.shape[0] - 1
+    best = np.empty(H)
+    total = lam * spare
+    for h in range(H):
+        m = -np.inf
+        for j in range(offsets[h], offsets[h + 1]):
+            r = values[j] - lam * costs[j]
+            if r > m:
+                m = r
+        best[h] = m
+        total += m
+    dropped = -np.inf
+    for h in range(H):
+        for j in range(offsets[h], offsets[h + 1]):
+            forced = total - (best[h] - (values[j] - lam * costs[j]))
+            if forced >= target:
+                keep[j] = True
+            else:
+                keep[j] = False
+                if forced > dropped:
+                    dropped = forced
+    return total, dropped
+
+
+@nb.njit(**_JIT)
+def undominated(costs, values, offsets, lam, keep):
+    """Clear ``keep`` where a lighter kept option of the head has at least the utility.
+
+    Returns ``(counts, closeness)`` per head: the options left, and the difference between
+    the best and the second-best ``values - lam * costs`` among them (``inf`` with one)."""
+    H = offsets.shape[0] - 1
+    counts = np.zeros(H, np.int64)
+    close = np.empty(H)
+    for h in range(H):
+        run = -np.inf
+        first = -np.inf
+        second = -np.inf
+        for j in range(offsets[h], offsets[h + 1]):
+            if not keep[j]:
+                continue
+            if values[j] <= run:
+                keep[j] = False
+                continue
+            run = values[j]
+            counts[h] += 1
+            r = values[j] - lam * costs[j]
+            if r > first:
+                second = first
+                first = r
+            elif r > second:
+                second = r
+        close[h] = first - second
+    return counts, close
+
+
+@nb.njit(**_JIT)
+def core_hulls(costs, values, offsets):
+    """Upper concave hull of each core head's options (costs strictly increasing, values
+    strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
+    position-major, left to right. O(options)."""
+    n = costs.shape[0]
+    pos = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    dc = np.empty(n, np.int64)
+    dv = np.empty(n, np.float64)
+    stack = np.empty(n, np.int64)
+    k = 0
+    for h in range(offsets.shape[0] - 1):
+        top = 0
+        for j in range(offsets[h], offsets[h + 1]):
+            while top >= 2:
+                a = stack[top - 2]
+                b = stack[top - 1]
+                # drop b when it does not lie strictly above the chord a -> j
+                if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
+                    top -= 1
+                else:
+                    break
+            stack[top] = j
+            top += 1
+        for i in range(top - 1):
+            a = stack[i]
+            b = stack[i + 1]
+            pos[k] = h
+            end[k] = b - offsets[h]
+            dc[k] = costs[b] - costs[a]
+            dv[k] = values[b] - values[a]
+            k += 1
+    slope = np.empty(k, np.float64)
+    for i in range(k):
+        slope[i] = dv[i] / dc[i]
+    return pos[:k], end[:k], dc[:k], dv[:k], slope
+
+
+@nb.njit(**_JIT)
+def fenwick_build(values, tree):
+    """Fenwick tree (1-based ``tree``) of ``values``. O(n)."""
+    n = values.shape[0]
+    tree[0] = 0
+    for i in range(n):
+        tree[i + 1] = values[i]
+    for i in range(1, n + 1):
+        j = i + (i & -i)
+        if j <= n:
+            tree[j] += tree[i]
+
+
+@nb.njit(**_JIT)
+def fenwick_remove(fc, fv, dc, dv, where):
+    """Zero the segments ``where`` (0-based) in the trees ``fc``/``fv`` of ``dc``/``dv``."""
+    n = fc.shape[0] - 1
+    for t in range(where.shape[0]):
+        i = where[t] + 1
+        c = dc[where[t]]
+        v = dv[where[t]]
+        while i <= n:
+            fc[i] -= c
+            fv[i] -= v
+            i += i & -i
+
+
+@nb.njit(**_JIT)
+def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
+    """Running sums of the costs and gains of the ``alive`` segments (in slope order), from
+    0, and their slopes; returns how many are alive. O(segments)."""
+    k = 0
+    cum_c[0] = 0
+    cum_v[0] = 0.0
+    for i in range(dc.shape[0]):
+        if alive[i]:
+            cum_c[k + 1] = cum_c[k] + dc[i]
+            cum_v[k + 1] = cum_v[k] + dv[i]
+            cum_slope[k] = slope[i]
+            k += 1
+    return k
+
+
+@nb.njit(inline="always", **_JIT)
+def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
+    """``(LP value, value of its integral part)`` of the suffix with ``r`` tokens left;
+    ``(-inf, -inf)`` when even the lightest options do not fit. ``fc``/``fv`` are Fenwick
+    trees of the costs and gains of the segments in slope order (removed ones are zero);
+    ``top`` is the largest power of two not above their length. O(log segments)."""
+    r0 = r - base_c
+    if r0 < 0:
+        return -np.inf, -np.inf
+    n = fc.shape[0] - 1
+    pos = 0
+    gain = 0.0
+    step = top
+    while step > 0:
+        nxt = pos + step
+        if nxt <= n and fc[nxt] <= r0:
+            pos = nxt
+            r0 -= fc[nxt]
+            gain += fv[nxt]
+        step >>= 1
+    floor = base_v + gain
+    if pos < n:  # segment ``pos`` (0-based) is the first that does not fit: it is alive
+        return floor + r0 * slope[pos], floor
+    return floor, floor
+
+
+@nb.njit(**_JIT)
+def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates,
+                 walk, cum_c, cum_v, cum_slope):
+    """One layer of the core DP: every state extended by every option of the next head.
+
+    An extension ``(w + c, p + v)`` is kept when it fits in ``cap`` and its bound
+    ``p + v + suffix_lp(cap - w - c)`` is at least ``target``; then the lighter of two with
+    equal tokens is kept only if it has the larger utility, and a state only if its utility
+    exceeds every lighter one's.
+
+    Returns ``(w, p, parent, choice, dropped, floor_best, floor_at, live_bound)``: the new
+    states, each one's parent state and option, the largest bound among extensions dropped by
+    the bound (``-inf`` if none), the best integral completion value of a new state and which
+    state it belongs to (``-1`` if none), and the largest bound of a new state. When more
+    than ``max_candidates`` extensions pass the bound it returns at once with ``parent`` of
+    length 0 and ``floor_at == -2``.
+
+    With ``walk`` the suffix bound is read from its running sums instead of the Fenwick
+    trees (``cum_c``/``cum_v`` from 0 over the segments left, ``cum_slope`` theirs; see
+    :func:`suffix_sums`): for one option the states' tokens only grow, so one pointer walks
+    down the sums, O(states + segments) per option instead of O(states x log segments).
+    """
+    n = w.shape[0]
+    m = opt_c.shape[0]
+    dropped = -np.inf
+    count = n * m
+    if count > max_candidates:  # count first, allocate only if within the limit
+        count = 0
+        for j in range(m):
+            c = opt_c[j]
+            v = opt_v[j]
+            for s in range(n):
+                ww = w[s] + c
+                if ww > cap:
+                    break  # states are sorted by w
+                ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+                if ub + p[s] + v >= target:
+                    count += 1
+        if count > max_candidates:
+            empty_i = np.empty(0, np.int64)
+            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf
+    cw = np.empty(count, np.int64)
+    cp = np.empty(count, np.float64)
+    cub = np.empty(count, np.float64)
+    cfl = np.empty(count, np.float64)
+    cpar = np.empty(count, np.int64)
+    cch = np.empty(count, np.int64)
+    k = 0
+    n_seg = cum_slope.shape[0]
+    for j in range(m):
+        c = opt_c[j]
+        v = opt_v[j]
+        t = n_seg
+        for s in range(n):
+            ww = w[s] + c
+            if ww > cap:
+                break
+            if walk:
+                r0 = cap - ww - base_c
+                if r0 < 0:
+                    ub = -np.inf
+                    fl = -np.inf
+                else:
+                    while cum_c[t] > r0:
+                        t -= 1
+                    fl = base_v + cum_v[t]
+                    ub = fl + (r0 - cum_c[t]) * cum_slope[t] if t < n_seg else fl
+            else:
+                ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+            pp = p[s] + v
+            if ub + pp < target:
+                if ub + pp > dropped:
+                    dropped = ub + pp
+            else:
+                cw[k] = ww
+                cp[k] = pp
+                cub[k] = ub + pp
+                cfl[k] = fl + pp
+                cpar[k] = s
+                cch[k] = j
+                k += 1
+    count = k
+    order = np.argsort(cw[:count], kind="mergesort")
+    # Pareto sweep: by tokens ascending; within equal tokens the largest utility (first such)
+    keep = np.empty(count, np.int64)
+    kept = 0
+    last_p = -np.inf
+    i = 0
+    while i < count:
+        a = order[i]
+        b = a
+        i += 1
+        while i < count and cw[order[i]] == cw[a]:
+            if cp[order[i]] > cp[b]:
+                b = order[i]
+            i += 1
+        if cp[b] > last_p:
+            keep[kept] = b
+            kept += 1
+            last_p = cp[b]
+    nw = np.empty(kept, np.int64)
+    np_ = np.empty(kept, np.float64)
+    npar = np.empty(kept, np.int64)
+    nch = np.empty(kept, np.int64)
+    floor_best = -np.inf
+    floor_at = -1
+    live = -np.inf
+    for t in range(kept):
+        b = keep[t]
+        nw[t] = cw[b]
+        np_[t] = cp[b]
+        npar[t] = cpar[b]
+        nch[t] = cch[b]
+        if cfl[b] > floor_best:
+            floor_best = cfl[b]
+            floor_at = t
+        if cub[b] > live:
+            live = cub[b]
+    return nw, np_, npar, nch, dropped, floor_best, floor_at, live
+
+
+@nb.njit(**_JIT)
+def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive):
+    """Mark the states whose bound is at least ``target``; returns ``(kept, largest bound
+    among those dropped, largest bound among those kept)``."""
+    dropped = -np.inf
+    live = -np.inf
+    kept = 0
+    for s in range(w.shape[0]):
+        ub, fl = _suffix_lp(cap - w[s], base_c, base_v, fc, fv, slope, top)
+        ub += p[s]
+        if ub >= target:
+            alive[s] = True
+            kept += 1
+            if ub > live:
+                live = ub
+        else:
+            alive[s] = False
+            if ub > dropped:
+                dropped = ub
+    return kept, dropped, live

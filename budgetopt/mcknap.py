@@ -1,0 +1,391 @@
+"""Proven optima of the multiple-choice knapsack at scale: ``allocate(method="exact")``.
+
+The hull greedy's answer is the first incumbent and its LP multiplier ``lam`` gives a
+Lagrangian bound. Options whose bound with that option forced cannot beat the incumbent are
+dropped (reduced-cost fixing); a head left with one option is fixed. The heads left (the
+*core*) are searched by a dynamic programme over (tokens, utility) states that keeps only
+undominated states and only those whose LP bound on the rest of the core can still beat the
+incumbent; integral completions of the LP improve the incumbent on the way. The search ends
+with a proof (no state left that can beat the incumbent) or at the time limit with a valid
+bound. The idea follows Pisinger's minimal algorithm for the multiple-choice knapsack; the
+proof of each step is in ``docs/exact.md``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import ProblemTooLargeError
+from .greedy import _Greedy
+from .result import Allocation
+
+__all__ = ["exact", "EXACT_MAX_OPTIONS", "EXACT_MAX_STATES", "EXACT_RTOL"]
+
+#: Largest number of usable grid points ``method="exact"`` accepts (the options kept after
+#: fixing take 24 bytes each, at most this many).
+EXACT_MAX_OPTIONS = 20_000_000
+#: Largest number of DP states ``method="exact"`` keeps over all core heads together, and
+#: of extensions it builds for one head (16 bytes per state kept, 48 per extension while a
+#: layer is built): about 1.3 GB at most.
+EXACT_MAX_STATES = 20_000_000
+#: Optimality tolerance, relative: the answer is within ``EXACT_RTOL * sum_h max_k |u_hk|``
+#: of the optimum (the same scale as :func:`budgetopt._invariants.tolerance`).
+EXACT_RTOL = 1e-9
+
+# Core heads searched first, with the rest at their LP choice, for a better incumbent.
+_HEURISTIC_CORE = 48
+# ... for at most this long, or this share of the time limit.
+_HEURISTIC_SECONDS = 0.2
+_HEURISTIC_SHARE = 0.25
+
+
+def exact(problem, total, *, time_limit=None):
+    """Proven optimum by LP bound, reduced-cost fixing and a bounded core DP.
+
+    Parameters
+    ----------
+    problem : budgetopt.problem.Problem
+        Validated; ``total >= problem.floor_total``.
+    total : int
+    time_limit : float or None
+        Seconds (wall clock, from the start of the solve) after which the search stops with
+        the best allocation found and a valid upper bound. Checked between core heads. The
+        first call in a process loads the compiled kernels first, outside this limit.
+
+    Returns
+    -------
+    Allocation
+        ``stats["status"]`` is ``"optimal"`` (no allocation is better than ``utility`` by
+        more than ``stats["tolerance"]``; ``upper_bound`` is ``utility``) or ``"time_limit"``
+        (``upper_bound`` is the largest bound of any part of the search left open).
+
+    Raises
+    ------
+    ProblemTooLargeError
+        More usable grid points than :data:`EXACT_MAX_OPTIONS`, or a search that would
+        create more states than :data:`EXACT_MAX_STATES`.
+
+    Notes
+    -----
+    O(heads * K) for the greedy and the fixing (one pass over the curves, only the options
+    kept are stored); the core DP costs O(states x options x log segments) per layer and is
+    exponential in the worst case (the problem is NP-hard). Deterministic. The greedy's
+    answer is never changed: it is only the first incumbent.
+
+    Examples
+    --------
+    Head 0 jumps from 0 to 1 at two tokens, head 1 gains .4 with its first token; with one
+    token the greedy's LP bound is .5 and the optimum .4:
+
+    >>> from budgetopt.problem import build_problem
+    >>> a = exact(build_problem([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]]), 1)
+    >>> a.budgets.tolist(), a.utility, a.stats["status"], a.stats["lp_bound"]
+    ([0, 1], 0.4, 'optimal', 0.5)
+    """
+    _load_kernels()
+    return _Search(problem, total, time_limit).run()
+
+
+_LOADED = False
+
+
+def _load_kernels():
+    """Solve two small problems once per process, untimed, so that loading the compiled
+    kernels (from numba's on-disk cache: seconds on a busy machine) does not count against
+    a caller's ``time_limit``."""
+    global _LOADED
+    if _LOADED:
+        return
+    from .problem import build_problem
+    from .curves import Curves
+
+    rng = np.random.default_rng(0)
+    steps = np.sort(rng.integers(1, 50, (64, 6)), axis=1)
+    grid = np.cumsum(steps, axis=1)
+    curves = Curves(np.cumsum(steps + 3, axis=1).astype(np.float64), grid)
+    _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
+    t = np.arange(4097)
+    per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
+    _Search(build_problem(per_token), 4000, None).run()
+    _LOADED = True
+
+
+class _Search:
+    """One exact solve: incumbent, fixing, core DP, result."""
+
+    def __init__(self, problem, total, time_limit):
+        self.t0 = time.perf_counter()
+        self.deadline = None if time_limit is None else self.t0 + float(time_limit)
+        self.problem = problem
+        self.total = total
+        usable = int((problem.hi - problem.lo).sum())
+        if usable > EXACT_MAX_OPTIONS:
+            raise ProblemTooLargeError(
+                f'method="exact" accepts at most {EXACT_MAX_OPTIONS:,} usable grid points '
+                f"(heads x points within floors and caps); this problem has {usable:,}. "
+                'Use method="greedy" (its `gap` bounds the loss).'
+            )
+
+    def run(self):
+        p = self.problem
+        idx, lp, lam, _ = _Greedy(p).solve(self.total)
+        self.lam = lam
+        rows = np.arange(p.n_heads)
+        greedy_value = float(p.utility[rows, idx].sum())
+        self.best, self.best_idx = greedy_value, idx
+        self.spare = min(self.total, p.ceiling_total) - p.floor_total
+        scale = float(np.abs(p.utility).max(axis=1).sum()) if p.utility.size else 0.0
+        self.tau = EXACT_RTOL * max(1.0, scale)
+        from . import _kernels_exact as K
+
+        self.opts = _Kept(*K.lagrangian_options(
+            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.tau
+        ))
+        self.stats = {
+            "status": "optimal",
+            "tolerance": self.tau,
+            "greedy_utility": greedy_value,
+            "lp_bound": float(lp),
+            "fixed_heads": p.n_heads,
+            "core_heads": 0,
+            "core_options": 0,
+            "layers_done": 0,
+            "states": 0,
+            "max_layer_states": 0,
+        }
+        open_bound = self._search()
+        budgets, utility = p.pick(self.best_idx)
+        if open_bound is None:
+            bound = utility  # proven: nothing beats it by more than the tolerance
+        else:
+            self.stats["status"] = "time_limit"
+            bound = max(open_bound, self.dropped)
+        self.stats["improved_on_greedy"] = bool(utility > greedy_value)
+        return Allocation.from_solution(
+            budgets, utility, total_budget=self.total, upper_bound=bound, threshold=lam, method="exact",
+            seconds=time.perf_counter() - self.t0, stats=self.stats,
+        )
+
+    # -- the search -------------------------------------------------------------------------
+    def _search(self):
+        """Fixing, a heuristic core for a better incumbent, fixing again, the core DP.
+
+        Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
+        states left open at the time limit."""
+        fixing = self._fix()
+        self.stats["lagrangian_bound"] = float(self.lagrangian)
+        if fixing is None:
+            return None
+        fixed_opt, core = fixing
+        if len(core) > _HEURISTIC_CORE:
+            # The best allocation with every head outside a small core at its LP choice
+            # (the lightest maximiser of utility - lam * tokens): a cheap, usually much
+            # better incumbent, which makes the fixing below far stronger.
+            before = self.best
+            self._heuristic(core)
+            if self.best > before:
+                fixing = self._fix()
+                if fixing is None:
+                    return None
+                fixed_opt, core = fixing
+        self.stats.update(fixed_heads=int(self.problem.n_heads - len(core)), core_heads=len(core))
+        self.stats["core_options"] = int(sum(len(j) for _, j in core))
+        open_bound, dropped = self._core_dp(core, fixed_opt, record=True)
+        self.dropped = max(self.dropped, dropped)
+        return open_bound
+
+    def _fix(self):
+        """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
+        no allocation can beat the incumbent. ``fixed_opt[h]`` is the only option head ``h``
+        can take in a better allocation (-1 for core heads); ``core`` lists ``(head, options)``
+        for the others, undominated options only, likeliest to change first."""
+        from . import _kernels_exact as K
+
+        p, opts = self.problem, self.opts
+        if opts.bound < self.best + self.tau:
+            self.lagrangian, self.dropped = opts.bound, opts.dropped
+            return None
+        # Options dropped before (against a lower target) stay dropped; the bound is the same.
+        keep = np.empty(len(opts), np.bool_)
+        self.lagrangian, dropped = K.reduced_cost_filter(
+            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.tau, keep
+        )
+        self.dropped = max(opts.dropped, dropped)
+        if self.lagrangian < self.best + self.tau:
+            return None
+        counts, closeness = K.undominated(opts.cost, opts.value, opts.offsets, self.lam, keep)
+        if np.any(counts == 0):
+            return None
+        kept = np.flatnonzero(keep)
+        head = np.repeat(np.arange(p.n_heads), counts)
+        fixed_opt = np.full(p.n_heads, -1, np.int64)
+        single = counts == 1
+        fixed_opt[single] = kept[single[head]]
+        # Heads whose second-best option comes closest to their best (in reduced value at
+        # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
+        heads = np.flatnonzero(~single)
+        heads = heads[np.argsort(closeness[heads], kind="stable")]
+        starts = np.r_[0, np.cumsum(counts)]
+        core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        return fixed_opt, core
+
+    def _heuristic(self, core):
+        fixed_opt = self.opts.lp_opt.copy()
+        small = core[:_HEURISTIC_CORE]
+        fixed_opt[[h for h, _ in small]] = -1
+        stop = time.perf_counter() + _HEURISTIC_SECONDS
+        if self.deadline is not None:
+            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+        try:
+            self._core_dp(small, fixed_opt, record=False, deadline=stop)
+        except ProblemTooLargeError:
+            pass  # only a heuristic: the main search enforces the limit
+
+    def _core_dp(self, core, fixed_opt, *, record, deadline=None):
+        """Search ``core`` with every other head at ``fixed_opt``; improves the incumbent.
+
+        Returns ``(open_bound, dropped)``: ``open_bound`` is ``None`` when the search
+        finished (no state left that can beat the incumbent), else the largest bound of the
+        states left at the time limit; ``dropped`` is the largest bound of any state dropped.
+        With ``record`` the layer statistics go to ``stats``; ``deadline`` (default: the
+        solve's) is checked between layers.
+        """
+        deadline = self.deadline if deadline is None else deadline
+        from . import _kernels_exact as K
+
+        opts = self.opts
+        fixed = fixed_opt >= 0
+        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
+        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
+        self.ctx = ctx = {"core": core, "fixed_opt": fixed_opt, "cap": cap, "layers": []}
+        if not core:
+            if cap >= 0 and fixed_value > self.best:
+                self.best = fixed_value
+                self._adopt({})
+            return None, -np.inf
+        sizes = np.array([len(j) for _, j in core], np.int64)
+        gopt = np.concatenate([j for _, j in core])
+        c = opts.cost[gopt]
+        v = opts.value[gopt]
+        coff = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        min_c = c[coff[:-1]]
+        min_v = v[coff[:-1]]
+        if cap < int(min_c.sum()):
+            return None, -np.inf
+        pos, end, dc, dv, slope = K.core_hulls(c, v, coff)
+        order = np.lexsort((pos, -slope))
+        pos, end, dc, dv, slope = pos[order], end[order], dc[order], dv[order], slope[order]
+        ctx["seg"] = (pos, end, dc, dv)
+        by_pos = np.argsort(pos, kind="stable")  # sorted-segment indices grouped by position
+        seg_off = np.r_[0, np.cumsum(np.bincount(pos, minlength=len(core)))].astype(np.int64)
+        fc = np.empty(len(dc) + 1, np.int64)
+        fv = np.empty(len(dc) + 1, np.float64)
+        K.fenwick_build(dc, fc)
+        K.fenwick_build(dv, fv)
+        top = 1 << (max(len(dc), 1).bit_length() - 1)
+        # suffix sums of the lightest options: heads at positions >= k
+        suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
+        suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
+
+        seg_alive = np.ones(len(dc), np.bool_)
+        cum_c = np.empty(len(dc) + 1, np.int64)
+        cum_v = np.empty(len(dc) + 1, np.float64)
+        cum_slope = np.empty(len(dc), np.float64)
+        log_s = max(len(dc), 2).bit_length()
+
+        w = np.zeros(1, np.int64)
+        val = np.zeros(1, np.float64)
+        open_bound = float(self.lagrangian)
+        all_dropped = -np.inf
+        states = 0
+        for k in range(len(core)):
+            if deadline is not None and time.perf_counter() > deadline:
+                return max(open_bound, self.best), all_dropped
+            gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            K.fenwick_remove(fc, fv, dc, dv, gone)
+            seg_alive[gone] = False
+            sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
+            o0, o1 = coff[k], coff[k + 1]
+            target = self.best - fixed_value + self.tau
+            # Bounds by a pointer walk over running sums when that is cheaper than one
+            # Fenwick search per extension.
+            n_left = len(dc) - int(seg_off[k + 1])
+            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
+            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+            nw, nval, par, ch, dropped, fl_best, fl_at, live = K.expand_layer(
+                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive],
+            )
+            if fl_at == -2:
+                raise ProblemTooLargeError(
+                    f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
+                    f"({len(core)} core heads, {int(len(gopt)):,} core options); use time_limit to stop "
+                    'earlier with a bound, or method="greedy"'
+                )
+            all_dropped = max(all_dropped, dropped + fixed_value)
+            if fl_at >= 0 and fl_best + fixed_value > self.best:
+                self.best = fl_best + fixed_value
+                self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
+                if self.best + self.tau > self.lagrangian:
+                    return None, all_dropped  # it meets the bound of the whole problem
+                alive = np.empty(len(nw), np.bool_)
+                target = self.best - fixed_value + self.tau
+                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
+                all_dropped = max(all_dropped, dropped + fixed_value)
+                nw, nval, par, ch = nw[alive], nval[alive], par[alive], ch[alive]
+            ctx["layers"].append((par, ch))
+            states += len(nw)
+            if record:
+                self.stats.update(
+                    layers_done=k + 1, states=states,
+                    max_layer_states=max(self.stats["max_layer_states"], len(nw)),
+                )
+            if len(nw) == 0:
+                return None, all_dropped
+            open_bound = live + fixed_value
+            w, val = nw, nval
+        return None, all_dropped
+
+    def _choices(self, k, par, ch, t, w_state):
+        """Local option per core position of state ``t`` of layer ``k`` completed by the
+        integral part of its suffix LP."""
+        ctx = self.ctx
+        local = {k: int(ch[t])}
+        s = int(par[t])
+        for kk in range(k - 1, -1, -1):
+            lp_, lc = ctx["layers"][kk]
+            local[kk] = int(lc[s])
+            s = int(lp_[s])
+        pos, end, dc, dv = ctx["seg"]
+        for kk in range(k + 1, len(ctx["core"])):
+            local[kk] = 0
+        r0 = ctx["cap"] - w_state - int(ctx["suf_c"][k + 1])
+        m = np.flatnonzero(pos >= k + 1)
+        taken = m[np.cumsum(dc[m]) <= r0]
+        for i in taken:  # segments of one head come in hull order: the last one wins
+            local[int(pos[i])] = int(end[i])
+        return local
+
+    def _adopt(self, local):
+        """Make the fixed heads plus the core choices ``local`` (position -> local option)
+        the incumbent."""
+        ctx = self.ctx
+        chosen = ctx["fixed_opt"].copy()
+        for kk, j in local.items():
+            h, gj = ctx["core"][kk]
+            chosen[h] = gj[j]
+        self.best_idx = self.opts.index[chosen]
+
+
+class _Kept:
+    """The options reduced-cost fixing kept (CSR, head after head; see
+    :func:`budgetopt._kernels_exact.lagrangian_options`)."""
+
+    def __init__(self, bound, dropped, offsets, index, cost, value, lp_opt):
+        self.bound, self.dropped = float(bound), float(dropped)
+        self.offsets, self.index, self.cost, self.value, self.lp_opt = offsets, index, cost, value, lp_opt
+
+    def __len__(self):
+        return len(self.index)

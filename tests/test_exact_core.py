@@ -1,0 +1,272 @@
+"""method="exact": agreement with dp, milp and brute force; status, bound and time limit.
+
+Ground truth: tests/reference_exact.py (enumeration) on small problems, method="dp" (a plain
+dynamic programme over budget units) on larger ones. Every result passes
+budgetopt._invariants.check_allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import budgetopt
+from budgetopt import Curves, InvalidInputError, InvalidTypeError, ProblemTooLargeError, allocate, mcknap
+from budgetopt._invariants import check_allocation, tolerance
+from generators import problems, random_curves, scaled
+from reference_exact import brute_force
+from test_allocate import CASES
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from instances_exact import PISINGER_KINDS, attention, non_monotone, pisinger  # noqa: E402
+
+
+def _exact(curves, total, **kw):
+    a = allocate(curves, total, method="exact", **kw)
+    check_allocation(
+        curves, a, total_budget=total, min_budget=kw.get("min_budget"), max_budget=kw.get("max_budget")
+    )
+    assert a.method == "exact"
+    return a
+
+
+def _assert_proven(a, optimum, curves):
+    tol = tolerance(curves)
+    assert a.stats["status"] == "optimal"
+    assert a.utility == pytest.approx(optimum, rel=0, abs=tol), (a.utility, optimum, a.stats)
+    assert a.gap == 0.0 and a.upper_bound == a.utility
+    assert a.stats["tolerance"] <= tol
+
+
+# -- the agreement table of test_allocate, against dp and milp -------------------------------
+@pytest.mark.parametrize("case", CASES, ids=[f"seed{c[0]}-{c[3]}-{c[4]}" for c in CASES])
+def test_agreement_table_with_dp_and_milp(case):
+    seed, head_shape, k, kind, grid, frac, lo, hi = case
+    curves = Curves(*random_curves(seed, head_shape, k, kind=kind, grid=grid))
+    total = int(frac * curves.capacity)
+    dp = allocate(curves, total, method="dp", min_budget=lo, max_budget=hi)
+    milp = allocate(curves, total, method="milp", min_budget=lo, max_budget=hi)
+    truth = brute_force(curves, total, lo, hi)[0]
+    a = _exact(curves, total, min_budget=lo, max_budget=hi)
+    for other in (dp.utility, milp.utility, truth):
+        _assert_proven(a, other, curves)
+
+
+@given(problems())
+@settings(max_examples=scaled(150))
+def test_property_exact_against_brute_force(p):
+    curves = Curves(p["utility"], p["grid"])
+    truth = brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"])
+    if truth is None:
+        with pytest.raises(InvalidInputError):
+            allocate(curves, p["total_budget"], method="exact", min_budget=p["min_budget"], max_budget=p["max_budget"])
+        return
+    a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
+    _assert_proven(a, truth[0], curves)
+
+
+@given(problems(max_heads=8, max_points=8, per_head_grid=True))
+@settings(max_examples=scaled(60))
+def test_property_exact_against_dp_per_head_grids(p):
+    curves = Curves(p["utility"], p["grid"])
+    try:
+        dp = allocate(curves, p["total_budget"], method="dp", min_budget=p["min_budget"], max_budget=p["max_budget"])
+    except InvalidInputError:
+        return  # infeasible: the error is checked against brute force above
+    a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
+    _assert_proven(a, dp.utility, curves)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_seeded_mid_size_against_dp(seed):
+    # 12-30 heads, up to 40 points, every curve kind and grid kind, floors and caps.
+    rng = np.random.default_rng(seed)
+    kind = ["random", "monotone", "concave", "increasing"][seed % 4]
+    grid = ["unit", "shared", "per_head"][seed % 3]
+    H, K = int(rng.integers(12, 31)), int(rng.integers(2, 41))
+    curves = Curves(*random_curves(100 + seed, (H,), K, kind=kind, grid=grid, max_step=5))
+    lo = int(rng.integers(0, 4)) if seed % 2 else None
+    hi = rng.integers(20, 200, H) if seed % 3 == 1 else None
+    total = int(rng.uniform(0.05, 0.9) * curves.capacity)
+    dp = allocate(curves, total, method="dp", min_budget=lo, max_budget=hi)
+    a = _exact(curves, total, min_budget=lo, max_budget=hi)
+    _assert_proven(a, dp.utility, curves)
+
+
+@pytest.mark.parametrize("kind", PISINGER_KINDS)
+def test_pisinger_classes_against_dp(kind):
+    curves, total = pisinger(kind, 30, 10, seed=1, data_range=100)
+    dp = allocate(curves, total, method="dp")
+    a = _exact(curves, total)
+    _assert_proven(a, dp.utility, curves)
+
+
+@pytest.mark.parametrize("make", [attention, non_monotone], ids=["attention", "non-monotone"])
+def test_per_token_curves_against_dp(make):
+    curves, total = make(16, 65, seed=3)
+    dp = allocate(curves, total, method="dp")
+    a = _exact(curves, total)
+    _assert_proven(a, dp.utility, curves)
+
+
+@pytest.mark.parametrize(
+    ("utility", "grid", "total", "budgets"),
+    [
+        ([[0.0, 1.0, 3.0]], None, 2, [2]),  # one head
+        ([[5.0], [7.0]], None, 0, [0, 0]),  # one point per head
+        ([[0.0, 1.0], [0.0, 2.0]], None, 0, [0, 0]),  # zero budget
+        ([[0.0, 1.0], [0.0, 2.0]], None, 2, [1, 1]),  # full budget
+        ([[0.0, 1.0], [0.0, 2.0]], None, 10**6, [1, 1]),  # above capacity
+        ([[0.0, -1.0], [0.0, -2.0]], None, 2, [0, 0]),  # decreasing curves keep nothing
+        ([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]], None, 1, [0, 1]),  # convex head: greedy's LP gap
+        ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], None, 3, None),  # all ties
+    ],
+    ids=["one-head", "one-point", "zero-budget", "full", "above-capacity", "decreasing", "convex", "ties"],
+)
+def test_degenerate(utility, grid, total, budgets):
+    curves = Curves(utility, grid)
+    a = _exact(curves, total)
+    _assert_proven(a, brute_force(curves, total)[0], curves)
+    if budgets is not None:
+        assert a.budgets.tolist() == budgets
+
+
+def test_greedy_is_unchanged_and_default():
+    curves, total = non_monotone(40, 50, seed=5)
+    g1 = allocate(curves, total)
+    e = allocate(curves, total, method="exact")
+    g2 = allocate(curves, total, method="greedy")
+    assert g1.method == "greedy" and np.array_equal(g1.budgets, g2.budgets) and g1.utility == g2.utility
+    assert e.stats["greedy_utility"] == g1.utility
+    assert e.utility >= g1.utility and e.upper_bound <= g1.upper_bound + tolerance(curves)
+
+
+def test_exact_improves_on_greedy_where_greedy_is_not_optimal():
+    curves, total = pisinger("strongly", 40, 10, seed=2, data_range=100)
+    g = allocate(curves, total)
+    dp = allocate(curves, total, method="dp")
+    assert g.utility < dp.utility - 0.5, "the instance should have a greedy gap"
+    a = _exact(curves, total)
+    _assert_proven(a, dp.utility, curves)
+    assert a.stats["improved_on_greedy"]
+
+
+def test_stats_report_fixing_and_core():
+    curves, total = attention(32, 129, seed=4)
+    a = _exact(curves, total)
+    s = a.stats
+    assert s["fixed_heads"] + s["core_heads"] == 32
+    assert s["core_heads"] == 0 or s["core_options"] >= 2 * s["core_heads"]
+    assert s["greedy_utility"] <= a.utility <= s["lp_bound"] + tolerance(curves)
+    assert s["lagrangian_bound"] >= a.utility - tolerance(curves)
+
+
+# -- time limit ------------------------------------------------------------------------------
+def test_time_limit_stops_early_with_a_valid_bound():
+    # Strongly correlated classes: no option can be fixed, the core DP is long.
+    curves, total = pisinger("strongly", 120, 20, seed=0, data_range=1000)
+    a = _exact(curves, total, time_limit=1e-3)
+    assert a.stats["status"] == "time_limit"
+    assert a.stats["layers_done"] < a.stats["core_heads"]
+    assert a.seconds < 5.0  # the solve's own clock: loading compiled kernels is not counted
+    dp = allocate(curves, total, method="dp")
+    tol = tolerance(curves)
+    assert a.utility <= dp.utility + tol
+    assert a.upper_bound >= dp.utility - tol, "the bound at the time limit must still bound the optimum"
+    assert a.upper_bound <= a.stats["lagrangian_bound"] + tol
+    assert a.gap == pytest.approx(a.upper_bound - a.utility)
+
+
+def test_time_limit_generous_gives_optimal():
+    curves, total = pisinger("weakly", 50, 10, seed=0, data_range=100)
+    a = _exact(curves, total, time_limit=60)
+    _assert_proven(a, allocate(curves, total, method="dp").utility, curves)
+
+
+def test_milp_accepts_time_limit():
+    curves = Curves(*random_curves(0, (4,), 5, kind="random"))
+    a = allocate(curves, 6, method="milp", time_limit=30)
+    check_allocation(curves, a, total_budget=6)
+    assert a.stats["status"] == "optimal"
+
+
+@pytest.mark.parametrize("method", ["greedy", "dp", "cvxpy"])
+def test_time_limit_refused_by_other_methods(method):
+    with pytest.raises(InvalidInputError, match=r"`time_limit` applies only to method 'exact' or 'milp'"):
+        allocate([[0.0, 1.0]], 1, method=method, time_limit=1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, InvalidInputError, "finite number of seconds > 0"),
+        (-1.0, InvalidInputError, "finite number of seconds > 0"),
+        (float("nan"), InvalidInputError, "finite number of seconds > 0"),
+        (float("inf"), InvalidInputError, "finite number of seconds > 0"),
+        (True, InvalidTypeError, "number of seconds or None"),
+        ("1", InvalidTypeError, "number of seconds or None"),
+    ],
+)
+def test_time_limit_errors(value, error, match):
+    with pytest.raises(error, match=match):
+        allocate([[0.0, 1.0]], 1, method="exact", time_limit=value)
+
+
+# -- memory limits ----------------------------------------------------------------------------
+def test_refuses_too_many_options(monkeypatch):
+    monkeypatch.setattr(mcknap, "EXACT_MAX_OPTIONS", 10)
+    with pytest.raises(ProblemTooLargeError, match=r'method="exact" accepts at most 10 usable grid points'):
+        allocate(np.zeros((3, 4)), 2, method="exact")
+
+
+def test_refuses_too_many_states(monkeypatch):
+    monkeypatch.setattr(mcknap, "EXACT_MAX_STATES", 50)
+    curves, total = pisinger("strongly", 60, 10, seed=0, data_range=1000)
+    with pytest.raises(ProblemTooLargeError, match=r"more than 50 DP states"):
+        allocate(curves, total, method="exact")
+
+
+def test_exact_listed_in_methods():
+    assert "exact" in budgetopt.METHODS
+
+
+# -- command line ------------------------------------------------------------------------------
+def test_cli_solve_exact_with_time_limit(capsys):
+    from budgetopt.cli import main
+
+    code = main(["solve", "--example", "--budget", "0.2", "--method", "exact", "--time-limit", "30"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    import json
+
+    payload = json.loads(out)
+    assert payload["method"] == "exact" and payload["status"] == "optimal" and payload["gap"] == 0.0
+    curves = budgetopt.load_curves(budgetopt.cli.example_path())
+    dp = allocate(curves, payload["total_budget"], method="dp")
+    assert payload["utility"] == pytest.approx(dp.utility, abs=tolerance(curves))
+
+
+def test_cli_time_limit_refused_for_greedy(capsys):
+    from budgetopt.cli import main
+
+    code = main(["solve", "--example", "--budget", "0.2", "--time-limit", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "`time_limit` applies only to method 'exact' or 'milp'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_cli_time_limit_must_be_positive_seconds(capsys, value):
+    from budgetopt.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", "--example", "--budget", "0.2", "--method", "exact", "--time-limit", value])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith(f"argument --time-limit: must be a number of seconds > 0; got {value!r}")
+    assert "Traceback" not in err
