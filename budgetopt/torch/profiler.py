@@ -696,7 +696,9 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
     start = time.perf_counter()
     geometry = model_geometry(model)
     if model.training:
-        raise InvalidInputError("`model` is in training mode (dropout would perturb the oracle); call model.eval() first")
+        raise InvalidInputError(
+            "`model` is in training mode (dropout would perturb the oracle); call model.eval() first"
+        )
     press = resolve_scorer(scorer)
     text = model.config.get_text_config()
     vocab = getattr(text, "vocab_size", None)
