@@ -320,8 +320,10 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
     return out
 
 
-def read_npy(path, *, max_bytes=None, mmap=False):
+def read_npy(path, *, max_bytes=None, mmap=False, what="a single .npy array"):
     """The array in the ``.npy`` file ``path``, after its header is checked.
+
+    ``what`` names what the file should hold, for the error on an ``.npz`` archive.
 
     With ``mmap=False`` the declared size must fit :func:`max_array_bytes` ``(max_bytes)``;
     with ``mmap=True`` the file is memory-mapped read-only (nothing is inflated: the data
@@ -330,7 +332,7 @@ def read_npy(path, *, max_bytes=None, mmap=False):
     path = as_path(path)
     magic = _magic(path)
     if magic[:4] == _ZIP_MAGIC:
-        raise CurvesFileError(f"{path}: is an .npz archive, not a single .npy array")
+        raise CurvesFileError(f"{path}: is an .npz archive, not {what}")
     if magic != _NPY_MAGIC:
         raise CurvesFileError(f"{path}: not a .npy file (no NumPy header)")
     limit = math.inf if mmap else max_array_bytes(max_bytes)

@@ -18,7 +18,8 @@ their lightest options, then hull segments in order of slope, held in two Fenwic
 :func:`_suffix_lp` evaluates it in O(log segments); :func:`suffix_sums` lays it out as
 running sums for a pointer walk.
 
-Compiled functions are cached on disk (``cache=True``).
+Compiled functions are cached on disk where numba can write a cache (the same rule as
+:mod:`budgetopt._kernels`), else compiled in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_JIT = dict(cache=True, nogil=True)
+from ._kernels import _JIT  # disk cache where numba finds a writable location, else in memory
 
 
 @nb.njit(**_JIT)

@@ -363,7 +363,7 @@ def load_lukv_table(path, *, max_bytes=None):
         starts with the path.
     """
     path = check_input_file(path, ".npy file")
-    data = read_npy(path, max_bytes=max_bytes)
+    data = read_npy(path, max_bytes=max_bytes, what="an LU-KV table (a single .npy array)")
     try:
         return _check_table(data, "table")
     except (InvalidInputError, InvalidTypeError) as exc:
