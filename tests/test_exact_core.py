@@ -268,5 +268,7 @@ def test_cli_time_limit_must_be_positive_seconds(capsys, value):
         main(["solve", "--example", "--budget", "0.2", "--method", "exact", "--time-limit", value])
     out, err = capsys.readouterr()
     assert exc.value.code == 2 and out == ""
-    assert err.strip().splitlines()[-1].endswith(f"argument --time-limit: must be a number of seconds > 0; got {value!r}")
+    finite = " (finite)" if value == "nan" else ""
+    assert err.strip().splitlines()[-1].endswith(
+        f"argument --time-limit: must be a number of seconds > 0{finite}; got {value!r}")
     assert "Traceback" not in err
