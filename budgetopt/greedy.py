@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _kernels_bracket, _kernels_greedy
 from .hull import upper_hulls
 from .result import Allocation, Sweep
 
@@ -56,7 +56,7 @@ class _Greedy:
         found = _bracketed(p, spare, idx) if _bracket_worthwhile(p) else None
         if found is None:
             hulls = self.hulls
-            lp, lam, blocked, left = _kernels.greedy_solve(
+            lp, lam, blocked, left = _kernels_greedy.greedy_solve(
                 p.utility, p.grid, p.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
             )
             segments, points = hulls.n_segments, usable
@@ -88,14 +88,14 @@ class _Greedy:
         n = len(taken)
         ascending = np.argsort(taken, kind="stable")
         counts = np.empty((n, p.n_heads), np.int64)
-        counts[ascending] = _kernels.sweep_counts(offsets, head[order], taken[ascending])
+        counts[ascending] = _kernels_greedy.sweep_counts(offsets, head[order], taken[ascending])
         lefts = spares - cum[taken]
         # The blocked segment is the next in order; past the last one: none (slope 0, head -1).
         lams = np.append(slopes[seg[order]], 0.0)[taken]
         blocked = np.append(head[order], -1)[taken]
         idx = np.empty((n, p.n_heads), np.int64)
         lp = np.empty(n)
-        still_open = _kernels.sweep_settle(
+        still_open = _kernels_greedy.sweep_settle(
             p.utility, p.grid, p.per_head, p.hi, verts, counts, lams, blocked, lefts, idx, lp
         )
         results = [(idx[i], float(lp[i]), float(lams[i]), None) for i in range(n)]
@@ -132,7 +132,7 @@ class _Greedy:
         rows = np.arange(p.n_heads)
         if blocked >= 0:
             trial = idx.copy()
-            rest = _kernels.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, left)
+            rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, left)
             if rest == 0 and np.all(np.diff(p.utility[blocked, idx[blocked] : trial[blocked] + 1]) >= 0):
                 return trial, 0
         best = None
@@ -141,19 +141,19 @@ class _Greedy:
                 trial = idx.copy()
                 rest = left
                 if blocked_first:
-                    rest = _kernels.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, rest)
-                rest = _kernels.fill(p.utility, p.grid, p.per_head, p.hi, trial, rest, by_density)
+                    rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, rest)
+                rest = _kernels_greedy.fill(p.utility, p.grid, p.per_head, p.hi, trial, rest, by_density)
                 value = p.utility[rows, trial].sum()
                 if best is None or value > best[0]:
                     best = (value, trial, rest)
         _, trial, rest = best
-        rest = _kernels.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
+        rest = _kernels_greedy.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
         return trial, rest
 
 
 def _bracket_worthwhile(p):
     """Large enough for the bracket to pay, and grid values exact as floats."""
-    if p.utility.size < _BRACKET_MIN_POINTS or int((p.hi - p.lo).max()) < 4 * _kernels._CHUNK:
+    if p.utility.size < _BRACKET_MIN_POINTS or int((p.hi - p.lo).max()) < 4 * _kernels_bracket._CHUNK:
         return False
     rows = np.arange(p.n_heads) * p.per_head
     return int(p.grid[rows, p.hi - 1].max()) < 2**52
@@ -163,7 +163,7 @@ def _bracketed(p, spare, idx):
     """The LP part of the greedy from hulls built only between two multipliers.
 
     An estimate ``sigma`` of the threshold comes from a geometric sample of each head (of
-    every ``H // _SAMPLE_HEADS``-th head on very many heads; :func:`_kernels.sample_threshold`). Multipliers ``lam`` are tried from it
+    every ``H // _SAMPLE_HEADS``-th head on very many heads; :func:`_kernels_bracket.sample_threshold`). Multipliers ``lam`` are tried from it
     (:func:`_find_bracket`) until the points maximising ``u - lam * g`` use at most
     ``spare`` tokens at one (``lam_hi``) and more at another (``lam_lo``). Hull
     segments left of a head's maximiser at ``lam_hi`` are steeper than ``lam_hi`` (all
@@ -174,7 +174,7 @@ def _bracketed(p, spare, idx):
 
     Returns ``None`` when this does not apply (the caller then uses the full hulls);
     otherwise fills ``idx`` and returns ``(lp, lam, blocked, left, segments, points)``,
-    equal bit for bit to :func:`_kernels.greedy_solve` over the full hulls. The proof: the
+    equal bit for bit to :func:`_kernels_greedy.greedy_solve` over the full hulls. The proof: the
     threshold found lies strictly between ``lam_lo`` and ``lam_hi`` (checked below); there
     both computations see the same segments with the same slopes, the same tokens above
     them and the same ties in head order, so they select the same threshold and vertices.
@@ -183,17 +183,17 @@ def _bracketed(p, spare, idx):
         return None
     H = p.n_heads
     head_step = max(1, H // _SAMPLE_HEADS)
-    sigma = _kernels.sample_threshold(p.utility, p.grid, p.per_head, p.lo, p.hi, _OCTAVE_SHIFT, head_step, spare)
+    sigma = _kernels_bracket.sample_threshold(p.utility, p.grid, p.per_head, p.lo, p.hi, _OCTAVE_SHIFT, head_step, spare)
     if not sigma > 0.0:
         return None
-    chunk = _kernels._CHUNK
+    chunk = _kernels_bracket._CHUNK
     chunk_max = np.empty((H, (int((p.hi - p.lo).max()) + chunk - 1) // chunk))
-    _kernels.tilted_chunk_max(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max)
+    _kernels_bracket.tilted_chunk_max(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max)
 
     def maximisers(lam):
         arg = np.empty(H, np.int64)
         robust = np.empty(H, np.bool_)
-        used = _kernels.tilted_argmax(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max, lam, arg, robust)
+        used = _kernels_bracket.tilted_argmax(p.utility, p.grid, p.per_head, p.lo, p.hi, sigma, chunk_max, lam, arg, robust)
         return used, arg, robust
 
     found = _find_bracket(maximisers, sigma, spare)
@@ -211,7 +211,7 @@ def _bracketed(p, spare, idx):
     if fixed > spare:
         return None
     offsets, verts, slopes = _kernels.upper_hulls(p.utility, p.grid, p.per_head, start, stop, p.unit_steps, True)
-    lp, lam, blocked, left = _kernels.greedy_solve(
+    lp, lam, blocked, left = _kernels_greedy.greedy_solve(
         p.utility, p.grid, p.per_head, offsets, verts, slopes, spare - fixed, idx
     )
     if not lam_lo < lam < lam_hi:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels_profile
 from .curves import Curves, refuse_masked
 from .errors import InvalidInputError, InvalidTypeError
 
@@ -130,7 +130,7 @@ def _sorted_positions(packed, shape):
     stable) and return the positions, shaped ``shape``."""
     packed.sort(axis=-1)
     order = np.empty(packed.shape, np.int64)
-    _kernels.unpack_positions(packed, order)
+    _kernels_profile.unpack_positions(packed, order)
     return order.reshape(shape)
 
 
@@ -149,7 +149,7 @@ def rank_middle(scores, sink, window):
     rows = _as_float32(middle)
     if rows is not None:
         packed = np.empty(rows.shape, np.uint64)
-        _kernels.pack_descending_f32(rows, packed)
+        _kernels_profile.pack_descending_f32(rows, packed)
         return _sorted_positions(packed, middle.shape)
     keys32 = _int_keys(middle)
     if keys32 is not None:
@@ -178,7 +178,7 @@ def utility_from_order(oracle, order, sink, window):
     protected = oracle[..., :sink].sum(axis=-1) + oracle[..., length - window:].sum(axis=-1)
     utility = np.empty(oracle.shape[:-1] + (middle.shape[-1] + 1,), dtype=np.float64)
     M = middle.shape[-1]
-    _kernels.ranked_cumsum(
+    _kernels_profile.ranked_cumsum(
         np.ascontiguousarray(middle, dtype=np.float64).reshape(-1, M),
         np.ascontiguousarray(order).reshape(-1, M),
         np.ascontiguousarray(protected, dtype=np.float64).reshape(-1),
