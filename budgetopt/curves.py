@@ -9,8 +9,9 @@ import numpy as np
 
 from ._io import as_path, check_input_file, read_npz, write_atomic  # noqa: F401 (re-exported)
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from .hull import row_gaps
 
-__all__ = ["Curves", "as_curves", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
+__all__ = ["Curves", "as_curves", "hull_gap", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
 
 #: Token counts and totals are int64 inside; every grid point, floor, cap and total stays
 #: below this (2**62), so sums over heads cannot overflow.
@@ -284,11 +285,9 @@ class Curves:
 
         Notes
         -----
-        O(heads * K): computes the hulls (see :func:`budgetopt.hull.hull_gap`).
+        O(heads * K): computes the hulls (see :func:`hull_gap`).
         """
-        from .hull import hull_gap  # hull imports this module
-
-        return bool(np.all(hull_gap(self) <= tol))
+        return bool(np.all(row_gaps(self.utility2d, self.grid2d) <= tol))
 
     def __repr__(self):
         kind = "shared" if self.shared_grid else "per-head"
@@ -309,6 +308,33 @@ class Curves:
 def as_curves(curves):
     """``curves`` itself if it is a :class:`Curves`, else ``Curves(curves)`` (grid ``arange(K)``)."""
     return curves if isinstance(curves, Curves) else Curves(curves)
+
+
+def hull_gap(curves):
+    """Per head, the largest distance by which a point lies below the upper concave hull.
+
+    Zero for a concave head. The largest entry tells how much the LP relaxation (which
+    replaces each curve by its hull) can overstate a single head.
+
+    Parameters
+    ----------
+    curves : Curves or array_like
+
+    Returns
+    -------
+    ndarray of float64, shape ``head_shape``
+
+    Notes
+    -----
+    O(heads * K).
+
+    Examples
+    --------
+    >>> hull_gap([[0.0, 0.2, 1.0], [0.0, 0.6, 1.0]])
+    array([0.3, 0. ])
+    """
+    curves = as_curves(curves)
+    return row_gaps(curves.utility2d, curves.grid2d).reshape(curves.head_shape)
 
 
 # -- files ---------------------------------------------------------------------------------
