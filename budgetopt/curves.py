@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ._io import as_path, check_input_file, read_npz, write_atomic  # noqa: F401 (re-exported)
+from ._checks import real_array, refuse_masked, too_large_ints  # noqa: F401 (re-exported)
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .hull import row_gaps
 
@@ -27,37 +28,8 @@ def _where(shape, flat_index):
     return f"head {head if len(head) != 1 else head[0]}, point {int(idx[-1])}"
 
 
-def refuse_masked(value, name):
-    """:class:`InvalidTypeError` for a NumPy masked array: a mask would be silently dropped."""
-    if isinstance(value, np.ma.MaskedArray):
-        raise InvalidTypeError(
-            f"`{name}` is a masked array; budgetopt does not read masks (fill the masked entries "
-            "with `.filled(value)` or drop them first)"
-        )
-
-
 def _as_real_array(value, name):
-    refuse_masked(value, name)
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
-    if arr.dtype.kind == "O" and too_large_ints(arr):
-        raise InvalidInputError(f"`{name}` holds integers too large for int64 (values must be below 2**62)")
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(
-            f"`{name}` must hold real numbers (integer or float dtype); got dtype {arr.dtype}"
-        )
-    return arr
-
-
-def too_large_ints(arr):
-    """Whether the object array ``arr`` holds Python ints only, some beyond int64 (so NumPy
-    could not give it an integer dtype): a number too large, not a wrong type."""
-    values = list(arr.flat)
-    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values) and any(
-        abs(v) >= 2**63 for v in values
-    )
+    return real_array(value, f"`{name}`")
 
 
 def check_meta(meta, name="meta"):
