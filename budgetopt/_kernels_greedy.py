@@ -117,7 +117,7 @@ def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, left
     :func:`take_counts`), then LU-KV's blocked-head move where it settles the row (the move
     spends every token left and the head's utility does not fall on the way, exactly the
     shortcut of ``_Greedy._repair``). Returns a bool array: rows still to be repaired."""
-    n, H = counts.shape
+    n = counts.shape[0]
     open_rows = np.zeros(n, np.bool_)
     for i in range(n):
         lp[i] = take_counts(utility, verts, counts[i], lams[i], lefts[i], idx[i])

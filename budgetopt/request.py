@@ -379,7 +379,7 @@ class RequestAllocator:
         shrink = self.shrinkage if shrinkage is None else shrinkage
         length = scores.shape[-1]
         counts = _token_counts(self.fractions, length - self.sink - self.window)
-        L, H, G = self.mean_shape[layers].shape
+        G = self.mean_shape[layers].shape[-1]
         shape = self.mean_shape[layers].reshape(-1, G)
         proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
         if shrink < 1.0:
@@ -608,15 +608,14 @@ class RequestAllocator:
 
         Returns
         -------
-        numpy.ndarray of int64 ``(L,)``, adding up to ``total_budget``.
+        ndarray of int64, shape ``(L,)``
+            The layers' totals; they add up to ``total_budget``.
 
         Examples
         --------
         >>> import numpy as np, budgetopt
-        >>> rng = np.random.default_rng(0)
-        >>> s = [rng.random((3, 2, 40)) for _ in range(2)]
-        >>> ra = budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0)
-        >>> int(ra.layer_totals(40, 90).sum())
+        >>> s = [np.random.default_rng(seed).random((3, 2, 40)) for seed in (0, 1)]
+        >>> int(budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0).layer_totals(40, 90).sum())
         90
         """
         length = check_count(length, "length")

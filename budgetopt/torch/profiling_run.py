@@ -17,7 +17,6 @@ import json
 import numbers
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from .._checks import check_int
 from ..calibration import Calibration, read_calibration
-from ..errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
+from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
     FORMAT,
     ProfileRun,
