@@ -56,9 +56,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import budgetopt  # noqa: E402
-from budgetopt import _kernels  # noqa: E402
+from budgetopt import _kernels, _kernels_bracket, _kernels_greedy  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
-from budgetopt import greedy as greedy_module  # noqa: E402
+from budgetopt import bracket as bracket_module  # noqa: E402
 from budgetopt.hull import upper_hulls  # noqa: E402
 from budgetopt.problem import build_problem  # noqa: E402
 from reference_lukv import lukv_reference_prune_ratios  # noqa: E402
@@ -264,24 +264,24 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
     seg_costs = (xs[seg + 1] - xs[seg]).astype(np.int64)
     # Inputs of the bracket's kernels, as allocate computes them.
     args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi)
-    head_step = max(1, problem.n_heads // greedy_module._SAMPLE_HEADS)
-    sigma = _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, head_step, spare)
-    chunk_max = np.empty((problem.n_heads, -(-int((problem.hi - problem.lo).max()) // _kernels._CHUNK)))
-    _kernels.tilted_chunk_max(*args, sigma, chunk_max)
+    head_step = max(1, problem.n_heads // bracket_module._SAMPLE_HEADS)
+    sigma = _kernels_bracket.sample_threshold(*args, bracket_module._OCTAVE_SHIFT, head_step, spare)
+    chunk_max = np.empty((problem.n_heads, -(-int((problem.hi - problem.lo).max()) // _kernels_bracket._CHUNK)))
+    _kernels_bracket.tilted_chunk_max(*args, sigma, chunk_max)
     arg = np.empty(problem.n_heads, np.int64)
     robust = np.empty(problem.n_heads, np.bool_)
     idx = np.empty(problem.n_heads, np.int64)
     calls = []
-    real_argmax = _kernels.tilted_argmax
-    _kernels.tilted_argmax = lambda *a: calls.append(a[7]) or real_argmax(*a)
+    real_argmax = _kernels_bracket.tilted_argmax
+    _kernels_bracket.tilted_argmax = lambda *a: calls.append(a[7]) or real_argmax(*a)
     try:
-        bracket = greedy_module._bracketed(problem, spare, idx)
+        bracket = bracket_module.bracketed_lp(problem, spare, idx)
     finally:
-        _kernels.tilted_argmax = real_argmax
+        _kernels_bracket.tilted_argmax = real_argmax
 
     def full_hull_lp():  # the previous path: every head's full hull, then the greedy
         h = upper_hulls(problem)
-        return _kernels.greedy_solve(*args[:3], h.offsets, h.verts, h.slopes, spare, np.empty_like(idx))
+        return _kernels_greedy.greedy_solve(*args[:3], h.offsets, h.verts, h.slopes, spare, np.empty_like(idx))
 
     # Each entry: (function, calls per round). A round times each step as the median of
     # that many back-to-back calls, so every step, numpy's included, is measured warm: the
@@ -292,10 +292,10 @@ def bench_size(label, head_shape, length, seed, rounds, anchor_runs, run_referen
         "diff": (lambda: np.diff(utility, axis=-1), 5),
         "allocate": (lambda: budgetopt.allocate(curves, total), 7),
         "build_problem": (lambda: build_problem(curves), 3),
-        "bracketed_lp": (lambda: greedy_module._bracketed(problem, spare, idx), 3),
-        "sample_threshold": (lambda: _kernels.sample_threshold(*args, greedy_module._OCTAVE_SHIFT, head_step, spare), 3),
-        "tilted_chunk_max": (lambda: _kernels.tilted_chunk_max(*args, sigma, chunk_max), 3),
-        "tilted_argmax": (lambda: _kernels.tilted_argmax(*args, sigma, chunk_max, sigma * 1.01, arg, robust), 3),
+        "bracketed_lp": (lambda: bracket_module.bracketed_lp(problem, spare, idx), 3),
+        "sample_threshold": (lambda: _kernels_bracket.sample_threshold(*args, bracket_module._OCTAVE_SHIFT, head_step, spare), 3),
+        "tilted_chunk_max": (lambda: _kernels_bracket.tilted_chunk_max(*args, sigma, chunk_max), 3),
+        "tilted_argmax": (lambda: _kernels_bracket.tilted_argmax(*args, sigma, chunk_max, sigma * 1.01, arg, robust), 3),
         "full_hull_lp": (full_hull_lp, 3),
         "upper_hulls": (lambda: upper_hulls(problem), 3),
         # The threshold search over every full-hull segment (weighted radix selection).

@@ -20,7 +20,7 @@ from .errors import (
     ProblemTooLargeError,
     SolverError,
 )
-from .hull import hull_gap
+from .curves import hull_gap
 from .lukv import load_lukv_table, lukv_table, save_lukv_table
 from .profile import curves_from_scores
 from .request import RequestAllocator

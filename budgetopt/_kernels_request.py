@@ -11,8 +11,8 @@ Two stages, in pipeline order:
   solves the LP relaxation of the piecewise-linear curves exactly; at most one head stops
   inside a segment, so the budgets are whole tokens that add up to the total.
 
-Compiled functions are cached on disk where numba can write a cache (the same rule as
-:mod:`budgetopt._kernels`), else compiled in memory.
+Compiled with :mod:`budgetopt._kernels`'s settings: cached on disk where numba finds a writable
+cache location, compiled in memory otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._kernels import _JIT  # disk cache where numba finds a writable location, else in memory
+from ._kernels import _JIT
 
 #: Histogram bins: the 11 high bits (sign excluded) of a non-negative float32.
 N_BINS = 2048

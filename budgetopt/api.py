@@ -76,24 +76,14 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
 
     Notes
     -----
-    ``"greedy"``: each head's curve is replaced by its upper concave hull (pruning rounds
-    then a monotone chain, O(K) per head, compiled); hull segments are taken in order of
-    marginal utility per token, largest first, ties by head order, while they fit. That
-    order is not sorted: the slope at which the budget runs out (``threshold``) is found by
-    a weighted radix selection over the hull segments. On large problems the hulls are
-    built only where that slope can fall: an estimate from a sample of each curve, one
-    pass over the utilities, and the points that maximise ``utility - lam * tokens`` for a
-    ``lam`` just above and one just below the threshold fix every head's hull outside that
-    range; the answer is bit for bit the one full hulls give. O(heads * K) in all. The
-    result so far solves the LP relaxation exactly; its value is ``upper_bound``. Then, as
-    in LU-KV, the head whose segment no longer fits moves to its best grid point within the
-    tokens left; when that spends them all without the head's utility falling on the way
-    (always so on per-token grids with increasing curves) the answer is complete. Otherwise the
-    leftover goes to the best positive-gain moves (by gain per token and by gain, with and
-    without that first move; the best total wins), and tokens that buy nothing anywhere are
-    spent last only where they lose nothing. LU-KV's move can make the utility fall when the
-    budget grows; ``gap`` bounds the loss. Deterministic: the same input gives the same
-    output.
+    ``"greedy"`` replaces each head's curve by its upper concave hull and takes hull segments
+    by marginal utility per token, largest first (ties by head order), while they fit: that
+    solves the LP relaxation exactly, and its value is ``upper_bound``. As in LU-KV, the head
+    whose segment no longer fits then takes its best grid point within the tokens left, and
+    any tokens still left go to the best remaining moves. O(heads * K), deterministic. That
+    rule can give a larger budget a lower utility on coarse grids or falling curves; ``gap``
+    bounds the loss in every result. How each step works and what it costs is in
+    ``docs/performance.md``.
 
     The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
     bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see

@@ -25,7 +25,7 @@ from ._io import c_stdout_to_stderr
 from .api import METHODS, allocate
 from .curves import MAX_TOKENS, load_curves
 from .errors import BudgetoptError, CurvesFileError, InvalidInputError
-from .hull import hull_gap
+from .curves import hull_gap
 from .rounding import tokens_from_fraction
 
 __all__ = ["main", "build_parser"]

@@ -8,9 +8,11 @@ import math
 import numpy as np
 
 from ._io import as_path, check_input_file, read_npz, write_atomic  # noqa: F401 (re-exported)
+from ._checks import real_array, refuse_masked, too_large_ints  # noqa: F401 (re-exported)
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from .hull import row_gaps
 
-__all__ = ["Curves", "as_curves", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
+__all__ = ["Curves", "as_curves", "hull_gap", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
 
 #: Token counts and totals are int64 inside; every grid point, floor, cap and total stays
 #: below this (2**62), so sums over heads cannot overflow.
@@ -26,37 +28,8 @@ def _where(shape, flat_index):
     return f"head {head if len(head) != 1 else head[0]}, point {int(idx[-1])}"
 
 
-def refuse_masked(value, name):
-    """:class:`InvalidTypeError` for a NumPy masked array: a mask would be silently dropped."""
-    if isinstance(value, np.ma.MaskedArray):
-        raise InvalidTypeError(
-            f"`{name}` is a masked array; budgetopt does not read masks (fill the masked entries "
-            "with `.filled(value)` or drop them first)"
-        )
-
-
 def _as_real_array(value, name):
-    refuse_masked(value, name)
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
-    if arr.dtype.kind == "O" and too_large_ints(arr):
-        raise InvalidInputError(f"`{name}` holds integers too large for int64 (values must be below 2**62)")
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(
-            f"`{name}` must hold real numbers (integer or float dtype); got dtype {arr.dtype}"
-        )
-    return arr
-
-
-def too_large_ints(arr):
-    """Whether the object array ``arr`` holds Python ints only, some beyond int64 (so NumPy
-    could not give it an integer dtype): a number too large, not a wrong type."""
-    values = list(arr.flat)
-    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values) and any(
-        abs(v) >= 2**63 for v in values
-    )
+    return real_array(value, f"`{name}`")
 
 
 def check_meta(meta, name="meta"):
@@ -284,11 +257,9 @@ class Curves:
 
         Notes
         -----
-        O(heads * K): computes the hulls (see :func:`budgetopt.hull.hull_gap`).
+        O(heads * K): computes the hulls (see :func:`hull_gap`).
         """
-        from .hull import hull_gap  # hull imports this module
-
-        return bool(np.all(hull_gap(self) <= tol))
+        return bool(np.all(row_gaps(self.utility2d, self.grid2d) <= tol))
 
     def __repr__(self):
         kind = "shared" if self.shared_grid else "per-head"
@@ -309,6 +280,33 @@ class Curves:
 def as_curves(curves):
     """``curves`` itself if it is a :class:`Curves`, else ``Curves(curves)`` (grid ``arange(K)``)."""
     return curves if isinstance(curves, Curves) else Curves(curves)
+
+
+def hull_gap(curves):
+    """Per head, the largest distance by which a point lies below the upper concave hull.
+
+    Zero for a concave head. The largest entry tells how much the LP relaxation (which
+    replaces each curve by its hull) can overstate a single head.
+
+    Parameters
+    ----------
+    curves : Curves or array_like
+
+    Returns
+    -------
+    ndarray of float64, shape ``head_shape``
+
+    Notes
+    -----
+    O(heads * K).
+
+    Examples
+    --------
+    >>> hull_gap([[0.0, 0.2, 1.0], [0.0, 0.6, 1.0]])
+    array([0.3, 0. ])
+    """
+    curves = as_curves(curves)
+    return row_gaps(curves.utility2d, curves.grid2d).reshape(curves.head_shape)
 
 
 # -- files ---------------------------------------------------------------------------------

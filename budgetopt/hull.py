@@ -1,4 +1,10 @@
-"""Upper concave hulls of utility curves."""
+"""Upper concave hulls of utility curves, over canonical arrays.
+
+This module sits below the data model: it imports only the kernels, so that
+:mod:`budgetopt.curves` (``Curves.is_concave``, :func:`budgetopt.hull_gap`) and the solvers
+can all use it. Its functions take the canonical arrays of :mod:`budgetopt._kernels`, or a
+:class:`budgetopt.problem.Problem` that holds them.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels
-from .curves import as_curves
-from .problem import build_problem
 
-__all__ = ["Hulls", "upper_hulls", "hull_gap"]
+__all__ = ["Hulls", "upper_hulls", "row_gaps"]
 
 
 @dataclass(frozen=True)
@@ -62,33 +66,32 @@ def upper_hulls(problem, *, drop_descending=True):
     return Hulls(offsets, verts, slopes)
 
 
-def hull_gap(curves):
-    """Per head, the largest distance by which a point lies below the upper concave hull.
-
-    Zero for a concave head. The largest entry tells how much the LP relaxation (which
-    replaces each curve by its hull) can overstate a single head.
+def row_gaps(utility, grid):
+    """Per row, the largest distance by which a point lies below the row's upper concave hull.
 
     Parameters
     ----------
-    curves : Curves or array_like
+    utility : ndarray float64 (H, K)
+    grid : ndarray int64 (G, K)
+        ``G == 1`` (one grid for every row) or ``G == H``; each row strictly increasing.
 
     Returns
     -------
-    ndarray of float64, shape ``head_shape``
-
-    Notes
-    -----
-    O(heads * K).
+    ndarray float64 (H,)
+        Zero for a concave row. O(H * K).
 
     Examples
     --------
-    >>> hull_gap([[0.0, 0.2, 1.0], [0.0, 0.6, 1.0]])
+    >>> import numpy as np
+    >>> row_gaps(np.array([[0.0, 0.2, 1.0], [0.0, 0.6, 1.0]]), np.arange(3)[None])
     array([0.3, 0. ])
     """
-    problem = build_problem(as_curves(curves))
-    hulls = upper_hulls(problem, drop_descending=False)
-    out = np.empty(problem.n_heads, np.float64)
-    _kernels.hull_gaps(
-        problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, hulls.offsets, hulls.verts, out
-    )
-    return out.reshape(problem.curves.head_shape)
+    H, K = utility.shape
+    per_head = 1 if grid.shape[0] > 1 else 0
+    lo = np.zeros(H, np.int64)
+    hi = np.full(H, K, np.int64)
+    unit = np.broadcast_to(np.all(np.diff(grid, axis=1) == 1, axis=1), (H,))
+    offsets, verts, _ = _kernels.upper_hulls(utility, grid, per_head, lo, hi, unit, False)
+    out = np.empty(H, np.float64)
+    _kernels.hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out)
+    return out

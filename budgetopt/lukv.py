@@ -11,7 +11,6 @@ counts for a given length is :func:`budgetopt.keep_counts_from_prune_ratios`.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import threading
@@ -21,7 +20,8 @@ import numpy as np
 
 from .api import sweep
 from ._io import check_input_file, read_npy, write_atomic
-from .curves import Curves, refuse_masked
+from ._checks import check_finite, check_fraction, real_array
+from .curves import Curves
 from .rounding import tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .profile import as_pairs, check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
@@ -41,12 +41,7 @@ def compression_ratios():
 
 
 def _check_fraction(value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InvalidTypeError(f"`min_keep_fraction` must be a number in [0, 1); got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise InvalidInputError(f"`min_keep_fraction` must be a number in [0, 1); got {value!r}")
-    return value
+    return check_fraction(value, "min_keep_fraction", upper_open=True)
 
 
 def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
@@ -283,20 +278,13 @@ def _map_in_order(fn, n, workers):
 
 def _check_table(table, name):
     """The table as float64 (99, L, H) in [0, 1], or an InvalidInputError naming ``name``."""
-    refuse_masked(table, name)
-    try:
-        arr = np.asarray(table)
-    except Exception as exc:
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from None
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
+    arr = real_array(table, f"`{name}`")
     if arr.ndim != 3 or arr.shape[0] != LUKV_ROWS or 0 in arr.shape:
         raise InvalidInputError(
             f"`{name}` must have shape (99, layers, kv_heads) (rows: compression 1%..99%); got {arr.shape}"
         )
     arr = np.asarray(arr, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInputError(f"`{name}` must be finite; found NaN or inf")
+    check_finite(arr, f"`{name}`", by_token=False)
     if np.any(arr < 0.0) or np.any(arr > 1.0):
         raise InvalidInputError(
             f"`{name}` must hold prune ratios in [0, 1]; found values in [{arr.min()!r}, {arr.max()!r}]"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import real_array
 from .api import allocate
 from .curves import as_curves, write_atomic
 from .errors import InvalidInputError, InvalidTypeError, MissingDependencyError
@@ -153,12 +154,7 @@ def allocation_heatmap(budgets, *, title=None, label="tokens kept"):
     >>> fig.axes[0].images[0].get_array().tolist()
     [[3, 1], [0, 4]]
     """
-    try:
-        arr = np.asarray(budgets)
-    except Exception as exc:
-        raise InvalidTypeError(f"`budgets` must be a numeric array; could not convert it ({exc})") from exc
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"`budgets` must hold real numbers; got dtype {arr.dtype}")
+    arr = real_array(budgets, "`budgets`")
     if arr.size == 0 or arr.ndim == 0:
         raise InvalidInputError(f"`budgets` must hold at least one head; got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):

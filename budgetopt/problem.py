@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .curves import MAX_TOKENS, Curves, as_curves, refuse_masked, too_large_ints
+from ._checks import refuse_masked, too_large_ints
+from .curves import MAX_TOKENS, Curves, as_curves
 from .errors import InfeasibleError, InvalidInputError, InvalidTypeError
 
 __all__ = ["Problem", "build_problem", "check_total", "check_time_limit", "MAX_TOKENS"]

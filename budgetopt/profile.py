@@ -10,13 +10,13 @@ its utility is the oracle mass of those tokens.
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import numpy as np
 
-from . import _kernels
-from .curves import Curves, refuse_masked
+from . import _kernels_profile
+from ._checks import check_finite, check_int, real_array
+from .curves import Curves
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["curves_from_scores", "curves_from_pairs", "CURVE_AGGREGATES"]
@@ -26,26 +26,13 @@ CURVE_AGGREGATES = ("mean_curve", "median_curve")
 
 
 def check_count(value, name):
-    """A non-negative Python/numpy integer (bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise InvalidTypeError(f"`{name}` must be a non-negative integer; got {value!r}")
-    value = int(value)
-    if value < 0:
-        raise InvalidInputError(f"`{name}` must be a non-negative integer; got {value}")
-    return value
+    """A non-negative Python/NumPy integer (bools refused), as a Python int."""
+    return check_int(value, name)
 
 
-def _real_array(value, ref):
-    """``value`` as a real array with at least one head axis, or an error that names it as
-    ``ref`` (an argument name in backticks, or a file the user gave)."""
-    if isinstance(value, np.ma.MaskedArray):
-        refuse_masked(value, ref.strip("`"))
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged nested lists
-        raise InvalidTypeError(f"{ref} must be a numeric array; could not convert it ({exc})") from None
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"{ref} must hold real numbers (integer or float dtype); got dtype {arr.dtype}")
+def _head_array(value, ref):
+    """``value`` as a real array with at least one head axis, or an error naming ``ref``."""
+    arr = real_array(value, ref)
     if arr.ndim < 2:
         raise InvalidInputError(
             f"{ref} must have shape (*head_shape, T) with at least one head axis; got shape "
@@ -54,15 +41,6 @@ def _real_array(value, ref):
     if 0 in arr.shape[:-1]:
         raise InvalidInputError(f"{ref} must hold at least one head; got shape {arr.shape}")
     return arr
-
-
-def _check_finite(arr, ref):
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        idx = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), arr.shape)
-        head = tuple(int(i) for i in idx[:-1])
-        kind = "NaN" if np.isnan(arr[idx]) else "inf"
-        raise InvalidInputError(f"{ref} must be finite; found {kind} at head {head}, token {int(idx[-1])}")
 
 
 def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", scores_name="scores",
@@ -79,8 +57,8 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     s_ref = f"`{scores_name}`" if quoted else scores_name
     sink = check_count(sink, "sink")
     window = check_count(window, "window")
-    oracle = _real_array(oracle, o_ref)
-    scores = _real_array(scores, s_ref)
+    oracle = _head_array(oracle, o_ref)
+    scores = _head_array(scores, s_ref)
     if oracle.shape != scores.shape:
         raise InvalidInputError(
             f"{s_ref} must have the same shape as {o_ref}; got {scores.shape} and {oracle.shape}"
@@ -92,9 +70,8 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
             f"(sink={sink}, window={window}); got T = {length}"
         )
     oracle = np.asarray(oracle, dtype=np.float64)
-    _check_finite(oracle, o_ref)
-    if scores.dtype.kind == "f":
-        _check_finite(scores, s_ref)
+    check_finite(oracle, o_ref)
+    check_finite(scores, s_ref)
     return oracle, scores, sink, window
 
 
@@ -130,7 +107,7 @@ def _sorted_positions(packed, shape):
     stable) and return the positions, shaped ``shape``."""
     packed.sort(axis=-1)
     order = np.empty(packed.shape, np.int64)
-    _kernels.unpack_positions(packed, order)
+    _kernels_profile.unpack_positions(packed, order)
     return order.reshape(shape)
 
 
@@ -149,7 +126,7 @@ def rank_middle(scores, sink, window):
     rows = _as_float32(middle)
     if rows is not None:
         packed = np.empty(rows.shape, np.uint64)
-        _kernels.pack_descending_f32(rows, packed)
+        _kernels_profile.pack_descending_f32(rows, packed)
         return _sorted_positions(packed, middle.shape)
     keys32 = _int_keys(middle)
     if keys32 is not None:
@@ -178,7 +155,7 @@ def utility_from_order(oracle, order, sink, window):
     protected = oracle[..., :sink].sum(axis=-1) + oracle[..., length - window:].sum(axis=-1)
     utility = np.empty(oracle.shape[:-1] + (middle.shape[-1] + 1,), dtype=np.float64)
     M = middle.shape[-1]
-    _kernels.ranked_cumsum(
+    _kernels_profile.ranked_cumsum(
         np.ascontiguousarray(middle, dtype=np.float64).reshape(-1, M),
         np.ascontiguousarray(order).reshape(-1, M),
         np.ascontiguousarray(protected, dtype=np.float64).reshape(-1),

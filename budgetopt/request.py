@@ -29,7 +29,6 @@ piecewise-linear curves by the upper-hull greedy, in whole tokens that add up to
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 import time
@@ -37,6 +36,7 @@ import time
 import numpy as np
 
 from . import _kernels_request as _k
+from ._checks import check_fraction, real_array
 from .curves import check_input_file, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
@@ -68,13 +68,7 @@ _RIDGE = 1e-6
 
 # -- checks --------------------------------------------------------------------------------
 def _check_fraction(value, name, *, upper_open=True):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InvalidTypeError(f"`{name}` must be a number in [0, 1{')' if upper_open else ']'}; got {value!r}")
-    value = float(value)
-    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not math.isfinite(value) or not ok:
-        raise InvalidInputError(f"`{name}` must be a number in [0, 1{')' if upper_open else ']'}; got {value!r}")
-    return value
+    return check_fraction(value, name, upper_open=upper_open)
 
 
 def _as_list(values, n, name):
@@ -89,12 +83,7 @@ def _as_list(values, n, name):
 def _check_norms(norms, like_shape, name, values=True):
     """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
     :func:`proxy_curves` checks them in its pass)."""
-    try:
-        arr = np.asarray(norms)
-    except Exception as exc:
-        raise InvalidTypeError(f"`{name}` must be a numeric array; could not convert it ({exc})") from exc
-    if arr.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
+    arr = real_array(norms, f"`{name}`")
     if arr.shape != like_shape:
         raise InvalidInputError(f"`{name}` must have the shape of the scores, {like_shape}; got {arr.shape}")
     if values and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
@@ -366,12 +355,7 @@ class RequestAllocator:
     # -- prediction ------------------------------------------------------------------------
     def _check_request(self, scores, value_norms):
         """Validated scores ``(L, H, T)`` and norms (or None) of one request."""
-        try:
-            arr = np.asarray(scores)
-        except Exception as exc:
-            raise InvalidTypeError(f"`scores` must be a numeric array; could not convert it ({exc})") from exc
-        if arr.dtype.kind not in "iuf":
-            raise InvalidTypeError(f"`scores` must hold real numbers; got dtype {arr.dtype}")
+        arr = real_array(scores, "`scores`")
         if arr.ndim != 3 or arr.shape[:2] != (self.layers, self.kv_heads):
             raise InvalidInputError(
                 f"`scores` must have shape ({self.layers}, {self.kv_heads}, T) (layers, KV heads, tokens) as the "
@@ -395,7 +379,7 @@ class RequestAllocator:
         shrink = self.shrinkage if shrinkage is None else shrinkage
         length = scores.shape[-1]
         counts = _token_counts(self.fractions, length - self.sink - self.window)
-        L, H, G = self.mean_shape[layers].shape
+        G = self.mean_shape[layers].shape[-1]
         shape = self.mean_shape[layers].reshape(-1, G)
         proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
         if shrink < 1.0:
@@ -561,10 +545,7 @@ class RequestAllocator:
         if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.layers:
             raise InvalidInputError(f"`layer` must be an integer in [0, {self.layers}); got {layer!r}")
         layer = int(layer)
-        try:
-            arr = np.asarray(scores)
-        except Exception as exc:
-            raise InvalidTypeError(f"`scores` must be a numeric array; could not convert it ({exc})") from exc
+        arr = real_array(scores, "`scores`")
         if arr.ndim != 2:
             raise InvalidInputError(
                 f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got "
@@ -583,9 +564,7 @@ class RequestAllocator:
         return _split(u, grid, total)[0]
 
     def _check_request_layer(self, arr, norms):
-        """One layer's scores ``(H, T)`` (and norms ``(1, H, T)``) checked as a request."""
-        if arr.dtype.kind not in "iuf":
-            raise InvalidTypeError(f"`scores` must hold real numbers; got dtype {arr.dtype}")
+        """One layer's scores ``(H, T)`` (a real array; norms ``(1, H, T)``) checked as a request."""
         if arr.shape[0] != self.kv_heads:
             raise InvalidInputError(f"`scores` must have shape ({self.kv_heads}, T) (one layer's KV heads); got {arr.shape}")
         if arr.shape[-1] <= self.sink + self.window:
@@ -629,15 +608,14 @@ class RequestAllocator:
 
         Returns
         -------
-        numpy.ndarray of int64 ``(L,)``, adding up to ``total_budget``.
+        ndarray of int64, shape ``(L,)``
+            The layers' totals; they add up to ``total_budget``.
 
         Examples
         --------
         >>> import numpy as np, budgetopt
-        >>> rng = np.random.default_rng(0)
-        >>> s = [rng.random((3, 2, 40)) for _ in range(2)]
-        >>> ra = budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0)
-        >>> int(ra.layer_totals(40, 90).sum())
+        >>> s = [np.random.default_rng(seed).random((3, 2, 40)) for seed in (0, 1)]
+        >>> int(budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0).layer_totals(40, 90).sum())
         90
         """
         length = check_count(length, "length")

@@ -20,7 +20,8 @@ import numbers
 
 import numpy as np
 
-from .curves import MAX_TOKENS, refuse_masked
+from ._checks import check_fraction, real_array
+from .curves import MAX_TOKENS
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "RULES"]
@@ -55,22 +56,13 @@ def tokens_from_fraction(fraction, capacity):
     >>> tokens_from_fraction(0.3, 10)
     3
     """
-    fraction = _real(fraction, "fraction")
-    if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
-        raise InvalidInputError(f"`fraction` must be a number in [0, 1]; got {fraction!r}")
+    fraction = check_fraction(fraction, "fraction")
     capacity = _whole(capacity, "capacity", 0)
     exact = fraction * capacity
     nearest = round(exact)
     if abs(exact - nearest) <= _REL_EPS * max(1.0, abs(exact)):
         return int(min(nearest, capacity))
     return int(min(math.floor(exact), capacity))
-
-
-def _real(value, name):
-    """``value`` as a float: a real number, not a string, bool or array."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InvalidTypeError(f"`{name}` must be a real number; got {type(value).__name__}")
-    return float(value)
 
 
 def _whole(value, name, minimum):
@@ -177,14 +169,7 @@ def _keep_counts(prune_ratios, length, rule, lanes=None):
     torch CPU sum that ``rule="kvpress"`` reproduces (None: 8, AVX2)."""
     if rule not in RULES:
         raise InvalidInputError(f"`rule` must be one of {', '.join(map(repr, RULES))}; got {rule!r}")
-    refuse_masked(prune_ratios, "prune_ratios")
-    try:
-        raw = np.asarray(prune_ratios)
-    except (ValueError, TypeError) as exc:
-        raise InvalidTypeError(f"`prune_ratios` must be a numeric array; could not convert it ({exc})") from None
-    if raw.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"`prune_ratios` must hold real numbers; got dtype {raw.dtype}")
-    ratios = raw.astype(np.float64)
+    ratios = real_array(prune_ratios, "`prune_ratios`").astype(np.float64)
     if ratios.ndim == 0:
         raise InvalidInputError("`prune_ratios` must have at least one axis (the heads)")
     if ratios.shape[-1] == 0:

@@ -519,7 +519,7 @@ def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
             f"({lengths[0]}..{lengths[-1]}); build an LU-KV table instead (prune ratios average across lengths)"
         )
     utilities, grid = [], None
-    for i, (oracle, scores) in enumerate(zip(run.oracles, run.scores)):
+    for oracle, scores in zip(run.oracles, run.scores):
         curves = curves_from_scores(oracle, scores, sink=sink, window=window)
         utilities.append(curves.utility)
         grid = curves.grid

@@ -1,6 +1,6 @@
 """The greedy's bracketed LP (hulls built only near the threshold) against full hulls.
 
-``greedy._bracketed`` must give, bit for bit, what ``_kernels.greedy_solve`` gives over
+``bracket.bracketed_lp`` must give, bit for bit, what ``_kernels_greedy.greedy_solve`` gives over
 every head's full hull, or decline (``None``). It is called directly here so that small
 problems exercise it too; ``allocate`` uses it only on large problems.
 """
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import budgetopt
-from budgetopt import _kernels
-from budgetopt import greedy as greedy_module
+from budgetopt import _kernels_bracket, _kernels_greedy
+from budgetopt import bracket as bracket_module
 from budgetopt.hull import upper_hulls
 from budgetopt.problem import build_problem
 
@@ -25,7 +25,7 @@ def full_lp(problem, spare):
     """Reference: the LP part over every head's full hull."""
     hulls = upper_hulls(problem)
     idx = np.empty(problem.n_heads, np.int64)
-    out = _kernels.greedy_solve(
+    out = _kernels_greedy.greedy_solve(
         problem.utility, problem.grid, problem.per_head, hulls.offsets, hulls.verts, hulls.slopes, spare, idx
     )
     return idx, out
@@ -33,7 +33,7 @@ def full_lp(problem, spare):
 
 def bracketed_lp(problem, spare):
     idx = np.empty(problem.n_heads, np.int64)
-    found = greedy_module._bracketed(problem, spare, idx)
+    found = bracket_module.bracketed_lp(problem, spare, idx)
     return None if found is None else (idx, found)
 
 
@@ -42,7 +42,7 @@ def assert_same(problem, spare):
     got = bracketed_lp(problem, spare)
     if got is None:
         return False
-    idx, (lp, lam, blocked, left, segments, points) = got
+    idx, ((lp, lam, blocked, left), segments, points) = got
     ref_idx, (ref_lp, ref_lam, ref_blocked, ref_left) = full_lp(problem, spare)
     np.testing.assert_array_equal(idx, ref_idx)
     assert (lp, lam, blocked, left) == (ref_lp, ref_lam, ref_blocked, ref_left)
@@ -152,7 +152,7 @@ def test_property_equals_full_hulls(seed, heads, length, kept, quantum):
 
 def test_allocate_uses_the_bracket_on_large_problems_and_matches_sweep():
     curves = attention_like(3, 64, 1024)  # 64 x 1,025 points: above the size threshold
-    assert curves.utility.size >= greedy_module._BRACKET_MIN_POINTS
+    assert curves.utility.size >= bracket_module._BRACKET_MIN_POINTS
     totals = [budgetopt.tokens_from_fraction(f, curves.capacity) for f in (0.03, 0.2, 0.7)]
     swept = budgetopt.sweep(curves, totals)  # full hulls, one ordering for every total
     for i, total in enumerate(totals):
@@ -180,12 +180,12 @@ def test_tilted_argmax_matches_a_direct_loop(seed, per_head):
     grid = np.cumsum(rng.integers(1, 3, (heads if per_head else 1, points)), axis=1)
     problem = build_problem(budgetopt.Curves(utility, grid if per_head else grid[0]))
     sigma = 0.5
-    chunk_max = np.empty((heads, (points + _kernels._CHUNK - 1) // _kernels._CHUNK))
-    _kernels.tilted_chunk_max(problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, sigma, chunk_max)
+    chunk_max = np.empty((heads, (points + _kernels_bracket._CHUNK - 1) // _kernels_bracket._CHUNK))
+    _kernels_bracket.tilted_chunk_max(problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, sigma, chunk_max)
     for lam in (0.25, 0.5, 0.6, 2.0):
         arg = np.empty(heads, np.int64)
         robust = np.empty(heads, np.bool_)
-        used = _kernels.tilted_argmax(
+        used = _kernels_bracket.tilted_argmax(
             problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, sigma, chunk_max, lam, arg, robust
         )
         expected_used = 0
@@ -207,10 +207,10 @@ def test_tilted_chunk_max_bounds_every_chunk():
     rng = np.random.default_rng(11)
     utility = np.cumsum(rng.normal(size=(4, 200)), axis=1)
     problem = build_problem(budgetopt.Curves(utility), [0, 3, 10, 40], [199, 150, 180, 77])
-    chunk = _kernels._CHUNK
+    chunk = _kernels_bracket._CHUNK
     out = np.full((4, 7), np.nan)
     sigma = 0.3
-    _kernels.tilted_chunk_max(problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, sigma, out)
+    _kernels_bracket.tilted_chunk_max(problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, sigma, out)
     for h in range(4):
         lo, hi = problem.lo[h], problem.hi[h]
         values = utility[h, lo:hi] - sigma * np.arange(lo, hi)
@@ -223,19 +223,19 @@ def test_sample_threshold_estimates_the_threshold(head_step):
     """An estimate, from every head or every third head (with its share of the budget)."""
     curves = attention_like(5, 96, 2000)
     problem = build_problem(curves)
-    args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, greedy_module._OCTAVE_SHIFT)
+    args = (problem.utility, problem.grid, problem.per_head, problem.lo, problem.hi, bracket_module._OCTAVE_SHIFT)
     for kept in (0.05, 0.2, 0.5):
         total = budgetopt.tokens_from_fraction(kept, curves.capacity)
         exact = budgetopt.allocate(curves, total).threshold
-        estimate = _kernels.sample_threshold(*args, head_step, total - problem.floor_total)
+        estimate = _kernels_bracket.sample_threshold(*args, head_step, total - problem.floor_total)
         assert 0.8 * exact < estimate < 1.25 * exact
-    assert _kernels.sample_threshold(*args, head_step, problem.ceiling_total) == 0.0
+    assert _kernels_bracket.sample_threshold(*args, head_step, problem.ceiling_total) == 0.0
 
 
 def test_heads_marked_not_robust_change_nothing(monkeypatch):
     """Marking a maximiser not robust only widens that head's hull range (to its floor or
     cap); the answer must stay the same."""
-    real = _kernels.tilted_argmax
+    real = _kernels_bracket.tilted_argmax
     rng = np.random.default_rng(3)
 
     def flaky(*args):
@@ -246,7 +246,7 @@ def test_heads_marked_not_robust_change_nothing(monkeypatch):
 
     curves = attention_like(1, 30, 500)
     problem = build_problem(curves, 5, 420)
-    monkeypatch.setattr(greedy_module._kernels, "tilted_argmax", flaky)
+    monkeypatch.setattr(bracket_module._kernels_bracket, "tilted_argmax", flaky)
     for kept in (0.03, 0.2, 0.6):
         total = budgetopt.tokens_from_fraction(kept, curves.capacity)
         assert assert_same(problem, min(total, problem.ceiling_total) - problem.floor_total)

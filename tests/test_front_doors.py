@@ -555,11 +555,12 @@ def test_read_only_installation_compiles_in_memory(tmp_path):
             pass
         import numpy as np
         import budgetopt
-        from budgetopt import _kernels, _kernels_exact, _kernels_request
+        from budgetopt import _kernels, _kernels_bracket, _kernels_greedy, _kernels_profile, _kernels_request
+        from budgetopt import _kernels_exact
         assert _kernels._JIT["cache"] is False
-        kernels = [v for module in (_kernels, _kernels_exact, _kernels_request)
-                   for v in vars(module).values() if isinstance(v, numba.core.registry.CPUDispatcher)]
-        assert len(kernels) > 15
+        modules = (_kernels, _kernels_bracket, _kernels_greedy, _kernels_profile, _kernels_request, _kernels_exact)
+        kernels = [v for m in modules for v in vars(m).values() if isinstance(v, numba.core.registry.CPUDispatcher)]
+        assert len(kernels) > 25
         assert all(isinstance(k._cache, caching.NullCache) for k in kernels)
         print(_kernels._slope(np.array([0.0, 3.0]), np.array([0, 2]), 0, 1))
     """)

@@ -2,16 +2,15 @@
 
 Every public function in :mod:`budgetopt.torch` converts and checks its arguments here, once,
 and hands only canonical tensors to the kernels. Each message names the argument and states
-the whole rule.
+the whole rule; the rules that are not about tensors are the core's (:mod:`budgetopt._checks`).
 """
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
+from .._checks import check_int, refuse_masked
 from ..errors import InvalidInputError, InvalidTypeError
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -19,12 +18,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def check_count(value, name):
     """A non-negative Python int from an integral ``value`` (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidTypeError(f"`{name}` must be an int; got {type(value).__name__}")
-    value = int(value)
-    if value < 0:
-        raise InvalidInputError(f"`{name}` must be >= 0; got {value}")
-    return value
+    return check_int(value, name)
 
 
 def check_float_tensor(value, name, ndim, layout):
@@ -56,11 +50,7 @@ def budgets_on_host(budgets, batch, heads):
         shape = tuple(budgets.shape)
         arr = None
     else:
-        if isinstance(budgets, np.ma.MaskedArray):
-            raise InvalidTypeError(
-                "`budgets` is a masked array; budgetopt does not read masks (fill the masked "
-                "entries with `.filled(value)` or drop them first)"
-            )
+        refuse_masked(budgets, "budgets")
         try:
             arr = np.asarray(budgets)
         except Exception as exc:  # ragged lists and the like

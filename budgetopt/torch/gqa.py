@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numbers
-
-from ..errors import InvalidInputError, InvalidTypeError
+from .._checks import check_int
+from ..errors import InvalidInputError
 from ._checks import check_float_tensor
 
 __all__ = ["reduce_gqa"]
@@ -58,9 +57,7 @@ def reduce_gqa(scores, num_kv_heads, how="mean"):
              [5., 7.]]])
     """
     scores = check_float_tensor(scores, "scores", 3, "(batch, heads, T)")
-    if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, numbers.Integral):
-        raise InvalidTypeError(f"`num_kv_heads` must be an int; got {type(num_kv_heads).__name__}")
-    num_kv_heads = int(num_kv_heads)
+    num_kv_heads = check_int(num_kv_heads, "num_kv_heads")
     batch, heads, length = scores.shape
     if heads == 0:
         raise InvalidInputError("`scores` must hold at least one query head; got shape "

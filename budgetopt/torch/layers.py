@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import numpy as np
 
+from .._checks import check_fraction, check_int, refuse_masked
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lukv import LUKV_ROWS
 from ..lukv import _check_table as _check_lukv_table  # the one home of the table rules
@@ -102,14 +102,10 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
     """
     table, budgets = budget_source(source)
     layers = (table if table is not None else budgets).shape[-2]
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-        raise InvalidTypeError(f"`layer` must be an int; got {type(layer).__name__}")
-    if not 0 <= int(layer) < layers:
+    layer = check_int(layer, "layer", minimum=None)
+    if not 0 <= layer < layers:
         raise InvalidInputError(f"`layer` must be in [0, {layers}); got {layer}")
-    layer = int(layer)
-    if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 0:
-        raise InvalidInputError(f"`length` must be an int >= 0; got {length!r}")
-    length = int(length)
+    length = check_int(length, "length")
 
     if table is not None:
         if compression_ratio is None:
@@ -169,6 +165,7 @@ def budget_source(source):
             "`source` must be an Allocation or an array; read a table file with "
             "budgetopt.lukv.load_lukv_table"
         )
+    refuse_masked(source, "source")
     try:
         arr = np.asarray(source)
     except Exception as exc:
@@ -193,11 +190,7 @@ def budget_source(source):
 
 
 def _check_capacity(head_capacity, budgets):
-    if isinstance(head_capacity, bool) or not isinstance(head_capacity, numbers.Integral):
-        raise InvalidTypeError(f"`head_capacity` must be an int; got {type(head_capacity).__name__}")
-    capacity = int(head_capacity)
-    if capacity < 1:
-        raise InvalidInputError(f"`head_capacity` must be >= 1; got {capacity}")
+    capacity = check_int(head_capacity, "head_capacity", minimum=1)
     if budgets.size and budgets.max() > capacity:
         raise InvalidInputError(
             f"budgets must be <= `head_capacity` ({capacity}); found {int(budgets.max())}"
@@ -206,11 +199,4 @@ def _check_capacity(head_capacity, budgets):
 
 
 def _check_ratio(compression_ratio):
-    if isinstance(compression_ratio, bool) or not isinstance(compression_ratio, numbers.Real):
-        raise InvalidTypeError(
-            f"`compression_ratio` must be a float; got {type(compression_ratio).__name__}"
-        )
-    ratio = float(compression_ratio)
-    if not 0.0 <= ratio <= 1.0:
-        raise InvalidInputError(f"`compression_ratio` must be in [0, 1]; got {ratio!r}")
-    return ratio
+    return check_fraction(compression_ratio, "compression_ratio")

@@ -17,15 +17,15 @@ import json
 import numbers
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..calibration import Calibration, read_calibration
-from ..errors import BudgetoptError, CurvesFileError, InvalidInputError, InvalidTypeError
+from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
     FORMAT,
     ProfileRun,
@@ -124,11 +124,7 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
 
 
 def _check_int(value, name, low):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise InvalidTypeError(f"`{name}` must be an int; got {value!r}")
-    if value < low:
-        raise InvalidInputError(f"`{name}` must be >= {low}; got {value}")
-    return int(value)
+    return check_int(value, name, minimum=low)
 
 
 def _versions():
