@@ -24,6 +24,8 @@ Rules (one place, so a doc writer knows what is checked):
 * **docs/reference.md** documents exactly the commands, positional arguments (by metavar) and
   options of the CLI's parser.
 * **docs/api.md** equals what ``docs/make_api.py`` generates from the docstrings.
+* **Links** between pages (README.md, docs/*.md) name existing files and, with ``#anchor``, an
+  existing heading of the target page.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ TINY_WORDS = ("the a cat dog bird sat ran flew on over under mat tree house red 
 
 def write_tiny_model(d, rng):
     """``d/my-model`` (a 4-layer random Llama, 4 query and 2 KV heads, word-level tokenizer, no
-    chat template) and ``d/calib.jsonl`` (two contexts of 100 words, two questions each)."""
+    chat template) and ``d/calib.jsonl`` (two contexts of 100 words, with one and two questions)."""
     import tokenizers
     import torch
     import transformers
@@ -104,8 +106,8 @@ def write_tiny_model(d, rng):
     transformers.LlamaForCausalLM(config).save_pretrained(d / "my-model")
     tokenizer.save_pretrained(d / "my-model")
     with open(d / "calib.jsonl", "w") as f:
-        for _ in range(2):
-            questions = [" ".join(rng.choice(TINY_WORDS, size=5)) + " ?" for _ in range(2)]
+        for n_questions in (1, 2):
+            questions = [" ".join(rng.choice(TINY_WORDS, size=5)) + " ?" for _ in range(n_questions)]
             f.write(json.dumps({"context": " ".join(rng.choice(TINY_WORDS, size=100)) + " .",
                                 "questions": questions}) + "\n")
 
@@ -287,3 +289,28 @@ def test_api_reference_lists_every_public_name():
     text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     for name in budgetopt.__all__:
         assert f"### `budgetopt.{name}" in text, name
+
+
+def slug(heading):
+    """The anchor a repository page gives a Markdown heading (GitHub's rule)."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_pages_resolve():
+    """Every relative link of README.md and docs/*.md names an existing file, and its
+    ``#anchor``, if any, a heading of that page."""
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        prose = re.sub(r"`[^`\n]*`", "", BLOCK.sub("", text))                 # no code spans
+        prose = "\n".join(line for line in prose.splitlines() if not line.startswith("    "))  # nor indented code
+        for target in link.findall(prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            assert dest.exists(), f"{page.name}: link to a missing file {target}"
+            if anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#{1,6} (.+)$", BLOCK.sub("", dest.read_text(encoding="utf-8")), re.M)
+                assert anchor in {slug(h) for h in headings}, f"{page.name}: no heading #{anchor} in {dest.name}"
