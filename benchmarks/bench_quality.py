@@ -73,6 +73,7 @@ from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.lukv import compression_ratios, lukv_table  # noqa: E402
 from budgetopt.profile import curves_from_scores  # noqa: E402
 from budgetopt.rounding import keep_counts_from_prune_ratios, tokens_evicted  # noqa: E402
+from budgetopt.runs import read_run_meta  # noqa: E402
 from heldout_aggregate import make_context, make_world  # noqa: E402
 
 METHODS = (
@@ -261,33 +262,58 @@ def raw_greedy_counts(utility, total, protected):
 
 
 # -- data --------------------------------------------------------------------------------------
+# Settings every run given to --run must share (calibration files may differ: a second run of
+# new contexts is more held-out data for the same model and scorer).
+RUN_SETTINGS = ("layers", "kv_heads", "sink", "window", "max_new_tokens", "head_reduce", "step_reduce")
+
+
 def read_run_dirs(dirs):
     """Pairs of ``budgetopt profile`` run directories: ``(meta, [(context, question, oracle,
     scores), ...])`` in calibration order.
 
-    A small local reader (``np.load(allow_pickle=False)``); to be replaced by
-    ``budgetopt.load_profile_run`` once that loader is merged.
+    Directories of one calibration file (same sha256) are shards of one run, merged by
+    :func:`budgetopt.load_profile_run` (incomplete runs allowed); runs of different calibration
+    files must share model, scorer and profiling settings, and their contexts follow one
+    another (renumbered) in the order given.
     """
-    metas, pairs = [], {}
+    groups = {}
     for d in dirs:
-        d = Path(d)
-        meta_path = d / "meta.json"
-        if not meta_path.is_file():
-            raise SystemExit(f"--run {d}: no meta.json (not a budgetopt profile run directory)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "budgetopt-profile/1":
-            raise SystemExit(f"--run {d}: meta.json format {meta.get('format')!r} is not budgetopt-profile/1")
-        metas.append(meta)
-        for f in sorted((d / "pairs").glob("c*_q*.npz")):
-            with np.load(f, allow_pickle=False) as z:
-                info = json.loads(str(z["meta"][()]))
-                pairs[(info["context"], info["question"])] = (np.asarray(z["oracle"]), np.asarray(z["scores"]))
-    strip = [{k: v for k, v in m.items() if k not in ("shard", "n_pairs")} for m in metas]
-    if any(s != strip[0] for s in strip[1:]):
-        raise SystemExit("--run: the run directories' meta.json disagree (apart from shard)")
+        try:
+            meta = read_run_meta(d)
+        except budgetopt.BudgetoptError as exc:
+            raise SystemExit(f"--run: {exc}") from None
+        key = json.dumps((meta.get("calibration") or {}).get("sha256"))
+        groups.setdefault(key, []).append(d)
+    runs = []
+    for group in groups.values():
+        try:
+            runs.append(budgetopt.load_profile_run(*group, partial=True))
+        except budgetopt.BudgetoptError as exc:
+            raise SystemExit(f"--run: the run directories disagree or are unreadable: {exc}") from None
+    first = runs[0].meta
+
+    def identity(meta):
+        model = meta.get("model")
+        scorer = meta.get("scorer")
+        return ({k: model.get(k) for k in ("name", "model_type")} if isinstance(model, dict) else model,
+                scorer.get("name") if isinstance(scorer, dict) else scorer,
+                [meta.get(k) for k in RUN_SETTINGS])
+
+    for run in runs[1:]:
+        if identity(run.meta) != identity(first):
+            raise SystemExit(f"--run: the run directories disagree (model, scorer or settings): "
+                             f"{identity(first)} vs {identity(run.meta)}")
+    pairs, offset = [], 0
+    for run in runs:
+        if run.missing:
+            print(f"--run: {len(run.missing)} pair(s) of a run are missing; using the "
+                  f"{len(run.pairs)} present", file=sys.stderr)
+        for (c, q), o, s in zip(run.pairs, run.oracles, run.scores):
+            pairs.append((offset + c, q, o, s))
+        offset += 1 + max((c for c, _ in run.pairs), default=-1)
     if not pairs:
         raise SystemExit("--run: no finished pairs found")
-    return metas[0], [(c, q, o, s) for (c, q), (o, s) in sorted(pairs.items())]
+    return first, pairs
 
 
 def synthetic_splits(args):
@@ -538,8 +564,8 @@ def main(argv=None):
                        f"scorer {scorer.get('name', scorer) if isinstance(scorer, dict) else scorer}, "
                        f"{meta['layers']} layers x {meta['kv_heads']} KV heads, {len(pairs)} pairs from "
                        f"{len({c for c, *_ in pairs})} contexts (T = {lengths[0]}..{lengths[-1]}), "
-                       f"sink={sink}, window={window}; 2 folds (calibrate on half the contexts, "
-                       f"hold out the others, then swap)")
+                       f"sink={sink}, window={window}; run directories {', '.join(map(str, args.run))}; "
+                       f"2 folds (calibrate on half the contexts, hold out the others, then swap)")
     else:
         sink, window = args.sink, args.window
         splits = list(synthetic_splits(args))

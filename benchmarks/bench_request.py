@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -62,18 +61,14 @@ COMPRESSIONS = (0.5, 0.8, 0.9)
 def read_run(path):
     """Pairs of a profile run directory, grouped by context: [(scores, norms, [oracles])].
 
-    A small local reader of the pair files (to be replaced by ``budgetopt.load_profile_run``
-    once it exists); never unpickles.
+    Read with :func:`budgetopt.load_profile_run` (never unpickles; an incomplete run is used
+    as far as it goes).
     """
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
+    run = budgetopt.load_profile_run(path, partial=True)
     contexts = {}
-    for name in sorted(glob.glob(os.path.join(path, "pairs", "c*_q*.npz"))):
-        with np.load(name, allow_pickle=False) as z:
-            m = json.loads(str(z["meta"].item()))
-            entry = contexts.setdefault(m["context"], [z["scores"], z["value_norms"], []])
-            entry[2].append(z["oracle"])
-    return meta, [tuple(contexts[c]) for c in sorted(contexts)]
+    for (c, _), oracle, scores, norms in zip(run.pairs, run.oracles, run.scores, run.value_norms):
+        contexts.setdefault(c, (scores, norms, []))[2].append(oracle)
+    return run.meta, [contexts[c] for c in sorted(contexts)]
 
 
 def synthetic_world(seed, layers, heads, length, n_contexts, questions):

@@ -158,7 +158,8 @@ def write_run(path, lengths, *, seed=0, model="tiny"):
     rng = np.random.default_rng(seed)
     (path / "pairs").mkdir(parents=True)
     meta = {"format": "budgetopt-profile/1", "model": {"name": model, "model_type": "llama"}, "layers": 2,
-            "kv_heads": 2, "scorer": {"name": "snapkv"}, "sink": 1, "window": 2, "shard": None}
+            "kv_heads": 2, "scorer": {"name": "snapkv"}, "sink": 1, "window": 2, "shard": None,
+            "n_pairs": 2 * len(lengths), "questions": [2] * len(lengths), "context_tokens": list(lengths)}
     (path / "meta.json").write_text(json.dumps(meta))
     for c, t in enumerate(lengths):
         scores = rng.normal(size=(2, 2, t)).astype(np.float32)
@@ -190,3 +191,22 @@ def test_run_directory_errors(bench, tmp_path):
         bench.read_run_dirs([tmp_path / "a", tmp_path / "b"])
     meta, pairs = bench.read_run_dirs([tmp_path / "a"])
     assert [(c, q) for c, q, _, _ in pairs] == [(0, 0), (0, 1), (1, 0), (1, 1)] and meta["sink"] == 1
+
+
+def test_runs_of_different_calibration_files_are_concatenated(bench, tmp_path):
+    write_run(tmp_path / "a", [30, 32], seed=1)
+    write_run(tmp_path / "b", [28], seed=2)
+    for name, sha in (("a", "1" * 64), ("b", "2" * 64)):
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        meta["calibration"] = {"path": f"{name}.jsonl", "sha256": sha}
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+    meta, pairs = bench.read_run_dirs([tmp_path / "a", tmp_path / "b"])
+    assert [(c, q) for c, q, _, _ in pairs] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    with np.load(tmp_path / "b" / "pairs" / "c00000_q001.npz") as z:
+        np.testing.assert_array_equal(pairs[5][2], z["oracle"])
+        np.testing.assert_array_equal(pairs[5][3], z["scores"])
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    meta["window"] = 3
+    (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="disagree"):
+        bench.read_run_dirs([tmp_path / "a", tmp_path / "b"])

@@ -7,14 +7,25 @@ Rules (one place, so a doc writer knows what is checked):
   fixture files below. A page may rely on names a short setup defines (``PAGE_SETUP``; used where
   a page shows a step on "your" arrays). A block fails the test if it raises, except that a
   block needing a package listed in ``OPTIONAL_MODULES`` that is not installed is skipped (a
-  page whose blocks import torch is skipped as a whole without torch).
-* **Shell blocks** (```` ```bash ````): every line that starts with ``budgetopt`` is parsed by the
-  CLI's own parser (an unknown command or option fails), and on the pages in ``RUN_PAGES`` it is
-  also run, in the fixture directory, and must exit 0. Commands of ``PENDING_COMMANDS`` are
-  skipped while the command is not registered. ``python <path>.py`` lines must name an existing
-  script. Other lines (``pip install ...``) are not checked.
-* **docs/reference.md** documents exactly the commands and options of the CLI's parser.
+  page whose blocks import torch is skipped as a whole without torch, and one whose blocks
+  use the tiny model ``my-model`` without torch, transformers, kvpress and tokenizers).
+* **Shell blocks** (```` ```bash ````): lines ending in ``\\`` continue on the next line, and the
+  shell variables of ``SHELL_VARIABLES`` (``$MODEL``, ...) take sample values (another fails). Every
+  command that starts with ``budgetopt`` is parsed by the CLI's own parser (an unknown command
+  or option fails), and on the pages in ``RUN_PAGES`` it is also run, in page order, in the
+  fixture directory, and must exit 0. ``budgetopt profile`` runs only where torch, transformers
+  and kvpress are installed (it is parsed everywhere); the fixture directory then holds
+  ``my-model/`` (a tiny random Llama with a word-level tokenizer, saved with
+  ``save_pretrained``) and ``calib.jsonl``, and the command's ``-o`` directory is removed
+  first, so it profiles afresh (the later commands of the page read what it wrote). Commands
+  of ``PENDING_COMMANDS`` are skipped while the command is not registered. ``python
+  <path>.py`` lines must name an existing script. Other lines (``pip install ...``) are not
+  checked.
+* **docs/reference.md** documents exactly the commands, positional arguments (by metavar) and
+  options of the CLI's parser.
 * **docs/api.md** equals what ``docs/make_api.py`` generates from the docstrings.
+* **Links** between pages (README.md, docs/*.md) name existing files and, with ``#anchor``, an
+  existing heading of the target page.
 """
 
 from __future__ import annotations
@@ -37,8 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 RUN_PAGES = {"README.md", "index.md", "concepts.md", "guide-model-to-budgets.md",
              "guide-choosing-a-method.md", "guide-applying-budgets.md", "reference.md", "quality.md"}
-PENDING_COMMANDS = {"profile"}
-OPTIONAL_MODULES = {"flash_attn"}
+PENDING_COMMANDS = set()
+OPTIONAL_MODULES = {"flash_attn", "ray"}
+TORCH_COMMANDS = {"profile"}
+HAS_TORCH_STACK = all(
+    importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "kvpress", "tokenizers"))
 
 PAGE_SETUP = {
     # docs/profiling.md shows each step on "your" calibration arrays: a small seeded stand-in.
@@ -66,6 +80,36 @@ def blocks(page, language):
                          for line in m.group(3).splitlines())
         out.append((text[: m.start()].count("\n") + 1, code))
     return out
+
+
+TINY_WORDS = ("the a cat dog bird sat ran flew on over under mat tree house red big small what who where did why "
+              "how is was and then").split()
+
+
+def write_tiny_model(d, rng):
+    """``d/my-model`` (a 4-layer random Llama, 4 query and 2 KV heads, word-level tokenizer, no
+    chat template) and ``d/calib.jsonl`` (two contexts of 100 words, with one and two questions)."""
+    import tokenizers
+    import torch
+    import transformers
+
+    specials = ["<unk>", "<s>", "</s>", "?", "."]
+    vocab = {w: i for i, w in enumerate(specials + TINY_WORDS)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                                     bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(d / "my-model")
+    tokenizer.save_pretrained(d / "my-model")
+    with open(d / "calib.jsonl", "w") as f:
+        for n_questions in (1, 2):
+            questions = [" ".join(rng.choice(TINY_WORDS, size=5)) + " ?" for _ in range(n_questions)]
+            f.write(json.dumps({"context": " ".join(rng.choice(TINY_WORDS, size=100)) + " .",
+                                "questions": questions}) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +142,8 @@ def fixtures(tmp_path_factory):
                     "seconds": 0.1}
             np.savez(run / "pairs" / f"c{c:05d}_q{q:03d}.npz", oracle=rng.gamma(0.4, size=(4, 2, 64)).astype(np.float32),
                      scores=s, value_norms=rng.random((4, 2, 64)).astype(np.float32), meta=np.array(json.dumps(info)))
+    if HAS_TORCH_STACK:
+        write_tiny_model(d, rng)
     return d
 
 
@@ -114,6 +160,8 @@ def test_python_blocks_run(page, workdir):
     code_blocks = blocks(page, "python")
     if any(re.search(r"^\s*(import torch|from budgetopt\.torch|from kvpress)", code, re.M) for _, code in code_blocks):
         pytest.importorskip("torch")
+    if any("my-model" in code for _, code in code_blocks) and not HAS_TORCH_STACK:
+        pytest.skip("the page profiles the tiny model: needs torch, transformers, kvpress and tokenizers")
     namespace = {"__name__": f"docs_{page.stem}"}
     if page.name in PAGE_SETUP:
         exec(PAGE_SETUP[page.name], namespace)
@@ -127,12 +175,34 @@ def test_python_blocks_run(page, workdir):
             raise AssertionError(f"{page.name}, block at line {line} raised {type(exc).__name__}: {exc}") from exc
 
 
+# Shell variables the documented commands use, and the values they are checked with.
+SHELL_VARIABLES = {"MODEL": "my-model", "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8", "RANK": "0",
+                   "LOCAL_RANK": "0"}
+
+
+def expand(text, where):
+    """``text`` with ``$NAME`` / ``${NAME}`` of ``SHELL_VARIABLES`` replaced; another name fails."""
+    def value(m):
+        name = m.group(1) or m.group(2)
+        assert name in SHELL_VARIABLES, f"{where}: unknown shell variable ${name} (add it to SHELL_VARIABLES)"
+        return SHELL_VARIABLES[name]
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", value, text)
+
+
 def shell_lines(page):
+    """``(line, words)`` of each command of the page's bash blocks (continuation lines joined)."""
     for line, code in blocks(page, "bash"):
+        pending, start = "", None
         for i, text in enumerate(code.splitlines()):
-            words = shlex.split(text, comments=True)
+            if start is None:
+                start = line + 1 + i
+            if text.rstrip().endswith("\\"):
+                pending += text.rstrip()[:-1] + " "
+                continue
+            words = shlex.split(expand(pending + text, f"{page.name}:{start}"), comments=True)
+            pending, start_line, start = "", start, None
             if words:
-                yield line + 1 + i, words
+                yield start_line, words
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=lambda p: p.name)
@@ -155,6 +225,13 @@ def test_shell_blocks_parse_and_run(page, workdir, capfd):
         except SystemExit:
             pytest.fail(f"{where}: the CLI parser refuses it: {capfd.readouterr().err.strip()}")
         if page.name in RUN_PAGES:
+            if argv[0] in TORCH_COMMANDS:
+                if not HAS_TORCH_STACK:
+                    checked += 1
+                    continue
+                output = Path(parser.parse_args(argv).output)
+                if output.is_dir():
+                    shutil.rmtree(output)  # profile afresh, as in a new directory
             code = cli.main(argv)
             assert code == 0, f"{where}: exit {code}: {capfd.readouterr().err.strip()}"
         checked += 1
@@ -191,7 +268,8 @@ def test_reference_documents_every_command_and_option():
             if isinstance(action, argparse._HelpAction):
                 continue
             if not action.option_strings:
-                assert f"`{action.dest.upper()}`" in rows, f"reference.md, {name}: positional {action.dest} undocumented"
+                shown = action.metavar or action.dest.upper()
+                assert f"`{shown}" in rows, f"reference.md, {name}: positional {shown} undocumented"
             options.update(action.option_strings)
         assert options - documented == set(), f"reference.md, budgetopt {name}: undocumented {sorted(options - documented)}"
         assert documented - options == set(), f"reference.md, budgetopt {name}: no such option {sorted(documented - options)}"
@@ -211,3 +289,28 @@ def test_api_reference_lists_every_public_name():
     text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     for name in budgetopt.__all__:
         assert f"### `budgetopt.{name}" in text, name
+
+
+def slug(heading):
+    """The anchor a repository page gives a Markdown heading (GitHub's rule)."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_pages_resolve():
+    """Every relative link of README.md and docs/*.md names an existing file, and its
+    ``#anchor``, if any, a heading of that page."""
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        prose = re.sub(r"`[^`\n]*`", "", BLOCK.sub("", text))                 # no code spans
+        prose = "\n".join(line for line in prose.splitlines() if not line.startswith("    "))  # nor indented code
+        for target in link.findall(prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            assert dest.exists(), f"{page.name}: link to a missing file {target}"
+            if anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#{1,6} (.+)$", BLOCK.sub("", dest.read_text(encoding="utf-8")), re.M)
+                assert anchor in {slug(h) for h in headings}, f"{page.name}: no heading #{anchor} in {dest.name}"
