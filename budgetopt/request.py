@@ -37,7 +37,7 @@ import numpy as np
 
 from . import _kernels_request as _k
 from ._checks import check_fraction, real_array
-from .curves import check_input_file, write_atomic
+from ._io import check_input_file, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
 from .result import Allocation
@@ -656,22 +656,11 @@ class RequestAllocator:
             arrays whose shapes disagree; the message starts with the path.
         """
         path = check_input_file(path, ".npz file")
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise CurvesFileError(f"{path}: not a readable .npz archive ({exc})") from exc
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise CurvesFileError(f"{path}: is a single .npy array, not a request allocator (.npz)")
         keys = ("fractions", "mean_shape", "weight", "mean_proxy", "beta", "meta")
-        arrays = {}
-        with archive:
-            for key in keys:
-                if key not in archive.files:
-                    raise CurvesFileError(f"{path}: missing key {key!r}; not a request allocator file")
-                try:
-                    arrays[key] = archive[key]
-                except ValueError as exc:
-                    raise CurvesFileError(f"{path}: key {key!r} holds an object array; budgetopt never unpickles") from exc
+        arrays = read_npz(path, keys)
+        for key in keys:
+            if key not in arrays:
+                raise CurvesFileError(f"{path}: missing key {key!r}; not a request allocator file")
         try:
             meta = json.loads(str(arrays["meta"].item()))
         except (ValueError, TypeError) as exc:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .curves import Curves, write_atomic
+from ._io import read_npz, write_atomic
+from .curves import Curves
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
 __all__ = ["ProfileRun", "load_profile_run", "parse_shard", "lukv_table_from_run", "curves_from_run"]
@@ -250,40 +251,28 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
     the context's first pair); otherwise the oracle's own."""
     if length is None and "context_tokens" in meta:
         length = int(meta["context_tokens"][context])
+    wanted = _MEMBERS if need_context_arrays else ("oracle",)
+    archive = read_npz(path, (*wanted, "meta"))
+    missing = [m for m in (*wanted, "meta") if m not in archive]
+    if missing:
+        raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
+    out = {}
+    shape = None
+    for name in wanted:
+        arr = archive[name]
+        if shape is None:
+            t = length if length is not None else (arr.shape[-1] if arr.ndim == 3 else -1)
+            shape = (int(meta["layers"]), int(meta["kv_heads"]), int(t))
+        if arr.dtype != np.float32 or arr.shape != shape:
+            raise CurvesFileError(
+                f"{path}: member {name!r} must be float32 of shape {shape} (layers, kv_heads, "
+                f"context tokens); got {arr.dtype} {arr.shape}"
+            )
+        out[name] = arr
     try:
-        archive = np.load(path, allow_pickle=False)
+        pair_meta = json.loads(str(archive["meta"].item()))
     except Exception as exc:
-        raise CurvesFileError(f"{path}: not a readable .npz pair file ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CurvesFileError(f"{path}: not an .npz archive")
-    with archive:
-        wanted = _MEMBERS if need_context_arrays else ("oracle",)
-        missing = [m for m in (*wanted, "meta") if m not in archive.files]
-        if missing:
-            raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
-        out = {}
-        shape = None
-        for name in wanted:
-            try:
-                arr = archive[name]
-            except ValueError as exc:
-                raise CurvesFileError(
-                    f"{path}: member {name!r} holds an object array; budgetopt never unpickles"
-                    if "pickle" in str(exc) else f"{path}: member {name!r} is unreadable ({exc})"
-                ) from None
-            if shape is None:
-                t = length if length is not None else (arr.shape[-1] if arr.ndim == 3 else -1)
-                shape = (int(meta["layers"]), int(meta["kv_heads"]), int(t))
-            if arr.dtype != np.float32 or arr.shape != shape:
-                raise CurvesFileError(
-                    f"{path}: member {name!r} must be float32 of shape {shape} (layers, kv_heads, "
-                    f"context tokens); got {arr.dtype} {arr.shape}"
-                )
-            out[name] = arr
-        try:
-            pair_meta = json.loads(str(archive["meta"].item()))
-        except Exception as exc:
-            raise CurvesFileError(f"{path}: member 'meta' is not a JSON string ({exc})") from None
+        raise CurvesFileError(f"{path}: member 'meta' is not a JSON string ({exc})") from None
     if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get("question")) != (context, question):
         raise CurvesFileError(f"{path}: its meta does not name context {context}, question {question}")
     return out["oracle"], out.get("scores"), out.get("value_norms"), pair_meta

@@ -270,6 +270,15 @@ def test_save_load_round_trip_is_bit_identical(fitted, tmp_path):
     assert back.allocate(s, 100, value_norms=s).budgets.tolist() == ra.allocate(s, 100, value_norms=s).budgets.tolist()
 
 
+def test_load_reads_within_the_array_size_limit(fitted, tmp_path, monkeypatch):
+    """Allocator files go through the bounded reader, like every other file budgetopt reads."""
+    path = tmp_path / "ra.npz"
+    fitted["norms"].save(path)
+    monkeypatch.setenv("BUDGETOPT_MAX_ARRAY_BYTES", "16")
+    with pytest.raises(CurvesFileError, match="BUDGETOPT_MAX_ARRAY_BYTES"):
+        budgetopt.RequestAllocator.load(path)
+
+
 def test_load_errors(fitted, tmp_path):
     with pytest.raises(CurvesFileError, match="no such file"):
         budgetopt.RequestAllocator.load(tmp_path / "missing.npz")

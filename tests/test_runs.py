@@ -179,7 +179,7 @@ def _damage(tmp_path, members):
           "value_norms": np.zeros((LAYERS, KV, 52), np.float32), "meta": np.array("{}")},
          r"member 'oracle' must be float32.*got float64"),
         ({"oracle": np.array([{"x": 1}], dtype=object), "scores": np.zeros(1), "value_norms": np.zeros(1),
-          "meta": np.array("{}")}, r"holds an object array; budgetopt never unpickles"),
+          "meta": np.array("{}")}, r"holds an object \(pickled\) array; budgetopt never unpickles"),
         ({k: np.zeros((LAYERS, KV, 52), np.float32) for k in ("oracle", "scores", "value_norms")} | {"meta": np.array("[")},
          r"member 'meta' is not a JSON string"),
         ({k: np.zeros((LAYERS, KV, 52), np.float32) for k in ("oracle", "scores", "value_norms")}
@@ -335,3 +335,13 @@ def test_cli_shard_argument_reads_torchrun_variables(monkeypatch):
         shard_argument("env")
     with pytest.raises(argparse.ArgumentTypeError, match=r"K/N needs N >= 1 and 0 <= K < N; got 4/4"):
         shard_argument("4/4")
+
+
+def test_pair_files_are_read_within_the_array_size_limit(tmp_path, monkeypatch):
+    """Pair files go through the bounded reader: a member larger than the limit is refused
+    by its declared size, naming the member and the limit's environment variable."""
+    _fake_profile(tmp_path / "run")
+    assert len(load_profile_run(tmp_path / "run").pairs) == 8
+    monkeypatch.setenv("BUDGETOPT_MAX_ARRAY_BYTES", "64")
+    with pytest.raises(CurvesFileError, match=r"'oracle'.*BUDGETOPT_MAX_ARRAY_BYTES"):
+        load_profile_run(tmp_path / "run")
