@@ -50,6 +50,41 @@ _LAYER_ATTR = "_budgetopt_varlen_layer"
 _HALF = (torch.float16, torch.bfloat16)
 
 
+class _PackedRows(torch.Tensor):
+    """The packed ``(total, dim)`` rows of a :class:`VarlenLayer`, as :attr:`VarlenLayer.keys`
+    and :attr:`VarlenLayer.values` return them.
+
+    A plain tensor in every respect (operations return plain tensors) except one: indexing
+    it like a dense ``(batch, kv_heads, seq, dim)`` cache, ``rows[:, :, :n]``, yields a
+    :class:`_SeenPrefix` that, assigned back to the same attribute, crops the layer to ``n``
+    seen tokens. kvpress's pipeline drops an answer from the cache that way
+    (``layer.keys = layer.keys[:, :, :n]``)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __getitem__(self, index):
+        if (isinstance(index, tuple) and len(index) == 3
+                and all(isinstance(i, slice) and i == slice(None) for i in index[:2])
+                and isinstance(index[2], slice) and index[2].start in (None, 0) and index[2].step in (None, 1)):
+            origin = getattr(self, "_budgetopt_origin", None)
+            if origin is not None:
+                return _SeenPrefix(origin[0](), origin[1], index[2].stop)
+        return super().__getitem__(index)
+
+
+class _SeenPrefix:
+    """``layer.keys[:, :, :stop]`` of a :class:`VarlenLayer`: the first ``stop`` tokens seen
+    (``None``: all). Only assignment back to the attribute it came from means anything."""
+
+    __slots__ = ("layer", "name", "stop")
+
+    def __init__(self, layer, name, stop):
+        self.layer, self.name, self.stop = layer, name, stop
+
+    def __repr__(self):
+        return f"<first {self.stop} seen tokens of a VarlenLayer's {self.name}>"
+
+
 class VarlenLayer(CacheLayerMixin):
     """One layer's cache with a different number of kept tokens per (batch row, KV head).
 
@@ -100,6 +135,11 @@ class VarlenLayer(CacheLayerMixin):
     :meth:`get_seq_length` is the number of tokens seen (``T`` plus decoded), not the rows
     held, so ``generate`` and the attention masks number new tokens by their true
     positions.
+
+    ``keys`` and ``values`` are the packed tensors, with one addition for code written for
+    dense layers: ``layer.keys = layer.keys[:, :, :n]`` (and the same for ``values``) drops
+    the decoded tokens beyond ``n`` seen tokens, as :meth:`crop` does for both. kvpress's
+    pipeline removes an answer from the cache between questions this way.
     """
 
     is_sliding = False
@@ -163,6 +203,33 @@ class VarlenLayer(CacheLayerMixin):
         """
         return cls(packed.keys, packed.values, packed.positions, packed.cu_seqlens, batch=packed.batch,
                    kv_heads=packed.kv_heads, context_length=context_length, config=config)
+
+    # -- the packed rows ------------------------------------------------------------------
+    def _get_rows(self, name):
+        rows = self.__dict__.get("_" + name)
+        if rows is None:
+            return None
+        view = rows.as_subclass(_PackedRows)
+        view._budgetopt_origin = (weakref.ref(self), name)
+        return view
+
+    def _set_rows(self, name, value):
+        if isinstance(value, _SeenPrefix):
+            if value.layer is not self or value.name != name:
+                raise InvalidInputError(
+                    f"`{name}` can be assigned `layer.{name}[:, :, :n]` of this same layer only (it crops the "
+                    "decoded tokens); got a slice of another layer or attribute"
+                )
+            self._crop_tail(name, value.stop)
+            return
+        if isinstance(value, _PackedRows):
+            value = value.as_subclass(torch.Tensor)
+        self.__dict__["_" + name] = value
+
+    keys = property(lambda self: self._get_rows("keys"), lambda self, v: self._set_rows("keys", v),
+                    doc="Packed key rows ``(total, head_dim)`` (see the class Notes for slicing).")
+    values = property(lambda self: self._get_rows("values"), lambda self, v: self._set_rows("values", v),
+                      doc="Packed value rows ``(total, value_dim)`` (see the class Notes for slicing).")
 
     # -- sizes -------------------------------------------------------------------------
     def lengths(self):
@@ -237,18 +304,25 @@ class VarlenLayer(CacheLayerMixin):
         """Drop decoded tokens beyond ``max_length`` seen tokens (negative: that many fewer).
 
         The compressed context itself cannot be cropped."""
+        self._crop_tail("keys", max_length)
+        self._crop_tail("values", max_length)
+
+    def _crop_tail(self, name, max_length):
+        tail = getattr(self, "decoded_" + name)
+        seen = self.context_length + tail.shape[2]
+        if max_length is None:
+            return
+        max_length = int(max_length)
         if max_length < 0:
-            max_length = self.get_seq_length() + max_length
-        if max_length >= self.get_seq_length():
+            max_length = seen + max_length
+        if max_length >= seen:
             return
         if max_length < self.context_length:
             raise InvalidInputError(
                 f"cannot crop a compressed cache below its context of {self.context_length} tokens; "
                 f"got max_length={max_length}"
             )
-        keep = max_length - self.context_length
-        self.decoded_keys = self.decoded_keys[:, :, :keep]
-        self.decoded_values = self.decoded_values[:, :, :keep]
+        setattr(self, "decoded_" + name, tail[:, :, : max_length - self.context_length])
 
     def batch_select_indices(self, indices):
         """Keep batch rows ``indices`` (in that order; a row may repeat)."""
@@ -404,7 +478,7 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
     n_dec = dec_keys.shape[2]
     work = torch.float64 if query.dtype == torch.float64 else torch.float32
     out = query.new_empty(batch, heads, q_len, dec_values.shape[-1])
-    offsets, keys, values = layer._offsets, layer.keys, layer.values
+    offsets, keys, values = layer._offsets, layer._keys, layer._values
     tail_bias = None
     if attention_mask is None and q_len > 1:
         # Causal among the new tokens: query i sees decoded tokens 0 .. n_dec - q_len + i.
@@ -446,7 +520,7 @@ def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):
     seqs = batch * kv_heads
     q = query.reshape(seqs, group, head_dim)                                   # one query row per sequence
     cu_q = torch.arange(seqs + 1, dtype=torch.int32, device=query.device)
-    out_p, lse_p = varlen(q, layer.keys.unsqueeze(1), layer.values.unsqueeze(1), cu_q, layer.cu_seqlens, 1,
+    out_p, lse_p = varlen(q, layer._keys.unsqueeze(1), layer._values.unsqueeze(1), cu_q, layer.cu_seqlens, 1,
                           max(layer.max_seqlen, 1), scale)
     out_p = out_p.float().view(batch, kv_heads, group, -1)
     lse_p = lse_p.float().reshape(batch, kv_heads, group)

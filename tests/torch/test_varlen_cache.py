@@ -4,6 +4,8 @@ Tiny randomly initialised models (no download), sdpa attention. The reference is
 head-wise masking (``mode="mask"``) with the same budgets: same tokens, same logits.
 """
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -187,7 +189,7 @@ def test_packed_rows_are_the_mask_mode_kept_rows():
     with torch.no_grad(), press(model()):
         model().model(input_ids=ids, past_key_values=cache)
     assert type(cache) is VarlenCache
-    assert model().config._attn_implementation == "sdpa"  # restored on exit
+    assert model().config._attn_implementation == ATTENTION_NAME  # held while the varlen cache lives
     for layer_idx in range(LAYERS):
         keys, values = full.layers[layer_idx].keys, full.layers[layer_idx].values
         scores = -torch.linalg.vector_norm(keys, dim=-1, dtype=torch.float32)  # KnormPress
@@ -202,6 +204,9 @@ def test_packed_rows_are_the_mask_mode_kept_rows():
                 assert torch.equal(positions, reference.positions[b, h, :n])
                 assert torch.equal(layer.keys[start:end], keys[b, h, positions])
                 assert torch.equal(layer.values[start:end], values[b, h, positions])
+    del cache, layer
+    gc.collect()
+    assert model().config._attn_implementation == "sdpa"  # restored once it is freed
 
 
 # -- the attention paths against a dense reference ------------------------------------------
@@ -333,7 +338,7 @@ def test_batch_select_and_crop():
 
 
 # -- errors -----------------------------------------------------------------------------------
-def test_decoding_outside_the_press_is_refused_clearly():
+def test_decoding_under_another_attention_is_refused_clearly():
     budgets, sink, window = CASES["mixed"]
     ids = _ids(1)
     cache = DynamicCache()
@@ -341,6 +346,7 @@ def test_decoding_outside_the_press_is_refused_clearly():
     with torch.no_grad(), press(model()):
         model().model(input_ids=ids, past_key_values=cache)
     step = dict(input_ids=ids[:, -1:], past_key_values=cache, position_ids=torch.tensor([[LENGTH]]))
+    model().set_attn_implementation("sdpa")  # the user switches away while the cache lives
     with torch.no_grad(), pytest.raises(InvalidInputError, match="only the 'budgetopt_varlen' attention reads"):
         model()(**step)
     # Selecting the attention explicitly (kvpress pipeline style: explicit positions) works.
