@@ -102,7 +102,7 @@ class BudgetPress(BasePress):
         ``head_capacity=T`` to apply token counts as they are.
     sink, window : int, default 0
         Leading and trailing tokens every head keeps; they count in its budget.
-    mode : {"mask", "gather"}, default "mask"
+    mode : {"mask", "gather", "varlen"}, default "mask"
         * ``"mask"``: kvpress's head-wise masking path (as ``AdaKVPress`` and
           ``LUKVPress``): the cache keeps its full length and the evicted keys are hidden
           at decoding through ``module.masked_key_indices``. Frees no memory.
@@ -116,8 +116,10 @@ class BudgetPress(BasePress):
           kept tokens packed end to end, plus the tokens decoded since; the cache object
           becomes a :class:`~budgetopt.torch.varlen_cache.VarlenCache`. Inside the press's
           context the model runs the ``"budgetopt_varlen"`` attention, which reads it
-          (sdpa models only; the previous implementation is restored on exit). Every head
-          keeps exactly the tokens of ``"mask"`` mode.
+          (sdpa models only). The model stays on it while a cache compressed in the
+          context is alive, so kvpress's pipeline, which decodes after the context, works;
+          the previous implementation comes back once the context has closed and those
+          caches are freed. Every head keeps exactly the tokens of ``"mask"`` mode.
 
     Raises
     ------
@@ -125,10 +127,14 @@ class BudgetPress(BasePress):
         Bad arguments, a table file that cannot be read, or (when the press is applied) a
         model whose layers or KV heads do not match the allocation, or eager attention
         (head-wise masking needs ``sdpa`` or flash attention; ``"varlen"`` needs ``sdpa``
-        and a ``DynamicCache`` without sliding-window layers).
+        and a ``DynamicCache``, without sliding-window layers except marked ones, below).
 
     Notes
     -----
+    Layers whose attention module is marked ``is_sliding`` (Gemma3's sliding-window layers)
+    are left uncompressed in every mode, as kvpress does for Gemma3: their cache keeps only
+    the window anyway. Their rows of the allocation are not applied.
+
     A head whose budget is below ``sink + window`` keeps its protected tokens all the same.
     Cost per layer: the scorer, one top-k (or value sort) per head to find its score
     threshold, and in ``"gather"`` mode one row copy of the kept tokens (see

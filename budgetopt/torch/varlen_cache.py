@@ -456,6 +456,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         varlen = _cuda_varlen_attn(query.device, query.dtype)
         if varlen is not None:
             out = _decode_packed_merge(query, layer, key, value, scale, varlen)
+    if out is None and q_len == 1:
+        out = _decode_segments(query, layer, key, value, attention_mask, scale)
     if out is None:
         out = _attend_per_sequence(query, layer, key, value, attention_mask, scale)
     return out.transpose(1, 2).contiguous(), None
@@ -505,6 +507,52 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
             o = weights[..., : end - start] @ vp + weights[..., end - start:] @ vd
             out[b, h * group:(h + 1) * group] = o.to(out.dtype)
     return out
+
+
+def _decode_segments(query, layer, dec_keys, dec_values, attention_mask, scale):
+    """One decoding step over all (batch row, KV head) sequences at once, no Python loop:
+    scores of every packed row against its sequence's queries, a softmax per sequence
+    (segment maximum by ``scatter_reduce``, sums by ``index_add_``) joined with the
+    decoded tail, and the weighted values summed back per sequence. Float32 (float64
+    stays float64); the temporaries are ``(rows, group, dim)``."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads = layer.kv_heads
+    group, seqs = heads // kv_heads, batch * kv_heads
+    work = torch.float64 if query.dtype == torch.float64 else torch.float32
+    device = query.device
+    counts = (layer.cu_seqlens[1:] - layer.cu_seqlens[:-1]).to(device=device, dtype=torch.int64)
+    total = layer._keys.shape[0]
+    seq = torch.repeat_interleave(torch.arange(seqs, device=device), counts, output_size=total)
+    q = query.to(work).reshape(seqs, group, head_dim) * scale
+    kp, vp = layer._keys.to(work), layer._values.to(work)
+    packed = torch.bmm(q.index_select(0, seq), kp.unsqueeze(-1)).squeeze(-1)           # (rows, G)
+    tail = q.view(batch, kv_heads, group, head_dim) @ dec_keys.to(work).transpose(-1, -2)  # (B, H, G, n)
+    if attention_mask is not None:
+        bias = _bias_rows(attention_mask, work)                                          # (B, seen)
+        positions = layer.positions.to(device=device, dtype=torch.int64)
+        packed = packed + bias[seq // kv_heads, positions].unsqueeze(-1)
+        tail = tail + bias[:, layer.context_length:].view(batch, 1, 1, -1)
+    tail = tail.reshape(seqs, group, -1)
+    top = torch.full((seqs, group), float("-inf"), dtype=work, device=device)
+    top = top.scatter_reduce(0, seq.unsqueeze(-1).expand(-1, group), packed, "amax")
+    if tail.shape[-1]:
+        top = torch.maximum(top, tail.amax(-1))
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)                    # nothing visible
+    weights_p = torch.exp(packed - top.index_select(0, seq))
+    weights_t = torch.exp(tail - top.unsqueeze(-1))
+    denom = weights_t.sum(-1).index_add_(0, seq, weights_p)
+    num = (weights_t @ dec_values.to(work).reshape(seqs, -1, dec_values.shape[-1]))
+    num = num.index_add_(0, seq, weights_p.unsqueeze(-1) * vp.unsqueeze(1))
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))                       # nothing seen: zeros
+    return (num / denom.unsqueeze(-1)).to(query.dtype).view(batch, heads, 1, -1)
+
+
+def _bias_rows(attention_mask, dtype):
+    """Additive bias ``(batch, kv_length)`` of a one-query mask (0 where attended, -inf else)."""
+    rows = attention_mask[:, 0, -1] if attention_mask.dim() == 4 else attention_mask[:, -1]
+    if rows.dtype == torch.bool:
+        return torch.zeros(rows.shape, dtype=dtype, device=rows.device).masked_fill_(~rows, float("-inf"))
+    return rows.to(dtype)
 
 
 def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):

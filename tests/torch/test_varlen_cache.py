@@ -452,3 +452,35 @@ class _NoPress:
         import contextlib
 
         return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_vectorised_decoding_step_matches_the_loop(dtype, padded):
+    # _decode_segments (every sequence at once) against the per-sequence loop, with heads that
+    # kept nothing, padding to hide, and an empty tail.
+    from budgetopt.torch.varlen_cache import _decode_segments
+
+    for steps in ((), (1,), (2, 1)):
+        layer, keys, values, keep, gen = _random_layer(20 + len(steps) + padded, batch=3, dtype=dtype)
+        batch, kv_heads, _, dim = keys.shape
+        new_k = layer.decoded_keys
+        new_v = layer.decoded_values
+        for n in steps:
+            new_k, new_v = layer.update(*(torch.randn(batch, kv_heads, n, dim, generator=gen).to(dtype) for _ in "kv"))
+        query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen).to(dtype)
+        mask = None
+        if padded:
+            mask = torch.ones(batch, 1, 1, layer.get_seq_length(), dtype=torch.bool)
+            mask[1, ..., :5] = False
+            mask[2, ..., 3] = False
+        fast = _decode_segments(query, layer, new_k, new_v, mask, 0.4)
+        loop = _attend_per_sequence(query, layer, new_k, new_v, mask, 0.4)
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+        # The loop gives NaN where every row a query could see is masked (never while decoding:
+        # the new token is always visible); the vectorised step gives zeros there.
+        seen = torch.isfinite(loop)
+        assert fast.dtype == dtype and torch.isfinite(fast).all() and (fast[~seen] == 0).all()
+        torch.testing.assert_close(fast[seen].double(), loop[seen].double(), rtol=tol, atol=tol)
+        if not steps:  # row 0, head 0 kept nothing and there is no tail: zeros, as in the loop
+            assert int(layer.lengths()[0, 0]) == 0 and (fast[0, :2] == 0).all()
