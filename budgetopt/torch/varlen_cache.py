@@ -456,7 +456,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         varlen = _cuda_varlen_attn(query.device, query.dtype)
         if varlen is not None:
             out = _decode_packed_merge(query, layer, key, value, scale, varlen)
-    if out is None and q_len == 1:
+    if out is None and q_len == 1 and _segments_pay(layer):
         out = _decode_segments(query, layer, key, value, attention_mask, scale)
     if out is None:
         out = _attend_per_sequence(query, layer, key, value, attention_mask, scale)
@@ -507,6 +507,20 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
             o = weights[..., : end - start] @ vp + weights[..., end - start:] @ vd
             out[b, h * group:(h + 1) * group] = o.to(out.dtype)
     return out
+
+
+# When the all-at-once step beats the per-sequence loop on the CPU: many short sequences.
+# benchmarks/bench_varlen_step.py (one thread): 0.18-0.41x the loop's time with 64-128
+# sequences of 50-100 rows, 0.95x with 32 of 200, but 1.3-2.7x with 3 sequences (batch 1,
+# 3 KV heads) or with 64 sequences of ~900 rows, where its (rows, group, dim) temporaries
+# cost more than the loop's Python overhead.
+_SEGMENTS_MIN_SEQUENCES = 8
+_SEGMENTS_MAX_MEAN_ROWS = 128
+
+
+def _segments_pay(layer):
+    seqs = layer.batch * layer.kv_heads
+    return seqs >= _SEGMENTS_MIN_SEQUENCES and layer._keys.shape[0] <= _SEGMENTS_MAX_MEAN_ROWS * seqs
 
 
 def _decode_segments(query, layer, dec_keys, dec_values, attention_mask, scale):

@@ -484,3 +484,22 @@ def test_vectorised_decoding_step_matches_the_loop(dtype, padded):
         torch.testing.assert_close(fast[seen].double(), loop[seen].double(), rtol=tol, atol=tol)
         if not steps:  # row 0, head 0 kept nothing and there is no tail: zeros, as in the loop
             assert int(layer.lengths()[0, 0]) == 0 and (fast[0, :2] == 0).all()
+
+
+def test_many_short_sequences_take_the_vectorised_step(monkeypatch):
+    from budgetopt.torch import varlen_cache
+
+    calls = []
+    real = varlen_cache._decode_segments
+    monkeypatch.setattr(varlen_cache, "_decode_segments", lambda *a: calls.append(1) or real(*a))
+    for batch, length, expected in ((4, 12, 1), (1, 12, 0), (4, 400, 0)):  # 12 seqs short / 3 seqs / long
+        layer, keys, values, keep, gen = _random_layer(5, batch=batch, length=length)
+        batch, kv_heads, _, dim = keys.shape
+        new = torch.randn(batch, kv_heads, 1, dim, generator=gen)
+        new_k, new_v = layer.update(new, -new)
+        query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen)
+        calls.clear()
+        out, _ = varlen_attention_forward(_Module(), query, new_k, new_v, None)
+        assert len(calls) == expected
+        reference = _dense_reference(query, keys, values, keep, layer.decoded_keys, layer.decoded_values)
+        torch.testing.assert_close(out.transpose(1, 2).double(), reference, rtol=1e-5, atol=1e-5)
