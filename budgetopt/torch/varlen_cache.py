@@ -510,12 +510,12 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
 
 
 # When the all-at-once step beats the per-sequence loop on the CPU: many short sequences.
-# benchmarks/bench_varlen_step.py (one thread): 0.18-0.41x the loop's time with 64-128
-# sequences of 50-100 rows, 0.95x with 32 of 200, but 1.3-2.7x with 3 sequences (batch 1,
-# 3 KV heads) or with 64 sequences of ~900 rows, where its (rows, group, dim) temporaries
-# cost more than the loop's Python overhead.
+# benchmarks/bench_varlen_step.py (one thread, shared machine): 0.10-0.56x the loop's time
+# with 32-128 sequences of 50-180 rows, but 1.1-2.3x with 3 sequences (batch 1, 3 KV heads)
+# and 1.46x with 64 sequences of ~770 rows, where its (rows, group, dim) temporaries cost
+# more than the loop's Python overhead.
 _SEGMENTS_MIN_SEQUENCES = 8
-_SEGMENTS_MAX_MEAN_ROWS = 128
+_SEGMENTS_MAX_MEAN_ROWS = 256
 
 
 def _segments_pay(layer):

@@ -492,7 +492,7 @@ def test_many_short_sequences_take_the_vectorised_step(monkeypatch):
     calls = []
     real = varlen_cache._decode_segments
     monkeypatch.setattr(varlen_cache, "_decode_segments", lambda *a: calls.append(1) or real(*a))
-    for batch, length, expected in ((4, 12, 1), (1, 12, 0), (4, 400, 0)):  # 12 seqs short / 3 seqs / long
+    for batch, length, expected in ((4, 12, 1), (1, 12, 0), (4, 900, 0)):  # 12 seqs short / 3 seqs / long
         layer, keys, values, keep, gen = _random_layer(5, batch=batch, length=length)
         batch, kv_heads, _, dim = keys.shape
         new = torch.randn(batch, kv_heads, 1, dim, generator=gen)
