@@ -15,9 +15,10 @@ each head's packed rows plus the decoded tail:
 * on CUDA in float16/bfloat16, one :func:`torch.nn.attention.varlen.varlen_attn` call over
   the packed rows, merged with the tail by log-sum-exp (single-token decoding steps without
   an attention mask);
-* otherwise (the CPU, float32, padded batches, several new tokens at once) a loop over the
-  (batch row, KV head) sequences, two small matrix products per sequence, softmax in
-  float32.
+* single-token steps over many short (batch row, KV head) sequences: all sequences at
+  once, a softmax per sequence by segment reductions, in float32;
+* otherwise (few or long sequences, several new tokens at once) a loop over the
+  sequences, two small matrix products per sequence, softmax in float32.
 
 :class:`~budgetopt.torch.press.BudgetPress` with ``mode="varlen"`` builds the layers and
 switches the model to this attention; nothing is patched at import.
