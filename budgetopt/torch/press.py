@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -35,6 +36,34 @@ from .varlen_cache import ATTENTION_NAME, VarlenCache, VarlenLayer  # noqa: E402
 __all__ = ["BudgetPress"]
 
 _MODES = ("mask", "gather", "varlen")
+
+
+class _AttentionHold:
+    """Keeps a model on the ``"budgetopt_varlen"`` attention while a press context is open
+    or a varlen cache compressed under it is alive; then restores ``previous``."""
+
+    def __init__(self, previous):
+        self.previous = previous
+        self.contexts = 0
+        self.caches = 0
+
+
+_HOLDS = weakref.WeakKeyDictionary()  # model -> _AttentionHold
+
+
+def _release(model_ref, hold):
+    """One context closed or one varlen cache freed: restore the attention when none is left."""
+    model = model_ref()
+    if model is None or hold.contexts or hold.caches or _HOLDS.get(model) is not hold:
+        return
+    del _HOLDS[model]
+    if getattr(model.config, "_attn_implementation", None) == ATTENTION_NAME:
+        model.set_attn_implementation(hold.previous)
+
+
+def _cache_freed(model_ref, hold):
+    hold.caches -= 1
+    _release(model_ref, hold)
 
 
 class BudgetPress(BasePress):
@@ -73,7 +102,7 @@ class BudgetPress(BasePress):
         ``head_capacity=T`` to apply token counts as they are.
     sink, window : int, default 0
         Leading and trailing tokens every head keeps; they count in its budget.
-    mode : {"mask", "gather"}, default "mask"
+    mode : {"mask", "gather", "varlen"}, default "mask"
         * ``"mask"``: kvpress's head-wise masking path (as ``AdaKVPress`` and
           ``LUKVPress``): the cache keeps its full length and the evicted keys are hidden
           at decoding through ``module.masked_key_indices``. Frees no memory.
@@ -87,8 +116,10 @@ class BudgetPress(BasePress):
           kept tokens packed end to end, plus the tokens decoded since; the cache object
           becomes a :class:`~budgetopt.torch.varlen_cache.VarlenCache`. Inside the press's
           context the model runs the ``"budgetopt_varlen"`` attention, which reads it
-          (sdpa models only; the previous implementation is restored on exit). Every head
-          keeps exactly the tokens of ``"mask"`` mode.
+          (sdpa models only). The model stays on it while a cache compressed in the
+          context is alive, so kvpress's pipeline, which decodes after the context, works;
+          the previous implementation comes back once the context has closed and those
+          caches are freed. Every head keeps exactly the tokens of ``"mask"`` mode.
 
     Raises
     ------
@@ -96,10 +127,14 @@ class BudgetPress(BasePress):
         Bad arguments, a table file that cannot be read, or (when the press is applied) a
         model whose layers or KV heads do not match the allocation, or eager attention
         (head-wise masking needs ``sdpa`` or flash attention; ``"varlen"`` needs ``sdpa``
-        and a ``DynamicCache`` without sliding-window layers).
+        and a ``DynamicCache``, without sliding-window layers except marked ones, below).
 
     Notes
     -----
+    Layers whose attention module is marked ``is_sliding`` (Gemma3's sliding-window layers)
+    are left uncompressed in every mode, as kvpress does for Gemma3: their cache keeps only
+    the window anyway. Their rows of the allocation are not applied.
+
     A head whose budget is below ``sink + window`` keeps its protected tokens all the same.
     Cost per layer: the scorer, one top-k (or value sort) per head to find its score
     threshold, and in ``"gather"`` mode one row copy of the kept tokens (see
@@ -193,7 +228,7 @@ class BudgetPress(BasePress):
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
-        config = model.config
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         layers = getattr(config, "num_hidden_layers", None)
         kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
         if (layers, kv_heads) != self.head_shape:
@@ -207,26 +242,39 @@ class BudgetPress(BasePress):
         """Apply the press to ``model`` inside a ``with`` block (kvpress's usage).
 
         In ``"varlen"`` mode the model also runs the ``"budgetopt_varlen"`` attention inside
-        the block; its previous attention implementation is restored on exit, also on error.
+        the block and for as long as a cache compressed in it is alive, so that it can be
+        decoded after the block (kvpress's pipeline does); its previous attention
+        implementation is restored when the block has closed and those caches have been
+        freed (on error too). ``"budgetopt_varlen"`` runs ``"sdpa"`` on ordinary caches.
         """
         if self.mode != "varlen":
             with super().__call__(model):
                 yield
             return
-        config = model.config
-        previous = getattr(config, "_attn_implementation", None)
-        if previous not in ("sdpa", ATTENTION_NAME):
-            raise InvalidInputError(
-                f"BudgetPress(mode='varlen') needs a model with attn_implementation='sdpa'; this one runs {previous!r}"
-            )
-        model.set_attn_implementation(ATTENTION_NAME)
+        current = getattr(model.config, "_attn_implementation", None)
+        hold = _HOLDS.get(model)
+        if hold is None or current != ATTENTION_NAME:
+            if current not in ("sdpa", ATTENTION_NAME):
+                raise InvalidInputError(
+                    f"BudgetPress(mode='varlen') needs a model with attn_implementation='sdpa'; this one runs "
+                    f"{current!r}"
+                )
+            hold = _HOLDS[model] = _AttentionHold(current)
+        hold.contexts += 1
+        model_ref = weakref.ref(model)
+        self._hold = (model_ref, hold)
         try:
+            model.set_attn_implementation(ATTENTION_NAME)
             with super().__call__(model):
                 yield
         finally:
-            model.set_attn_implementation(previous)
+            self._hold = None
+            hold.contexts -= 1
+            _release(model_ref, hold)
 
     def forward_hook(self, module, input, kwargs, output):
+        if getattr(module, "is_sliding", False):
+            return output  # a sliding-window layer (Gemma3): its cache keeps only the window anyway
         if self.mode != "varlen":
             return super().forward_hook(module, input, kwargs, output)
         hidden_states = kwargs["hidden_states"]
@@ -251,6 +299,11 @@ class BudgetPress(BasePress):
         cache.layers[index] = VarlenLayer.from_varlen(packed, length, config=module.config)
         if type(cache) is DynamicCache:
             cache.__class__ = VarlenCache  # a subclass that adds methods only: same state, same object
+        hold = getattr(self, "_hold", None)
+        if hold is not None and getattr(cache, "_budgetopt_hold", None) is not hold[1]:
+            cache._budgetopt_hold = hold[1]
+            hold[1].caches += 1
+            weakref.finalize(cache, _cache_freed, *hold)
         return output
 
     def _checked_budgets(self, layer, keys):

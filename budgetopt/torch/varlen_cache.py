@@ -15,9 +15,10 @@ each head's packed rows plus the decoded tail:
 * on CUDA in float16/bfloat16, one :func:`torch.nn.attention.varlen.varlen_attn` call over
   the packed rows, merged with the tail by log-sum-exp (single-token decoding steps without
   an attention mask);
-* otherwise (the CPU, float32, padded batches, several new tokens at once) a loop over the
-  (batch row, KV head) sequences, two small matrix products per sequence, softmax in
-  float32.
+* single-token steps over many short (batch row, KV head) sequences: all sequences at
+  once, a softmax per sequence by segment reductions, in float32;
+* otherwise (few or long sequences, several new tokens at once) a loop over the
+  sequences, two small matrix products per sequence, softmax in float32.
 
 :class:`~budgetopt.torch.press.BudgetPress` with ``mode="varlen"`` builds the layers and
 switches the model to this attention; nothing is patched at import.
@@ -48,6 +49,41 @@ ATTENTION_NAME = "budgetopt_varlen"
 
 _LAYER_ATTR = "_budgetopt_varlen_layer"
 _HALF = (torch.float16, torch.bfloat16)
+
+
+class _PackedRows(torch.Tensor):
+    """The packed ``(total, dim)`` rows of a :class:`VarlenLayer`, as :attr:`VarlenLayer.keys`
+    and :attr:`VarlenLayer.values` return them.
+
+    A plain tensor in every respect (operations return plain tensors) except one: indexing
+    it like a dense ``(batch, kv_heads, seq, dim)`` cache, ``rows[:, :, :n]``, yields a
+    :class:`_SeenPrefix` that, assigned back to the same attribute, crops the layer to ``n``
+    seen tokens. kvpress's pipeline drops an answer from the cache that way
+    (``layer.keys = layer.keys[:, :, :n]``)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __getitem__(self, index):
+        if (isinstance(index, tuple) and len(index) == 3
+                and all(isinstance(i, slice) and i == slice(None) for i in index[:2])
+                and isinstance(index[2], slice) and index[2].start in (None, 0) and index[2].step in (None, 1)):
+            origin = getattr(self, "_budgetopt_origin", None)
+            if origin is not None:
+                return _SeenPrefix(origin[0](), origin[1], index[2].stop)
+        return super().__getitem__(index)
+
+
+class _SeenPrefix:
+    """``layer.keys[:, :, :stop]`` of a :class:`VarlenLayer`: the first ``stop`` tokens seen
+    (``None``: all). Only assignment back to the attribute it came from means anything."""
+
+    __slots__ = ("layer", "name", "stop")
+
+    def __init__(self, layer, name, stop):
+        self.layer, self.name, self.stop = layer, name, stop
+
+    def __repr__(self):
+        return f"<first {self.stop} seen tokens of a VarlenLayer's {self.name}>"
 
 
 class VarlenLayer(CacheLayerMixin):
@@ -100,6 +136,11 @@ class VarlenLayer(CacheLayerMixin):
     :meth:`get_seq_length` is the number of tokens seen (``T`` plus decoded), not the rows
     held, so ``generate`` and the attention masks number new tokens by their true
     positions.
+
+    ``keys`` and ``values`` are the packed tensors, with one addition for code written for
+    dense layers: ``layer.keys = layer.keys[:, :, :n]`` (and the same for ``values``) drops
+    the decoded tokens beyond ``n`` seen tokens, as :meth:`crop` does for both. kvpress's
+    pipeline removes an answer from the cache between questions this way.
     """
 
     is_sliding = False
@@ -163,6 +204,33 @@ class VarlenLayer(CacheLayerMixin):
         """
         return cls(packed.keys, packed.values, packed.positions, packed.cu_seqlens, batch=packed.batch,
                    kv_heads=packed.kv_heads, context_length=context_length, config=config)
+
+    # -- the packed rows ------------------------------------------------------------------
+    def _get_rows(self, name):
+        rows = self.__dict__.get("_" + name)
+        if rows is None:
+            return None
+        view = rows.as_subclass(_PackedRows)
+        view._budgetopt_origin = (weakref.ref(self), name)
+        return view
+
+    def _set_rows(self, name, value):
+        if isinstance(value, _SeenPrefix):
+            if value.layer is not self or value.name != name:
+                raise InvalidInputError(
+                    f"`{name}` can be assigned `layer.{name}[:, :, :n]` of this same layer only (it crops the "
+                    "decoded tokens); got a slice of another layer or attribute"
+                )
+            self._crop_tail(name, value.stop)
+            return
+        if isinstance(value, _PackedRows):
+            value = value.as_subclass(torch.Tensor)
+        self.__dict__["_" + name] = value
+
+    keys = property(lambda self: self._get_rows("keys"), lambda self, v: self._set_rows("keys", v),
+                    doc="Packed key rows ``(total, head_dim)`` (see the class Notes for slicing).")
+    values = property(lambda self: self._get_rows("values"), lambda self, v: self._set_rows("values", v),
+                      doc="Packed value rows ``(total, value_dim)`` (see the class Notes for slicing).")
 
     # -- sizes -------------------------------------------------------------------------
     def lengths(self):
@@ -237,18 +305,25 @@ class VarlenLayer(CacheLayerMixin):
         """Drop decoded tokens beyond ``max_length`` seen tokens (negative: that many fewer).
 
         The compressed context itself cannot be cropped."""
+        self._crop_tail("keys", max_length)
+        self._crop_tail("values", max_length)
+
+    def _crop_tail(self, name, max_length):
+        tail = getattr(self, "decoded_" + name)
+        seen = self.context_length + tail.shape[2]
+        if max_length is None:
+            return
+        max_length = int(max_length)
         if max_length < 0:
-            max_length = self.get_seq_length() + max_length
-        if max_length >= self.get_seq_length():
+            max_length = seen + max_length
+        if max_length >= seen:
             return
         if max_length < self.context_length:
             raise InvalidInputError(
                 f"cannot crop a compressed cache below its context of {self.context_length} tokens; "
                 f"got max_length={max_length}"
             )
-        keep = max_length - self.context_length
-        self.decoded_keys = self.decoded_keys[:, :, :keep]
-        self.decoded_values = self.decoded_values[:, :, :keep]
+        setattr(self, "decoded_" + name, tail[:, :, : max_length - self.context_length])
 
     def batch_select_indices(self, indices):
         """Keep batch rows ``indices`` (in that order; a row may repeat)."""
@@ -382,6 +457,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         varlen = _cuda_varlen_attn(query.device, query.dtype)
         if varlen is not None:
             out = _decode_packed_merge(query, layer, key, value, scale, varlen)
+    if out is None and q_len == 1 and _segments_pay(layer):
+        out = _decode_segments(query, layer, key, value, attention_mask, scale)
     if out is None:
         out = _attend_per_sequence(query, layer, key, value, attention_mask, scale)
     return out.transpose(1, 2).contiguous(), None
@@ -404,7 +481,7 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
     n_dec = dec_keys.shape[2]
     work = torch.float64 if query.dtype == torch.float64 else torch.float32
     out = query.new_empty(batch, heads, q_len, dec_values.shape[-1])
-    offsets, keys, values = layer._offsets, layer.keys, layer.values
+    offsets, keys, values = layer._offsets, layer._keys, layer._values
     tail_bias = None
     if attention_mask is None and q_len > 1:
         # Causal among the new tokens: query i sees decoded tokens 0 .. n_dec - q_len + i.
@@ -433,6 +510,66 @@ def _attend_per_sequence(query, layer, dec_keys, dec_values, attention_mask, sca
     return out
 
 
+# When the all-at-once step beats the per-sequence loop on the CPU: many short sequences.
+# benchmarks/bench_varlen_step.py (one thread, shared machine): 0.10-0.56x the loop's time
+# with 32-128 sequences of 50-180 rows, but 1.1-2.3x with 3 sequences (batch 1, 3 KV heads)
+# and 1.46x with 64 sequences of ~770 rows, where its (rows, group, dim) temporaries cost
+# more than the loop's Python overhead.
+_SEGMENTS_MIN_SEQUENCES = 8
+_SEGMENTS_MAX_MEAN_ROWS = 256
+
+
+def _segments_pay(layer):
+    seqs = layer.batch * layer.kv_heads
+    return seqs >= _SEGMENTS_MIN_SEQUENCES and layer._keys.shape[0] <= _SEGMENTS_MAX_MEAN_ROWS * seqs
+
+
+def _decode_segments(query, layer, dec_keys, dec_values, attention_mask, scale):
+    """One decoding step over all (batch row, KV head) sequences at once, no Python loop:
+    scores of every packed row against its sequence's queries, a softmax per sequence
+    (segment maximum by ``scatter_reduce``, sums by ``index_add_``) joined with the
+    decoded tail, and the weighted values summed back per sequence. Float32 (float64
+    stays float64); the temporaries are ``(rows, group, dim)``."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads = layer.kv_heads
+    group, seqs = heads // kv_heads, batch * kv_heads
+    work = torch.float64 if query.dtype == torch.float64 else torch.float32
+    device = query.device
+    counts = (layer.cu_seqlens[1:] - layer.cu_seqlens[:-1]).to(device=device, dtype=torch.int64)
+    total = layer._keys.shape[0]
+    seq = torch.repeat_interleave(torch.arange(seqs, device=device), counts, output_size=total)
+    q = query.to(work).reshape(seqs, group, head_dim) * scale
+    kp, vp = layer._keys.to(work), layer._values.to(work)
+    packed = torch.bmm(q.index_select(0, seq), kp.unsqueeze(-1)).squeeze(-1)           # (rows, G)
+    tail = q.view(batch, kv_heads, group, head_dim) @ dec_keys.to(work).transpose(-1, -2)  # (B, H, G, n)
+    if attention_mask is not None:
+        bias = _bias_rows(attention_mask, work)                                          # (B, seen)
+        positions = layer.positions.to(device=device, dtype=torch.int64)
+        packed = packed + bias[seq // kv_heads, positions].unsqueeze(-1)
+        tail = tail + bias[:, layer.context_length:].view(batch, 1, 1, -1)
+    tail = tail.reshape(seqs, group, -1)
+    top = torch.full((seqs, group), float("-inf"), dtype=work, device=device)
+    top = top.scatter_reduce(0, seq.unsqueeze(-1).expand(-1, group), packed, "amax")
+    if tail.shape[-1]:
+        top = torch.maximum(top, tail.amax(-1))
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)                    # nothing visible
+    weights_p = torch.exp(packed - top.index_select(0, seq))
+    weights_t = torch.exp(tail - top.unsqueeze(-1))
+    denom = weights_t.sum(-1).index_add_(0, seq, weights_p)
+    num = (weights_t @ dec_values.to(work).reshape(seqs, -1, dec_values.shape[-1]))
+    num = num.index_add_(0, seq, weights_p.unsqueeze(-1) * vp.unsqueeze(1))
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))                       # nothing seen: zeros
+    return (num / denom.unsqueeze(-1)).to(query.dtype).view(batch, heads, 1, -1)
+
+
+def _bias_rows(attention_mask, dtype):
+    """Additive bias ``(batch, kv_length)`` of a one-query mask (0 where attended, -inf else)."""
+    rows = attention_mask[:, 0, -1] if attention_mask.dim() == 4 else attention_mask[:, -1]
+    if rows.dtype == torch.bool:
+        return torch.zeros(rows.shape, dtype=dtype, device=rows.device).masked_fill_(~rows, float("-inf"))
+    return rows.to(dtype)
+
+
 def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):
     """One decoding step: ``varlen(...)`` over the packed rows (flash-attn layout, with
     log-sum-exp), the decoded tail in float32, merged by log-sum-exp.
@@ -446,7 +583,7 @@ def _decode_packed_merge(query, layer, dec_keys, dec_values, scale, varlen):
     seqs = batch * kv_heads
     q = query.reshape(seqs, group, head_dim)                                   # one query row per sequence
     cu_q = torch.arange(seqs + 1, dtype=torch.int32, device=query.device)
-    out_p, lse_p = varlen(q, layer.keys.unsqueeze(1), layer.values.unsqueeze(1), cu_q, layer.cu_seqlens, 1,
+    out_p, lse_p = varlen(q, layer._keys.unsqueeze(1), layer._values.unsqueeze(1), cu_q, layer.cu_seqlens, 1,
                           max(layer.max_seqlen, 1), scale)
     out_p = out_p.float().view(batch, kv_heads, group, -1)
     lse_p = lse_p.float().reshape(batch, kv_heads, group)

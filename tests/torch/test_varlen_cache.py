@@ -4,6 +4,8 @@ Tiny randomly initialised models (no download), sdpa attention. The reference is
 head-wise masking (``mode="mask"``) with the same budgets: same tokens, same logits.
 """
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -187,7 +189,7 @@ def test_packed_rows_are_the_mask_mode_kept_rows():
     with torch.no_grad(), press(model()):
         model().model(input_ids=ids, past_key_values=cache)
     assert type(cache) is VarlenCache
-    assert model().config._attn_implementation == "sdpa"  # restored on exit
+    assert model().config._attn_implementation == ATTENTION_NAME  # held while the varlen cache lives
     for layer_idx in range(LAYERS):
         keys, values = full.layers[layer_idx].keys, full.layers[layer_idx].values
         scores = -torch.linalg.vector_norm(keys, dim=-1, dtype=torch.float32)  # KnormPress
@@ -202,6 +204,9 @@ def test_packed_rows_are_the_mask_mode_kept_rows():
                 assert torch.equal(positions, reference.positions[b, h, :n])
                 assert torch.equal(layer.keys[start:end], keys[b, h, positions])
                 assert torch.equal(layer.values[start:end], values[b, h, positions])
+    del cache, layer
+    gc.collect()
+    assert model().config._attn_implementation == "sdpa"  # restored once it is freed
 
 
 # -- the attention paths against a dense reference ------------------------------------------
@@ -333,7 +338,7 @@ def test_batch_select_and_crop():
 
 
 # -- errors -----------------------------------------------------------------------------------
-def test_decoding_outside_the_press_is_refused_clearly():
+def test_decoding_under_another_attention_is_refused_clearly():
     budgets, sink, window = CASES["mixed"]
     ids = _ids(1)
     cache = DynamicCache()
@@ -341,6 +346,7 @@ def test_decoding_outside_the_press_is_refused_clearly():
     with torch.no_grad(), press(model()):
         model().model(input_ids=ids, past_key_values=cache)
     step = dict(input_ids=ids[:, -1:], past_key_values=cache, position_ids=torch.tensor([[LENGTH]]))
+    model().set_attn_implementation("sdpa")  # the user switches away while the cache lives
     with torch.no_grad(), pytest.raises(InvalidInputError, match="only the 'budgetopt_varlen' attention reads"):
         model()(**step)
     # Selecting the attention explicitly (kvpress pipeline style: explicit positions) works.
@@ -446,3 +452,54 @@ class _NoPress:
         import contextlib
 
         return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_vectorised_decoding_step_matches_the_loop(dtype, padded):
+    # _decode_segments (every sequence at once) against the per-sequence loop, with heads that
+    # kept nothing, padding to hide, and an empty tail.
+    from budgetopt.torch.varlen_cache import _decode_segments
+
+    for steps in ((), (1,), (2, 1)):
+        layer, keys, values, keep, gen = _random_layer(20 + len(steps) + padded, batch=3, dtype=dtype)
+        batch, kv_heads, _, dim = keys.shape
+        new_k = layer.decoded_keys
+        new_v = layer.decoded_values
+        for n in steps:
+            new_k, new_v = layer.update(*(torch.randn(batch, kv_heads, n, dim, generator=gen).to(dtype) for _ in "kv"))
+        query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen).to(dtype)
+        mask = None
+        if padded:
+            mask = torch.ones(batch, 1, 1, layer.get_seq_length(), dtype=torch.bool)
+            mask[1, ..., :5] = False
+            mask[2, ..., 3] = False
+        fast = _decode_segments(query, layer, new_k, new_v, mask, 0.4)
+        loop = _attend_per_sequence(query, layer, new_k, new_v, mask, 0.4)
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+        # The loop gives NaN where every row a query could see is masked (never while decoding:
+        # the new token is always visible); the vectorised step gives zeros there.
+        seen = torch.isfinite(loop)
+        assert fast.dtype == dtype and torch.isfinite(fast).all() and (fast[~seen] == 0).all()
+        torch.testing.assert_close(fast[seen].double(), loop[seen].double(), rtol=tol, atol=tol)
+        if not steps:  # row 0, head 0 kept nothing and there is no tail: zeros, as in the loop
+            assert int(layer.lengths()[0, 0]) == 0 and (fast[0, :2] == 0).all()
+
+
+def test_many_short_sequences_take_the_vectorised_step(monkeypatch):
+    from budgetopt.torch import varlen_cache
+
+    calls = []
+    real = varlen_cache._decode_segments
+    monkeypatch.setattr(varlen_cache, "_decode_segments", lambda *a: calls.append(1) or real(*a))
+    for batch, length, expected in ((4, 12, 1), (1, 12, 0), (4, 900, 0)):  # 12 seqs short / 3 seqs / long
+        layer, keys, values, keep, gen = _random_layer(5, batch=batch, length=length)
+        batch, kv_heads, _, dim = keys.shape
+        new = torch.randn(batch, kv_heads, 1, dim, generator=gen)
+        new_k, new_v = layer.update(new, -new)
+        query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen)
+        calls.clear()
+        out, _ = varlen_attention_forward(_Module(), query, new_k, new_v, None)
+        assert len(calls) == expected
+        reference = _dense_reference(query, keys, values, keep, layer.decoded_keys, layer.decoded_values)
+        torch.testing.assert_close(out.transpose(1, 2).double(), reference, rtol=1e-5, atol=1e-5)
