@@ -7,7 +7,6 @@ Importing this module imports kvpress, which patches transformers' attention fun
 
 from __future__ import annotations
 
-import numbers
 import os
 import weakref
 from contextlib import contextmanager
@@ -15,19 +14,14 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from .._checks import check_fraction, check_int, check_real
+from ..errors import InvalidInputError, InvalidTypeError
 from .compact import compact
 from ..lukv import load_lukv_table
 from .layers import budget_source, layer_budgets
 from .mask import keep_mask
 
-try:
-    from kvpress.presses.base_press import BasePress, is_prefilling
-    from kvpress.presses.scorer_press import ScorerPress
-except ImportError as _exc:  # pragma: no cover - exercised only without kvpress
-    raise MissingDependencyError(
-        "budgetopt.torch.press needs kvpress; install it with: pip install 'budgetopt[kvpress]'"
-    ) from _exc
+from ._kvpress import BasePress, ScorerPress, is_prefilling
 
 from transformers.cache_utils import DynamicCache, DynamicLayer  # noqa: E402  (after kvpress's patching)
 
@@ -161,11 +155,7 @@ class BudgetPress(BasePress):
             raise InvalidTypeError(
                 f"`press` must be a kvpress ScorerPress (it scores tokens); got {type(press).__name__}"
             )
-        for name, value in (("sink", sink), ("window", window)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise InvalidTypeError(f"`{name}` must be an int; got {type(value).__name__}")
-            if value < 0:
-                raise InvalidInputError(f"`{name}` must be >= 0; got {value}")
+        sink, window = check_int(sink, "sink"), check_int(window, "window")
         if mode not in _MODES:
             raise InvalidInputError(f"`mode` must be one of {', '.join(map(repr, _MODES))}; got {mode!r}")
         if isinstance(allocation, (str, bytes, os.PathLike)):
@@ -200,14 +190,11 @@ class BudgetPress(BasePress):
 
     @compression_ratio.setter
     def compression_ratio(self, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidTypeError(f"`compression_ratio` must be a float; got {type(value).__name__}")
-        value = float(value)
         if self._table is not None:
-            if not 0.0 <= value < 1.0:
-                raise InvalidInputError(f"`compression_ratio` must be in [0, 1); got {value!r}")
-            self._ratio = value
-        elif abs(value - self._ratio) > 1e-9:
+            self._ratio = check_fraction(value, "compression_ratio", upper_open=True)
+            return
+        value = check_real(value, "compression_ratio")
+        if abs(value - self._ratio) > 1e-9:
             raise InvalidInputError(
                 f"`compression_ratio` is fixed by the allocation at {self._ratio!r}; got {value!r} "
                 "(allocate again for another total, or use an LU-KV table)"

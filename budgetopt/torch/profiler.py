@@ -28,16 +28,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from ..errors import InvalidInputError, InvalidTypeError
 
-try:
-    from kvpress.presses.base_press import BasePress
-    from kvpress.presses.scorer_press import ScorerPress
-    import kvpress as _kvpress
-except ImportError as _exc:  # pragma: no cover - exercised only without kvpress
-    raise MissingDependencyError(
-        "budgetopt.torch.profiler needs kvpress; install it with: pip install 'budgetopt[kvpress]'"
-    ) from _exc
+from ._kvpress import BasePress, ScorerPress
+from ._kvpress import kvpress as _kvpress
 
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicLayer

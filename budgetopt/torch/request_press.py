@@ -6,23 +6,17 @@ Importing this module imports kvpress, which patches transformers' attention fun
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
+from .._checks import check_fraction
+from ..errors import InvalidInputError, InvalidTypeError
 from ..request import RequestAllocator
 from ..rounding import tokens_from_fraction
 from .mask import keep_mask
 
-try:
-    from kvpress.presses.base_press import BasePress
-    from kvpress.presses.scorer_press import ScorerPress
-except ImportError as _exc:  # pragma: no cover - exercised only without kvpress
-    raise MissingDependencyError(
-        "budgetopt.torch.request_press needs kvpress; install it with: pip install 'budgetopt[kvpress]'"
-    ) from _exc
+from ._kvpress import BasePress, ScorerPress
 
 __all__ = ["RequestBudgetPress"]
 
@@ -93,12 +87,7 @@ class RequestBudgetPress(BasePress):
 
     @compression_ratio.setter
     def compression_ratio(self, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidTypeError(f"`compression_ratio` must be a float; got {type(value).__name__}")
-        value = float(value)
-        if not 0.0 <= value < 1.0:
-            raise InvalidInputError(f"`compression_ratio` must be in [0, 1); got {value!r}")
-        self._ratio = value
+        self._ratio = check_fraction(value, "compression_ratio", upper_open=True)
 
     def total_budget(self, length):
         """Tokens all layers and KV heads keep for a ``length``-token request."""

@@ -217,7 +217,7 @@ def test_eager_attention_is_refused(ids):
         ((KnormPress(), BUDGETS), {"head_capacity": 20}, InvalidInputError, r"<= `head_capacity` \(20\)"),
         ((KnormPress(), np.full((99, 3, 2), 0.5)), {"head_capacity": 8}, InvalidInputError, "`head_capacity` applies"),
         ((KnormPress(), BUDGETS), {"head_capacity": 40, "sink": -1}, InvalidInputError, "`sink` must be >= 0"),
-        ((KnormPress(), BUDGETS), {"head_capacity": 40, "window": 0.5}, InvalidTypeError, "`window` must be an int"),
+        ((KnormPress(), BUDGETS), {"head_capacity": 40, "window": 0.5}, InvalidTypeError, "`window` must be an integer"),
         ((KnormPress(), "/nonexistent/curve.npy"), {}, CurvesFileError, "no such file"),
         ((KnormPress(), BUDGETS.astype(float)), {"head_capacity": 40}, InvalidTypeError, "integer dtype"),
     ],
