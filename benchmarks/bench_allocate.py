@@ -54,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from _env import cpu_model  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import _kernels, _kernels_bracket, _kernels_greedy  # noqa: E402
@@ -68,15 +69,7 @@ KEPT = 0.2  # fraction kept (kvpress compression_ratio 0.8)
 
 # -- environment ---------------------------------------------------------------------------
 def machine():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     return {
         "cpu_model": model,
         "cores": os.cpu_count(),

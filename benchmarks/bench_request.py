@@ -48,6 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _env import cpu_model  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
@@ -321,12 +323,7 @@ def environment(command):
     except OSError:
         commit, dirty = "unknown", ""
     import numba
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}", "load": os.getloadavg(),
             "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
             "commit": commit, "uncommitted_changes": bool(dirty), "command": command}
