@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from .errors import InvalidInputError, InvalidTypeError
+from ._limits import MAX_TOKENS_TEXT
 
 
 def refuse_masked(value, name):
@@ -54,7 +55,7 @@ def real_array(value, ref):
     except Exception as exc:  # ragged lists and the like
         raise InvalidTypeError(f"{ref} must be a numeric array; could not convert it ({exc})") from None
     if arr.dtype.kind == "O" and too_large_ints(arr):
-        raise InvalidInputError(f"{ref} holds integers too large for int64 (values must be below 2**62)")
+        raise InvalidInputError(f"{ref} holds integers too large for int64 (values must be below {MAX_TOKENS_TEXT})")
     if arr.dtype.kind not in "iuf":
         raise InvalidTypeError(f"{ref} must hold real numbers (integer or float dtype); got dtype {arr.dtype}")
     return arr

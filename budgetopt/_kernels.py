@@ -61,11 +61,6 @@ def _slope(u, g, a, b):
     return (u[b] - u[a]) / (g[b] - g[a])
 
 
-@nb.njit(inline="always", **_JIT)
-def _slope(u, g, a, b):
-    return (u[b] - u[a]) / (g[b] - g[a])
-
-
 # --- hull -------------------------------------------------------------------------------
 
 # Pruning rounds repeat while a round drops a point, at most this many times.

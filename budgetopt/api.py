@@ -10,18 +10,19 @@ import numpy as np
 
 from . import exact, greedy as _greedy, mcknap
 from .errors import InvalidInputError, InvalidTypeError
-from .curves import refuse_masked
+from ._checks import refuse_masked
 from .problem import build_problem, check_time_limit, check_total, require_feasible
 
 __all__ = ["allocate", "sweep", "METHODS"]
 
-#: Method name -> (solver, guarantee). ``allocate(method=...)`` accepts exactly these names.
+#: Method name -> solver. ``allocate(method=...)`` accepts exactly these names; what each one
+#: guarantees is in :func:`allocate`'s Notes and docs/guide-choosing-a-method.md.
 METHODS = {
-    "greedy": (_greedy.greedy, "LP relaxation solved exactly; integer answer within `gap` of optimal"),
-    "milp": (exact.milp, "exact (scipy.optimize.milp, HiGHS)"),
-    "cvxpy": (exact.cvxpy_milp, "exact (cvxpy model, HiGHS)"),
-    "dp": (exact.dp, "exact (dynamic programme over budget units; size-limited)"),
-    "exact": (mcknap.exact, "exact (LP bound, reduced-cost fixing, core DP); proven optimal or stopped at time_limit with a bound"),
+    "greedy": _greedy.greedy,
+    "milp": exact.milp,
+    "cvxpy": exact.cvxpy_milp,
+    "dp": exact.dp,
+    "exact": mcknap.exact,
 }
 
 #: Methods that accept ``time_limit``.
@@ -117,7 +118,7 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     ([0, 1], 'optimal', 0.0)
     """
     try:
-        solver = METHODS[method][0]
+        solver = METHODS[method]
     except (KeyError, TypeError):
         raise InvalidInputError(
             f"`method` must be one of {', '.join(repr(m) for m in METHODS)}; got {method!r}"

@@ -8,15 +8,13 @@ import math
 import numpy as np
 
 from ._io import as_path, check_input_file, read_npz, write_atomic  # noqa: F401 (re-exported)
-from ._checks import real_array, refuse_masked, too_large_ints  # noqa: F401 (re-exported)
+from ._checks import real_array
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
 from .hull import row_gaps
 
 __all__ = ["Curves", "as_curves", "hull_gap", "load_curves", "save_curves", "MAX_TOKENS", "MAX_META_BYTES"]
 
-#: Token counts and totals are int64 inside; every grid point, floor, cap and total stays
-#: below this (2**62), so sums over heads cannot overflow.
-MAX_TOKENS = 2**62
 #: Largest ``meta`` a curves file may hold, as JSON text (16 MiB).
 MAX_META_BYTES = 2**24
 
@@ -147,9 +145,9 @@ class Curves:
                         f"{_where(g.shape if g.ndim > 1 else (1,) + g.shape, first)}"
                     )
                 if np.any(np.abs(g) >= float(MAX_TOKENS)):
-                    raise InvalidInputError("`grid` values are too large: they must be below 2**62 tokens")
+                    raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
             elif g.dtype.kind == "u" and g.size and int(g.max()) >= MAX_TOKENS:
-                raise InvalidInputError("`grid` values are too large: they must be below 2**62 tokens")
+                raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
             g = np.array(g, dtype=np.int64, order="C", copy=True)
             g2 = g.reshape(-1, K)
             neg = g2 < 0

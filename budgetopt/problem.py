@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import refuse_masked, too_large_ints
-from .curves import MAX_TOKENS, Curves, as_curves
+from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+from .curves import Curves, as_curves
 from .errors import InfeasibleError, InvalidInputError, InvalidTypeError
 
 __all__ = ["Problem", "build_problem", "check_total", "check_time_limit", "MAX_TOKENS"]
@@ -85,7 +86,7 @@ def _bound(value, name, head_shape):
             f"{tuple(head_shape)}; could not convert it ({exc})"
         ) from None
     if arr.dtype.kind == "O" and too_large_ints(arr):
-        raise InvalidInputError(f"`{name}` values are too large: they must be below 2**62 tokens")
+        raise InvalidInputError(f"`{name}` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
         raise InvalidTypeError(f"`{name}` must be a whole number of tokens or an array of them; got dtype {arr.dtype}")
     if arr.dtype.kind == "f":
@@ -100,7 +101,7 @@ def _bound(value, name, head_shape):
             f"`{name}` must be a scalar or have the head shape {tuple(head_shape)}; got shape {arr.shape}"
         )
     if arr.size and (int(arr.max()) if arr.dtype.kind in "iu" else float(arr.max())) >= MAX_TOKENS:
-        raise InvalidInputError(f"`{name}` values are too large: they must be below 2**62 tokens")
+        raise InvalidInputError(f"`{name}` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
     return np.broadcast_to(arr.astype(np.int64), tuple(head_shape)).reshape(-1)
 
 
@@ -118,7 +119,7 @@ def build_problem(curves, min_budget=None, max_budget=None):
     if curves.capacity >= MAX_TOKENS:
         raise InvalidInputError(
             f"`curves` hold {curves.capacity} tokens in all (the sum of each head's largest grid "
-            "point); the solvers handle totals below 2**62"
+            f"point); the solvers handle totals below {MAX_TOKENS_TEXT}"
         )
     utility = curves.utility2d
     grid = curves.grid2d
@@ -194,7 +195,7 @@ def check_total(total_budget, name="total_budget"):
     if total < 0:
         raise InvalidInputError(f"`{name}` must be >= 0; got {total}")
     if total >= MAX_TOKENS:
-        raise InvalidInputError(f"`{name}` is too large: totals must be below 2**62 tokens; got {total}")
+        raise InvalidInputError(f"`{name}` is too large: totals must be below {MAX_TOKENS_TEXT} tokens; got {total}")
     return total
 
 

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from ._checks import check_fraction, real_array
-from .curves import MAX_TOKENS
+from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "RULES"]
@@ -178,7 +178,7 @@ def _keep_counts(prune_ratios, length, rule, lanes=None):
         raise InvalidInputError("`prune_ratios` must be finite numbers in [0, 1]")
     length = _whole(length, "length", 1)
     if length >= MAX_TOKENS:
-        raise InvalidInputError(f"`length` is too large: it must be below 2**62 tokens; got {length}")
+        raise InvalidInputError(f"`length` is too large: it must be below {MAX_TOKENS_TEXT} tokens; got {length}")
     if rule == "kvpress":
         from ._kvpress_arith import DEFAULT_LANES, kvpress_keep_counts
 
