@@ -6,60 +6,64 @@ optimality certificate, and exact baselines (MILP, cvxpy, dynamic programming).
 
 ``budget`` always means the fraction (or number of tokens) *kept*; kvpress's
 ``compression_ratio`` is the fraction removed, ``1 - budget``.
+
+``import budgetopt`` is cheap: each public name is imported from its module the first time it
+is used (``budgetopt.allocate``, ``from budgetopt import allocate``), so the command line starts
+without loading numpy, scipy or numba until a command needs them.
 """
 
-from .api import METHODS, allocate, sweep
-from .curves import Curves, load_curves, save_curves
-from .errors import (
-    BudgetoptError,
-    CurvesFileError,
-    InfeasibleError,
-    InvalidInputError,
-    InvalidTypeError,
-    MissingDependencyError,
-    ProblemTooLargeError,
-    SolverError,
-)
-from .curves import hull_gap
-from .lukv import load_lukv_table, lukv_table, save_lukv_table
-from .profile import curves_from_scores
-from .request import RequestAllocator
-from .result import Allocation, Sweep
-from .rounding import keep_counts_from_prune_ratios, tokens_from_fraction
-from .calibration import Calibration, read_calibration
-from .runs import ProfileRun, curves_from_run, load_profile_run, lukv_table_from_run
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "allocate",
-    "sweep",
-    "METHODS",
-    "hull_gap",
-    "curves_from_scores",
-    "lukv_table",
-    "RequestAllocator",
-    "save_lukv_table",
-    "load_lukv_table",
-    "Sweep",
-    "Curves",
-    "load_curves",
-    "save_curves",
-    "Allocation",
-    "tokens_from_fraction",
-    "keep_counts_from_prune_ratios",
-    "read_calibration",
-    "Calibration",
-    "load_profile_run",
-    "ProfileRun",
-    "lukv_table_from_run",
-    "curves_from_run",
-    "BudgetoptError",
-    "CurvesFileError",
-    "InfeasibleError",
-    "InvalidInputError",
-    "InvalidTypeError",
-    "MissingDependencyError",
-    "ProblemTooLargeError",
-    "SolverError",
-]
+# Public name -> the module that defines it (imported on first use, PEP 562).
+_SOURCES = {
+    "allocate": "api",
+    "sweep": "api",
+    "METHODS": "api",
+    "hull_gap": "curves",
+    "curves_from_scores": "profile",
+    "lukv_table": "lukv",
+    "RequestAllocator": "request",
+    "save_lukv_table": "lukv",
+    "load_lukv_table": "lukv",
+    "Sweep": "result",
+    "Curves": "curves",
+    "load_curves": "curves",
+    "save_curves": "curves",
+    "Allocation": "result",
+    "tokens_from_fraction": "rounding",
+    "keep_counts_from_prune_ratios": "rounding",
+    "read_calibration": "calibration",
+    "Calibration": "calibration",
+    "load_profile_run": "runs",
+    "ProfileRun": "runs",
+    "lukv_table_from_run": "runs",
+    "curves_from_run": "runs",
+    "BudgetoptError": "errors",
+    "CurvesFileError": "errors",
+    "InfeasibleError": "errors",
+    "InvalidInputError": "errors",
+    "InvalidTypeError": "errors",
+    "MissingDependencyError": "errors",
+    "ProblemTooLargeError": "errors",
+    "SolverError": "errors",
+}
+
+__all__ = list(_SOURCES)
+
+
+def __getattr__(name):
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'budgetopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+

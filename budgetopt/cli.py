@@ -8,35 +8,45 @@ partial output file (files are written atomically).
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
-import math
-import os
-import signal
 import sys
-from importlib import resources
-from pathlib import Path
 
-import numpy as np
+# Standard library and budgetopt's own light modules only: numpy and the solvers load inside
+# the commands, once main() listens for Ctrl-C. The console script imports this module before
+# main() runs, so a Ctrl-C during these imports ends the program here, the way main() would.
+try:
+    import argparse
+    import io
+    import math
+    import os
+    from importlib import resources
+    from pathlib import Path
 
-from ._io import check_input_file, check_output_file, read_npy, write_atomic
-from ._io import c_stdout_to_stderr
-from .api import METHODS, allocate
-from .curves import MAX_TOKENS, load_curves
-from .errors import BudgetoptError, CurvesFileError, InvalidInputError
-from .curves import hull_gap
-from .rounding import tokens_from_fraction
+    from ._cli_common import (  # noqa: F401 (Progress, dumps: part of the CLI's toolkit)
+        Progress,
+        UsageError,
+        check_output_path,
+        dumps,
+        fraction_below_one,
+        non_negative_int,
+        non_negative_number,
+        positive_fraction,
+        positive_seconds,
+        run_guarded,
+        workers_count,
+        write_json,
+    )
+    from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+    from .cli_profile import add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs
+    from .errors import CurvesFileError, InvalidInputError
+except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a subprocess test
+    sys.stderr.write("budgetopt: interrupted\n")
+    raise SystemExit(130) from None
 
 __all__ = ["main", "build_parser"]
 
 EXAMPLE = "example_curves.npz"
 #: Most budgets one ``sweep --budgets start:stop:step`` may ask for (checked before building them).
 MAX_SWEEP_BUDGETS = 10_000
-
-
-class UsageError(InvalidInputError):
-    """A command-line argument is wrong (reported like argparse's own errors)."""
 
 
 # -- helpers shared by subcommands -----------------------------------------------------------
@@ -68,6 +78,8 @@ def input_paths(args):
 
 
 def load_source(args):
+    from .curves import load_curves
+
     if args.example and args.curves:
         raise UsageError("give either a curves file or --example, not both")
     if args.example:
@@ -77,75 +89,10 @@ def load_source(args):
     return load_curves(args.curves)
 
 
-def _number(convert, accepts, rule, *, below=None):
-    """An argparse ``type``: ``convert(text)`` that must satisfy ``accepts``; errors say ``rule``.
-
-    ``below``, when given, is an exclusive upper limit (in tokens) reported as "too large"."""
-
-    def parse(text):
-        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
-        try:
-            value = convert(text)
-        except (ValueError, OverflowError):  # not a number (or more digits than Python parses)
-            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be {rule} (finite); got {shown!r}")
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}")
-        if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"is too large: must be below 2**62 tokens; got {shown!r}")
-        return value
-
-    return parse
-
-
-positive_fraction = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (the fraction kept)")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0", below=MAX_TOKENS)
-non_negative_number = _number(float, lambda v: v >= 0, "a number >= 0", below=float(MAX_TOKENS))
-fraction_below_one = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
-workers_count = _number(int, lambda v: v >= 1 or v == -1, "a positive whole number or -1 (all cores)")
-positive_seconds = _number(float, lambda v: v > 0, "a number of seconds > 0")
-
-
-def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
-    """Reject a bad output path before any work: an empty name, a name ending in a separator,
-    an unknown suffix, a missing directory, a destination that is not a regular file or that
-    is one of ``inputs``. Returns the path as given (a symlink is written through)."""
-    if path == "":
-        raise UsageError(f"{option} needs a file name; got an empty string")
-    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
-        raise UsageError(f"{option} {path!r} names a directory; give a file name ending in {' or '.join(suffixes)}")
-    if Path(path).suffix.lower() not in suffixes:
-        raise UsageError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
-    try:
-        check_output_file(path, inputs=inputs)
-    except CurvesFileError as exc:
-        raise UsageError(f"{option}: {exc}") from None
-    return Path(path)
-
-
-def dumps(payload):
-    """Standard JSON text: non-finite floats (never expected) become null, not NaN/Infinity."""
-
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(payload), allow_nan=False)
-
-
-def write_json(path, payload, inputs=()):
-    text = dumps(payload) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")), inputs=inputs)
-
-
 def format_table(budgets, title):
     """Per-layer table: one row per layer (first head axis), one column per head."""
+    import numpy as np
+
     b = np.asarray(budgets)
     rows = b.reshape(b.shape[0], -1) if b.ndim >= 1 else b.reshape(1, 1)
     if b.ndim == 1:
@@ -162,6 +109,12 @@ def format_table(budgets, title):
 
 # -- solve ---------------------------------------------------------------------------------
 def _cmd_solve(args):
+    import numpy as np
+
+    from ._io import c_stdout_to_stderr, write_atomic
+    from .api import allocate
+    from .rounding import tokens_from_fraction
+
     curves = load_source(args)
     inputs = input_paths(args)
     output = check_output_path(args.output, (".json", ".npz"), inputs=inputs) if args.output is not None else None
@@ -174,7 +127,7 @@ def _cmd_solve(args):
         if exact >= MAX_TOKENS:
             raise UsageError(
                 f"--avg-tokens {args.avg_tokens:g} is too large: times {curves.n_heads} heads it asks "
-                "for more than 2**62 tokens"
+                f"for more than {MAX_TOKENS_TEXT} tokens"
             )
         total = int(math.floor(exact + 1e-9))
     with c_stdout_to_stderr():
@@ -207,6 +160,10 @@ def _cmd_solve(args):
 
 # -- inspect -------------------------------------------------------------------------------
 def _cmd_inspect(args):
+    import numpy as np
+
+    from .curves import hull_gap
+
     curves = load_source(args)
     gaps = hull_gap(curves)
     grid = curves.grid
@@ -239,6 +196,8 @@ def _cmd_inspect(args):
 # -- profiling: curves, sweep, lukv-table ----------------------------------------------------
 def load_npy(path, what):
     """A ``.npy`` array from ``path`` (memory-mapped, never unpickled), errors naming the file."""
+    from ._io import check_input_file, read_npy
+
     path = check_input_file(path, ".npy file", what)
     try:
         return read_npy(path, mmap=True)
@@ -292,40 +251,7 @@ def check_pairs(args, oracles, scores, *, three_axes=False):
             )
 
 
-class Progress:
-    """Progress over calibration pairs on stderr: tqdm if installed, else a counter; off when
-    stderr is not a terminal or ``--no-progress`` is given."""
-
-    def __init__(self, total, enabled, desc):
-        self.bar = None
-        self.enabled = enabled and sys.stderr.isatty()
-        self.desc = desc
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc=desc, unit="pair", file=sys.stderr, leave=False)
-
-    def __call__(self, done, total):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        else:
-            sys.stderr.write(f"\r{self.desc}: {done}/{total} pairs")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-
-
 def _cmd_curves(args):
-    from .cli_profile import check_pair_source, cmd_curves_from_runs
     from .curves import Curves, save_curves
     from .profile import curves_from_pairs
 
@@ -390,6 +316,7 @@ def parse_budgets(text):
 
 def plot_frontier(path, budgets, result, title):
     """Utility and its upper bound against the kept fraction, written atomically."""
+    from ._io import write_atomic
     from .errors import MissingDependencyError
 
     try:
@@ -418,7 +345,9 @@ def plot_frontier(path, budgets, result, title):
 
 
 def _cmd_sweep(args):
+    from ._io import c_stdout_to_stderr
     from .api import sweep
+    from .rounding import tokens_from_fraction
 
     curves = load_source(args)
     plot = None
@@ -459,7 +388,6 @@ def _cmd_sweep(args):
 
 
 def _cmd_lukv_table(args):
-    from .cli_profile import check_pair_source, cmd_lukv_table_from_runs
     from .lukv import lukv_table, save_lukv_table
 
     if check_pair_source(args):
@@ -563,6 +491,9 @@ def whole_percent(text):
 
 def _cmd_plot(args):
     from . import plot
+    from ._io import c_stdout_to_stderr
+    from .api import allocate
+    from .rounding import tokens_from_fraction
 
     output = check_output_path(args.output, plot.FIGURE_SUFFIXES)
     if bool(args.heads) == bool(args.heatmap):
@@ -631,6 +562,9 @@ def add_plot_parser(sub):
 
 # -- parser and entry point ----------------------------------------------------------------
 def build_parser():
+    """The ``budgetopt`` argument parser (imports the solvers, for ``--method``'s choices)."""
+    from .api import METHODS
+
     parser = argparse.ArgumentParser(
         prog="budgetopt",
         description="Per-head KV-cache budget allocation (LU-KV hull greedy with a certificate, exact baselines).",
@@ -664,75 +598,14 @@ def build_parser():
 
     add_profile_parsers(sub)
     add_plot_parser(sub)
-    from .cli_profile import add_profile_command
-
     add_profile_command(sub)
     return parser
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM (or SIGHUP) while the CLI
-    runs, so that pending writes remove their temporary files before it exits."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(signum)
 
 
 def main(argv=None):
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error, 130 after
     Ctrl-C, 128 + N after signal N such as SIGTERM)."""
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                try:
-                    previous[sig] = signal.signal(sig, _raise_terminated)
-                except ValueError:  # not the main thread: leave signals alone
-                    pass
-        return _run(argv)
-    except KeyboardInterrupt:
-        sys.stderr.write("budgetopt: interrupted\n")
-        return 130
-    except Terminated as exc:
-        sys.stderr.write(f"budgetopt: terminated by {signal.Signals(exc.signum).name}\n")
-        return 128 + exc.signum
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _run(argv):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        parser.exit(2, f"budgetopt {args.command}: error: {exc}\n")
-    except BudgetoptError as exc:
-        sys.stderr.write(f"budgetopt {args.command}: error: {exc}\n")
-        return 2
-    except OSError as exc:
-        sys.stderr.write(f"budgetopt {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}\n")
-        return 2
-    except (KeyboardInterrupt, Terminated):
-        raise
-    except RecursionError:
-        sys.stderr.write(f"budgetopt {args.command}: error: input nested too deeply\n")
-        return 2
-    except MemoryError:
-        sys.stderr.write(f"budgetopt {args.command}: error: out of memory\n")
-        return 2
-    except Exception as exc:  # a bug: say so plainly, without a traceback
-        sys.stderr.write(
-            f"budgetopt {args.command}: internal error: {type(exc).__name__}: {exc} "
-            "(please report this with the command that caused it)\n"
-        )
-        return 1
+    return run_guarded(build_parser, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,48 +2,33 @@
 and ``curves``.
 
 Kept apart from :mod:`budgetopt.cli` so that the core command line never imports torch: the
-profiling code is imported inside :func:`cmd_profile` only.
+profiling code is imported inside :func:`cmd_profile` only. Like :mod:`budgetopt.cli`, it
+imports only the standard library and :mod:`budgetopt._cli_common` at module level.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from .errors import InvalidInputError
+from ._cli_common import Progress, UsageError, check_output_path, non_negative_int, positive_int, positive_number
 
 
 def shard_argument(text):
-    """``K/N``, or ``env``: the rank and world size a launcher such as torchrun sets."""
+    """``(K, N)`` from ``--shard K/N``, or from ``env``: the rank and world size a launcher such
+    as torchrun sets. Errors name ``--shard``."""
     from .runs import parse_shard
 
     if text == "env":
         rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
         if rank is None or world is None:
-            raise argparse.ArgumentTypeError("'env' needs the RANK and WORLD_SIZE environment variables (torchrun sets them)")
+            raise UsageError("--shard env needs the RANK and WORLD_SIZE environment variables (torchrun sets them)")
         text = f"{rank}/{world}"
-    try:
-        return parse_shard(text)
-    except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("`shard` ", "")) from None
-
-
-def positive_number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
-    return value
+    return parse_shard(text, ref="--shard")
 
 
 def add_profile_command(sub):
     """Register ``profile`` on the subparsers ``sub``."""
-    from .cli import non_negative_int
-
-    positive_int = lambda text: _positive_int(text)  # noqa: E731
     p = sub.add_parser(
         "profile",
         help="profile a local model on a calibration file into oracle and scorer arrays (a run directory)",
@@ -69,7 +54,7 @@ def add_profile_command(sub):
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
     p.add_argument("--temperature", type=positive_number, default=0.7, help="with --sample (default 0.7, published)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--shard", type=shard_argument, metavar="K/N",
+    p.add_argument("--shard", metavar="K/N",
                    help="profile pairs i with i %% N == K only; 'env' reads RANK/WORLD_SIZE (torchrun)")
     p.add_argument("--no-resume", action="store_true", help="start the run directory over instead of resuming it")
     p.add_argument("--table", metavar="TABLE.npy",
@@ -78,23 +63,13 @@ def add_profile_command(sub):
     p.set_defaults(func=cmd_profile)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
-    return value
-
-
 def cmd_profile(args):
     from .calibration import read_calibration
-    from .cli import UsageError, check_output_path
 
+    shard = shard_argument(args.shard) if args.shard is not None else None
     table_path = (check_output_path(args.table, (".npy",), option="--table", inputs=[args.calibration])
                   if args.table else None)
-    if table_path is not None and args.shard is not None:
+    if table_path is not None and shard is not None:
         raise UsageError(
             "--table needs every pair; with --shard, build the table from all shard directories "
             "afterwards: budgetopt lukv-table RUN_0 RUN_1 ... -o table.npy"
@@ -119,7 +94,7 @@ def cmd_profile(args):
         model, tokenizer, calibration, scorer=args.scorer, out_dir=args.output, sink=args.sink,
         window=args.window, max_new_tokens=args.max_new_tokens, head_reduce=args.head_reduce,
         step_reduce=args.step_reduce, sampling=args.sample, temperature=args.temperature,
-        seed=args.seed, shard=args.shard, resume=not args.no_resume,
+        seed=args.seed, shard=shard, resume=not args.no_resume,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     sys.stderr.write(
@@ -133,7 +108,6 @@ def cmd_profile(args):
 
 
 def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggregate, workers, progress):
-    from .cli import Progress
     from .runs import lukv_table_from_run, save_table_with_meta
 
     bar = Progress(len(run.pairs), progress, "lukv-table")
@@ -153,8 +127,6 @@ def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggre
 
 def check_pair_source(args):
     """Either run directories or ``--oracle``/``--scores``/``--sink``/``--window``; not both."""
-    from .cli import UsageError
-
     if args.runs:
         if args.oracle or args.scores:
             raise UsageError("give run directories or --oracle/--scores files, not both")
@@ -169,7 +141,6 @@ def check_pair_source(args):
 
 
 def cmd_lukv_table_from_runs(args):
-    from .cli import check_output_path
     from .runs import load_profile_run
 
     output = check_output_path(args.output, (".npy",))
@@ -181,7 +152,6 @@ def cmd_lukv_table_from_runs(args):
 
 
 def cmd_curves_from_runs(args):
-    from .cli import check_output_path
     from .curves import save_curves
     from .runs import curves_from_run, load_profile_run
 

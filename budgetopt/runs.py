@@ -48,8 +48,9 @@ def pair_file_name(context, question):
     return f"c{context:05d}_q{question:03d}.npz"
 
 
-def parse_shard(value):
-    """``(K, N)`` from ``"K/N"`` (or a ``(K, N)`` pair), ``None`` for ``None``.
+def parse_shard(value, *, ref="`shard`"):
+    """``(K, N)`` from ``"K/N"`` (or a ``(K, N)`` pair), ``None`` for ``None``; errors name
+    the value ``ref``.
 
     Examples
     --------
@@ -63,18 +64,18 @@ def parse_shard(value):
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
         if not match:
-            raise InvalidInputError(f"`shard` must look like K/N (for example 0/4); got {value!r}")
+            raise InvalidInputError(f"{ref} must look like K/N (for example 0/4); got {value!r}")
         k, n = int(match.group(1)), int(match.group(2))
     else:
         try:
             k, n = value
         except (TypeError, ValueError):
-            raise InvalidTypeError(f"`shard` must be 'K/N' or a (K, N) pair; got {value!r}") from None
+            raise InvalidTypeError(f"{ref} must be 'K/N' or a (K, N) pair; got {value!r}") from None
         if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in (k, n)):
-            raise InvalidTypeError(f"`shard` must hold two integers; got {value!r}")
+            raise InvalidTypeError(f"{ref} must hold two integers; got {value!r}")
         k, n = int(k), int(n)
     if n < 1 or not 0 <= k < n:
-        raise InvalidInputError(f"`shard` K/N needs N >= 1 and 0 <= K < N; got {k}/{n}")
+        raise InvalidInputError(f"{ref} K/N needs N >= 1 and 0 <= K < N; got {k}/{n}")
     return k, n
 
 

@@ -234,12 +234,12 @@ def test_ctrl_c_during_a_solve_exits_130_with_one_line(tmp_path, curves_file):
     ready = tmp_path / "ready"
     script = textwrap.dedent(f"""
         import sys, time
-        import budgetopt.cli as cli
+        import budgetopt.api, budgetopt.cli
         def slow_allocate(*a, **k):
             open({str(ready)!r}, "w").close()
             time.sleep(60)
-        cli.allocate = slow_allocate
-        sys.exit(cli.main(["solve", {str(path)!r}, "--budget", "0.5"]))
+        budgetopt.api.allocate = slow_allocate
+        sys.exit(budgetopt.cli.main(["solve", {str(path)!r}, "--budget", "0.5"]))
     """)
     returncode, out, err, _ = signal_when_ready(script, ready, signal.SIGINT)
     assert returncode == 130 and out == "" and err == "budgetopt: interrupted\n"

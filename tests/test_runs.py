@@ -322,8 +322,6 @@ def test_runs_written_by_other_tools_need_only_the_documented_keys(tmp_path):
 
 
 def test_cli_shard_argument_reads_torchrun_variables(monkeypatch):
-    import argparse
-
     from budgetopt.cli_profile import shard_argument
 
     assert shard_argument("1/4") == (1, 4)
@@ -331,9 +329,9 @@ def test_cli_shard_argument_reads_torchrun_variables(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert shard_argument("env") == (3, 8)
     monkeypatch.delenv("WORLD_SIZE")
-    with pytest.raises(argparse.ArgumentTypeError, match="needs the RANK and WORLD_SIZE"):
+    with pytest.raises(InvalidInputError, match="--shard env needs the RANK and WORLD_SIZE"):
         shard_argument("env")
-    with pytest.raises(argparse.ArgumentTypeError, match=r"K/N needs N >= 1 and 0 <= K < N; got 4/4"):
+    with pytest.raises(InvalidInputError, match=r"--shard K/N needs N >= 1 and 0 <= K < N; got 4/4"):
         shard_argument("4/4")
 
 

@@ -323,7 +323,7 @@ def _bad_model_dirs(base, model_dir):
         ("gpt2", [], r"model_type 'gpt2' is not supported; supported model types: llama, mistral"),
         ("good", ["--scorer", "nope"], r"`scorer` 'nope' is not a known scorer name"),
         ("good", ["--shard", "0/2", "--table", "{tmp}/t.npy"], r"--table needs every pair"),
-        ("good", ["--shard", "2/2"], r"--shard: K/N needs N >= 1 and 0 <= K < N; got 2/2"),
+        ("good", ["--shard", "2/2"], r"--shard K/N needs N >= 1 and 0 <= K < N; got 2/2"),
         ("good", ["--calibration", "{tmp}/bad.jsonl"], r"bad.jsonl:2: not valid JSON"),
         ("good", ["--calibration", "{tmp}/short.jsonl"], r"short.jsonl:1: the context has \d+ tokens"),
         ("good", ["--max-new-tokens", "250"], r"calib.jsonl:1: questions\[0\]: .* exceeds the model's maximum length \(256\)"),

@@ -1,0 +1,241 @@
+"""What the command-line modules share: number parsers for flags, output-path checks and
+writers, progress on stderr, and :func:`run_guarded`, which turns errors and signals into exit
+codes.
+
+Standard library only at module level: the console script imports this module before it can
+report a Ctrl-C, so numpy and the solvers load inside :func:`run_guarded`, when a command
+needs them. Imports go one way: ``cli`` and ``cli_profile`` use this module, never the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+from .errors import BudgetoptError, CurvesFileError, InvalidInputError
+
+__all__ = [
+    "UsageError",
+    "number_parser",
+    "check_output_path",
+    "dumps",
+    "write_json",
+    "Progress",
+    "Terminated",
+    "run_guarded",
+]
+
+
+class UsageError(InvalidInputError):
+    """A command-line argument is wrong (reported like argparse's own errors)."""
+
+
+# -- flags -------------------------------------------------------------------------------------
+def number_parser(convert, accepts, rule, *, below=None):
+    """An argparse ``type``: ``convert(text)`` that must satisfy ``accepts``; errors say ``rule``.
+
+    ``below``, when given, is an exclusive upper limit (in tokens) reported as "too large".
+    Non-finite floats are refused whatever ``accepts`` says.
+
+    Examples
+    --------
+    >>> half = number_parser(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    >>> half("0.5")
+    0.5
+    >>> half("2")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a number in (0, 1]; got '2'
+    """
+
+    def parse(text):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+        try:
+            value = convert(text)
+        except (ValueError, OverflowError):  # not a number (or more digits than Python parses)
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {rule} (finite); got {shown!r}")
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {shown!r}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"is too large: must be below {MAX_TOKENS_TEXT} tokens; got {shown!r}")
+        return value
+
+    return parse
+
+
+positive_fraction = number_parser(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (the fraction kept)")
+non_negative_int = number_parser(int, lambda v: v >= 0, "a whole number >= 0", below=MAX_TOKENS)
+positive_int = number_parser(int, lambda v: v >= 1, "a whole number >= 1")
+non_negative_number = number_parser(float, lambda v: v >= 0, "a number >= 0", below=float(MAX_TOKENS))
+positive_number = number_parser(float, lambda v: v > 0, "a number > 0")
+fraction_below_one = number_parser(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+workers_count = number_parser(int, lambda v: v >= 1 or v == -1, "a positive whole number or -1 (all cores)")
+positive_seconds = number_parser(float, lambda v: v > 0, "a number of seconds > 0")
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
+    """Reject a bad output path before any work: an empty name, a name ending in a separator,
+    an unknown suffix, a missing directory, a destination that is not a regular file or that
+    is one of ``inputs``. Returns the path as given (a symlink is written through)."""
+    from ._io import check_output_file
+
+    if path == "":
+        raise UsageError(f"{option} needs a file name; got an empty string")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UsageError(f"{option} {path!r} names a directory; give a file name ending in {' or '.join(suffixes)}")
+    if Path(path).suffix.lower() not in suffixes:
+        raise UsageError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
+    try:
+        check_output_file(path, inputs=inputs)
+    except CurvesFileError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    return Path(path)
+
+
+def dumps(payload):
+    """Standard JSON text: non-finite floats (never expected) become null, not NaN/Infinity.
+
+    Examples
+    --------
+    >>> dumps({"gap": float("nan"), "used": [1, 2]})
+    '{"gap": null, "used": [1, 2]}'
+    """
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(payload), allow_nan=False)
+
+
+def write_json(path, payload, inputs=()):
+    """``payload`` as one line of standard JSON, written atomically to ``path``."""
+    from ._io import write_atomic
+
+    text = dumps(payload) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), inputs=inputs)
+
+
+class Progress:
+    """Progress over calibration pairs on stderr: tqdm if installed, else a counter; off when
+    stderr is not a terminal or ``--no-progress`` is given."""
+
+    def __init__(self, total, enabled, desc):
+        self.bar = None
+        self.enabled = enabled and sys.stderr.isatty()
+        self.desc = desc
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, unit="pair", file=sys.stderr, leave=False)
+
+    def __call__(self, done, total):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        else:
+            sys.stderr.write(f"\r{self.desc}: {done}/{total} pairs")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+# -- exit codes --------------------------------------------------------------------------------
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (or SIGHUP) while the CLI
+    runs, so that pending writes remove their temporary files before it exits."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def run_guarded(build_parser, argv, *, prog="budgetopt"):
+    """Parse ``argv`` with ``build_parser()`` and run the chosen command ``args.func(args)``;
+    returns the exit code.
+
+    0 ok, 2 bad input (one line on stderr, no traceback), 1 internal error (one line),
+    130 after Ctrl-C, 128 + N after signal N such as SIGTERM. ``build_parser`` is called
+    inside the guard, so a Ctrl-C while it imports the library is reported like any other.
+    Once a signal has arrived, whatever error follows is reported as that signal: an
+    interrupted import can surface as an ``ImportError`` (NumPy's does).
+    """
+    received = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+    where = prog
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        where = f"{prog} {args.command}"
+        try:
+            return args.func(args)
+        except UsageError as exc:
+            parser.exit(2, f"{where}: error: {exc}\n")
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        code, line = _outcome(exc, received, prog, where)
+        if code is None:
+            raise
+        sys.stderr.write(line)
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _outcome(exc, received, prog, where):
+    """``(exit code, stderr line)`` for ``exc``; ``(None, None)`` to let it propagate."""
+    signum = received[0] if received else None
+    if signum is None and isinstance(exc, KeyboardInterrupt):
+        signum = signal.SIGINT
+    if signum is None and isinstance(exc, Terminated):
+        signum = exc.signum
+    if signum == signal.SIGINT:
+        return 130, f"{prog}: interrupted\n"
+    if signum is not None:
+        return 128 + signum, f"{prog}: terminated by {signal.Signals(signum).name}\n"
+    if isinstance(exc, BudgetoptError):
+        return 2, f"{where}: error: {exc}\n"
+    if isinstance(exc, OSError):
+        return 2, f"{where}: error: {exc.strerror or exc}: {exc.filename or ''}\n"
+    if isinstance(exc, RecursionError):
+        return 2, f"{where}: error: input nested too deeply\n"
+    if isinstance(exc, MemoryError):
+        return 2, f"{where}: error: out of memory\n"
+    if isinstance(exc, Exception):  # a bug: say so plainly, without a traceback
+        return 1, (f"{where}: internal error: {type(exc).__name__}: {exc} "
+                   "(please report this with the command that caused it)\n")
+    return None, None
