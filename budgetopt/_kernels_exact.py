@@ -180,11 +180,9 @@ def core_hulls(costs, values, offsets):
     strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
     position-major, left to right. O(options)."""
     n = costs.shape[0]
-    pos = np.empty(n, np.int64)
-    end = np.empty(n, np.int64)
-    dc = np.empty(n, np.int64)
+    rows = np.empty((4, n), np.int64)  # per segment: position, end option, tokens; the hull stack
+    pos, end, dc, stack = rows[0], rows[1], rows[2], rows[3]
     dv = np.empty(n, np.float64)
-    stack = np.empty(n, np.int64)
     k = 0
     for h in range(offsets.shape[0] - 1):
         top = 0

@@ -410,10 +410,9 @@ class RequestAllocator:
         Examples
         --------
         >>> import numpy as np, budgetopt
-        >>> rng = np.random.default_rng(1)
-        >>> s = [rng.random((1, 2, 50)) for _ in range(2)]
-        >>> ra = budgetopt.RequestAllocator.fit([x ** 3 for x in s], s, sink=1, window=1, shrinkage=1.0)
-        >>> u, tokens = ra.predict_curves(rng.random((1, 2, 80)))
+        >>> pair = np.random.default_rng(1).random((1, 2, 50))
+        >>> ra = budgetopt.RequestAllocator.fit([pair ** 3], [pair], sink=1, window=1, shrinkage=1.0)
+        >>> u, tokens = ra.predict_curves(np.linspace(0.1, 1.0, 160).reshape(1, 2, 80))
         >>> u.shape, int(tokens[0]), int(tokens[-1])
         ((1, 2, 65), 2, 80)
         """
@@ -534,10 +533,9 @@ class RequestAllocator:
         Examples
         --------
         >>> import numpy as np, budgetopt
-        >>> rng = np.random.default_rng(0)
-        >>> s = [rng.random((2, 2, 64)) for _ in range(2)]
-        >>> ra = budgetopt.RequestAllocator.fit([x ** 4 for x in s], s, sink=2, window=2, shrinkage=0.5)
-        >>> request = rng.random((2, 2, 64))
+        >>> pairs, request = np.split(np.random.default_rng(0).random((3, 2, 2, 64)), [2])
+        >>> ra = budgetopt.RequestAllocator.fit(list(pairs ** 4), list(pairs), sink=2, window=2, shrinkage=0.5)
+        >>> request = request[0]
         >>> per_layer = [ra.allocate_layer(l, request[l], t) for l, t in enumerate(ra.layer_totals(64, 100))]
         >>> np.array_equal(np.stack(per_layer), ra.allocate(request, 100, layerwise=False).budgets)
         True

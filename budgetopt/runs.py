@@ -410,6 +410,20 @@ def _sink_window(run, sink, window):
     return sink, window
 
 
+def _example_run(oracle):
+    """A new run directory (in a temporary folder) holding one pair whose oracle, scores and
+    value norms are ``oracle`` ``(layers, kv_heads, T)``, with sink 1 and window 1: a stand-in
+    for ``budgetopt profile`` in the examples."""
+    import tempfile
+
+    layers, kv_heads, tokens = oracle.shape
+    run_dir = os.path.join(tempfile.mkdtemp(), "run")
+    open_run_dir(run_dir, {"format": FORMAT, "layers": layers, "kv_heads": kv_heads, "questions": [1],
+                           "context_tokens": [tokens], "n_pairs": 1, "sink": 1, "window": 1})
+    write_pair(run_dir, 0, 0, oracle=oracle, scores=oracle, value_norms=oracle, meta={"context": 0, "question": 0})
+    return run_dir
+
+
 def _check_run(run):
     if not isinstance(run, ProfileRun):
         raise InvalidTypeError(f"`run` must be a ProfileRun (see load_profile_run); got {type(run).__name__}")
@@ -436,13 +450,10 @@ def lukv_table_from_run(run, *, sink=None, window=None, min_keep_fraction=0.01, 
 
     Examples
     --------
-    >>> import os, tempfile
-    >>> run_dir = os.path.join(tempfile.mkdtemp(), "run")
-    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 2, "questions": [1],
-    ...         "context_tokens": [10], "n_pairs": 1, "sink": 1, "window": 1}
-    >>> _ = open_run_dir(run_dir, meta)
-    >>> a = np.linspace(0, 1, 20, dtype=np.float32).reshape(1, 2, 10)
-    >>> _ = write_pair(run_dir, 0, 0, oracle=a, scores=a, value_norms=a, meta={"context": 0, "question": 0})
+    ``_example_run`` writes a one-pair run directory (the oracle also as scores), as in
+    :func:`load_profile_run`'s example:
+
+    >>> run_dir = _example_run(np.linspace(0, 1, 20, dtype=np.float32).reshape(1, 2, 10))
     >>> table, info = lukv_table_from_run(load_profile_run(run_dir))
     >>> table.shape, info["sink"], info["pairs"]
     ((99, 1, 2), 1, 1)
@@ -485,13 +496,10 @@ def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
 
     Examples
     --------
-    >>> import os, tempfile
-    >>> run_dir = os.path.join(tempfile.mkdtemp(), "run")
-    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 1, "questions": [1],
-    ...         "context_tokens": [4], "n_pairs": 1, "sink": 1, "window": 1}
-    >>> _ = open_run_dir(run_dir, meta)
-    >>> o = np.array([[[0.1, 0.5, 0.2, 0.2]]], np.float32)
-    >>> _ = write_pair(run_dir, 0, 0, oracle=o, scores=o, value_norms=o, meta={"context": 0, "question": 0})
+    ``_example_run`` writes a one-pair run directory (the oracle also as scores), as in
+    :func:`load_profile_run`'s example:
+
+    >>> run_dir = _example_run(np.array([[[0.1, 0.5, 0.2, 0.2]]], np.float32))
     >>> c = curves_from_run(load_profile_run(run_dir))
     >>> c.grid.tolist(), np.round(c.utility, 3).tolist()
     ([2, 3, 4], [[[0.3, 0.8, 1.0]]])
