@@ -1,6 +1,18 @@
-"""What every benchmark records about the machine it ran on (shared by the benchmark scripts)."""
+"""What every benchmark records next to its numbers: the machine, the versions, the commit and
+the command (shared by the benchmark scripts)."""
 
 from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Distributions whose versions :func:`record` reports (``None`` where not installed).
+PACKAGES = ("numpy", "scipy", "numba", "torch", "transformers", "kvpress")
 
 
 def cpu_model():
@@ -10,3 +22,61 @@ def cpu_model():
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     except OSError:
         return "unknown"
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def record(script, argv=None, *, packages=PACKAGES, dirty_paths=("budgetopt",)):
+    """The environment of a benchmark run, as one dict.
+
+    ``command``: ``python benchmarks/<script> <argv>`` (``argv`` defaults to ``sys.argv[1:]``);
+    ``machine``: CPU model, logical cores, platform, load average at the start;
+    ``versions``: Python, each of ``packages`` (installed distribution version, ``None`` if
+    absent; nothing is imported) and the budgetopt checkout being measured;
+    ``git``: the commit, and ``git status --porcelain`` lines for ``dirty_paths`` (empty when
+    the measured code is committed). Outside a git checkout the commit is ``None``.
+    """
+    import budgetopt
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--", *dirty_paths) or ""
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *map(str, argv)]),
+        "machine": {
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_start": list(os.getloadavg()),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{name: _version(name) for name in packages},
+            "budgetopt": budgetopt.__version__,
+        },
+        "git": {"commit": commit and commit.strip(), "uncommitted": dirty.splitlines()},
+    }
+
+
+def describe(env):
+    """Three report lines (machine, versions, commit) from a :func:`record`."""
+    m, v, g = env["machine"], env["versions"], env["git"]
+    shown = ", ".join(f"{k} {val}" for k, val in v.items() if val is not None)
+    return [
+        f"machine : {m['cpu_model']}, {m['cores']} cores, {m['platform']}",
+        f"versions: {shown}",
+        f"commit  : {g['commit']}" + (" (with uncommitted changes)" if g["uncommitted"] else ""),
+    ]

@@ -41,7 +41,6 @@ import argparse
 import heapq
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -54,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import _kernels, _kernels_bracket, _kernels_greedy  # noqa: E402
@@ -65,42 +64,6 @@ from budgetopt.problem import build_problem  # noqa: E402
 from reference_lukv import lukv_reference_prune_ratios  # noqa: E402
 
 KEPT = 0.2  # fraction kept (kvpress compression_ratio 0.8)
-
-
-# -- environment ---------------------------------------------------------------------------
-def machine():
-    model = cpu_model()
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-    }
-
-
-def versions():
-    import numba
-    import scipy
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "scipy": scipy.__version__,
-        "budgetopt": budgetopt.__version__,
-    }
-
-
-def git_state():
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "budgetopt") or ""
-    return {"commit": commit and commit.strip(), "budgetopt_uncommitted": dirty.splitlines()}
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -492,7 +455,7 @@ def report(res):
         f"machine : {m['cpu_model']}, {m['cores']} cores; load avg start {m['loadavg_start'][0]:.2f}, "
         f"end {m['loadavg_end'][0]:.2f}",
         f"versions: python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, scipy {v['scipy']}",
-        f"commit  : {g['commit']}" + (" (budgetopt/ has uncommitted changes)" if g["budgetopt_uncommitted"] else ""),
+        f"commit  : {g['commit']}" + (" (budgetopt/ has uncommitted changes)" if g["uncommitted"] else ""),
         f"command : {res['command']}",
         "",
     ]
@@ -570,12 +533,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_allocate.json"))
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
-    res = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
-        "machine": machine(),
-        "versions": versions(),
-        "git": git_state(),
-    }
+    res = record("bench_allocate.py", argv)
     sizes = [("32x8 model, 4096 tokens", (32, 8), 4096, 0), ("5120 heads, 1023 tokens", (160, 32), 1023, 1)]
     res["sizes"] = [
         bench_size(label, shape, length, seed, args.rounds, args.anchor_runs, not args.no_reference)

@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,40 +43,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.errors import ProblemTooLargeError  # noqa: E402
 from instances_exact import PISINGER_KINDS, attention, concave, non_monotone, pisinger  # noqa: E402
-
-
-# -- environment ---------------------------------------------------------------------------
-def environment(argv):
-    import numba
-    import scipy
-
-    model = cpu_model()
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    return {
-        "command": "python benchmarks/bench_exact.py " + " ".join(argv),
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "scipy": scipy.__version__,
-        "commit": git("rev-parse", "HEAD"),
-        "budgetopt_uncommitted": (git("status", "--porcelain", "--", "budgetopt") or "").splitlines(),
-    }
 
 
 # -- instances -----------------------------------------------------------------------------
@@ -199,15 +169,16 @@ def _g(x):
 
 def report(res):
     env = res["environment"]
+    m, v = env["machine"], env["versions"]
     lines = [
         "bench_exact: optimality gap of the greedy and time to proof of method='exact'",
-        f"machine: {env['cpu_model']}, {env['cores']} cores, {env['platform']}",
-        f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}",
-        f"commit: {env['commit']} (uncommitted in budgetopt/: {len(env['budgetopt_uncommitted'])})",
+        f"machine: {m['cpu_model']}, {m['cores']} cores, {m['platform']}",
+        f"versions: python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, scipy {v['scipy']}",
+        f"commit: {env['git']['commit']} (uncommitted in budgetopt/: {len(env['git']['uncommitted'])})",
         f"command: {env['command']}",
         f"time limit (exact and milp): {res['time_limit']} s; total run {res['seconds']:.0f} s"
         + ("" if res.get("complete", True) else " (INCOMPLETE: the run was cut short)"),
-        f"load average at the start {env['loadavg_start']}, at the end {env.get('loadavg_end')}",
+        f"load average at the start {m['loadavg_start']}, at the end {m.get('loadavg_end')}",
         "",
         f"{'family':<24}{'size':<19}{'seed':>4} {'greedy':>12} {'optimum':>12} {'true gap':>9} {'certif.':>9}"
         f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree",
@@ -295,7 +266,7 @@ def main(argv=None):
     args.repeat = args.repeat or (1 if args.quick else 3)
     out = Path(args.out or ROOT / "benchmarks" / "results" / "bench_exact.json")
     t_start = time.perf_counter()
-    env = environment(argv)
+    env = record("bench_exact.py", argv)
     warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)
     budgetopt.allocate(warm, wt, method="exact")  # compile / load the kernels
     rows = []
@@ -306,7 +277,7 @@ def main(argv=None):
         r = rows[-1]
         print(f"{family} {size} seed {seed}: exact {r['exact_status']} {_t(r['exact_s'])}, "
               f"milp {r['milp_status']} {_t(r['milp_s'])}", file=sys.stderr, flush=True)
-        env["loadavg_end"] = list(os.getloadavg())
+        env["machine"]["loadavg_end"] = list(os.getloadavg())
         res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
                "seconds": time.perf_counter() - t_start, "complete": i + 1 == len(todo)}
         text = report(res)  # rewritten after every instance: a cut-short run keeps what it did

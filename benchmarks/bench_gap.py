@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_quality import environment  # noqa: E402  (also puts the repository on sys.path)
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.cli import example_path  # noqa: E402
@@ -125,10 +125,9 @@ def main(argv=None):
     parser.add_argument("--figures", metavar="DIR")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    env = environment(argv)
-    env["command"] = env["command"].replace("bench_quality.py", "bench_gap.py")
+    env = record("bench_gap.py", argv)
     rows = run(args.seeds)
-    text = report(rows) + f"machine: {env['machine']['cpu_model']}; commit {env['commit']}; " \
+    text = report(rows) + f"machine: {env['machine']['cpu_model']}; commit {env['git']['commit']}; " \
                           f"{time.perf_counter() - t0:.1f} s\ncommand: {env['command']}\n"
     sys.stdout.write(text)
     out = ROOT / "benchmarks" / "results" / "bench_gap.json"

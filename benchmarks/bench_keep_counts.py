@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,29 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
-import budgetopt  # noqa: E402
 from budgetopt import keep_counts_from_prune_ratios  # noqa: E402
-
-
-def environment():
-    model = cpu_model()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "budgetopt"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, []
-    return {
-        "machine": {"cpu_model": model, "cores": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg": list(os.getloadavg())},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "budgetopt": budgetopt.__version__},
-        "git": {"commit": commit, "budgetopt_uncommitted": dirty},
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-    }
 
 
 def best_time(fn, repeats):
@@ -88,7 +65,7 @@ def main():
             rows.append({"ratios": name, "input": what, "shape": list(np.shape(data)),
                          "float64_s": seconds["float64"], "kvpress_s": seconds["kvpress"],
                          "kvpress_over_float64": seconds["kvpress"] / seconds["float64"]})
-    result = {**environment(), "length": args.length, "rows": rows}
+    result = {**record("bench_keep_counts.py"), "length": args.length, "rows": rows}
     print(f"{result['machine']['cpu_model']}, commit {result['git']['commit']}, T = {args.length}")
     print(f"{'ratios':>12} {'input':>14} {'float64':>10} {'kvpress':>10} {'ratio':>7}")
     for r in rows:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,9 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import cpu_model  # noqa: E402
+from _env import describe, record  # noqa: E402
 
-import budgetopt  # noqa: E402
 from budgetopt.lukv import lukv_table  # noqa: E402
 from reference_lukv import lukv_reference_table  # noqa: E402
 
@@ -110,25 +107,6 @@ def breakdown(oracle_path, score_path, sink, window):
             f"99-total sweep {t_sweep:.0f} ms")
 
 
-def environment():
-    cpu = cpu_model()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "budgetopt", "benchmarks", "tests"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    import numba
-    return {
-        "machine": f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}",
-        "versions": f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-                    f"budgetopt {budgetopt.__version__}",
-        "commit": commit,
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=30)
@@ -148,10 +126,10 @@ def main(argv=None):
     contexts = args.contexts or args.pairs
     ref_pairs = min(args.ref_pairs or args.pairs, args.pairs)
 
-    env = environment()
-    for key, value in env.items():
-        print(f"{key}: {value}")
-    print(f"command: python {' '.join(sys.argv)}")
+    env = record("bench_lukv_table.py", argv, packages=("numpy", "numba"),
+                 dirty_paths=("budgetopt", "benchmarks", "tests"))
+    print("\n".join(describe(env)))
+    print(f"command : {env['command']}")
     print(f"problem: {args.pairs} pairs ({contexts} scores arrays), {args.layers} x {args.heads} x {args.length}, "
           f"sink={args.sink}, window={args.window}, 99 rows, layerwise, min_keep_fraction=0.01")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -123,23 +122,6 @@ def memory_child(args):
                           threads=torch.get_num_threads())))
 
 
-def machine():
-    import numpy
-    import torch
-    import transformers
-    import kvpress  # noqa: F401
-    from importlib.metadata import version
-
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "budgetopt"], capture_output=True,
-                           text=True).stdout.strip()
-    cpu = cpu_model()
-    return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, transformers=transformers.__version__, kvpress=version("kvpress"),
-                numpy=numpy.__version__, commit=commit, uncommitted_budgetopt=bool(dirty),
-                torch_threads=torch.get_num_threads(), load_average=os.getloadavg())
-
-
 def time_part(args, report):
     import torch
 
@@ -218,7 +200,8 @@ def main():
         args.new_tokens = args.new_tokens
         return memory_child(args)
     start = time.perf_counter()
-    report = dict(command="python " + " ".join(sys.argv), machine=machine())
+    report = record("bench_profile.py", packages=("numpy", "torch", "transformers", "kvpress"))
+    report["machine"]["torch_threads"] = torch.get_num_threads()
     print(json.dumps(report["machine"]), flush=True)
     if not args.skip_time:
         time_part(args, report)

@@ -37,8 +37,6 @@ import importlib
 import inspect
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +45,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _env import record  # noqa: E402
 
 CALIBRATION_MODULES = ("json", "heapq", "textwrap", "bisect", "shutil", "csv")
 HELDOUT_MODULES = ("string", "fnmatch", "statistics", "glob")
@@ -165,25 +165,10 @@ def time_overhead(model, tokenizer, calibration, max_new_tokens, repeats):
 
 def machine_info():
     import torch
-    import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "budgetopt"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-    except OSError:
-        commit, dirty = "unknown", ""
-    return {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "commit": commit + (" (uncommitted changes in budgetopt/)" if dirty else ""),
-        "command": "python " + " ".join(sys.argv),
-    }
+    info = record("bench_profile_heldout.py", packages=("numpy", "torch", "transformers", "kvpress"))
+    info["machine"]["torch_threads"] = torch.get_num_threads()
+    return info
 
 
 def main(argv=None):

@@ -55,9 +55,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,7 +64,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -75,7 +72,7 @@ from budgetopt.lukv import compression_ratios, lukv_table  # noqa: E402
 from budgetopt.profile import curves_from_scores  # noqa: E402
 from budgetopt.rounding import keep_counts_from_prune_ratios, tokens_evicted  # noqa: E402
 from budgetopt.runs import read_run_meta  # noqa: E402
-from heldout_aggregate import make_context, make_world  # noqa: E402
+from heldout_aggregate import add_world_arguments, make_context, make_world  # noqa: E402
 
 METHODS = (
     "uniform",
@@ -426,28 +423,6 @@ def evaluate(cal_info, heldout, sink, window, compressions):
 
 
 # -- report ------------------------------------------------------------------------------------
-def environment(argv):
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    cpu = cpu_model()
-    import numba
-    import scipy
-
-    return {
-        "machine": {"cpu_model": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_start": list(os.getloadavg())},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-                     "numba": numba.__version__, "budgetopt": budgetopt.__version__},
-        "commit": git("rev-parse", "HEAD"),
-        "budgetopt_uncommitted": (git("status", "--porcelain", "--", "budgetopt") or "").splitlines(),
-        "command": "python benchmarks/bench_quality.py " + " ".join(argv),
-    }
-
-
 def summarise(per_request, compressions):
     """Per method and compression: mean, worst, share of the uniform -> ceiling gain."""
     summary = {}
@@ -484,7 +459,7 @@ def format_report(result):
         f"{m} {v:.4f}" for m, v in result["max_used_over_total"].items()))
     env = result["environment"]
     lines.append(f"machine: {env['machine']['cpu_model']}, {env['machine']['cores']} cores; "
-                 f"commit {env['commit']}; {result['seconds']:.1f} s")
+                 f"commit {env['git']['commit']}; {result['seconds']:.1f} s")
     lines.append(f"command: {env['command']}")
     return "\n".join(lines) + "\n"
 
@@ -526,15 +501,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", nargs="+", metavar="DIR", help="budgetopt profile run directories (real data)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic world (seconds; used by the tests)")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--sink", type=int, default=4)
-    parser.add_argument("--window", type=int, default=16)
-    parser.add_argument("--contexts", type=int, default=12, help="contexts per split (half calibrate, half held out)")
-    parser.add_argument("--questions", type=int, default=4)
-    parser.add_argument("--scorer-noise", type=float, default=1.0)
-    parser.add_argument("--splits", type=int, default=5, help="independent synthetic worlds (seeds)")
+    add_world_arguments(parser)  # the synthetic world (without --run)
     parser.add_argument("--compressions", type=parse_compressions,
                         default=parse_compressions("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"))
     parser.add_argument("--output", default=None, help="JSON report (default benchmarks/results/bench_quality_<data>.json)")
@@ -545,7 +512,7 @@ def main(argv=None):
         args.sink, args.window = 2, 6
         args.compressions = list(TABLE_COMPRESSIONS)
     t0 = time.perf_counter()
-    env = environment(argv)
+    env = record("bench_quality.py", argv)
     if args.run:
         meta, pairs = read_run_dirs(args.run)
         sink, window = int(meta["sink"]), int(meta["window"])

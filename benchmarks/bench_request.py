@@ -37,9 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
@@ -315,20 +312,6 @@ def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
     return out
 
 
-def environment(command):
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "budgetopt", "benchmarks/bench_request.py"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit, dirty = "unknown", ""
-    import numba
-    cpu = cpu_model()
-    return {"machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}", "load": os.getloadavg(),
-            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "commit": commit, "uncommitted_changes": bool(dirty), "command": command}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", nargs="+", help="profile run directories (real attention); several are merged "
@@ -345,8 +328,7 @@ def main(argv=None):
         print(s, flush=True)
         lines.append(s)
 
-    command = "python benchmarks/bench_request.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    env = environment(command)
+    env = record("bench_request.py", argv, dirty_paths=("budgetopt", "benchmarks/bench_request.py"))
     result = {"environment": env, "compressions": list(COMPRESSIONS), "data": []}
     t0 = time.perf_counter()
     datasets = []
@@ -380,8 +362,8 @@ def main(argv=None):
                                "per_pair": {k: v.tolist() for k, v in table.items()}})
     if not (args.quick or args.no_timing):
         result["timing"] = timing(log=log)
-    log(f"({time.perf_counter() - t0:.1f} s; {env['command']}; commit {env['commit'][:10]}"
-        f"{' + uncommitted changes' if env['uncommitted_changes'] else ''})")
+    log(f"({time.perf_counter() - t0:.1f} s; {env['command']}; commit {(env['git']['commit'] or 'unknown')[:10]}"
+        f"{' + uncommitted changes' if env['git']['uncommitted'] else ''})")
     if args.out:
         write_atomic(args.out + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
         write_atomic(args.out + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))

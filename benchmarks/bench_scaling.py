@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_quality import environment  # noqa: E402  (also puts the repository on sys.path)
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from bench_allocate import make_oracle_scores  # noqa: E402
@@ -77,8 +77,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--figures", metavar="DIR")
     args = parser.parse_args(argv)
-    env = environment(argv)
-    env["command"] = env["command"].replace("bench_quality.py", "bench_scaling.py")
+    env = record("bench_scaling.py", argv)
     rows = [measure(h, t, args.repeats, seed=i) for i, (h, t) in enumerate(SIZES)]
     slope, intercept = fit(rows)
     lines = [f"{'heads':>6} {'points':>7} {'size':>11} {'median ms':>10} {'min ms':>8}"]
@@ -86,7 +85,7 @@ def main(argv=None):
               for r in rows]
     lines.append(f"fitted slope of log(time) vs log(size): {slope:.3f}")
     lines.append(f"machine: {env['machine']['cpu_model']}, {env['machine']['cores']} cores, load "
-                 f"{env['machine']['loadavg_start'][0]:.2f}; commit {env['commit']}")
+                 f"{env['machine']['loadavg_start'][0]:.2f}; commit {env['git']['commit']}")
     lines.append(f"command: {env['command']}")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

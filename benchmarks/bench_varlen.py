@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import cpu_model  # noqa: E402
+from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -51,38 +49,12 @@ RATIO = 0.8
 MODES = ("full", "mask", "gather", "varlen")
 
 
-def machine():
-    model = cpu_model()
-    return {"cpu_model": model, "cores": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_start": list(os.getloadavg()), "torch_threads": torch.get_num_threads(),
-            "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}}
-
-
-def versions():
-    import kvpress
-    import transformers
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        kvpress_version = version("kvpress")
-    except PackageNotFoundError:
-        kvpress_version = getattr(kvpress, "__version__", "unknown")
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "kvpress": kvpress_version, "numpy": np.__version__,
-            "budgetopt": budgetopt.__version__}
-
-
-def git_state():
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "budgetopt") or ""
-    return {"commit": commit and commit.strip(), "budgetopt_uncommitted": dirty.splitlines()}
+def environment(script, argv=None):
+    """:func:`_env.record`, plus what CPU torch timings depend on: threads and malloc settings."""
+    env = record(script, argv, packages=("numpy", "torch", "transformers", "kvpress"))
+    env["machine"].update(torch_threads=torch.get_num_threads(),
+                          malloc_env={k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
+    return env
 
 
 def load_model(path, smoke):
@@ -242,11 +214,9 @@ def main(argv=None):
     args.steps = args.steps or (4 if args.smoke else 24)
     start = time.time()
     torch.set_num_threads(args.threads)
-    env, git = machine(), git_state()  # before the run: the code measured, the load at the start
+    env = environment("bench_varlen.py", argv)  # before the run: the code measured, the load at the start
     res = run(args)
-    res.update(machine=env, versions=versions(), git=git,
-               command="python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
-               seconds=time.time() - start)
+    res.update(env, seconds=time.time() - start)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     text = report(res)
     print(text)

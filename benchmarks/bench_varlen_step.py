@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_varlen import git_state, machine, versions  # noqa: E402
+from bench_varlen import environment  # noqa: E402
 
 from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.torch import compact  # noqa: E402
@@ -61,10 +61,9 @@ def one(batch, kv_heads, length, group=3, dim=64, repeats=15):
 
 def main():
     torch.set_num_threads(1)
-    start, env, git = time.time(), machine(), git_state()
+    start, env = time.time(), environment("bench_varlen_step.py", [])
     rows = [one(*shape) for shape in SHAPES]
-    res = {"rows": rows, "machine": env, "versions": versions(), "git": git,
-           "command": "python benchmarks/bench_varlen_step.py", "seconds": time.time() - start}
+    res = {"rows": rows, **env, "seconds": time.time() - start}
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     lines = ["| batch x KV heads | context | packed rows | loop ms | all-at-once ms | ratio | max abs diff |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -39,7 +39,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,10 +48,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "tests"))  # the CPU reference for varlen attention (smoke runs)
 
-import budgetopt  # noqa: E402
+from _env import record  # noqa: E402
 from budgetopt.rounding import keep_counts_from_prune_ratios, tokens_from_fraction  # noqa: E402
 from budgetopt.torch import compact, keep_mask, reduce_gqa  # noqa: E402
+from reference_varlen import cpu_varlen  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GiB = 2**30
@@ -324,20 +325,6 @@ def benchmark(device, layers, kv_heads, length, dim, fraction, reps, copy_bw):
 
 
 # -- the varlen cache (BudgetPress(mode="varlen")) -------------------------------------------
-def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """CPU stand-in for ``varlen_attn`` (smoke runs): per sequence, flash-attn's convention
-    for an empty one (zero output, lse = +inf)."""
-    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], device=q.device)
-    lse = torch.full((q.shape[0], q.shape[1]), float("inf"), device=q.device)
-    for i in range(cu_k.numel() - 1):
-        s, e = int(cu_k[i]), int(cu_k[i + 1])
-        if e > s:
-            scores = (q[i].float() @ k[s:e, 0].float().T) * scale
-            lse[i] = torch.logsumexp(scores, -1)
-            out[i] = torch.softmax(scores, -1) @ v[s:e, 0].float()
-    return out.to(q.dtype), lse
-
-
 def _tiny_llama(device, dtype, layers=3, hidden=128, heads=8, kv_heads=2, vocab=256, intermediate=256):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -383,7 +370,7 @@ def check_varlen(device, smoke):
             new = torch.randn(batch, kv_heads, 1, dim, generator=gen).to(dtype).to(device)
             tail_k, tail_v = layer.update(new, -new)
         query = torch.randn(batch, kv_heads * group, 1, dim, generator=gen).to(dtype).to(device)
-        merged = _decode_packed_merge(query, layer, tail_k, tail_v, dim ** -0.5, kernels[name] or _reference_varlen)
+        merged = _decode_packed_merge(query, layer, tail_k, tail_v, dim ** -0.5, kernels[name] or cpu_varlen)
         looped = _attend_per_sequence(query, layer, tail_k, tail_v, None, dim ** -0.5)
         diff = float((merged.float() - looped.float()).abs().max())
         segments = _decode_segments(query, layer, tail_k, tail_v, None, dim ** -0.5)
@@ -495,21 +482,11 @@ def check_varlen(device, smoke):
 
 
 def environment(device, argv):
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "command": " ".join([Path(sys.executable).name] + argv),
-        "commit": commit,
-        "budgetopt": budgetopt.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-    }
+    """:func:`_env.record`, plus the CUDA version and the device measured."""
+    env = record("gpu_check.py", argv, packages=("numpy", "torch", "transformers", "kvpress"))
+    env["machine"].update(cuda=torch.version.cuda, device=torch.cuda.get_device_name(device)
+                          if device.type == "cuda" else platform.processor() or "cpu")
+    return env
 
 
 def main(argv=None):
@@ -531,7 +508,7 @@ def main(argv=None):
                                                      reps=5)
         copy_bytes = 2 * GiB
 
-    summary = {"environment": environment(device, [sys.argv[0]] + argv), "smoke": args.smoke}
+    summary = {"environment": environment(device, argv), "smoke": args.smoke}
     # Several lengths, so that each of torch's sort paths (<= 32, <= 128, <= 4096 and
     # larger segments) is compared; sink 4 + window 16 leave T - 20 tokens to sort.
     batch, kv_heads, group, _, dim = eq_size

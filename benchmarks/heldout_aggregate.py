@@ -67,8 +67,8 @@ def retained(table_rows, curves, length, sink, window):
     return kept / u[..., -1].sum()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_world_arguments(parser):
+    """The synthetic world's size and noise, and how many worlds (shared with bench_quality.py)."""
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--length", type=int, default=1024)
@@ -77,7 +77,12 @@ def main(argv=None):
     parser.add_argument("--contexts", type=int, default=12, help="contexts per split (half calibrate, half held out)")
     parser.add_argument("--questions", type=int, default=4, help="questions per context")
     parser.add_argument("--scorer-noise", type=float, default=1.0)
-    parser.add_argument("--splits", type=int, default=5, help="independent worlds (seeds)")
+    parser.add_argument("--splits", type=int, default=5, help="independent synthetic worlds (seeds)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_world_arguments(parser)
     parser.add_argument("--rows", default="50,75,90,95", help="compression percents to report")
     args = parser.parse_args(argv)
     rows = [int(r) - 1 for r in args.rows.split(",")]

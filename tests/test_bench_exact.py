@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_exact", ROOT / "benchmarks" / "bench_exact.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_exact")
 
 
 def test_quick_mode(tmp_path):
@@ -27,7 +24,7 @@ def test_quick_mode(tmp_path):
     assert saved["summary"] == res["summary"]
     assert (tmp_path / "bench.txt").read_text().startswith("bench_exact:")
     env = saved["environment"]
-    assert env["command"].startswith("python benchmarks/bench_exact.py --quick") and env["numba"]
+    assert env["command"].startswith("python benchmarks/bench_exact.py --quick") and env["versions"]["numba"]
     families = {r["family"] for r in saved["rows"]}
     assert {"concave", "attention", "non_monotone"} <= families
     assert {f"pisinger-{k}" for k in bench.PISINGER_KINDS} <= families

@@ -1,7 +1,5 @@
 """benchmarks/bench_quality.py: its baselines against direct loops, and the quick run end to end."""
 
-import heapq
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,16 +7,14 @@ import numpy as np
 import pytest
 
 import budgetopt
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_quality")
 
 
 def test_split_integer_is_proportional_capped_and_exact(bench):

@@ -21,20 +21,13 @@ import pytest
 import budgetopt
 from budgetopt import Curves, allocate, save_curves, tokens_from_fraction
 from budgetopt import cli
+from helpers import run_cli
 
 FIELDS = {"budgets", "used", "total_budget", "utility", "upper_bound", "gap", "method", "seconds"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(capfd, *argv):
-    """``(exit code, stdout, stderr)`` of ``budgetopt argv`` run in this process."""
-    capfd.readouterr()
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    out, err = capfd.readouterr()
-    return code, out, err
+run = run_cli  # run(capfd, *argv) -> (exit code, stdout, stderr)
 
 
 def run_process(*argv, timeout=120):

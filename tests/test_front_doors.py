@@ -34,19 +34,12 @@ from budgetopt import (
 )
 from budgetopt import cli
 from budgetopt._io import MAX_ARRAY_BYTES_ENV, write_atomic
+from helpers import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(capfd, *argv):
-    """``(exit code, stdout, stderr)`` of ``budgetopt argv`` run in this process."""
-    capfd.readouterr()
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capfd.readouterr()
-    return code, out, err
+run = run_cli  # run(capfd, *argv) -> (exit code, stdout, stderr)
 
 
 def env_with_repo(**extra):

@@ -10,11 +10,12 @@ import os
 import numpy as np
 import pytest
 
-from budgetopt import cli, load_profile_run, lukv_table, lukv_table_from_run, curves_from_run, curves_from_scores
+from budgetopt import load_profile_run, lukv_table, lukv_table_from_run, curves_from_run, curves_from_scores
 from budgetopt.errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from budgetopt.lukv import load_lukv_table
 from budgetopt.curves import load_curves
 from budgetopt.runs import FORMAT, in_shard, open_run_dir, parse_shard, write_pair
+from helpers import run_cli
 
 LAYERS, KV = 3, 2
 QUESTIONS = [2, 1, 3, 2]          # questions per context: 8 pairs
@@ -242,12 +243,7 @@ def test_contexts_of_different_lengths(tmp_path):
 
 # -- the command line on run directories ------------------------------------------------------
 def _cli(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # usage errors exit through argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *argv)
 
 
 def test_cli_lukv_table_and_curves_from_shards(tmp_path, capsys):

@@ -21,11 +21,12 @@ pytest.importorskip("tokenizers")
 import kvpress  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from budgetopt import cli, keep_counts_from_prune_ratios, load_lukv_table, load_profile_run, lukv_table  # noqa: E402
+from budgetopt import keep_counts_from_prune_ratios, load_lukv_table, load_profile_run, lukv_table  # noqa: E402
 from budgetopt.errors import InvalidInputError  # noqa: E402
 from budgetopt.runs import lukv_table_from_run  # noqa: E402
 from budgetopt.torch import profiler  # noqa: E402
 from budgetopt.torch.profiling_run import encode_calibration, profile_model  # noqa: E402
+from helpers import run_cli  # noqa: E402
 
 WORDS = ("the a cat dog bird sat ran flew on over under mat tree house red big small what who where "
          "did why how is was and then").split()
@@ -224,12 +225,7 @@ def model_dir(tmp_path_factory):
 
 
 def _cli(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *argv)
 
 
 def test_cli_profile_then_table_reaches_kvpress(model_dir, calib, tmp_path, capsys):

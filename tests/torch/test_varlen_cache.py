@@ -27,6 +27,7 @@ from budgetopt.torch.varlen_cache import (  # noqa: E402
     _decode_packed_merge,
     varlen_attention_forward,
 )
+from reference_varlen import cpu_varlen  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 LAYERS, KV_HEADS, HEADS, LENGTH, NEW = 3, 2, 4, 40, 32
 HEAD_DIM = 16
@@ -274,20 +275,6 @@ def test_attention_matches_a_dense_reference(q_len, padded):
     torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def _cpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """What ``varlen_attn(..., enable_gqa=True, return_aux=lse)`` computes, one sequence at a
-    time, with flash-attn's convention for an empty sequence (zero output, lse = +inf)."""
-    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1])
-    lse = torch.full((q.shape[0], q.shape[1]), float("inf"))
-    for i in range(cu_k.numel() - 1):
-        s, e = int(cu_k[i]), int(cu_k[i + 1])
-        if e > s:
-            scores = (q[i].float() @ k[s:e, 0].float().T) * scale
-            lse[i] = torch.logsumexp(scores, -1)
-            out[i] = torch.softmax(scores, -1) @ v[s:e, 0].float()
-    return out.to(q.dtype), lse
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_merge_path_matches_the_loop(dtype):
     # The CUDA path (varlen_attn over the packed rows, merged with the tail by log-sum-exp)
@@ -297,7 +284,7 @@ def test_cuda_merge_path_matches_the_loop(dtype):
     for n in (1, 1, 1):
         new_k, new_v = layer.update(*(torch.randn(batch, kv_heads, n, dim, generator=gen).to(dtype) for _ in "kv"))
     query = torch.randn(batch, 2 * kv_heads, 1, dim, generator=gen).to(dtype)
-    merged = _decode_packed_merge(query, layer, new_k, new_v, dim ** -0.5, _cpu_varlen)
+    merged = _decode_packed_merge(query, layer, new_k, new_v, dim ** -0.5, cpu_varlen)
     looped = _attend_per_sequence(query, layer, new_k, new_v, None, dim ** -0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(merged.float(), looped.float(), rtol=tol, atol=tol)
@@ -408,7 +395,7 @@ def test_kernel_probe_settles_the_lse_layout(monkeypatch, layout):
 
     def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, enable_gqa=False):
         assert enable_gqa and return_aux.lse
-        out, lse = _cpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+        out, lse = cpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
         return out, (lse.t().contiguous() if layout == "heads_first" else lse)
 
     monkeypatch.setattr(varlen_module, "varlen_attn", fake)
