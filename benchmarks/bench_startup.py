@@ -42,10 +42,12 @@ def export(rev, directory):
 
 
 def seconds(tree, cache, argv):
+    """Wall time of ``python argv`` with ``tree`` first on the path (run from an empty folder,
+    so that the current directory cannot shadow it)."""
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONPYCACHEPREFIX=str(cache))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
-    subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.DEVNULL, cwd=cache.parent)
     return time.perf_counter() - start
 
 
@@ -61,6 +63,7 @@ def main(argv=None):
         if args.baseline:
             trees[f"baseline {args.baseline}"] = export(args.baseline, Path(tmp) / "baseline")
         times = {(t, c): [] for t in trees for c in COMMANDS}
+        (Path(tmp) / "pyc").mkdir()
         for _ in range(args.rounds):
             for t, tree in trees.items():
                 for c, command in COMMANDS.items():
