@@ -280,25 +280,45 @@ def _median_times(fn, repeats):
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
-    """``allocate`` at ``layers x heads x length`` against ``scores.sum()`` (wall and CPU)."""
+def baseline_package(rev):
+    """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
+    temporary export (its modules import each other relatively)."""
+    import importlib
+    import tarfile
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="bench_request_baseline_"))
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+    (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("budgetopt_baseline")
+
+
+def timing(layers=32, heads=8, length=32768, repeats=7, baseline=None, log=print):
+    """``allocate`` at ``layers x heads x length`` against ``scores.sum()`` (wall and CPU); with
+    ``baseline`` (a git revision) the same calls of that revision's allocator, interleaved."""
     contexts = synthetic_world(0, layers, heads, 512, 3, 2)
     cal_o = [o for _, _, os_ in contexts for o in os_]
     cal_s = [s for s, _, os_ in contexts for _ in os_]
     cal_n = [nm for _, nm, os_ in contexts for _ in os_]
-    with_norms = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
-    scores_only = budgetopt.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
     rng = np.random.default_rng(1)
     scores = rng.gamma(0.3, size=(layers, heads, length)).astype(np.float32)
     norms = rng.lognormal(0.0, 0.5, (layers, heads, length)).astype(np.float32)
     total = budgetopt.tokens_from_fraction(0.2, layers * heads * length)
-    cases = {
-        "scores.sum()": lambda: scores.sum(),
-        "allocate, norms, global": lambda: with_norms.allocate(scores, total, value_norms=norms),
-        "allocate, norms, layerwise=False": lambda: with_norms.allocate(scores, total, value_norms=norms,
-                                                                        layerwise=False),
-        "allocate, scores only, global": lambda: scores_only.allocate(scores, total),
-    }
+    cases = {"scores.sum()": lambda: scores.sum()}
+    packages = [("", budgetopt)] + ([(f"[{baseline}] ", baseline_package(baseline))] if baseline else [])
+    for tag, pkg in packages:
+        with_norms = pkg.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
+        scores_only = pkg.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
+        cases.update({
+            f"{tag}allocate, norms, global":
+                lambda a=with_norms: a.allocate(scores, total, value_norms=norms),
+            f"{tag}allocate, norms, layerwise=False":
+                lambda a=with_norms: a.allocate(scores, total, value_norms=norms, layerwise=False),
+            f"{tag}allocate, scores only, global": lambda a=scores_only: a.allocate(scores, total),
+        })
     out = {}
     for _ in range(2):  # interleaved rounds: every case sees the same machine load
         for name, fn in cases.items():
@@ -309,7 +329,7 @@ def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
     log(f"allocate timing, {layers} layers x {heads} KV heads x {length} tokens, 20% kept "
         f"(median of {repeats} warm calls, 2 interleaved rounds):")
     for k, v in out.items():
-        log(f"  {k:<34} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
+        log(f"  {k:<46} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
             f"CPU {v['cpu'] * 1e3:8.2f} ms ({v['cpu'] / layers * 1e3:.3f} per layer)   "
             f"{v['wall'] / base['wall']:.1f}x / {v['cpu'] / base['cpu']:.1f}x the sum")
     return out
@@ -337,6 +357,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="synthetic worlds")
     parser.add_argument("--quick", action="store_true", help="a tiny synthetic run, no timing, no files")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--baseline", help="also time the allocator of this git revision (interleaved)")
+    parser.add_argument("--timing-only", action="store_true", help="only the timing, no held-out evaluation")
     parser.add_argument("--out", help="write the report (.txt) and figures (.json) with this path stem")
     args = parser.parse_args(argv)
     lines = []
@@ -371,6 +393,8 @@ def main(argv=None):
             datasets.append((f"real run {' + '.join(args.run)} ({meta.get('model', {}).get('path')}, scorer "
                              f"{meta.get('scorer', {}).get('name')}, {len(contexts)} contexts, "
                              f"{sum(len(c[2]) for c in contexts)} pairs)", contexts, meta["sink"], meta["window"]))
+    if args.timing_only:
+        datasets = []
     for label, contexts, sink, window in datasets:
         log(f"== {label}; sink={sink}, window={window}; leave one context out")
         names, table, chosen = evaluate(contexts, sink, window, variants=not args.quick, log=log)
@@ -379,7 +403,7 @@ def main(argv=None):
         result["data"].append({"label": label, "summary": summary,
                                "per_pair": {k: v.tolist() for k, v in table.items()}})
     if not (args.quick or args.no_timing):
-        result["timing"] = timing(log=log)
+        result["timing"] = timing(baseline=args.baseline, log=log)
     log(f"({time.perf_counter() - t0:.1f} s; {env['command']}; commit {env['commit'][:10]}"
         f"{' + uncommitted changes' if env['uncommitted_changes'] else ''})")
     if args.out:
