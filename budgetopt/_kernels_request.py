@@ -85,24 +85,101 @@ def _add_high(row, row_bits, norms, use_norms, start, stop, threshold, hist_n, h
 def _histogram(row, row_bits, norms, use_norms, sink, stop, stride, hist_n, hist_w, hist_w2):
     """Histogram of ``row[sink:stop]`` by value: tokens, ``row`` and ``row * norms`` per bin.
 
-    ``stride == 1``: every token, exact. ``stride > 1``: every ``stride``-th token first; the
-    bins that hold the sample's top :data:`TOP_SHARE` (and every bin from the first
-    infinite/NaN one up) are then refilled exactly by a pass over all tokens that looks
-    closer only at blocks of 8 holding such a value, and the sample's lower bins are scaled
-    to the exact number of tokens below them (their weights by the same factor). Returns the
-    touched bin range ``(lo, hi)`` (``lo > hi`` when empty), which the caller clears.
+    ``stride == 1``: every token, exact. ``stride > 1`` (a multiple of 8): a pilot of every
+    ``8 * stride``-th token places a cut near the top :data:`TOP_SHARE` of the values (never
+    above the first infinite/NaN bin); then one pass over all tokens, in blocks of 8, counts
+    every token at or above the cut exactly (looking closer only at blocks that hold one) and
+    samples the first token of every ``stride / 8``-th block below it; the sample's bins are
+    scaled to the exact number of tokens below the cut (their weights by the same factor).
+    Returns the touched bin range ``(lo, hi)`` (``lo > hi`` when empty), which the caller
+    clears.
     """
     lo = 2 * N_BINS
     hi = -1
-    n_s = 0
-    for t in range(sink, stop, stride):
+    if stride == 1:
+        for t in range(sink, stop):
+            b = np.int64(row_bits[t]) >> _SHIFT
+            _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+            lo = min(lo, b)
+            hi = max(hi, b)
+        return lo, hi
+    # the pilot, in counts only
+    n_pilot = 0
+    for t in range(sink, stop, 8 * stride):
         b = np.int64(row_bits[t]) >> _SHIFT
-        _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+        hist_n[b] += 1.0
         lo = min(lo, b)
         hi = max(hi, b)
-        n_s += 1
-    if stride == 1 or n_s == 0:
-        return lo, hi
+        n_pilot += 1
+    need = max(1.0, np.ceil(TOP_SHARE * n_pilot))
+    seen = 0.0
+    cut = hi
+    while cut > lo:
+        seen += hist_n[cut]
+        if seen >= need:
+            break
+        cut -= 1
+    cut = min(cut, _BAD_BIN)
+    for b in range(lo, hi + 1):
+        hist_n[b] = 0.0
+    threshold = np.uint32(cut << _SHIFT)
+    lo = 2 * N_BINS
+    hi = -1
+    exact = 0
+    sampled = 0.0
+    every = stride // 8
+    count = 0
+    t = sink
+    while t + 8 <= stop:
+        high = max(max(max(row_bits[t], row_bits[t + 1]), max(row_bits[t + 2], row_bits[t + 3])),
+                   max(max(row_bits[t + 4], row_bits[t + 5]), max(row_bits[t + 6], row_bits[t + 7])))
+        if high >= threshold:
+            exact += _add_high(row, row_bits, norms, use_norms, t, t + 8, threshold, hist_n, hist_w, hist_w2)
+            hi = max(hi, np.int64(high) >> _SHIFT)
+        count += 1
+        if count == every:
+            count = 0
+            if row_bits[t] < threshold:
+                b = np.int64(row_bits[t]) >> _SHIFT
+                _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+                lo = min(lo, b)
+                hi = max(hi, b)
+                sampled += 1.0
+        t += 8
+    for i in range(t, stop):
+        if row_bits[i] >= threshold:
+            hi = max(hi, np.int64(row_bits[i]) >> _SHIFT)
+    exact += _add_high(row, row_bits, norms, use_norms, t, stop, threshold, hist_n, hist_w, hist_w2)
+    below = stop - sink - exact
+    if below > 0 and sampled == 0.0:
+        # nothing sampled below the cut (a tiny or very uneven middle): count it exactly
+        lo2, hi2 = _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, hist_n, hist_w, hist_w2)
+        lo = min(lo, lo2)
+        hi = max(hi, hi2)
+        sampled = below
+    if exact > 0:
+        lo = min(lo, cut)
+    if sampled > 0.0:
+        scale = below / sampled
+        for b in range(lo, min(cut, hi + 1)):
+            hist_n[b] *= scale
+            hist_w[b] *= scale
+            hist_w2[b] *= scale
+    return lo, hi
+
+
+@nb.njit(**_JIT)
+def _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, hist_n, hist_w, hist_w2):
+    """Add every token of ``row[sink:stop]`` below ``threshold``; returns its bin range."""
+    lo = 2 * N_BINS
+    hi = -1
+    for t in range(sink, stop):
+        if row_bits[t] < threshold:
+            b = np.int64(row_bits[t]) >> _SHIFT
+            _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+            lo = min(lo, b)
+            hi = max(hi, b)
+    return lo, hi
     need = max(1.0, np.ceil(TOP_SHARE * n_s))
     seen = 0.0
     cut = hi
@@ -171,7 +248,7 @@ def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window,
     n, length = values.shape
     stop = length - window
     middle = stop - sink
-    stride = max(1, middle // n_sample) if n_sample > 0 else 1
+    stride = 8 * (middle // (8 * n_sample)) if n_sample > 0 and middle >= 8 * n_sample else 1
     hist_n = np.zeros(2 * N_BINS, np.float64)   # the upper half catches sign-bit values
     hist_w = np.zeros(2 * N_BINS, np.float64)
     hist_w2 = np.zeros(2 * N_BINS, np.float64)

@@ -44,8 +44,9 @@ from .result import Allocation
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
-#: ``format`` field of a saved allocator.
-FORMAT = "budgetopt-request/1"
+#: ``format`` field of a saved allocator (``/1`` files, whose shrinkage mixed the curves
+#: rather than the budgets, are refused).
+FORMAT = "budgetopt-request/2"
 
 #: Features, in the order of ``beta``'s first axis.
 FEATURES = ("scores", "scores_x_norms")
@@ -65,8 +66,9 @@ CV_MAX_LOSS = 0.0025
 
 _RIDGE = 1e-6
 
-#: Tokens sampled per head for the proxies' bulk: heads with at least twice as many middle
-#: tokens are read from every ``M // SAMPLE``-th token plus an exact count of their top bins.
+#: Proxies of long heads: a head with ``M >= 8 * SAMPLE`` middle tokens counts its highest
+#: values (about the top 1/64) exactly and the rest from a sample of ``SAMPLE`` to
+#: ``2 * SAMPLE`` tokens (0: every head exactly).
 SAMPLE = 2048
 
 
@@ -107,13 +109,14 @@ def _floor(min_keep_fraction, length, sink, window):
 
 # -- the pieces shared by fit and allocate -------------------------------------------------
 def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", norms_name="value_norms",
-                 sample=SAMPLE):
+                 sample=None):
     """Proxy shapes ``(J, n, G)`` of ``scores`` ``(..., T)`` (and ``norms`` of that shape, or None).
 
     Checks the values on the way: a NaN or infinite score, or a NaN, infinite or negative
     norm, raises :class:`InvalidInputError` naming the array and head. ``sample``: tokens
-    sampled per head for the bulk of long rows (see :data:`SAMPLE`); 0 reads every token.
+    sampled per head for the bulk of long rows (default :data:`SAMPLE`); 0 reads every token.
     """
+    sample = SAMPLE if sample is None else sample
     length = scores.shape[-1]
     rows = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1, length)
     n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
@@ -708,6 +711,10 @@ class RequestAllocator:
             meta = json.loads(str(arrays["meta"].item()))
         except (ValueError, TypeError) as exc:
             raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+        if isinstance(meta, dict) and meta.get("format") == "budgetopt-request/1":
+            raise CurvesFileError(
+                f"{path}: written by an earlier budgetopt whose shrinkage mixed curves, not budgets "
+                f"(format 'budgetopt-request/1'); fit the allocator again")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CurvesFileError(f"{path}: not a request allocator file (format {FORMAT!r} expected)")
         try:

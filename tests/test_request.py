@@ -142,22 +142,22 @@ def test_mass_curves_sampled_rows_see_every_bad_or_negative_value():
     out = np.empty((2, 3, counts.size))
     for bad in (np.nan, np.inf):
         v = values.copy()
-        v[1, 1001] = bad  # not a sampled position (stride 7 from token 1)
-        assert kr.mass_curves(v, v.view(np.uint32), norms, norms.view(np.uint32), True, 1, 1, counts, 1024,
+        v[1, 1002] = bad  # neither in the pilot nor in the sample
+        assert kr.mass_curves(v, v.view(np.uint32), norms, norms.view(np.uint32), True, 1, 1, counts, 256,
                               out) == 4 * 1 + 1
         n = norms.copy()
-        n[2, 1001] = bad
-        assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 1024,
+        n[2, 1002] = bad
+        assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 256,
                               out) == 4 * 2 + 2
     n = norms.copy()
     n[0, 5] = -1.0
-    assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 1024,
+    assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 256,
                           out) == 4 * 0 + 2
     # a negative value anywhere sends the row through the exact, shifted pass
     v = values.copy()
-    v[2, 1001] = -1e-3
+    v[2, 1002] = -1e-3
     sampled, exact = np.empty_like(out), np.empty_like(out)
-    for o, n_sample in ((sampled, 1024), (exact, 0)):
+    for o, n_sample in ((sampled, 256), (exact, 0)):
         assert kr.mass_curves(v, v.view(np.uint32), norms, norms.view(np.uint32), True, 1, 1, counts, n_sample,
                               o) == -1
     np.testing.assert_array_equal(sampled[:, 2], exact[:, 2])
@@ -444,6 +444,10 @@ def test_load_errors(fitted, tmp_path):
     with pytest.raises(CurvesFileError, match="never unpickles"):
         budgetopt.RequestAllocator.load(bad)
     arrays["beta"] = ra.beta
+    arrays["meta"] = np.array('{"format": "budgetopt-request/1"}')
+    np.savez(bad, **arrays)
+    with pytest.raises(CurvesFileError, match="earlier budgetopt.*fit the allocator again"):
+        budgetopt.RequestAllocator.load(bad)
     arrays["meta"] = np.array('{"format": "other"}')
     np.savez(bad, **arrays)
     with pytest.raises(CurvesFileError, match="format"):
