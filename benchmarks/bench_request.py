@@ -15,7 +15,8 @@ compressions 50/80/90% (kvpress ``compression_ratio``: fraction removed). Method
   shapes and head weights, one global split;
 * ``request``: ``RequestAllocator.fit`` with its defaults (shrinkage by inner
   cross-validation), given the held-out request's scores (and value norms);
-* variants: fixed shrinkage 0 and 0.5, with and without value norms;
+* variants: fixed shrinkage 0 (the request's split alone) and 0.5 (budgets halfway between
+  the static and the request's split), and the default without value norms;
 * ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable).
 
 Data: a profile run directory (``--run``, pair files as written by ``budgetopt profile``;
@@ -24,13 +25,17 @@ has a world-level attention concentration that each context perturbs (visible in
 context's scores), per-token value norms that weigh the oracle (visible in ``value_norms``),
 and a question-level reshuffle no prefill feature can see.
 
-Also times ``allocate`` at 32 layers x 8 KV heads x 32,768 tokens (compilation excluded).
+Also times ``allocate`` at 32 layers x 8 KV heads x 32,768 tokens (compilation excluded), on
+independent and on pooled (SnapKV-like) scores, optionally against the allocator of another
+git revision (``--baseline REV``, interleaved in the same run), and measures what the sampled
+proxies of such long heads change against reading every token.
 
 Usage::
 
     python benchmarks/bench_request.py --synthetic                 # synthetic worlds
     python benchmarks/bench_request.py --run /path/to/RUN [RUN2 ...]  # profile run directories
     python benchmarks/bench_request.py --synthetic --quick         # seconds; used by a test
+    python benchmarks/bench_request.py --timing-only --baseline REV  # speed against revision REV
 """
 
 from __future__ import annotations
