@@ -8,9 +8,9 @@ how concentrated its scores are (and, optionally, its scores times the value-out
 Model, on a fixed grid of fractions ``x_k`` of each head's middle tokens (the tokens between
 the ``sink`` first and ``window`` last ones)::
 
-    shape[h](x_k) = mean_shape[h](x_k)
-                    + (1 - shrinkage) * sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
+    shape[h](x_k) = mean_shape[h](x_k) + sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
     curve[h](x_k) = weight[h] * shape[h](x_k)
+    budgets       = shrinkage * split(static curves) + (1 - shrinkage) * split(curves)
 
 ``weight[h] * mean_shape[h]`` is the head's static curve: the mean over calibration pairs of
 its utility curve (oracle mass kept with the scorer's top tokens plus sink and window, as a
@@ -20,10 +20,12 @@ score mass (feature ``"scores"``) or score-times-value-norm mass (``"scores_x_no
 by its protected tokens and its ``x`` top-scored middle tokens (both ranked by score, as the
 scorer keeps them). ``beta`` is a ridge regression of the
 pairs' shape deviations (utility curve divided by its total, minus the head's mean) on the
-proxy deviations, pooled over heads, one coefficient per feature and grid point;
-``shrinkage`` (1 = the static curves alone) is chosen by leave-one-context-out
-cross-validation on the calibration pairs. Budgets come from the
-piecewise-linear curves by the upper-hull greedy, in whole tokens that add up to the total.
+proxy deviations, pooled over heads, one coefficient per feature and grid point. Each
+split comes from its piecewise-linear curves by the upper-hull greedy; the two splits are
+mixed in whole tokens that add up to the total (each head ends between its two budgets, so
+on concave true curves the mix loses at most ``1 - shrinkage`` of what the request's split
+alone would lose). ``shrinkage`` (1 = the static split alone) is chosen by
+leave-one-context-out cross-validation on the calibration pairs.
 """
 
 from __future__ import annotations
@@ -271,12 +273,14 @@ class RequestAllocator:
             Per-head floor as a fraction of ``T`` (default 0.01, as ``lukv_table``); the floor
             is ``max(round(min_keep_fraction * T), sink + window)``.
         shrinkage : float in [0, 1], optional
-            Weight of the static curves (1: static only, 0: the fitted correction in full).
-            Default: chosen by leave-one-context-out cross-validation among
-            :data:`SHRINKAGES`, as the one with the highest mean retained oracle mass at
-            compressions 0.5/0.8/0.9 among those that never lose more than
-            :data:`CV_MAX_LOSS` of a held-out pair's mass against the static curves; 1 when
-            there is only one context.
+            Weight of the static split in the budgets (1: the static curves' split only, 0:
+            the split of the request's corrected curves alone; between: whole-token budgets
+            at that mix of the two splits). Default: chosen by leave-one-context-out
+            cross-validation among :data:`SHRINKAGES`, as the one with the highest mean
+            retained oracle mass at compressions 0.5/0.8/0.9 among those that never lose more
+            than :data:`CV_MAX_LOSS` of a held-out pair's mass against the static split (half
+            the 0.5% a held-out request may lose: the margin covers the choice itself); 1 when
+            none gains on average or there is only one context.
         fractions : array_like, optional
             The grid of middle-token fractions (increasing, from 0 to 1; default 65 points
             ``(k / 64) ** 2``).
@@ -297,7 +301,7 @@ class RequestAllocator:
         Per pair: one sort per head (shared by pairs with the same scores object) for the
         oracle curves, one pass over the scores for the proxies. The regression and the
         cross-validation (one refit per held-out context, then allocations of the held-out
-        pairs at three compressions for five shrinkages) work on the coarse grid only.
+        pairs at three compressions for each of :data:`SHRINKAGES`) work on the coarse grid only.
         Deterministic.
 
         Examples
@@ -422,6 +426,9 @@ class RequestAllocator:
     def predict_curves(self, scores, *, value_norms=None):
         """Predicted utility curves of one request on its coarse token grid.
 
+        The static curves with their shapes corrected by the request's scores in full: the
+        curves of the request's split (:attr:`shrinkage` only mixes the splits).
+
         Parameters
         ----------
         scores : array_like ``(L, H, T)``
@@ -456,10 +463,12 @@ class RequestAllocator:
     def allocate(self, scores, total_budget, *, value_norms=None, layerwise=True):
         """Per-head budgets for one request from its prefill scores.
 
-        Maximises the predicted retained oracle mass ``sum_h curve[h](b_h)`` subject to
-        ``sum_h b_h = total_budget`` and ``floor <= b_h <= T``, where ``curve[h]`` is the
-        head's static curve with its shape corrected by this request's scores (see the module
-        docstring) and ``floor = max(round(min_keep_fraction * T), sink + window)``.
+        Two splits of ``total_budget`` with ``floor <= b_h <= T``
+        (``floor = max(round(min_keep_fraction * T), sink + window)``), each maximising a
+        predicted retained oracle mass ``sum_h curve[h](b_h)``: over the static curves, and
+        over the static curves with their shapes corrected by this request's scores (see the
+        module docstring); the budgets are ``shrinkage`` times the first plus
+        ``1 - shrinkage`` times the second, in whole tokens adding up to ``total_budget``.
 
         Parameters
         ----------
@@ -482,11 +491,13 @@ class RequestAllocator:
         Returns
         -------
         Allocation
-            ``budgets`` ``(L, H)`` int64 adding up to ``total_budget``; ``utility`` is the
-            predicted value of the piecewise-linear curves, ``upper_bound`` the value of
-            their upper hulls (the LP relaxation), ``threshold`` the marginal value per token
-            where the total ran out (for ``layerwise=False``, the largest over layers);
-            ``method`` is ``"request"``; ``stats`` holds ``shrinkage`` and ``layerwise``.
+            ``budgets`` ``(L, H)`` int64 adding up to ``total_budget``; ``utility`` is their
+            value on the curves ``shrinkage * static + (1 - shrinkage) * corrected``
+            (piecewise linear), ``upper_bound`` the same mix of the two splits' LP values (an
+            upper bound on those curves' value at any split), ``threshold`` the same mix of
+            the marginal values per token where each split's total ran out (for
+            ``layerwise=False``, the largest over layers); ``method`` is ``"request"``;
+            ``stats`` holds ``shrinkage`` and ``layerwise``.
 
         Raises
         ------
@@ -498,9 +509,11 @@ class RequestAllocator:
 
         Notes
         -----
-        One pass over each head's scores (a log-scale histogram, no sort; O(T) per head),
-        the predicted curves on the coarse grid (G points), their upper hulls and a sort of
-        the hull segments: O(L H (T + G log(L H G))). Deterministic.
+        One pass over each head's scores (a log-scale histogram, no sort; O(T) per head;
+        heads with at least ``8 * SAMPLE`` middle tokens count their highest values exactly
+        and the rest from a sample, see :data:`SAMPLE`), the predicted curves on the coarse
+        grid (G points), their upper hulls and a sort of the hull segments, for each of the
+        two splits: O(L H (T + G log(L H G))). Deterministic.
 
         Examples
         --------
