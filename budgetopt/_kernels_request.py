@@ -4,8 +4,10 @@ Two stages, in pipeline order:
 
 * :func:`mass_curves`: one pass over each head's tokens (no sort) builds a histogram
   of its non-negative weights on a logarithmic scale (the float32 exponent and its top three
-  mantissa bits: 2048 bins, each 2**(1/8) wide) of its middle tokens, then reads the share
-  of the weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram, interpolating linearly inside a bin;
+  mantissa bits: 2048 bins, each 2**(1/8) wide) of its middle tokens (long heads: the top
+  bins exactly, the rest from a sample, see :func:`_histogram`), then reads the share of the
+  weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram,
+  interpolating linearly inside a bin;
 * :func:`lp_split`: the upper concave hull of each head's predicted curve on its coarse token
   grid, then the hull segments taken steepest first until the total is spent. The answer
   solves the LP relaxation of the piecewise-linear curves exactly; at most one head stops
@@ -180,48 +182,6 @@ def _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, his
             lo = min(lo, b)
             hi = max(hi, b)
     return lo, hi
-    need = max(1.0, np.ceil(TOP_SHARE * n_s))
-    seen = 0.0
-    cut = hi
-    while cut > lo:
-        seen += hist_n[cut]
-        if seen >= need:
-            break
-        cut -= 1
-    cut = min(cut, _BAD_BIN)
-    below = 0.0
-    for b in range(lo, min(cut, hi + 1)):
-        below += hist_n[b]
-    if below == 0.0:
-        cut = 0  # no sampled token below the cut: every token is counted exactly
-    for b in range(max(cut, lo), hi + 1):
-        hist_n[b] = 0.0
-        hist_w[b] = 0.0
-        hist_w2[b] = 0.0
-    threshold = np.uint32(cut << _SHIFT)
-    exact = 0
-    top = np.uint32(0)
-    t = sink
-    while t + 8 <= stop:
-        high = max(max(max(row_bits[t], row_bits[t + 1]), max(row_bits[t + 2], row_bits[t + 3])),
-                   max(max(row_bits[t + 4], row_bits[t + 5]), max(row_bits[t + 6], row_bits[t + 7])))
-        top = max(top, high)
-        if high >= threshold:
-            exact += _add_high(row, row_bits, norms, use_norms, t, t + 8, threshold, hist_n, hist_w, hist_w2)
-        t += 8
-    for i in range(t, stop):
-        top = max(top, row_bits[i])
-    exact += _add_high(row, row_bits, norms, use_norms, t, stop, threshold, hist_n, hist_w, hist_w2)
-    if top >= threshold:
-        hi = max(hi, np.int64(top) >> _SHIFT)
-    lo = min(lo, cut)
-    if cut > 0:  # the sample below the cut stands for the exact number of tokens there
-        scale = (stop - sink - exact) / below
-        for b in range(lo, cut):
-            hist_n[b] *= scale
-            hist_w[b] *= scale
-            hist_w2[b] *= scale
-    return lo, hi
 
 
 @nb.njit(**_JIT)
@@ -238,8 +198,9 @@ def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window,
     ``counts[k] / M`` (1 when only protected tokens weigh).
 
     The histogram (:func:`_histogram`) is exact when the middle holds fewer than
-    ``2 * n_sample`` tokens (or ``n_sample`` is 0) and for rows with negative values;
-    otherwise it samples every ``M // n_sample``-th token and counts the highest bins exactly.
+    ``8 * n_sample`` tokens (or ``n_sample`` is 0) and for rows with negative values;
+    otherwise it counts the highest bins exactly and the rest from a sample of ``n_sample``
+    to ``2 * n_sample`` tokens.
 
     Returns -1, or ``4 * row + code`` for the first bad row: code 1, a value is NaN or
     infinite; code 2, a norm is NaN, infinite or negative (or a product overflows).
