@@ -56,14 +56,15 @@ FEATURES = ("scores", "scores_x_norms")
 #: Default fraction grid: 65 points, quadratic (dense where high compression needs it).
 DEFAULT_FRACTIONS = (np.arange(65) / 64.0) ** 2
 
-#: Shrinkage values tried by cross-validation (1 = static curves only).
+#: Shrinkage values tried by cross-validation (weight of the static split; 1 = static only).
 SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 0.875, 1.0)
 
 #: Compressions (fraction removed) at which cross-validation scores a shrinkage.
 CV_COMPRESSIONS = (0.5, 0.8, 0.9)
 
 #: Largest loss of retained oracle mass on any cross-validation pair (at any of
-#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static curves.
+#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static split: half the
+#: 0.5% a new request may lose, a margin for choosing among :data:`SHRINKAGES` on these pairs.
 CV_MAX_LOSS = 0.0025
 
 _RIDGE = 1e-6
