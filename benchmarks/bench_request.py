@@ -15,7 +15,8 @@ compressions 50/80/90% (kvpress ``compression_ratio``: fraction removed). Method
   shapes and head weights, one global split;
 * ``request``: ``RequestAllocator.fit`` with its defaults (shrinkage by inner
   cross-validation), given the held-out request's scores (and value norms);
-* variants: fixed shrinkage 0 and 0.5, with and without value norms;
+* variants: fixed shrinkage 0 (the request's split alone) and 0.5 (budgets halfway between
+  the static and the request's split), and the default without value norms;
 * ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable).
 
 Data: a profile run directory (``--run``, pair files as written by ``budgetopt profile``;
@@ -24,19 +25,25 @@ has a world-level attention concentration that each context perturbs (visible in
 context's scores), per-token value norms that weigh the oracle (visible in ``value_norms``),
 and a question-level reshuffle no prefill feature can see.
 
-Also times ``allocate`` at 32 layers x 8 KV heads x 32,768 tokens (compilation excluded).
+Also times ``allocate`` at 32 layers x 8 KV heads x 32,768 tokens (compilation excluded), on
+independent and on pooled (SnapKV-like) scores, optionally against the allocator of another
+git revision (``--baseline REV``, interleaved in the same run), and measures what the sampled
+proxies of such long heads change against reading every token.
 
 Usage::
 
     python benchmarks/bench_request.py --synthetic                 # synthetic worlds
     python benchmarks/bench_request.py --run /path/to/RUN [RUN2 ...]  # profile run directories
     python benchmarks/bench_request.py --synthetic --quick         # seconds; used by a test
+    python benchmarks/bench_request.py --timing-only --baseline REV  # speed against revision REV
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +57,7 @@ from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
-from budgetopt.curves import write_atomic  # noqa: E402
+from budgetopt._io import write_atomic  # noqa: E402
 from budgetopt.rounding import keep_counts_from_prune_ratios  # noqa: E402
 
 COMPRESSIONS = (0.5, 0.8, 0.9)
@@ -277,25 +284,53 @@ def _median_times(fn, repeats):
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
-    """``allocate`` at ``layers x heads x length`` against ``scores.sum()`` (wall and CPU)."""
+def baseline_package(rev):
+    """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
+    temporary export (its modules import each other relatively)."""
+    import importlib
+    import tarfile
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="bench_request_baseline_"))
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+    (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("budgetopt_baseline")
+
+
+def timing(layers=32, heads=8, length=32768, repeats=7, baseline=None, log=print):
+    """``allocate`` at ``layers x heads x length`` against ``scores.sum()`` (wall and CPU); with
+    ``baseline`` (a git revision) the same calls of that revision's allocator, interleaved."""
     contexts = synthetic_world(0, layers, heads, 512, 3, 2)
     cal_o = [o for _, _, os_ in contexts for o in os_]
     cal_s = [s for s, _, os_ in contexts for _ in os_]
     cal_n = [nm for _, nm, os_ in contexts for _ in os_]
-    with_norms = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
-    scores_only = budgetopt.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
     rng = np.random.default_rng(1)
     scores = rng.gamma(0.3, size=(layers, heads, length)).astype(np.float32)
     norms = rng.lognormal(0.0, 0.5, (layers, heads, length)).astype(np.float32)
+    # pooled like SnapKV's scores (a moving average of 5): the high values come in runs
+    raw = rng.gamma(0.3, size=(layers, heads, length + 4))
+    pooled = np.cumsum(raw, axis=-1)
+    pooled = ((pooled[..., 4:] - np.concatenate([np.zeros((layers, heads, 1)), pooled[..., :-5]], axis=-1)) / 5)
+    pooled = np.maximum(pooled, 0.0).astype(np.float32)
     total = budgetopt.tokens_from_fraction(0.2, layers * heads * length)
-    cases = {
-        "scores.sum()": lambda: scores.sum(),
-        "allocate, norms, global": lambda: with_norms.allocate(scores, total, value_norms=norms),
-        "allocate, norms, layerwise=False": lambda: with_norms.allocate(scores, total, value_norms=norms,
-                                                                        layerwise=False),
-        "allocate, scores only, global": lambda: scores_only.allocate(scores, total),
-    }
+    cases = {"scores.sum()": lambda: scores.sum()}
+    packages = [("", budgetopt)] + ([(f"[{baseline}] ", baseline_package(baseline))] if baseline else [])
+    for tag, pkg in packages:
+        with_norms = pkg.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.5)
+        scores_only = pkg.RequestAllocator.fit(cal_o, cal_s, sink=4, window=32, shrinkage=0.5)
+        cases.update({
+            f"{tag}allocate, norms, global":
+                lambda a=with_norms: a.allocate(scores, total, value_norms=norms),
+            f"{tag}allocate, norms, layerwise=False":
+                lambda a=with_norms: a.allocate(scores, total, value_norms=norms, layerwise=False),
+            f"{tag}allocate, scores only, global": lambda a=scores_only: a.allocate(scores, total),
+            f"{tag}allocate, norms, global, pooled scores":
+                lambda a=with_norms: a.allocate(pooled, total, value_norms=norms),
+            f"{tag}allocate, scores only, global, pooled scores": lambda a=scores_only: a.allocate(pooled, total),
+        })
     out = {}
     for _ in range(2):  # interleaved rounds: every case sees the same machine load
         for name, fn in cases.items():
@@ -306,9 +341,37 @@ def timing(layers=32, heads=8, length=32768, repeats=7, log=print):
     log(f"allocate timing, {layers} layers x {heads} KV heads x {length} tokens, 20% kept "
         f"(median of {repeats} warm calls, 2 interleaved rounds):")
     for k, v in out.items():
-        log(f"  {k:<34} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
+        log(f"  {k:<55} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
             f"CPU {v['cpu'] * 1e3:8.2f} ms ({v['cpu'] / layers * 1e3:.3f} per layer)   "
             f"{v['wall'] / base['wall']:.1f}x / {v['cpu'] / base['cpu']:.1f}x the sum")
+    out["sampling"] = sampling_error(cal_o, cal_s, cal_n, {"iid": scores, "pooled": pooled}, norms, total, log)
+    return out
+
+
+def sampling_error(cal_o, cal_s, cal_n, requests, norms, total, log):
+    """What the sampled proxies of long heads change against reading every token: the proxies
+    themselves and the budgets of the full correction (``shrinkage=0``)."""
+    full = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.0)
+    T = norms.shape[-1]
+    counts = rq._token_counts(full.fractions, T - 36)
+    out = {}
+    saved = rq.SAMPLE
+    for name, scores in requests.items():
+        got = {}
+        for sample in (saved, 0):
+            rq.SAMPLE = sample
+            try:
+                got[sample] = (rq.proxy_curves(scores, norms, 4, 32, counts),
+                               full.allocate(scores, total, value_norms=norms).budgets)
+            finally:
+                rq.SAMPLE = saved
+        d = np.abs(got[saved][0] - got[0][0])
+        moved = int(np.abs(got[saved][1] - got[0][1]).sum()) // 2
+        out[name] = {"proxy_max_abs": d.max(axis=(1, 2)).tolist(), "proxy_mean_abs": d.mean(axis=(1, 2)).tolist(),
+                     "tokens_moved": moved, "share_moved": moved / total}
+        log(f"  sampled proxies ({name} scores, SAMPLE={saved}) against every token: |difference| max "
+            f"{d.max():.4f}, mean {d.mean():.5f}; budgets of shrinkage 0: {moved} of {total} tokens "
+            f"({moved / total:.2%}) elsewhere")
     return out
 
 
@@ -320,6 +383,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="synthetic worlds")
     parser.add_argument("--quick", action="store_true", help="a tiny synthetic run, no timing, no files")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--baseline", help="also time the allocator of this git revision (interleaved)")
+    parser.add_argument("--timing-only", action="store_true", help="only the timing, no held-out evaluation")
     parser.add_argument("--out", help="write the report (.txt) and figures (.json) with this path stem")
     args = parser.parse_args(argv)
     lines = []
@@ -353,6 +418,8 @@ def main(argv=None):
             datasets.append((f"real run {' + '.join(args.run)} ({meta.get('model', {}).get('path')}, scorer "
                              f"{meta.get('scorer', {}).get('name')}, {len(contexts)} contexts, "
                              f"{sum(len(c[2]) for c in contexts)} pairs)", contexts, meta["sink"], meta["window"]))
+    if args.timing_only:
+        datasets = []
     for label, contexts, sink, window in datasets:
         log(f"== {label}; sink={sink}, window={window}; leave one context out")
         names, table, chosen = evaluate(contexts, sink, window, variants=not args.quick, log=log)
@@ -361,7 +428,7 @@ def main(argv=None):
         result["data"].append({"label": label, "summary": summary,
                                "per_pair": {k: v.tolist() for k, v in table.items()}})
     if not (args.quick or args.no_timing):
-        result["timing"] = timing(log=log)
+        result["timing"] = timing(baseline=args.baseline, log=log)
     log(f"({time.perf_counter() - t0:.1f} s; {env['command']}; commit {(env['git']['commit'] or 'unknown')[:10]}"
         f"{' + uncommitted changes' if env['git']['uncommitted'] else ''})")
     if args.out:

@@ -4,8 +4,10 @@ Two stages, in pipeline order:
 
 * :func:`mass_curves`: one pass over each head's tokens (no sort) builds a histogram
   of its non-negative weights on a logarithmic scale (the float32 exponent and its top three
-  mantissa bits: 2048 bins, each 2**(1/8) wide) of its middle tokens, then reads the share
-  of the weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram, interpolating linearly inside a bin;
+  mantissa bits: 2048 bins, each 2**(1/8) wide) of its middle tokens (long heads: the top
+  bins exactly, the rest from a sample, see :func:`_histogram`), then reads the share of the
+  weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram,
+  interpolating linearly inside a bin;
 * :func:`lp_split`: the upper concave hull of each head's predicted curve on its coarse token
   grid, then the hull segments taken steepest first until the total is spent. The answer
   solves the LP relaxation of the piecewise-linear curves exactly; at most one head stops
@@ -25,11 +27,18 @@ from ._kernels import _JIT
 #: Histogram bins: the 11 high bits (sign excluded) of a non-negative float32.
 N_BINS = 2048
 _SHIFT = 20
+#: First bin of the largest float32 exponent (infinite and NaN values); values with the
+#: sign bit set land at :data:`N_BINS` and above.
+_BAD_BIN = N_BINS - 8
+
+#: Share of a sampled row's middle tokens (the sample's highest) whose bins are then filled
+#: exactly, token by token.
+TOP_SHARE = 1.0 / 64.0
 
 
 @nb.njit(inline="always", **_JIT)
-def _read_curve(hist_n, hist_w, protected, total, middle, counts, out, r):
-    """Shares at ``counts`` from one row's histogram into ``out[r]``."""
+def _read_curve(hist_n, hist_w, lo, hi, protected, total, middle, counts, out, r):
+    """Shares at ``counts`` from one row's histogram (bins ``lo..hi``) into ``out[r]``."""
     n_counts = counts.shape[0]
     if not total > 0.0:
         for k in range(n_counts):
@@ -37,11 +46,11 @@ def _read_curve(hist_n, hist_w, protected, total, middle, counts, out, r):
         return
     whole = total + protected
     k = 0
-    seen = 0
+    seen = 0.0
     mass = 0.0
-    for b in range(N_BINS - 1, -1, -1):
+    for b in range(hi, lo - 1, -1):
         c = hist_n[b]
-        if c == 0:
+        if c == 0.0:
             continue
         while k < n_counts and counts[k] <= seen + c:
             out[r, k] = (protected + mass + hist_w[b] * ((counts[k] - seen) / c)) / whole
@@ -56,115 +65,184 @@ def _read_curve(hist_n, hist_w, protected, total, middle, counts, out, r):
 
 
 @nb.njit(inline="always", **_JIT)
-def _histogram(row, row_bits, norms, use_norms, sink, stop, lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2):
-    """Histogram of ``row[sink:stop]`` by value, with ``row * norms`` summed by the same bins.
+def _add(hist_n, hist_w, hist_w2, use_norms, b, v, m):
+    hist_n[b] += 1.0
+    hist_w[b] += v
+    if use_norms:
+        hist_w2[b] += v * m
 
-    Returns (middle sum of ``row``, middle sum of ``row * norms``, suspect). Four interleaved
-    lane histograms (merged at the end) keep consecutive tokens that fall in one bin from
-    waiting on each other. ``suspect``: some value has its sign bit set or the largest
-    exponent (negative, NaN or infinite); its bins lie at or above :data:`N_BINS` - 8.
-    """
-    lanes_n[:] = 0
-    lanes_w[:] = 0.0
-    if use_norms:
-        lanes_w2[:] = 0.0
-    t = sink
-    if use_norms:
-        while t + 4 <= stop:
-            for lane in range(4):
-                b = row_bits[t + lane] >> _SHIFT
-                v = row[t + lane]
-                lanes_n[lane, b] += 1
-                lanes_w[lane, b] += v
-                lanes_w2[lane, b] += v * norms[t + lane]
-            t += 4
-        while t < stop:
-            b = row_bits[t] >> _SHIFT
-            lanes_n[0, b] += 1
-            lanes_w[0, b] += row[t]
-            lanes_w2[0, b] += row[t] * norms[t]
-            t += 1
-    else:
-        while t + 4 <= stop:
-            for lane in range(4):
-                b = row_bits[t + lane] >> _SHIFT
-                lanes_n[lane, b] += 1
-                lanes_w[lane, b] += row[t + lane]
-            t += 4
-        while t < stop:
-            b = row_bits[t] >> _SHIFT
-            lanes_n[0, b] += 1
-            lanes_w[0, b] += row[t]
-            t += 1
-    total = 0.0
-    total2 = 0.0
-    for b in range(2 * N_BINS):
-        hist_n[b] = lanes_n[0, b] + lanes_n[1, b] + lanes_n[2, b] + lanes_n[3, b]
-        hist_w[b] = lanes_w[0, b] + lanes_w[1, b] + lanes_w[2, b] + lanes_w[3, b]
-        total += hist_w[b]
-    if use_norms:
-        for b in range(2 * N_BINS):
-            hist_w2[b] = lanes_w2[0, b] + lanes_w2[1, b] + lanes_w2[2, b] + lanes_w2[3, b]
-            total2 += hist_w2[b]
-    suspect = False
-    for b in range(N_BINS - 8, 2 * N_BINS):
-        if hist_n[b] > 0:
-            suspect = True
-            break
-    return total, total2, suspect
+
+@nb.njit(inline="always", **_JIT)
+def _add_high(row, row_bits, norms, use_norms, start, stop, threshold, hist_n, hist_w, hist_w2):
+    """Add the tokens ``start <= t < stop`` whose bits reach ``threshold``; returns how many."""
+    added = 0
+    for t in range(start, stop):
+        if row_bits[t] >= threshold:
+            _add(hist_n, hist_w, hist_w2, use_norms, np.int64(row_bits[t]) >> _SHIFT, row[t], norms[t])
+            added += 1
+    return added
 
 
 @nb.njit(**_JIT)
-def mass_curves(values, values_bits, norms, use_norms, sink, window, counts, out):
+def _histogram(row, row_bits, norms, use_norms, sink, stop, stride, hist_n, hist_w, hist_w2):
+    """Histogram of ``row[sink:stop]`` by value: tokens, ``row`` and ``row * norms`` per bin.
+
+    ``stride == 1``: every token, exact. ``stride > 1`` (a multiple of 8): a pilot of every
+    ``8 * stride``-th token places a cut near the top :data:`TOP_SHARE` of the values (never
+    above the first infinite/NaN bin); then one pass over all tokens, in blocks of 8, counts
+    every token at or above the cut exactly (looking closer only at blocks that hold one) and
+    samples the first token of every ``stride / 8``-th block below it; the sample's bins are
+    scaled to the exact number of tokens below the cut (their weights by the same factor).
+    Returns the touched bin range ``(lo, hi)`` (``lo > hi`` when empty), which the caller
+    clears.
+    """
+    lo = 2 * N_BINS
+    hi = -1
+    if stride == 1:
+        for t in range(sink, stop):
+            b = np.int64(row_bits[t]) >> _SHIFT
+            _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+            lo = min(lo, b)
+            hi = max(hi, b)
+        return lo, hi
+    # the pilot, in counts only
+    n_pilot = 0
+    for t in range(sink, stop, 8 * stride):
+        b = np.int64(row_bits[t]) >> _SHIFT
+        hist_n[b] += 1.0
+        lo = min(lo, b)
+        hi = max(hi, b)
+        n_pilot += 1
+    need = max(1.0, np.ceil(TOP_SHARE * n_pilot))
+    seen = 0.0
+    cut = hi
+    while cut > lo:
+        seen += hist_n[cut]
+        if seen >= need:
+            break
+        cut -= 1
+    cut = min(cut, _BAD_BIN)
+    for b in range(lo, hi + 1):
+        hist_n[b] = 0.0
+    threshold = np.uint32(cut << _SHIFT)
+    lo = 2 * N_BINS
+    hi = -1
+    exact = 0
+    sampled = 0.0
+    every = stride // 8
+    count = 0
+    t = sink
+    while t + 8 <= stop:
+        high = max(max(max(row_bits[t], row_bits[t + 1]), max(row_bits[t + 2], row_bits[t + 3])),
+                   max(max(row_bits[t + 4], row_bits[t + 5]), max(row_bits[t + 6], row_bits[t + 7])))
+        if high >= threshold:
+            exact += _add_high(row, row_bits, norms, use_norms, t, t + 8, threshold, hist_n, hist_w, hist_w2)
+            hi = max(hi, np.int64(high) >> _SHIFT)
+        count += 1
+        if count == every:
+            count = 0
+            if row_bits[t] < threshold:
+                b = np.int64(row_bits[t]) >> _SHIFT
+                _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+                lo = min(lo, b)
+                hi = max(hi, b)
+                sampled += 1.0
+        t += 8
+    for i in range(t, stop):
+        if row_bits[i] >= threshold:
+            hi = max(hi, np.int64(row_bits[i]) >> _SHIFT)
+    exact += _add_high(row, row_bits, norms, use_norms, t, stop, threshold, hist_n, hist_w, hist_w2)
+    below = stop - sink - exact
+    if below > 0 and sampled == 0.0:
+        # nothing sampled below the cut (a tiny or very uneven middle): count it exactly
+        lo2, hi2 = _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, hist_n, hist_w, hist_w2)
+        lo = min(lo, lo2)
+        hi = max(hi, hi2)
+        sampled = below
+    if exact > 0:
+        lo = min(lo, cut)
+    if sampled > 0.0:
+        scale = below / sampled
+        for b in range(lo, min(cut, hi + 1)):
+            hist_n[b] *= scale
+            hist_w[b] *= scale
+            hist_w2[b] *= scale
+    return lo, hi
+
+
+@nb.njit(**_JIT)
+def _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, hist_n, hist_w, hist_w2):
+    """Add every token of ``row[sink:stop]`` below ``threshold``; returns its bin range."""
+    lo = 2 * N_BINS
+    hi = -1
+    for t in range(sink, stop):
+        if row_bits[t] < threshold:
+            b = np.int64(row_bits[t]) >> _SHIFT
+            _add(hist_n, hist_w, hist_w2, use_norms, b, row[t], norms[t])
+            lo = min(lo, b)
+            hi = max(hi, b)
+    return lo, hi
+
+
+@nb.njit(**_JIT)
+def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window, counts, n_sample, out):
     """Share of each row's weight held by its protected tokens and its ``counts[k]`` top-scored middle tokens.
 
     The protected tokens are the ``sink`` first and ``window`` last ones; the middle is
     ``sink <= t < T - window``, ranked by ``values`` (float32 ``(n, T)``; ``values_bits``, the
     same memory as uint32). Weights: the values (minus the row's minimum when that is
     negative) into ``out[0]``; with ``use_norms``, those weights times ``norms`` (float32
-    ``(n, T)``, non-negative) into ``out[1]``, still ranked by value. ``counts`` int64 ``(G,)``
-    increases from 0 to the middle length; ``out`` float64 ``(J, n, G)``. A row without
-    weight gets the uniform share ``counts[k] / M`` (1 when only protected tokens weigh).
+    ``(n, T)``, non-negative; ``norms_bits`` the same memory as uint32) into ``out[1]``, still
+    ranked by value. ``counts`` int64 ``(G,)`` increases from 0 to the middle length;
+    ``out`` float64 ``(J, n, G)``. A row without weight gets the uniform share
+    ``counts[k] / M`` (1 when only protected tokens weigh).
+
+    The histogram (:func:`_histogram`) is exact when the middle holds fewer than
+    ``8 * n_sample`` tokens (or ``n_sample`` is 0) and for rows with negative values;
+    otherwise it counts the highest bins exactly and the rest from a sample of ``n_sample``
+    to ``2 * n_sample`` tokens.
 
     Returns -1, or ``4 * row + code`` for the first bad row: code 1, a value is NaN or
     infinite; code 2, a norm is NaN, infinite or negative (or a product overflows).
-    O(n (T + N_BINS + G)): one histogram pass per row, both features sharing its bins (a
-    second pass only for rows with negative values).
+    O(n (T + bins touched + G)).
     """
     n, length = values.shape
     stop = length - window
     middle = stop - sink
-    hist_n = np.zeros(2 * N_BINS, np.int64)   # the upper half catches sign-bit values
+    stride = 8 * (middle // (8 * n_sample)) if n_sample > 0 and middle >= 8 * n_sample else 1
+    hist_n = np.zeros(2 * N_BINS, np.float64)   # the upper half catches sign-bit values
     hist_w = np.zeros(2 * N_BINS, np.float64)
     hist_w2 = np.zeros(2 * N_BINS, np.float64)
-    lanes_n = np.zeros((4, 2 * N_BINS), np.int32)
-    lanes_w = np.zeros((4, 2 * N_BINS), np.float64)
-    lanes_w2 = np.zeros((4, 2 * N_BINS) if use_norms else (4, 1), np.float64)
     row = np.empty(length, np.float32)
     row_bits = row.view(np.uint32)
     big = np.float32(3.4e38)
+    bad_bits = np.uint32(_BAD_BIN << _SHIFT)  # +inf; NaN and anything with the sign bit are above
     for r in range(n):
         if use_norms:
-            bad = False
+            high = np.uint32(0)
             for t in range(length):
-                m = norms[r, t]
-                bad |= not (m >= 0.0 and m <= big)
-            if bad:
-                return 4 * r + 2
-        total, total2, suspect = _histogram(values[r], values_bits[r], norms[r], use_norms, sink, stop,
-                                            lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2)
+                high = max(high, norms_bits[r, t])
+            if high >= bad_bits:  # some norm is inf, NaN, negative or -0.0: look closer
+                for t in range(length):
+                    m = norms[r, t]
+                    if not (m >= 0.0 and m <= big):
+                        return 4 * r + 2
         src = values[r]
+        src_bits = values_bits[r]
+        lo, hi = _histogram(src, src_bits, norms[r], use_norms, sink, stop, stride, hist_n, hist_w, hist_w2)
         for attempt in range(2):
+            suspect = False
+            for b in range(max(lo, _BAD_BIN), hi + 1):
+                suspect |= hist_n[b] > 0.0
             protected = 0.0
             protected2 = 0.0
-            for t in range(length):
-                if sink <= t < stop:
-                    continue
-                v = src[t]
-                suspect |= not (v >= 0.0 and v <= big)
-                protected += v
-                if use_norms:
-                    protected2 += v * norms[r, t]
+            for part in range(2):
+                for t in range(0 if part == 0 else stop, sink if part == 0 else length):
+                    v = src[t]
+                    suspect |= not (v >= 0.0 and v <= big)
+                    protected += v
+                    if use_norms:
+                        protected2 += v * norms[r, t]
             if not suspect or attempt == 1:
                 break
             low = np.float32(0.0)
@@ -176,15 +254,26 @@ def mass_curves(values, values_bits, norms, use_norms, sink, window, counts, out
                     low = v
             for t in range(length):
                 row[t] = (values[r, t] - low) + np.float32(0.0)  # -0.0 becomes +0.0
+            for b in range(lo, hi + 1):
+                hist_n[b] = 0.0
+                hist_w[b] = 0.0
+                hist_w2[b] = 0.0
             src = row
-            total, total2, suspect = _histogram(row, row_bits, norms[r], use_norms, sink, stop,
-                                                lanes_n, lanes_w, lanes_w2, hist_n, hist_w, hist_w2)
-            suspect = False
+            lo, hi = _histogram(row, row_bits, norms[r], use_norms, sink, stop, 1, hist_n, hist_w, hist_w2)
+        total = 0.0
+        total2 = 0.0
+        for b in range(lo, hi + 1):
+            total += hist_w[b]
+            total2 += hist_w2[b]
         if use_norms and not (total2 - total2 == 0.0 and protected2 - protected2 == 0.0):
             return 4 * r + 2
-        _read_curve(hist_n, hist_w, protected, total, middle, counts, out[0], r)
+        _read_curve(hist_n, hist_w, lo, hi, protected, total, middle, counts, out[0], r)
         if use_norms:
-            _read_curve(hist_n, hist_w2, protected2, total2, middle, counts, out[1], r)
+            _read_curve(hist_n, hist_w2, lo, hi, protected2, total2, middle, counts, out[1], r)
+        for b in range(lo, hi + 1):
+            hist_n[b] = 0.0
+            hist_w[b] = 0.0
+            hist_w2[b] = 0.0
     return -1
 
 

@@ -8,9 +8,9 @@ how concentrated its scores are (and, optionally, its scores times the value-out
 Model, on a fixed grid of fractions ``x_k`` of each head's middle tokens (the tokens between
 the ``sink`` first and ``window`` last ones)::
 
-    shape[h](x_k) = mean_shape[h](x_k)
-                    + (1 - shrinkage) * sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
+    shape[h](x_k) = mean_shape[h](x_k) + sum_j beta[j, k] * (proxy_j[h](x_k) - mean_proxy_j[h](x_k))
     curve[h](x_k) = weight[h] * shape[h](x_k)
+    budgets       = shrinkage * split(static curves) + (1 - shrinkage) * split(curves)
 
 ``weight[h] * mean_shape[h]`` is the head's static curve: the mean over calibration pairs of
 its utility curve (oracle mass kept with the scorer's top tokens plus sink and window, as a
@@ -20,10 +20,12 @@ score mass (feature ``"scores"``) or score-times-value-norm mass (``"scores_x_no
 by its protected tokens and its ``x`` top-scored middle tokens (both ranked by score, as the
 scorer keeps them). ``beta`` is a ridge regression of the
 pairs' shape deviations (utility curve divided by its total, minus the head's mean) on the
-proxy deviations, pooled over heads, one coefficient per feature and grid point;
-``shrinkage`` (1 = the static curves alone) is chosen by leave-one-context-out
-cross-validation on the calibration pairs. Budgets come from the
-piecewise-linear curves by the upper-hull greedy, in whole tokens that add up to the total.
+proxy deviations, pooled over heads, one coefficient per feature and grid point. Each
+split comes from its piecewise-linear curves by the upper-hull greedy; the two splits are
+mixed in whole tokens that add up to the total (each head ends between its two budgets, so
+on concave true curves the mix loses at most ``1 - shrinkage`` of what the request's split
+alone would lose). ``shrinkage`` (1 = the static split alone) is chosen by
+leave-one-context-out cross-validation on the calibration pairs.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from .result import Allocation
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
-#: ``format`` field of a saved allocator.
-FORMAT = "budgetopt-request/1"
+#: ``format`` field of a saved allocator (``/1`` files, whose shrinkage mixed the curves
+#: rather than the budgets, are refused).
+FORMAT = "budgetopt-request/2"
 
 #: Features, in the order of ``beta``'s first axis.
 FEATURES = ("scores", "scores_x_norms")
@@ -53,17 +56,23 @@ FEATURES = ("scores", "scores_x_norms")
 #: Default fraction grid: 65 points, quadratic (dense where high compression needs it).
 DEFAULT_FRACTIONS = (np.arange(65) / 64.0) ** 2
 
-#: Shrinkage values tried by cross-validation (1 = static curves only).
-SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Shrinkage values tried by cross-validation (weight of the static split; 1 = static only).
+SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 0.875, 1.0)
 
 #: Compressions (fraction removed) at which cross-validation scores a shrinkage.
 CV_COMPRESSIONS = (0.5, 0.8, 0.9)
 
 #: Largest loss of retained oracle mass on any cross-validation pair (at any of
-#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static curves.
-CV_MAX_LOSS = 0.005
+#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static split: half the
+#: 0.5% a new request may lose, a margin for choosing among :data:`SHRINKAGES` on these pairs.
+CV_MAX_LOSS = 0.0025
 
 _RIDGE = 1e-6
+
+#: Proxies of long heads: a head with ``M >= 8 * SAMPLE`` middle tokens counts its highest
+#: values (about the top 1/64) exactly and the rest from a sample of ``SAMPLE`` to
+#: ``2 * SAMPLE`` tokens (0: every head exactly).
+SAMPLE = 2048
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -102,18 +111,22 @@ def _floor(min_keep_fraction, length, sink, window):
 
 
 # -- the pieces shared by fit and allocate -------------------------------------------------
-def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", norms_name="value_norms"):
+def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", norms_name="value_norms",
+                 sample=None):
     """Proxy shapes ``(J, n, G)`` of ``scores`` ``(..., T)`` (and ``norms`` of that shape, or None).
 
-    Checks the values on the way (one compiled pass): a NaN or infinite score, or a NaN,
-    infinite or negative norm, raises :class:`InvalidInputError` naming the array and head.
+    Checks the values on the way: a NaN or infinite score, or a NaN, infinite or negative
+    norm, raises :class:`InvalidInputError` naming the array and head. ``sample``: tokens
+    sampled per head for the bulk of long rows (default :data:`SAMPLE`); 0 reads every token.
     """
+    sample = SAMPLE if sample is None else sample
     length = scores.shape[-1]
     rows = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1, length)
     n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
     out = np.empty((1 if norms is None else 2, rows.shape[0], counts.shape[0]))
     with np.errstate(over="ignore"):
-        status = _k.mass_curves(rows, rows.view(np.uint32), n_rows, norms is not None, sink, window, counts, out)
+        status = _k.mass_curves(rows, rows.view(np.uint32), n_rows, n_rows.view(np.uint32), norms is not None, sink,
+                                window, counts, sample, out)
     if status >= 0:
         head = tuple(int(i) for i in np.unravel_index(status // 4, scores.shape[:-1]))
         if status % 4 == 1:
@@ -163,6 +176,25 @@ def _split(utility, grid, total):
     budgets = np.empty(utility.shape[0], np.int64)
     lp, lam = _k.lp_split(utility, grid, np.int64(total), budgets)
     return budgets, float(lp), float(lam)
+
+
+def _blend(static, request, shrinkage):
+    """Whole-token budgets at ``shrinkage * static + (1 - shrinkage) * request``, same total.
+
+    Both ``(n,)`` int64 with equal sums; rounded down, then the tokens left over go to the
+    largest fractional parts (ties by index). Each head ends between its two budgets.
+    """
+    if shrinkage >= 1.0:
+        return static.copy()
+    if shrinkage <= 0.0:
+        return request.copy()
+    x = request + shrinkage * (static - request).astype(np.float64)
+    out = np.floor(x).astype(np.int64)
+    left = int(static.sum() - out.sum())
+    if left > 0:
+        frac = x - out
+        out[np.argsort(-frac, kind="stable")[:left]] += 1
+    return out
 
 
 class RequestAllocator:
@@ -242,12 +274,14 @@ class RequestAllocator:
             Per-head floor as a fraction of ``T`` (default 0.01, as ``lukv_table``); the floor
             is ``max(round(min_keep_fraction * T), sink + window)``.
         shrinkage : float in [0, 1], optional
-            Weight of the static curves (1: static only, 0: the fitted correction in full).
-            Default: chosen by leave-one-context-out cross-validation among
-            :data:`SHRINKAGES`, as the one with the highest mean retained oracle mass at
-            compressions 0.5/0.8/0.9 among those that never lose more than
-            :data:`CV_MAX_LOSS` of a held-out pair's mass against the static curves; 1 when
-            there is only one context.
+            Weight of the static split in the budgets (1: the static curves' split only, 0:
+            the split of the request's corrected curves alone; between: whole-token budgets
+            at that mix of the two splits). Default: chosen by leave-one-context-out
+            cross-validation among :data:`SHRINKAGES`, as the one with the highest mean
+            retained oracle mass at compressions 0.5/0.8/0.9 among those that never lose more
+            than :data:`CV_MAX_LOSS` of a held-out pair's mass against the static split (half
+            the 0.5% a held-out request may lose: the margin covers the choice itself); 1 when
+            none gains on average or there is only one context.
         fractions : array_like, optional
             The grid of middle-token fractions (increasing, from 0 to 1; default 65 points
             ``(k / 64) ** 2``).
@@ -268,7 +302,7 @@ class RequestAllocator:
         Per pair: one sort per head (shared by pairs with the same scores object) for the
         oracle curves, one pass over the scores for the proxies. The regression and the
         cross-validation (one refit per held-out context, then allocations of the held-out
-        pairs at three compressions for five shrinkages) work on the coarse grid only.
+        pairs at three compressions for each of :data:`SHRINKAGES`) work on the coarse grid only.
         Deterministic.
 
         Examples
@@ -373,23 +407,28 @@ class RequestAllocator:
             norms = _check_norms(value_norms, arr.shape, "value_norms", values=False)
         return arr, norms
 
-    def _predicted(self, scores, norms, layers=slice(None), shrinkage=None):
+    def _predicted(self, scores, norms, layers=slice(None)):
         """Predicted curves ``(n, G)`` on token grid ``(G,)`` for validated input: ``scores``
         (and ``norms``) hold the layers ``layers`` of the model."""
-        shrink = self.shrinkage if shrinkage is None else shrinkage
         length = scores.shape[-1]
         counts = _token_counts(self.fractions, length - self.sink - self.window)
-        G = self.mean_shape[layers].shape[-1]
-        shape = self.mean_shape[layers].reshape(-1, G)
         proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
-        if shrink < 1.0:
-            dev = proxies - self.mean_proxy[:, layers].reshape(proxies.shape)
-            shape = shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", dev, self.beta)
-            np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1, out=shape)
+        shape = _corrected(self.mean_shape[layers].reshape(proxies.shape[1:]), proxies,
+                           self.mean_proxy[:, layers].reshape(proxies.shape), self.beta)
         return self.weight[layers].reshape(-1, 1) * shape, counts + (self.sink + self.window)
+
+    def _static_curves(self, length, floor, layers=slice(None)):
+        """The static curves of ``layers`` for a request of ``length`` tokens, floored: (u, grid)."""
+        G = self.fractions.size
+        u = self.weight[layers].reshape(-1, 1) * self.mean_shape[layers].reshape(-1, G)
+        tokens = _token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
+        return _with_floor(np.ascontiguousarray(u), tokens, floor, length)
 
     def predict_curves(self, scores, *, value_norms=None):
         """Predicted utility curves of one request on its coarse token grid.
+
+        The static curves with their shapes corrected by the request's scores in full: the
+        curves of the request's split (:attr:`shrinkage` only mixes the splits).
 
         Parameters
         ----------
@@ -424,10 +463,12 @@ class RequestAllocator:
     def allocate(self, scores, total_budget, *, value_norms=None, layerwise=True):
         """Per-head budgets for one request from its prefill scores.
 
-        Maximises the predicted retained oracle mass ``sum_h curve[h](b_h)`` subject to
-        ``sum_h b_h = total_budget`` and ``floor <= b_h <= T``, where ``curve[h]`` is the
-        head's static curve with its shape corrected by this request's scores (see the module
-        docstring) and ``floor = max(round(min_keep_fraction * T), sink + window)``.
+        Two splits of ``total_budget`` with ``floor <= b_h <= T``
+        (``floor = max(round(min_keep_fraction * T), sink + window)``), each maximising a
+        predicted retained oracle mass ``sum_h curve[h](b_h)``: over the static curves, and
+        over the static curves with their shapes corrected by this request's scores (see the
+        module docstring); the budgets are ``shrinkage`` times the first plus
+        ``1 - shrinkage`` times the second, in whole tokens adding up to ``total_budget``.
 
         Parameters
         ----------
@@ -450,11 +491,13 @@ class RequestAllocator:
         Returns
         -------
         Allocation
-            ``budgets`` ``(L, H)`` int64 adding up to ``total_budget``; ``utility`` is the
-            predicted value of the piecewise-linear curves, ``upper_bound`` the value of
-            their upper hulls (the LP relaxation), ``threshold`` the marginal value per token
-            where the total ran out (for ``layerwise=False``, the largest over layers);
-            ``method`` is ``"request"``; ``stats`` holds ``shrinkage`` and ``layerwise``.
+            ``budgets`` ``(L, H)`` int64 adding up to ``total_budget``; ``utility`` is their
+            value on the curves ``shrinkage * static + (1 - shrinkage) * corrected``
+            (piecewise linear), ``upper_bound`` the same mix of the two splits' LP values (an
+            upper bound on those curves' value at any split), ``threshold`` the same mix of
+            the marginal values per token where each split's total ran out (for
+            ``layerwise=False``, the largest over layers); ``method`` is ``"request"``;
+            ``stats`` holds ``shrinkage`` and ``layerwise``.
 
         Raises
         ------
@@ -466,9 +509,11 @@ class RequestAllocator:
 
         Notes
         -----
-        One pass over each head's scores (a log-scale histogram, no sort; O(T) per head),
-        the predicted curves on the coarse grid (G points), their upper hulls and a sort of
-        the hull segments: O(L H (T + G log(L H G))). Deterministic.
+        One pass over each head's scores (a log-scale histogram, no sort; O(T) per head;
+        heads with at least ``8 * SAMPLE`` middle tokens count their highest values exactly
+        and the rest from a sample, see :data:`SAMPLE`), the predicted curves on the coarse
+        grid (G points), their upper hulls and a sort of the hull segments, for each of the
+        two splits: O(L H (T + G log(L H G))). Deterministic.
 
         Examples
         --------
@@ -489,20 +534,21 @@ class RequestAllocator:
         floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
         u, tokens = self._predicted(arr, norms)
         u, grid = _with_floor(u, tokens, floor, length)
+        su, sgrid = self._static_curves(length, floor)
         if layerwise:
-            budgets, lp, lam = _split(u, grid, total)
+            budgets, value, lp, lam = self._solve(u, grid, su, sgrid, total)
         else:
             per_layer = self._static_layer_totals(length, total, floor)
             H = self.kv_heads
             budgets = np.empty(u.shape[0], np.int64)
-            lp, lam = 0.0, 0.0
+            value, lp, lam = 0.0, 0.0, 0.0
             for layer in range(self.layers):
                 rows = slice(layer * H, (layer + 1) * H)
-                b, v, s = _split(u[rows], grid[rows], per_layer[layer])
+                b, v, bound, s = self._solve(u[rows], grid[rows], su[rows], sgrid[rows], per_layer[layer])
                 budgets[rows] = b
-                lp += v
+                value += v
+                lp += bound
                 lam = max(lam, s)
-        value = float(_k.curve_values(u, grid, budgets))
         return Allocation.from_solution(
             budgets.reshape(self.layers, self.kv_heads), value, total_budget=total, upper_bound=lp, threshold=lam,
             method="request", seconds=time.perf_counter() - start,
@@ -559,7 +605,24 @@ class RequestAllocator:
                 f"`layer_total` must be in [kv_heads * floor, kv_heads * T] = [{H * floor}, {H * length}]; got {total}")
         u, tokens = self._predicted(arr3, norms, layers=slice(layer, layer + 1))
         u, grid = _with_floor(u, tokens, floor, length)
-        return _split(u, grid, total)[0]
+        su, sgrid = self._static_curves(length, floor, layers=slice(layer, layer + 1))
+        return self._solve(u, grid, su, sgrid, total)[0]
+
+    def _solve(self, u, grid, su, sgrid, total):
+        """Budgets for ``total`` from the request's curves ``u`` and the static ``su``, blended
+        by :attr:`shrinkage`; with the blended curves' value there, their upper bound and the
+        blended threshold: (budgets, value, upper bound, threshold)."""
+        s = self.shrinkage
+        parts = []  # (weight, curves, grid, budgets, LP value, threshold)
+        if s > 0.0:
+            parts.append((s, su, sgrid) + _split(su, sgrid, total))
+        if s < 1.0:
+            parts.append((1.0 - s, u, grid) + _split(u, grid, total))
+        budgets = parts[0][3] if len(parts) == 1 else _blend(parts[0][3], parts[1][3], s)
+        value = sum(w * float(_k.curve_values(c, g, budgets)) for w, c, g, *_ in parts)
+        bound = sum(q[0] * q[4] for q in parts)
+        lam = sum(q[0] * q[5] for q in parts)
+        return budgets, value, bound, lam
 
     def _check_request_layer(self, arr, norms):
         """One layer's scores ``(H, T)`` (a real array; norms ``(1, H, T)``) checked as a request."""
@@ -591,10 +654,7 @@ class RequestAllocator:
         return total
 
     def _static_layer_totals(self, length, total, floor):
-        u, tokens = self.weight.reshape(-1, 1) * self.mean_shape.reshape(-1, self.fractions.size), \
-            _token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
-        u, grid = _with_floor(np.ascontiguousarray(u), tokens, floor, length)
-        budgets, _, _ = _split(u, grid, total)
+        budgets, _, _ = _split(*self._static_curves(length, floor), total)
         return budgets.reshape(self.layers, self.kv_heads).sum(axis=1)
 
     def layer_totals(self, length, total_budget):
@@ -663,6 +723,10 @@ class RequestAllocator:
             meta = json.loads(str(arrays["meta"].item()))
         except (ValueError, TypeError) as exc:
             raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+        if isinstance(meta, dict) and meta.get("format") == "budgetopt-request/1":
+            raise CurvesFileError(
+                f"{path}: written by an earlier budgetopt whose shrinkage mixed curves, not budgets "
+                f"(format 'budgetopt-request/1'); fit the allocator again")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CurvesFileError(f"{path}: not a request allocator file (format {FORMAT!r} expected)")
         try:
@@ -708,6 +772,12 @@ def _fit_arrays(pairs, idx):
     return mean_shape, weight, mean_proxy, beta
 
 
+def _corrected(mean_shape, proxies, mean_proxy, beta):
+    """Shapes ``(n, G)`` corrected by the proxy deviations, clipped to [0, 1], non-decreasing."""
+    shape = mean_shape + np.einsum("jnk,jk->nk", proxies - mean_proxy, beta)
+    return np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1)
+
+
 def _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
     """Shrinkage chosen by leave-one-context-out; returns it and the figures (JSON-ready)."""
     gains = {s: [] for s in SHRINKAGES}  # per held-out pair and compression: retained(s) - retained(static)
@@ -716,8 +786,8 @@ def _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
         mean_shape, weight, mean_proxy, beta = _fit_arrays(pairs, train)
         for i in np.flatnonzero(groups == g):
             _, _, totals, proxies, utility, length = pairs[i]
-            kept = {s: _retained(s, mean_shape, weight, mean_proxy, beta, proxies, utility, totals, length,
-                                 fractions, sink, window, min_keep_fraction) for s in SHRINKAGES}
+            kept = _retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fractions, sink,
+                             window, min_keep_fraction)
             for s in SHRINKAGES:
                 gains[s].append(kept[s] - kept[1.0])
     figures = {str(s): {"mean_gain": float(np.mean(gains[s])), "worst": float(np.min(gains[s]))} for s in SHRINKAGES}
@@ -728,22 +798,22 @@ def _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
     return float(best), {"shrinkage": figures, "compressions": list(CV_COMPRESSIONS), "max_loss": CV_MAX_LOSS}
 
 
-def _retained(shrink, mean_shape, weight, mean_proxy, beta, proxies, utility, totals, length, fractions, sink,
-              window, min_keep_fraction):
-    """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS` (array)."""
-    shape = mean_shape
-    if shrink < 1.0:
-        shape = mean_shape + (1.0 - shrink) * np.einsum("jnk,jk->nk", proxies - mean_proxy, beta)
-        shape = np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1)
-    u = weight[:, None] * shape
-    n = u.shape[0]
+def _retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fractions, sink, window,
+              min_keep_fraction):
+    """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS`, for each of
+    :data:`SHRINKAGES`: ``{shrinkage: array}``."""
+    n = mean_shape.shape[0]
     floor = _floor(min_keep_fraction, length, sink, window)
     tokens = _token_counts(fractions, length - sink - window) + (sink + window)
-    u, grid = _with_floor(u, tokens, floor, length)
-    out = []
+    static = _with_floor(weight[:, None] * mean_shape, tokens, floor, length)
+    request = _with_floor(weight[:, None] * _corrected(mean_shape, proxies, mean_proxy, beta), tokens, floor, length)
+    out = {s: [] for s in SHRINKAGES}
     capacity = n * length
+    mass = max(utility[:, -1].sum(), 1e-300)
     for c in CV_COMPRESSIONS:
         total = max(capacity - int(round(c * capacity)), n * floor)
-        budgets, _, _ = _split(u, grid, total)
-        out.append(utility[np.arange(n), budgets - (sink + window)].sum() / max(utility[:, -1].sum(), 1e-300))
-    return np.array(out)
+        b_static, b_request = _split(*static, total)[0], _split(*request, total)[0]
+        for s in SHRINKAGES:
+            budgets = _blend(b_static, b_request, s)
+            out[s].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
+    return {s: np.array(v) for s, v in out.items()}

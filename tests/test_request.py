@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +62,7 @@ def test_mass_curves_exact_when_each_bin_holds_equal_values():
         mid = np.sort(values[r, 4:294])[::-1]
         counts = np.concatenate([[0], np.flatnonzero(np.diff(mid) != 0) + 1, [290]]).astype(np.int64)
         out = np.empty((2, 5, counts.size))
-        assert kr.mass_curves(values, values.view(np.uint32), norms, True, 4, 6, counts, out) == -1
+        assert kr.mass_curves(values, values.view(np.uint32), norms, norms.view(np.uint32), True, 4, 6, counts, 0, out) == -1
         np.testing.assert_allclose(out[0, r], direct_mass(values[r], 4, 6, counts), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(out[1, r], direct_mass_by_scores(values[r], values[r] * norms[r], 4, 6, counts),
                                    rtol=1e-6, atol=1e-9)
@@ -75,13 +74,94 @@ def test_mass_curves_close_to_sorted_reference_and_uniform_without_weight():
     values[5] = 0.0
     counts = np.rint(np.linspace(0, 1, 33) * 1000).astype(np.int64)
     out = np.empty((1, 6, 33))
-    assert kr.mass_curves(values, values.view(np.uint32), values, False, 0, 0, counts, out) == -1
+    assert kr.mass_curves(values, values.view(np.uint32), values, values.view(np.uint32), False, 0, 0, counts, 0, out) == -1
     out = out[0]
     for r in range(5):
         # inside one bin the values differ by at most 2 ** (1 / 8): the interpolation error is small
         np.testing.assert_allclose(out[r], direct_mass(values[r], 0, 0, counts), atol=0.01)
         assert np.all(np.diff(out[r]) >= -1e-12) and out[r, 0] == 0 and out[r, -1] == pytest.approx(1.0)
     np.testing.assert_allclose(out[5], counts / 1000)
+
+
+def test_mass_curves_short_rows_are_read_exactly_whatever_the_sample_size():
+    rng = np.random.default_rng(2)
+    values = rng.gamma(0.3, size=(3, 500)).astype(np.float32)
+    norms = rng.random((3, 500)).astype(np.float32)
+    counts = np.rint(np.linspace(0, 1, 17) ** 2 * 490).astype(np.int64)
+    outs = []
+    for n_sample in (0, 246, 10_000):  # 490 middle tokens: fewer than 2 * 246, no sampling
+        out = np.empty((2, 3, counts.size))
+        assert kr.mass_curves(values, values.view(np.uint32), norms, norms.view(np.uint32), True, 4, 6, counts,
+                              n_sample, out) == -1
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def pooled_scores(rng, n, T):
+    """Rows shaped like a pooled attention scorer's: heavy-tailed, neighbours alike."""
+    raw = rng.gamma(rng.uniform(0.05, 1.0, (n, 1)), size=(n, T)) * np.exp(rng.normal(0.0, 1.0, (n, T)))
+    kernel = np.ones(5) / 5
+    return np.stack([np.convolve(r, kernel, mode="same") for r in raw]).astype(np.float32)
+
+
+def test_mass_curves_sampled_rows_close_to_sorted_reference():
+    rng = np.random.default_rng(3)
+    T, sink, window = 20_000, 4, 32
+    values = pooled_scores(rng, 6, T)
+    norms = rng.lognormal(0.0, 0.5, (6, T)).astype(np.float32)
+    counts = np.rint((np.arange(65) / 64) ** 2 * (T - sink - window)).astype(np.int64)
+    exact, sampled = np.empty((2, 6, 65)), np.empty((2, 6, 65))
+    for out, n_sample in ((exact, 0), (sampled, 1024)):
+        assert kr.mass_curves(values, values.view(np.uint32), norms, norms.view(np.uint32), True, sink, window,
+                              counts, n_sample, out) == -1
+    for r in range(6):
+        np.testing.assert_allclose(exact[0, r], direct_mass(values[r], sink, window, counts), atol=0.005)
+        np.testing.assert_allclose(exact[1, r], direct_mass_by_scores(values[r], values[r] * norms[r], sink, window,
+                                                                      counts), atol=0.005)
+    # the sample of ~1,000 of 20,000 tokens moves no share by more than a few hundredths, and the
+    # top tokens (counted exactly) only through the estimated total
+    assert np.abs(sampled - exact).max() < 0.04
+    assert np.abs(sampled - exact).mean() < 0.006
+    for out in (exact, sampled):
+        assert np.all(np.diff(out, axis=-1) >= -1e-12) and np.all(out[..., 0] >= 0)
+        np.testing.assert_allclose(out[..., -1], 1.0)
+    # shares among the top ~1.5% are exact up to one common factor (the total)
+    top = counts <= 0.01 * (T - sink - window)
+    top &= counts > 0
+    ratio = sampled[0][:, top] / exact[0][:, top]
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=1e-9)
+
+
+def test_mass_curves_sampled_rows_see_every_bad_or_negative_value():
+    rng = np.random.default_rng(4)
+    T = 8_000
+    values = pooled_scores(rng, 3, T)
+    norms = rng.random((3, T)).astype(np.float32)
+    counts = np.rint(np.linspace(0, 1, 9) * (T - 2)).astype(np.int64)
+    out = np.empty((2, 3, counts.size))
+    for bad in (np.nan, np.inf):
+        v = values.copy()
+        v[1, 1002] = bad  # neither in the pilot nor in the sample
+        assert kr.mass_curves(v, v.view(np.uint32), norms, norms.view(np.uint32), True, 1, 1, counts, 256,
+                              out) == 4 * 1 + 1
+        n = norms.copy()
+        n[2, 1002] = bad
+        assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 256,
+                              out) == 4 * 2 + 2
+    n = norms.copy()
+    n[0, 5] = -1.0
+    assert kr.mass_curves(values, values.view(np.uint32), n, n.view(np.uint32), True, 1, 1, counts, 256,
+                          out) == 4 * 0 + 2
+    # a negative value anywhere sends the row through the exact, shifted pass
+    v = values.copy()
+    v[2, 1002] = -1e-3
+    sampled, exact = np.empty_like(out), np.empty_like(out)
+    for o, n_sample in ((sampled, 256), (exact, 0)):
+        assert kr.mass_curves(v, v.view(np.uint32), norms, norms.view(np.uint32), True, 1, 1, counts, n_sample,
+                              o) == -1
+    np.testing.assert_array_equal(sampled[:, 2], exact[:, 2])
+    shifted = v[2].astype(np.float64) + 1e-3
+    np.testing.assert_allclose(exact[0, 2], direct_mass(shifted, 1, 1, counts), atol=0.005)
 
 
 def piecewise_per_token(u, grid):
@@ -244,6 +324,75 @@ def test_cross_validation_picks_a_safe_shrinkage():
     assert one.shrinkage == 1.0 and one.info["contexts"] == 1
 
 
+def with_shrinkage(ra, shrinkage):
+    return rq.RequestAllocator(**{k: getattr(ra, k) for k in (
+        "fractions", "mean_shape", "weight", "mean_proxy", "beta", "sink", "window", "min_keep_fraction",
+        "features", "info")}, shrinkage=shrinkage)
+
+
+def test_cross_validation_figures_match_a_direct_leave_one_context_out():
+    # the figures behind the default shrinkage, recomputed through the public API: fit on the
+    # other contexts, allocate the held-out pairs, read the retained mass off their own curves
+    oracles, scores, norms = world(6, contexts=4)
+    sink, window = 2, 3
+    ra = budgetopt.RequestAllocator.fit(oracles, scores, value_norms=norms, sink=sink, window=window)
+    groups = [i // 2 for i in range(len(oracles))]
+    gains = {s: [] for s in rq.SHRINKAGES}
+    for g in range(4):
+        train = [i for i in range(len(oracles)) if groups[i] != g]
+        full = budgetopt.RequestAllocator.fit([oracles[i] for i in train], [scores[i] for i in train],
+                                              value_norms=[norms[i] for i in train], sink=sink, window=window,
+                                              shrinkage=0.0)
+        for i in (i for i in range(len(oracles)) if groups[i] == g):
+            T = scores[i].shape[-1]
+            u = budgetopt.curves_from_scores(oracles[i], scores[i], sink=sink, window=window).utility.reshape(6, -1)
+            floor = max(round(0.01 * T), sink + window)
+            kept = {}
+            for s in rq.SHRINKAGES:
+                a = with_shrinkage(full, s)
+                kept[s] = np.array([
+                    u[np.arange(6), a.allocate(scores[i], max(6 * T - round(c * 6 * T), 6 * floor),
+                                               value_norms=norms[i]).budgets.reshape(-1) - sink - window].sum()
+                    / u[:, -1].sum() for c in rq.CV_COMPRESSIONS])
+            for s in rq.SHRINKAGES:
+                gains[s].append(kept[s] - kept[1.0])
+    for s in rq.SHRINKAGES:
+        assert ra.info["cv"]["shrinkage"][str(s)]["mean_gain"] == pytest.approx(np.mean(gains[s]), abs=1e-12)
+        assert ra.info["cv"]["shrinkage"][str(s)]["worst"] == pytest.approx(np.min(gains[s]), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_blend_keeps_the_total_and_each_head_between_its_two_budgets(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    static = rng.integers(3, 90, n)
+    request = rng.permutation(static)  # the same total
+    for s in (0.0, 0.1, 0.5, 0.875, 1.0):
+        b = rq._blend(static, request, s)
+        assert b.sum() == static.sum() and b.dtype == np.int64
+        assert np.all(b >= np.minimum(static, request)) and np.all(b <= np.maximum(static, request))
+        assert np.all(np.abs(b - (s * static + (1 - s) * request)) < 1.0)
+    assert np.array_equal(rq._blend(static, request, 0.0), request)
+    assert np.array_equal(rq._blend(static, request, 1.0), static)
+
+
+def test_shrinkage_blends_the_static_and_the_request_split(fitted):
+    ra = fitted["norms"]
+    full, static = with_shrinkage(ra, 0.0), with_shrinkage(ra, 1.0)
+    rng = np.random.default_rng(12)
+    for T in (50, 77):
+        s = rng.gamma(0.4, size=(2, 3, T)) + 1e-9
+        n = rng.random((2, 3, T))
+        for total in (6 * 5, 6 * T // 3, 6 * T - 1):
+            for layerwise in (True, False):
+                a = ra.allocate(s, total, value_norms=n, layerwise=layerwise).budgets
+                b0 = full.allocate(s, total, value_norms=n, layerwise=layerwise).budgets
+                b1 = static.allocate(s, total, value_norms=n, layerwise=layerwise).budgets
+                assert a.sum() == total
+                assert np.all(a >= np.minimum(b0, b1)) and np.all(a <= np.maximum(b0, b1))
+                assert np.all(np.abs(a - (0.5 * b0 + 0.5 * b1)) < 1.0)
+
+
 def test_deterministic(fitted):
     oracles, scores, norms = fitted["data"]
     a = budgetopt.RequestAllocator.fit(oracles, scores, value_norms=norms, sink=2, window=3)
@@ -294,6 +443,10 @@ def test_load_errors(fitted, tmp_path):
     with pytest.raises(CurvesFileError, match="never unpickles"):
         budgetopt.RequestAllocator.load(bad)
     arrays["beta"] = ra.beta
+    arrays["meta"] = np.array('{"format": "budgetopt-request/1"}')
+    np.savez(bad, **arrays)
+    with pytest.raises(CurvesFileError, match="earlier budgetopt.*fit the allocator again"):
+        budgetopt.RequestAllocator.load(bad)
     arrays["meta"] = np.array('{"format": "other"}')
     np.savez(bad, **arrays)
     with pytest.raises(CurvesFileError, match="format"):
