@@ -39,6 +39,10 @@ _HEURISTIC_CORE = 48
 # ... for at most this long, or this share of the time limit.
 _HEURISTIC_SECONDS = 0.2
 _HEURISTIC_SHARE = 0.25
+# Rounds of local search (one or two heads moved per round) from the greedy's answer.
+_LOCAL_ROUNDS = 64
+# Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
+_GOLDEN_STEPS = 48
 
 
 def exact(problem, total, *, time_limit=None):
@@ -109,6 +113,12 @@ def _load_kernels():
     t = np.arange(4097)
     per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
     _Search(build_problem(per_token), 4000, None).run()
+    from . import _kernels_exact as K
+
+    one = np.arange(3, dtype=np.int64)  # kernels the two solves may not reach
+    K.local_search(one, one.astype(np.float64), np.array([0, 3]), one[:1].copy(), np.zeros(1), 2, 0.0, 1)
+    K.value_step(np.zeros((1, 3)), one[:1], one[2:] + 1, 1.0)
+    K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2)
     _LOADED = True
 
 
@@ -140,12 +150,19 @@ class _Search:
         self.tau = EXACT_RTOL * max(1.0, scale)
         from . import _kernels_exact as K
 
+        # Integral utilities: allocations differ in value by multiples of ``step``, so only
+        # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
+        self.step = float(K.value_step(p.utility, p.lo, p.hi, 2.0**53 / (p.n_heads + 1)))
+        self.margin = max(self.tau, self.step - self.tau)
+
         self.opts = _Kept(*K.lagrangian_options(
-            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.tau
+            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.margin
         ))
         self.stats = {
             "status": "optimal",
             "tolerance": self.tau,
+            "integral": self.step > 0,
+            "value_step": self.step,
             "greedy_utility": greedy_value,
             "lp_bound": float(lp),
             "fixed_heads": p.n_heads,
@@ -154,14 +171,19 @@ class _Search:
             "layers_done": 0,
             "states": 0,
             "max_layer_states": 0,
+            "proved_by": None,
         }
+        self.global_bound = np.inf  # bounds every allocation better than the incumbent
         open_bound = self._search()
         budgets, utility = p.pick(self.best_idx)
         if open_bound is None:
             bound = utility  # proven: nothing beats it by more than the tolerance
         else:
             self.stats["status"] = "time_limit"
-            bound = max(open_bound, self.dropped)
+            self.stats["proved_by"] = None
+            bound = min(max(open_bound, self.dropped), max(utility, self.global_bound))
+            if self.step > 0:  # the best value below the bound that an allocation can have
+                bound = utility + self.step * np.floor((bound - utility + self.tau) / self.step)
         self.stats["improved_on_greedy"] = bool(utility > greedy_value)
         return Allocation.from_solution(
             budgets, utility, total_budget=self.total, upper_bound=bound, threshold=lam, method="exact",
@@ -174,27 +196,42 @@ class _Search:
 
         Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
         states left open at the time limit."""
+        if self.opts.bound >= self.best + self.margin:
+            self._improve()
         fixing = self._fix()
         self.stats["lagrangian_bound"] = float(self.lagrangian)
         if fixing is None:
             return None
         fixed_opt, core = fixing
+        if self.step > 0:
+            self._cardinality(core, fixed_opt)
+            if self._proven():
+                return None
         if len(core) > _HEURISTIC_CORE:
             # The best allocation with every head outside a small core at its LP choice
             # (the lightest maximiser of utility - lam * tokens): a cheap, usually much
             # better incumbent, which makes the fixing below far stronger.
             before = self.best
             self._heuristic(core)
+            if self._proven():
+                return None
             if self.best > before:
                 fixing = self._fix()
                 if fixing is None:
                     return None
                 fixed_opt, core = fixing
-        self.stats.update(fixed_heads=int(self.problem.n_heads - len(core)), core_heads=len(core))
-        self.stats["core_options"] = int(sum(len(j) for _, j in core))
+        self.stats["proved_by"] = "core_dp"
         open_bound, dropped = self._core_dp(core, fixed_opt, record=True)
         self.dropped = max(self.dropped, dropped)
         return open_bound
+
+    def _proven(self):
+        """Whether the incumbent meets the bound on every better allocation (and which
+        bound that is, in ``stats["proved_by"]``)."""
+        if self.best + self.margin <= self.global_bound:
+            return False
+        self.stats["proved_by"] = "lagrangian_bound" if self.global_bound >= self.lagrangian else "cardinality_bound"
+        return True
 
     def _fix(self):
         """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
@@ -204,19 +241,24 @@ class _Search:
         from . import _kernels_exact as K
 
         p, opts = self.problem, self.opts
-        if opts.bound < self.best + self.tau:
+        if opts.bound < self.best + self.margin:
             self.lagrangian, self.dropped = opts.bound, opts.dropped
+            self.global_bound = min(self.global_bound, self.lagrangian)
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         # Options dropped before (against a lower target) stay dropped; the bound is the same.
         keep = np.empty(len(opts), np.bool_)
         self.lagrangian, dropped = K.reduced_cost_filter(
-            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.tau, keep
+            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.margin, keep
         )
+        self.global_bound = min(self.global_bound, self.lagrangian)
         self.dropped = max(opts.dropped, dropped)
-        if self.lagrangian < self.best + self.tau:
+        if self.lagrangian < self.best + self.margin:
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         counts, closeness = K.undominated(opts.cost, opts.value, opts.offsets, self.lam, keep)
         if np.any(counts == 0):
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         kept = np.flatnonzero(keep)
         head = np.repeat(np.arange(p.n_heads), counts)
@@ -229,7 +271,47 @@ class _Search:
         heads = heads[np.argsort(closeness[heads], kind="stable")]
         starts = np.r_[0, np.cumsum(counts)]
         core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        self.stats.update(fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum()))
         return fixed_opt, core
+
+    def _cardinality(self, core, fixed_opt):
+        """Lower ``global_bound`` to the bound that knows option ranks are integers (see
+        :func:`budgetopt._kernels_exact.cardinality_bound`), over the core heads with every
+        other head at ``fixed_opt``; it bounds every allocation better than the incumbent."""
+        from . import _kernels_exact as K
+
+        opts = self.opts
+        fixed = fixed_opt >= 0
+        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
+        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
+        gopt = np.concatenate([j for _, j in core])
+        coff = np.r_[0, np.cumsum([len(j) for _, j in core])].astype(np.int64)
+        bound, mu, k = K.cardinality_bound(opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS)
+        self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
+        self.global_bound = min(self.global_bound, bound + fixed_value)
+
+    def _improve(self):
+        """Local search from the incumbent over the kept options: moves of one head or of
+        two heads together (one up, one down) while they gain."""
+        from . import _kernels_exact as K
+
+        p, opts = self.problem, self.opts
+        rows = np.arange(p.n_heads)
+        idx = self.best_idx
+        g = rows * p.per_head
+        cur_c = p.grid[g, idx] - p.grid[g, p.lo]
+        cur_v = p.utility[rows, idx].astype(np.float64)
+        choice, gain = K.local_search(
+            opts.cost, opts.value, opts.offsets, cur_c.astype(np.int64), cur_v, self.spare, self.tau,
+            _LOCAL_ROUNDS,
+        )
+        if gain > self.tau:
+            moved = choice >= 0
+            new = idx.copy()
+            new[moved] = opts.index[choice[moved]]
+            value = float(p.utility[rows, new].sum())
+            if value > self.best:
+                self.best, self.best_idx = value, new
 
     def _heuristic(self, core):
         fixed_opt = self.opts.lp_opt.copy()
@@ -308,7 +390,7 @@ class _Search:
             seg_alive[gone] = False
             sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
             o0, o1 = coff[k], coff[k + 1]
-            target = self.best - fixed_value + self.tau
+            target = self.best - fixed_value + self.margin
             # Bounds by a pointer walk over running sums when that is cheaper than one
             # Fenwick search per extension.
             n_left = len(dc) - int(seg_off[k + 1])
@@ -328,10 +410,12 @@ class _Search:
             if fl_at >= 0 and fl_best + fixed_value > self.best:
                 self.best = fl_best + fixed_value
                 self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
-                if self.best + self.tau > self.lagrangian:
+                if record and self._proven():
                     return None, all_dropped  # it meets the bound of the whole problem
+                if self.best + self.margin > self.global_bound:
+                    return None, all_dropped
                 alive = np.empty(len(nw), np.bool_)
-                target = self.best - fixed_value + self.tau
+                target = self.best - fixed_value + self.margin
                 _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
                 all_dropped = max(all_dropped, dropped + fixed_value)
                 nw, nval, par, ch = nw[alive], nval[alive], par[alive], ch[alive]

@@ -166,9 +166,19 @@ def test_stats_report_fixing_and_core():
 
 
 # -- time limit ------------------------------------------------------------------------------
+def _noisy_strongly(n_classes, n_items):
+    """Pisinger's strongly correlated classes with up to 1e-3 added to each item's profit
+    (still concave per class): hard for the core DP, and not integral."""
+    curves, total = pisinger("strongly", n_classes, n_items, seed=0, data_range=1000)
+    noise = np.random.default_rng(0).uniform(0, 1e-3, curves.utility.shape)
+    return Curves(np.cumsum(np.diff(curves.utility, prepend=0, axis=1) + noise, axis=1), curves.grid), total
+
+
 def test_time_limit_stops_early_with_a_valid_bound():
-    # Strongly correlated classes: no option can be fixed, the core DP is long.
-    curves, total = pisinger("strongly", 120, 20, seed=0, data_range=1000)
+    # Strongly correlated classes with a little noise on the profits: no option can be
+    # fixed, the utilities are not integers (no integral step, no cardinality bound), the
+    # core DP is long.
+    curves, total = _noisy_strongly(120, 20)
     a = _exact(curves, total, time_limit=1e-3)
     assert a.stats["status"] == "time_limit"
     assert a.stats["layers_done"] < a.stats["core_heads"]
@@ -225,7 +235,7 @@ def test_refuses_too_many_options(monkeypatch):
 
 def test_refuses_too_many_states(monkeypatch):
     monkeypatch.setattr(mcknap, "EXACT_MAX_STATES", 50)
-    curves, total = pisinger("strongly", 60, 10, seed=0, data_range=1000)
+    curves, total = _noisy_strongly(60, 10)
     with pytest.raises(ProblemTooLargeError, match=r"more than 50 DP states"):
         allocate(curves, total, method="exact")
 
