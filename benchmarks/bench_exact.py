@@ -16,7 +16,9 @@ Families: concave saturating per-token curves; attention-derived per-token curve
 heads x 4,096 tokens and 5,120 heads x 1,023 tokens; random-walk (non-monotone) per-token
 curves; Pisinger's multiple-choice knapsack classes (uncorrelated, weakly correlated,
 strongly correlated, subset-sum, zig-zag) with 100 and 1,000 classes x 10 and 100 items,
-data range R = 1,000 and 10,000.
+data range R = 1,000 and 10,000; and the strongly correlated classes with a random fraction
+below 0.001 added to every profit (``strongly-fractional``, R = 1,000), where the bounds
+that need integral utilities do not apply.
 
 Numba compilation is excluded by a warm-up solve. ``exact`` and ``greedy`` times are the
 best of ``--repeat`` runs (one when a run takes over a second); ``milp``, ``cvxpy`` and
@@ -27,6 +29,7 @@ Usage::
     python benchmarks/bench_exact.py                  # the full run
     python benchmarks/bench_exact.py --time-limit 10  # milp/exact limit per instance (s)
     python benchmarks/bench_exact.py --quick          # tiny sizes (the test suite runs this)
+    python benchmarks/bench_exact.py --families pisinger-strongly,pisinger-subset_sum
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from _env import cpu_model  # noqa: E402
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.errors import ProblemTooLargeError  # noqa: E402
-from instances_exact import PISINGER_KINDS, attention, concave, non_monotone, pisinger  # noqa: E402
+from instances_exact import (  # noqa: E402
+    PISINGER_KINDS, attention, concave, non_monotone, pisinger, strongly_fractional,
+)
 
 
 # -- environment ---------------------------------------------------------------------------
@@ -82,8 +87,9 @@ def environment(argv):
 
 
 # -- instances -----------------------------------------------------------------------------
-def instances(quick, seeds):
-    """``(family, size label, seed, curves, total)`` in run order."""
+def instances(quick, seeds, families=None):
+    """``(family, size label, seed, curves, total)`` in run order; only the ``families``
+    named (``concave``, ``pisinger-strongly``, ...) when given."""
     out = []
     if quick:
         token_sizes = {"concave": [(8, 33)], "attention": [(8, 33)], "non_monotone": [(8, 33)]}
@@ -99,16 +105,26 @@ def instances(quick, seeds):
         ranges = [1000, 10000]
     makers = {"concave": concave, "attention": attention, "non_monotone": non_monotone}
     for family, sizes in token_sizes.items():
+        if families and family not in families:
+            continue
         for heads, points in sizes:
             for seed in range(seeds):
                 curves, total = makers[family](heads, points, seed)
                 out.append((family, f"{heads}x{points}", seed, curves, total))
     for kind in PISINGER_KINDS:
+        if families and f"pisinger-{kind}" not in families:
+            continue
         for R in ranges:
             for classes, items in pis_sizes:
                 for seed in range(seeds):
                     curves, total = pisinger(kind, classes, items, seed, data_range=R)
                     out.append((f"pisinger-{kind}", f"{classes}x{items} R={R}", seed, curves, total))
+    # not one of Pisinger's classes: the strongly correlated ones made non-integral
+    if not families or "strongly-fractional" in families:
+        for classes, items in pis_sizes:
+            for seed in range(seeds):
+                curves, total = strongly_fractional(classes, items, seed, data_range=ranges[0])
+                out.append(("strongly-fractional", f"{classes}x{items} R={ranges[0]}", seed, curves, total))
     return out
 
 
@@ -135,7 +151,7 @@ def run_one(family, size, seed, curves, total, args):
     row.update(
         exact_s=te, exact_status=s["status"], exact_utility=e.utility, exact_bound=e.upper_bound,
         core_heads=s["core_heads"], core_options=s["core_options"], states=s["states"],
-        tolerance=s["tolerance"],
+        tolerance=s["tolerance"], exact_proved_by=s["proved_by"], value_step=s["value_step"],
     )
     # milp, same limit
     t0 = time.perf_counter()
@@ -197,6 +213,9 @@ def _g(x):
     return "-" if x is None else f"{x:.6g}"
 
 
+_PROOF = {"lagrangian_bound": "lagr", "cardinality_bound": "card", "core_dp": "dp", None: "-"}
+
+
 def report(res):
     env = res["environment"]
     lines = [
@@ -210,7 +229,7 @@ def report(res):
         f"load average at the start {env['loadavg_start']}, at the end {env.get('loadavg_end')}",
         "",
         f"{'family':<24}{'size':<19}{'seed':>4} {'greedy':>12} {'optimum':>12} {'true gap':>9} {'certif.':>9}"
-        f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree",
+        f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree  proof",
     ]
     for r in res["rows"]:
         exact_t = _t(r["exact_s"]) + ("" if r["exact_status"] == "optimal" else "*")
@@ -219,12 +238,14 @@ def report(res):
         lines.append(
             f"{r['family']:<24}{r['size']:<19}{r['seed']:>4} {r['greedy_utility']:>12.6g} {_g(r['optimum']):>12}"
             f" {_g(r['true_gap']):>9} {r['certificate']:>9.3g} {exact_t:>10} {milp_t:>10} {sp:>8}"
-            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO'}"
+            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO':<5}  {_PROOF[r['exact_proved_by']]}"
         )
     s = res["summary"]
     lines += [
         "",
         "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's).",
+        "proof: what proved exact's answer optimal: lagr = the Lagrangian (LP) bound after reduced-cost fixing,"
+        " card = the cardinality bound, dp = the core DP.",
         f"exact proved {s['exact_proved']}/{s['instances']} instances, {s['exact_under_1s']} of them in under 1 s;"
         f" milp proved {s['milp_proved']}/{s['instances']}.",
         f"where both proved: exact/milp speed-up median {_g(s['speedup_median'])}x, min {_g(s['speedup_min'])}x;"
@@ -285,6 +306,8 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=None, help="seconds per instance for exact and milp")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per family and size")
     parser.add_argument("--repeat", type=int, default=None, help="exact/greedy timing: best of this many")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated families to run (default: all), e.g. pisinger-strongly,concave")
     parser.add_argument("--cvxpy-max-options", type=int, default=20_000)
     parser.add_argument("--dp-max-updates", type=int, default=200_000_000)
     parser.add_argument("--out", default=None, help="results .json (the report goes next to it as .txt)")
@@ -299,7 +322,11 @@ def main(argv=None):
     warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)
     budgetopt.allocate(warm, wt, method="exact")  # compile / load the kernels
     rows = []
-    todo = instances(args.quick, args.seeds)
+    families = None if args.families is None else set(args.families.split(","))
+    known = {"concave", "attention", "non_monotone", "strongly-fractional"} | {f"pisinger-{k}" for k in PISINGER_KINDS}
+    if families is not None and not families <= known:
+        parser.error(f"--families: unknown {sorted(families - known)}; known: {sorted(known)}")
+    todo = instances(args.quick, args.seeds, families)
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, (family, size, seed, curves, total) in enumerate(todo):
         rows.append(run_one(family, size, seed, curves, total, args))

@@ -591,7 +591,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope):
 
 
 @nb.njit(**_JIT)
-def cardinality_bound(c, v, offsets, cap, iterations):
+def cardinality_bound(c, v, offsets, cap, iterations, enough):
     """An upper bound on the value of the multiple-choice knapsack over the CSR options
     ``(c, v)`` (per head: costs ascending, values strictly increasing) that also knows
     that option ranks are integers.
@@ -600,8 +600,9 @@ def cardinality_bound(c, v, offsets, cap, iterations):
     has ``sum r > K``, ``K`` the floor of the LP maximum of ``sum r`` within ``cap``. For
     any ``mu >= 0``, ``mu * K`` plus the LP bound of the values ``v - mu * r`` bounds the
     value of every allocation; the bound is minimised over ``mu`` by golden-section search
-    (the function is convex in ``mu``) with ``iterations`` steps. Strongly correlated
-    classes (each item worth its weight plus a constant) are where it beats the LP bound.
+    (the function is convex in ``mu``) with ``iterations`` steps, stopping early at a
+    bound below ``enough``. Strongly correlated classes (each item worth its weight plus a
+    constant) are where it beats the LP bound.
 
     Returns ``(bound, mu, K)``; ``bound`` is ``inf`` when the lightest options do not fit.
     """
@@ -643,6 +644,8 @@ def cardinality_bound(c, v, offsets, cap, iterations):
             best, best_mu = f1, x1
         if f2 < best:
             best, best_mu = f2, x2
+        if best < enough:
+            break
         if f1 <= f2:
             b = x2
             x2 = x1

@@ -1,14 +1,19 @@
 """Proven optima of the multiple-choice knapsack at scale: ``allocate(method="exact")``.
 
 The hull greedy's answer is the first incumbent and its LP multiplier ``lam`` gives a
-Lagrangian bound. Options whose bound with that option forced cannot beat the incumbent are
-dropped (reduced-cost fixing); a head left with one option is fixed. The heads left (the
-*core*) are searched by a dynamic programme over (tokens, utility) states that keeps only
-undominated states and only those whose LP bound on the rest of the core can still beat the
-incumbent; integral completions of the LP improve the incumbent on the way. The search ends
-with a proof (no state left that can beat the incumbent) or at the time limit with a valid
-bound. The idea follows Pisinger's minimal algorithm for the multiple-choice knapsack; the
-proof of each step is in ``docs/exact.md``.
+Lagrangian bound. A local search (one head, or two heads at once, moved while that gains)
+improves the incumbent. Options whose bound with that option forced cannot beat the
+incumbent are dropped (reduced-cost fixing); a head left with one option is fixed. When the
+utilities are integers (more generally: every head's utilities differ by multiples of one
+step), only a bound a whole step above the incumbent can hide a better allocation, and a
+second bound that knows option ranks are integers (a cardinality bound) can close the gap
+the LP leaves on strongly correlated data. The heads left (the *core*) are searched by a
+dynamic programme over (tokens, utility) states that keeps only undominated states and only
+those whose LP bound on the rest of the core can still beat the incumbent; integral
+completions of the LP improve the incumbent on the way. The search ends with a proof (no
+state left that can beat the incumbent, or an incumbent that meets a bound) or at the time
+limit with a valid bound. The idea follows Pisinger's minimal algorithm for the
+multiple-choice knapsack; the proof of each step is in ``docs/exact.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ _HEURISTIC_SECONDS = 0.2
 _HEURISTIC_SHARE = 0.25
 # Rounds of local search (one or two heads moved per round) from the greedy's answer.
 _LOCAL_ROUNDS = 64
+# Local search and cardinality bound only up to this many options (about 80 bytes each).
+_EXTRA_MAX_OPTIONS = 2_000_000
 # Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
 _GOLDEN_STEPS = 48
 
@@ -63,7 +70,12 @@ def exact(problem, total, *, time_limit=None):
     Allocation
         ``stats["status"]`` is ``"optimal"`` (no allocation is better than ``utility`` by
         more than ``stats["tolerance"]``; ``upper_bound`` is ``utility``) or ``"time_limit"``
-        (``upper_bound`` is the largest bound of any part of the search left open).
+        (``upper_bound`` is the largest bound of any part of the search left open, rounded
+        down to a whole number of value steps above ``utility`` when the utilities are
+        integral). ``stats["proved_by"]`` names what proved optimality
+        (``"lagrangian_bound"``, ``"cardinality_bound"`` or ``"core_dp"``; ``None`` at the
+        time limit); ``stats["value_step"]`` is the step by which allocations' values differ
+        (``0.0`` when the utilities are not integral, ``stats["integral"]`` is then False).
 
     Raises
     ------
@@ -74,9 +86,11 @@ def exact(problem, total, *, time_limit=None):
     Notes
     -----
     O(heads * K) for the greedy and the fixing (one pass over the curves, only the options
-    kept are stored); the core DP costs O(states x options x log segments) per layer and is
-    exponential in the worst case (the problem is NP-hard). Deterministic. The greedy's
-    answer is never changed: it is only the first incumbent.
+    kept are stored); the local search O(M log M) per round for M kept options (at most 64
+    rounds); the cardinality bound (integral utilities only) O(C log C) for each of at most
+    48 golden-section steps, C the core's options; the core DP costs O(states x options x
+    log segments) per layer and is exponential in the worst case (the problem is NP-hard).
+    Deterministic. The greedy's answer is never changed: it is only the first incumbent.
 
     Examples
     --------
@@ -118,7 +132,7 @@ def _load_kernels():
     one = np.arange(3, dtype=np.int64)  # kernels the two solves may not reach
     K.local_search(one, one.astype(np.float64), np.array([0, 3]), one[:1].copy(), np.zeros(1), 2, 0.0, 1)
     K.value_step(np.zeros((1, 3)), one[:1], one[2:] + 1, 1.0)
-    K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2)
+    K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
     _LOADED = True
 
 
@@ -196,14 +210,14 @@ class _Search:
 
         Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
         states left open at the time limit."""
-        if self.opts.bound >= self.best + self.margin:
+        if self.opts.bound >= self.best + self.margin and len(self.opts) <= _EXTRA_MAX_OPTIONS:
             self._improve()
         fixing = self._fix()
         self.stats["lagrangian_bound"] = float(self.lagrangian)
         if fixing is None:
             return None
         fixed_opt, core = fixing
-        if self.step > 0:
+        if self.step > 0 and self.stats["core_options"] <= _EXTRA_MAX_OPTIONS:
             self._cardinality(core, fixed_opt)
             if self._proven():
                 return None
@@ -286,7 +300,9 @@ class _Search:
         cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
         gopt = np.concatenate([j for _, j in core])
         coff = np.r_[0, np.cumsum([len(j) for _, j in core])].astype(np.int64)
-        bound, mu, k = K.cardinality_bound(opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS)
+        bound, mu, k = K.cardinality_bound(
+            opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
+        )
         self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
         self.global_bound = min(self.global_bound, bound + fixed_value)
 
@@ -299,19 +315,21 @@ class _Search:
         rows = np.arange(p.n_heads)
         idx = self.best_idx
         g = rows * p.per_head
-        cur_c = p.grid[g, idx] - p.grid[g, p.lo]
+        cur_c = (p.grid[g, idx] - p.grid[g, p.lo]).astype(np.int64)
         cur_v = p.utility[rows, idx].astype(np.float64)
-        choice, gain = K.local_search(
-            opts.cost, opts.value, opts.offsets, cur_c.astype(np.int64), cur_v, self.spare, self.tau,
-            _LOCAL_ROUNDS,
-        )
-        if gain > self.tau:
+        new = idx.copy()
+        stop = time.perf_counter() + _HEURISTIC_SECONDS
+        if self.deadline is not None:
+            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+        for _ in range(0, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+            choice, gain = K.local_search(opts.cost, opts.value, opts.offsets, cur_c, cur_v, self.spare, self.tau, 8)
             moved = choice >= 0
-            new = idx.copy()
             new[moved] = opts.index[choice[moved]]
-            value = float(p.utility[rows, new].sum())
-            if value > self.best:
-                self.best, self.best_idx = value, new
+            if gain <= self.tau or time.perf_counter() > stop:
+                break
+        value = float(p.utility[rows, new].sum())
+        if value > self.best:
+            self.best, self.best_idx = value, new
 
     def _heuristic(self, core):
         fixed_opt = self.opts.lp_opt.copy()

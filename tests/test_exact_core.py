@@ -285,7 +285,7 @@ def test_cardinality_bound_kernel_bounds_the_optimum(seed):
         js = offsets[:-1] + np.array(pick)
         if c[js].sum() <= cap:
             best = max(best, v[js].sum())
-    bound, mu, k = K.cardinality_bound(c, v, offsets, cap, 40)
+    bound, mu, k = K.cardinality_bound(c, v, offsets, cap, 40, -np.inf)
     if best == -np.inf:
         assert bound == np.inf
     else:
