@@ -153,14 +153,18 @@ def run_one(family, size, seed, curves, total, args):
         core_heads=s["core_heads"], core_options=s["core_options"], states=s["states"],
         tolerance=s["tolerance"], exact_proved_by=s["proved_by"], value_step=s["value_step"],
     )
-    # milp, same limit
+    # milp, same limit, where the model is not too large
     t0 = time.perf_counter()
-    try:
-        m = budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit)
-        row.update(milp_s=time.perf_counter() - t0, milp_status=m.stats["status"], milp_utility=m.utility,
-                   milp_bound=m.upper_bound)
-    except budgetopt.SolverError as exc:
-        row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None, milp_bound=None)
+    if args.milp_max_options is not None and n_options > args.milp_max_options:
+        row.update(milp_s=None, milp_status="skipped", milp_utility=None, milp_bound=None)
+    else:
+        try:
+            m = budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit)
+            row.update(milp_s=time.perf_counter() - t0, milp_status=m.stats["status"], milp_utility=m.utility,
+                       milp_bound=m.upper_bound)
+        except budgetopt.SolverError as exc:
+            row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None,
+                       milp_bound=None)
     # cvxpy where milp finished and the model is small
     row.update(cvxpy_s=None, cvxpy_status="skipped", cvxpy_utility=None)
     if row["milp_status"] == "optimal" and n_options <= args.cvxpy_max_options:
@@ -233,7 +237,7 @@ def report(res):
     ]
     for r in res["rows"]:
         exact_t = _t(r["exact_s"]) + ("" if r["exact_status"] == "optimal" else "*")
-        milp_t = _t(r["milp_s"]) + ("" if r["milp_status"] == "optimal" else "*")
+        milp_t = _t(r["milp_s"]) + ("" if r["milp_status"] in ("optimal", "skipped") else "*")
         sp = "-" if r["speedup_vs_milp"] is None else f"{r['speedup_vs_milp']:.0f}x"
         lines.append(
             f"{r['family']:<24}{r['size']:<19}{r['seed']:>4} {r['greedy_utility']:>12.6g} {_g(r['optimum']):>12}"
@@ -243,7 +247,9 @@ def report(res):
     s = res["summary"]
     lines += [
         "",
-        "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's).",
+        "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's)."
+        + ("" if res.get("milp_max_options") is None else
+           f" milp '-' = skipped (more than {res['milp_max_options']:,} grid points)."),
         "proof: what proved exact's answer optimal: lagr = the Lagrangian (LP) bound after reduced-cost fixing,"
         " card = the cardinality bound, dp = the core DP.",
         f"exact proved {s['exact_proved']}/{s['instances']} instances, {s['exact_under_1s']} of them in under 1 s;"
@@ -281,7 +287,7 @@ def plot(res, path):
     markers = "os^vD<>ph*"
     lim = res["time_limit"]
     for i, fam in enumerate(families):
-        rows = [r for r in res["rows"] if r["family"] == fam]
+        rows = [r for r in res["rows"] if r["family"] == fam and r["milp_s"] is not None]
         ax.scatter([r["milp_s"] for r in rows], [r["exact_s"] for r in rows], marker=markers[i % len(markers)],
                    label=fam, alpha=0.8)
     lo = 1e-4
@@ -309,6 +315,8 @@ def main(argv=None):
     parser.add_argument("--families", default=None,
                         help="comma-separated families to run (default: all), e.g. pisinger-strongly,concave")
     parser.add_argument("--cvxpy-max-options", type=int, default=20_000)
+    parser.add_argument("--milp-max-options", type=int, default=None,
+                        help="skip milp on instances with more grid points than this (default: never skip)")
     parser.add_argument("--dp-max-updates", type=int, default=200_000_000)
     parser.add_argument("--out", default=None, help="results .json (the report goes next to it as .txt)")
     parser.add_argument("--plot", default=None, help="plot .png (default: next to --out; none in --quick)")
@@ -334,7 +342,8 @@ def main(argv=None):
         print(f"{family} {size} seed {seed}: exact {r['exact_status']} {_t(r['exact_s'])}, "
               f"milp {r['milp_status']} {_t(r['milp_s'])}", file=sys.stderr, flush=True)
         env["loadavg_end"] = list(os.getloadavg())
-        res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
+        res = {"environment": env, "time_limit": args.time_limit, "milp_max_options": args.milp_max_options,
+               "rows": rows, "summary": summarise(rows),
                "seconds": time.perf_counter() - t_start, "complete": i + 1 == len(todo)}
         text = report(res)  # rewritten after every instance: a cut-short run keeps what it did
         write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))

@@ -110,7 +110,7 @@ _LOADED = False
 
 
 def _load_kernels():
-    """Solve two small problems once per process, untimed, so that loading the compiled
+    """Solve three small problems once per process, untimed, so that loading the compiled
     kernels (from numba's on-disk cache: seconds on a busy machine) does not count against
     a caller's ``time_limit``."""
     global _LOADED
@@ -122,16 +122,17 @@ def _load_kernels():
     rng = np.random.default_rng(0)
     steps = np.sort(rng.integers(1, 50, (64, 6)), axis=1)
     grid = np.cumsum(steps, axis=1)
-    curves = Curves(np.cumsum(steps + 3, axis=1).astype(np.float64), grid)
-    _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
+    # strongly correlated classes: integral (local search, cardinality bound), then with
+    # fractions added (the core DP, both ways of bounding its states)
+    for frac in (0.0, 1e-3):
+        curves = Curves(np.cumsum(steps + 3 + frac * rng.random(steps.shape), axis=1), grid)
+        _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
     t = np.arange(4097)
     per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
     _Search(build_problem(per_token), 4000, None).run()
     from . import _kernels_exact as K
 
-    one = np.arange(3, dtype=np.int64)  # kernels the two solves may not reach
-    K.local_search(one, one.astype(np.float64), np.array([0, 3]), one[:1].copy(), np.zeros(1), 2, 0.0, 1)
-    K.value_step(np.zeros((1, 3)), one[:1], one[2:] + 1, 1.0)
+    one = np.arange(3, dtype=np.int64)  # the first solve proves its answer before this bound
     K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
     _LOADED = True
 
