@@ -288,6 +288,8 @@ def plot(res, path):
     lim = res["time_limit"]
     for i, fam in enumerate(families):
         rows = [r for r in res["rows"] if r["family"] == fam and r["milp_s"] is not None]
+        if not rows:
+            continue  # milp skipped on the whole family
         ax.scatter([r["milp_s"] for r in rows], [r["exact_s"] for r in rows], marker=markers[i % len(markers)],
                    label=fam, alpha=0.8)
     lo = 1e-4
