@@ -214,6 +214,28 @@ def core_hulls(costs, values, offsets):
 
 
 @nb.njit(**_JIT)
+def rank_hulls(costs, values, offsets, mu):
+    """:func:`core_hulls` of the values ``values - mu * rank`` (rank: position within the
+    head), keeping only segments of positive gain (the only ones an LP within a budget
+    takes): ``(position, tokens, gain, slope)``. O(options)."""
+    n = costs.shape[0]
+    w = np.empty(n, np.float64)
+    for h in range(offsets.shape[0] - 1):
+        for j in range(offsets[h], offsets[h + 1]):
+            w[j] = values[j] - mu * (j - offsets[h])
+    pos, end, dc, dv, slope = core_hulls(costs, w, offsets)
+    k = 0
+    for i in range(pos.shape[0]):
+        if dv[i] > 0:
+            pos[k] = pos[i]
+            dc[k] = dc[i]
+            dv[k] = dv[i]
+            slope[k] = slope[i]
+            k += 1
+    return pos[:k], dc[:k], dv[:k], slope[:k]
+
+
+@nb.njit(**_JIT)
 def fenwick_build(values, tree):
     """Fenwick tree (1-based ``tree``) of ``values``. O(n)."""
     n = values.shape[0]
@@ -284,7 +306,7 @@ def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
 
 @nb.njit(**_JIT)
 def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates,
-                 walk, cum_c, cum_v, cum_slope):
+                 walk, cum_c, cum_v, cum_slope, n, mu, rank_room, fc2, fv2, slope2, top2):
     """One layer of the core DP: every state extended by every option of the next head.
 
     An extension ``(w + c, p + v)`` is kept when it fits in ``cap`` and its bound
@@ -303,26 +325,37 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     trees (``cum_c``/``cum_v`` from 0 over the segments left, ``cum_slope`` theirs; see
     :func:`suffix_sums`): for one option the states' tokens only grow, so one pointer walks
     down the sums, O(states + segments) per option instead of O(states x log segments).
+
+    With ``mu > 0`` each state also carries ``n``, the sum of the ranks of its options
+    (option ``j`` of a head has rank ``j``), and its bound is also at most
+    ``p + v + mu * (rank_room - n - j) + suffix_lp2(cap - w - c)``, ``suffix_lp2`` the LP
+    of the values ``v - mu * rank`` of the heads not yet taken (Fenwick trees ``fc2``,
+    ``fv2`` of their hull segments of positive slope, ``slope2``, ``top2``): the
+    cardinality bound of the rest (see :func:`cardinality_bound`), ``rank_room`` the
+    largest rank sum of any allocation. The new states' rank sums are returned last.
     """
-    n = w.shape[0]
+    n_states = w.shape[0]
     m = opt_c.shape[0]
     dropped = -np.inf
-    count = n * m
+    count = n_states * m
     if count > max_candidates:  # count first, allocate only if within the limit
         count = 0
         for j in range(m):
             c = opt_c[j]
             v = opt_v[j]
-            for s in range(n):
+            for s in range(n_states):
                 ww = w[s] + c
                 if ww > cap:
                     break  # states are sorted by w
                 ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+                if mu > 0:
+                    ub2, fl2 = _suffix_lp(cap - ww, base_c, base_v, fc2, fv2, slope2, top2)
+                    ub = min(ub, ub2 + mu * (rank_room - n[s] - j))
                 if ub + p[s] + v >= target:
                     count += 1
         if count > max_candidates:
             empty_i = np.empty(0, np.int64)
-            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf
+            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf, empty_i
     cw = np.empty(count, np.int64)
     cp = np.empty(count, np.float64)
     cub = np.empty(count, np.float64)
@@ -335,7 +368,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
         c = opt_c[j]
         v = opt_v[j]
         t = n_seg
-        for s in range(n):
+        for s in range(n_states):
             ww = w[s] + c
             if ww > cap:
                 break
@@ -351,6 +384,9 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
                     ub = fl + (r0 - cum_c[t]) * cum_slope[t] if t < n_seg else fl
             else:
                 ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+            if mu > 0:
+                ub2, fl2 = _suffix_lp(cap - ww, base_c, base_v, fc2, fv2, slope2, top2)
+                ub = min(ub, ub2 + mu * (rank_room - n[s] - j))
             pp = p[s] + v
             if ub + pp < target:
                 if ub + pp > dropped:
@@ -386,6 +422,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     np_ = np.empty(kept, np.float64)
     npar = np.empty(kept, np.int64)
     nch = np.empty(kept, np.int64)
+    nn = np.zeros(kept, np.int64)
     floor_best = -np.inf
     floor_at = -1
     live = -np.inf
@@ -395,23 +432,29 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
         np_[t] = cp[b]
         npar[t] = cpar[b]
         nch[t] = cch[b]
+        nn[t] = n[cpar[b]] + cch[b]
         if cfl[b] > floor_best:
             floor_best = cfl[b]
             floor_at = t
         if cub[b] > live:
             live = cub[b]
-    return nw, np_, npar, nch, dropped, floor_best, floor_at, live
+    return nw, np_, npar, nch, dropped, floor_best, floor_at, live, nn
 
 
 @nb.njit(**_JIT)
-def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive):
+def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive, n, mu, rank_room, fc2, fv2,
+                 slope2, top2):
     """Mark the states whose bound is at least ``target``; returns ``(kept, largest bound
-    among those dropped, largest bound among those kept)``."""
+    among those dropped, largest bound among those kept)``. The bound is that of
+    :func:`expand_layer` (with the cardinality bound when ``mu > 0``)."""
     dropped = -np.inf
     live = -np.inf
     kept = 0
     for s in range(w.shape[0]):
         ub, fl = _suffix_lp(cap - w[s], base_c, base_v, fc, fv, slope, top)
+        if mu > 0:
+            ub2, fl2 = _suffix_lp(cap - w[s], base_c, base_v, fc2, fv2, slope2, top2)
+            ub = min(ub, ub2 + mu * (rank_room - n[s]))
         ub += p[s]
         if ub >= target:
             alive[s] = True

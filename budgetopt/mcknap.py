@@ -48,6 +48,10 @@ _HEURISTIC_SHARE = 0.25
 _LOCAL_ROUNDS = 64
 # Local search and cardinality bound only up to this many options (about 80 bytes each).
 _EXTRA_MAX_OPTIONS = 2_000_000
+# The core DP bounds its states by the cardinality bound too, once it has kept this many
+# states, on cores of at most this many options (48 LP solves find the rank multiplier).
+_RANK_AFTER_STATES = 20_000
+_RANK_MAX_OPTIONS = 200_000
 # Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
 _GOLDEN_STEPS = 48
 
@@ -390,6 +394,35 @@ class _Search:
         suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
         suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
 
+        # The cardinality bound of the rest, per state: switched on in the main search once
+        # the DP has kept _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS
+        # options): rank multiplier mu, rank room, Fenwick trees of the hull segments of
+        # v - mu * rank (those of the heads already taken removed).
+        no_ranks = (0.0, 0, np.zeros(1, np.int64), np.zeros(1), np.zeros(0), 0)
+        rk = {"ranks": no_ranks, "tried": not record or len(c) > _RANK_MAX_OPTIONS}
+
+        def start_ranks(k):
+            rk["tried"] = True
+            enough = self.best + self.margin - fixed_value
+            bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
+            prev = self.stats.get("cardinality_bound", np.inf)
+            self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
+            self.global_bound = min(self.global_bound, bound + fixed_value)
+            if mu <= 0:
+                return
+            pos2, dc2, dv2, slope2 = K.rank_hulls(c, v, coff, mu)
+            order2 = np.lexsort((pos2, -slope2))
+            pos2, dc2, dv2, slope2 = pos2[order2], dc2[order2], dv2[order2], slope2[order2]
+            fc2 = np.empty(len(dc2) + 1, np.int64)
+            fv2 = np.empty(len(dc2) + 1, np.float64)
+            K.fenwick_build(dc2, fc2)
+            K.fenwick_build(dv2, fv2)
+            by_pos2 = np.argsort(pos2, kind="stable")
+            seg_off2 = np.r_[0, np.cumsum(np.bincount(pos2, minlength=len(core)))].astype(np.int64)
+            K.fenwick_remove(fc2, fv2, dc2, dv2, by_pos2[: seg_off2[k]])  # heads already taken
+            rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
+            rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
+
         seg_alive = np.ones(len(dc), np.bool_)
         cum_c = np.empty(len(dc) + 1, np.int64)
         cum_v = np.empty(len(dc) + 1, np.float64)
@@ -398,6 +431,7 @@ class _Search:
 
         w = np.zeros(1, np.int64)
         val = np.zeros(1, np.float64)
+        n = np.zeros(1, np.int64)  # rank sums of the states
         open_bound = float(self.lagrangian)
         all_dropped = -np.inf
         states = 0
@@ -405,8 +439,16 @@ class _Search:
             if deadline is not None and time.perf_counter() > deadline:
                 return max(open_bound, self.best), all_dropped
             gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            if not rk["tried"] and states > _RANK_AFTER_STATES:
+                start_ranks(k)
+                if self._proven():
+                    return None, all_dropped
             K.fenwick_remove(fc, fv, dc, dv, gone)
             seg_alive[gone] = False
+            ranks = rk["ranks"]
+            if ranks[0] > 0:
+                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
+                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
             sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
             o0, o1 = coff[k], coff[k + 1]
             target = self.best - fixed_value + self.margin
@@ -415,9 +457,9 @@ class _Search:
             n_left = len(dc) - int(seg_off[k + 1])
             walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
             n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
-            nw, nval, par, ch, dropped, fl_best, fl_at, live = K.expand_layer(
+            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
                 w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
-                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive],
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
             )
             if fl_at == -2:
                 raise ProblemTooLargeError(
@@ -435,9 +477,9 @@ class _Search:
                     return None, all_dropped
                 alive = np.empty(len(nw), np.bool_)
                 target = self.best - fixed_value + self.margin
-                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
+                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
                 all_dropped = max(all_dropped, dropped + fixed_value)
-                nw, nval, par, ch = nw[alive], nval[alive], par[alive], ch[alive]
+                nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
             ctx["layers"].append((par, ch))
             states += len(nw)
             if record:
@@ -448,7 +490,7 @@ class _Search:
             if len(nw) == 0:
                 return None, all_dropped
             open_bound = live + fixed_value
-            w, val = nw, nval
+            w, val, n = nw, nval, nn
         return None, all_dropped
 
     def _choices(self, k, par, ch, t, w_state):
