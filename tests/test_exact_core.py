@@ -264,6 +264,50 @@ def test_strongly_correlated_proven_by_the_cardinality_bound():
     assert s["proved_by"] == "cardinality_bound" and s["layers_done"] == 0
 
 
+@given(problems(max_heads=5, max_points=6))
+@settings(max_examples=scaled(80))
+def test_property_rank_bounded_states_against_brute_force(p):
+    # The core DP with the cardinality bound on its states from the first layer on.
+    curves = Curves(p["utility"], p["grid"])
+    truth = brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"])
+    if truth is None:
+        return
+    saved = mcknap._RANK_AFTER_STATES
+    mcknap._RANK_AFTER_STATES = -1
+    try:
+        a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
+    finally:
+        mcknap._RANK_AFTER_STATES = saved
+    _assert_proven(a, truth[0], curves)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_bounded_states_against_dp(seed, monkeypatch):
+    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    if seed < 2:  # strongly correlated with fractions: the case the rank bound is for
+        curves, total = _noisy_strongly(30 + 10 * seed, 10)
+    else:
+        rng = np.random.default_rng(seed)
+        kind = ["random", "monotone", "concave", "increasing"][seed % 4]
+        curves = Curves(*random_curves(300 + seed, (int(rng.integers(12, 25)),), 30, kind=kind, grid="per_head"))
+        total = int(rng.uniform(0.1, 0.8) * curves.capacity)
+    a = _exact(curves, total)
+    _assert_proven(a, allocate(curves, total, method="dp").utility, curves)
+    if seed < 2:
+        assert a.stats["cardinality_bound"] >= a.utility - tolerance(curves)
+
+
+def test_rank_bounded_states_at_the_time_limit(monkeypatch):
+    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    curves, total = _noisy_strongly(120, 20)
+    a = _exact(curves, total, time_limit=0.01)  # the whole search takes about 0.3 s
+    dp = allocate(curves, total, method="dp")
+    tol = tolerance(curves)
+    assert a.stats["status"] == "time_limit"
+    assert a.utility <= dp.utility + tol and a.upper_bound >= dp.utility - tol
+    assert a.upper_bound <= a.stats["cardinality_bound"] + tol < a.stats["lagrangian_bound"] - 1
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_cardinality_bound_kernel_bounds_the_optimum(seed):
     from budgetopt import _kernels_exact as K
