@@ -9,8 +9,9 @@ step), only a bound a whole step above the incumbent can hide a better allocatio
 second bound that knows option ranks are integers (a cardinality bound) can close the gap
 the LP leaves on strongly correlated data. The heads left (the *core*) are searched by a
 dynamic programme over (tokens, utility) states that keeps only undominated states and only
-those whose LP bound on the rest of the core can still beat the incumbent; integral
-completions of the LP improve the incumbent on the way. The search ends with a proof (no
+those whose LP bound on the rest of the core (and, once the DP is large, whose cardinality
+bound) can still beat the incumbent; integral completions of the LP improve the incumbent
+on the way. The search ends with a proof (no
 state left that can beat the incumbent, or an incumbent that meets a bound) or at the time
 limit with a valid bound. The idea follows Pisinger's minimal algorithm for the
 multiple-choice knapsack; the proof of each step is in ``docs/exact.md``.
