@@ -242,7 +242,8 @@ def report(res):
         lines.append(
             f"{r['family']:<24}{r['size']:<19}{r['seed']:>4} {r['greedy_utility']:>12.6g} {_g(r['optimum']):>12}"
             f" {_g(r['true_gap']):>9} {r['certificate']:>9.3g} {exact_t:>10} {milp_t:>10} {sp:>8}"
-            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO':<5}  {_PROOF[r['exact_proved_by']]}"
+            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO':<5}"
+            f"  {_PROOF[r['exact_proved_by']]}"
         )
     s = res["summary"]
     lines += [

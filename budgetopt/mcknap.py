@@ -291,7 +291,9 @@ class _Search:
         heads = heads[np.argsort(closeness[heads], kind="stable")]
         starts = np.r_[0, np.cumsum(counts)]
         core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
-        self.stats.update(fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum()))
+        self.stats.update(
+            fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum())
+        )
         return fixed_opt, core
 
     def _cardinality(self, core, fixed_opt):
