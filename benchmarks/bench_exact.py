@@ -16,7 +16,9 @@ Families: concave saturating per-token curves; attention-derived per-token curve
 heads x 4,096 tokens and 5,120 heads x 1,023 tokens; random-walk (non-monotone) per-token
 curves; Pisinger's multiple-choice knapsack classes (uncorrelated, weakly correlated,
 strongly correlated, subset-sum, zig-zag) with 100 and 1,000 classes x 10 and 100 items,
-data range R = 1,000 and 10,000.
+data range R = 1,000 and 10,000; and the strongly correlated classes with a random fraction
+below 0.001 added to every profit (``strongly-fractional``, R = 1,000), where the bounds
+that need integral utilities do not apply.
 
 Numba compilation is excluded by a warm-up solve. ``exact`` and ``greedy`` times are the
 best of ``--repeat`` runs (one when a run takes over a second); ``milp``, ``cvxpy`` and
@@ -27,6 +29,7 @@ Usage::
     python benchmarks/bench_exact.py                  # the full run
     python benchmarks/bench_exact.py --time-limit 10  # milp/exact limit per instance (s)
     python benchmarks/bench_exact.py --quick          # tiny sizes (the test suite runs this)
+    python benchmarks/bench_exact.py --families pisinger-strongly,pisinger-subset_sum
 """
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ from _env import record  # noqa: E402
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.errors import ProblemTooLargeError  # noqa: E402
-from instances_exact import PISINGER_KINDS, attention, concave, non_monotone, pisinger  # noqa: E402
+from instances_exact import (  # noqa: E402
+    PISINGER_KINDS, attention, concave, non_monotone, pisinger, strongly_fractional,
+)
 
 
 # -- instances -----------------------------------------------------------------------------
-def instances(quick, seeds):
-    """``(family, size label, seed, curves, total)`` in run order."""
+def instances(quick, seeds, families=None):
+    """``(family, size label, seed, curves, total)`` in run order; only the ``families``
+    named (``concave``, ``pisinger-strongly``, ...) when given."""
     out = []
     if quick:
         token_sizes = {"concave": [(8, 33)], "attention": [(8, 33)], "non_monotone": [(8, 33)]}
@@ -69,16 +75,26 @@ def instances(quick, seeds):
         ranges = [1000, 10000]
     makers = {"concave": concave, "attention": attention, "non_monotone": non_monotone}
     for family, sizes in token_sizes.items():
+        if families and family not in families:
+            continue
         for heads, points in sizes:
             for seed in range(seeds):
                 curves, total = makers[family](heads, points, seed)
                 out.append((family, f"{heads}x{points}", seed, curves, total))
     for kind in PISINGER_KINDS:
+        if families and f"pisinger-{kind}" not in families:
+            continue
         for R in ranges:
             for classes, items in pis_sizes:
                 for seed in range(seeds):
                     curves, total = pisinger(kind, classes, items, seed, data_range=R)
                     out.append((f"pisinger-{kind}", f"{classes}x{items} R={R}", seed, curves, total))
+    # not one of Pisinger's classes: the strongly correlated ones made non-integral
+    if not families or "strongly-fractional" in families:
+        for classes, items in pis_sizes:
+            for seed in range(seeds):
+                curves, total = strongly_fractional(classes, items, seed, data_range=ranges[0])
+                out.append(("strongly-fractional", f"{classes}x{items} R={ranges[0]}", seed, curves, total))
     return out
 
 
@@ -105,16 +121,20 @@ def run_one(family, size, seed, curves, total, args):
     row.update(
         exact_s=te, exact_status=s["status"], exact_utility=e.utility, exact_bound=e.upper_bound,
         core_heads=s["core_heads"], core_options=s["core_options"], states=s["states"],
-        tolerance=s["tolerance"],
+        tolerance=s["tolerance"], exact_proved_by=s["proved_by"], value_step=s["value_step"],
     )
-    # milp, same limit
+    # milp, same limit, where the model is not too large
     t0 = time.perf_counter()
-    try:
-        m = budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit)
-        row.update(milp_s=time.perf_counter() - t0, milp_status=m.stats["status"], milp_utility=m.utility,
-                   milp_bound=m.upper_bound)
-    except budgetopt.SolverError as exc:
-        row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None, milp_bound=None)
+    if args.milp_max_options is not None and n_options > args.milp_max_options:
+        row.update(milp_s=None, milp_status="skipped", milp_utility=None, milp_bound=None)
+    else:
+        try:
+            m = budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit)
+            row.update(milp_s=time.perf_counter() - t0, milp_status=m.stats["status"], milp_utility=m.utility,
+                       milp_bound=m.upper_bound)
+        except budgetopt.SolverError as exc:
+            row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None,
+                       milp_bound=None)
     # cvxpy where milp finished and the model is small
     row.update(cvxpy_s=None, cvxpy_status="skipped", cvxpy_utility=None)
     if row["milp_status"] == "optimal" and n_options <= args.cvxpy_max_options:
@@ -167,6 +187,9 @@ def _g(x):
     return "-" if x is None else f"{x:.6g}"
 
 
+_PROOF = {"lagrangian_bound": "lagr", "cardinality_bound": "card", "core_dp": "dp", None: "-"}
+
+
 def report(res):
     env = res["environment"]
     m, v = env["machine"], env["versions"]
@@ -181,21 +204,26 @@ def report(res):
         f"load average at the start {m['loadavg_start']}, at the end {m.get('loadavg_end')}",
         "",
         f"{'family':<24}{'size':<19}{'seed':>4} {'greedy':>12} {'optimum':>12} {'true gap':>9} {'certif.':>9}"
-        f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree",
+        f" {'exact':>10} {'milp':>10} {'speedup':>8} {'cvxpy':>9} {'dp':>9}  agree  proof",
     ]
     for r in res["rows"]:
         exact_t = _t(r["exact_s"]) + ("" if r["exact_status"] == "optimal" else "*")
-        milp_t = _t(r["milp_s"]) + ("" if r["milp_status"] == "optimal" else "*")
+        milp_t = _t(r["milp_s"]) + ("" if r["milp_status"] in ("optimal", "skipped") else "*")
         sp = "-" if r["speedup_vs_milp"] is None else f"{r['speedup_vs_milp']:.0f}x"
         lines.append(
             f"{r['family']:<24}{r['size']:<19}{r['seed']:>4} {r['greedy_utility']:>12.6g} {_g(r['optimum']):>12}"
             f" {_g(r['true_gap']):>9} {r['certificate']:>9.3g} {exact_t:>10} {milp_t:>10} {sp:>8}"
-            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO'}"
+            f" {_t(r['cvxpy_s']):>9} {_t(r['dp_s']):>9}  {'yes' if r['agree'] else 'NO':<5}"
+            f"  {_PROOF[r['exact_proved_by']]}"
         )
     s = res["summary"]
     lines += [
         "",
-        "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's).",
+        "* = stopped at the time limit without a proof (exact: best found and a valid bound; milp: HiGHS's)."
+        + ("" if res.get("milp_max_options") is None else
+           f" milp '-' = skipped (more than {res['milp_max_options']:,} grid points)."),
+        "proof: what proved exact's answer optimal: lagr = the Lagrangian (LP) bound after reduced-cost fixing,"
+        " card = the cardinality bound, dp = the core DP.",
         f"exact proved {s['exact_proved']}/{s['instances']} instances, {s['exact_under_1s']} of them in under 1 s;"
         f" milp proved {s['milp_proved']}/{s['instances']}.",
         f"where both proved: exact/milp speed-up median {_g(s['speedup_median'])}x, min {_g(s['speedup_min'])}x;"
@@ -231,7 +259,9 @@ def plot(res, path):
     markers = "os^vD<>ph*"
     lim = res["time_limit"]
     for i, fam in enumerate(families):
-        rows = [r for r in res["rows"] if r["family"] == fam]
+        rows = [r for r in res["rows"] if r["family"] == fam and r["milp_s"] is not None]
+        if not rows:
+            continue  # milp skipped on the whole family
         ax.scatter([r["milp_s"] for r in rows], [r["exact_s"] for r in rows], marker=markers[i % len(markers)],
                    label=fam, alpha=0.8)
     lo = 1e-4
@@ -256,7 +286,11 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=None, help="seconds per instance for exact and milp")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per family and size")
     parser.add_argument("--repeat", type=int, default=None, help="exact/greedy timing: best of this many")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated families to run (default: all), e.g. pisinger-strongly,concave")
     parser.add_argument("--cvxpy-max-options", type=int, default=20_000)
+    parser.add_argument("--milp-max-options", type=int, default=None,
+                        help="skip milp on instances with more grid points than this (default: never skip)")
     parser.add_argument("--dp-max-updates", type=int, default=200_000_000)
     parser.add_argument("--out", default=None, help="results .json (the report goes next to it as .txt)")
     parser.add_argument("--plot", default=None, help="plot .png (default: next to --out; none in --quick)")
@@ -270,7 +304,11 @@ def main(argv=None):
     warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)
     budgetopt.allocate(warm, wt, method="exact")  # compile / load the kernels
     rows = []
-    todo = instances(args.quick, args.seeds)
+    families = None if args.families is None else set(args.families.split(","))
+    known = {"concave", "attention", "non_monotone", "strongly-fractional"} | {f"pisinger-{k}" for k in PISINGER_KINDS}
+    if families is not None and not families <= known:
+        parser.error(f"--families: unknown {sorted(families - known)}; known: {sorted(known)}")
+    todo = instances(args.quick, args.seeds, families)
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, (family, size, seed, curves, total) in enumerate(todo):
         rows.append(run_one(family, size, seed, curves, total, args))
@@ -278,7 +316,8 @@ def main(argv=None):
         print(f"{family} {size} seed {seed}: exact {r['exact_status']} {_t(r['exact_s'])}, "
               f"milp {r['milp_status']} {_t(r['milp_s'])}", file=sys.stderr, flush=True)
         env["machine"]["loadavg_end"] = list(os.getloadavg())
-        res = {"environment": env, "time_limit": args.time_limit, "rows": rows, "summary": summarise(rows),
+        res = {"environment": env, "time_limit": args.time_limit, "milp_max_options": args.milp_max_options,
+               "rows": rows, "summary": summarise(rows),
                "seconds": time.perf_counter() - t_start, "complete": i + 1 == len(todo)}
         text = report(res)  # rewritten after every instance: a cut-short run keeps what it did
         write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))

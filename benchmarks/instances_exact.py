@@ -61,6 +61,17 @@ def pisinger(kind, n_classes, n_items, seed, *, data_range=1000):
     return budgetopt.Curves(p.astype(np.float64), w.astype(np.int64)), total
 
 
+def strongly_fractional(n_classes, n_items, seed, *, data_range=1000):
+    """Pisinger's strongly correlated classes (see :func:`pisinger`) with a random fraction
+    below 0.001 added to every item's profit before the running sums: still concave per
+    class, but the utilities are not integers (no value step, and the cardinality bound of
+    ``method="exact"`` no longer meets the optimum)."""
+    curves, total = pisinger("strongly", n_classes, n_items, seed, data_range=data_range)
+    rng = np.random.default_rng([seed, n_classes, n_items, data_range, 99])
+    gain = np.diff(curves.utility, prepend=0.0, axis=1) + rng.uniform(0, 1e-3, curves.utility.shape)
+    return budgetopt.Curves(np.cumsum(gain, axis=1), curves.grid), total
+
+
 def concave(n_heads, n_points, seed, kept=0.2):
     """Concave saturating per-token curves ``a * (1 - exp(-t / s))`` with per-head a, s."""
     rng = np.random.default_rng([seed, n_heads, n_points, 1])

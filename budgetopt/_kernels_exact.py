@@ -212,6 +212,28 @@ def core_hulls(costs, values, offsets):
 
 
 @nb.njit(**_JIT)
+def rank_hulls(costs, values, offsets, mu):
+    """:func:`core_hulls` of the values ``values - mu * rank`` (rank: position within the
+    head), keeping only segments of positive gain (the only ones an LP within a budget
+    takes): ``(position, tokens, gain, slope)``. O(options)."""
+    n = costs.shape[0]
+    w = np.empty(n, np.float64)
+    for h in range(offsets.shape[0] - 1):
+        for j in range(offsets[h], offsets[h + 1]):
+            w[j] = values[j] - mu * (j - offsets[h])
+    pos, end, dc, dv, slope = core_hulls(costs, w, offsets)
+    k = 0
+    for i in range(pos.shape[0]):
+        if dv[i] > 0:
+            pos[k] = pos[i]
+            dc[k] = dc[i]
+            dv[k] = dv[i]
+            slope[k] = slope[i]
+            k += 1
+    return pos[:k], dc[:k], dv[:k], slope[:k]
+
+
+@nb.njit(**_JIT)
 def fenwick_build(values, tree):
     """Fenwick tree (1-based ``tree``) of ``values``. O(n)."""
     n = values.shape[0]
@@ -282,7 +304,7 @@ def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
 
 @nb.njit(**_JIT)
 def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates,
-                 walk, cum_c, cum_v, cum_slope):
+                 walk, cum_c, cum_v, cum_slope, n, mu, rank_room, fc2, fv2, slope2, top2):
     """One layer of the core DP: every state extended by every option of the next head.
 
     An extension ``(w + c, p + v)`` is kept when it fits in ``cap`` and its bound
@@ -301,26 +323,37 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     trees (``cum_c``/``cum_v`` from 0 over the segments left, ``cum_slope`` theirs; see
     :func:`suffix_sums`): for one option the states' tokens only grow, so one pointer walks
     down the sums, O(states + segments) per option instead of O(states x log segments).
+
+    With ``mu > 0`` each state also carries ``n``, the sum of the ranks of its options
+    (option ``j`` of a head has rank ``j``), and its bound is also at most
+    ``p + v + mu * (rank_room - n - j) + suffix_lp2(cap - w - c)``, ``suffix_lp2`` the LP
+    of the values ``v - mu * rank`` of the heads not yet taken (Fenwick trees ``fc2``,
+    ``fv2`` of their hull segments of positive slope, ``slope2``, ``top2``): the
+    cardinality bound of the rest (see :func:`cardinality_bound`), ``rank_room`` the
+    largest rank sum of any allocation. The new states' rank sums are returned last.
     """
-    n = w.shape[0]
+    n_states = w.shape[0]
     m = opt_c.shape[0]
     dropped = -np.inf
-    count = n * m
+    count = n_states * m
     if count > max_candidates:  # count first, allocate only if within the limit
         count = 0
         for j in range(m):
             c = opt_c[j]
             v = opt_v[j]
-            for s in range(n):
+            for s in range(n_states):
                 ww = w[s] + c
                 if ww > cap:
                     break  # states are sorted by w
                 ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+                if mu > 0:
+                    ub2, fl2 = _suffix_lp(cap - ww, base_c, base_v, fc2, fv2, slope2, top2)
+                    ub = min(ub, ub2 + mu * (rank_room - n[s] - j))
                 if ub + p[s] + v >= target:
                     count += 1
         if count > max_candidates:
             empty_i = np.empty(0, np.int64)
-            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf
+            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf, empty_i
     cw = np.empty(count, np.int64)
     cp = np.empty(count, np.float64)
     cub = np.empty(count, np.float64)
@@ -333,7 +366,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
         c = opt_c[j]
         v = opt_v[j]
         t = n_seg
-        for s in range(n):
+        for s in range(n_states):
             ww = w[s] + c
             if ww > cap:
                 break
@@ -349,6 +382,9 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
                     ub = fl + (r0 - cum_c[t]) * cum_slope[t] if t < n_seg else fl
             else:
                 ub, fl = _suffix_lp(cap - ww, base_c, base_v, fc, fv, slope, top)
+            if mu > 0:
+                ub2, fl2 = _suffix_lp(cap - ww, base_c, base_v, fc2, fv2, slope2, top2)
+                ub = min(ub, ub2 + mu * (rank_room - n[s] - j))
             pp = p[s] + v
             if ub + pp < target:
                 if ub + pp > dropped:
@@ -384,6 +420,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     np_ = np.empty(kept, np.float64)
     npar = np.empty(kept, np.int64)
     nch = np.empty(kept, np.int64)
+    nn = np.zeros(kept, np.int64)
     floor_best = -np.inf
     floor_at = -1
     live = -np.inf
@@ -393,23 +430,29 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
         np_[t] = cp[b]
         npar[t] = cpar[b]
         nch[t] = cch[b]
+        nn[t] = n[cpar[b]] + cch[b]
         if cfl[b] > floor_best:
             floor_best = cfl[b]
             floor_at = t
         if cub[b] > live:
             live = cub[b]
-    return nw, np_, npar, nch, dropped, floor_best, floor_at, live
+    return nw, np_, npar, nch, dropped, floor_best, floor_at, live, nn
 
 
 @nb.njit(**_JIT)
-def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive):
+def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive, n, mu, rank_room, fc2, fv2,
+                 slope2, top2):
     """Mark the states whose bound is at least ``target``; returns ``(kept, largest bound
-    among those dropped, largest bound among those kept)``."""
+    among those dropped, largest bound among those kept)``. The bound is that of
+    :func:`expand_layer` (with the cardinality bound when ``mu > 0``)."""
     dropped = -np.inf
     live = -np.inf
     kept = 0
     for s in range(w.shape[0]):
         ub, fl = _suffix_lp(cap - w[s], base_c, base_v, fc, fv, slope, top)
+        if mu > 0:
+            ub2, fl2 = _suffix_lp(cap - w[s], base_c, base_v, fc2, fv2, slope2, top2)
+            ub = min(ub, ub2 + mu * (rank_room - n[s]))
         ub += p[s]
         if ub >= target:
             alive[s] = True
@@ -421,3 +464,243 @@ def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive):
             if ub > dropped:
                 dropped = ub
     return kept, dropped, live
+
+
+@nb.njit(**_JIT)
+def value_step(utility, lo, hi, limit):
+    """The largest ``g`` such that every usable utility of a head differs from the head's
+    first usable one by an integer multiple of ``g`` (then the values of any two
+    allocations differ by a multiple of ``g``); ``0.0`` when a difference is not an
+    integer, exceeds ``limit`` in magnitude (sums of such integers stay exact below 2**53)
+    or every difference is zero. Stops at the first non-integer. O(usable points)."""
+    g = 0
+    for h in range(utility.shape[0]):
+        base = utility[h, lo[h]]
+        for k in range(lo[h] + 1, hi[h]):
+            d = utility[h, k] - base
+            if not (abs(d) <= limit) or d != np.floor(d):
+                return 0.0
+            a = np.int64(abs(d))
+            while a != 0:  # g = gcd(g, a)
+                g, a = a, g % a
+    return float(g)
+
+
+@nb.njit(**_JIT)
+def local_search(costs, values, offsets, cur_c, cur_v, spare, min_gain, max_rounds):
+    """Improve an allocation by moving one head, or two heads at once, to kept options.
+
+    Head ``h`` starts at ``cur_c[h]`` tokens (above its first usable point) and utility
+    ``cur_v[h]`` (its option may be outside the kept ones); ``spare`` is the budget above
+    the first usable points. Each round applies the best move found among: one head to
+    another of its options, or two different heads together (typically one up, one down),
+    within the budget; rounds stop when no move gains more than ``min_gain``, or after
+    ``max_rounds``. ``cur_c``/``cur_v`` are updated in place.
+
+    Returns ``(choice, gain)``: per head the kept option it ends at (``-1``: where it
+    started) and the total gain. One round is O(M log M) for M kept options.
+    """
+    H = offsets.shape[0] - 1
+    M = offsets[H]
+    choice = np.full(H, -1, np.int64)
+    head = np.empty(M, np.int64)
+    for h in range(H):
+        for j in range(offsets[h], offsets[h + 1]):
+            head[j] = h
+    used = 0
+    for h in range(H):
+        used += cur_c[h]
+    dc = np.empty(M, np.int64)
+    dv = np.empty(M, np.float64)
+    best1_v = np.empty(M, np.float64)  # prefix (by dc) best gain, its move,
+    best1_j = np.empty(M, np.int64)
+    best2_v = np.empty(M, np.float64)  # and the best of another head
+    best2_j = np.empty(M, np.int64)
+    total_gain = 0.0
+    for _ in range(max_rounds):
+        r = spare - used
+        for j in range(M):
+            h = head[j]
+            dc[j] = costs[j] - cur_c[h]
+            dv[j] = values[j] - cur_v[h] if choice[h] != j else -np.inf
+        order = np.argsort(dc, kind="mergesort")
+        v1 = -np.inf
+        j1 = -1
+        v2 = -np.inf
+        j2 = -1
+        for t in range(M):
+            j = order[t]
+            if dv[j] > v1:
+                if j1 >= 0 and head[j1] != head[j]:
+                    v2 = v1
+                    j2 = j1
+                v1 = dv[j]
+                j1 = j
+            elif dv[j] > v2 and head[j] != head[j1]:
+                v2 = dv[j]
+                j2 = j
+            best1_v[t] = v1
+            best1_j[t] = j1
+            best2_v[t] = v2
+            best2_j[t] = j2
+        gain = min_gain
+        move_a = -1
+        move_b = -1
+        sorted_dc = dc[order]
+        for t in range(M):
+            a = order[t]
+            if dv[a] == -np.inf:
+                continue
+            if dc[a] <= r and dv[a] > gain:  # one head alone
+                gain = dv[a]
+                move_a = a
+                move_b = -1
+            # the best partner among moves of at most r - dc[a] tokens, of another head
+            q = np.searchsorted(sorted_dc, r - dc[a], side="right") - 1
+            if q < 0:
+                continue
+            b = best1_j[q]
+            vb = best1_v[q]
+            if b >= 0 and head[b] == head[a]:
+                b = best2_j[q]
+                vb = best2_v[q]
+            if b >= 0 and dv[a] + vb > gain:
+                gain = dv[a] + vb
+                move_a = a
+                move_b = b
+        if move_a < 0:
+            break
+        for j in (move_a, move_b):
+            if j >= 0:
+                h = head[j]
+                used += costs[j] - cur_c[h]
+                cur_c[h] = costs[j]
+                cur_v[h] = values[j]
+                choice[h] = j
+        total_gain += gain
+    return choice, total_gain
+
+
+@nb.njit(**_JIT)
+def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope):
+    """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
+    ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
+    segments of positive slope by slope, the last one fractional. ``-inf`` when the lightest
+    options do not fit. The other arguments are scratch arrays of the options' length."""
+    H = offsets.shape[0] - 1
+    base_c = 0
+    base_v = 0.0
+    k = 0
+    for h in range(H):
+        o0 = offsets[h]
+        base_c += c[o0]
+        base_v += v[o0]
+        top = 0
+        for j in range(o0, offsets[h + 1]):
+            while top >= 2:
+                a = hull[top - 2]
+                b = hull[top - 1]
+                if (v[b] - v[a]) * (c[j] - c[b]) <= (v[j] - v[b]) * (c[b] - c[a]):
+                    top -= 1
+                else:
+                    break
+            hull[top] = j
+            top += 1
+        for i in range(top - 1):
+            a = hull[i]
+            b = hull[i + 1]
+            if v[b] <= v[a]:
+                break  # concave: the rest of the hull falls too
+            seg_dc[k] = c[b] - c[a]
+            seg_dv[k] = v[b] - v[a]
+            seg_slope[k] = -(v[b] - v[a]) / (c[b] - c[a])
+            k += 1
+    r = cap - base_c
+    if r < 0:
+        return -np.inf
+    order = np.argsort(seg_slope[:k])
+    total = base_v
+    for t in range(k):
+        s = order[t]
+        if seg_dc[s] <= r:
+            r -= seg_dc[s]
+            total += seg_dv[s]
+        else:
+            total += seg_dv[s] * r / seg_dc[s]
+            break
+    return total
+
+
+@nb.njit(**_JIT)
+def cardinality_bound(c, v, offsets, cap, iterations, enough):
+    """An upper bound on the value of the multiple-choice knapsack over the CSR options
+    ``(c, v)`` (per head: costs ascending, values strictly increasing) that also knows
+    that option ranks are integers.
+
+    With ``r`` the rank of an option within its head (0 for the lightest), no allocation
+    has ``sum r > K``, ``K`` the floor of the LP maximum of ``sum r`` within ``cap``. For
+    any ``mu >= 0``, ``mu * K`` plus the LP bound of the values ``v - mu * r`` bounds the
+    value of every allocation; the bound is minimised over ``mu`` by golden-section search
+    (the function is convex in ``mu``) with ``iterations`` steps, stopping early at a
+    bound below ``enough``. Strongly correlated classes (each item worth its weight plus a
+    constant) are where it beats the LP bound.
+
+    Returns ``(bound, mu, K)``; ``bound`` is ``inf`` when the lightest options do not fit.
+    """
+    n = c.shape[0]
+    H = offsets.shape[0] - 1
+    rank = np.empty(n, np.float64)
+    mu_hi = 0.0
+    for h in range(H):
+        for j in range(offsets[h], offsets[h + 1]):
+            rank[j] = j - offsets[h]
+            if j > offsets[h]:
+                mu_hi = max(mu_hi, v[j] - v[j - 1])
+    hull = np.empty(n, np.int64)
+    seg_dc = np.empty(n, np.int64)
+    seg_dv = np.empty(n, np.float64)
+    seg_slope = np.empty(n, np.float64)
+    lp_rank = _lp_fill(c, rank, offsets, cap, hull, seg_dc, seg_dv, seg_slope)
+    if lp_rank == -np.inf:
+        return np.inf, 0.0, 0
+    K = np.floor(lp_rank + 1e-7 * (1.0 + lp_rank))
+    w = np.empty(n, np.float64)
+
+    def g(mu):
+        for j in range(n):
+            w[j] = v[j] - mu * rank[j]
+        return mu * K + _lp_fill(c, w, offsets, cap, hull, seg_dc, seg_dv, seg_slope)
+
+    phi = 0.5 * (np.sqrt(5.0) - 1.0)
+    a = 0.0
+    b = mu_hi
+    best = g(0.0)
+    best_mu = 0.0
+    x1 = b - phi * (b - a)
+    x2 = a + phi * (b - a)
+    f1 = g(x1)
+    f2 = g(x2)
+    for _ in range(iterations):
+        if f1 < best:
+            best, best_mu = f1, x1
+        if f2 < best:
+            best, best_mu = f2, x2
+        if best < enough:
+            break
+        if f1 <= f2:
+            b = x2
+            x2 = x1
+            f2 = f1
+            x1 = b - phi * (b - a)
+            f1 = g(x1)
+        else:
+            a = x1
+            x1 = x2
+            f1 = f2
+            x2 = a + phi * (b - a)
+            f2 = g(x2)
+    if f1 < best:
+        best, best_mu = f1, x1
+    if f2 < best:
+        best, best_mu = f2, x2
+    return best, best_mu, np.int64(K)

@@ -1,14 +1,20 @@
 """Proven optima of the multiple-choice knapsack at scale: ``allocate(method="exact")``.
 
 The hull greedy's answer is the first incumbent and its LP multiplier ``lam`` gives a
-Lagrangian bound. Options whose bound with that option forced cannot beat the incumbent are
-dropped (reduced-cost fixing); a head left with one option is fixed. The heads left (the
-*core*) are searched by a dynamic programme over (tokens, utility) states that keeps only
-undominated states and only those whose LP bound on the rest of the core can still beat the
-incumbent; integral completions of the LP improve the incumbent on the way. The search ends
-with a proof (no state left that can beat the incumbent) or at the time limit with a valid
-bound. The idea follows Pisinger's minimal algorithm for the multiple-choice knapsack; the
-proof of each step is in ``docs/exact.md``.
+Lagrangian bound. A local search (one head, or two heads at once, moved while that gains)
+improves the incumbent. Options whose bound with that option forced cannot beat the
+incumbent are dropped (reduced-cost fixing); a head left with one option is fixed. When the
+utilities are integers (more generally: every head's utilities differ by multiples of one
+step), only a bound a whole step above the incumbent can hide a better allocation, and a
+second bound that knows option ranks are integers (a cardinality bound) can close the gap
+the LP leaves on strongly correlated data. The heads left (the *core*) are searched by a
+dynamic programme over (tokens, utility) states that keeps only undominated states and only
+those whose LP bound on the rest of the core (and, once the DP is large, whose cardinality
+bound) can still beat the incumbent; integral completions of the LP improve the incumbent
+on the way. The search ends with a proof (no
+state left that can beat the incumbent, or an incumbent that meets a bound) or at the time
+limit with a valid bound. The idea follows Pisinger's minimal algorithm for the
+multiple-choice knapsack; the proof of each step is in ``docs/exact.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ _HEURISTIC_CORE = 48
 # ... for at most this long, or this share of the time limit.
 _HEURISTIC_SECONDS = 0.2
 _HEURISTIC_SHARE = 0.25
+# Rounds of local search (one or two heads moved per round) from the greedy's answer.
+_LOCAL_ROUNDS = 64
+# Local search and cardinality bound only up to this many options (about 80 bytes each).
+_EXTRA_MAX_OPTIONS = 2_000_000
+# The core DP bounds its states by the cardinality bound too, once it has kept this many
+# states, on cores of at most this many options (48 LP solves find the rank multiplier).
+_RANK_AFTER_STATES = 20_000
+_RANK_MAX_OPTIONS = 200_000
+# Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
+_GOLDEN_STEPS = 48
 
 
 def exact(problem, total, *, time_limit=None):
@@ -59,7 +75,12 @@ def exact(problem, total, *, time_limit=None):
     Allocation
         ``stats["status"]`` is ``"optimal"`` (no allocation is better than ``utility`` by
         more than ``stats["tolerance"]``; ``upper_bound`` is ``utility``) or ``"time_limit"``
-        (``upper_bound`` is the largest bound of any part of the search left open).
+        (``upper_bound`` is the largest bound of any part of the search left open, rounded
+        down to a whole number of value steps above ``utility`` when the utilities are
+        integral). ``stats["proved_by"]`` names what proved optimality
+        (``"lagrangian_bound"``, ``"cardinality_bound"`` or ``"core_dp"``; ``None`` at the
+        time limit); ``stats["value_step"]`` is the step by which allocations' values differ
+        (``0.0`` when the utilities are not integral, ``stats["integral"]`` is then False).
 
     Raises
     ------
@@ -70,9 +91,11 @@ def exact(problem, total, *, time_limit=None):
     Notes
     -----
     O(heads * K) for the greedy and the fixing (one pass over the curves, only the options
-    kept are stored); the core DP costs O(states x options x log segments) per layer and is
-    exponential in the worst case (the problem is NP-hard). Deterministic. The greedy's
-    answer is never changed: it is only the first incumbent.
+    kept are stored); the local search O(M log M) per round for M kept options (at most 64
+    rounds); the cardinality bound (integral utilities only) O(C log C) for each of at most
+    48 golden-section steps, C the core's options; the core DP costs O(states x options x
+    log segments) per layer and is exponential in the worst case (the problem is NP-hard).
+    Deterministic. The greedy's answer is never changed: it is only the first incumbent.
 
     Examples
     --------
@@ -92,7 +115,7 @@ _LOADED = False
 
 
 def _load_kernels():
-    """Solve two small problems once per process, untimed, so that loading the compiled
+    """Solve three small problems once per process, untimed, so that loading the compiled
     kernels (from numba's on-disk cache: seconds on a busy machine) does not count against
     a caller's ``time_limit``."""
     global _LOADED
@@ -104,11 +127,18 @@ def _load_kernels():
     rng = np.random.default_rng(0)
     steps = np.sort(rng.integers(1, 50, (64, 6)), axis=1)
     grid = np.cumsum(steps, axis=1)
-    curves = Curves(np.cumsum(steps + 3, axis=1).astype(np.float64), grid)
-    _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
+    # strongly correlated classes: integral (local search, cardinality bound), then with
+    # fractions added (the core DP, both ways of bounding its states)
+    for frac in (0.0, 1e-3):
+        curves = Curves(np.cumsum(steps + 3 + frac * rng.random(steps.shape), axis=1), grid)
+        _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
     t = np.arange(4097)
     per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
     _Search(build_problem(per_token), 4000, None).run()
+    from . import _kernels_exact as K
+
+    one = np.arange(3, dtype=np.int64)  # the first solve proves its answer before this bound
+    K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
     _LOADED = True
 
 
@@ -140,12 +170,19 @@ class _Search:
         self.tau = EXACT_RTOL * max(1.0, scale)
         from . import _kernels_exact as K
 
+        # Integral utilities: allocations differ in value by multiples of ``step``, so only
+        # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
+        self.step = float(K.value_step(p.utility, p.lo, p.hi, 2.0**53 / (p.n_heads + 1)))
+        self.margin = max(self.tau, self.step - self.tau)
+
         self.opts = _Kept(*K.lagrangian_options(
-            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.tau
+            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.margin
         ))
         self.stats = {
             "status": "optimal",
             "tolerance": self.tau,
+            "integral": self.step > 0,
+            "value_step": self.step,
             "greedy_utility": greedy_value,
             "lp_bound": float(lp),
             "fixed_heads": p.n_heads,
@@ -154,14 +191,19 @@ class _Search:
             "layers_done": 0,
             "states": 0,
             "max_layer_states": 0,
+            "proved_by": None,
         }
+        self.global_bound = np.inf  # bounds every allocation better than the incumbent
         open_bound = self._search()
         budgets, utility = p.pick(self.best_idx)
         if open_bound is None:
             bound = utility  # proven: nothing beats it by more than the tolerance
         else:
             self.stats["status"] = "time_limit"
-            bound = max(open_bound, self.dropped)
+            self.stats["proved_by"] = None
+            bound = min(max(open_bound, self.dropped), max(utility, self.global_bound))
+            if self.step > 0:  # the best value below the bound that an allocation can have
+                bound = utility + self.step * np.floor((bound - utility + self.tau) / self.step)
         self.stats["improved_on_greedy"] = bool(utility > greedy_value)
         return Allocation.from_solution(
             budgets, utility, total_budget=self.total, upper_bound=bound, threshold=lam, method="exact",
@@ -174,27 +216,42 @@ class _Search:
 
         Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
         states left open at the time limit."""
+        if self.opts.bound >= self.best + self.margin and len(self.opts) <= _EXTRA_MAX_OPTIONS:
+            self._improve()
         fixing = self._fix()
         self.stats["lagrangian_bound"] = float(self.lagrangian)
         if fixing is None:
             return None
         fixed_opt, core = fixing
+        if self.step > 0 and self.stats["core_options"] <= _EXTRA_MAX_OPTIONS:
+            self._cardinality(core, fixed_opt)
+            if self._proven():
+                return None
         if len(core) > _HEURISTIC_CORE:
             # The best allocation with every head outside a small core at its LP choice
             # (the lightest maximiser of utility - lam * tokens): a cheap, usually much
             # better incumbent, which makes the fixing below far stronger.
             before = self.best
             self._heuristic(core)
+            if self._proven():
+                return None
             if self.best > before:
                 fixing = self._fix()
                 if fixing is None:
                     return None
                 fixed_opt, core = fixing
-        self.stats.update(fixed_heads=int(self.problem.n_heads - len(core)), core_heads=len(core))
-        self.stats["core_options"] = int(sum(len(j) for _, j in core))
+        self.stats["proved_by"] = "core_dp"
         open_bound, dropped = self._core_dp(core, fixed_opt, record=True)
         self.dropped = max(self.dropped, dropped)
         return open_bound
+
+    def _proven(self):
+        """Whether the incumbent meets the bound on every better allocation (and which
+        bound that is, in ``stats["proved_by"]``)."""
+        if self.best + self.margin <= self.global_bound:
+            return False
+        self.stats["proved_by"] = "lagrangian_bound" if self.global_bound >= self.lagrangian else "cardinality_bound"
+        return True
 
     def _fix(self):
         """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
@@ -204,19 +261,24 @@ class _Search:
         from . import _kernels_exact as K
 
         p, opts = self.problem, self.opts
-        if opts.bound < self.best + self.tau:
+        if opts.bound < self.best + self.margin:
             self.lagrangian, self.dropped = opts.bound, opts.dropped
+            self.global_bound = min(self.global_bound, self.lagrangian)
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         # Options dropped before (against a lower target) stay dropped; the bound is the same.
         keep = np.empty(len(opts), np.bool_)
         self.lagrangian, dropped = K.reduced_cost_filter(
-            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.tau, keep
+            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.margin, keep
         )
+        self.global_bound = min(self.global_bound, self.lagrangian)
         self.dropped = max(opts.dropped, dropped)
-        if self.lagrangian < self.best + self.tau:
+        if self.lagrangian < self.best + self.margin:
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         counts, closeness = K.undominated(opts.cost, opts.value, opts.offsets, self.lam, keep)
         if np.any(counts == 0):
+            self.stats["proved_by"] = "lagrangian_bound"
             return None
         kept = np.flatnonzero(keep)
         head = np.repeat(np.arange(p.n_heads), counts)
@@ -229,7 +291,53 @@ class _Search:
         heads = heads[np.argsort(closeness[heads], kind="stable")]
         starts = np.r_[0, np.cumsum(counts)]
         core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        self.stats.update(
+            fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum())
+        )
         return fixed_opt, core
+
+    def _cardinality(self, core, fixed_opt):
+        """Lower ``global_bound`` to the bound that knows option ranks are integers (see
+        :func:`budgetopt._kernels_exact.cardinality_bound`), over the core heads with every
+        other head at ``fixed_opt``; it bounds every allocation better than the incumbent."""
+        from . import _kernels_exact as K
+
+        opts = self.opts
+        fixed = fixed_opt >= 0
+        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
+        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
+        gopt = np.concatenate([j for _, j in core])
+        coff = np.r_[0, np.cumsum([len(j) for _, j in core])].astype(np.int64)
+        bound, mu, k = K.cardinality_bound(
+            opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
+        )
+        self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
+        self.global_bound = min(self.global_bound, bound + fixed_value)
+
+    def _improve(self):
+        """Local search from the incumbent over the kept options: moves of one head or of
+        two heads together (one up, one down) while they gain."""
+        from . import _kernels_exact as K
+
+        p, opts = self.problem, self.opts
+        rows = np.arange(p.n_heads)
+        idx = self.best_idx
+        g = rows * p.per_head
+        cur_c = (p.grid[g, idx] - p.grid[g, p.lo]).astype(np.int64)
+        cur_v = p.utility[rows, idx].astype(np.float64)
+        new = idx.copy()
+        stop = time.perf_counter() + _HEURISTIC_SECONDS
+        if self.deadline is not None:
+            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+        for _ in range(0, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+            choice, gain = K.local_search(opts.cost, opts.value, opts.offsets, cur_c, cur_v, self.spare, self.tau, 8)
+            moved = choice >= 0
+            new[moved] = opts.index[choice[moved]]
+            if gain <= self.tau or time.perf_counter() > stop:
+                break
+        value = float(p.utility[rows, new].sum())
+        if value > self.best:
+            self.best, self.best_idx = value, new
 
     def _heuristic(self, core):
         fixed_opt = self.opts.lp_opt.copy()
@@ -289,6 +397,35 @@ class _Search:
         suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
         suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
 
+        # The cardinality bound of the rest, per state: switched on in the main search once
+        # the DP has kept _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS
+        # options): rank multiplier mu, rank room, Fenwick trees of the hull segments of
+        # v - mu * rank (those of the heads already taken removed).
+        no_ranks = (0.0, 0, np.zeros(1, np.int64), np.zeros(1), np.zeros(0), 0)
+        rk = {"ranks": no_ranks, "tried": not record or len(c) > _RANK_MAX_OPTIONS}
+
+        def start_ranks(k):
+            rk["tried"] = True
+            enough = self.best + self.margin - fixed_value
+            bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
+            prev = self.stats.get("cardinality_bound", np.inf)
+            self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
+            self.global_bound = min(self.global_bound, bound + fixed_value)
+            if mu <= 0:
+                return
+            pos2, dc2, dv2, slope2 = K.rank_hulls(c, v, coff, mu)
+            order2 = np.lexsort((pos2, -slope2))
+            pos2, dc2, dv2, slope2 = pos2[order2], dc2[order2], dv2[order2], slope2[order2]
+            fc2 = np.empty(len(dc2) + 1, np.int64)
+            fv2 = np.empty(len(dc2) + 1, np.float64)
+            K.fenwick_build(dc2, fc2)
+            K.fenwick_build(dv2, fv2)
+            by_pos2 = np.argsort(pos2, kind="stable")
+            seg_off2 = np.r_[0, np.cumsum(np.bincount(pos2, minlength=len(core)))].astype(np.int64)
+            K.fenwick_remove(fc2, fv2, dc2, dv2, by_pos2[: seg_off2[k]])  # heads already taken
+            rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
+            rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
+
         seg_alive = np.ones(len(dc), np.bool_)
         cum_c = np.empty(len(dc) + 1, np.int64)
         cum_v = np.empty(len(dc) + 1, np.float64)
@@ -297,6 +434,7 @@ class _Search:
 
         w = np.zeros(1, np.int64)
         val = np.zeros(1, np.float64)
+        n = np.zeros(1, np.int64)  # rank sums of the states
         open_bound = float(self.lagrangian)
         all_dropped = -np.inf
         states = 0
@@ -304,19 +442,27 @@ class _Search:
             if deadline is not None and time.perf_counter() > deadline:
                 return max(open_bound, self.best), all_dropped
             gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            if not rk["tried"] and states > _RANK_AFTER_STATES:
+                start_ranks(k)
+                if self._proven():
+                    return None, all_dropped
             K.fenwick_remove(fc, fv, dc, dv, gone)
             seg_alive[gone] = False
+            ranks = rk["ranks"]
+            if ranks[0] > 0:
+                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
+                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
             sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
             o0, o1 = coff[k], coff[k + 1]
-            target = self.best - fixed_value + self.tau
+            target = self.best - fixed_value + self.margin
             # Bounds by a pointer walk over running sums when that is cheaper than one
             # Fenwick search per extension.
             n_left = len(dc) - int(seg_off[k + 1])
             walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
             n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
-            nw, nval, par, ch, dropped, fl_best, fl_at, live = K.expand_layer(
+            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
                 w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
-                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive],
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
             )
             if fl_at == -2:
                 raise ProblemTooLargeError(
@@ -328,13 +474,15 @@ class _Search:
             if fl_at >= 0 and fl_best + fixed_value > self.best:
                 self.best = fl_best + fixed_value
                 self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
-                if self.best + self.tau > self.lagrangian:
+                if record and self._proven():
                     return None, all_dropped  # it meets the bound of the whole problem
+                if self.best + self.margin > self.global_bound:
+                    return None, all_dropped
                 alive = np.empty(len(nw), np.bool_)
-                target = self.best - fixed_value + self.tau
-                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive)
+                target = self.best - fixed_value + self.margin
+                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
                 all_dropped = max(all_dropped, dropped + fixed_value)
-                nw, nval, par, ch = nw[alive], nval[alive], par[alive], ch[alive]
+                nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
             ctx["layers"].append((par, ch))
             states += len(nw)
             if record:
@@ -345,7 +493,7 @@ class _Search:
             if len(nw) == 0:
                 return None, all_dropped
             open_bound = live + fixed_value
-            w, val = nw, nval
+            w, val, n = nw, nval, nn
         return None, all_dropped
 
     def _choices(self, k, par, ch, t, w_state):

@@ -165,10 +165,191 @@ def test_stats_report_fixing_and_core():
     assert s["lagrangian_bound"] >= a.utility - tolerance(curves)
 
 
+# -- integral utilities: the value step, local search, the cardinality bound -----------------
+@given(problems(max_heads=5, max_points=6))
+@settings(max_examples=scaled(120))
+def test_property_integral_utilities_against_brute_force(p):
+    # Small integers (many ties), times 3, plus a non-integer offset per head: allocations
+    # differ in value by multiples of 3, which the search may use to prune.
+    u = np.asarray(p["utility"], np.float64)
+    offset = np.linspace(0.1, 0.7, u.shape[0]).reshape((-1,) + (1,) * (u.ndim - 1)) if u.ndim > 1 else 0.25
+    curves = Curves(3.0 * np.round(4.0 * u) + offset, p["grid"])
+    truth = brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"])
+    if truth is None:
+        return
+    a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
+    _assert_proven(a, truth[0], curves)
+
+
+@pytest.mark.parametrize(
+    ("utility", "step"),
+    [
+        ([[0.0, 3.0, 9.0], [1.0, 7.0, 13.0]], 3.0),  # gcd of the differences within heads
+        ([[0.5, 2.5, 4.5], [0.25, 4.25, 6.25]], 2.0),  # non-integer offsets, integer steps
+        ([[0.0, 1.0, 2.5], [0.0, 1.0, 2.0]], 0.0),  # one non-integer difference
+        ([[0.0, 1e-3, 2e-3]], 0.0),  # fractions
+        ([[0.0, 2.0**60, 2.0**61]], 0.0),  # integers too large to sum exactly
+        ([[1.0, 1.0, 1.0], [4.0, 4.0, 4.0]], 0.0),  # no difference at all
+    ],
+    ids=["gcd", "offsets", "one-fraction", "fractions", "too-large", "flat"],
+)
+def test_value_step(utility, step):
+    curves = Curves(utility)
+    a = _exact(curves, 2)
+    assert a.stats["value_step"] == step and a.stats["integral"] == (step > 0)
+    _assert_proven(a, brute_force(curves, 2)[0], curves)
+
+
+def test_value_step_reads_only_usable_points():
+    # The 2.5 lies above the cap: the usable differences are all multiples of 2.
+    curves = Curves([[0.0, 2.0, 4.0, 6.5], [0.0, 2.0, 6.0, 8.0]])
+    a = _exact(curves, 3, max_budget=2)
+    assert a.stats["value_step"] == 2.0
+    _assert_proven(a, brute_force(curves, 3, None, 2)[0], curves)
+    assert _exact(curves, 3).stats["value_step"] == 0.0
+
+
+def test_integral_bound_proves_at_once():
+    # One token: the LP takes half of head 0's 2-token step (bound 1.5); head 1's first
+    # token is worth 1 and no allocation can be worth 2: proven without a search.
+    curves = Curves([[0.0, 3.0, 3.0], [0.0, 1.0, 2.0]], [[0, 2, 3], [0, 1, 2]])
+    a = _exact(curves, 1)
+    assert a.stats["lp_bound"] == 1.5 and a.utility == 1.0
+    _assert_proven(a, brute_force(curves, 1)[0], curves)
+    assert a.stats["layers_done"] == 0 and a.stats["proved_by"] in ("lagrangian_bound", "cardinality_bound")
+
+
+def test_non_integral_twin_needs_the_search():
+    # The same problem with every utility shifted by a different fraction per point: no
+    # value step, and the answer still agrees with dp.
+    rng = np.random.default_rng(7)
+    curves, total = pisinger("subset_sum", 40, 10, seed=3, data_range=1000)
+    twin = Curves(curves.utility + rng.uniform(0, 0.01, curves.utility.shape), curves.grid)
+    a = _exact(twin, total)
+    assert a.stats["value_step"] == 0.0 and not a.stats["integral"]
+    _assert_proven(a, allocate(twin, total, method="dp").utility, twin)
+
+
+@pytest.mark.parametrize("kind", PISINGER_KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pisinger_classes_r1000_against_dp(kind, seed):
+    curves, total = pisinger(kind, 40, 10, seed=seed, data_range=1000)
+    dp = allocate(curves, total, method="dp")
+    a = _exact(curves, total)
+    _assert_proven(a, dp.utility, curves)
+    assert a.stats["integral"] and a.stats["value_step"] >= 1
+
+
+def test_local_search_reaches_the_bound():
+    # Subset-sum classes: the greedy leaves one token of value unused; moving two heads at
+    # once fills it, and that meets the floor of the LP bound: no search needed.
+    curves, total = pisinger("subset_sum", 100, 10, seed=1, data_range=10_000)
+    a = _exact(curves, total)
+    s = a.stats
+    assert s["greedy_utility"] < a.utility == np.floor(s["lp_bound"] + s["tolerance"])
+    assert s["status"] == "optimal" and s["layers_done"] == 0 and s["improved_on_greedy"]
+
+
+def test_strongly_correlated_proven_by_the_cardinality_bound():
+    # Each item is worth its weight plus 10 per item: the LP bound overshoots by up to 10,
+    # the rank bound does not.
+    curves, total = pisinger("strongly", 60, 10, seed=0, data_range=1000)
+    dp = allocate(curves, total, method="dp")
+    a = _exact(curves, total)
+    _assert_proven(a, dp.utility, curves)
+    s = a.stats
+    assert s["lp_bound"] - dp.utility > 1
+    assert s["cardinality_bound"] >= dp.utility - tolerance(curves)
+    assert s["cardinality_bound"] < dp.utility + 1
+    assert s["proved_by"] == "cardinality_bound" and s["layers_done"] == 0
+
+
+@given(problems(max_heads=5, max_points=6))
+@settings(max_examples=scaled(80))
+def test_property_rank_bounded_states_against_brute_force(p):
+    # The core DP with the cardinality bound on its states from the first layer on.
+    curves = Curves(p["utility"], p["grid"])
+    truth = brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"])
+    if truth is None:
+        return
+    saved = mcknap._RANK_AFTER_STATES
+    mcknap._RANK_AFTER_STATES = -1
+    try:
+        a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
+    finally:
+        mcknap._RANK_AFTER_STATES = saved
+    _assert_proven(a, truth[0], curves)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_bounded_states_against_dp(seed, monkeypatch):
+    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    if seed < 2:  # strongly correlated with fractions: the case the rank bound is for
+        curves, total = _noisy_strongly(30 + 10 * seed, 10)
+    else:
+        rng = np.random.default_rng(seed)
+        kind = ["random", "monotone", "concave", "increasing"][seed % 4]
+        curves = Curves(*random_curves(300 + seed, (int(rng.integers(12, 25)),), 30, kind=kind, grid="per_head"))
+        total = int(rng.uniform(0.1, 0.8) * curves.capacity)
+    a = _exact(curves, total)
+    _assert_proven(a, allocate(curves, total, method="dp").utility, curves)
+    if seed < 2:
+        assert a.stats["cardinality_bound"] >= a.utility - tolerance(curves)
+
+
+def test_rank_bounded_states_at_the_time_limit(monkeypatch):
+    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    curves, total = _noisy_strongly(120, 20)
+    a = _exact(curves, total, time_limit=0.01)  # the whole search takes about 0.3 s
+    dp = allocate(curves, total, method="dp")
+    tol = tolerance(curves)
+    assert a.stats["status"] == "time_limit"
+    assert a.utility <= dp.utility + tol and a.upper_bound >= dp.utility - tol
+    assert a.upper_bound <= a.stats["cardinality_bound"] + tol < a.stats["lagrangian_bound"] - 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cardinality_bound_kernel_bounds_the_optimum(seed):
+    from budgetopt import _kernels_exact as K
+
+    rng = np.random.default_rng(seed)
+    H = int(rng.integers(1, 5))
+    sizes = rng.integers(1, 5, H)
+    costs, values = [], []
+    for n in sizes:  # per head: costs ascending, values strictly increasing
+        costs.append(np.sort(rng.choice(np.arange(12), n, replace=False)))
+        values.append(np.cumsum(rng.integers(1, 6, n)).astype(np.float64) + rng.integers(-3, 3))
+    cap = int(rng.integers(0, 20))
+    c, v = np.concatenate(costs).astype(np.int64), np.concatenate(values)
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    best = -np.inf
+    import itertools
+
+    for pick in itertools.product(*[range(n) for n in sizes]):
+        js = offsets[:-1] + np.array(pick)
+        if c[js].sum() <= cap:
+            best = max(best, v[js].sum())
+    bound, mu, k = K.cardinality_bound(c, v, offsets, cap, 40, -np.inf)
+    if best == -np.inf:
+        assert bound == np.inf
+    else:
+        assert bound >= best - 1e-9 and mu >= 0 and k >= 0
+
+
 # -- time limit ------------------------------------------------------------------------------
+def _noisy_strongly(n_classes, n_items):
+    """Pisinger's strongly correlated classes with up to 1e-3 added to each item's profit
+    (still concave per class): hard for the core DP, and not integral."""
+    curves, total = pisinger("strongly", n_classes, n_items, seed=0, data_range=1000)
+    noise = np.random.default_rng(0).uniform(0, 1e-3, curves.utility.shape)
+    return Curves(np.cumsum(np.diff(curves.utility, prepend=0, axis=1) + noise, axis=1), curves.grid), total
+
+
 def test_time_limit_stops_early_with_a_valid_bound():
-    # Strongly correlated classes: no option can be fixed, the core DP is long.
-    curves, total = pisinger("strongly", 120, 20, seed=0, data_range=1000)
+    # Strongly correlated classes with a little noise on the profits: no option can be
+    # fixed, the utilities are not integers (no integral step, no cardinality bound), the
+    # core DP is long.
+    curves, total = _noisy_strongly(120, 20)
     a = _exact(curves, total, time_limit=1e-3)
     assert a.stats["status"] == "time_limit"
     assert a.stats["layers_done"] < a.stats["core_heads"]
@@ -179,6 +360,21 @@ def test_time_limit_stops_early_with_a_valid_bound():
     assert a.upper_bound >= dp.utility - tol, "the bound at the time limit must still bound the optimum"
     assert a.upper_bound <= a.stats["lagrangian_bound"] + tol
     assert a.gap == pytest.approx(a.upper_bound - a.utility)
+
+
+def test_time_limit_integral_bound_is_a_whole_step_above():
+    # Integral utilities: the bound at the time limit is rounded down to a value an
+    # allocation can have (the incumbent's plus whole steps), and still bounds the optimum.
+    curves, total = _noisy_strongly(40, 10)
+    curves = Curves(np.round(100 * curves.utility), curves.grid)
+    a = _exact(curves, total, time_limit=1e-3)
+    assert a.stats["status"] == "time_limit" and a.stats["value_step"] == 1.0
+    assert a.upper_bound - a.utility == np.floor(a.upper_bound - a.utility) > 0
+    dp = allocate(curves, total, method="dp")
+    assert a.utility <= dp.utility <= a.upper_bound
+    assert a.upper_bound <= min(a.stats["lagrangian_bound"], a.stats["cardinality_bound"]) + a.stats["tolerance"]
+    done = _exact(curves, total, time_limit=60)
+    _assert_proven(done, dp.utility, curves)
 
 
 def test_time_limit_generous_gives_optimal():
@@ -225,7 +421,7 @@ def test_refuses_too_many_options(monkeypatch):
 
 def test_refuses_too_many_states(monkeypatch):
     monkeypatch.setattr(mcknap, "EXACT_MAX_STATES", 50)
-    curves, total = pisinger("strongly", 60, 10, seed=0, data_range=1000)
+    curves, total = _noisy_strongly(60, 10)
     with pytest.raises(ProblemTooLargeError, match=r"more than 50 DP states"):
         allocate(curves, total, method="exact")
 
