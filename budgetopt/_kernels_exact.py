@@ -174,6 +174,24 @@ def undominated(costs, values, offsets, lam, keep):
     return counts, close
 
 
+@nb.njit(inline="always", **_JIT)
+def _upper_hull(costs, values, start, stop, stack):
+    """Upper hull of options ``start..stop-1`` (costs increasing) into ``stack``; returns its
+    length. A point is dropped when it does not lie strictly above the chord of its neighbours."""
+    top = 0
+    for j in range(start, stop):
+        while top >= 2:
+            a = stack[top - 2]
+            b = stack[top - 1]
+            if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
+                top -= 1
+            else:
+                break
+        stack[top] = j
+        top += 1
+    return top
+
+
 @nb.njit(**_JIT)
 def core_hulls(costs, values, offsets):
     """Upper concave hull of each core head's options (costs strictly increasing, values
@@ -185,18 +203,7 @@ def core_hulls(costs, values, offsets):
     dv = np.empty(n, np.float64)
     k = 0
     for h in range(offsets.shape[0] - 1):
-        top = 0
-        for j in range(offsets[h], offsets[h + 1]):
-            while top >= 2:
-                a = stack[top - 2]
-                b = stack[top - 1]
-                # drop b when it does not lie strictly above the chord a -> j
-                if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
-                    top -= 1
-                else:
-                    break
-            stack[top] = j
-            top += 1
+        top = _upper_hull(costs, values, offsets[h], offsets[h + 1], stack)
         for i in range(top - 1):
             a = stack[i]
             b = stack[i + 1]
@@ -595,17 +602,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope):
         o0 = offsets[h]
         base_c += c[o0]
         base_v += v[o0]
-        top = 0
-        for j in range(o0, offsets[h + 1]):
-            while top >= 2:
-                a = hull[top - 2]
-                b = hull[top - 1]
-                if (v[b] - v[a]) * (c[j] - c[b]) <= (v[j] - v[b]) * (c[b] - c[a]):
-                    top -= 1
-                else:
-                    break
-            hull[top] = j
-            top += 1
+        top = _upper_hull(c, v, o0, offsets[h + 1], hull)
         for i in range(top - 1):
             a = hull[i]
             b = hull[i + 1]
