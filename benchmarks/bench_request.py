@@ -273,13 +273,13 @@ def report(names, table, summary, log):
 
 # -- timing --------------------------------------------------------------------------------
 def _median_times(fn, repeats):
-    """Median wall and thread-CPU seconds of ``repeats`` warm calls."""
+    """Median wall and process-CPU seconds (all threads) of ``repeats`` warm calls."""
     fn()  # compile / warm
     wall, cpu = [], []
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        cpu.append(time.thread_time() - c0)
+        cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
     return float(np.median(wall)), float(np.median(cpu))
 
@@ -298,6 +298,15 @@ def baseline_package(rev):
     (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
     sys.path.insert(0, str(tmp))
     return importlib.import_module("budgetopt_baseline")
+
+
+def one_thread(fn):
+    """``fn()`` with the allocator reading the heads in the calling thread only."""
+    saved, rq.THREADS = rq.THREADS, 1
+    try:
+        return fn()
+    finally:
+        rq.THREADS = saved
 
 
 def timing(layers=32, heads=8, length=32768, repeats=7, baseline=None, log=print):
@@ -331,6 +340,13 @@ def timing(layers=32, heads=8, length=32768, repeats=7, baseline=None, log=print
                 lambda a=with_norms: a.allocate(pooled, total, value_norms=norms),
             f"{tag}allocate, scores only, global, pooled scores": lambda a=scores_only: a.allocate(pooled, total),
         })
+        if pkg is budgetopt:  # the same calls in the calling thread alone
+            cases.update({
+                "allocate, norms, global, 1 thread":
+                    lambda a=with_norms: one_thread(lambda: a.allocate(scores, total, value_norms=norms)),
+                "allocate, scores only, global, 1 thread":
+                    lambda a=scores_only: one_thread(lambda: a.allocate(scores, total)),
+            })
     out = {}
     for _ in range(2):  # interleaved rounds: every case sees the same machine load
         for name, fn in cases.items():
@@ -339,7 +355,8 @@ def timing(layers=32, heads=8, length=32768, repeats=7, baseline=None, log=print
            for k, v in out.items()}
     base = out["scores.sum()"]
     log(f"allocate timing, {layers} layers x {heads} KV heads x {length} tokens, 20% kept "
-        f"(median of {repeats} warm calls, 2 interleaved rounds):")
+        f"(median of {repeats} warm calls, 2 interleaved rounds; "
+        f"{rq.THREADS} allocator threads unless marked; CPU: process time, all threads):")
     for k, v in out.items():
         log(f"  {k:<55} wall {v['wall'] * 1e3:8.2f} ms ({v['wall'] / layers * 1e3:.3f} per layer)   "
             f"CPU {v['cpu'] * 1e3:8.2f} ms ({v['cpu'] / layers * 1e3:.3f} per layer)   "

@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -73,6 +75,26 @@ _RIDGE = 1e-6
 #: values (about the top 1/64) exactly and the rest from a sample of ``SAMPLE`` to
 #: ``2 * SAMPLE`` tokens (0: every head exactly).
 SAMPLE = 2048
+
+#: Threads that read a request's heads in parallel (the kernel releases the GIL; each thread
+#: takes a contiguous block of heads, so the answer does not depend on it) when the request
+#: holds at least :data:`THREADED_TOKENS` scores; 1 reads them in the calling thread.
+THREADS = min(4, os.cpu_count() or 1)
+THREADED_TOKENS = 1 << 20
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor(workers):
+    """The module's thread pool, (re)made for ``workers`` threads on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="budgetopt-request")
+        return _pool
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -124,9 +146,23 @@ def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", n
     rows = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1, length)
     n_rows = rows if norms is None else np.ascontiguousarray(norms, dtype=np.float32).reshape(rows.shape)
     out = np.empty((1 if norms is None else 2, rows.shape[0], counts.shape[0]))
-    with np.errstate(over="ignore"):
-        status = _k.mass_curves(rows, rows.view(np.uint32), n_rows, n_rows.view(np.uint32), norms is not None, sink,
-                                window, counts, sample, out)
+    use_norms = norms is not None
+
+    def read(a, b):  # heads a..b-1; the first bad head's code, counted from head 0
+        with np.errstate(over="ignore"):
+            code = _k.mass_curves(rows[a:b], rows[a:b].view(np.uint32), n_rows[a:b], n_rows[a:b].view(np.uint32),
+                                  use_norms, sink, window, counts, sample, out[:, a:b])
+        return code if code < 0 else code + 4 * a
+
+    n = rows.shape[0]
+    workers = min(int(THREADS), n) if rows.size >= THREADED_TOKENS else 1
+    if workers <= 1:
+        status = read(0, n)
+    else:
+        edges = np.linspace(0, n, workers + 1).astype(np.int64)
+        codes = list(_executor(workers).map(read, edges[:-1].tolist(), edges[1:].tolist()))
+        bad = [c for c in codes if c >= 0]
+        status = min(bad) if bad else -1
     if status >= 0:
         head = tuple(int(i) for i in np.unravel_index(status // 4, scores.shape[:-1]))
         if status % 4 == 1:
@@ -513,7 +549,9 @@ class RequestAllocator:
         heads with at least ``8 * SAMPLE`` middle tokens count their highest values exactly
         and the rest from a sample, see :data:`SAMPLE`), the predicted curves on the coarse
         grid (G points), their upper hulls and a sort of the hull segments, for each of the
-        two splits: O(L H (T + G log(L H G))). Deterministic.
+        two splits: O(L H (T + G log(L H G))). Deterministic; requests of at least
+        :data:`THREADED_TOKENS` scores are read by :data:`THREADS` threads, each a block of
+        heads, with the same answer as one thread.
 
         Examples
         --------

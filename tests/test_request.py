@@ -164,6 +164,35 @@ def test_mass_curves_sampled_rows_see_every_bad_or_negative_value():
     np.testing.assert_allclose(exact[0, 2], direct_mass(shifted, 1, 1, counts), atol=0.005)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_proxy_curves_threaded_equal_one_thread_and_name_the_first_bad_head(monkeypatch, threads):
+    rng = np.random.default_rng(5)
+    scores = rng.gamma(0.3, size=(3, 4, 900)).astype(np.float32)
+    norms = rng.lognormal(0.0, 0.5, (3, 4, 900)).astype(np.float32)
+    counts = np.rint(np.linspace(0, 1, 17) * (900 - 8)).astype(np.int64)
+
+    def run(n_threads, s, n):
+        monkeypatch.setattr(rq, "THREADS", n_threads)
+        monkeypatch.setattr(rq, "THREADED_TOKENS", 1)  # thread even this small request
+        return rq.proxy_curves(s, n, 4, 4, counts, sample=16)
+
+    for n in (None, norms):
+        np.testing.assert_array_equal(run(threads, scores, n), run(1, scores, n))
+    # two bad heads in different blocks: every thread count reports the first, (1, 2)
+    bad = scores.copy()
+    bad[1, 2, 500] = np.nan
+    bad[2, 3, 10] = np.inf
+    for n_threads in (1, threads):
+        with pytest.raises(InvalidInputError, match=r"at head \(1, 2\)"):
+            run(n_threads, bad, None)
+    bad_norms = norms.copy()
+    bad_norms[2, 0, 7] = -1.0
+    bad_norms[0, 3, 7] = np.nan
+    for n_threads in (1, threads):
+        with pytest.raises(InvalidInputError, match=r"value_norms.*at head \(0, 3\)"):
+            run(n_threads, scores, bad_norms)
+
+
 def piecewise_per_token(u, grid):
     """Per-token curves (n, grid[-1] - grid[0] + 1) interpolating the grid points linearly."""
     x = np.arange(grid[0], grid[-1] + 1)
