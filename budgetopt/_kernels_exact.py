@@ -701,3 +701,95 @@ def cardinality_bound(c, v, offsets, cap, iterations, enough):
     if f2 < best:
         best, best_mu = f2, x2
     return best, best_mu, np.int64(K)
+
+
+@nb.njit(**_JIT)
+def _grow(a, need):
+    """``a`` itself when it holds ``need`` entries, else a copy at least twice as long."""
+    if need <= a.shape[0]:
+        return a
+    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@nb.njit(**_JIT)
+def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv, slope, top, by_pos, seg_off,
+              seg_alive, cum_c, cum_v, cum_slope, log_s, best, fixed_value, margin, max_states, states,
+              rank_after, max_work):
+    """Layers ``k, k + 1, ...`` of the core DP without the cardinality bound, in one call:
+    per layer what the solver's Python loop does (remove the head's hull segments from the
+    suffix bound, choose the pointer walk or the Fenwick search, :func:`expand_layer` with
+    target ``best - fixed_value + margin``), for as long as no layer needs the caller.
+
+    It stops before layer ``k`` when ``states`` (states kept so far) exceeds
+    ``rank_after >= 0``, when the extensions evaluated exceed ``max_work`` (so that the
+    caller sees its clock), or after the last layer; and stops *after* expanding a layer
+    (which is then *pending*, not committed) whose integral completion beats ``best``
+    (``floor_best + fixed_value > best``) or which exceeds ``max_states`` (``floor_at ==
+    -2``). A layer left with no state is committed and ends the call.
+
+    Returns ``(k, w, p, n, par, ch, sizes, dropped, live, pending, floor_best, floor_at,
+    pend_dropped, pend_live, pend_par, pend_ch)``: the next layer to do (the pending one when
+    there is one), the last states (those of the pending layer when there is one), the
+    committed layers' parents and choices concatenated and their sizes, the largest bound
+    dropped in them and the last one's live bound; then whether a layer is pending and its
+    figures (as :func:`expand_layer` returns them).
+    """
+    n_core = coff.shape[0] - 1
+    n_seg = dc.shape[0]
+    par = np.empty(16, np.int64)
+    ch = np.empty(16, np.int64)
+    sizes = np.empty(n_core, np.int64)
+    used = 0
+    layers = 0
+    dropped = -np.inf
+    live = -np.inf
+    work = 0
+    while k < n_core:
+        if rank_after >= 0 and states > rank_after:
+            break
+        if work > max_work:
+            break
+        for t in range(seg_off[k], seg_off[k + 1]):
+            i = by_pos[t] + 1
+            c = dc[by_pos[t]]
+            v = dv[by_pos[t]]
+            while i <= n_seg:
+                fc[i] -= c
+                fv[i] -= v
+                i += i & -i
+            seg_alive[by_pos[t]] = False
+        o0 = coff[k]
+        o1 = coff[k + 1]
+        n_left = n_seg - seg_off[k + 1]
+        m = o1 - o0
+        walk = m * (w.shape[0] + n_left) + n_left < m * w.shape[0] * log_s
+        n_alive = suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+        work += m * w.shape[0]
+        target = best - fixed_value + margin
+        nw, nval, npar, nch, drop, fl_best, fl_at, lv, nn = expand_layer(
+            w, p, opt_c[o0:o1], opt_v[o0:o1], cap, suf_c[k + 1], suf_v[k + 1], fc, fv, slope, top, target,
+            max_states - states, walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n,
+            0.0, 0, fc[:1], fv[:1], slope[:0], 0,
+        )
+        if fl_at == -2 or (fl_at >= 0 and fl_best + fixed_value > best):
+            return (k, nw, nval, nn, par[:used], ch[:used], sizes[:layers], dropped, live, True, fl_best, fl_at,
+                    drop, lv, npar, nch)
+        dropped = max(dropped, drop)
+        kept = nw.shape[0]
+        par = _grow(par, used + kept)
+        ch = _grow(ch, used + kept)
+        par[used : used + kept] = npar
+        ch[used : used + kept] = nch
+        used += kept
+        sizes[layers] = kept
+        layers += 1
+        states += kept
+        k += 1
+        live = lv
+        w, p, n = nw, nval, nn
+        if kept == 0:
+            break
+    return (k, w, p, n, par[:used], ch[:used], sizes[:layers], dropped, live, False, -np.inf, -1, -np.inf, -np.inf,
+            par[:0], ch[:0])

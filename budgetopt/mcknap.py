@@ -53,6 +53,12 @@ _EXTRA_MAX_OPTIONS = 2_000_000
 # states, on cores of at most this many options (48 LP solves find the rank multiplier).
 _RANK_AFTER_STATES = 20_000
 _RANK_MAX_OPTIONS = 200_000
+# Core DP layers run in one compiled call (``_kernels_exact.dp_layers``) while they need
+# nothing from Python; it hands back after about this many extensions (well under a
+# millisecond) so that the clock is checked. ``_FUSED = False`` runs every layer from
+# Python, one call per layer (the reference the tests compare it with).
+_FUSED = True
+_LAYER_WORK = 10_000
 # Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
 _GOLDEN_STEPS = 48
 
@@ -67,7 +73,8 @@ def exact(problem, total, *, time_limit=None):
     total : int
     time_limit : float or None
         Seconds (wall clock, from the start of the solve) after which the search stops with
-        the best allocation found and a valid upper bound. Checked between core heads. The
+        the best allocation found and a valid upper bound. Checked between core heads (at
+        least every 10,000 DP extensions or so, and after any head whose layer is larger). The
         first call in a process loads the compiled kernels first, outside this limit.
 
     Returns
@@ -140,6 +147,20 @@ def _load_kernels():
     one = np.arange(3, dtype=np.int64)  # the first solve proves its answer before this bound
     K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
     _LOADED = True
+
+
+def _starts(sizes):
+    """``[0, sizes[0], sizes[0] + sizes[1], ...]`` as int64 (CSR offsets of ``sizes``)."""
+    out = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=out[1:])
+    return out
+
+
+def _suffix(x, dtype):
+    """Sums of ``x[k:]`` for k = 0 .. len(x) (the last is 0)."""
+    out = np.zeros(len(x) + 1, dtype)
+    np.cumsum(x[::-1], out=out[-2::-1])
+    return out
 
 
 class _Search:
@@ -289,8 +310,8 @@ class _Search:
         # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
         heads = np.flatnonzero(~single)
         heads = heads[np.argsort(closeness[heads], kind="stable")]
-        starts = np.r_[0, np.cumsum(counts)]
-        core = [(int(h), kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        starts = _starts(counts).tolist()
+        core = [(h, kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
         self.stats.update(
             fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum())
         )
@@ -306,8 +327,7 @@ class _Search:
         fixed = fixed_opt >= 0
         fixed_value = float(opts.value[fixed_opt[fixed]].sum())
         cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
-        gopt = np.concatenate([j for _, j in core])
-        coff = np.r_[0, np.cumsum([len(j) for _, j in core])].astype(np.int64)
+        gopt, coff = self._core_options(core)
         bound, mu, k = K.cardinality_bound(
             opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
         )
@@ -373,11 +393,9 @@ class _Search:
                 self.best = fixed_value
                 self._adopt({})
             return None, -np.inf
-        sizes = np.array([len(j) for _, j in core], np.int64)
-        gopt = np.concatenate([j for _, j in core])
+        gopt, coff = self._core_options(core)
         c = opts.cost[gopt]
         v = opts.value[gopt]
-        coff = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         min_c = c[coff[:-1]]
         min_v = v[coff[:-1]]
         if cap < int(min_c.sum()):
@@ -387,15 +405,17 @@ class _Search:
         pos, end, dc, dv, slope = pos[order], end[order], dc[order], dv[order], slope[order]
         ctx["seg"] = (pos, end, dc, dv)
         by_pos = np.argsort(pos, kind="stable")  # sorted-segment indices grouped by position
-        seg_off = np.r_[0, np.cumsum(np.bincount(pos, minlength=len(core)))].astype(np.int64)
+        seg_off = _starts(np.bincount(pos, minlength=len(core))).tolist()
         fc = np.empty(len(dc) + 1, np.int64)
         fv = np.empty(len(dc) + 1, np.float64)
         K.fenwick_build(dc, fc)
         K.fenwick_build(dv, fv)
         top = 1 << (max(len(dc), 1).bit_length() - 1)
         # suffix sums of the lightest options: heads at positions >= k
-        suf_c = ctx["suf_c"] = np.r_[np.cumsum(min_c[::-1])[::-1], 0].astype(np.int64)
-        suf_v = np.r_[np.cumsum(min_v[::-1])[::-1], 0.0]
+        suf_c = ctx["suf_c"] = _suffix(min_c, np.int64)
+        suf_v = _suffix(min_v, np.float64).tolist()
+        suf_c_list = suf_c.tolist()
+        coff_list = coff.tolist()
 
         # The cardinality bound of the rest, per state: switched on in the main search once
         # the DP has kept _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS
@@ -421,7 +441,7 @@ class _Search:
             K.fenwick_build(dc2, fc2)
             K.fenwick_build(dv2, fv2)
             by_pos2 = np.argsort(pos2, kind="stable")
-            seg_off2 = np.r_[0, np.cumsum(np.bincount(pos2, minlength=len(core)))].astype(np.int64)
+            seg_off2 = _starts(np.bincount(pos2, minlength=len(core))).tolist()
             K.fenwick_remove(fc2, fv2, dc2, dv2, by_pos2[: seg_off2[k]])  # heads already taken
             rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
             rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
@@ -438,36 +458,71 @@ class _Search:
         open_bound = float(self.lagrangian)
         all_dropped = -np.inf
         states = 0
-        for k in range(len(core)):
+        fused = _FUSED
+        suf_v_arr = np.asarray(suf_v)
+        seg_off_arr = np.asarray(seg_off, np.int64)
+        k = 0
+        while k < len(core):
             if deadline is not None and time.perf_counter() > deadline:
                 return max(open_bound, self.best), all_dropped
-            gone = by_pos[seg_off[k] : seg_off[k + 1]]
             if not rk["tried"] and states > _RANK_AFTER_STATES:
                 start_ranks(k)
                 if self._proven():
                     return None, all_dropped
-            K.fenwick_remove(fc, fv, dc, dv, gone)
-            seg_alive[gone] = False
             ranks = rk["ranks"]
-            if ranks[0] > 0:
-                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
-                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
-            sfx = (int(suf_c[k + 1]), float(suf_v[k + 1]), fc, fv, slope, top)
-            o0, o1 = coff[k], coff[k + 1]
-            target = self.best - fixed_value + self.margin
-            # Bounds by a pointer walk over running sums when that is cheaper than one
-            # Fenwick search per extension.
-            n_left = len(dc) - int(seg_off[k + 1])
-            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
-            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
-            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
-                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
-                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
-            )
+            sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
+            if fused and ranks[0] <= 0:
+                # Layers run in one compiled call until one needs this loop: it improves the
+                # incumbent, it is too large, the cardinality bound is due or the clock is.
+                (k_next, nw, nval, nn, par_all, ch_all, sizes, dropped, live, pending, fl_best, fl_at,
+                 p_dropped, p_live, par, ch) = K.dp_layers(
+                    k, w, val, n, c, v, coff, cap, suf_c, suf_v_arr, fc, fv, dc, dv, slope, top, by_pos,
+                    seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, self.best, fixed_value, self.margin,
+                    EXACT_MAX_STATES, states, -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
+                )
+                if len(sizes):
+                    all_dropped = max(all_dropped, dropped + fixed_value)
+                    o = 0
+                    for size in sizes.tolist():
+                        ctx["layers"].append((par_all[o : o + size], ch_all[o : o + size]))
+                        o += size
+                    states += o
+                    if record:
+                        self.stats.update(
+                            layers_done=len(ctx["layers"]), states=states,
+                            max_layer_states=max(self.stats["max_layer_states"], int(sizes.max())),
+                        )
+                    if sizes[-1] == 0:
+                        return None, all_dropped
+                    open_bound = live + fixed_value
+                k = k_next
+                if not pending:
+                    w, val, n = nw, nval, nn
+                    continue
+                dropped, live = p_dropped, p_live
+                sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
+            else:
+                gone = by_pos[seg_off[k] : seg_off[k + 1]]
+                K.fenwick_remove(fc, fv, dc, dv, gone)
+                seg_alive[gone] = False
+                if ranks[0] > 0:
+                    dc2, dv2, by_pos2, seg_off2 = rk["segments"]
+                    K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
+                o0, o1 = coff_list[k], coff_list[k + 1]
+                target = self.best - fixed_value + self.margin
+                # Bounds by a pointer walk over running sums when that is cheaper than one
+                # Fenwick search per extension.
+                n_left = len(dc) - seg_off[k + 1]
+                walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
+                n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+                nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
+                    w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
+                    walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
+                )
             if fl_at == -2:
                 raise ProblemTooLargeError(
                     f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
-                    f"({len(core)} core heads, {int(len(gopt)):,} core options); use time_limit to stop "
+                    f"({len(core)} core heads, {len(gopt):,} core options); use time_limit to stop "
                     'earlier with a bound, or method="greedy"'
                 )
             all_dropped = max(all_dropped, dropped + fixed_value)
@@ -494,7 +549,17 @@ class _Search:
                 return None, all_dropped
             open_bound = live + fixed_value
             w, val, n = nw, nval, nn
+            k += 1
         return None, all_dropped
+
+    def _core_options(self, core):
+        """Option indices of the ``(head, options)`` pairs of ``core``, concatenated, and
+        their CSR offsets (kept for the last core asked about)."""
+        last = getattr(self, "_last_core", None)
+        if last is None or last[0] is not core:
+            sizes = [len(j) for _, j in core]
+            self._last_core = last = (core, np.concatenate([j for _, j in core]), _starts(sizes))
+        return last[1], last[2]
 
     def _choices(self, k, par, ch, t, w_state):
         """Local option per core position of state ``t`` of layer ``k`` completed by the

@@ -468,3 +468,63 @@ def test_cli_time_limit_must_be_positive_seconds(capsys, value):
     assert err.strip().splitlines()[-1].endswith(
         f"argument --time-limit: must be a number of seconds > 0{finite}; got {value!r}")
     assert "Traceback" not in err
+
+
+# -- the compiled multi-layer DP against the per-layer Python loop ---------------------------
+def _same_answers(curves, total, monkeypatch, **limits):
+    """Solve with the core DP's layers run by ``dp_layers`` and by the Python loop (the
+    reference); the two must agree exactly: budgets, utility, bound and every statistic."""
+    for name, value in limits.items():
+        monkeypatch.setattr(mcknap, name, value)
+    answers = []
+    for fused in (True, False):
+        monkeypatch.setattr(mcknap, "_FUSED", fused)
+        try:
+            answers.append(_exact(curves, total))
+        except ProblemTooLargeError as exc:
+            answers.append(str(exc))
+    fused, loop = answers
+    if isinstance(loop, str):
+        assert fused == loop
+        return loop
+    assert np.array_equal(fused.budgets, loop.budgets)
+    assert (fused.utility, fused.upper_bound) == (loop.utility, loop.upper_bound)
+    assert fused.stats == loop.stats
+    return loop
+
+
+def _dp_instances():
+    from instances_exact import strongly_fractional
+
+    for kind in PISINGER_KINDS:
+        for seed in range(3):
+            yield f"{kind}-{seed}", pisinger(kind, 60, 10, seed, data_range=1000)
+    yield "fractional-0", strongly_fractional(40, 10, 0)
+    yield "fractional-1", strongly_fractional(30, 20, 1)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        kind = ["random", "monotone", "concave", "increasing"][seed % 4]
+        curves = Curves(*random_curves(500 + seed, (int(rng.integers(12, 40)),), 30, kind=kind, grid="per_head"))
+        yield f"random-{kind}-{seed}", (curves, int(rng.uniform(0.1, 0.8) * curves.capacity))
+
+
+@pytest.mark.parametrize("limits", [
+    {},
+    {"_LAYER_WORK": 0},  # hands back after every layer
+    {"_LAYER_WORK": 50, "_RANK_AFTER_STATES": 30},  # the rank bound switched on between calls
+    {"_RANK_AFTER_STATES": -1},  # the rank bound from the first layer: the Python loop only
+], ids=["default", "one-layer-calls", "ranks-midway", "ranks-at-once"])
+def test_fused_core_dp_gives_the_loops_answers(limits, monkeypatch):
+    searched = 0
+    for name, (curves, total) in _dp_instances():
+        a = _same_answers(curves, total, monkeypatch, **limits)
+        searched += isinstance(a, str) or a.stats["layers_done"] > 0
+    assert searched >= 8  # the comparison covers instances the core DP really searches
+
+
+def test_fused_core_dp_same_refusal_when_too_large(monkeypatch):
+    from instances_exact import strongly_fractional
+
+    curves, total = strongly_fractional(40, 10, 0)
+    msg = _same_answers(curves, total, monkeypatch, EXACT_MAX_STATES=200)
+    assert isinstance(msg, str) and "DP states" in msg
