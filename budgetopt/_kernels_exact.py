@@ -793,3 +793,42 @@ def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv,
             break
     return (k, w, p, n, par[:used], ch[:used], sizes[:layers], dropped, live, False, -np.inf, -1, -np.inf, -np.inf,
             par[:0], ch[:0])
+
+
+@nb.njit(**_JIT)
+def core_setup(costs, values, offsets):
+    """Everything the core DP needs before its first layer, in one call: the hull segments
+    of :func:`core_hulls` in the suffix bound's order (slope descending, ties by position),
+    ``by_pos`` (those indices grouped by position, in order) with ``seg_off`` (CSR offsets
+    of the groups), the Fenwick trees ``fc``/``fv`` of the segments' tokens and gains, and
+    ``suf_c``/``suf_v``, the tokens and utility of the lightest options of the heads at
+    positions ``k`` and after (``k = 0 .. heads``; running sums from the last head).
+
+    Returns ``(pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v)``.
+    """
+    pos0, end0, dc0, dv0, slope0 = core_hulls(costs, values, offsets)
+    # core_hulls lists segments by position, so a stable sort by slope alone breaks ties
+    # by position
+    order = np.argsort(-slope0, kind="mergesort")
+    pos, end, dc, dv, slope = pos0[order], end0[order], dc0[order], dv0[order], slope0[order]
+    n_core = offsets.shape[0] - 1
+    seg_off = np.zeros(n_core + 1, np.int64)
+    for i in range(pos.shape[0]):
+        seg_off[pos[i] + 1] += 1
+    for h in range(n_core):
+        seg_off[h + 1] += seg_off[h]
+    by_pos = np.empty(pos.shape[0], np.int64)
+    fill = seg_off[:-1].copy()
+    for i in range(pos.shape[0]):
+        by_pos[fill[pos[i]]] = i
+        fill[pos[i]] += 1
+    fc = np.empty(dc.shape[0] + 1, np.int64)
+    fv = np.empty(dc.shape[0] + 1, np.float64)
+    fenwick_build(dc, fc)
+    fenwick_build(dv, fv)
+    suf_c = np.zeros(n_core + 1, np.int64)
+    suf_v = np.zeros(n_core + 1, np.float64)
+    for h in range(n_core - 1, -1, -1):
+        suf_c[h] = suf_c[h + 1] + costs[offsets[h]]
+        suf_v[h] = suf_v[h + 1] + values[offsets[h]]
+    return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v

@@ -156,13 +156,6 @@ def _starts(sizes):
     return out
 
 
-def _suffix(x, dtype):
-    """Sums of ``x[k:]`` for k = 0 .. len(x) (the last is 0)."""
-    out = np.zeros(len(x) + 1, dtype)
-    np.cumsum(x[::-1], out=out[-2::-1])
-    return out
-
-
 class _Search:
     """One exact solve: incumbent, fixing, core DP, result."""
 
@@ -396,24 +389,16 @@ class _Search:
         gopt, coff = self._core_options(core)
         c = opts.cost[gopt]
         v = opts.value[gopt]
-        min_c = c[coff[:-1]]
-        min_v = v[coff[:-1]]
-        if cap < int(min_c.sum()):
+        # hull segments in slope order, grouped by position, Fenwick trees of the suffix
+        # bound, and suffix sums of the lightest options (heads at positions >= k)
+        pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr = K.core_setup(c, v, coff)
+        if cap < int(suf_c[0]):
             return None, -np.inf
-        pos, end, dc, dv, slope = K.core_hulls(c, v, coff)
-        order = np.lexsort((pos, -slope))
-        pos, end, dc, dv, slope = pos[order], end[order], dc[order], dv[order], slope[order]
         ctx["seg"] = (pos, end, dc, dv)
-        by_pos = np.argsort(pos, kind="stable")  # sorted-segment indices grouped by position
-        seg_off = _starts(np.bincount(pos, minlength=len(core))).tolist()
-        fc = np.empty(len(dc) + 1, np.int64)
-        fv = np.empty(len(dc) + 1, np.float64)
-        K.fenwick_build(dc, fc)
-        K.fenwick_build(dv, fv)
+        ctx["suf_c"] = suf_c
+        seg_off = seg_off_arr.tolist()
         top = 1 << (max(len(dc), 1).bit_length() - 1)
-        # suffix sums of the lightest options: heads at positions >= k
-        suf_c = ctx["suf_c"] = _suffix(min_c, np.int64)
-        suf_v = _suffix(min_v, np.float64).tolist()
+        suf_v = suf_v_arr.tolist()
         suf_c_list = suf_c.tolist()
         coff_list = coff.tolist()
 
@@ -459,8 +444,6 @@ class _Search:
         all_dropped = -np.inf
         states = 0
         fused = _FUSED
-        suf_v_arr = np.asarray(suf_v)
-        seg_off_arr = np.asarray(seg_off, np.int64)
         k = 0
         while k < len(core):
             if deadline is not None and time.perf_counter() > deadline:
