@@ -832,3 +832,43 @@ def core_setup(costs, values, offsets):
         suf_c[h] = suf_c[h + 1] + costs[offsets[h]]
         suf_v[h] = suf_v[h + 1] + values[offsets[h]]
     return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v
+
+
+@nb.njit(**_JIT)
+def fix_layout(keep, counts, closeness):
+    """The fixing's outcome from :func:`undominated`'s ``keep``, ``counts`` (none 0) and
+    ``closeness``: ``(kept, starts, fixed_opt, heads, gopt, coff)``: the kept options
+    (indices, head after head) and each head's first among them; the only option of each head
+    left with one (-1 for the others); the others, closest first (stable); their options
+    concatenated in that order, with CSR offsets."""
+    n_heads = counts.shape[0]
+    starts = np.zeros(n_heads + 1, np.int64)
+    for h in range(n_heads):
+        starts[h + 1] = starts[h] + counts[h]
+    kept = np.empty(starts[n_heads], np.int64)
+    t = 0
+    for j in range(keep.shape[0]):
+        if keep[j]:
+            kept[t] = j
+            t += 1
+    fixed_opt = np.full(n_heads, -1, np.int64)
+    n_core = 0
+    for h in range(n_heads):
+        if counts[h] == 1:
+            fixed_opt[h] = kept[starts[h]]
+        else:
+            n_core += 1
+    heads = np.empty(n_core, np.int64)
+    t = 0
+    for h in range(n_heads):
+        if counts[h] != 1:
+            heads[t] = h
+            t += 1
+    heads = heads[np.argsort(closeness[heads], kind="mergesort")]
+    coff = np.zeros(n_core + 1, np.int64)
+    for i in range(n_core):
+        coff[i + 1] = coff[i] + counts[heads[i]]
+    gopt = np.empty(coff[n_core], np.int64)
+    for i in range(n_core):
+        gopt[coff[i] : coff[i + 1]] = kept[starts[heads[i]] : starts[heads[i] + 1]]
+    return kept, starts, fixed_opt, heads, gopt, coff

@@ -294,19 +294,14 @@ class _Search:
         if np.any(counts == 0):
             self.stats["proved_by"] = "lagrangian_bound"
             return None
-        kept = np.flatnonzero(keep)
-        head = np.repeat(np.arange(p.n_heads), counts)
-        fixed_opt = np.full(p.n_heads, -1, np.int64)
-        single = counts == 1
-        fixed_opt[single] = kept[single[head]]
         # Heads whose second-best option comes closest to their best (in reduced value at
         # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
-        heads = np.flatnonzero(~single)
-        heads = heads[np.argsort(closeness[heads], kind="stable")]
-        starts = _starts(counts).tolist()
+        kept, starts, fixed_opt, heads, gopt, coff = K.fix_layout(keep, counts, closeness)
+        starts = starts.tolist()
         core = [(h, kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
+        self._last_core = (core, gopt, coff)
         self.stats.update(
-            fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(counts[heads].sum())
+            fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(coff[-1])
         )
         return fixed_opt, core
 
