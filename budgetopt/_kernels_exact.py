@@ -253,18 +253,24 @@ def fenwick_build(values, tree):
             tree[j] += tree[i]
 
 
+@nb.njit(inline="always", **_JIT)
+def _fenwick_drop(fc, fv, dc, dv, seg):
+    """Zero segment ``seg`` (0-based) in the trees ``fc``/``fv`` of ``dc``/``dv``."""
+    n = fc.shape[0] - 1
+    i = seg + 1
+    c = dc[seg]
+    v = dv[seg]
+    while i <= n:
+        fc[i] -= c
+        fv[i] -= v
+        i += i & -i
+
+
 @nb.njit(**_JIT)
 def fenwick_remove(fc, fv, dc, dv, where):
     """Zero the segments ``where`` (0-based) in the trees ``fc``/``fv`` of ``dc``/``dv``."""
-    n = fc.shape[0] - 1
     for t in range(where.shape[0]):
-        i = where[t] + 1
-        c = dc[where[t]]
-        v = dv[where[t]]
-        while i <= n:
-            fc[i] -= c
-            fv[i] -= v
-            i += i & -i
+        _fenwick_drop(fc, fv, dc, dv, where[t])
 
 
 @nb.njit(**_JIT)
@@ -752,13 +758,7 @@ def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv,
         if work > max_work:
             break
         for t in range(seg_off[k], seg_off[k + 1]):
-            i = by_pos[t] + 1
-            c = dc[by_pos[t]]
-            v = dv[by_pos[t]]
-            while i <= n_seg:
-                fc[i] -= c
-                fv[i] -= v
-                i += i & -i
+            _fenwick_drop(fc, fv, dc, dv, by_pos[t])
             seg_alive[by_pos[t]] = False
         o0 = coff[k]
         o1 = coff[k + 1]
