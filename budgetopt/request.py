@@ -82,19 +82,21 @@ SAMPLE = 2048
 THREADS = min(4, os.cpu_count() or 1)
 THREADED_TOKENS = 1 << 20
 
-_pool = None
+_pool = None  # (process id, workers, executor)
 _pool_lock = threading.Lock()
 
 
 def _executor(workers):
-    """The module's thread pool, (re)made for ``workers`` threads on first use."""
+    """The module's thread pool for ``workers`` threads, made on first use and again after a
+    fork (a forked child inherits the pool object but none of its threads)."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="budgetopt-request")
-        return _pool
+        pid = os.getpid()
+        if _pool is None or _pool[:2] != (pid, workers):
+            if _pool is not None and _pool[0] == pid:
+                _pool[2].shutdown(wait=False)
+            _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="budgetopt-request"))
+        return _pool[2]
 
 
 # -- checks --------------------------------------------------------------------------------

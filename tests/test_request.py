@@ -193,6 +193,38 @@ def test_proxy_curves_threaded_equal_one_thread_and_name_the_first_bad_head(monk
             run(n_threads, scores, bad_norms)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_proxy_curves_threaded_in_a_forked_child(monkeypatch):
+    import os
+
+    rng = np.random.default_rng(6)
+    scores = rng.gamma(0.3, size=(2, 4, 300)).astype(np.float32)
+    counts = np.rint(np.linspace(0, 1, 9) * (300 - 8)).astype(np.int64)
+    monkeypatch.setattr(rq, "THREADS", 2)
+    monkeypatch.setattr(rq, "THREADED_TOKENS", 1)
+    want = rq.proxy_curves(scores, None, 4, 4, counts)  # the parent's pool now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the inherited pool object has no threads
+        try:
+            got = rq.proxy_curves(scores, None, 4, 4, counts)
+            os.write(write, b"1" if np.array_equal(got, want) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    import select
+    import signal
+
+    ready, _, _ = select.select([read], [], [], 30)
+    answer = os.read(read, 1) if ready else b""
+    os.close(read)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert ready, "the forked child did not answer within 30 s"
+    assert answer == b"1"
+
+
 def piecewise_per_token(u, grid):
     """Per-token curves (n, grid[-1] - grid[0] + 1) interpolating the grid points linearly."""
     x = np.arange(grid[0], grid[-1] + 1)
