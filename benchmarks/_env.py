@@ -3,10 +3,14 @@ the command (shared by the benchmark scripts)."""
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import platform
 import subprocess
 import sys
+import tarfile
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -80,3 +84,17 @@ def describe(env):
         f"versions: {shown}",
         f"commit  : {g['commit']}" + (" (with uncommitted changes)" if g["uncommitted"] else ""),
     ]
+
+
+def baseline_package(rev):
+    """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
+    temporary ``git archive`` export (its modules import each other relatively), so a
+    benchmark can time it beside the working tree in the same run."""
+    tmp = Path(tempfile.mkdtemp(prefix="budgetopt_baseline_"))
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+    (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("budgetopt_baseline")

@@ -24,12 +24,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import describe, record  # noqa: E402
+from _env import baseline_package, describe, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -54,21 +51,6 @@ INSTANCES = (
     ("weakly", 100, 10, 10000, 0),
     ("subset_sum", 100, 10, 1000, 0),
 )
-
-
-def baseline_package(rev):
-    """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
-    temporary export (its modules import each other relatively)."""
-    import importlib
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench_exact_small_baseline_"))
-    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
-                             check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(tmp, filter="data")
-    (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module("budgetopt_baseline")
 
 
 def median_seconds(fn, repeat):

@@ -41,9 +41,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import baseline_package, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
@@ -282,22 +280,6 @@ def _median_times(fn, repeats):
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
     return float(np.median(wall)), float(np.median(cpu))
-
-
-def baseline_package(rev):
-    """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
-    temporary export (its modules import each other relatively)."""
-    import importlib
-    import tarfile
-    import tempfile
-    tmp = Path(tempfile.mkdtemp(prefix="bench_request_baseline_"))
-    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
-                             check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(tmp, filter="data")
-    (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module("budgetopt_baseline")
 
 
 def one_thread(fn):
