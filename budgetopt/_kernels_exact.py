@@ -595,11 +595,13 @@ def local_search(costs, values, offsets, cur_c, cur_v, spare, min_gain, max_roun
 
 
 @nb.njit(**_JIT)
-def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope):
+def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
     ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
-    segments of positive slope by slope, the last one fractional. ``-inf`` when the lightest
-    options do not fit. The other arguments are scratch arrays of the options' length."""
+    segments of positive slope by slope, the last one fractional. Returns ``(value, rank)``:
+    the LP value (``-inf`` when the lightest options do not fit) and the sum of the option
+    ranks of that LP solution (fractional on the last segment; rank = position within the
+    head). The other arguments are scratch arrays of the options' length."""
     H = offsets.shape[0] - 1
     base_c = 0
     base_v = 0.0
@@ -616,22 +618,26 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope):
                 break  # concave: the rest of the hull falls too
             seg_dc[k] = c[b] - c[a]
             seg_dv[k] = v[b] - v[a]
+            seg_dr[k] = b - a
             seg_slope[k] = -(v[b] - v[a]) / (c[b] - c[a])
             k += 1
     r = cap - base_c
     if r < 0:
-        return -np.inf
+        return -np.inf, 0.0
     order = np.argsort(seg_slope[:k])
     total = base_v
+    rank = 0.0
     for t in range(k):
         s = order[t]
         if seg_dc[s] <= r:
             r -= seg_dc[s]
             total += seg_dv[s]
+            rank += seg_dr[s]
         else:
             total += seg_dv[s] * r / seg_dc[s]
+            rank += seg_dr[s] * r / seg_dc[s]
             break
-    return total
+    return total, rank
 
 
 @nb.njit(**_JIT)
@@ -645,7 +651,8 @@ def cardinality_bound(c, v, offsets, cap, iterations, enough):
     any ``mu >= 0``, ``mu * K`` plus the LP bound of the values ``v - mu * r`` bounds the
     value of every allocation; the bound is minimised over ``mu`` by golden-section search
     (the function is convex in ``mu``) with ``iterations`` steps, stopping early at a
-    bound below ``enough``. Strongly correlated classes (each item worth its weight plus a
+    bound below ``enough``; none is made when the LP optimum at ``mu = 0`` already has a
+    rank sum of at most ``K`` (the function cannot fall from there). Strongly correlated classes (each item worth its weight plus a
     constant) are where it beats the LP bound.
 
     Returns ``(bound, mu, K)``; ``bound`` is ``inf`` when the lightest options do not fit.
@@ -663,7 +670,8 @@ def cardinality_bound(c, v, offsets, cap, iterations, enough):
     seg_dc = np.empty(n, np.int64)
     seg_dv = np.empty(n, np.float64)
     seg_slope = np.empty(n, np.float64)
-    lp_rank = _lp_fill(c, rank, offsets, cap, hull, seg_dc, seg_dv, seg_slope)
+    seg_dr = np.empty(n, np.int64)
+    lp_rank = _lp_fill(c, rank, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr)[0]
     if lp_rank == -np.inf:
         return np.inf, 0.0, 0
     K = np.floor(lp_rank + 1e-7 * (1.0 + lp_rank))
@@ -672,13 +680,18 @@ def cardinality_bound(c, v, offsets, cap, iterations, enough):
     def g(mu):
         for j in range(n):
             w[j] = v[j] - mu * rank[j]
-        return mu * K + _lp_fill(c, w, offsets, cap, hull, seg_dc, seg_dv, seg_slope)
+        value, _ = _lp_fill(c, w, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr)
+        return mu * K + value
 
+    best, rank0 = _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr)
+    best_mu = 0.0
+    if rank0 <= K:
+        # The slope of the bound at mu = 0+ is K minus the smallest rank sum of an LP optimum,
+        # at least K - rank0 >= 0: the function is convex, so mu = 0 is its minimum.
+        return best, best_mu, np.int64(K)
     phi = 0.5 * (np.sqrt(5.0) - 1.0)
     a = 0.0
     b = mu_hi
-    best = g(0.0)
-    best_mu = 0.0
     x1 = b - phi * (b - a)
     x2 = a + phi * (b - a)
     f1 = g(x1)
@@ -835,33 +848,41 @@ def core_setup(costs, values, offsets):
 
 
 @nb.njit(**_JIT)
-def fix_layout(keep, counts, closeness):
-    """The fixing's outcome from :func:`undominated`'s ``keep``, ``counts`` (none 0) and
-    ``closeness``: ``(kept, starts, fixed_opt, heads, gopt, coff)``: the kept options
-    (indices, head after head) and each head's first among them; the only option of each head
-    left with one (-1 for the others); the others, closest first (stable); their options
-    concatenated in that order, with CSR offsets."""
-    n_heads = counts.shape[0]
-    starts = np.zeros(n_heads + 1, np.int64)
-    for h in range(n_heads):
-        starts[h + 1] = starts[h] + counts[h]
-    kept = np.empty(starts[n_heads], np.int64)
-    t = 0
-    for j in range(keep.shape[0]):
-        if keep[j]:
-            kept[t] = j
-            t += 1
+def fix(costs, values, offsets, lam, spare, target):
+    """Reduced-cost fixing of the CSR options against ``target``, in one call.
+
+    :func:`reduced_cost_filter`, then :func:`undominated`, then the layout the search
+    needs. Returns ``(bound, dropped, open, fixed_opt, heads, gopt, coff)``: the Lagrangian
+    bound and the largest forced bound among the options dropped; ``open`` is False when no
+    allocation can reach ``target`` (the bound is below it, or some head keeps no option),
+    and then the arrays are empty. Otherwise ``fixed_opt`` is the only option left to each
+    head that keeps one (-1 for the others); ``heads`` are the others, closest first
+    (smallest difference between their best and second-best ``values - lam * costs``,
+    stable), and ``gopt``/``coff`` their options (ascending cost) concatenated in that
+    order, with CSR offsets. O(options).
+    """
+    n_heads = offsets.shape[0] - 1
+    keep = np.empty(costs.shape[0], np.bool_)
+    none = np.empty(0, np.int64)
+    bound, dropped = reduced_cost_filter(costs, values, offsets, lam, spare, target, keep)
+    if bound < target:
+        return bound, dropped, False, none, none, none, none
+    counts, closeness = undominated(costs, values, offsets, lam, keep)
     fixed_opt = np.full(n_heads, -1, np.int64)
     n_core = 0
     for h in range(n_heads):
-        if counts[h] == 1:
-            fixed_opt[h] = kept[starts[h]]
-        else:
+        if counts[h] == 0:
+            return bound, dropped, False, none, none, none, none
+        if counts[h] > 1:
             n_core += 1
+            continue
+        for j in range(offsets[h], offsets[h + 1]):
+            if keep[j]:
+                fixed_opt[h] = j
     heads = np.empty(n_core, np.int64)
     t = 0
     for h in range(n_heads):
-        if counts[h] != 1:
+        if counts[h] > 1:
             heads[t] = h
             t += 1
     heads = heads[np.argsort(closeness[heads], kind="mergesort")]
@@ -870,5 +891,23 @@ def fix_layout(keep, counts, closeness):
         coff[i + 1] = coff[i] + counts[heads[i]]
     gopt = np.empty(coff[n_core], np.int64)
     for i in range(n_core):
-        gopt[coff[i] : coff[i + 1]] = kept[starts[heads[i]] : starts[heads[i] + 1]]
-    return kept, starts, fixed_opt, heads, gopt, coff
+        t = coff[i]
+        h = heads[i]
+        for j in range(offsets[h], offsets[h + 1]):
+            if keep[j]:
+                gopt[t] = j
+                t += 1
+    return bound, dropped, True, fixed_opt, heads, gopt, coff
+
+
+@nb.njit(**_JIT)
+def fixed_part(fixed_opt, costs, values):
+    """Tokens and utility of the options ``fixed_opt[h] >= 0`` together (heads at -1 left out)."""
+    c = 0
+    v = 0.0
+    for h in range(fixed_opt.shape[0]):
+        j = fixed_opt[h]
+        if j >= 0:
+            c += costs[j]
+            v += values[j]
+    return c, v

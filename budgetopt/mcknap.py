@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from . import _kernels_exact as K
 from .errors import ProblemTooLargeError
 from .greedy import _Greedy
 from .result import Allocation
@@ -142,8 +143,6 @@ def _load_kernels():
     t = np.arange(4097)
     per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
     _Search(build_problem(per_token), 4000, None).run()
-    from . import _kernels_exact as K
-
     one = np.arange(3, dtype=np.int64)  # the first solve proves its answer before this bound
     K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
     _LOADED = True
@@ -182,8 +181,6 @@ class _Search:
         self.spare = min(self.total, p.ceiling_total) - p.floor_total
         scale = float(np.abs(p.utility).max(axis=1).sum()) if p.utility.size else 0.0
         self.tau = EXACT_RTOL * max(1.0, scale)
-        from . import _kernels_exact as K
-
         # Integral utilities: allocations differ in value by multiples of ``step``, so only
         # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
         self.step = float(K.value_step(p.utility, p.lo, p.hi, 2.0**53 / (p.n_heads + 1)))
@@ -270,10 +267,8 @@ class _Search:
     def _fix(self):
         """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
         no allocation can beat the incumbent. ``fixed_opt[h]`` is the only option head ``h``
-        can take in a better allocation (-1 for core heads); ``core`` lists ``(head, options)``
-        for the others, undominated options only, likeliest to change first."""
-        from . import _kernels_exact as K
-
+        can take in a better allocation (-1 for core heads); ``core`` (a :class:`_Core`)
+        holds the others with their undominated options, likeliest to change first."""
         p, opts = self.problem, self.opts
         if opts.bound < self.best + self.margin:
             self.lagrangian, self.dropped = opts.bound, opts.dropped
@@ -281,43 +276,28 @@ class _Search:
             self.stats["proved_by"] = "lagrangian_bound"
             return None
         # Options dropped before (against a lower target) stay dropped; the bound is the same.
-        keep = np.empty(len(opts), np.bool_)
-        self.lagrangian, dropped = K.reduced_cost_filter(
-            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.margin, keep
+        # Heads whose second-best option comes closest to their best (in reduced value at
+        # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
+        self.lagrangian, dropped, still_open, fixed_opt, heads, gopt, coff = K.fix(
+            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.margin
         )
         self.global_bound = min(self.global_bound, self.lagrangian)
         self.dropped = max(opts.dropped, dropped)
-        if self.lagrangian < self.best + self.margin:
+        if not still_open:
             self.stats["proved_by"] = "lagrangian_bound"
             return None
-        counts, closeness = K.undominated(opts.cost, opts.value, opts.offsets, self.lam, keep)
-        if np.any(counts == 0):
-            self.stats["proved_by"] = "lagrangian_bound"
-            return None
-        # Heads whose second-best option comes closest to their best (in reduced value at
-        # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
-        kept, starts, fixed_opt, heads, gopt, coff = K.fix_layout(keep, counts, closeness)
-        starts = starts.tolist()
-        core = [(h, kept[starts[h] : starts[h + 1]]) for h in heads.tolist()]
-        self._last_core = (core, gopt, coff)
-        self.stats.update(
-            fixed_heads=int(p.n_heads - len(core)), core_heads=len(core), core_options=int(coff[-1])
-        )
+        core = _Core(heads, gopt, coff, opts.cost[gopt], opts.value[gopt])
+        self.stats.update(fixed_heads=p.n_heads - len(heads), core_heads=len(heads), core_options=len(gopt))
         return fixed_opt, core
 
     def _cardinality(self, core, fixed_opt):
         """Lower ``global_bound`` to the bound that knows option ranks are integers (see
         :func:`budgetopt._kernels_exact.cardinality_bound`), over the core heads with every
         other head at ``fixed_opt``; it bounds every allocation better than the incumbent."""
-        from . import _kernels_exact as K
-
-        opts = self.opts
-        fixed = fixed_opt >= 0
-        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
-        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
-        gopt, coff = self._core_options(core)
+        fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
+        cap = self.spare - fixed_cost
         bound, mu, k = K.cardinality_bound(
-            opts.cost[gopt], opts.value[gopt], coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
+            core.cost, core.value, core.coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
         )
         self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
         self.global_bound = min(self.global_bound, bound + fixed_value)
@@ -325,8 +305,6 @@ class _Search:
     def _improve(self):
         """Local search from the incumbent over the kept options: moves of one head or of
         two heads together (one up, one down) while they gain."""
-        from . import _kernels_exact as K
-
         p, opts = self.problem, self.opts
         rows = np.arange(p.n_heads)
         idx = self.best_idx
@@ -349,8 +327,8 @@ class _Search:
 
     def _heuristic(self, core):
         fixed_opt = self.opts.lp_opt.copy()
-        small = core[:_HEURISTIC_CORE]
-        fixed_opt[[h for h, _ in small]] = -1
+        small = core.first(_HEURISTIC_CORE)
+        fixed_opt[small.heads] = -1
         stop = time.perf_counter() + _HEURISTIC_SECONDS
         if self.deadline is not None:
             stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
@@ -369,21 +347,15 @@ class _Search:
         solve's) is checked between layers.
         """
         deadline = self.deadline if deadline is None else deadline
-        from . import _kernels_exact as K
-
-        opts = self.opts
-        fixed = fixed_opt >= 0
-        fixed_value = float(opts.value[fixed_opt[fixed]].sum())
-        cap = self.spare - int(opts.cost[fixed_opt[fixed]].sum())
+        fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
+        cap = self.spare - fixed_cost
         self.ctx = ctx = {"core": core, "fixed_opt": fixed_opt, "cap": cap, "layers": []}
-        if not core:
+        if not len(core):
             if cap >= 0 and fixed_value > self.best:
                 self.best = fixed_value
                 self._adopt({})
             return None, -np.inf
-        gopt, coff = self._core_options(core)
-        c = opts.cost[gopt]
-        v = opts.value[gopt]
+        c, v, coff = core.cost, core.value, core.coff
         # hull segments in slope order, grouped by position, Fenwick trees of the suffix
         # bound, and suffix sums of the lightest options (heads at positions >= k)
         pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr = K.core_setup(c, v, coff)
@@ -500,7 +472,7 @@ class _Search:
             if fl_at == -2:
                 raise ProblemTooLargeError(
                     f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
-                    f"({len(core)} core heads, {len(gopt):,} core options); use time_limit to stop "
+                    f"({len(core)} core heads, {len(c):,} core options); use time_limit to stop "
                     'earlier with a bound, or method="greedy"'
                 )
             all_dropped = max(all_dropped, dropped + fixed_value)
@@ -530,15 +502,6 @@ class _Search:
             k += 1
         return None, all_dropped
 
-    def _core_options(self, core):
-        """Option indices of the ``(head, options)`` pairs of ``core``, concatenated, and
-        their CSR offsets (kept for the last core asked about)."""
-        last = getattr(self, "_last_core", None)
-        if last is None or last[0] is not core:
-            sizes = [len(j) for _, j in core]
-            self._last_core = last = (core, np.concatenate([j for _, j in core]), _starts(sizes))
-        return last[1], last[2]
-
     def _choices(self, k, par, ch, t, w_state):
         """Local option per core position of state ``t`` of layer ``k`` completed by the
         integral part of its suffix LP."""
@@ -563,11 +526,28 @@ class _Search:
         """Make the fixed heads plus the core choices ``local`` (position -> local option)
         the incumbent."""
         ctx = self.ctx
+        core = ctx["core"]
         chosen = ctx["fixed_opt"].copy()
         for kk, j in local.items():
-            h, gj = ctx["core"][kk]
-            chosen[h] = gj[j]
+            chosen[core.heads[kk]] = core.gopt[core.coff[kk] + j]
         self.best_idx = self.opts.index[chosen]
+
+
+class _Core:
+    """The core heads in search order and their options: ``heads[k]`` is at position ``k``;
+    its options are entries ``coff[k]:coff[k + 1]`` of ``gopt`` (indices into the kept
+    options), ``cost`` and ``value`` (theirs, ascending cost)."""
+
+    def __init__(self, heads, gopt, coff, cost, value):
+        self.heads, self.gopt, self.coff, self.cost, self.value = heads, gopt, coff, cost, value
+
+    def __len__(self):
+        return len(self.heads)
+
+    def first(self, n):
+        """The core of the first ``n`` positions."""
+        m = self.coff[min(n, len(self))]
+        return _Core(self.heads[:n], self.gopt[:m], self.coff[: n + 1], self.cost[:m], self.value[:m])
 
 
 class _Kept:
