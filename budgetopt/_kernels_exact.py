@@ -500,29 +500,32 @@ def value_step(utility, lo, hi, limit):
 
 
 @nb.njit(**_JIT)
-def local_search(costs, values, offsets, cur_c, cur_v, spare, min_gain, max_rounds):
+def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at, spare, min_gain, max_rounds):
     """Improve an allocation by moving one head, or two heads at once, to kept options.
 
-    Head ``h`` starts at ``cur_c[h]`` tokens (above its first usable point) and utility
-    ``cur_v[h]`` (its option may be outside the kept ones); ``spare`` is the budget above
-    the first usable points. Each round applies the best move found among: one head to
-    another of its options, or two different heads together (typically one up, one down),
-    within the budget; rounds stop when no move gains more than ``min_gain``, or after
-    ``max_rounds``. ``cur_c``/``cur_v`` are updated in place.
+    Head ``h`` starts at grid index ``at[h]`` (its option may be outside the kept ones,
+    whose grid indices are ``index``); ``spare`` is the budget above the first usable
+    points. Each round applies the best move found among: one head to another of its
+    options, or two different heads together (typically one up, one down), within the
+    budget; rounds stop when no move gains more than ``min_gain``, or after
+    ``max_rounds``. ``at`` is updated in place.
 
-    Returns ``(choice, gain)``: per head the kept option it ends at (``-1``: where it
-    started) and the total gain. One round is O(M log M) for M kept options.
+    Returns the total gain. One round is O(M log M) for M kept options.
     """
     H = offsets.shape[0] - 1
     M = offsets[H]
-    choice = np.full(H, -1, np.int64)
+    cur_c = np.empty(H, np.int64)
+    cur_v = np.empty(H, np.float64)
+    used = 0
+    for h in range(H):
+        g = grid[h * per_head]
+        cur_c[h] = g[at[h]] - g[lo[h]]
+        cur_v[h] = utility[h, at[h]]
+        used += cur_c[h]
     head = np.empty(M, np.int64)
     for h in range(H):
         for j in range(offsets[h], offsets[h + 1]):
             head[j] = h
-    used = 0
-    for h in range(H):
-        used += cur_c[h]
     dc = np.empty(M, np.int64)
     dv = np.empty(M, np.float64)
     best1_v = np.empty(M, np.float64)  # prefix (by dc) best gain, its move,
@@ -535,7 +538,7 @@ def local_search(costs, values, offsets, cur_c, cur_v, spare, min_gain, max_roun
         for j in range(M):
             h = head[j]
             dc[j] = costs[j] - cur_c[h]
-            dv[j] = values[j] - cur_v[h] if choice[h] != j else -np.inf
+            dv[j] = values[j] - cur_v[h] if index[j] != at[h] else -np.inf
         order = np.argsort(dc, kind="mergesort")
         v1 = -np.inf
         j1 = -1
@@ -589,9 +592,9 @@ def local_search(costs, values, offsets, cur_c, cur_v, spare, min_gain, max_roun
                 used += costs[j] - cur_c[h]
                 cur_c[h] = costs[j]
                 cur_v[h] = values[j]
-                choice[h] = j
+                at[h] = index[j]
         total_gain += gain
-    return choice, total_gain
+    return total_gain
 
 
 @nb.njit(**_JIT)
@@ -733,38 +736,64 @@ def _grow(a, need):
 
 
 @nb.njit(**_JIT)
+def complete_choice(k, par, ch, t, layer_par, layer_ch, layer_off, room, pos, end, dc, out):
+    """The core choice of state ``t`` of layer ``k`` completed by the integral part of its
+    suffix LP, into ``out`` (local option per core position).
+
+    ``par``/``ch`` are layer ``k``'s parents and choices; the earlier layers' are
+    ``layer_par``/``layer_ch``, layer ``kk`` at entries ``layer_off[kk]:layer_off[kk + 1]``.
+    The heads after ``k`` start at their lightest option and take whole hull segments
+    (``pos``, ``end``, ``dc`` of :func:`core_setup`, in slope order) while their tokens fit
+    in ``room``; a head's segments come in hull order, so its last one taken is its choice.
+    """
+    out[k] = ch[t]
+    s = par[t]
+    for kk in range(k - 1, -1, -1):
+        i = layer_off[kk] + s
+        out[kk] = layer_ch[i]
+        s = layer_par[i]
+    for kk in range(k + 1, out.shape[0]):
+        out[kk] = 0
+    used = 0
+    for i in range(pos.shape[0]):
+        if pos[i] > k:
+            used += dc[i]
+            if used > room:
+                break
+            out[pos[i]] = end[i]
+
+
+@nb.njit(**_JIT)
 def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv, slope, top, by_pos, seg_off,
-              seg_alive, cum_c, cum_v, cum_slope, log_s, best, fixed_value, margin, max_states, states,
-              rank_after, max_work):
+              seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off, best, best_local,
+              global_bound, fixed_value, margin, max_states, states, rank_after, max_work):
     """Layers ``k, k + 1, ...`` of the core DP without the cardinality bound, in one call:
     per layer what the solver's Python loop does (remove the head's hull segments from the
     suffix bound, choose the pointer walk or the Fenwick search, :func:`expand_layer` with
-    target ``best - fixed_value + margin``), for as long as no layer needs the caller.
+    target ``best - fixed_value + margin``; a layer whose integral completion beats
+    ``best`` makes it the incumbent, written to ``best_local`` by :func:`complete_choice`,
+    and is pruned against the new target), committing each layer to ``layer_par``,
+    ``layer_ch`` (grown when full) and ``layer_off``.
 
     It stops before layer ``k`` when ``states`` (states kept so far) exceeds
-    ``rank_after >= 0``, when the extensions evaluated exceed ``max_work`` (so that the
-    caller sees its clock), or after the last layer; and stops *after* expanding a layer
-    (which is then *pending*, not committed) whose integral completion beats ``best``
-    (``floor_best + fixed_value > best``) or which exceeds ``max_states`` (``floor_at ==
-    -2``). A layer left with no state is committed and ends the call.
+    ``rank_after >= 0`` or when the extensions evaluated exceed ``max_work`` (so that the
+    caller sees its clock): status 0. Status 1: the search is over (a layer left with no
+    state, or the last layer done). Status 2: a new incumbent meets ``global_bound``
+    (``best + margin > global_bound``). Status 3: layer ``k`` would exceed ``max_states``
+    (not committed).
 
-    Returns ``(k, w, p, n, par, ch, sizes, dropped, live, pending, floor_best, floor_at,
-    pend_dropped, pend_live, pend_par, pend_ch)``: the next layer to do (the pending one when
-    there is one), the last states (those of the pending layer when there is one), the
-    committed layers' parents and choices concatenated and their sizes, the largest bound
-    dropped in them and the last one's live bound; then whether a layer is pending and its
-    figures (as :func:`expand_layer` returns them).
+    Returns ``(status, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best,
+    improved)``: the next layer to do and its input states, the layer buffers, the states
+    kept in all and in the largest layer committed in this call, the largest bound dropped in this call and the last committed layer's
+    largest live bound, the incumbent's value and whether it changed.
     """
     n_core = coff.shape[0] - 1
     n_seg = dc.shape[0]
-    par = np.empty(16, np.int64)
-    ch = np.empty(16, np.int64)
-    sizes = np.empty(n_core, np.int64)
-    used = 0
-    layers = 0
     dropped = -np.inf
     live = -np.inf
     work = 0
+    largest = 0
+    improved = False
     while k < n_core:
         if rank_after >= 0 and states > rank_after:
             break
@@ -786,26 +815,37 @@ def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv,
             max_states - states, walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n,
             0.0, 0, fc[:1], fv[:1], slope[:0], 0,
         )
-        if fl_at == -2 or (fl_at >= 0 and fl_best + fixed_value > best):
-            return (k, nw, nval, nn, par[:used], ch[:used], sizes[:layers], dropped, live, True, fl_best, fl_at,
-                    drop, lv, npar, nch)
+        if fl_at == -2:
+            return 3, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
         dropped = max(dropped, drop)
+        if fl_at >= 0 and fl_best + fixed_value > best:
+            best = fl_best + fixed_value
+            improved = True
+            complete_choice(k, npar, nch, fl_at, layer_par, layer_ch, layer_off, cap - nw[fl_at] - suf_c[k + 1],
+                            pos, end, dc, best_local)
+            if best + margin > global_bound:
+                return 2, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
+            alive = np.empty(nw.shape[0], np.bool_)
+            _, drop, lv = prune_states(nw, nval, cap, suf_c[k + 1], suf_v[k + 1], fc, fv, slope, top,
+                                       best - fixed_value + margin, alive, nn, 0.0, 0, fc[:1], fv[:1], slope[:0], 0)
+            dropped = max(dropped, drop)
+            nw, nval, npar, nch, nn = nw[alive], nval[alive], npar[alive], nch[alive], nn[alive]
         kept = nw.shape[0]
-        par = _grow(par, used + kept)
-        ch = _grow(ch, used + kept)
-        par[used : used + kept] = npar
-        ch[used : used + kept] = nch
-        used += kept
-        sizes[layers] = kept
-        layers += 1
+        used = layer_off[k]
+        layer_par = _grow(layer_par, used + kept)
+        layer_ch = _grow(layer_ch, used + kept)
+        layer_par[used : used + kept] = npar
+        layer_ch[used : used + kept] = nch
+        layer_off[k + 1] = used + kept
         states += kept
+        largest = max(largest, kept)
         k += 1
         live = lv
         w, p, n = nw, nval, nn
         if kept == 0:
-            break
-    return (k, w, p, n, par[:used], ch[:used], sizes[:layers], dropped, live, False, -np.inf, -1, -np.inf, -np.inf,
-            par[:0], ch[:0])
+            return 1, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
+    status = 1 if k == n_core else 0
+    return status, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
 
 
 @nb.njit(**_JIT)
@@ -817,7 +857,8 @@ def core_setup(costs, values, offsets):
     ``suf_c``/``suf_v``, the tokens and utility of the lightest options of the heads at
     positions ``k`` and after (``k = 0 .. heads``; running sums from the last head).
 
-    Returns ``(pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v)``.
+    Returns ``(pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v, alive, cum_c,
+    cum_v, cum_slope)``, the last four the scratch of :func:`suffix_sums` (every segment alive).
     """
     pos0, end0, dc0, dv0, slope0 = core_hulls(costs, values, offsets)
     # core_hulls lists segments by position, so a stable sort by slope alone breaks ties
@@ -844,7 +885,12 @@ def core_setup(costs, values, offsets):
     for h in range(n_core - 1, -1, -1):
         suf_c[h] = suf_c[h + 1] + costs[offsets[h]]
         suf_v[h] = suf_v[h + 1] + values[offsets[h]]
-    return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v
+    n_seg = dc.shape[0]
+    alive = np.ones(n_seg, np.bool_)
+    cum_c = np.empty(n_seg + 1, np.int64)
+    cum_v = np.empty(n_seg + 1, np.float64)
+    cum_slope = np.empty(n_seg, np.float64)
+    return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v, alive, cum_c, cum_v, cum_slope
 
 
 @nb.njit(**_JIT)

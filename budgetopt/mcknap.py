@@ -306,22 +306,16 @@ class _Search:
         """Local search from the incumbent over the kept options: moves of one head or of
         two heads together (one up, one down) while they gain."""
         p, opts = self.problem, self.opts
-        rows = np.arange(p.n_heads)
-        idx = self.best_idx
-        g = rows * p.per_head
-        cur_c = (p.grid[g, idx] - p.grid[g, p.lo]).astype(np.int64)
-        cur_v = p.utility[rows, idx].astype(np.float64)
-        new = idx.copy()
+        new = self.best_idx.copy()
         stop = time.perf_counter() + _HEURISTIC_SECONDS
         if self.deadline is not None:
             stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
         for _ in range(0, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
-            choice, gain = K.local_search(opts.cost, opts.value, opts.offsets, cur_c, cur_v, self.spare, self.tau, 8)
-            moved = choice >= 0
-            new[moved] = opts.index[choice[moved]]
+            gain = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid, p.per_head,
+                                  p.lo, new, self.spare, self.tau, 8)
             if gain <= self.tau or time.perf_counter() > stop:
                 break
-        value = float(p.utility[rows, new].sum())
+        value = float(p.utility[np.arange(p.n_heads), new].sum())
         if value > self.best:
             self.best, self.best_idx = value, new
 
@@ -349,20 +343,18 @@ class _Search:
         deadline = self.deadline if deadline is None else deadline
         fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
         cap = self.spare - fixed_cost
-        self.ctx = ctx = {"core": core, "fixed_opt": fixed_opt, "cap": cap, "layers": []}
         if not len(core):
             if cap >= 0 and fixed_value > self.best:
                 self.best = fixed_value
-                self._adopt({})
+                self._adopt(core, fixed_opt, core.heads)
             return None, -np.inf
         c, v, coff = core.cost, core.value, core.coff
         # hull segments in slope order, grouped by position, Fenwick trees of the suffix
         # bound, and suffix sums of the lightest options (heads at positions >= k)
-        pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr = K.core_setup(c, v, coff)
+        (pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr, seg_alive, cum_c, cum_v,
+         cum_slope) = K.core_setup(c, v, coff)
         if cap < int(suf_c[0]):
             return None, -np.inf
-        ctx["seg"] = (pos, end, dc, dv)
-        ctx["suf_c"] = suf_c
         seg_off = seg_off_arr.tolist()
         top = 1 << (max(len(dc), 1).bit_length() - 1)
         suf_v = suf_v_arr.tolist()
@@ -398,15 +390,16 @@ class _Search:
             rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
             rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
 
-        seg_alive = np.ones(len(dc), np.bool_)
-        cum_c = np.empty(len(dc) + 1, np.int64)
-        cum_v = np.empty(len(dc) + 1, np.float64)
-        cum_slope = np.empty(len(dc), np.float64)
         log_s = max(len(dc), 2).bit_length()
 
         w = np.zeros(1, np.int64)
         val = np.zeros(1, np.float64)
         n = np.zeros(1, np.int64)  # rank sums of the states
+        # committed layers: parents and choices, layer kk at entries off[kk]:off[kk + 1]
+        layer_par = np.empty(64, np.int64)
+        layer_ch = np.empty(64, np.int64)
+        layer_off = np.zeros(len(core) + 1, np.int64)
+        local = np.zeros(len(core), np.int64)  # the incumbent's core choice when the DP improves it
         open_bound = float(self.lagrangian)
         all_dropped = -np.inf
         states = 0
@@ -420,65 +413,64 @@ class _Search:
                 if self._proven():
                     return None, all_dropped
             ranks = rk["ranks"]
-            sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
             if fused and ranks[0] <= 0:
-                # Layers run in one compiled call until one needs this loop: it improves the
-                # incumbent, it is too large, the cardinality bound is due or the clock is.
-                (k_next, nw, nval, nn, par_all, ch_all, sizes, dropped, live, pending, fl_best, fl_at,
-                 p_dropped, p_live, par, ch) = K.dp_layers(
+                # Layers run in one compiled call until one needs this loop: it is too large,
+                # the cardinality bound is due or the clock is.
+                k0 = k
+                (status, k, w, val, n, layer_par, layer_ch, states, largest, dropped, live, best,
+                 improved) = K.dp_layers(
                     k, w, val, n, c, v, coff, cap, suf_c, suf_v_arr, fc, fv, dc, dv, slope, top, by_pos,
-                    seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, self.best, fixed_value, self.margin,
-                    EXACT_MAX_STATES, states, -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
+                    seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off,
+                    self.best, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES, states,
+                    -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
                 )
-                if len(sizes):
-                    all_dropped = max(all_dropped, dropped + fixed_value)
-                    o = 0
-                    for size in sizes.tolist():
-                        ctx["layers"].append((par_all[o : o + size], ch_all[o : o + size]))
-                        o += size
-                    states += o
+                k, states = int(k), int(states)
+                all_dropped = max(all_dropped, dropped + fixed_value)
+                if improved:
+                    self.best = best
+                    self._adopt(core, fixed_opt, local)
+                if k > k0 and record:
+                    self.stats.update(
+                        layers_done=k, states=states,
+                        max_layer_states=max(self.stats["max_layer_states"], int(largest)),
+                    )
+                if status == 3:
+                    self._too_many_states(core)
+                if status == 2:
                     if record:
-                        self.stats.update(
-                            layers_done=len(ctx["layers"]), states=states,
-                            max_layer_states=max(self.stats["max_layer_states"], int(sizes.max())),
-                        )
-                    if sizes[-1] == 0:
-                        return None, all_dropped
+                        self._proven()
+                    return None, all_dropped
+                if status == 1:
+                    return None, all_dropped
+                if k > k0:
                     open_bound = live + fixed_value
-                k = k_next
-                if not pending:
-                    w, val, n = nw, nval, nn
-                    continue
-                dropped, live = p_dropped, p_live
-                sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
-            else:
-                gone = by_pos[seg_off[k] : seg_off[k + 1]]
-                K.fenwick_remove(fc, fv, dc, dv, gone)
-                seg_alive[gone] = False
-                if ranks[0] > 0:
-                    dc2, dv2, by_pos2, seg_off2 = rk["segments"]
-                    K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
-                o0, o1 = coff_list[k], coff_list[k + 1]
-                target = self.best - fixed_value + self.margin
-                # Bounds by a pointer walk over running sums when that is cheaper than one
-                # Fenwick search per extension.
-                n_left = len(dc) - seg_off[k + 1]
-                walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
-                n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
-                nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
-                    w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
-                    walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
-                )
+                continue
+            gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            K.fenwick_remove(fc, fv, dc, dv, gone)
+            seg_alive[gone] = False
+            if ranks[0] > 0:
+                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
+                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
+            o0, o1 = coff_list[k], coff_list[k + 1]
+            target = self.best - fixed_value + self.margin
+            sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
+            # Bounds by a pointer walk over running sums when that is cheaper than one
+            # Fenwick search per extension.
+            n_left = len(dc) - seg_off[k + 1]
+            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
+            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
+                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
+            )
             if fl_at == -2:
-                raise ProblemTooLargeError(
-                    f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
-                    f"({len(core)} core heads, {len(c):,} core options); use time_limit to stop "
-                    'earlier with a bound, or method="greedy"'
-                )
+                self._too_many_states(core)
             all_dropped = max(all_dropped, dropped + fixed_value)
             if fl_at >= 0 and fl_best + fixed_value > self.best:
                 self.best = fl_best + fixed_value
-                self._adopt(self._choices(k, par, ch, fl_at, int(nw[fl_at])))
+                room = cap - int(nw[fl_at]) - suf_c_list[k + 1]
+                K.complete_choice(k, par, ch, fl_at, layer_par, layer_ch, layer_off, room, pos, end, dc, local)
+                self._adopt(core, fixed_opt, local)
                 if record and self._proven():
                     return None, all_dropped  # it meets the bound of the whole problem
                 if self.best + self.margin > self.global_bound:
@@ -488,7 +480,14 @@ class _Search:
                 _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
                 all_dropped = max(all_dropped, dropped + fixed_value)
                 nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
-            ctx["layers"].append((par, ch))
+            used = int(layer_off[k])
+            if used + len(nw) > len(layer_par):
+                size = max(used + len(nw), 2 * len(layer_par))
+                layer_par = np.concatenate([layer_par[:used], np.empty(size - used, np.int64)])
+                layer_ch = np.concatenate([layer_ch[:used], np.empty(size - used, np.int64)])
+            layer_par[used : used + len(nw)] = par
+            layer_ch[used : used + len(nw)] = ch
+            layer_off[k + 1] = used + len(nw)
             states += len(nw)
             if record:
                 self.stats.update(
@@ -502,34 +501,18 @@ class _Search:
             k += 1
         return None, all_dropped
 
-    def _choices(self, k, par, ch, t, w_state):
-        """Local option per core position of state ``t`` of layer ``k`` completed by the
-        integral part of its suffix LP."""
-        ctx = self.ctx
-        local = {k: int(ch[t])}
-        s = int(par[t])
-        for kk in range(k - 1, -1, -1):
-            lp_, lc = ctx["layers"][kk]
-            local[kk] = int(lc[s])
-            s = int(lp_[s])
-        pos, end, dc, dv = ctx["seg"]
-        for kk in range(k + 1, len(ctx["core"])):
-            local[kk] = 0
-        r0 = ctx["cap"] - w_state - int(ctx["suf_c"][k + 1])
-        m = np.flatnonzero(pos >= k + 1)
-        taken = m[np.cumsum(dc[m]) <= r0]
-        for i in taken:  # segments of one head come in hull order: the last one wins
-            local[int(pos[i])] = int(end[i])
-        return local
+    def _too_many_states(self, core):
+        raise ProblemTooLargeError(
+            f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
+            f"({len(core)} core heads, {len(core.cost):,} core options); use time_limit to stop "
+            'earlier with a bound, or method="greedy"'
+        )
 
-    def _adopt(self, local):
-        """Make the fixed heads plus the core choices ``local`` (position -> local option)
-        the incumbent."""
-        ctx = self.ctx
-        core = ctx["core"]
-        chosen = ctx["fixed_opt"].copy()
-        for kk, j in local.items():
-            chosen[core.heads[kk]] = core.gopt[core.coff[kk] + j]
+    def _adopt(self, core, fixed_opt, local):
+        """Make the heads outside ``core`` at ``fixed_opt`` and the core heads at their local
+        options ``local`` (one per position) the incumbent."""
+        chosen = fixed_opt.copy()
+        chosen[core.heads] = core.gopt[core.coff[:-1] + local]
         self.best_idx = self.opts.index[chosen]
 
 
