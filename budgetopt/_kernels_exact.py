@@ -110,6 +110,29 @@ def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
 
 
 @nb.njit(**_JIT)
+def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_limit, max_options, rounds):
+    """The exact search's first steps in one call: :func:`value_step` (``step_limit``), the
+    margin a better allocation must clear (``max(tau, step - tau)``), the options that can
+    still beat ``best + margin`` (:func:`lagrangian_options`) and, when some can and there
+    are at most ``max_options`` of them, ``rounds`` rounds of :func:`local_search` from the
+    grid indices ``at`` (updated in place).
+
+    Returns ``(step, margin, gain, bound, dropped, offsets, index, cost, value, lp_opt)``:
+    ``gain`` is the local search's (0 when it did not run), the rest
+    :func:`lagrangian_options`'s.
+    """
+    step = value_step(utility, lo, hi, step_limit)
+    margin = max(tau, step - tau)
+    bound, dropped, offsets, index, cost, value, lp_opt = lagrangian_options(
+        utility, grid, per_head, lo, hi, lam, spare, best + margin
+    )
+    gain = 0.0
+    if bound >= best + margin and index.shape[0] <= max_options:
+        gain = local_search(cost, value, offsets, index, utility, grid, per_head, lo, at, spare, tau, rounds)
+    return step, margin, gain, bound, dropped, offsets, index, cost, value, lp_opt
+
+
+@nb.njit(**_JIT)
 def reduced_cost_filter(costs, values, offsets, lam, spare, target, keep):
     """Lagrangian bound at ``lam`` and the options that can still beat ``target``.
 

@@ -46,8 +46,10 @@ _HEURISTIC_CORE = 48
 # ... for at most this long, or this share of the time limit.
 _HEURISTIC_SECONDS = 0.2
 _HEURISTIC_SHARE = 0.25
-# Rounds of local search (one or two heads moved per round) from the greedy's answer.
+# Rounds of local search (one or two heads moved per round) from the greedy's answer: the
+# first 8 with the fixing's first pass, the others 8 at a time between looks at the clock.
 _LOCAL_ROUNDS = 64
+_LOCAL_ROUNDS_FIRST = 8
 # Local search and cardinality bound only up to this many options (about 80 bytes each).
 _EXTRA_MAX_OPTIONS = 2_000_000
 # The core DP bounds its states by the cardinality bound too, once it has kept this many
@@ -62,6 +64,10 @@ _FUSED = True
 _LAYER_WORK = 10_000
 # Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
 _GOLDEN_STEPS = 48
+# The cardinality bound is tried before the core DP on cores of at least this many heads;
+# a smaller core's DP costs less than the bound (and computes it if it grows past
+# _RANK_AFTER_STATES states).
+_CARDINALITY_MIN_HEADS = 16
 
 
 def exact(problem, total, *, time_limit=None):
@@ -183,12 +189,14 @@ class _Search:
         self.tau = EXACT_RTOL * max(1.0, scale)
         # Integral utilities: allocations differ in value by multiples of ``step``, so only
         # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
-        self.step = float(K.value_step(p.utility, p.lo, p.hi, 2.0**53 / (p.n_heads + 1)))
-        self.margin = max(self.tau, self.step - self.tau)
-
-        self.opts = _Kept(*K.lagrangian_options(
-            p.utility, p.grid, p.per_head, p.lo, p.hi, lam, self.spare, self.best + self.margin
-        ))
+        # Then the options that can still beat the incumbent, and a local search from it.
+        moved = idx.copy()
+        step, self.margin, gain, *kept = K.presolve(
+            p.utility, p.grid, p.per_head, p.lo, p.hi, moved, lam, self.spare, self.best, self.tau,
+            2.0**53 / (p.n_heads + 1), _EXTRA_MAX_OPTIONS, _LOCAL_ROUNDS_FIRST,
+        )
+        self.step = float(step)
+        self.opts = _Kept(*kept)
         self.stats = {
             "status": "optimal",
             "tolerance": self.tau,
@@ -205,6 +213,8 @@ class _Search:
             "proved_by": None,
         }
         self.global_bound = np.inf  # bounds every allocation better than the incumbent
+        if gain > self.tau:
+            self._improve(moved)
         open_bound = self._search()
         budgets, utility = p.pick(self.best_idx)
         if open_bound is None:
@@ -227,14 +237,12 @@ class _Search:
 
         Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
         states left open at the time limit."""
-        if self.opts.bound >= self.best + self.margin and len(self.opts) <= _EXTRA_MAX_OPTIONS:
-            self._improve()
         fixing = self._fix()
         self.stats["lagrangian_bound"] = float(self.lagrangian)
         if fixing is None:
             return None
         fixed_opt, core = fixing
-        if self.step > 0 and self.stats["core_options"] <= _EXTRA_MAX_OPTIONS:
+        if self.step > 0 and _CARDINALITY_MIN_HEADS <= len(core) and len(core.cost) <= _EXTRA_MAX_OPTIONS:
             self._cardinality(core, fixed_opt)
             if self._proven():
                 return None
@@ -302,18 +310,20 @@ class _Search:
         self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
         self.global_bound = min(self.global_bound, bound + fixed_value)
 
-    def _improve(self):
-        """Local search from the incumbent over the kept options: moves of one head or of
-        two heads together (one up, one down) while they gain."""
+    def _improve(self, new):
+        """Go on with the local search (moves of one head or of two heads together, one up,
+        one down, while they gain) from the grid indices ``new`` that its first rounds
+        reached, and adopt the result if better."""
         p, opts = self.problem, self.opts
-        new = self.best_idx.copy()
         stop = time.perf_counter() + _HEURISTIC_SECONDS
         if self.deadline is not None:
             stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
-        for _ in range(0, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+        for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+            if time.perf_counter() > stop:
+                break
             gain = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid, p.per_head,
                                   p.lo, new, self.spare, self.tau, 8)
-            if gain <= self.tau or time.perf_counter() > stop:
+            if gain <= self.tau:
                 break
         value = float(p.utility[np.arange(p.n_heads), new].sum())
         if value > self.best:
