@@ -117,9 +117,9 @@ def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_li
     are at most ``max_options`` of them, ``rounds`` rounds of :func:`local_search` from the
     grid indices ``at`` (updated in place).
 
-    Returns ``(step, margin, gain, bound, dropped, offsets, index, cost, value, lp_opt)``:
-    ``gain`` is the local search's (0 when it did not run), the rest
-    :func:`lagrangian_options`'s.
+    Returns ``(step, margin, gain, more, bound, dropped, offsets, index, cost, value,
+    lp_opt)``: ``gain`` and ``more`` are the local search's (0 and False when it did not
+    run), the rest :func:`lagrangian_options`'s.
     """
     step = value_step(utility, lo, hi, step_limit)
     margin = max(tau, step - tau)
@@ -127,9 +127,10 @@ def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_li
         utility, grid, per_head, lo, hi, lam, spare, best + margin
     )
     gain = 0.0
+    more = False
     if bound >= best + margin and index.shape[0] <= max_options:
-        gain = local_search(cost, value, offsets, index, utility, grid, per_head, lo, at, spare, tau, rounds)
-    return step, margin, gain, bound, dropped, offsets, index, cost, value, lp_opt
+        gain, more = local_search(cost, value, offsets, index, utility, grid, per_head, lo, at, spare, tau, rounds)
+    return step, margin, gain, more, bound, dropped, offsets, index, cost, value, lp_opt
 
 
 @nb.njit(**_JIT)
@@ -533,7 +534,8 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
     budget; rounds stop when no move gains more than ``min_gain``, or after
     ``max_rounds``. ``at`` is updated in place.
 
-    Returns the total gain. One round is O(M log M) for M kept options.
+    Returns ``(gain, more)``: the total gain, and whether the last round still moved (so
+    that more rounds may gain more). One round is O(M log M) for M kept options.
     """
     H = offsets.shape[0] - 1
     M = offsets[H]
@@ -556,7 +558,9 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
     best2_v = np.empty(M, np.float64)  # and the best of another head
     best2_j = np.empty(M, np.int64)
     total_gain = 0.0
+    more = False
     for _ in range(max_rounds):
+        more = False
         r = spare - used
         for j in range(M):
             h = head[j]
@@ -609,6 +613,7 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
                 move_b = b
         if move_a < 0:
             break
+        more = True
         for j in (move_a, move_b):
             if j >= 0:
                 h = head[j]
@@ -617,7 +622,7 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
                 cur_v[h] = values[j]
                 at[h] = index[j]
         total_gain += gain
-    return total_gain
+    return total_gain, more
 
 
 @nb.njit(**_JIT)

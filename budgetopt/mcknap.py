@@ -191,7 +191,7 @@ class _Search:
         # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
         # Then the options that can still beat the incumbent, and a local search from it.
         moved = idx.copy()
-        step, self.margin, gain, *kept = K.presolve(
+        step, self.margin, gain, more, *kept = K.presolve(
             p.utility, p.grid, p.per_head, p.lo, p.hi, moved, lam, self.spare, self.best, self.tau,
             2.0**53 / (p.n_heads + 1), _EXTRA_MAX_OPTIONS, _LOCAL_ROUNDS_FIRST,
         )
@@ -214,7 +214,7 @@ class _Search:
         }
         self.global_bound = np.inf  # bounds every allocation better than the incumbent
         if gain > self.tau:
-            self._improve(moved)
+            self._improve(moved, more)
         open_bound = self._search()
         budgets, utility = p.pick(self.best_idx)
         if open_bound is None:
@@ -310,21 +310,19 @@ class _Search:
         self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
         self.global_bound = min(self.global_bound, bound + fixed_value)
 
-    def _improve(self, new):
+    def _improve(self, new, more):
         """Go on with the local search (moves of one head or of two heads together, one up,
         one down, while they gain) from the grid indices ``new`` that its first rounds
-        reached, and adopt the result if better."""
+        reached (``more``: their last round still moved), and adopt the result if better."""
         p, opts = self.problem, self.opts
         stop = time.perf_counter() + _HEURISTIC_SECONDS
         if self.deadline is not None:
             stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
         for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
-            if time.perf_counter() > stop:
+            if not more or time.perf_counter() > stop:
                 break
-            gain = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid, p.per_head,
-                                  p.lo, new, self.spare, self.tau, 8)
-            if gain <= self.tau:
-                break
+            _, more = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid,
+                                     p.per_head, p.lo, new, self.spare, self.tau, 8)
         value = float(p.utility[np.arange(p.n_heads), new].sum())
         if value > self.best:
             self.best, self.best_idx = value, new
@@ -336,19 +334,30 @@ class _Search:
         stop = time.perf_counter() + _HEURISTIC_SECONDS
         if self.deadline is not None:
             stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+        aims = [-np.inf]
+        if self.step > 0:
+            # First aim at the best value the bound allows (integral utilities): pruning
+            # against it is far stronger, and the optimum often meets it.
+            top = self.best + self.step * np.floor((self.global_bound - self.best + self.tau) / self.step)
+            if top > self.best + self.margin:
+                aims.insert(0, top)
         try:
-            self._core_dp(small, fixed_opt, record=False, deadline=stop)
+            for aim in aims:
+                self._core_dp(small, fixed_opt, record=False, deadline=stop, aim=aim)
+                if self.best + self.margin > self.global_bound or time.perf_counter() > stop:
+                    return
         except ProblemTooLargeError:
             pass  # only a heuristic: the main search enforces the limit
 
-    def _core_dp(self, core, fixed_opt, *, record, deadline=None):
+    def _core_dp(self, core, fixed_opt, *, record, deadline=None, aim=-np.inf):
         """Search ``core`` with every other head at ``fixed_opt``; improves the incumbent.
 
         Returns ``(open_bound, dropped)``: ``open_bound`` is ``None`` when the search
         finished (no state left that can beat the incumbent), else the largest bound of the
         states left at the time limit; ``dropped`` is the largest bound of any state dropped.
         With ``record`` the layer statistics go to ``stats``; ``deadline`` (default: the
-        solve's) is checked between layers.
+        solve's) is checked between layers. With ``aim``, only allocations worth at least
+        ``aim`` are looked for (a search that then finds none proves nothing).
         """
         deadline = self.deadline if deadline is None else deadline
         fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
@@ -380,7 +389,7 @@ class _Search:
 
         def start_ranks(k):
             rk["tried"] = True
-            enough = self.best + self.margin - fixed_value
+            enough = level + self.margin - fixed_value
             bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
             prev = self.stats.get("cardinality_bound", np.inf)
             self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
@@ -413,6 +422,7 @@ class _Search:
         open_bound = float(self.lagrangian)
         all_dropped = -np.inf
         states = 0
+        level = max(self.best, aim - self.tau - self.margin)  # the DP looks for allocations above level + margin
         fused = _FUSED
         k = 0
         while k < len(core):
@@ -431,13 +441,13 @@ class _Search:
                  improved) = K.dp_layers(
                     k, w, val, n, c, v, coff, cap, suf_c, suf_v_arr, fc, fv, dc, dv, slope, top, by_pos,
                     seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off,
-                    self.best, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES, states,
+                    level, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES, states,
                     -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
                 )
                 k, states = int(k), int(states)
                 all_dropped = max(all_dropped, dropped + fixed_value)
                 if improved:
-                    self.best = best
+                    self.best = level = best
                     self._adopt(core, fixed_opt, local)
                 if k > k0 and record:
                     self.stats.update(
@@ -462,7 +472,7 @@ class _Search:
                 dc2, dv2, by_pos2, seg_off2 = rk["segments"]
                 K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
             o0, o1 = coff_list[k], coff_list[k + 1]
-            target = self.best - fixed_value + self.margin
+            target = level - fixed_value + self.margin
             sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
             # Bounds by a pointer walk over running sums when that is cheaper than one
             # Fenwick search per extension.
@@ -476,8 +486,8 @@ class _Search:
             if fl_at == -2:
                 self._too_many_states(core)
             all_dropped = max(all_dropped, dropped + fixed_value)
-            if fl_at >= 0 and fl_best + fixed_value > self.best:
-                self.best = fl_best + fixed_value
+            if fl_at >= 0 and fl_best + fixed_value > level:
+                self.best = level = fl_best + fixed_value
                 room = cap - int(nw[fl_at]) - suf_c_list[k + 1]
                 K.complete_choice(k, par, ch, fl_at, layer_par, layer_ch, layer_off, room, pos, end, dc, local)
                 self._adopt(core, fixed_opt, local)
@@ -486,7 +496,7 @@ class _Search:
                 if self.best + self.margin > self.global_bound:
                     return None, all_dropped
                 alive = np.empty(len(nw), np.bool_)
-                target = self.best - fixed_value + self.margin
+                target = level - fixed_value + self.margin
                 _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
                 all_dropped = max(all_dropped, dropped + fixed_value)
                 nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
