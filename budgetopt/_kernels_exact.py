@@ -517,6 +517,8 @@ def value_step(utility, lo, hi, limit):
             d = utility[h, k] - base
             if not (abs(d) <= limit) or d != np.floor(d):
                 return 0.0
+            if g == 1:
+                continue  # gcd(1, a) = 1: only integrality is left to check
             a = np.int64(abs(d))
             while a != 0:  # g = gcd(g, a)
                 g, a = a, g % a
