@@ -336,6 +336,76 @@ def test_cardinality_bound_kernel_bounds_the_optimum(seed):
         assert bound >= best - 1e-9 and mu >= 0 and k >= 0
 
 
+def _lp_with_ranks(c, v, offsets, cap, mu):
+    """Independent reference: ``max sum (v - mu r) x`` over the LP relaxation (HiGHS), ``r``
+    the option's rank within its head."""
+    from scipy.optimize import linprog
+
+    rank = np.concatenate([np.arange(offsets[h + 1] - offsets[h]) for h in range(len(offsets) - 1)])
+    heads = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    one_each = (heads[None, :] == np.arange(len(offsets) - 1)[:, None]).astype(float)
+    res = linprog(-(v - mu * rank), A_ub=c[None, :].astype(float), b_ub=[cap], A_eq=one_each,
+                  b_eq=np.ones(len(offsets) - 1), bounds=(0, 1), method="highs")
+    return -res.fun if res.status == 0 else -np.inf
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_cardinality_bound_kernel_is_the_minimum_over_mu(seed):
+    # The bound returned is mu * K + LP(v - mu * rank) at the mu returned, and no sampled mu
+    # does better (the search's early stop at mu = 0 included: seeds where the LP optimum's
+    # rank sum is within K return mu = 0).
+    from budgetopt import _kernels_exact as K
+
+    rng = np.random.default_rng(100 + seed)
+    H = int(rng.integers(2, 6))
+    sizes = rng.integers(2, 6, H)
+    costs = [np.sort(rng.choice(np.arange(1, 30), n, replace=False)) for n in sizes]
+    values = [np.cumsum(rng.integers(1, 12, n)).astype(np.float64) for n in sizes]
+    c, v = np.concatenate(costs).astype(np.int64), np.concatenate(values)
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    cap = int(rng.integers(int(sum(x[0] for x in costs)), int(sum(x[-1] for x in costs)) + 1))
+    bound, mu, k = K.cardinality_bound(c, v, offsets, cap, 60, -np.inf)
+    assert bound == pytest.approx(mu * k + _lp_with_ranks(c, v, offsets, cap, mu), abs=1e-7)
+    mu_hi = float(np.max(np.diff(v)))
+    for m in np.linspace(0.0, mu_hi, 25):
+        assert bound <= m * k + _lp_with_ranks(c, v, offsets, cap, m) + 1e-6
+
+
+def test_heuristic_aims_at_the_bound_first(monkeypatch):
+    # Weakly correlated, integral: the heuristic core's search first keeps only states that
+    # can reach the best value the bound allows. Seed 0: the optimum meets it (found there,
+    # proven at once); seed 1: it does not (the aimed search finds nothing, the plain one
+    # and the main search go on). Both agree with milp.
+    mcknap._load_kernels()  # its warm-up solves run once per process: not these
+    aims = []
+    plain = mcknap._Search._core_dp
+
+    def spy(self, core, fixed_opt, **kw):
+        aims.append((kw.get("aim", -np.inf), kw["record"]))
+        return plain(self, core, fixed_opt, **kw)
+
+    monkeypatch.setattr(mcknap._Search, "_core_dp", spy)
+    for seed, meets in ((0, True), (1, False)):
+        curves, total = pisinger("weakly", 100, 10, seed=seed, data_range=10_000)
+        aims.clear()
+        a = _exact(curves, total)
+        _assert_proven(a, allocate(curves, total, method="milp").utility, curves)
+        first_aim, record = aims[0]
+        assert not record and first_aim == np.floor(a.stats["lagrangian_bound"] + a.stats["tolerance"])
+        if meets:
+            assert a.utility == first_aim and len(aims) == 1 and a.stats["layers_done"] == 0
+        else:
+            assert a.utility < first_aim and [x[0] for x in aims[1:]] == [-np.inf] * (len(aims) - 1)
+
+
+def test_value_step_checks_integrality_after_the_step_is_one():
+    # The step is 1 after the first head; the second head's 0.5 must still end it.
+    curves = Curves([[0.0, 1.0, 3.0, 4.0], [0.0, 2.0, 4.0, 4.5]])
+    a = _exact(curves, 4)
+    assert a.stats["value_step"] == 0.0
+    _assert_proven(a, brute_force(curves, 4)[0], curves)
+
+
 # -- time limit ------------------------------------------------------------------------------
 def _noisy_strongly(n_classes, n_items):
     """Pisinger's strongly correlated classes with up to 1e-3 added to each item's profit
