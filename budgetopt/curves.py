@@ -137,7 +137,8 @@ class Curves:
             raise InvalidInputError(
                 f"`utility` must have at least one head and one point; got shape {u.shape}"
             )
-        u = np.array(u, dtype=np.float64, order="C", copy=True)
+        # A list or tuple became a new array that nothing else holds: no second copy.
+        u = np.array(u, dtype=np.float64, order="C", copy=None if isinstance(utility, (list, tuple)) else True)
         K = u.shape[-1]
         # The maximum and minimum are NaN or infinite exactly when `utility` holds NaN or inf,
         # and bound every magnitude: two whole-array reductions, no temporary of its size.
@@ -185,7 +186,7 @@ class Curves:
                     raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
             elif g.dtype.kind == "u" and g.size and int(g.max()) >= MAX_TOKENS:
                 raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
-            g = np.array(g, dtype=np.int64, order="C", copy=True)
+            g = np.array(g, dtype=np.int64, order="C", copy=None if isinstance(grid, (list, tuple)) else True)
             g2 = g.reshape(-1, K)
             if g2.min() < 0:
                 first = int(np.flatnonzero((g2 < 0).ravel())[0])

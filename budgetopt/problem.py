@@ -64,7 +64,13 @@ class Problem:
 
     def head_index(self, h):
         """Flat head ``h`` as a tuple index into the head shape, e.g. ``(3, 1)``."""
-        return tuple(int(i) for i in np.unravel_index(h, self.curves.head_shape))
+        if not 0 <= h < self.n_heads:
+            raise IndexError(f"head {h} is out of range for {self.n_heads} heads")
+        index = []
+        for n in reversed(self.curves.head_shape):  # C order: the last axis varies fastest
+            h, i = divmod(int(h), n)
+            index.append(i)
+        return tuple(reversed(index))
 
     def pick(self, idx):
         """Budgets (head shape) and total utility of grid indices ``idx`` (one per head)."""
