@@ -37,12 +37,10 @@ def _grid_facts(grid2d, n_heads, unit):
     unit.setflags(write=False)
     if grid2d.shape[0] == 1:  # shared by every head
         return _GridFacts(int(grid2d[0, -1]) * n_heads, int(grid2d[0, 0]) * n_heads, unit)
-    ends = grid2d[:, [0, -1]]
-    if int(ends[:, 1].max()) * n_heads < MAX_TOKENS:  # no int64 overflow possible
-        floor, capacity = (int(x) for x in ends.sum(axis=0))
-    else:
-        floor, capacity = (sum(int(x) for x in col) for col in ends.T)
-    return _GridFacts(capacity, floor, unit)
+    first, last = grid2d[:, 0], grid2d[:, -1]
+    if int(last.max()) * n_heads < MAX_TOKENS:  # no int64 overflow possible
+        return _GridFacts(int(last.sum()), int(first.sum()), unit)
+    return _GridFacts(sum(int(x) for x in last), sum(int(x) for x in first), unit)
 
 
 def _where(shape, flat_index):
