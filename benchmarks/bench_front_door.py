@@ -5,8 +5,8 @@ building the :class:`~budgetopt.problem.Problem`, packing the result) is a visib
 an ``allocate`` call. For each case, this checkout and, with ``--baseline REV``, revision
 ``REV``'s ``budgetopt`` (exported with ``git archive`` into a temporary folder and imported
 as another package) are timed in interleaved rounds, each round one batch of calls per side
-(so both see the same machine load); the figure is the median over rounds of the mean call
-in a batch:
+(so both see the same machine load; which side goes first alternates); the figure is the
+median over rounds of the mean call in a batch:
 
 * ``build``: ``build_problem(curves)`` on one :class:`~budgetopt.Curves`, called again and
   again (what ``allocate`` pays before its solver);
@@ -135,9 +135,11 @@ def run(args, log=print):
             sizes = {side: batch_size(fns[side][op], args.batch_ms) for side in fns}
             calls = max(sizes.values())
             times = {side: [] for side in fns}
+            order = list(fns)
             for _ in range(args.rounds):
-                for side in fns:
+                for side in order:
                     times[side].append(per_call(fns[side][op], calls))
+                order.reverse()  # neither side always runs first
             for side, t in times.items():
                 row[f"{op}_{side}_s"] = float(np.median(t))
             if base is not None:
