@@ -29,14 +29,15 @@ class _GridFacts(NamedTuple):
 
     capacity: int  #: sum over heads of each head's largest grid point
     floor: int  #: sum over heads of each head's smallest grid point
-    unit: np.ndarray  #: bool (G,), read-only: whether each grid row advances one token at a time
+    unit: np.ndarray  #: bool (n_heads,), read-only: whether each head's grid advances one token at a time
 
 
 def _grid_facts(grid2d, n_heads, unit):
-    """:class:`_GridFacts` of a valid grid ``(G, K)`` (rows non-negative, non-decreasing)."""
+    """:class:`_GridFacts` of a valid grid ``(G, K)`` (rows non-negative, non-decreasing)
+    from ``unit``, bool ``(G,)``: whether each row advances one token at a time."""
     unit.setflags(write=False)
     if grid2d.shape[0] == 1:  # shared by every head
-        return _GridFacts(int(grid2d[0, -1]) * n_heads, int(grid2d[0, 0]) * n_heads, unit)
+        return _GridFacts(int(grid2d[0, -1]) * n_heads, int(grid2d[0, 0]) * n_heads, np.broadcast_to(unit, (n_heads,)))
     first, last = grid2d[:, 0], grid2d[:, -1]
     if int(last.max()) * n_heads < MAX_TOKENS:  # no int64 overflow possible
         return _GridFacts(int(last.sum()), int(first.sum()), unit)

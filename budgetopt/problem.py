@@ -140,7 +140,8 @@ def build_problem(curves, min_budget=None, max_budget=None):
         floor_total, ceiling_total = facts.floor, facts.capacity
     else:
         lo, hi, floor_total, ceiling_total = _index_ranges(curves, grid, per_head, facts, min_budget, max_budget)
-    unit_steps = np.broadcast_to(facts.unit, (H,)) if not per_head else facts.unit.copy()
+    # Shared grid: one read-only view for every problem. Per-head flags: each problem's own.
+    unit_steps = facts.unit.copy() if per_head else facts.unit
     return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total, unit_steps)
 
 

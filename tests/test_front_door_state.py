@@ -129,6 +129,12 @@ def test_a_problem_mutated_by_its_user_leaves_the_next_build_intact():
     second = build_problem(curves)
     assert second.unit_steps.tolist() == unit
     assert second.lo.tolist() == [0] * 4 and second.hi.tolist() == [5] * 4
+    shared = build_problem(Curves(np.zeros((4, 3))))  # one grid row: the flags are a shared view
+    assert shared.unit_steps.tolist() == [True] * 4
+    with pytest.raises(ValueError, match="read-only"):
+        shared.unit_steps[0] = False
+    with pytest.raises(ValueError):
+        shared.unit_steps.setflags(write=True)
 
 
 def test_lists_are_converted_once_and_owned():
