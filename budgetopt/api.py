@@ -40,7 +40,8 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     Parameters
     ----------
     curves : Curves or array_like of float, shape ``(*head_shape, K)``
-        Utility curves; a bare array uses the grid ``arange(K)``.
+        Utility curves; a bare array uses the grid ``arange(K)`` and is checked and copied on
+        every call (a :class:`Curves` is checked once, when built).
     total_budget : int
         Total tokens all heads may keep together, in the grid's unit (absolute, not a
         fraction: for a fraction ``f`` of the full cache use

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,30 @@ __all__ = ["Curves", "as_curves", "hull_gap", "load_curves", "save_curves", "MAX
 
 #: Largest ``meta`` a curves file may hold, as JSON text (16 MiB).
 MAX_META_BYTES = 2**24
+
+_HALF_FLOAT_MAX = float(np.finfo(np.float64).max) / 2
+_ALL_UNIT = np.ones(1, bool)  # the default grid arange(K) steps one token at a time
+_ALL_UNIT.setflags(write=False)
+
+
+class _GridFacts(NamedTuple):
+    """What every solve needs to know about a grid, worked out once per :class:`Curves`."""
+
+    capacity: int  #: sum over heads of each head's largest grid point
+    floor: int  #: sum over heads of each head's smallest grid point
+    unit: np.ndarray  #: bool (n_heads,), read-only: whether each head's grid advances one token at a time
+
+
+def _grid_facts(grid2d, n_heads, unit):
+    """:class:`_GridFacts` of a valid grid ``(G, K)`` (rows non-negative, non-decreasing)
+    from ``unit``, bool ``(G,)``: whether each row advances one token at a time."""
+    unit.setflags(write=False)
+    if grid2d.shape[0] == 1:  # shared by every head
+        return _GridFacts(int(grid2d[0, -1]) * n_heads, int(grid2d[0, 0]) * n_heads, np.broadcast_to(unit, (n_heads,)))
+    first, last = grid2d[:, 0], grid2d[:, -1]
+    if int(last.max()) * n_heads < MAX_TOKENS:  # no int64 overflow possible
+        return _GridFacts(int(last.sum()), int(first.sum()), unit)
+    return _GridFacts(sum(int(x) for x in last), sum(int(x) for x in first), unit)
 
 
 def _where(shape, flat_index):
@@ -83,7 +108,11 @@ class Curves:
 
     Notes
     -----
-    Validation is O(heads * K). The arrays are stored as read-only float64 / int64.
+    Validation is O(heads * K). The arrays are stored as read-only float64 / int64 copies
+    that this object owns (changing the arrays passed in changes nothing here), so what
+    every solve needs to know about the grid (capacity, smallest total, whether each head
+    steps one token at a time) is worked out once, here. A copy or pickle is built and
+    checked again from the arrays.
 
     Examples
     --------
@@ -94,7 +123,7 @@ class Curves:
     False
     """
 
-    __slots__ = ("_utility", "_grid", "_meta")
+    __slots__ = ("_utility", "_grid", "_meta", "_facts")
 
     def __init__(self, utility, grid=None, *, meta=None):
         u = _as_real_array(utility, "utility")
@@ -107,27 +136,35 @@ class Curves:
             raise InvalidInputError(
                 f"`utility` must have at least one head and one point; got shape {u.shape}"
             )
-        u = np.array(u, dtype=np.float64, order="C", copy=True)
-        # Row maxima and minima are NaN or infinite exactly when a row holds NaN or inf, and
-        # bound every magnitude: two reductions, no temporary the size of `utility`.
+        # A list or tuple became a new array that nothing else holds: no second copy.
+        u = np.array(u, dtype=np.float64, order="C", copy=None if isinstance(utility, (list, tuple)) else True)
+        K = u.shape[-1]
+        # The maximum and minimum are NaN or infinite exactly when `utility` holds NaN or inf,
+        # and bound every magnitude: two whole-array reductions, no temporary of its size.
         with np.errstate(invalid="ignore"):
-            top = u.max(axis=-1)
-            bottom = u.min(axis=-1)
-        if not (np.isfinite(top).all() and np.isfinite(bottom).all()):
+            top = float(u.max())
+            bottom = float(u.min())
+        if not (math.isfinite(top) and math.isfinite(bottom)):
             bad = ~np.isfinite(u)
             first = int(np.flatnonzero(bad.ravel())[0])
             kind = "NaN" if np.isnan(u.flat[first]) else "inf"
             raise InvalidInputError(f"`utility` must be finite; found {kind} at {_where(u.shape, first)}")
-        K = u.shape[-1]
-        with np.errstate(over="ignore"):
-            total_magnitude = np.maximum(top, -bottom).sum()
-        if not np.isfinite(total_magnitude):
-            raise InvalidInputError(
-                "`utility` values are too large: a total over heads would overflow float64"
-            )
+        # The rule: the sum over heads of each head's largest magnitude stays finite. With
+        # every magnitude at most `largest`, it does whenever heads * largest is below half
+        # the float64 maximum (rounding cannot double a sum); only beyond that are the rows
+        # summed.
+        largest = max(top, -bottom)
+        if largest * (u.size // K) >= _HALF_FLOAT_MAX:
+            with np.errstate(over="ignore"):
+                total_magnitude = np.maximum(u.max(axis=-1), -u.min(axis=-1)).sum()
+            if not np.isfinite(total_magnitude):
+                raise InvalidInputError(
+                    "`utility` values are too large: a total over heads would overflow float64"
+                )
 
         if grid is None:
             g = np.arange(K, dtype=np.int64)
+            unit = _ALL_UNIT
         else:
             g = _as_real_array(grid, "grid")
             if g.shape not in ((K,), u.shape):
@@ -148,33 +185,35 @@ class Curves:
                     raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
             elif g.dtype.kind == "u" and g.size and int(g.max()) >= MAX_TOKENS:
                 raise InvalidInputError(f"`grid` values are too large: they must be below {MAX_TOKENS_TEXT} tokens")
-            g = np.array(g, dtype=np.int64, order="C", copy=True)
+            g = np.array(g, dtype=np.int64, order="C", copy=None if isinstance(grid, (list, tuple)) else True)
             g2 = g.reshape(-1, K)
-            neg = g2 < 0
-            if neg.any():
-                first = int(np.flatnonzero(neg.ravel())[0])
+            if g2.min() < 0:
+                first = int(np.flatnonzero((g2 < 0).ravel())[0])
                 raise InvalidInputError(
                     f"`grid` must be non-negative; found {g2.flat[first]} at "
                     f"{_where(g.shape if g.ndim > 1 else (1, K), first)}"
                 )
-            dec = np.diff(g2, axis=-1) < 0
-            if dec.any():
-                r, c = np.argwhere(dec)[0]
+            steps = g2[:, 1:] - g2[:, :-1]  # no overflow: every entry is in [0, 2**63)
+            if steps.size and steps.min() < 0:
+                r, c = np.argwhere(steps < 0)[0]
                 where = _where(g.shape if g.ndim > 1 else (1, K), r * K + c + 1)
                 raise InvalidInputError(
                     f"`grid` must be non-decreasing along the last axis; it decreases at {where}"
                 )
+            unit = (steps == 1).all(axis=1)
         meta = check_meta(meta)
         u.setflags(write=False)
         g.setflags(write=False)
         self._utility = u
         self._grid = g
-        self._meta = dict(meta)
+        self._meta = meta
+        self._facts = _grid_facts(g.reshape(-1, K), u.size // K, unit)
 
     @classmethod
     def _trusted(cls, utility, grid, meta=None):
         """Curves from arrays the package itself just built and checked (float64 utility,
-        int64 grid, already valid): no copy, no validation pass. Internal."""
+        int64 grid, already valid): no copy, no validation pass. The arrays are handed over:
+        nothing may write to them afterwards. Internal."""
         self = cls.__new__(cls)
         u = utility.view()
         g = grid.view()
@@ -183,7 +222,18 @@ class Curves:
         self._utility = u
         self._grid = g
         self._meta = dict(meta or {})
+        self._facts = None  # worked out on first use (``_grid_facts``)
         return self
+
+    def _grid_facts(self):
+        """The :class:`_GridFacts` of this grid (worked out once: the arrays are read-only
+        copies this object owns, so they cannot change). Internal."""
+        facts = self._facts
+        if facts is None:
+            g2 = self.grid2d
+            unit = (g2[:, 1:] - g2[:, :-1] == 1).all(axis=1)
+            facts = self._facts = _grid_facts(g2, self.n_heads, unit)
+        return facts
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -234,12 +284,7 @@ class Curves:
     @property
     def capacity(self):
         """Tokens of the full cache: the sum over heads of each head's largest grid point."""
-        last = self.grid2d[:, -1]
-        if self.shared_grid:
-            return int(last[0]) * self.n_heads
-        if int(last.max()) * self.n_heads < MAX_TOKENS:  # no int64 overflow possible
-            return int(last.sum())
-        return sum(int(x) for x in last)
+        return self._grid_facts().capacity
 
     def is_concave(self, *, tol=0.0):
         """Whether every head's curve equals its upper concave hull.
@@ -273,6 +318,15 @@ class Curves:
         )
 
     __hash__ = None
+
+    def __reduce__(self):
+        # Rebuilt through the constructor: the copy owns read-only arrays, checked again.
+        return _rebuild, (self._utility, self._grid, self._meta)
+
+
+def _rebuild(utility, grid, meta):
+    """A :class:`Curves` from its pickled (or copied) arrays and meta."""
+    return Curves(utility, grid, meta=meta)
 
 
 def as_curves(curves):

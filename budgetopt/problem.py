@@ -64,13 +64,19 @@ class Problem:
 
     def head_index(self, h):
         """Flat head ``h`` as a tuple index into the head shape, e.g. ``(3, 1)``."""
-        return tuple(int(i) for i in np.unravel_index(h, self.curves.head_shape))
+        if not 0 <= h < self.n_heads:
+            raise IndexError(f"head {h} is out of range for {self.n_heads} heads")
+        index = []
+        for n in reversed(self.curves.head_shape):  # C order: the last axis varies fastest
+            h, i = divmod(int(h), n)
+            index.append(i)
+        return tuple(reversed(index))
 
     def pick(self, idx):
         """Budgets (head shape) and total utility of grid indices ``idx`` (one per head)."""
-        heads = np.arange(self.n_heads)
-        budgets = self.grid[heads * self.per_head, idx].reshape(self.curves.head_shape)
-        return budgets, float(self.utility[heads, idx].sum())
+        heads = np.arange(self.utility.shape[0])
+        tokens = self.grid[heads, idx] if self.per_head else self.grid[0][idx]
+        return tokens.reshape(self.curves.head_shape), float(self.utility[heads, idx].sum())
 
 
 def _bound(value, name, head_shape):
@@ -116,15 +122,32 @@ def build_problem(curves, min_budget=None, max_budget=None):
         Some head has no grid point within its [floor, cap].
     """
     curves = as_curves(curves)
-    if curves.capacity >= MAX_TOKENS:
+    facts = curves._grid_facts()
+    if facts.capacity >= MAX_TOKENS:
         raise InvalidInputError(
-            f"`curves` hold {curves.capacity} tokens in all (the sum of each head's largest grid "
+            f"`curves` hold {facts.capacity} tokens in all (the sum of each head's largest grid "
             f"point); the solvers handle totals below {MAX_TOKENS_TEXT}"
         )
     utility = curves.utility2d
     grid = curves.grid2d
     H, K = utility.shape
     per_head = 0 if curves.shared_grid else 1
+    # Without a floor (cap) every head starts (ends) at its first (last) grid point: the
+    # totals are the grid's own, known from the curves.
+    if min_budget is None and max_budget is None:
+        lo = np.zeros(H, np.int64)
+        hi = np.full(H, K, np.int64)
+        floor_total, ceiling_total = facts.floor, facts.capacity
+    else:
+        lo, hi, floor_total, ceiling_total = _index_ranges(curves, grid, per_head, facts, min_budget, max_budget)
+    # Shared grid: one read-only view for every problem. Per-head flags: each problem's own.
+    unit_steps = facts.unit.copy() if per_head else facts.unit
+    return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total, unit_steps)
+
+
+def _index_ranges(curves, grid, per_head, facts, min_budget, max_budget):
+    """``lo, hi, floor_total, ceiling_total`` of a problem with a floor or a cap."""
+    H, K = curves.n_heads, curves.n_points
     mins = _bound(min_budget, "min_budget", curves.head_shape)
     maxs = _bound(max_budget, "max_budget", curves.head_shape)
     if mins is not None and maxs is not None and np.any(mins > maxs):
@@ -151,11 +174,9 @@ def build_problem(curves, min_budget=None, max_budget=None):
             f"[{lo_s}, {hi_s}] (its grid spans {g[0]}..{g[-1]})"
         )
     rows = np.arange(H) * per_head
-    floor_total = int(grid[rows, lo].sum())
-    ceiling_total = int(grid[rows, hi - 1].sum())
-    unit = np.all(np.diff(grid, axis=1) == 1, axis=1)
-    unit_steps = np.broadcast_to(unit, (H,)) if not per_head else unit
-    return Problem(curves, utility, grid, per_head, lo, hi, floor_total, ceiling_total, unit_steps)
+    floor_total = facts.floor if mins is None else int(grid[rows, lo].sum())
+    ceiling_total = facts.capacity if maxs is None else int(grid[rows, hi - 1].sum())
+    return lo, hi, floor_total, ceiling_total
 
 
 def _label(curves, h):
@@ -172,6 +193,8 @@ def _searchsorted_rows(grid, values, side):
 
 def check_total(total_budget, name="total_budget"):
     """A total budget as a Python int in ``[0, 2**62)`` (whole tokens)."""
+    if type(total_budget) is int and 0 <= total_budget < MAX_TOKENS:  # the common case, at once
+        return total_budget
     if isinstance(total_budget, (np.ma.MaskedArray, np.ma.core.MaskedConstant)):
         raise InvalidTypeError(f"`{name}` must be a whole number of tokens; got a masked array or value")
     if isinstance(total_budget, np.ndarray) and total_budget.ndim == 0:

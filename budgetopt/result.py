@@ -99,19 +99,26 @@ class Allocation:
         """The result of a solver: ``used`` and ``gap`` derived, and the bound guarded
         against the last-bit rounding of sums (a proven bound is never below a value
         actually reached)."""
-        bound = max(float(upper_bound), float(utility))
-        return cls(
+        budgets = np.array(budgets, dtype=np.int64, copy=True)
+        budgets.setflags(write=False)
+        utility = float(utility)
+        bound = max(float(upper_bound), utility)
+        # The fields as the generated __init__ and __post_init__ would set them (``budgets``
+        # is already the read-only copy), without their per-field frozen-setattr calls.
+        self = object.__new__(cls)
+        self.__dict__.update(
             budgets=budgets,
-            used=int(np.asarray(budgets).sum()),
+            used=int(budgets.sum()),
             total_budget=int(total_budget),
-            utility=float(utility),
+            utility=utility,
             upper_bound=bound,
-            gap=bound - float(utility),
+            gap=bound - utility,
             threshold=float(threshold),
             method=method,
             seconds=float(seconds),
             stats=stats,
         )
+        return self
 
     @property
     def head_shape(self):
