@@ -123,7 +123,7 @@ class Curves:
     False
     """
 
-    __slots__ = ("_utility", "_grid", "_meta", "_facts")
+    __slots__ = ("_utility", "_grid", "_meta", "_facts", "_scale")
 
     def __init__(self, utility, grid=None, *, meta=None):
         u = _as_real_array(utility, "utility")
@@ -208,6 +208,7 @@ class Curves:
         self._grid = g
         self._meta = meta
         self._facts = _grid_facts(g.reshape(-1, K), u.size // K, unit)
+        self._scale = None
 
     @classmethod
     def _trusted(cls, utility, grid, meta=None):
@@ -223,6 +224,7 @@ class Curves:
         self._grid = g
         self._meta = dict(meta or {})
         self._facts = None  # worked out on first use (``_grid_facts``)
+        self._scale = None
         return self
 
     def _grid_facts(self):
@@ -234,6 +236,14 @@ class Curves:
             unit = (g2[:, 1:] - g2[:, :-1] == 1).all(axis=1)
             facts = self._facts = _grid_facts(g2, self.n_heads, unit)
         return facts
+
+    def _utility_scale(self):
+        """``sum_h max_k |utility[h, k]|``, the largest possible |total utility| (the scale
+        of the solvers' tolerances), worked out on first use. Internal."""
+        scale = self._scale
+        if scale is None:
+            scale = self._scale = float(np.abs(self.utility2d).max(axis=1).sum())
+        return scale
 
     # -- structure -------------------------------------------------------------------------
     @property

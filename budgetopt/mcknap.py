@@ -185,7 +185,7 @@ class _Search:
         greedy_value = float(p.utility[rows, idx].sum())
         self.best, self.best_idx = greedy_value, idx
         self.spare = min(self.total, p.ceiling_total) - p.floor_total
-        scale = float(np.abs(p.utility).max(axis=1).sum()) if p.utility.size else 0.0
+        scale = p.curves._utility_scale()
         self.tau = EXACT_RTOL * max(1.0, scale)
         # Integral utilities: allocations differ in value by multiples of ``step``, so only
         # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
