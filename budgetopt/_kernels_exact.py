@@ -115,7 +115,7 @@ def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_li
     margin a better allocation must clear (``max(tau, step - tau)``), the options that can
     still beat ``best + margin`` (:func:`lagrangian_options`) and, when some can and there
     are at most ``max_options`` of them, ``rounds`` rounds of :func:`local_search` from the
-    grid indices ``at`` (updated in place).
+    grid indices ``at`` (updated in place), stopping once the incumbent meets the bound.
 
     Returns ``(step, margin, gain, more, bound, dropped, offsets, index, cost, value,
     lp_opt)``: ``gain`` and ``more`` are the local search's (0 and False when it did not
@@ -129,7 +129,8 @@ def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_li
     gain = 0.0
     more = False
     if bound >= best + margin and index.shape[0] <= max_options:
-        gain, more = local_search(cost, value, offsets, index, utility, grid, per_head, lo, at, spare, tau, rounds)
+        gain, more = local_search(cost, value, offsets, index, utility, grid, per_head, lo, at, spare, tau, rounds,
+                                  bound - margin - best)
     return step, margin, gain, more, bound, dropped, offsets, index, cost, value, lp_opt
 
 
@@ -526,15 +527,17 @@ def value_step(utility, lo, hi, limit):
 
 
 @nb.njit(**_JIT)
-def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at, spare, min_gain, max_rounds):
+def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at, spare, min_gain, max_rounds,
+                 enough):
     """Improve an allocation by moving one head, or two heads at once, to kept options.
 
     Head ``h`` starts at grid index ``at[h]`` (its option may be outside the kept ones,
     whose grid indices are ``index``); ``spare`` is the budget above the first usable
     points. Each round applies the best move found among: one head to another of its
     options, or two different heads together (typically one up, one down), within the
-    budget; rounds stop when no move gains more than ``min_gain``, or after
-    ``max_rounds``. ``at`` is updated in place.
+    budget; rounds stop when no move gains more than ``min_gain``, once the total gain
+    exceeds ``enough`` (the incumbent then meets a bound), or after ``max_rounds``. ``at``
+    is updated in place.
 
     Returns ``(gain, more)``: the total gain, and whether the last round still moved (so
     that more rounds may gain more). One round is O(M log M) for M kept options.
@@ -624,6 +627,9 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
                 cur_v[h] = values[j]
                 at[h] = index[j]
         total_gain += gain
+        if total_gain > enough:
+            more = False
+            break
     return total_gain, more
 
 

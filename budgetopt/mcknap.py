@@ -315,15 +315,20 @@ class _Search:
         one down, while they gain) from the grid indices ``new`` that its first rounds
         reached (``more``: their last round still moved), and adopt the result if better."""
         p, opts = self.problem, self.opts
-        stop = time.perf_counter() + _HEURISTIC_SECONDS
-        if self.deadline is not None:
-            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
-        for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
-            if not more or time.perf_counter() > stop:
-                break
-            _, more = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid,
-                                     p.per_head, p.lo, new, self.spare, self.tau, 8)
-        value = float(p.utility[np.arange(p.n_heads), new].sum())
+        rows = np.arange(p.n_heads)
+        value = float(p.utility[rows, new].sum())
+        if more:
+            stop = time.perf_counter() + _HEURISTIC_SECONDS
+            if self.deadline is not None:
+                stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+            enough = opts.bound - self.margin - value  # then the incumbent meets the Lagrangian bound
+            for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+                if not more or time.perf_counter() > stop:
+                    break
+                gain, more = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid,
+                                            p.per_head, p.lo, new, self.spare, self.tau, 8, enough)
+                enough -= gain
+            value = float(p.utility[rows, new].sum())
         if value > self.best:
             self.best, self.best_idx = value, new
 
