@@ -12,10 +12,27 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._kernels import _JIT, _weighted_threshold
+from ._kernels import _JIT, _weighted_threshold, upper_hulls
 
 
 # --- greedy and sweep -------------------------------------------------------------------
+
+
+@nb.njit(**_JIT)
+def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx):
+    """The greedy for one total, over every head's full hull, repair included, in one call.
+
+    :func:`budgetopt._kernels.upper_hulls` (trailing falls dropped), :func:`greedy_solve`
+    for ``spare`` tokens above the floors, then :func:`repair` of what it leaves over, as
+    ``budgetopt.greedy._Greedy`` does them one by one; writes each head's grid index to
+    ``idx`` and returns ``(lp_value, threshold, blocked_head, left_after_lp,
+    hull_segments)``. One call keeps small problems' per-call cost to one dispatch.
+    """
+    offsets, verts, slopes = upper_hulls(utility, grid, per_head, lo, hi, unit, True)
+    lp, lam, blocked, left = greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx)
+    if left > 0:
+        repair(utility, grid, per_head, hi, idx, blocked, left)
+    return lp, lam, blocked, left, verts.shape[0] - utility.shape[0]
 
 
 @nb.njit(**_JIT)
@@ -236,3 +253,160 @@ def fill_free(utility, grid, per_head, hi, idx, left):
         left -= g[best] - g[cur]
         idx[h] = best
     return left
+
+
+# --- the whole repair in one call -------------------------------------------------------
+
+_PW_BLOCK = 128  # numpy's PW_BLOCKSIZE
+
+
+@nb.njit(**_JIT)
+def _pairwise_block(a, start, n):
+    """numpy's pairwise summation of ``a[start:start + n]``, ``n <= 128``: a plain running
+    sum from ``0.0`` below 8 entries; otherwise eight running sums (entries ``j mod 8``)
+    over the largest multiple of 8, combined as ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+    (r6 + r7))``, then the rest added one by one."""
+    if n < 8:
+        res = 0.0
+        for i in range(start, start + n):
+            res += a[i]
+        return res
+    r0 = a[start]
+    r1 = a[start + 1]
+    r2 = a[start + 2]
+    r3 = a[start + 3]
+    r4 = a[start + 4]
+    r5 = a[start + 5]
+    r6 = a[start + 6]
+    r7 = a[start + 7]
+    i = 8
+    stop = n - n % 8
+    while i < stop:
+        j = start + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[start + i]
+        i += 1
+    return res
+
+
+@nb.njit(inline="always", **_JIT)
+def _first_half(n):
+    """Where numpy splits ``n > 128`` entries: half, rounded down to a multiple of 8."""
+    h = n // 2
+    return h - h % 8
+
+
+@nb.njit(**_JIT)
+def _pairwise(a):
+    """numpy's pairwise summation of all of ``a``: blocks of up to 128 entries as
+    :func:`_pairwise_block`; above 128, the sum of the first :func:`_first_half` entries
+    plus the sum of the rest, each summed alike. An explicit stack stands in for the
+    recursion (numba cannot cache recursive functions)."""
+    n = a.shape[0]
+    if n <= _PW_BLOCK:
+        return _pairwise_block(a, 0, n)
+    starts = np.empty(64, np.int64)  # the halving depth is below 64
+    sizes = np.empty(64, np.int64)
+    phase = np.zeros(64, np.int64)  # 0: sum the first half next, 1: the second, 2: add them
+    first = np.empty(64, np.float64)
+    top = 0
+    starts[0] = 0
+    sizes[0] = n
+    ret = 0.0
+    while True:
+        s = starts[top]
+        m = sizes[top]
+        if m <= _PW_BLOCK or phase[top] == 2:
+            ret = _pairwise_block(a, s, m) if m <= _PW_BLOCK else first[top] + ret
+            top -= 1
+            if top < 0:
+                return ret
+        elif phase[top] == 0:
+            phase[top] = 1
+            top += 1
+            starts[top] = s
+            sizes[top] = _first_half(m)
+            phase[top] = 0
+        else:
+            first[top] = ret
+            phase[top] = 2
+            h = _first_half(m)
+            top += 1
+            starts[top] = s + h
+            sizes[top] = m - h
+            phase[top] = 0
+
+
+@nb.njit(**_JIT)
+def numpy_sum(a):
+    """``a.sum()`` of a contiguous float64 vector, bit for bit as numpy computes it: the
+    reduction's identity ``0.0`` plus the pairwise sum of all entries (:func:`_pairwise`).
+    The repair compares totals of utility, and a near-tie must fall as it always has."""
+    return 0.0 + _pairwise(a)
+
+
+@nb.njit(**_JIT)
+def repair(utility, grid, per_head, hi, idx, blocked, left):
+    """Spend the ``left`` tokens the LP part left over, in place on ``idx``; returns the
+    tokens still left. The rule is ``budgetopt.greedy._Greedy``'s (LU-KV's blocked-head
+    move when it settles everything, else the best of up to four fills, then free moves);
+    this is one compiled call of it.
+
+    The trials' total utilities are compared as numpy sums them (:func:`numpy_sum`, the
+    same pairwise order, so the same rounding): the choice between near-equal trials is
+    the one a ``utility[rows, trial].sum()`` per trial makes.
+    """
+    H = utility.shape[0]
+    moved = -1
+    after_move = left
+    if blocked >= 0:
+        start = idx[blocked]
+        trial = idx.copy()
+        after_move = blocked_move(utility, grid, per_head, hi, trial, blocked, left)
+        moved = trial[blocked]
+        if after_move == 0:
+            u = utility[blocked]
+            settled = True
+            for k in range(start, moved):
+                if u[k + 1] < u[k]:
+                    settled = False
+                    break
+            if settled:
+                idx[blocked] = moved
+                return 0
+    trial = np.empty(H, np.int64)
+    best = np.empty(H, np.int64)
+    values = np.empty(H, np.float64)
+    best_value = 0.0
+    best_rest = left
+    found = False
+    for blocked_first in (True, False):
+        if blocked_first and blocked < 0:
+            continue
+        for by_density in (True, False):
+            trial[:] = idx
+            rest = left
+            if blocked_first:
+                trial[blocked] = moved
+                rest = after_move
+            rest = fill(utility, grid, per_head, hi, trial, rest, by_density)
+            for h in range(H):
+                values[h] = utility[h, trial[h]]
+            value = numpy_sum(values)
+            if not found or value > best_value:
+                found = True
+                best_value = value
+                best[:] = trial
+                best_rest = rest
+    idx[:] = best
+    return fill_free(utility, grid, per_head, hi, idx, best_rest)

@@ -111,6 +111,19 @@ class _Greedy:
         p = self.problem
         idx = np.empty(p.n_heads, np.int64)
         spare = min(total, p.ceiling_total) - p.floor_total
+        if self._hulls is None and not bracket.worthwhile(p):
+            # Small problems: hulls, LP part and repair in one compiled call.
+            lp, lam, blocked, left, segments = _kernels_greedy.solve_one(
+                p.utility, p.grid, p.per_head, p.lo, p.hi, p.unit_steps, spare, idx
+            )
+            stats = {
+                "lp_bound": lp,
+                "blocked_head": None if blocked < 0 else p.head_index(blocked),
+                "left_after_lp": left,
+                "hull_segments": segments,
+                "hull_points_fraction": 1.0,  # every usable point
+            }
+            return Solution(idx, lp, lam, stats)
         usable = int((p.hi - p.lo).sum())
         found = bracket.bracketed_lp(p, spare, idx) if bracket.worthwhile(p) else None
         if found is None:
@@ -183,25 +196,10 @@ class _Greedy:
         moves are added by gain per token and, separately, by gain, each also tried without
         the blocked head's move; the best total utility wins (ties: that order). Tokens no
         move can turn into utility are finally spent where they lose nothing.
+
+        One compiled call (:func:`budgetopt._kernels_greedy.repair`), in place on ``idx``;
+        the trials' utilities are summed as numpy's ``sum`` does, bit for bit.
         """
         p = self.problem
-        rows = np.arange(p.n_heads)
-        if blocked >= 0:
-            trial = idx.copy()
-            rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, left)
-            if rest == 0 and np.all(np.diff(p.utility[blocked, idx[blocked] : trial[blocked] + 1]) >= 0):
-                return trial, 0
-        best = None
-        for blocked_first in (True, False) if blocked >= 0 else (False,):
-            for by_density in (True, False):
-                trial = idx.copy()
-                rest = left
-                if blocked_first:
-                    rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, rest)
-                rest = _kernels_greedy.fill(p.utility, p.grid, p.per_head, p.hi, trial, rest, by_density)
-                value = p.utility[rows, trial].sum()
-                if best is None or value > best[0]:
-                    best = (value, trial, rest)
-        _, trial, rest = best
-        rest = _kernels_greedy.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
-        return trial, rest
+        rest = _kernels_greedy.repair(p.utility, p.grid, p.per_head, p.hi, idx, blocked, left)
+        return idx, rest
