@@ -19,20 +19,27 @@ from ._kernels import _JIT, _weighted_threshold, upper_hulls
 
 
 @nb.njit(**_JIT)
-def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx):
+def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx, budgets):
     """The greedy for one total, over every head's full hull, repair included, in one call.
 
     :func:`budgetopt._kernels.upper_hulls` (trailing falls dropped), :func:`greedy_solve`
     for ``spare`` tokens above the floors, then :func:`repair` of what it leaves over, as
     ``budgetopt.greedy._Greedy`` does them one by one; writes each head's grid index to
-    ``idx`` and returns ``(lp_value, threshold, blocked_head, left_after_lp,
-    hull_segments)``. One call keeps small problems' per-call cost to one dispatch.
+    ``idx`` and its tokens to ``budgets``, and returns ``(lp_value, threshold,
+    blocked_head, left_after_lp, hull_segments, utility)``, the last the answer's total
+    utility summed as numpy sums it (:func:`numpy_sum`). One call keeps small problems'
+    per-call cost to one dispatch.
     """
+    H = utility.shape[0]
     offsets, verts, slopes = upper_hulls(utility, grid, per_head, lo, hi, unit, True)
     lp, lam, blocked, left = greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx)
     if left > 0:
         repair(utility, grid, per_head, hi, idx, blocked, left)
-    return lp, lam, blocked, left, verts.shape[0] - utility.shape[0]
+    values = np.empty(H, np.float64)
+    for h in range(H):
+        budgets[h] = grid[h * per_head, idx[h]]
+        values[h] = utility[h, idx[h]]
+    return lp, lam, blocked, left, verts.shape[0] - H, numpy_sum(values)
 
 
 @nb.njit(**_JIT)

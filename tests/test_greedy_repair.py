@@ -342,3 +342,14 @@ def test_property_solve_equals_the_reference(case, shape):
     assert_same_solve(problem, total)
     assert_same_solve(problem, problem.floor_total)
     assert_same_solve(problem, problem.ceiling_total + 2)
+
+
+def test_the_benchmark_runs_and_records_its_figures(tmp_path):
+    """``benchmarks/bench_greedy_small.py`` in a tiny mode (no baseline, no per-token case)."""
+    bench = load_benchmark("bench_greedy_small")
+    out = tmp_path / "bench"
+    rows = bench.main(["--rounds", "1", "--repeat", "2", "--no-per-token", "--out", str(out)])
+    assert len(rows) == 7 and all(r["solve_new_s"] > 0 and r["allocate_new_s"] > 0 for r in rows)
+    saved = (tmp_path / "bench.json").read_text()
+    assert '"command": "python benchmarks/bench_greedy_small.py --rounds 1' in saved
+    assert (tmp_path / "bench.txt").read_text().count(" solve ") == 7
