@@ -124,7 +124,7 @@ def run(args, log=print):
         if base is not None:
             diff = same_answers(sides["new"], sides["base"])
             assert diff is None, f"{name}: {diff}"
-        repeat = args.repeat if sides["new"].problem.utility.size < 1 << 15 else max(5, args.repeat // 20)
+        repeat = args.repeat if sides["new"].problem.utility.size < 1 << 15 else max(10, args.repeat // 4)
         times = {}
         for _ in range(args.rounds):
             for what in ("solve", "allocate"):
@@ -159,7 +159,8 @@ def line(row):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", help="git revision timed alongside and checked to answer identically (e.g. main)")
-    ap.add_argument("--repeat", type=int, default=200, help="calls per round on the small cases (median)")
+    ap.add_argument("--repeat", type=int, default=200,
+                    help="calls per round on the small cases, a quarter of it on the per-token case (median)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median of the rounds' medians)")
     ap.add_argument("--no-per-token", action="store_true", help="skip the 32x8x4096 per-token case")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_greedy_small"))
