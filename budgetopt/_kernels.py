@@ -282,9 +282,12 @@ def _order_key(bits):
 
 
 _RADIX_BITS = 12
-# Below this many entries a quickselect alone is cheaper than a pass over the histogram's
-# 4,096 buckets (and its worst case stays small).
+# Radix passes run while more than this many entries remain: below it a quickselect alone
+# is cheaper than passes over the histogram's 4,096 buckets (and its worst case stays
+# small). With a -0.0 among the slopes, _RADIX_MIN_SIGNED_ZERO (see _weighted_threshold).
 _RADIX_MIN = 1024
+_RADIX_MIN_SIGNED_ZERO = 64
+_NEGATIVE_ZERO = np.uint64(0x8000000000000000)
 
 
 @nb.njit(**_JIT)
@@ -295,19 +298,29 @@ def _weighted_threshold(slopes, costs, budget):
     the top: a cost histogram per digit finds the bucket where the running cost (largest
     slopes first) passes ``budget``, and only that bucket's entries are kept. Once at most
     ``_RADIX_MIN`` remain (or from the start, when there are no more), a quickselect
-    finishes. O(n); ``slopes`` and ``costs`` are scratch (reordered). The answer is one of
-    the given slopes, fixed by its definition: any correct selection returns it.
+    finishes. O(n); ``slopes`` and ``costs`` are scratch (reordered).
+
+    The answer's value is fixed by its definition, and equal float64 values have equal
+    bits except 0.0 and -0.0. So any correct selection returns the same bits, unless a
+    -0.0 is present: then which zero comes back depends on the order the quickselect
+    sees, and the radix passes run down to ``_RADIX_MIN_SIGNED_ZERO`` entries, as they
+    always have, so that it is the zero returned before ``_RADIX_MIN`` was introduced.
     """
     n = slopes.shape[0]
-    if n <= _RADIX_MIN:
-        return _quickselect_threshold(slopes, costs, budget)
     bits = slopes.view(np.uint64)
+    small = _RADIX_MIN
+    for i in range(n):
+        if bits[i] == _NEGATIVE_ZERO:
+            small = _RADIX_MIN_SIGNED_ZERO
+            break
+    if n <= small:
+        return _quickselect_threshold(slopes, costs, budget)
     hist = np.zeros(1 << _RADIX_BITS, np.int64)
     mask = np.uint64((1 << _RADIX_BITS) - 1)
     shift = np.uint64(64 - _RADIX_BITS)
     for i in range(n):
         hist[(_order_key(bits[i]) >> shift) & mask] += costs[i]
-    while n > _RADIX_MIN:
+    while n > small:
         b = (1 << _RADIX_BITS) - 1
         while hist[b] <= budget:  # buckets wholly above the threshold: all taken
             budget -= hist[b]
