@@ -67,7 +67,7 @@ def _slope(u, g, a, b):
 _MAX_ROUNDS = 32
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)  # inlined: per-head call overhead shows on short heads
 def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
@@ -153,7 +153,7 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     return _chain(u, g, out, n, drop_descending, xs)
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)
 def _chain(u, g, out, n, drop_descending, sl):
     """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
     place; returns the hull's size ``m``, with ``sl[i]`` the slope of the hull segment

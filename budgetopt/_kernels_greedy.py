@@ -4,7 +4,8 @@ The greedy takes hull segments (packed as :func:`budgetopt._kernels.upper_hulls`
 them) by slope while they fit (:func:`greedy_solve`; a sweep walks one sorted order,
 :func:`sweep_counts`, :func:`sweep_settle`); the repair spends the tokens the LP part leaves
 over (:func:`blocked_move`, :func:`fill`, :func:`fill_free`). Array conventions as in
-:mod:`budgetopt._kernels`.
+:mod:`budgetopt._kernels`. Loops over heads index the 2-D arrays directly rather than take
+a row view per head: a view costs reference counting, which shows on short heads.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     all_cost = 0
     t = 0
     for h in range(H):
-        g = grid[h * per_head]
+        r = h * per_head
         for i in range(offsets[h], offsets[h + 1] - 1):
-            c = g[verts[i + 1]] - g[verts[i]]
+            c = grid[r, verts[i + 1]] - grid[r, verts[i]]
             seg_slopes[t] = slopes[i]
             seg_costs[t] = c
             all_cost += c
@@ -81,7 +82,7 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     blocked = -1
     # Heads' segments steeper than lam are all taken.
     for h in range(H):
-        g = grid[h * per_head]
+        r = h * per_head
         a = offsets[h]
         b = offsets[h + 1] - 1  # index of the last vertex
         while a < b:  # first vertex whose outgoing slope is <= lam
@@ -91,12 +92,12 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
             else:
                 b = mid
         cnt[h] = a
-        left -= g[verts[a]] - g[verts[offsets[h]]]
+        left -= grid[r, verts[a]] - grid[r, verts[offsets[h]]]
     for h in range(H):
         c = cnt[h]
         if c < offsets[h + 1] - 1 and slopes[c] == lam:
-            g = grid[h * per_head]
-            cost = g[verts[c + 1]] - g[verts[c]]
+            r = h * per_head
+            cost = grid[r, verts[c + 1]] - grid[r, verts[c]]
             if cost <= left:
                 cnt[h] = c + 1
                 left -= cost
@@ -171,16 +172,18 @@ def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, left
 
 
 @nb.njit(inline="always", **_JIT)
-def _reach(u, g, cur, stop, left, free):
-    """The grid index head row ``u``/``g`` moves to from ``cur`` within ``left`` more tokens
-    (indices below ``stop``): with ``free``, the farthest point whose utility is at least
-    ``u[cur]``; otherwise the first point of the largest utility (``cur`` if none gains)."""
-    x0 = g[cur]
+def _reach(utility, grid, h, r, cur, stop, left, free):
+    """The grid index head ``h`` (grid row ``r``) moves to from ``cur`` within ``left`` more
+    tokens (indices below ``stop``): with ``free``, the farthest point whose utility is at
+    least ``utility[h, cur]``; otherwise the first point of the largest utility (``cur`` if
+    none gains)."""
+    x0 = grid[r, cur]
+    u0 = utility[h, cur]
     best = cur
     for k in range(cur + 1, stop):
-        if g[k] - x0 > left:
+        if grid[r, k] - x0 > left:
             break
-        if (u[k] >= u[cur]) if free else (u[k] > u[best]):
+        if (utility[h, k] >= u0) if free else (utility[h, k] > utility[h, best]):
             best = k
     return best
 
@@ -192,11 +195,11 @@ def blocked_move(utility, grid, per_head, hi, idx, h, left):
     Among points of equal utility the one with fewest tokens is taken, so tokens that would
     buy nothing here stay available to other heads. Returns the tokens still left.
     """
-    g = grid[h * per_head]
+    r = h * per_head
     cur = idx[h]
-    best = _reach(utility[h], g, cur, hi[h], left, False)
+    best = _reach(utility, grid, h, r, cur, hi[h], left, False)
     idx[h] = best
-    return left - (g[best] - g[cur])
+    return left - (grid[r, best] - grid[r, cur])
 
 
 @nb.njit(**_JIT)
@@ -214,15 +217,15 @@ def fill(utility, grid, per_head, hi, idx, left, by_density):
         best_h = -1
         best_k = -1
         for h in range(H):
-            g = grid[h * per_head]
-            u = utility[h]
+            r = h * per_head
             cur = idx[h]
-            x0 = g[cur]
+            x0 = grid[r, cur]
+            u0 = utility[h, cur]
             for k in range(cur + 1, hi[h]):
-                cost = g[k] - x0
+                cost = grid[r, k] - x0
                 if cost > left:
                     break
-                gain = u[k] - u[cur]
+                gain = utility[h, k] - u0
                 if gain <= 0.0 or cost == 0:
                     continue
                 if best_h < 0:
@@ -254,10 +257,10 @@ def fill_free(utility, grid, per_head, hi, idx, left):
     for h in range(H):
         if left <= 0:
             break
-        g = grid[h * per_head]
+        r = h * per_head
         cur = idx[h]
-        best = _reach(utility[h], g, cur, hi[h], left, True)
-        left -= g[best] - g[cur]
+        best = _reach(utility, grid, h, r, cur, hi[h], left, True)
+        left -= grid[r, best] - grid[r, cur]
         idx[h] = best
     return left
 
