@@ -67,7 +67,7 @@ def _slope(u, g, a, b):
 _MAX_ROUNDS = 32
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)  # inlined: per-head call overhead shows on short heads
 def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
@@ -150,13 +150,19 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
             out[kept] = out[n - 1]
             kept += 1
         n = kept
-    return _chain(u, g, out, n, drop_descending)
+    return _chain(u, g, out, n, drop_descending, xs)
 
 
-@nb.njit(**_JIT)
-def _chain(u, g, out, n, drop_descending):
+@nb.njit(inline="always", **_JIT)
+def _chain(u, g, out, n, drop_descending, sl):
     """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
-    place; returns the hull's size. See :func:`_hull_one`."""
+    place; returns the hull's size ``m``, with ``sl[i]`` the slope of the hull segment
+    ending at vertex ``i`` (``1 <= i < m``). See :func:`_hull_one`.
+
+    Each stack entry keeps the slope of the segment that ends there, computed once, when
+    the entry was pushed: it is the value :func:`_slope` gives for that pair, bit for bit
+    (the same expression on the same two vertices), so each test divides once.
+    """
     m = 0
     for j in range(n):
         k = out[j]
@@ -167,17 +173,22 @@ def _chain(u, g, out, n, drop_descending):
                 m -= 1
             else:
                 continue
+        s = 0.0
         while m >= 2:
-            a = out[m - 2]
             b = out[m - 1]
-            if _slope(u, g, a, b) <= (y - u[b]) / (x - g[b]):
+            s = (y - u[b]) / (x - g[b])
+            if sl[m - 1] <= s:
                 m -= 1
             else:
                 break
+        if m == 1:  # no test against the first vertex was made
+            b = out[0]
+            s = (y - u[b]) / (x - g[b])
         out[m] = k
+        sl[m] = s
         m += 1
     if drop_descending:
-        while m >= 2 and _slope(u, g, out[m - 2], out[m - 1]) < 0.0:
+        while m >= 2 and sl[m - 1] < 0.0:
             m -= 1
     return m
 
@@ -199,6 +210,7 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     offsets[0] = 0
     cap = max(64, 16 * H)
     verts = np.empty(cap, np.int64)
+    slopes = np.empty(cap, np.float64)
     for h in range(H):
         m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, unit[h], drop_descending)
         start = offsets[h]
@@ -207,17 +219,16 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
             grown = np.empty(cap, np.int64)
             grown[:start] = verts[:start]
             verts = grown
-        verts[start : start + m] = scratch[:m]
+            grown_slopes = np.empty(cap, np.float64)
+            grown_slopes[:start] = slopes[:start]
+            slopes = grown_slopes
+        for i in range(m - 1):
+            verts[start + i] = scratch[i]
+            slopes[start + i] = xs[i + 1]  # the chain's slope of segment i
+        verts[start + m - 1] = scratch[m - 1]
+        slopes[start + m - 1] = -np.inf
         offsets[h + 1] = start + m
-    verts = verts[: offsets[H]].copy()
-    slopes = np.empty(offsets[H], np.float64)
-    for h in range(H):
-        u = utility[h]
-        g = grid[h * per_head]
-        for i in range(offsets[h], offsets[h + 1] - 1):
-            slopes[i] = _slope(u, g, verts[i], verts[i + 1])
-        slopes[offsets[h + 1] - 1] = -np.inf
-    return offsets, verts, slopes
+    return offsets, verts[: offsets[H]].copy(), slopes[: offsets[H]].copy()
 
 
 @nb.njit(**_JIT)
@@ -271,6 +282,12 @@ def _order_key(bits):
 
 
 _RADIX_BITS = 12
+# Radix passes run while more than this many entries remain: below it a quickselect alone
+# is cheaper than passes over the histogram's 4,096 buckets (and its worst case stays
+# small). With a -0.0 among the slopes, _RADIX_MIN_SIGNED_ZERO (see _weighted_threshold).
+_RADIX_MIN = 1024
+_RADIX_MIN_SIGNED_ZERO = 64
+_NEGATIVE_ZERO = np.uint64(0x8000000000000000)
 
 
 @nb.njit(**_JIT)
@@ -279,18 +296,31 @@ def _weighted_threshold(slopes, costs, budget):
 
     Radix selection on the slopes' order-preserving bit patterns, 12 bits at a time from
     the top: a cost histogram per digit finds the bucket where the running cost (largest
-    slopes first) passes ``budget``, and only that bucket's entries are kept. Once few
-    remain, a quickselect finishes. O(n); ``slopes`` and ``costs`` are scratch (reordered).
+    slopes first) passes ``budget``, and only that bucket's entries are kept. Once at most
+    ``_RADIX_MIN`` remain (or from the start, when there are no more), a quickselect
+    finishes. O(n); ``slopes`` and ``costs`` are scratch (reordered).
+
+    The answer's value is fixed by its definition, and equal float64 values have equal
+    bits except 0.0 and -0.0. So any correct selection returns the same bits, unless a
+    -0.0 is present: then which zero comes back depends on the order the quickselect
+    sees, and the radix passes run down to ``_RADIX_MIN_SIGNED_ZERO`` entries, as they
+    always have, so that it is the zero returned before ``_RADIX_MIN`` was introduced.
     """
     n = slopes.shape[0]
     bits = slopes.view(np.uint64)
+    small = _RADIX_MIN
+    for i in range(n):
+        if bits[i] == _NEGATIVE_ZERO:
+            small = _RADIX_MIN_SIGNED_ZERO
+            break
+    if n <= small:
+        return _quickselect_threshold(slopes, costs, budget)
     hist = np.zeros(1 << _RADIX_BITS, np.int64)
     mask = np.uint64((1 << _RADIX_BITS) - 1)
     shift = np.uint64(64 - _RADIX_BITS)
-    if n > 64:
-        for i in range(n):
-            hist[(_order_key(bits[i]) >> shift) & mask] += costs[i]
-    while n > 64:
+    for i in range(n):
+        hist[(_order_key(bits[i]) >> shift) & mask] += costs[i]
+    while n > small:
         b = (1 << _RADIX_BITS) - 1
         while hist[b] <= budget:  # buckets wholly above the threshold: all taken
             budget -= hist[b]

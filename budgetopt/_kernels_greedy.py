@@ -4,7 +4,8 @@ The greedy takes hull segments (packed as :func:`budgetopt._kernels.upper_hulls`
 them) by slope while they fit (:func:`greedy_solve`; a sweep walks one sorted order,
 :func:`sweep_counts`, :func:`sweep_settle`); the repair spends the tokens the LP part leaves
 over (:func:`blocked_move`, :func:`fill`, :func:`fill_free`). Array conventions as in
-:mod:`budgetopt._kernels`.
+:mod:`budgetopt._kernels`. Loops over heads index the 2-D arrays directly rather than take
+a row view per head: a view costs reference counting, which shows on short heads.
 """
 
 from __future__ import annotations
@@ -12,10 +13,34 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._kernels import _JIT, _weighted_threshold
+from ._kernels import _JIT, _weighted_threshold, upper_hulls
 
 
 # --- greedy and sweep -------------------------------------------------------------------
+
+
+@nb.njit(**_JIT)
+def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx, budgets):
+    """The greedy for one total, over every head's full hull, repair included, in one call.
+
+    :func:`budgetopt._kernels.upper_hulls` (trailing falls dropped), :func:`greedy_solve`
+    for ``spare`` tokens above the floors, then :func:`repair` of what it leaves over, as
+    ``budgetopt.greedy._Greedy`` does them one by one; writes each head's grid index to
+    ``idx`` and its tokens to ``budgets``, and returns ``(lp_value, threshold,
+    blocked_head, left_after_lp, hull_segments, utility)``, the last the answer's total
+    utility summed as numpy sums it (:func:`numpy_sum`). One call keeps small problems'
+    per-call cost to one dispatch.
+    """
+    H = utility.shape[0]
+    offsets, verts, slopes = upper_hulls(utility, grid, per_head, lo, hi, unit, True)
+    lp, lam, blocked, left = greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx)
+    if left > 0:
+        repair(utility, grid, per_head, hi, idx, blocked, left)
+    values = np.empty(H, np.float64)
+    for h in range(H):
+        budgets[h] = grid[h * per_head, idx[h]]
+        values[h] = utility[h, idx[h]]
+    return lp, lam, blocked, left, verts.shape[0] - H, numpy_sum(values)
 
 
 @nb.njit(**_JIT)
@@ -39,9 +64,9 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     all_cost = 0
     t = 0
     for h in range(H):
-        g = grid[h * per_head]
+        r = h * per_head
         for i in range(offsets[h], offsets[h + 1] - 1):
-            c = g[verts[i + 1]] - g[verts[i]]
+            c = grid[r, verts[i + 1]] - grid[r, verts[i]]
             seg_slopes[t] = slopes[i]
             seg_costs[t] = c
             all_cost += c
@@ -57,7 +82,7 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     blocked = -1
     # Heads' segments steeper than lam are all taken.
     for h in range(H):
-        g = grid[h * per_head]
+        r = h * per_head
         a = offsets[h]
         b = offsets[h + 1] - 1  # index of the last vertex
         while a < b:  # first vertex whose outgoing slope is <= lam
@@ -67,12 +92,12 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
             else:
                 b = mid
         cnt[h] = a
-        left -= g[verts[a]] - g[verts[offsets[h]]]
+        left -= grid[r, verts[a]] - grid[r, verts[offsets[h]]]
     for h in range(H):
         c = cnt[h]
         if c < offsets[h + 1] - 1 and slopes[c] == lam:
-            g = grid[h * per_head]
-            cost = g[verts[c + 1]] - g[verts[c]]
+            r = h * per_head
+            cost = grid[r, verts[c + 1]] - grid[r, verts[c]]
             if cost <= left:
                 cnt[h] = c + 1
                 left -= cost
@@ -147,16 +172,18 @@ def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, left
 
 
 @nb.njit(inline="always", **_JIT)
-def _reach(u, g, cur, stop, left, free):
-    """The grid index head row ``u``/``g`` moves to from ``cur`` within ``left`` more tokens
-    (indices below ``stop``): with ``free``, the farthest point whose utility is at least
-    ``u[cur]``; otherwise the first point of the largest utility (``cur`` if none gains)."""
-    x0 = g[cur]
+def _reach(utility, grid, h, r, cur, stop, left, free):
+    """The grid index head ``h`` (grid row ``r``) moves to from ``cur`` within ``left`` more
+    tokens (indices below ``stop``): with ``free``, the farthest point whose utility is at
+    least ``utility[h, cur]``; otherwise the first point of the largest utility (``cur`` if
+    none gains)."""
+    x0 = grid[r, cur]
+    u0 = utility[h, cur]
     best = cur
     for k in range(cur + 1, stop):
-        if g[k] - x0 > left:
+        if grid[r, k] - x0 > left:
             break
-        if (u[k] >= u[cur]) if free else (u[k] > u[best]):
+        if (utility[h, k] >= u0) if free else (utility[h, k] > utility[h, best]):
             best = k
     return best
 
@@ -168,11 +195,11 @@ def blocked_move(utility, grid, per_head, hi, idx, h, left):
     Among points of equal utility the one with fewest tokens is taken, so tokens that would
     buy nothing here stay available to other heads. Returns the tokens still left.
     """
-    g = grid[h * per_head]
+    r = h * per_head
     cur = idx[h]
-    best = _reach(utility[h], g, cur, hi[h], left, False)
+    best = _reach(utility, grid, h, r, cur, hi[h], left, False)
     idx[h] = best
-    return left - (g[best] - g[cur])
+    return left - (grid[r, best] - grid[r, cur])
 
 
 @nb.njit(**_JIT)
@@ -190,15 +217,15 @@ def fill(utility, grid, per_head, hi, idx, left, by_density):
         best_h = -1
         best_k = -1
         for h in range(H):
-            g = grid[h * per_head]
-            u = utility[h]
+            r = h * per_head
             cur = idx[h]
-            x0 = g[cur]
+            x0 = grid[r, cur]
+            u0 = utility[h, cur]
             for k in range(cur + 1, hi[h]):
-                cost = g[k] - x0
+                cost = grid[r, k] - x0
                 if cost > left:
                     break
-                gain = u[k] - u[cur]
+                gain = utility[h, k] - u0
                 if gain <= 0.0 or cost == 0:
                     continue
                 if best_h < 0:
@@ -230,9 +257,166 @@ def fill_free(utility, grid, per_head, hi, idx, left):
     for h in range(H):
         if left <= 0:
             break
-        g = grid[h * per_head]
+        r = h * per_head
         cur = idx[h]
-        best = _reach(utility[h], g, cur, hi[h], left, True)
-        left -= g[best] - g[cur]
+        best = _reach(utility, grid, h, r, cur, hi[h], left, True)
+        left -= grid[r, best] - grid[r, cur]
         idx[h] = best
     return left
+
+
+# --- the whole repair in one call -------------------------------------------------------
+
+_PW_BLOCK = 128  # numpy's PW_BLOCKSIZE
+
+
+@nb.njit(**_JIT)
+def _pairwise_block(a, start, n):
+    """numpy's pairwise summation of ``a[start:start + n]``, ``n <= 128``: a plain running
+    sum from ``0.0`` below 8 entries; otherwise eight running sums (entries ``j mod 8``)
+    over the largest multiple of 8, combined as ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+    (r6 + r7))``, then the rest added one by one."""
+    if n < 8:
+        res = 0.0
+        for i in range(start, start + n):
+            res += a[i]
+        return res
+    r0 = a[start]
+    r1 = a[start + 1]
+    r2 = a[start + 2]
+    r3 = a[start + 3]
+    r4 = a[start + 4]
+    r5 = a[start + 5]
+    r6 = a[start + 6]
+    r7 = a[start + 7]
+    i = 8
+    stop = n - n % 8
+    while i < stop:
+        j = start + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[start + i]
+        i += 1
+    return res
+
+
+@nb.njit(inline="always", **_JIT)
+def _first_half(n):
+    """Where numpy splits ``n > 128`` entries: half, rounded down to a multiple of 8."""
+    h = n // 2
+    return h - h % 8
+
+
+@nb.njit(**_JIT)
+def _pairwise(a):
+    """numpy's pairwise summation of all of ``a``: blocks of up to 128 entries as
+    :func:`_pairwise_block`; above 128, the sum of the first :func:`_first_half` entries
+    plus the sum of the rest, each summed alike. An explicit stack stands in for the
+    recursion (numba cannot cache recursive functions)."""
+    n = a.shape[0]
+    if n <= _PW_BLOCK:
+        return _pairwise_block(a, 0, n)
+    starts = np.empty(64, np.int64)  # the halving depth is below 64
+    sizes = np.empty(64, np.int64)
+    phase = np.zeros(64, np.int64)  # 0: sum the first half next, 1: the second, 2: add them
+    first = np.empty(64, np.float64)
+    top = 0
+    starts[0] = 0
+    sizes[0] = n
+    ret = 0.0
+    while True:
+        s = starts[top]
+        m = sizes[top]
+        if m <= _PW_BLOCK or phase[top] == 2:
+            ret = _pairwise_block(a, s, m) if m <= _PW_BLOCK else first[top] + ret
+            top -= 1
+            if top < 0:
+                return ret
+        elif phase[top] == 0:
+            phase[top] = 1
+            top += 1
+            starts[top] = s
+            sizes[top] = _first_half(m)
+            phase[top] = 0
+        else:
+            first[top] = ret
+            phase[top] = 2
+            h = _first_half(m)
+            top += 1
+            starts[top] = s + h
+            sizes[top] = m - h
+            phase[top] = 0
+
+
+@nb.njit(**_JIT)
+def numpy_sum(a):
+    """``a.sum()`` of a contiguous float64 vector, bit for bit as numpy computes it: the
+    reduction's identity ``0.0`` plus the pairwise sum of all entries (:func:`_pairwise`).
+    The repair compares totals of utility, and a near-tie must fall as it always has."""
+    return 0.0 + _pairwise(a)
+
+
+@nb.njit(**_JIT)
+def repair(utility, grid, per_head, hi, idx, blocked, left):
+    """Spend the ``left`` tokens the LP part left over, in place on ``idx``; returns the
+    tokens still left. The rule is ``budgetopt.greedy._Greedy``'s (LU-KV's blocked-head
+    move when it settles everything, else the best of up to four fills, then free moves);
+    this is one compiled call of it.
+
+    The trials' total utilities are compared as numpy sums them (:func:`numpy_sum`, the
+    same pairwise order, so the same rounding): the choice between near-equal trials is
+    the one a ``utility[rows, trial].sum()`` per trial makes.
+    """
+    H = utility.shape[0]
+    moved = -1
+    after_move = left
+    if blocked >= 0:
+        start = idx[blocked]
+        trial = idx.copy()
+        after_move = blocked_move(utility, grid, per_head, hi, trial, blocked, left)
+        moved = trial[blocked]
+        if after_move == 0:
+            u = utility[blocked]
+            settled = True
+            for k in range(start, moved):
+                if u[k + 1] < u[k]:
+                    settled = False
+                    break
+            if settled:
+                idx[blocked] = moved
+                return 0
+    trial = np.empty(H, np.int64)
+    best = np.empty(H, np.int64)
+    values = np.empty(H, np.float64)
+    best_value = 0.0
+    best_rest = left
+    found = False
+    for blocked_first in (True, False):
+        if blocked_first and blocked < 0:
+            continue
+        for by_density in (True, False):
+            trial[:] = idx
+            rest = left
+            if blocked_first:
+                trial[blocked] = moved
+                rest = after_move
+            rest = fill(utility, grid, per_head, hi, trial, rest, by_density)
+            for h in range(H):
+                values[h] = utility[h, trial[h]]
+            value = numpy_sum(values)
+            if not found or value > best_value:
+                found = True
+                best_value = value
+                best[:] = trial
+                best_rest = rest
+    idx[:] = best
+    return fill_free(utility, grid, per_head, hi, idx, best_rest)

@@ -28,8 +28,8 @@ def greedy(problem, total):
     Allocation
     """
     t0 = time.perf_counter()
-    found = _Greedy(problem).solve(total)
-    budgets, utility = problem.pick(found.idx)
+    found, picked = _Greedy(problem)._solve(total)
+    budgets, utility = problem.pick(found.idx) if picked is None else picked
     return Allocation.from_solution(
         budgets, utility, total_budget=total, upper_bound=found.lp, threshold=found.threshold, method="greedy",
         seconds=time.perf_counter() - t0, stats=found.stats,
@@ -78,6 +78,16 @@ def lp_multiplier(problem, total):
     return found.lp, found.threshold
 
 
+def _head_index(head_shape, h):
+    """Flat head ``h`` as a tuple index into ``head_shape`` (what
+    :meth:`budgetopt.problem.Problem.head_index` gives, without numpy's per-call cost)."""
+    out = []
+    for n in reversed(head_shape):
+        h, r = divmod(h, n)
+        out.append(r)
+    return tuple(out[::-1])
+
+
 class Solution(NamedTuple):
     """One total's answer, before it becomes an :class:`~budgetopt.result.Allocation`."""
 
@@ -108,9 +118,30 @@ class _Greedy:
 
     def solve(self, total):
         """The :class:`Solution` for ``total`` tokens."""
+        return self._solve(total)[0]
+
+    def _solve(self, total):
+        """``(Solution, picked)``: ``picked`` is ``(budgets, utility)`` as
+        :meth:`budgetopt.problem.Problem.pick` gives them where the one-call path computed
+        them too, else ``None``."""
         p = self.problem
         idx = np.empty(p.n_heads, np.int64)
         spare = min(total, p.ceiling_total) - p.floor_total
+        if self._hulls is None and not bracket.worthwhile(p):
+            # Small problems: hulls, LP part, repair and the answer's budgets and utility in
+            # one compiled call.
+            budgets = np.empty(p.n_heads, np.int64)
+            lp, lam, blocked, left, segments, utility = _kernels_greedy.solve_one(
+                p.utility, p.grid, p.per_head, p.lo, p.hi, p.unit_steps, spare, idx, budgets
+            )
+            stats = {
+                "lp_bound": lp,
+                "blocked_head": None if blocked < 0 else _head_index(p.curves.head_shape, blocked),
+                "left_after_lp": left,
+                "hull_segments": segments,
+                "hull_points_fraction": 1.0,  # every usable point
+            }
+            return Solution(idx, lp, lam, stats), (budgets.reshape(p.curves.head_shape), utility)
         usable = int((p.hi - p.lo).sum())
         found = bracket.bracketed_lp(p, spare, idx) if bracket.worthwhile(p) else None
         if found is None:
@@ -118,7 +149,7 @@ class _Greedy:
             part = bracket.lp_part(p, hulls.offsets, hulls.verts, hulls.slopes, spare, idx)
             found = bracket.BracketedLP(part, hulls.n_segments, usable)
         stats = {"hull_segments": found.hull_segments, "hull_points_fraction": found.hull_points / usable}
-        return self._finish(idx, found.part, stats)
+        return self._finish(idx, found.part, stats), None
 
     def solve_many(self, totals):
         """:meth:`solve` for each of ``totals``, sharing one ordering of all hull segments.
@@ -183,25 +214,10 @@ class _Greedy:
         moves are added by gain per token and, separately, by gain, each also tried without
         the blocked head's move; the best total utility wins (ties: that order). Tokens no
         move can turn into utility are finally spent where they lose nothing.
+
+        One compiled call (:func:`budgetopt._kernels_greedy.repair`), in place on ``idx``;
+        the trials' utilities are summed as numpy's ``sum`` does, bit for bit.
         """
         p = self.problem
-        rows = np.arange(p.n_heads)
-        if blocked >= 0:
-            trial = idx.copy()
-            rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, left)
-            if rest == 0 and np.all(np.diff(p.utility[blocked, idx[blocked] : trial[blocked] + 1]) >= 0):
-                return trial, 0
-        best = None
-        for blocked_first in (True, False) if blocked >= 0 else (False,):
-            for by_density in (True, False):
-                trial = idx.copy()
-                rest = left
-                if blocked_first:
-                    rest = _kernels_greedy.blocked_move(p.utility, p.grid, p.per_head, p.hi, trial, blocked, rest)
-                rest = _kernels_greedy.fill(p.utility, p.grid, p.per_head, p.hi, trial, rest, by_density)
-                value = p.utility[rows, trial].sum()
-                if best is None or value > best[0]:
-                    best = (value, trial, rest)
-        _, trial, rest = best
-        rest = _kernels_greedy.fill_free(p.utility, p.grid, p.per_head, p.hi, trial, rest)
-        return trial, rest
+        rest = _kernels_greedy.repair(p.utility, p.grid, p.per_head, p.hi, idx, blocked, left)
+        return idx, rest
