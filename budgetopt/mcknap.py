@@ -179,10 +179,11 @@ class _Search:
 
     def run(self):
         p = self.problem
-        idx, lp, lam, _ = _Greedy(p).solve(self.total)
+        found, picked = _Greedy(p)._solve(self.total)
+        idx, lp, lam = found.idx, found.lp, found.threshold
         self.lam = lam
-        rows = np.arange(p.n_heads)
-        greedy_value = float(p.utility[rows, idx].sum())
+        # the greedy's utility, summed as problem.pick sums it
+        greedy_value = float(p.utility[np.arange(p.n_heads), idx].sum()) if picked is None else picked[1]
         self.best, self.best_idx = greedy_value, idx
         self.spare = min(self.total, p.ceiling_total) - p.floor_total
         scale = p.curves._utility_scale()
