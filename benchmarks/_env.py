@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import platform
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -84,6 +86,34 @@ def describe(env):
         f"versions: {shown}",
         f"commit  : {g['commit']}" + (" (with uncommitted changes)" if g["uncommitted"] else ""),
     ]
+
+
+def baseline_commit(rev):
+    """The full commit hash of git revision ``rev`` (a benchmark's ``--baseline``)."""
+    return subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def write_report(out, env, body, rows, *, started, baseline=None, baseline_note=""):
+    """Finish a run begun with :func:`record` at ``time.perf_counter() == started``: add its
+    length and the load at the end to ``env``, write ``out.txt`` (the :func:`describe`
+    lines, the command, the load, ``baseline: REV = hash`` when timed against one, a blank
+    line, then ``body``) and ``out.json`` (``env`` and ``rows``), both atomically, print
+    the text and return it."""
+    from budgetopt.curves import write_atomic
+
+    env["seconds"] = time.perf_counter() - started
+    env["loadavg_end"] = list(os.getloadavg())
+    head = describe(env) + [f"command : {env['command']}", f"load    : {env['machine']['loadavg_start'][0]:.2f} "
+                            f"at the start, {env['loadavg_end'][0]:.2f} at the end; {env['seconds']:.0f} s"]
+    if baseline:
+        head.append(f"baseline: {baseline} = {env['baseline_commit'][:7]}{baseline_note}")
+    text = "\n".join(head + [""] + list(body)) + "\n"
+    write_atomic(out + ".txt", lambda f: f.write(text.encode()))
+    data = json.dumps({**env, "rows": rows}, indent=1).encode()
+    write_atomic(out + ".json", lambda f: f.write(data))
+    print(text)
+    return text
 
 
 def baseline_package(rev):

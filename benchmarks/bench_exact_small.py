@@ -24,8 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,22 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_package, describe, record  # noqa: E402
+from _env import baseline_commit, baseline_package, record, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
-from budgetopt.curves import write_atomic  # noqa: E402
-from instances_exact import pisinger  # noqa: E402
-
-#: (kind, classes, items, data range, seed): below 100x in bench_exact.py's latest run.
-INSTANCES = (
-    ("uncorrelated", 100, 10, 1000, 1),
-    ("uncorrelated", 100, 100, 1000, 1),
-    ("uncorrelated", 100, 10, 10000, 0),
-    ("uncorrelated", 100, 10, 10000, 1),
-    ("uncorrelated", 100, 100, 10000, 1),
-    ("weakly", 100, 10, 10000, 0),
-    ("subset_sum", 100, 10, 1000, 0),
-)
+from instances_exact import SMALL_PISINGER, pisinger  # noqa: E402
 
 
 def median_seconds(fn, repeat):
@@ -66,7 +52,7 @@ def median_seconds(fn, repeat):
 def run(args, log=print):
     base = baseline_package(args.baseline) if args.baseline else None
     rows = []
-    for kind, n, m, r, seed in INSTANCES:
+    for kind, n, m, r, seed in SMALL_PISINGER:
         curves, total = pisinger(kind, n, m, seed, data_range=r)
         cases = {"exact": lambda c=curves: budgetopt.allocate(c, total, method="exact")}
         if base is not None:
@@ -121,23 +107,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     env = record("bench_exact_small.py", argv)
     if args.baseline:
-        env["baseline_commit"] = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, capture_output=True,
-                                                text=True, check=True).stdout.strip()
+        env["baseline_commit"] = baseline_commit(args.baseline)
     t0 = time.perf_counter()
     rows = run(args)
-    env["seconds"] = time.perf_counter() - t0
-    env["loadavg_end"] = list(__import__("os").getloadavg())
-    head = describe(env) + [f"command : {env['command']}", f"load    : {env['machine']['loadavg_start'][0]:.2f} "
-                            f"at the start, {env['loadavg_end'][0]:.2f} at the end; {env['seconds']:.0f} s"]
-    if args.baseline:
-        head.append(f"baseline: {args.baseline} = {env['baseline_commit'][:7]}")
     reached = sum(r["speedup"] >= 100 for r in rows)
-    text = "\n".join(head + [""] + [line(r) for r in rows] + ["", f"{reached} of {len(rows)} at 100x or more"]) + "\n"
-    write_atomic(args.out + ".txt", lambda f: f.write(text.encode()))
-    data = json.dumps({**env, "rows": rows}, indent=1).encode()
-    write_atomic(args.out + ".json", lambda f: f.write(data))
-    print(text)
-
+    body = [line(r) for r in rows] + ["", f"{reached} of {len(rows)} at 100x or more"]
+    write_report(args.out, env, body, rows, started=t0, baseline=args.baseline)
 
 if __name__ == "__main__":
     main()

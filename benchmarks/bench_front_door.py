@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,29 +40,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_package, describe, record  # noqa: E402
+from _env import baseline_commit, baseline_package, record, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
-from budgetopt.curves import write_atomic  # noqa: E402
-from instances_exact import concave, pisinger  # noqa: E402
+from instances_exact import SMALL_PISINGER, concave, pisinger  # noqa: E402
 
-#: The seven Pisinger instances of ``bench_exact_small.py`` (kind, classes, items, range, seed).
-INSTANCES = (
-    ("uncorrelated", 100, 10, 1000, 1),
-    ("uncorrelated", 100, 100, 1000, 1),
-    ("uncorrelated", 100, 10, 10000, 0),
-    ("uncorrelated", 100, 10, 10000, 1),
-    ("uncorrelated", 100, 100, 10000, 1),
-    ("weakly", 100, 10, 10000, 0),
-    ("subset_sum", 100, 10, 1000, 0),
-)
 OPS = ("build", "fresh", "greedy", "exact")
 
 
 def cases(quick=False):
     """``(name, curves, total)`` of every case (``quick``: two small ones)."""
     out = []
-    for kind, n, m, r, seed in INSTANCES[:1] if quick else INSTANCES:
+    for kind, n, m, r, seed in SMALL_PISINGER[:1] if quick else SMALL_PISINGER:
         curves, total = pisinger(kind, n, m, seed, data_range=r)
         out.append((f"{kind} {n}x{m} R={r} seed {seed}", curves, total))
     heads, points = ((4, 2), 257) if quick else ((32, 8), 4097)
@@ -169,23 +155,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     env = record("bench_front_door.py", argv)
     if args.baseline:
-        env["baseline_commit"] = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, capture_output=True,
-                                                text=True, check=True).stdout.strip()
+        env["baseline_commit"] = baseline_commit(args.baseline)
     t0 = time.perf_counter()
     rows = run(args)
-    env["seconds"] = time.perf_counter() - t0
-    env["loadavg_end"] = list(os.getloadavg())
-    head = describe(env) + [f"command : {env['command']}", f"load    : {env['machine']['loadavg_start'][0]:.2f} "
-                            f"at the start, {env['loadavg_end'][0]:.2f} at the end; {env['seconds']:.0f} s"]
-    if args.baseline:
-        head.append(f"baseline: {args.baseline} = {env['baseline_commit'][:7]}")
     legend = ("per-call median, microseconds: this checkout" + (" / baseline (baseline / this)" if args.baseline else "")
               + "; build = build_problem(curves), fresh = build_problem(Curves(u, g)), greedy and exact = allocate")
-    text = "\n".join(head + ["", legend, ""] + [line(r) for r in rows]) + "\n"
-    write_atomic(args.out + ".txt", lambda f: f.write(text.encode()))
-    data = json.dumps({**env, "rows": rows}, indent=1).encode()
-    write_atomic(args.out + ".json", lambda f: f.write(data))
-    print(text)
+    write_report(args.out, env, [legend, ""] + [line(r) for r in rows], rows, started=t0, baseline=args.baseline)
     return rows
 
 

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,14 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_package, describe, record  # noqa: E402
+from _env import baseline_commit, baseline_package, record, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
-from budgetopt.curves import write_atomic  # noqa: E402
-from budgetopt.greedy import _Greedy  # noqa: E402
-from budgetopt.problem import build_problem  # noqa: E402
-from bench_exact_small import INSTANCES  # noqa: E402
-from instances_exact import pisinger  # noqa: E402
+from instances_exact import SMALL_PISINGER, pisinger  # noqa: E402
 
 
 def per_token_case(seed=0):
@@ -66,7 +59,7 @@ def per_token_case(seed=0):
 def cases(per_token=True):
     """``(name, curves, total)`` of every case."""
     out = []
-    for kind, n, m, r, seed in INSTANCES:
+    for kind, n, m, r, seed in SMALL_PISINGER:
         curves, total = pisinger(kind, n, m, seed, data_range=r)
         out.append((f"{kind} {n}x{m} R={r} seed {seed}", curves, total))
     if per_token:
@@ -167,22 +160,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     env = record("bench_greedy_small.py", argv)
     if args.baseline:
-        env["baseline_commit"] = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, capture_output=True,
-                                                text=True, check=True).stdout.strip()
+        env["baseline_commit"] = baseline_commit(args.baseline)
     t0 = time.perf_counter()
     rows = run(args)
-    env["seconds"] = time.perf_counter() - t0
-    env["loadavg_end"] = list(os.getloadavg())
-    head = describe(env) + [f"command : {env['command']}", f"load    : {env['machine']['loadavg_start'][0]:.2f} "
-                            f"at the start, {env['loadavg_end'][0]:.2f} at the end; {env['seconds']:.0f} s"]
-    if args.baseline:
-        head.append(f"baseline: {args.baseline} = {env['baseline_commit'][:7]} (answers checked identical)")
-    text = "\n".join(head + ["", "median per call; (baseline, baseline / this tree)", ""]
-                     + [line(r) for r in rows]) + "\n"
-    write_atomic(args.out + ".txt", lambda f: f.write(text.encode()))
-    data = json.dumps({**env, "rows": rows}, indent=1).encode()
-    write_atomic(args.out + ".json", lambda f: f.write(data))
-    print(text)
+    body = ["median per call; (baseline, baseline / this tree)", ""] + [line(r) for r in rows]
+    write_report(args.out, env, body, rows, started=t0, baseline=args.baseline,
+                 baseline_note=" (answers checked identical)")
     return rows
 
 
