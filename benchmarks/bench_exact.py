@@ -130,7 +130,7 @@ def run_one(family, size, seed, curves, total, args):
                     args.repeat, FILL_SECONDS)
     s = e.stats
     row.update(
-        exact_s=te, exact_status=s["status"], exact_utility=e.utility, exact_bound=e.upper_bound,
+        exact_s=te, exact_status=e.status, exact_utility=e.utility, exact_bound=e.upper_bound,
         core_heads=s["core_heads"], core_options=s["core_options"], states=s["states"],
         tolerance=s["tolerance"], exact_proved_by=s["proved_by"], value_step=s["value_step"],
     )
@@ -142,7 +142,7 @@ def run_one(family, size, seed, curves, total, args):
         try:
             tm, m = best_of(lambda: budgetopt.allocate(curves, total, method="milp", time_limit=args.time_limit),
                             args.repeat)
-            row.update(milp_s=tm, milp_status=m.stats["status"], milp_utility=m.utility, milp_bound=m.upper_bound)
+            row.update(milp_s=tm, milp_status=m.status, milp_utility=m.utility, milp_bound=m.upper_bound)
         except budgetopt.SolverError as exc:
             row.update(milp_s=time.perf_counter() - t0, milp_status=f"failed: {exc}", milp_utility=None,
                        milp_bound=None)
@@ -185,7 +185,7 @@ def run_one(family, size, seed, curves, total, args):
         checks.append(g.utility <= optimum + tol)
         checks.append(e.utility <= optimum + tol and e.upper_bound >= optimum - tol)
     row["agree"] = all(checks)
-    row["speedup_vs_milp"] = row["milp_s"] / te if row["milp_status"] == "optimal" and s["status"] == "optimal" else None
+    row["speedup_vs_milp"] = row["milp_s"] / te if row["milp_status"] == "optimal" and e.status == "optimal" else None
     return row
 
 

@@ -109,7 +109,7 @@ def run(args, log=print):
         fns = {side: calls_of(pkg, curves, total) for side, pkg in sides.items()}
         answers = {side: {op: f() for op, f in calls.items()} for side, calls in fns.items()}  # warm-up
         new = answers["new"]
-        assert new["exact"].stats["status"] == "optimal", name
+        assert new["exact"].status == "optimal", name
         if base is not None:
             old = answers["baseline"]
             assert same_problem(new["build"], old["build"]) and same_problem(new["fresh"], old["build"]), name

@@ -64,6 +64,6 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+def __dir__():  # the public API only
+    return sorted([*__all__, "__version__"])
 

@@ -4,8 +4,8 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from .cli import main
+        from .cli import console
     except KeyboardInterrupt:  # Ctrl-C while the package is still being imported
         sys.stderr.write("budgetopt: interrupted\n")
         sys.exit(130)
-    sys.exit(main())
+    sys.exit(console())

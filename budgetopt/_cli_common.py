@@ -10,6 +10,7 @@ needs them. Imports go one way: ``cli`` and ``cli_profile`` use this module, nev
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
 from .errors import BudgetoptError, CurvesFileError, InvalidInputError
 
 __all__ = [
+    "Parser",
     "UsageError",
     "number_parser",
     "check_output_path",
@@ -34,6 +36,53 @@ __all__ = [
 
 class UsageError(InvalidInputError):
     """A command-line argument is wrong (reported like argparse's own errors)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that names a mistyped option before anything else.
+
+    argparse checks required arguments before it looks at unknown ones, so ``solve
+    --budjet 0.2`` would be told that ``--budget`` is required. Here any error is first
+    replaced by the first unknown option, with the closest known one when there is one
+    ("unrecognized argument --budjet; did you mean --budget?"). Subcommand parsers made by
+    ``add_subparsers().add_parser`` are of this class too.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        unknown = self._first_unknown_option(getattr(self, "_given", ()))
+        if unknown is not None:
+            parser, name = unknown
+            message = f"unrecognized argument {name}"
+            known = [o for o in parser._option_string_actions if o.startswith("--")]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]}?"
+            if parser is not self:  # the subcommand's usage line, as argparse gives it
+                parser.error(message)
+        super().error(message)
+
+    def _first_unknown_option(self, args):
+        """``(parser, option)`` for the first ``--option`` in ``args`` that the parser it is
+        meant for (this one, or the subcommand named before it) does not know; else None."""
+        commands = {}
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands = action.choices
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if commands and not arg.startswith("-"):  # the command: judge the rest by its parser
+                return commands[arg]._first_unknown_option(args[i + 1:]) if arg in commands else None
+            if not arg.startswith("--") or len(arg) < 3:
+                continue  # values, negative numbers and short options are argparse's to judge
+            name = arg.split("=", 1)[0]
+            if not any(o.startswith(name) for o in self._option_string_actions):
+                return self, name
+        return None
 
 
 # -- flags -------------------------------------------------------------------------------------
@@ -171,7 +220,7 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def run_guarded(build_parser, argv, *, prog="budgetopt"):
+def run_guarded(build_parser, argv, *, prog="budgetopt", exiting=False):
     """Parse ``argv`` with ``build_parser()`` and run the chosen command ``args.func(args)``;
     returns the exit code.
 
@@ -180,6 +229,10 @@ def run_guarded(build_parser, argv, *, prog="budgetopt"):
     inside the guard, so a Ctrl-C while it imports the library is reported like any other.
     Once a signal has arrived, whatever error follows is reported as that signal: an
     interrupted import can surface as an ``ImportError`` (NumPy's does).
+
+    With ``exiting`` (the process exits with the code right after), a Ctrl-C that arrives
+    once the command has finished is ignored instead of killing the interpreter on its way
+    out: the output is complete and the code stands.
     """
     received = []
 
@@ -213,7 +266,7 @@ def run_guarded(build_parser, argv, *, prog="budgetopt"):
         return code
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if exiting and sig == signal.SIGINT else handler)
 
 
 def _outcome(exc, received, prog, where):

@@ -96,7 +96,7 @@ def check_allocation(curves, allocation, *, total_budget, min_budget=None, max_b
     --------
     >>> from budgetopt.result import Allocation
     >>> a = Allocation(budgets=[2, 0], used=2, total_budget=2, utility=0.7, upper_bound=0.7,
-    ...                gap=0.0, threshold=0.0, method="hand", seconds=0.0)
+    ...                gap=0.0, threshold=0.0, method="hand", status="feasible", seconds=0.0)
     >>> check_allocation([[0.0, 0.5, 0.7], [0.0, 0.1, 0.2]], a, total_budget=2)
     0.7
     """

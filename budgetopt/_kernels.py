@@ -2,7 +2,8 @@
 
 numba is imported only by the ``_kernels*`` modules, one per stage of the pipeline:
 
-* this module: the compile settings every kernel module uses (``_JIT``), the upper hulls
+* :mod:`budgetopt._kernels_jit`: the compile settings and disk cache every kernel uses;
+* this module: the upper hulls
   (:func:`upper_hulls`, :func:`hull_gaps`), the weighted selection of the greedy's threshold
   (:func:`_weighted_threshold`) and the exact dynamic programme (:func:`dp_solve`);
 * :mod:`budgetopt._kernels_bracket`: the bracket that locates the threshold of one budget
@@ -24,39 +25,19 @@ Hulls are packed head after head (CSR): head ``h``'s vertices are
 there. Slopes are always computed by :func:`_slope` from the same two vertices, so hull slopes
 are strictly decreasing by construction and compare consistently everywhere.
 
-Compiled functions are cached on disk (``cache=True``): a new process does not recompile.
-numba checks a cached kernel only against its own module's source, so after editing a kernel
-that others call from another module, clear the ``__pycache__`` entries of the callers.
-The cache is only an optimisation: where numba finds no writable cache location (a read-only
-installation with a read-only home and no usable ``NUMBA_CACHE_DIR``), the kernels are
-compiled in memory instead, once per process.
+Every kernel is compiled by :func:`budgetopt._kernels_jit.jit`, which caches it on disk in a
+user cache directory (a new process does not recompile; an edit to any kernel module
+recompiles all of them) or, where no location is writable, compiles it in memory.
 """
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-
-def _disk_cache_usable():
-    """Whether numba can cache this module's functions on disk, by numba's own rule: asking
-    for ``cache=True`` raises RuntimeError when none of its cache locators (``NUMBA_CACHE_DIR``,
-    the source tree's ``__pycache__``, the user-wide cache directory) is writable."""
-    try:
-        nb.njit(cache=True)(_cache_probe)
-    except RuntimeError:
-        return False
-    return True
+from ._kernels_jit import jit
 
 
-def _cache_probe():  # pragma: no cover - never called, only decorated
-    return 0
-
-
-_JIT = dict(cache=_disk_cache_usable(), nogil=True)
-
-
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _slope(u, g, a, b):
     return (u[b] - u[a]) / (g[b] - g[a])
 
@@ -67,7 +48,7 @@ def _slope(u, g, a, b):
 _MAX_ROUNDS = 32
 
 
-@nb.njit(inline="always", **_JIT)  # inlined: per-head call overhead shows on short heads
+@jit(inline="always")  # inlined: per-head call overhead shows on short heads
 def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
@@ -153,7 +134,7 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     return _chain(u, g, out, n, drop_descending, xs)
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _chain(u, g, out, n, drop_descending, sl):
     """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
     place; returns the hull's size ``m``, with ``sl[i]`` the slope of the hull segment
@@ -193,7 +174,7 @@ def _chain(u, g, out, n, drop_descending, sl):
     return m
 
 
-@nb.njit(**_JIT)
+@jit
 def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     """Every head's upper hull, packed: ``(offsets, verts, slopes)``.
 
@@ -231,7 +212,7 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     return offsets, verts[: offsets[H]].copy(), slopes[: offsets[H]].copy()
 
 
-@nb.njit(**_JIT)
+@jit
 def hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out):
     """Largest amount by which a head's points lie below its (full) upper hull.
 
@@ -271,7 +252,7 @@ def hull_gaps(utility, grid, per_head, lo, hi, offsets, verts, out):
 
 # --- selection: the greedy's threshold --------------------------------------------------
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _order_key(bits):
     """A uint64 whose order is the order of the float64 with these bits (-0.0 as 0.0)."""
     if bits == np.uint64(0x8000000000000000):
@@ -290,7 +271,7 @@ _RADIX_MIN_SIGNED_ZERO = 64
 _NEGATIVE_ZERO = np.uint64(0x8000000000000000)
 
 
-@nb.njit(**_JIT)
+@jit
 def _weighted_threshold(slopes, costs, budget):
     """Largest slope ``s`` with ``sum(costs[slopes >= s]) > budget`` (given the total is).
 
@@ -343,7 +324,7 @@ def _weighted_threshold(slopes, costs, budget):
     return _quickselect_threshold(slopes[:n], costs[:n], budget)
 
 
-@nb.njit(**_JIT)
+@jit
 def _quickselect_threshold(slopes, costs, budget):
     """:func:`_weighted_threshold` by quickselect with a three-way partition, in place:
     O(n) expected."""
@@ -389,7 +370,7 @@ def _quickselect_threshold(slopes, costs, budget):
 # --- dp: the exact dynamic programme ----------------------------------------------------
 
 
-@nb.njit(**_JIT)
+@jit
 def dp_solve(costs, values, offsets, budget, choice):
     """Exact multiple-choice knapsack by dynamic programming over budget units.
 

@@ -13,16 +13,16 @@ maximisers is exactly the part of the full hull where the greedy can stop.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from ._kernels import _JIT, _weighted_threshold
+from ._kernels_jit import jit
+from ._kernels import _weighted_threshold
 
 _CHUNK = 32
 _EPS = 2.220446049250313e-16
 
 
-@nb.njit(**_JIT)
+@jit
 def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, head_step, spare):
     """Greedy threshold of the problem cut down to a geometric sample of every
     ``head_step``-th head's usable grid indices, for its share of ``spare`` tokens; 0.0
@@ -102,14 +102,14 @@ def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, head_step, s
     return _weighted_threshold(seg_slopes[:t], seg_costs[:t], spare)
 
 
-@nb.njit(**_JIT)
+@jit
 def _grow(arr, size, keep):
     out = np.empty(size, arr.dtype)
     out[:keep] = arr[:keep]
     return out
 
 
-@nb.njit(fastmath=True, **_JIT)
+@jit(fastmath=True)
 def tilted_chunk_max(utility, grid, per_head, lo, hi, sigma, out):
     """``out[h, j]``: the largest ``u[k] - sigma * g[k]`` over chunk ``j`` of head ``h``
     (grid indices ``lo[h] + _CHUNK * j`` onwards, within ``hi[h]``). Computed with relaxed
@@ -152,7 +152,7 @@ def tilted_chunk_max(utility, grid, per_head, lo, hi, sigma, out):
             out[h, full] = best
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _scan_chunk(u, g, lam, start, stop, best, second, kb):
     """Fold points ``start <= k < stop`` into (largest ``u - lam * g``, the best of the
     others, the first index of the largest); selects, not branches."""
@@ -164,7 +164,7 @@ def _scan_chunk(u, g, lam, start, stop, best, second, kb):
     return best, second, kb
 
 
-@nb.njit(**_JIT)
+@jit
 def tilted_argmax(utility, grid, per_head, lo, hi, sigma, chunk_max, lam, arg, robust):
     """For each head, the first grid index maximising ``u[k] - lam * g[k]`` (``lam > 0``)
     into ``arg``; returns the tokens those points use above the floors.

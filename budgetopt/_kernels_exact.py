@@ -24,13 +24,12 @@ Compiled functions are cached on disk where numba can write a cache (the same ru
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from ._kernels import _JIT  # disk cache where numba finds a writable location, else in memory
+from ._kernels_jit import jit
 
 
-@nb.njit(**_JIT)
+@jit
 def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
     """Reduced-cost fixing straight from the curves: the options that can still beat ``target``.
 
@@ -109,7 +108,7 @@ def lagrangian_options(utility, grid, per_head, lo, hi, lam, spare, target):
     return total, dropped, offsets, index, cost, value, lp_opt
 
 
-@nb.njit(**_JIT)
+@jit
 def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_limit, max_options, rounds):
     """The exact search's first steps in one call: :func:`value_step` (``step_limit``), the
     margin a better allocation must clear (``max(tau, step - tau)``), the options that can
@@ -134,7 +133,7 @@ def presolve(utility, grid, per_head, lo, hi, at, lam, spare, best, tau, step_li
     return step, margin, gain, more, bound, dropped, offsets, index, cost, value, lp_opt
 
 
-@nb.njit(**_JIT)
+@jit
 def reduced_cost_filter(costs, values, offsets, lam, spare, target, keep):
     """Lagrangian bound at ``lam`` and the options that can still beat ``target``.
 
@@ -168,7 +167,7 @@ def reduced_cost_filter(costs, values, offsets, lam, spare, target, keep):
     return total, dropped
 
 
-@nb.njit(**_JIT)
+@jit
 def undominated(costs, values, offsets, lam, keep):
     """Clear ``keep`` where a lighter kept option of the head has at least the utility.
 
@@ -199,7 +198,7 @@ def undominated(costs, values, offsets, lam, keep):
     return counts, close
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _upper_hull(costs, values, start, stop, stack):
     """Upper hull of options ``start..stop-1`` (costs increasing) into ``stack``; returns its
     length. A point is dropped when it does not lie strictly above the chord of its neighbours."""
@@ -217,7 +216,7 @@ def _upper_hull(costs, values, start, stop, stack):
     return top
 
 
-@nb.njit(**_JIT)
+@jit
 def core_hulls(costs, values, offsets):
     """Upper concave hull of each core head's options (costs strictly increasing, values
     strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
@@ -243,7 +242,7 @@ def core_hulls(costs, values, offsets):
     return pos[:k], end[:k], dc[:k], dv[:k], slope
 
 
-@nb.njit(**_JIT)
+@jit
 def rank_hulls(costs, values, offsets, mu):
     """:func:`core_hulls` of the values ``values - mu * rank`` (rank: position within the
     head), keeping only segments of positive gain (the only ones an LP within a budget
@@ -265,7 +264,7 @@ def rank_hulls(costs, values, offsets, mu):
     return pos[:k], dc[:k], dv[:k], slope[:k]
 
 
-@nb.njit(**_JIT)
+@jit
 def fenwick_build(values, tree):
     """Fenwick tree (1-based ``tree``) of ``values``. O(n)."""
     n = values.shape[0]
@@ -278,7 +277,7 @@ def fenwick_build(values, tree):
             tree[j] += tree[i]
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _fenwick_drop(fc, fv, dc, dv, seg):
     """Zero segment ``seg`` (0-based) in the trees ``fc``/``fv`` of ``dc``/``dv``."""
     n = fc.shape[0] - 1
@@ -291,14 +290,14 @@ def _fenwick_drop(fc, fv, dc, dv, seg):
         i += i & -i
 
 
-@nb.njit(**_JIT)
+@jit
 def fenwick_remove(fc, fv, dc, dv, where):
     """Zero the segments ``where`` (0-based) in the trees ``fc``/``fv`` of ``dc``/``dv``."""
     for t in range(where.shape[0]):
         _fenwick_drop(fc, fv, dc, dv, where[t])
 
 
-@nb.njit(**_JIT)
+@jit
 def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
     """Running sums of the costs and gains of the ``alive`` segments (in slope order), from
     0, and their slopes; returns how many are alive. O(segments)."""
@@ -314,7 +313,7 @@ def suffix_sums(dc, dv, slope, alive, cum_c, cum_v, cum_slope):
     return k
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
     """``(LP value, value of its integral part)`` of the suffix with ``r`` tokens left;
     ``(-inf, -inf)`` when even the lightest options do not fit. ``fc``/``fv`` are Fenwick
@@ -340,7 +339,7 @@ def _suffix_lp(r, base_c, base_v, fc, fv, slope, top):
     return floor, floor
 
 
-@nb.njit(**_JIT)
+@jit
 def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, target, max_candidates,
                  walk, cum_c, cum_v, cum_slope, n, mu, rank_room, fc2, fv2, slope2, top2):
     """One layer of the core DP: every state extended by every option of the next head.
@@ -477,7 +476,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     return nw, np_, npar, nch, dropped, floor_best, floor_at, live, nn
 
 
-@nb.njit(**_JIT)
+@jit
 def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive, n, mu, rank_room, fc2, fv2,
                  slope2, top2):
     """Mark the states whose bound is at least ``target``; returns ``(kept, largest bound
@@ -504,7 +503,7 @@ def prune_states(w, p, cap, base_c, base_v, fc, fv, slope, top, target, alive, n
     return kept, dropped, live
 
 
-@nb.njit(**_JIT)
+@jit
 def value_step(utility, lo, hi, limit):
     """The largest ``g`` such that every usable utility of a head differs from the head's
     first usable one by an integer multiple of ``g`` (then the values of any two
@@ -526,7 +525,7 @@ def value_step(utility, lo, hi, limit):
     return float(g)
 
 
-@nb.njit(**_JIT)
+@jit
 def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at, spare, min_gain, max_rounds,
                  enough):
     """Improve an allocation by moving one head, or two heads at once, to kept options.
@@ -633,7 +632,7 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
     return total_gain, more
 
 
-@nb.njit(**_JIT)
+@jit
 def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
     ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
@@ -679,7 +678,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     return total, rank
 
 
-@nb.njit(**_JIT)
+@jit
 def cardinality_bound(c, v, offsets, cap, iterations, enough):
     """An upper bound on the value of the multiple-choice knapsack over the CSR options
     ``(c, v)`` (per head: costs ascending, values strictly increasing) that also knows
@@ -761,7 +760,7 @@ def cardinality_bound(c, v, offsets, cap, iterations, enough):
     return best, best_mu, np.int64(K)
 
 
-@nb.njit(**_JIT)
+@jit
 def _grow(a, need):
     """``a`` itself when it holds ``need`` entries, else a copy at least twice as long."""
     if need <= a.shape[0]:
@@ -771,7 +770,7 @@ def _grow(a, need):
     return b
 
 
-@nb.njit(**_JIT)
+@jit
 def complete_choice(k, par, ch, t, layer_par, layer_ch, layer_off, room, pos, end, dc, out):
     """The core choice of state ``t`` of layer ``k`` completed by the integral part of its
     suffix LP, into ``out`` (local option per core position).
@@ -799,7 +798,7 @@ def complete_choice(k, par, ch, t, layer_par, layer_ch, layer_off, room, pos, en
             out[pos[i]] = end[i]
 
 
-@nb.njit(**_JIT)
+@jit
 def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv, slope, top, by_pos, seg_off,
               seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off, best, best_local,
               global_bound, fixed_value, margin, max_states, states, rank_after, max_work):
@@ -884,7 +883,7 @@ def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv,
     return status, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
 
 
-@nb.njit(**_JIT)
+@jit
 def core_setup(costs, values, offsets):
     """Everything the core DP needs before its first layer, in one call: the hull segments
     of :func:`core_hulls` in the suffix bound's order (slope descending, ties by position),
@@ -929,7 +928,7 @@ def core_setup(costs, values, offsets):
     return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v, alive, cum_c, cum_v, cum_slope
 
 
-@nb.njit(**_JIT)
+@jit
 def fix(costs, values, offsets, lam, spare, target):
     """Reduced-cost fixing of the CSR options against ``target``, in one call.
 
@@ -982,7 +981,7 @@ def fix(costs, values, offsets, lam, spare, target):
     return bound, dropped, True, fixed_opt, heads, gopt, coff
 
 
-@nb.njit(**_JIT)
+@jit
 def fixed_part(fixed_opt, costs, values):
     """Tokens and utility of the options ``fixed_opt[h] >= 0`` together (heads at -1 left out)."""
     c = 0

@@ -10,16 +10,16 @@ a row view per head: a view costs reference counting, which shows on short heads
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from ._kernels import _JIT, _weighted_threshold, upper_hulls
+from ._kernels_jit import jit
+from ._kernels import _weighted_threshold, upper_hulls
 
 
 # --- greedy and sweep -------------------------------------------------------------------
 
 
-@nb.njit(**_JIT)
+@jit
 def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx, budgets):
     """The greedy for one total, over every head's full hull, repair included, in one call.
 
@@ -43,7 +43,7 @@ def solve_one(utility, grid, per_head, lo, hi, unit, spare, idx, budgets):
     return lp, lam, blocked, left, verts.shape[0] - H, numpy_sum(values)
 
 
-@nb.njit(**_JIT)
+@jit
 def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     """Marginal-utility greedy over hull segments for ``spare`` tokens above the floors.
 
@@ -107,7 +107,7 @@ def greedy_solve(utility, grid, per_head, offsets, verts, slopes, spare, idx):
     return take_counts(utility, verts, cnt, lam, left, idx), lam, blocked, left
 
 
-@nb.njit(**_JIT)
+@jit
 def take_counts(utility, verts, cnt, lam, left, idx):
     """Each head at hull vertex ``cnt[h]`` (a packed index): fill ``idx`` with their grid
     indices and return the LP value, ``sum of utilities + left * lam``. One place, so that
@@ -119,7 +119,7 @@ def take_counts(utility, verts, cnt, lam, left, idx):
     return lp + left * lam
 
 
-@nb.njit(**_JIT)
+@jit
 def sweep_counts(offsets, order_head, prefixes):
     """Vertex reached by each head after the first ``prefixes[i]`` segments of the greedy
     order, for ascending ``prefixes``: ``(len(prefixes), H)`` packed vertex indices.
@@ -136,7 +136,7 @@ def sweep_counts(offsets, order_head, prefixes):
     return out
 
 
-@nb.njit(**_JIT)
+@jit
 def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, lefts, idx, lp):
     """For each row of a sweep: grid indices and LP value from ``counts`` (as
     :func:`take_counts`), then LU-KV's blocked-head move where it settles the row (the move
@@ -171,7 +171,7 @@ def sweep_settle(utility, grid, per_head, hi, verts, counts, lams, blocked, left
 # --- repair -----------------------------------------------------------------------------
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _reach(utility, grid, h, r, cur, stop, left, free):
     """The grid index head ``h`` (grid row ``r``) moves to from ``cur`` within ``left`` more
     tokens (indices below ``stop``): with ``free``, the farthest point whose utility is at
@@ -188,7 +188,7 @@ def _reach(utility, grid, h, r, cur, stop, left, free):
     return best
 
 
-@nb.njit(**_JIT)
+@jit
 def blocked_move(utility, grid, per_head, hi, idx, h, left):
     """Move head ``h`` to its best grid point within ``left`` more tokens, if that gains.
 
@@ -202,7 +202,7 @@ def blocked_move(utility, grid, per_head, hi, idx, h, left):
     return left - (grid[r, best] - grid[r, cur])
 
 
-@nb.njit(**_JIT)
+@jit
 def fill(utility, grid, per_head, hi, idx, left, by_density):
     """Spend ``left`` tokens on positive-gain moves that fit, one move at a time.
 
@@ -249,7 +249,7 @@ def fill(utility, grid, per_head, hi, idx, left, by_density):
     return left
 
 
-@nb.njit(**_JIT)
+@jit
 def fill_free(utility, grid, per_head, hi, idx, left):
     """Spend ``left`` tokens on moves that lose no utility, heads in order, each as far as it
     can reach. Used last, when no move gains, so that budgets are used up where it is free."""
@@ -270,7 +270,7 @@ def fill_free(utility, grid, per_head, hi, idx, left):
 _PW_BLOCK = 128  # numpy's PW_BLOCKSIZE
 
 
-@nb.njit(**_JIT)
+@jit
 def _pairwise_block(a, start, n):
     """numpy's pairwise summation of ``a[start:start + n]``, ``n <= 128``: a plain running
     sum from ``0.0`` below 8 entries; otherwise eight running sums (entries ``j mod 8``)
@@ -309,14 +309,14 @@ def _pairwise_block(a, start, n):
     return res
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _first_half(n):
     """Where numpy splits ``n > 128`` entries: half, rounded down to a multiple of 8."""
     h = n // 2
     return h - h % 8
 
 
-@nb.njit(**_JIT)
+@jit
 def _pairwise(a):
     """numpy's pairwise summation of all of ``a``: blocks of up to 128 entries as
     :func:`_pairwise_block`; above 128, the sum of the first :func:`_first_half` entries
@@ -357,7 +357,7 @@ def _pairwise(a):
             phase[top] = 0
 
 
-@nb.njit(**_JIT)
+@jit
 def numpy_sum(a):
     """``a.sum()`` of a contiguous float64 vector, bit for bit as numpy computes it: the
     reduction's identity ``0.0`` plus the pairwise sum of all entries (:func:`_pairwise`).
@@ -365,7 +365,7 @@ def numpy_sum(a):
     return 0.0 + _pairwise(a)
 
 
-@nb.njit(**_JIT)
+@jit
 def repair(utility, grid, per_head, hi, idx, blocked, left):
     """Spend the ``left`` tokens the LP part left over, in place on ``idx``; returns the
     tokens still left. The rule is ``budgetopt.greedy._Greedy``'s (LU-KV's blocked-head

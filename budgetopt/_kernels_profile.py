@@ -3,13 +3,12 @@ descending float32 rank as one integer sort, and prefix sums in rank order."""
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from ._kernels import _JIT
+from ._kernels_jit import jit
 
 
-@nb.njit(**_JIT)
+@jit
 def ranked_cumsum(middle, order, protected, out):
     """``out[r, 0] = protected[r]``; ``out[r, i + 1] = cumsum(middle[r, order[r]])[i] +
     protected[r]``: the same left-to-right sums as numpy's ``cumsum``, in one pass."""
@@ -23,7 +22,7 @@ def ranked_cumsum(middle, order, protected, out):
             out[r, i + 1] = c + p
 
 
-@nb.njit(**_JIT)
+@jit
 def pack_descending_f32(values, packed):
     """``packed[r, i] = key(values[r, i]) << 32 | i`` with ``key`` a uint32 whose ascending
     order is the descending order of the float32 ``values`` (-0.0 and 0.0 share a key), so
@@ -42,7 +41,7 @@ def pack_descending_f32(values, packed):
             packed[r, i] = (np.uint64(~asc) << np.uint64(32)) | np.uint64(i)
 
 
-@nb.njit(**_JIT)
+@jit
 def unpack_positions(packed, order):
     """The low 32 bits of each packed key (a position), as int64."""
     R, M = packed.shape

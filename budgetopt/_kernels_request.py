@@ -19,10 +19,9 @@ cache location, compiled in memory otherwise.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from ._kernels import _JIT
+from ._kernels_jit import jit
 
 #: Histogram bins: the 11 high bits (sign excluded) of a non-negative float32.
 N_BINS = 2048
@@ -36,7 +35,7 @@ _BAD_BIN = N_BINS - 8
 TOP_SHARE = 1.0 / 64.0
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _read_curve(hist_n, hist_w, lo, hi, protected, total, middle, counts, out, r):
     """Shares at ``counts`` from one row's histogram (bins ``lo..hi``) into ``out[r]``."""
     n_counts = counts.shape[0]
@@ -64,7 +63,7 @@ def _read_curve(hist_n, hist_w, lo, hi, protected, total, middle, counts, out, r
         k += 1
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _add(hist_n, hist_w, hist_w2, use_norms, b, v, m):
     hist_n[b] += 1.0
     hist_w[b] += v
@@ -72,7 +71,7 @@ def _add(hist_n, hist_w, hist_w2, use_norms, b, v, m):
         hist_w2[b] += v * m
 
 
-@nb.njit(inline="always", **_JIT)
+@jit(inline="always")
 def _add_high(row, row_bits, norms, use_norms, start, stop, threshold, hist_n, hist_w, hist_w2):
     """Add the tokens ``start <= t < stop`` whose bits reach ``threshold``; returns how many."""
     added = 0
@@ -83,7 +82,7 @@ def _add_high(row, row_bits, norms, use_norms, start, stop, threshold, hist_n, h
     return added
 
 
-@nb.njit(**_JIT)
+@jit
 def _histogram(row, row_bits, norms, use_norms, sink, stop, stride, hist_n, hist_w, hist_w2):
     """Histogram of ``row[sink:stop]`` by value: tokens, ``row`` and ``row * norms`` per bin.
 
@@ -170,7 +169,7 @@ def _histogram(row, row_bits, norms, use_norms, sink, stop, stride, hist_n, hist
     return lo, hi
 
 
-@nb.njit(**_JIT)
+@jit
 def _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, hist_n, hist_w, hist_w2):
     """Add every token of ``row[sink:stop]`` below ``threshold``; returns its bin range."""
     lo = 2 * N_BINS
@@ -184,7 +183,7 @@ def _histogram_below(row, row_bits, norms, use_norms, sink, stop, threshold, his
     return lo, hi
 
 
-@nb.njit(**_JIT)
+@jit
 def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window, counts, n_sample, out):
     """Share of each row's weight held by its protected tokens and its ``counts[k]`` top-scored middle tokens.
 
@@ -277,7 +276,7 @@ def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window,
     return -1
 
 
-@nb.njit(**_JIT)
+@jit
 def lp_split(utility, grid, total, budgets):
     """Split ``total`` tokens over heads with piecewise-linear curves; returns (lp, lam).
 
@@ -342,7 +341,7 @@ def lp_split(utility, grid, total, budgets):
     return lp, lam
 
 
-@nb.njit(**_JIT)
+@jit
 def curve_values(utility, grid, budgets):
     """Each head's piecewise-linear curve at its budget, summed (float64)."""
     n, g_points = utility.shape

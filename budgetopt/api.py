@@ -55,7 +55,7 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
         (a safeguard floor, sink + window tokens, the context length).
     time_limit : float, optional
         Seconds after which ``"exact"`` or ``"milp"`` stop with the best allocation found
-        and a valid ``upper_bound``; ``stats["status"]`` is then ``"time_limit"`` instead of
+        and a valid ``upper_bound``; ``status`` is then ``"time_limit"`` instead of
         ``"optimal"``. Not accepted by the other methods. Default: no limit.
 
     Returns
@@ -115,7 +115,7 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
     >>> round(a.upper_bound, 6), a.gap >= 0
     (1.1, True)
     >>> e = budgetopt.allocate([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]], 1, method="exact")
-    >>> e.budgets.tolist(), e.stats["status"], e.gap
+    >>> e.budgets.tolist(), e.status, e.gap
     ([0, 1], 'optimal', 0.0)
     """
     try:

@@ -22,6 +22,7 @@ try:
     from pathlib import Path
 
     from ._cli_common import (  # noqa: F401 (Progress, dumps: part of the CLI's toolkit)
+        Parser,
         Progress,
         UsageError,
         check_output_path,
@@ -42,7 +43,7 @@ except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a
     sys.stderr.write("budgetopt: interrupted\n")
     raise SystemExit(130) from None
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console", "build_parser"]
 
 EXAMPLE = "example_curves.npz"
 #: Most budgets one ``sweep --budgets start:stop:step`` may ask for (checked before building them).
@@ -138,8 +139,6 @@ def _cmd_solve(args):
     payload = result.to_dict()
     payload["capacity"] = curves.capacity
     payload["kept_fraction"] = result.used / curves.capacity if curves.capacity else 0.0
-    if "status" in result.stats:
-        payload["status"] = result.stats["status"]
     if output is not None and output.suffix.lower() == ".npz":
         scalars = {k: np.array(v) for k, v in payload.items() if k not in ("budgets", "head_shape")}
         write_atomic(output, lambda f: np.savez(f, budgets=result.budgets, **scalars), inputs=inputs)
@@ -149,8 +148,7 @@ def _cmd_solve(args):
         title = (
             f"method={result.method} used={result.used}/{result.total_budget} tokens "
             f"({payload['kept_fraction']:.1%} of {curves.capacity}) utility={result.utility:.6g} "
-            f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g}"
-            + (f" status={payload['status']}" if "status" in payload else "")
+            f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g} status={result.status}"
         )
         sys.stdout.write(format_table(result.budgets, title))
     else:
@@ -565,10 +563,13 @@ def build_parser():
     """The ``budgetopt`` argument parser (imports the solvers, for ``--method``'s choices)."""
     from .api import METHODS
 
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = Parser(
         prog="budgetopt",
         description="Per-head KV-cache budget allocation (LU-KV hull greedy with a certificate, exact baselines).",
     )
+    parser.add_argument("--version", action="version", version=f"budgetopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -605,8 +606,31 @@ def build_parser():
 def main(argv=None):
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error, 130 after
     Ctrl-C, 128 + N after signal N such as SIGTERM)."""
-    return run_guarded(build_parser, argv)
+    return run_guarded(_build_parser_announcing, argv)
+
+
+def console():
+    """The ``budgetopt`` console script and ``python -m budgetopt``: :func:`main` for a process
+    that exits with its code right after (a late Ctrl-C no longer kills the finished run)."""
+    return run_guarded(_build_parser_announcing, None, exiting=True)
+
+
+COMPILING_NOTICE = (
+    "budgetopt: compiling the solvers for this machine (once per installation: later runs "
+    "load them from the cache)\n"
+)
+
+
+def _build_parser_announcing():
+    """:func:`build_parser`, and on a terminal, one stderr line when kernels start compiling
+    (the first run of an installation can spend seconds there before printing anything)."""
+    parser = build_parser()  # imports the solvers, hence the compiled kernels' module
+    if sys.stderr.isatty():
+        from ._kernels_jit import announce_compiling
+
+        announce_compiling(lambda: (sys.stderr.write(COMPILING_NOTICE), sys.stderr.flush()))
+    return parser
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

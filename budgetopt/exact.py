@@ -8,13 +8,13 @@ grid values (the best utility at a repeated value) as costs above the head's flo
 from __future__ import annotations
 
 import math
-import time
 from functools import reduce
 
 import numpy as np
 
 from ._io import c_stdout_to_stderr  # noqa: F401 (kept importable from here)
 from .errors import MissingDependencyError, ProblemTooLargeError, SolverError
+from ._kernels_jit import Stopwatch
 from .greedy import lp_multiplier
 from .result import Allocation
 
@@ -62,12 +62,12 @@ class _Options:
         return len(self.index)
 
 
-def _result(problem, total, idx, method, seconds, upper_bound, stats):
+def _result(problem, total, idx, method, status, seconds, upper_bound, stats):
     budgets, utility = problem.pick(idx)
     lp, lam = lp_multiplier(problem, total)
     return Allocation.from_solution(
         budgets, utility, total_budget=total, upper_bound=upper_bound, threshold=lam, method=method,
-        seconds=seconds, stats=dict(stats, lp_bound=float(lp)),
+        status=status, seconds=seconds, stats={"lp_bound": float(lp), **stats},
     )
 
 
@@ -96,13 +96,13 @@ def milp(problem, total, *, time_limit=None):
     """Exact allocation by ``scipy.optimize.milp`` (HiGHS branch and bound).
 
     The upper bound reported is HiGHS's proven dual bound (relative MIP gap set to 0).
-    With ``time_limit`` (seconds) HiGHS may stop early: ``stats["status"]`` is then
+    With ``time_limit`` (seconds) HiGHS may stop early: ``status`` is then
     ``"time_limit"`` and the result is its best allocation with its dual bound; when it has
     found no allocation by then, :class:`SolverError` says so.
     """
     from scipy.optimize import LinearConstraint, milp as scipy_milp
 
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     opts, spare, scale, onehot = _model(problem, total)
     n = len(opts)
     constraints = [
@@ -126,8 +126,9 @@ def milp(problem, total, *, time_limit=None):
     idx = _decode(opts, res.x, problem)
     dual = getattr(res, "mip_dual_bound", None)
     bound = -dual / scale if dual is not None and np.isfinite(dual) else -res.fun / scale
-    seconds = time.perf_counter() - t0
-    return _result(problem, total, idx, "milp", seconds, bound, {"status": status, "variables": n, "mip_gap": float(getattr(res, "mip_gap", 0.0) or 0.0)})
+    seconds = watch.seconds()
+    stats = {"variables": n, "mip_gap": float(getattr(res, "mip_gap", 0.0) or 0.0)}
+    return _result(problem, total, idx, "milp", status, seconds, bound, stats)
 
 
 def cvxpy_milp(problem, total):
@@ -142,7 +143,7 @@ def cvxpy_milp(problem, total):
         raise MissingDependencyError(
             'method="cvxpy" needs the HiGHS solver for cvxpy (highspy); pip install "budgetopt[cvxpy]"'
         )
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     opts, spare, scale, onehot = _model(problem, total)
     z = cp.Variable(len(opts), boolean=True)
     prob = cp.Problem(
@@ -154,8 +155,8 @@ def cvxpy_milp(problem, total):
     if prob.status not in ("optimal",) or z.value is None:
         raise SolverError(f"cvxpy (HiGHS) did not solve the problem: status {prob.status}")
     idx = _decode(opts, z.value, problem)
-    seconds = time.perf_counter() - t0
-    return _result(problem, total, idx, "cvxpy", seconds, prob.value / scale, {"variables": len(opts)})
+    seconds = watch.seconds()
+    return _result(problem, total, idx, "cvxpy", "optimal", seconds, prob.value / scale, {"variables": len(opts)})
 
 
 def dp(problem, total):
@@ -167,7 +168,7 @@ def dp(problem, total):
     """
     from . import _kernels
 
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     opts = _Options(problem)
     spare = min(total, problem.ceiling_total) - problem.floor_total
     nonzero = opts.cost[opts.cost > 0]
@@ -191,5 +192,6 @@ def dp(problem, total):
         j = opts.offsets[h] + int(choice[h, b])
         idx[h] = opts.index[j]
         b -= opts.cost[j] // unit
-    seconds = time.perf_counter() - t0
-    return _result(problem, total, idx, "dp", seconds, best, {"unit": unit, "budget_units": units, "cell_updates": updates})
+    seconds = watch.seconds()
+    stats = {"unit": unit, "budget_units": units, "cell_updates": updates}
+    return _result(problem, total, idx, "dp", "optimal", seconds, best, stats)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _kernels_greedy, bracket
+from ._kernels_jit import Stopwatch
 from .hull import upper_hulls
 from .result import Allocation, Sweep
 
@@ -27,12 +27,12 @@ def greedy(problem, total):
     -------
     Allocation
     """
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     found, picked = _Greedy(problem)._solve(total)
     budgets, utility = problem.pick(found.idx) if picked is None else picked
     return Allocation.from_solution(
         budgets, utility, total_budget=total, upper_bound=found.lp, threshold=found.threshold, method="greedy",
-        seconds=time.perf_counter() - t0, stats=found.stats,
+        status="feasible", seconds=watch.seconds(), stats=found.stats,
     )
 
 
@@ -49,7 +49,7 @@ def greedy_sweep(problem, totals):
     -------
     Sweep
     """
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     solver = _Greedy(problem)
     n = len(totals)
     budgets = np.empty((n,) + problem.curves.head_shape, np.int64)
@@ -68,7 +68,7 @@ def greedy_sweep(problem, totals):
         upper_bound=bound,
         gap=bound - utility,
         threshold=threshold,
-        seconds=time.perf_counter() - t0,
+        seconds=watch.seconds(),
     )
 
 

@@ -19,11 +19,10 @@ multiple-choice knapsack; the proof of each step is in ``docs/exact.md``.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from . import _kernels_exact as K
+from ._kernels_jit import Stopwatch
 from .errors import ProblemTooLargeError
 from .greedy import _Greedy
 from .result import Allocation
@@ -82,12 +81,12 @@ def exact(problem, total, *, time_limit=None):
         Seconds (wall clock, from the start of the solve) after which the search stops with
         the best allocation found and a valid upper bound. Checked between core heads (at
         least every 10,000 DP extensions or so, and after any head whose layer is larger). The
-        first call in a process loads the compiled kernels first, outside this limit.
+        time spent compiling (or loading) the kernels on the way does not count.
 
     Returns
     -------
     Allocation
-        ``stats["status"]`` is ``"optimal"`` (no allocation is better than ``utility`` by
+        ``status`` is ``"optimal"`` (no allocation is better than ``utility`` by
         more than ``stats["tolerance"]``; ``upper_bound`` is ``utility``) or ``"time_limit"``
         (``upper_bound`` is the largest bound of any part of the search left open, rounded
         down to a whole number of value steps above ``utility`` when the utilities are
@@ -118,40 +117,10 @@ def exact(problem, total, *, time_limit=None):
 
     >>> from budgetopt.problem import build_problem
     >>> a = exact(build_problem([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]]), 1)
-    >>> a.budgets.tolist(), a.utility, a.stats["status"], a.stats["lp_bound"]
+    >>> a.budgets.tolist(), a.utility, a.status, a.stats["lp_bound"]
     ([0, 1], 0.4, 'optimal', 0.5)
     """
-    _load_kernels()
     return _Search(problem, total, time_limit).run()
-
-
-_LOADED = False
-
-
-def _load_kernels():
-    """Solve three small problems once per process, untimed, so that loading the compiled
-    kernels (from numba's on-disk cache: seconds on a busy machine) does not count against
-    a caller's ``time_limit``."""
-    global _LOADED
-    if _LOADED:
-        return
-    from .problem import build_problem
-    from .curves import Curves
-
-    rng = np.random.default_rng(0)
-    steps = np.sort(rng.integers(1, 50, (64, 6)), axis=1)
-    grid = np.cumsum(steps, axis=1)
-    # strongly correlated classes: integral (local search, cardinality bound), then with
-    # fractions added (the core DP, both ways of bounding its states)
-    for frac in (0.0, 1e-3):
-        curves = Curves(np.cumsum(steps + 3 + frac * rng.random(steps.shape), axis=1), grid)
-        _Search(build_problem(curves), int(grid[:, 2].sum()) + 7, None).run()
-    t = np.arange(4097)
-    per_token = Curves(1.0 - np.exp(-t[None, :] / rng.uniform(50, 500, (8, 1))))
-    _Search(build_problem(per_token), 4000, None).run()
-    one = np.arange(3, dtype=np.int64)  # the first solve proves its answer before this bound
-    K.cardinality_bound(one, one.astype(np.float64), np.array([0, 3]), 1, 2, 0.0)
-    _LOADED = True
 
 
 def _starts(sizes):
@@ -165,8 +134,10 @@ class _Search:
     """One exact solve: incumbent, fixing, core DP, result."""
 
     def __init__(self, problem, total, time_limit):
-        self.t0 = time.perf_counter()
-        self.deadline = None if time_limit is None else self.t0 + float(time_limit)
+        # Times are Stopwatch seconds: compiling kernels on the way counts neither against the
+        # time limit nor in the result's ``seconds``.
+        self.watch = Stopwatch()
+        self.deadline = None if time_limit is None else float(time_limit)
         self.problem = problem
         self.total = total
         usable = int((problem.hi - problem.lo).sum())
@@ -198,20 +169,24 @@ class _Search:
         )
         self.step = float(step)
         self.opts = _Kept(*kept)
+        self.status = "optimal"
         self.stats = {
-            "status": "optimal",
+            "lp_bound": float(lp),
             "tolerance": self.tau,
             "integral": self.step > 0,
             "value_step": self.step,
             "greedy_utility": greedy_value,
-            "lp_bound": float(lp),
+            "improved_on_greedy": False,
+            "lagrangian_bound": None,  # set by the first fixing
+            "cardinality_bound": None,  # None unless that bound was worked out
+            "rank_limit": None,
+            "proved_by": None,
             "fixed_heads": p.n_heads,
             "core_heads": 0,
             "core_options": 0,
             "layers_done": 0,
             "states": 0,
             "max_layer_states": 0,
-            "proved_by": None,
         }
         self.global_bound = np.inf  # bounds every allocation better than the incumbent
         if gain > self.tau:
@@ -221,7 +196,7 @@ class _Search:
         if open_bound is None:
             bound = utility  # proven: nothing beats it by more than the tolerance
         else:
-            self.stats["status"] = "time_limit"
+            self.status = "time_limit"
             self.stats["proved_by"] = None
             bound = min(max(open_bound, self.dropped), max(utility, self.global_bound))
             if self.step > 0:  # the best value below the bound that an allocation can have
@@ -229,7 +204,7 @@ class _Search:
         self.stats["improved_on_greedy"] = bool(utility > greedy_value)
         return Allocation.from_solution(
             budgets, utility, total_budget=self.total, upper_bound=bound, threshold=lam, method="exact",
-            seconds=time.perf_counter() - self.t0, stats=self.stats,
+            status=self.status, seconds=self.watch.seconds(), stats=self.stats,
         )
 
     # -- the search -------------------------------------------------------------------------
@@ -319,12 +294,12 @@ class _Search:
         rows = np.arange(p.n_heads)
         value = float(p.utility[rows, new].sum())
         if more:
-            stop = time.perf_counter() + _HEURISTIC_SECONDS
+            stop = self.watch.seconds() + _HEURISTIC_SECONDS
             if self.deadline is not None:
-                stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+                stop = min(stop, _HEURISTIC_SHARE * self.deadline)
             enough = opts.bound - self.margin - value  # then the incumbent meets the Lagrangian bound
             for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
-                if not more or time.perf_counter() > stop:
+                if not more or self.watch.seconds() > stop:
                     break
                 gain, more = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid,
                                             p.per_head, p.lo, new, self.spare, self.tau, 8, enough)
@@ -337,9 +312,9 @@ class _Search:
         fixed_opt = self.opts.lp_opt.copy()
         small = core.first(_HEURISTIC_CORE)
         fixed_opt[small.heads] = -1
-        stop = time.perf_counter() + _HEURISTIC_SECONDS
+        stop = self.watch.seconds() + _HEURISTIC_SECONDS
         if self.deadline is not None:
-            stop = min(stop, self.t0 + _HEURISTIC_SHARE * (self.deadline - self.t0))
+            stop = min(stop, _HEURISTIC_SHARE * self.deadline)
         aims = [-np.inf]
         if self.step > 0:
             # First aim at the best value the bound allows (integral utilities): pruning
@@ -350,7 +325,7 @@ class _Search:
         try:
             for aim in aims:
                 self._core_dp(small, fixed_opt, record=False, deadline=stop, aim=aim)
-                if self.best + self.margin > self.global_bound or time.perf_counter() > stop:
+                if self.best + self.margin > self.global_bound or self.watch.seconds() > stop:
                     return
         except ProblemTooLargeError:
             pass  # only a heuristic: the main search enforces the limit
@@ -397,7 +372,8 @@ class _Search:
             rk["tried"] = True
             enough = level + self.margin - fixed_value
             bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
-            prev = self.stats.get("cardinality_bound", np.inf)
+            prev = self.stats["cardinality_bound"]
+            prev = np.inf if prev is None else prev
             self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
             self.global_bound = min(self.global_bound, bound + fixed_value)
             if mu <= 0:
@@ -432,7 +408,7 @@ class _Search:
         fused = _FUSED
         k = 0
         while k < len(core):
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline is not None and self.watch.seconds() > deadline:
                 return max(open_bound, self.best), all_dropped
             if not rk["tried"] and states > _RANK_AFTER_STATES:
                 start_ranks(k)

@@ -34,12 +34,12 @@ import json
 import numbers
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _kernels_request as _k
+from ._kernels_jit import Stopwatch
 from ._checks import check_fraction, real_array
 from ._io import check_input_file, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
@@ -565,7 +565,7 @@ class RequestAllocator:
         >>> a.budgets.sum(axis=1).tolist() == ra.layer_totals(64, 100).tolist()
         True
         """
-        start = time.perf_counter()
+        watch = Stopwatch()
         arr, norms = self._check_request(scores, value_norms)
         if not isinstance(layerwise, (bool, np.bool_)):
             raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
@@ -591,7 +591,7 @@ class RequestAllocator:
                 lam = max(lam, s)
         return Allocation.from_solution(
             budgets.reshape(self.layers, self.kv_heads), value, total_budget=total, upper_bound=lp, threshold=lam,
-            method="request", seconds=time.perf_counter() - start,
+            method="request", status="feasible", seconds=watch.seconds(),
             stats={"shrinkage": self.shrinkage, "layerwise": bool(layerwise), "floor": floor})
 
     def allocate_layer(self, layer, scores, layer_total, *, value_norms=None):

@@ -6,15 +6,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Allocation", "Sweep"]
+__all__ = ["Allocation", "Sweep", "STATS_KEYS", "STATUSES"]
+
+#: The values of :attr:`Allocation.status`.
+STATUSES = ("optimal", "time_limit", "feasible")
+
+#: The keys of :attr:`Allocation.stats` for each method (every result has all of them).
+STATS_KEYS = {
+    "greedy": ("lp_bound", "blocked_head", "left_after_lp", "hull_segments", "hull_points_fraction"),
+    "milp": ("lp_bound", "variables", "mip_gap"),
+    "cvxpy": ("lp_bound", "variables"),
+    "dp": ("lp_bound", "unit", "budget_units", "cell_updates"),
+    # budgetopt.RequestAllocator.allocate: budgets for one request from its own scores
+    "request": ("shrinkage", "layerwise", "floor"),
+    "exact": (
+        "lp_bound", "tolerance", "integral", "value_step", "greedy_utility", "improved_on_greedy",
+        "lagrangian_bound", "cardinality_bound", "rank_limit", "proved_by", "fixed_heads", "core_heads",
+        "core_options", "layers_done", "states", "max_layer_states",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Allocation:
     """Per-head token budgets chosen for one total budget, with their certificate.
 
-    Every method (``"greedy"``, ``"milp"``, ``"cvxpy"``, ``"dp"``) returns this type with the
-    same fields; solver-specific details live in :attr:`stats`.
+    Every method (``"greedy"``, ``"milp"``, ``"cvxpy"``, ``"dp"``, ``"exact"``, and
+    ``"request"`` from :class:`budgetopt.RequestAllocator`) returns this type with the same
+    fields; solver-specific figures live in :attr:`stats`, whose keys are
+    fixed per method (see :data:`STATS_KEYS`).
 
     Attributes
     ----------
@@ -39,21 +59,32 @@ class Allocation:
         Every method reports it (exact methods compute it from the same hulls).
     method : str
         The method that produced the result.
+    status : str
+        What the method proved about :attr:`budgets`: ``"optimal"`` (an exact method proved
+        that no allocation is better, up to its tolerance), ``"time_limit"`` (an exact method
+        stopped at its time limit: the best allocation found, with a valid
+        :attr:`upper_bound`) or ``"feasible"`` (the greedy and per-request budgets: within
+        every floor, cap and the budget, and at most :attr:`gap` below the optimum of their
+        curves; they do not try to prove more).
     seconds : float
-        Wall-clock time of the solve, front-door validation excluded.
+        Wall-clock time of the solve, front-door validation excluded, and so is the one-time
+        compilation (or loading from the cache) of budgetopt's compiled kernels, for every
+        method.
     stats : dict
-        Method-specific extras. Greedy: ``lp_bound``, ``blocked_head`` (the index tuple in
-        the head shape, e.g. ``(3, 1)``, of the head whose hull segment did not fit; None
-        when every segment fit), ``left_after_lp`` (tokens the LP part left to the repair),
-        ``hull_segments`` (segments in the hulls searched) and ``hull_points_fraction``
-        (share of the usable grid points whose hulls were built: below 1 when only the
-        range around the threshold was needed). Exact methods: solver status and sizes.
+        Method-specific figures; every result of a method has the same keys
+        (:data:`STATS_KEYS`), a key whose figure was not computed on a run holds None.
+        Greedy: ``lp_bound``, ``blocked_head`` (the index tuple in the head shape, e.g.
+        ``(3, 1)``, of the head whose hull segment did not fit; None when every segment
+        fit), ``left_after_lp`` (tokens the LP part left to the repair), ``hull_segments``
+        (segments in the hulls searched) and ``hull_points_fraction`` (share of the usable
+        grid points whose hulls were built: below 1 when only the range around the
+        threshold was needed). Exact methods: sizes and bounds (docs/api.md describes each).
 
     Notes
     -----
     Allocations behave like values: ``a == b`` compares the solution (``budgets``, ``used``,
-    ``total_budget``, ``utility``, ``upper_bound``, ``gap``, ``threshold`` and ``method``),
-    never the timing ``seconds`` nor the diagnostic ``stats``, so the same problem solved
+    ``total_budget``, ``utility``, ``upper_bound``, ``gap``, ``threshold``, ``method``
+    and ``status``), never the timing ``seconds`` nor the diagnostic ``stats``, so the same problem solved
     twice gives equal results. They are hashable, consistently with ``==`` (the object and
     its arrays are read-only), so they can be dict keys or set members.
 
@@ -64,6 +95,8 @@ class Allocation:
     >>> b = budgetopt.allocate([[0.0, 0.6, 0.7], [0.0, 0.5, 0.9]], 2)
     >>> a == b, hash(a) == hash(b), a.seconds is b.seconds
     (True, True, False)
+    >>> a.status, sorted(a.stats) == sorted(STATS_KEYS["greedy"])
+    ('feasible', True)
     """
 
     budgets: np.ndarray
@@ -74,6 +107,7 @@ class Allocation:
     gap: float
     threshold: float
     method: str
+    status: str
     seconds: float
     stats: dict = field(default_factory=dict, compare=False)
 
@@ -84,7 +118,7 @@ class Allocation:
 
     def _key(self):
         return (self.budgets.shape, self.budgets.tobytes(), self.used, self.total_budget, self.utility,
-                self.upper_bound, self.gap, self.threshold, self.method)
+                self.upper_bound, self.gap, self.threshold, self.method, self.status)
 
     def __eq__(self, other):
         if not isinstance(other, Allocation):
@@ -95,7 +129,8 @@ class Allocation:
         return hash(self._key())
 
     @classmethod
-    def from_solution(cls, budgets, utility, *, total_budget, upper_bound, threshold, method, seconds, stats):
+    def from_solution(cls, budgets, utility, *, total_budget, upper_bound, threshold, method, status, seconds,
+                      stats):
         """The result of a solver: ``used`` and ``gap`` derived, and the bound guarded
         against the last-bit rounding of sums (a proven bound is never below a value
         actually reached)."""
@@ -115,6 +150,7 @@ class Allocation:
             gap=bound - utility,
             threshold=float(threshold),
             method=method,
+            status=status,
             seconds=float(seconds),
             stats=stats,
         )
@@ -137,6 +173,7 @@ class Allocation:
             "gap": float(self.gap),
             "threshold": float(self.threshold),
             "method": self.method,
+            "status": self.status,
             "seconds": float(self.seconds),
         }
 
@@ -194,8 +231,9 @@ class Sweep:
         return len(self.totals)
 
     def __getitem__(self, i):
-        """Row ``i`` as an :class:`Allocation` (method ``"greedy"``; ``seconds`` is the sweep's
-        time divided by its number of rows, and ``stats`` is empty)."""
+        """Row ``i`` as an :class:`Allocation` (method ``"greedy"``, status ``"feasible"``;
+        ``seconds`` is the sweep's time divided by its number of rows; the ``stats`` that a
+        sweep does not work out are None)."""
         return Allocation(
             budgets=self.budgets[i],
             used=int(self.used[i]),
@@ -205,5 +243,7 @@ class Sweep:
             gap=float(self.gap[i]),
             threshold=float(self.threshold[i]),
             method="greedy",
+            status="feasible",
             seconds=self.seconds / len(self),
+            stats=dict.fromkeys(STATS_KEYS["greedy"]),
         )

@@ -734,3 +734,4 @@ def test_exact_methods_print_nothing_on_stdout():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=root)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "", f"allocate printed to stdout: {res.stdout!r}"
+

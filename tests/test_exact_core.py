@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def _exact(curves, total, **kw):
 
 def _assert_proven(a, optimum, curves):
     tol = tolerance(curves)
-    assert a.stats["status"] == "optimal"
+    assert a.status == "optimal"
     assert a.utility == pytest.approx(optimum, rel=0, abs=tol), (a.utility, optimum, a.stats)
     assert a.gap == 0.0 and a.upper_bound == a.utility
     assert a.stats["tolerance"] <= tol
@@ -247,7 +248,7 @@ def test_local_search_reaches_the_bound():
     a = _exact(curves, total)
     s = a.stats
     assert s["greedy_utility"] < a.utility == np.floor(s["lp_bound"] + s["tolerance"])
-    assert s["status"] == "optimal" and s["layers_done"] == 0 and s["improved_on_greedy"]
+    assert a.status == "optimal" and s["layers_done"] == 0 and s["improved_on_greedy"]
 
 
 def test_strongly_correlated_proven_by_the_cardinality_bound():
@@ -297,13 +298,31 @@ def test_rank_bounded_states_against_dp(seed, monkeypatch):
         assert a.stats["cardinality_bound"] >= a.utility - tolerance(curves)
 
 
-def test_rank_bounded_states_at_the_time_limit(monkeypatch):
+class _Ticks:
+    """Stands in for the search's Stopwatch: each reading is 1 ms after the one before, so
+    where a time limit stops the search depends on the code path only, never on the
+    machine's speed or load."""
+
+    def __init__(self):
+        self.readings = 0
+
+    def seconds(self):
+        self.readings += 1
+        return self.readings * 1e-3
+
+
+@pytest.fixture
+def ticking_clock(monkeypatch):
+    monkeypatch.setattr(mcknap, "Stopwatch", _Ticks)
+
+
+def test_rank_bounded_states_at_the_time_limit(monkeypatch, ticking_clock):
     monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
     curves, total = _noisy_strongly(120, 20)
-    a = _exact(curves, total, time_limit=0.01)  # the whole search takes about 0.3 s
+    a = _exact(curves, total, time_limit=0.01)  # ten clock readings
     dp = allocate(curves, total, method="dp")
     tol = tolerance(curves)
-    assert a.stats["status"] == "time_limit"
+    assert a.status == "time_limit"
     assert a.utility <= dp.utility + tol and a.upper_bound >= dp.utility - tol
     assert a.upper_bound <= a.stats["cardinality_bound"] + tol < a.stats["lagrangian_bound"] - 1
 
@@ -376,7 +395,6 @@ def test_heuristic_aims_at_the_bound_first(monkeypatch):
     # can reach the best value the bound allows. Seed 0: the optimum meets it (found there,
     # proven at once); seed 1: it does not (the aimed search finds nothing, the plain one
     # and the main search go on). Both agree with milp.
-    mcknap._load_kernels()  # its warm-up solves run once per process: not these
     aims = []
     plain = mcknap._Search._core_dp
 
@@ -415,15 +433,14 @@ def _noisy_strongly(n_classes, n_items):
     return Curves(np.cumsum(np.diff(curves.utility, prepend=0, axis=1) + noise, axis=1), curves.grid), total
 
 
-def test_time_limit_stops_early_with_a_valid_bound():
+def test_time_limit_stops_early_with_a_valid_bound(ticking_clock):
     # Strongly correlated classes with a little noise on the profits: no option can be
     # fixed, the utilities are not integers (no integral step, no cardinality bound), the
     # core DP is long.
     curves, total = _noisy_strongly(120, 20)
-    a = _exact(curves, total, time_limit=1e-3)
-    assert a.stats["status"] == "time_limit"
+    a = _exact(curves, total, time_limit=5e-3)
+    assert a.status == "time_limit"
     assert a.stats["layers_done"] < a.stats["core_heads"]
-    assert a.seconds < 5.0  # the solve's own clock: loading compiled kernels is not counted
     dp = allocate(curves, total, method="dp")
     tol = tolerance(curves)
     assert a.utility <= dp.utility + tol
@@ -432,13 +449,13 @@ def test_time_limit_stops_early_with_a_valid_bound():
     assert a.gap == pytest.approx(a.upper_bound - a.utility)
 
 
-def test_time_limit_integral_bound_is_a_whole_step_above():
+def test_time_limit_integral_bound_is_a_whole_step_above(ticking_clock):
     # Integral utilities: the bound at the time limit is rounded down to a value an
     # allocation can have (the incumbent's plus whole steps), and still bounds the optimum.
     curves, total = _noisy_strongly(40, 10)
     curves = Curves(np.round(100 * curves.utility), curves.grid)
-    a = _exact(curves, total, time_limit=1e-3)
-    assert a.stats["status"] == "time_limit" and a.stats["value_step"] == 1.0
+    a = _exact(curves, total, time_limit=5e-3)
+    assert a.status == "time_limit" and a.stats["value_step"] == 1.0
     assert a.upper_bound - a.utility == np.floor(a.upper_bound - a.utility) > 0
     dp = allocate(curves, total, method="dp")
     assert a.utility <= dp.utility <= a.upper_bound
@@ -457,7 +474,7 @@ def test_milp_accepts_time_limit():
     curves = Curves(*random_curves(0, (4,), 5, kind="random"))
     a = allocate(curves, 6, method="milp", time_limit=30)
     check_allocation(curves, a, total_budget=6)
-    assert a.stats["status"] == "optimal"
+    assert a.status == "optimal"
 
 
 @pytest.mark.parametrize("method", ["greedy", "dp", "cvxpy"])
@@ -598,3 +615,67 @@ def test_fused_core_dp_same_refusal_when_too_large(monkeypatch):
     curves, total = strongly_fractional(40, 10, 0)
     msg = _same_answers(curves, total, monkeypatch, EXACT_MAX_STATES=200)
     assert isinstance(msg, str) and "DP states" in msg
+
+
+# -- one result schema ---------------------------------------------------------------------
+def _schema_cases():
+    """(name, curves, total, method, kwargs): each method, on the code paths that fill its
+    stats differently (the greedy's one-call and bracket paths; exact proven by the LP
+    bound, by the core DP, and stopped at its time limit)."""
+    rng = np.random.default_rng(7)
+    small = Curves(np.cumsum(rng.random((6, 9)), axis=1))
+    big = Curves(np.cumsum(rng.random((600, 300)) ** 3, axis=1))  # large enough for the bracket
+    concave = Curves(np.cumsum(np.sort(rng.random((8, 12)))[:, ::-1], axis=1))
+    return [
+        ("greedy small", small, 20, "greedy", {}),
+        ("greedy bracket", big, big.capacity // 5, "greedy", {}),
+        ("milp", small, 20, "milp", {}),
+        ("cvxpy", small, 20, "cvxpy", {}),
+        ("dp", small, 20, "dp", {}),
+        ("exact concave", concave, 40, "exact", {}),
+        ("exact core", small, 20, "exact", {}),
+        ("exact strongly", *pisinger("strongly", 60, 10, seed=0, data_range=1000), "exact", {}),
+    ]
+
+
+@pytest.mark.parametrize("name, curves, total, method, kwargs", _schema_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_result_of_a_method_has_its_status_and_stats_keys(name, curves, total, method, kwargs):
+    from budgetopt.result import STATS_KEYS, STATUSES
+
+    if method == "cvxpy":
+        pytest.importorskip("cvxpy")
+    a = allocate(curves, total, method=method, **kwargs)
+    assert a.status in STATUSES
+    assert a.status == ("feasible" if method == "greedy" else "optimal")
+    assert tuple(a.stats) == STATS_KEYS[method], name
+    assert a.to_dict()["status"] == a.status
+
+
+def test_sweep_rows_carry_the_greedy_schema():
+    from budgetopt.result import STATS_KEYS
+
+    curves = Curves(np.cumsum(np.random.default_rng(3).random((4, 10)), axis=1))
+    row = budgetopt.sweep(curves, [5, 10])[1]
+    assert row.status == "feasible" and tuple(row.stats) == STATS_KEYS["greedy"]
+    assert row == allocate(curves, 10)
+
+
+def test_compile_clock_counts_compiling_and_stopwatch_leaves_it_out(tmp_path):
+    """A kernel compiled inside a Stopwatch adds to compile_seconds(), and the stopwatch's
+    reading leaves exactly that out; calling the compiled kernel again adds nothing."""
+    from budgetopt import _kernels_jit
+
+    def fresh(x):  # a new function: numba must compile it here
+        return x * 2 + 1
+
+    kernel = _kernels_jit.jit(fresh)
+    before = _kernels_jit.compile_seconds()
+    t0 = time.perf_counter()
+    watch = _kernels_jit.Stopwatch()
+    assert kernel(3) == 7
+    spent = _kernels_jit.compile_seconds() - before
+    reading = watch.seconds()
+    assert 0 < spent <= time.perf_counter() - t0
+    assert reading <= (time.perf_counter() - t0) - spent
+    again = _kernels_jit.compile_seconds()
+    assert kernel(4) == 9 and _kernels_jit.compile_seconds() == again

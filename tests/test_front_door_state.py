@@ -272,9 +272,9 @@ def test_pick_agrees_with_a_loop(grid_kind):
 def test_from_solution_equals_the_dataclass_constructor():
     budgets = np.array([[3, 1], [0, 2]])
     a = Allocation.from_solution(budgets, 1.5, total_budget=np.int64(7), upper_bound=1.25, threshold=np.float32(0.5),
-                                 method="greedy", seconds=0.1, stats={"x": 1})
+                                 method="greedy", status="feasible", seconds=0.1, stats={"x": 1})
     b = Allocation(budgets=budgets, used=6, total_budget=7, utility=1.5, upper_bound=1.5, gap=0.0, threshold=0.5,
-                   method="greedy", seconds=0.1, stats={"x": 1})
+                   method="greedy", status="feasible", seconds=0.1, stats={"x": 1})
     assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
     assert dataclasses.asdict(a).keys() == dataclasses.asdict(b).keys()
     for name in ("used", "total_budget"):
