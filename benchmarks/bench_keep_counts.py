@@ -1,13 +1,12 @@
 """Benchmark: keep_counts_from_prune_ratios, rule="kvpress" against rule="float64".
 
-``rule="kvpress"`` reproduces LUKVPress's float32 arithmetic, torch's CPU summation order and
-torch.topk's tie order; ``rule="float64"`` is the same largest-remainder rule in float64.
-Both convert the same table; the figure is the ratio of their times in the same run (best of
-``--repeats`` calls each, after one warm-up call).
+``rule="kvpress"`` runs the torch operations LUKVPress runs on each row (float32 arithmetic,
+torch.topk), on the CPU; ``rule="float64"`` is the same largest-remainder rule in float64
+NumPy, vectorised over rows. Both convert the same table; the figure is the ratio of their
+times in the same run (best of ``--repeats`` calls each, after one warm-up call).
 
 Tables ``(99, layers, kv_heads)``: uniform random ratios (ties are rare) and two-decimal
-ratios (many ties, which the kvpress rule resolves by replaying torch.topk's selection), plus
-one layer row (what BudgetPress converts per layer and forward pass).
+ratios (many ties), plus one layer row (what BudgetPress converts per layer and forward pass).
 
 Usage::
 

@@ -11,12 +11,14 @@ The rules:
 * array values must be finite (the first bad one is located): :func:`check_finite`;
 * a count is a Python or NumPy integer (not a bool) at least ``minimum``: :func:`check_int`;
 * a real number is an int or float (not a bool, string or array): :func:`check_real`;
-* a fraction is a real number in ``[0, 1]`` (or ``[0, 1)``): :func:`check_fraction`.
+* a fraction is a real number in ``[0, 1]`` (or ``[0, 1)``): :func:`check_fraction`;
+* a torch tensor is read as a NumPy array on the CPU, its device kept: :func:`from_tensor`.
 """
 
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -113,3 +115,17 @@ def check_fraction(value, name, *, upper_open=False):
     if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
         raise InvalidInputError(f"`{name}` must be in [0, 1{')' if upper_open else ']'}; got {value!r}")
     return value
+
+
+def from_tensor(value):
+    """``(array, device)`` for a torch tensor: its values as a NumPy array on the CPU (float64
+    for floating dtypes, which holds every float32, float16 and bfloat16 value exactly; NumPy
+    has no bfloat16) and its device. Anything else is returned as ``(value, None)``; torch is
+    never imported here (a tensor exists only if torch already is)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor):
+        return value, None
+    tensor = value.detach()
+    if tensor.is_floating_point():
+        tensor = tensor.to(device="cpu", dtype=torch.float64)
+    return tensor.cpu().numpy(), value.device

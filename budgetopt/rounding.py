@@ -9,8 +9,9 @@ door, through one of the functions below:
   compression ``c`` evicts, ``round(c * N)``, kept bit for bit so tables match.
 * :func:`keep_counts_from_prune_ratios` turns per-head prune ratios (an LU-KV table row for
   one layer) into integer keep counts whose sum is exact, by largest remainder: the rule
-  kvpress's ``LUKVPress`` applies at run time, by default in its own float32 arithmetic and
-  tie order (see :mod:`budgetopt._kvpress_arith`).
+  kvpress's ``LUKVPress`` applies at run time. By default it runs ``LUKVPress``'s own torch
+  operations (torch is imported then, not with budgetopt), so the counts are the ones
+  ``LUKVPress`` applies on any CPU or GPU.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_fraction, real_array
+from ._checks import check_fraction, from_tensor, real_array
 from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
-from .errors import InvalidInputError, InvalidTypeError
+from .errors import InvalidInputError, InvalidTypeError, MissingDependencyError
 
 __all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "RULES"]
 
@@ -98,7 +99,7 @@ def tokens_evicted(ratio, tokens):
 RULES = ("kvpress", "float64")
 
 
-def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress"):
+def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress", device=None):
     """Integer keep counts for heads of ``length`` tokens pruned at ``prune_ratios``.
 
     The largest-remainder rule of kvpress's ``LUKVPress``: the ideal keep count of a head is
@@ -109,18 +110,21 @@ def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress"):
 
     Parameters
     ----------
-    prune_ratios : array_like of float, shape (..., heads)
+    prune_ratios : array_like or torch.Tensor of float, shape (..., heads)
         Fraction of each head's tokens to evict, in ``[0, 1]``; the last axis holds the heads
         that share one exact total (the KV heads of one layer).
     length : int
         Tokens per head before eviction (``T``), ``>= 1``.
     rule : {"kvpress", "float64"}, optional
-        ``"kvpress"`` (default): ``LUKVPress``'s own arithmetic, bit for bit: the ratios
-        read as float32, the ideals, their sum and the fractional parts in float32 (the sum
-        in torch's CPU order), and ties among equal fractional parts broken the way
-        ``torch.topk`` breaks them on a CPU. The counts are then exactly the ones
-        ``LUKVPress`` applies on a CPU. ``"float64"``: the same rule in float64, ties to the
-        lower head index (independent of any library's internals).
+        ``"kvpress"`` (default): the counts ``LUKVPress`` applies, computed by the same torch
+        operations ``LUKVPress.compress`` runs on each row (float32 ideals and sum,
+        ``torch.topk`` for the leftover tokens), so they agree with it bit for bit on any
+        CPU or GPU, ties included. Needs torch. ``"float64"``: the same rule in float64 NumPy,
+        ties to the lower head index; needs no torch and depends on no library's internals.
+    device : str or torch.device, optional
+        Where ``rule="kvpress"`` computes (``LUKVPress`` computes on its keys' device, and a
+        GPU sums and breaks ties in its own order). Default: the device of ``prune_ratios``
+        when it is a torch tensor, else the CPU. Not accepted with ``rule="float64"``.
 
     Returns
     -------
@@ -135,15 +139,22 @@ def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress"):
         ``length`` is not a number.
     InvalidInputError
         A ratio outside ``[0, 1]`` or not finite, no heads, ``length`` below 1 or not whole,
-        or an unknown ``rule``.
+        an unknown ``rule``, an unknown ``device``, or ``device`` with ``rule="float64"``.
+    MissingDependencyError
+        ``rule="kvpress"`` without torch installed (install ``budgetopt[torch]``, or pass
+        ``rule="float64"``). There is no torch-free imitation of ``LUKVPress``'s arithmetic:
+        its float32 sum order and ``torch.topk``'s tie order depend on torch's build and the
+        hardware.
 
     Notes
     -----
-    ``"float64"``: O(n log n) for n heads per row (one stable sort). ``"kvpress"``: O(n) per
-    row for the sum and O(n log n) for the selection, in Python loops over rows that have
-    leftover tokens (fine for tables; these are not per-token paths). kvpress on a GPU sums
-    and breaks ties in its own order: layer totals agree, single heads may differ by one
-    token where fractional parts tie or a float32 sum lands within rounding of a half.
+    ``"float64"``: O(n log n) for n heads per row (one stable sort), vectorised over rows.
+    ``"kvpress"``: O(n log n) per row too, but a Python loop over rows of about a dozen small
+    torch operations each (what ``LUKVPress`` runs once per layer and forward pass); meant
+    for layer rows and tables, not per-token paths (``benchmarks/bench_keep_counts.py``).
+    Either rule gives each head its ideal count rounded down or up; they can differ on single
+    heads where fractional parts tie across the cut, or where float32 rounding moves a floor
+    or the rounded total.
 
     Examples
     --------
@@ -153,22 +164,19 @@ def keep_counts_from_prune_ratios(prune_ratios, length, *, rule="kvpress"):
     array([[ 5,  4],
            [10,  1]])
 
-    Four tied heads share two leftover tokens: ``torch.topk`` (hence ``LUKVPress``) picks the
-    last two, the float64 rule the first two:
+    Four tied heads share two leftover tokens: the float64 rule gives them to the first two;
+    ``LUKVPress`` (hence the default rule) gives them to the two ``torch.topk`` picks:
 
-    >>> keep_counts_from_prune_ratios([0.25, 0.25, 0.25, 0.25], 10)
-    array([7, 7, 8, 8])
     >>> keep_counts_from_prune_ratios([0.25, 0.25, 0.25, 0.25], 10, rule="float64")
     array([8, 8, 7, 7])
+    >>> sorted(keep_counts_from_prune_ratios([0.25, 0.25, 0.25, 0.25], 10).tolist())
+    [7, 7, 8, 8]
     """
-    return _keep_counts(prune_ratios, length, rule)
-
-
-def _keep_counts(prune_ratios, length, rule, lanes=None):
-    """:func:`keep_counts_from_prune_ratios`; ``lanes`` sets the float32 vector width of the
-    torch CPU sum that ``rule="kvpress"`` reproduces (None: 8, AVX2)."""
     if rule not in RULES:
         raise InvalidInputError(f"`rule` must be one of {', '.join(map(repr, RULES))}; got {rule!r}")
+    prune_ratios, tensor_device = from_tensor(prune_ratios)
+    if device is None:
+        device = tensor_device
     ratios = real_array(prune_ratios, "`prune_ratios`").astype(np.float64)
     if ratios.ndim == 0:
         raise InvalidInputError("`prune_ratios` must have at least one axis (the heads)")
@@ -180,9 +188,9 @@ def _keep_counts(prune_ratios, length, rule, lanes=None):
     if length >= MAX_TOKENS:
         raise InvalidInputError(f"`length` is too large: it must be below {MAX_TOKENS_TEXT} tokens; got {length}")
     if rule == "kvpress":
-        from ._kvpress_arith import DEFAULT_LANES, kvpress_keep_counts
-
-        return kvpress_keep_counts(ratios, length, DEFAULT_LANES if lanes is None else lanes)
+        return _lukvpress_keep_counts(ratios, length, device)
+    if device is not None:
+        raise InvalidInputError("`device` applies to rule='kvpress' only (rule='float64' computes in NumPy)")
     heads = ratios.shape[-1]
     ideal = (1.0 - ratios) * length
     total = np.clip(np.rint(ideal.sum(axis=-1)), heads, heads * length).astype(np.int64)
@@ -195,3 +203,42 @@ def _keep_counts(prune_ratios, length, rule, lanes=None):
     np.put_along_axis(rank, order, np.arange(heads), axis=-1)
     counts = base + (rank < leftover[..., None])
     return np.clip(counts, 1, length)
+
+
+def _lukvpress_keep_counts(ratios, length, device):
+    """``rule="kvpress"``: each row of ``ratios`` (float64, checked) through the operations of
+    ``LUKVPress.compress`` (kvpress 0.5.5), in torch on ``device`` (None: the CPU)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "rule='kvpress' computes LUKVPress's counts with torch, which is not installed "
+            "(pip install 'budgetopt[torch]'), or pass rule='float64'"
+        ) from None
+    try:
+        device = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"`device` must name a torch device; got {device!r} ({exc})") from None
+    heads = ratios.shape[-1]
+    rows = ratios.reshape(-1, heads)
+    counts = np.empty(rows.shape, dtype=np.int64)
+    for i, row in enumerate(rows):
+        counts[i] = _lukvpress_row(torch, row, length, device)
+    return counts.reshape(ratios.shape)
+
+
+def _lukvpress_row(torch, row, length, device):
+    """Keep counts of one layer's heads from its NumPy ``row`` of prune ratios, by the torch
+    operations ``LUKVPress.compress`` applies, in its order and dtypes: a float32 tensor on
+    ``device``, float32 ideals and their sum, ``torch.topk`` over the fractional parts."""
+    ratio = torch.as_tensor(row, device=device, dtype=torch.float32)
+    heads = ratio.shape[0]
+    ideal = (1.0 - ratio).clamp(min=0.0, max=1.0) * length
+    target = int(torch.round(ideal.sum()).item())
+    target = min(max(target, heads), heads * length)
+    keep = torch.floor(ideal).long()
+    extra = target - int(keep.sum().item())
+    if extra > 0:
+        winners = torch.topk(ideal - keep, k=min(extra, heads)).indices
+        keep[winners] += 1
+    return keep.clamp_(min=1, max=length).cpu().numpy()

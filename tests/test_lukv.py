@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
 import budgetopt
-from budgetopt.errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from budgetopt.errors import CurvesFileError, InvalidInputError, InvalidTypeError, MissingDependencyError
 from budgetopt.lukv import load_lukv_table, lukv_table, save_lukv_table
 from budgetopt.profile import curves_from_scores
 from budgetopt.rounding import keep_counts_from_prune_ratios
@@ -200,21 +201,51 @@ def test_largest_remainder_totals_exact_for_many_lengths(length):
     np.testing.assert_array_equal(counts.sum(axis=-1)[clamp_free], expected[clamp_free])
     assert np.all((counts >= 1) & (counts <= length))
     assert np.all(np.abs(counts - (1 - table) * length) < 1 + 1e-9)
-    # kvpress's float32 arithmetic: the same rule up to float32 rounding of the ideals
-    # (exact agreement with LUKVPress itself is tested in tests/torch/test_kvpress_parity.py).
+
+
+@pytest.mark.parametrize("length", [1, 3, 10, 127, 4096, 131071])
+def test_kvpress_rule_is_the_same_rule_up_to_float32(length):
+    # The default rule runs LUKVPress's torch code (exact agreement with LUKVPress itself is
+    # tested in tests/torch/test_kvpress_parity.py): float32 ideals, so within one token.
+    pytest.importorskip("torch")
+    oracles, scores = make_pairs(length, (3, 5, 40), 3, shared_scores=False)
+    table = lukv_table(oracles, scores, sink=1, window=2)
+    expected = np.clip(np.rint(((1 - table) * length).sum(axis=-1)), 5, 5 * length)
+    clamp_free = np.all(np.floor((1 - table) * length) >= 1, axis=-1)
     k32 = keep_counts_from_prune_ratios(table, length)
+    assert k32.shape == table.shape and k32.dtype == np.int64
     assert np.all((k32 >= 1) & (k32 <= length))
     assert np.all(np.abs(k32.sum(axis=-1)[clamp_free] - expected[clamp_free]) <= 1)
     assert np.all(np.abs(k32 - (1 - table) * length) < 1 + 1e-6 * length)
 
 
-def test_single_pair_table_converts_back_to_its_budgets():
+@pytest.mark.parametrize("rule", ["float64", "kvpress"])
+def test_single_pair_table_converts_back_to_its_budgets(rule):
+    if rule == "kvpress":
+        pytest.importorskip("torch")
     oracles, scores = make_pairs(10, (3, 4, 77), 1, shared_scores=True)
     table = lukv_table(oracles, scores, sink=2, window=2, min_keep_fraction=0.0)
     curves = curves_from_scores(oracles[0], scores, sink=2, window=2)
     totals = [max(924 - round(c * 924), 48) for c in RATIOS]
     direct = budgetopt.sweep(curves, totals, min_budget=4)
-    np.testing.assert_array_equal(keep_counts_from_prune_ratios(table, 77), direct.budgets)
+    np.testing.assert_array_equal(keep_counts_from_prune_ratios(table, 77, rule=rule), direct.budgets)
+
+
+def test_kvpress_rule_without_torch_names_the_way_out(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"rule='kvpress'.*torch.*rule='float64'"):
+        keep_counts_from_prune_ratios([0.5, 0.25], 10)
+    with pytest.raises(MissingDependencyError):
+        keep_counts_from_prune_ratios([0.5, 0.25], 10, rule="kvpress", device="cpu")
+    np.testing.assert_array_equal(keep_counts_from_prune_ratios([0.5, 0.25], 10, rule="float64"), [5, 7])
+    # checks come first: bad input is named whether or not torch is there
+    with pytest.raises(InvalidInputError, match="`prune_ratios`"):
+        keep_counts_from_prune_ratios([1.5], 10)
+
+
+def test_device_belongs_to_the_kvpress_rule():
+    with pytest.raises(InvalidInputError, match="`device` applies to rule='kvpress' only"):
+        keep_counts_from_prune_ratios([0.5], 10, rule="float64", device="cpu")
 
 
 # -- files ------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 
-from .._checks import check_fraction, check_int, refuse_masked
+from .._checks import check_fraction, check_int, from_tensor, refuse_masked
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lukv import LUKV_ROWS
 from ..lukv import _check_table as _check_lukv_table  # the one home of the table rules
 from ..result import Allocation
-from ..rounding import _keep_counts, keep_counts_from_prune_ratios
+from ..rounding import keep_counts_from_prune_ratios
 
-__all__ = ["layer_budgets", "lukv_row", "cpu_lanes"]
+__all__ = ["layer_budgets", "lukv_row"]
 
 
 def lukv_row(compression_ratio):
@@ -40,7 +40,7 @@ def lukv_row(compression_ratio):
     return max(0, min(LUKV_ROWS - 1, int(round(ratio * 100)) - 1))
 
 
-def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacity=None):
+def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacity=None, device=None):
     """Token budgets of one layer's KV heads for a sequence of ``length`` tokens.
 
     Parameters
@@ -52,6 +52,8 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
         * an LU-KV prune-ratio table (kvpress ``LUKVPress``'s format; read a ``.npy`` file
           with :func:`budgetopt.lukv.load_lukv_table`): row :func:`lukv_row`
           ``(compression_ratio)`` is used.
+
+        Either may be a torch tensor, on any device.
     layer : int
         Layer index, in ``[0, layers)``.
     length : int
@@ -66,6 +68,10 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
         remainder so the layer total is exact (at least 1 token per head, the kvpress rule
         of :func:`budgetopt.keep_counts_from_prune_ratios`). When omitted (or equal to
         ``length``) the budgets are token counts, used as they are, capped at ``length``.
+    device : str or torch.device, optional
+        For a table only: where its row is converted, as ``LUKVPress`` converts it on its
+        keys' device (:class:`~budgetopt.torch.BudgetPress` passes its keys' device).
+        Default: the table's device when it is a tensor, else the CPU.
 
     Returns
     -------
@@ -82,10 +88,10 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
 
     Notes
     -----
-    Table rows are converted exactly as kvpress's ``LUKVPress`` converts them on this CPU:
-    :func:`budgetopt.keep_counts_from_prune_ratios` with ``rule="kvpress"`` (float32
-    arithmetic, torch's summation order for this CPU's vector width, ``torch.topk``'s tie
-    order). Budgets scaled by ``head_capacity`` use the same largest-remainder rule in
+    Table rows are converted exactly as kvpress's ``LUKVPress`` converts them on ``device``:
+    :func:`budgetopt.keep_counts_from_prune_ratios` with ``rule="kvpress"``, which runs
+    ``LUKVPress``'s torch operations (float32 arithmetic, ``torch.topk`` for the leftover
+    tokens). Budgets scaled by ``head_capacity`` use the same largest-remainder rule in
     float64 (``rule="float64"``, ties to the lower head index). O(kv_heads log kv_heads).
 
     Examples
@@ -100,6 +106,9 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
     >>> layer_budgets(table, 0, 10, compression_ratio=0.2)
     array([5, 6, 3])
     """
+    source, tensor_device = from_tensor(source)
+    if device is None:
+        device = tensor_device
     table, budgets = budget_source(source)
     layers = (table if table is not None else budgets).shape[-2]
     layer = check_int(layer, "layer", minimum=None)
@@ -115,7 +124,7 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
         row = lukv_row(compression_ratio)
         if length == 0:
             return np.zeros(table.shape[-1], dtype=np.int64)
-        return _keep_counts(table[row, layer], length, "kvpress", lanes=cpu_lanes())
+        return keep_counts_from_prune_ratios(table[row, layer], length, rule="kvpress", device=device)
 
     if compression_ratio is not None:
         raise InvalidInputError(
@@ -133,23 +142,6 @@ def layer_budgets(source, layer, length, *, compression_ratio=None, head_capacit
     return keep_counts_from_prune_ratios(1.0 - row / capacity, length, rule="float64")
 
 
-def cpu_lanes():
-    """float32 lanes of torch's CPU vector type here (the order of its float32 sums): 16 with
-    AVX512, ``N / 32`` with SVE-N, 4 on other ARM CPUs (NEON), else 8 (AVX2 and default)."""
-    import platform
-
-    import torch
-
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if capability == "AVX512":
-        return 16
-    if capability.startswith("SVE") and capability[3:].isdigit():
-        return int(capability[3:]) // 32
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return 4
-    return 8
-
-
 def budget_source(source):
     """``(table, budgets)``: the checked LU-KV table or budgets array (the other is None)."""
     if isinstance(source, Allocation):
@@ -165,6 +157,7 @@ def budget_source(source):
             "`source` must be an Allocation or an array; read a table file with "
             "budgetopt.lukv.load_lukv_table"
         )
+    source, _ = from_tensor(source)
     refuse_masked(source, "source")
     try:
         arr = np.asarray(source)

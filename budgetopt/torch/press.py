@@ -206,11 +206,13 @@ class BudgetPress(BasePress):
         source = self._table if self._table is not None else self._budgets
         return tuple(source.shape[-2:])
 
-    def layer_budgets(self, layer, length):
+    def layer_budgets(self, layer, length, *, device=None):
         """Tokens each KV head of ``layer`` keeps for a ``length``-token context (before the
-        ``sink``/``window`` floor of :func:`~budgetopt.torch.keep_mask`)."""
+        ``sink``/``window`` floor of :func:`~budgetopt.torch.keep_mask`). A table row is
+        converted on ``device`` (default the CPU; the press uses its keys' device, as
+        ``LUKVPress`` does)."""
         if self._table is not None:
-            return layer_budgets(self._table, layer, length, compression_ratio=self._ratio)
+            return layer_budgets(self._table, layer, length, compression_ratio=self._ratio, device=device)
         return layer_budgets(self._budgets, layer, length, head_capacity=self._head_capacity)
 
     def post_init_from_model(self, model):
@@ -294,7 +296,7 @@ class BudgetPress(BasePress):
         return output
 
     def _checked_budgets(self, layer, keys):
-        budgets = self.layer_budgets(layer, keys.shape[2])
+        budgets = self.layer_budgets(layer, keys.shape[2], device=keys.device)
         if budgets.shape[0] != keys.shape[1]:
             raise InvalidInputError(
                 f"`allocation` has {budgets.shape[0]} KV heads per layer; the cache has {keys.shape[1]}"
