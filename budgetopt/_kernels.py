@@ -42,6 +42,15 @@ def _slope(u, g, a, b):
     return (u[b] - u[a]) / (g[b] - g[a])
 
 
+@jit(inline="always")
+def copy_into(dst, start, src, n):
+    """``dst[start:start + n] = src[:n]``. Kernels copy arrays with this loop, never by
+    slice assignment: numba compiles the shape-mismatch message of every slice assignment
+    with its string formatting, seconds of the first call on a new installation."""
+    for i in range(n):
+        dst[start + i] = src[i]
+
+
 # --- hull -------------------------------------------------------------------------------
 
 # Pruning rounds repeat while a round drops a point, at most this many times.
@@ -198,10 +207,10 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
         if start + m > cap:
             cap = max(2 * cap, start + m)
             grown = np.empty(cap, np.int64)
-            grown[:start] = verts[:start]
+            copy_into(grown, 0, verts, start)
             verts = grown
             grown_slopes = np.empty(cap, np.float64)
-            grown_slopes[:start] = slopes[:start]
+            copy_into(grown_slopes, 0, slopes, start)
             slopes = grown_slopes
         for i in range(m - 1):
             verts[start + i] = scratch[i]

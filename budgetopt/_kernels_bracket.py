@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels_jit import jit
-from ._kernels import _weighted_threshold
+from ._kernels import _weighted_threshold, copy_into
 
 _CHUNK = 32
 _EPS = 2.220446049250313e-16
@@ -105,7 +105,7 @@ def sample_threshold(utility, grid, per_head, lo, hi, octave_shift, head_step, s
 @jit
 def _grow(arr, size, keep):
     out = np.empty(size, arr.dtype)
-    out[:keep] = arr[:keep]
+    copy_into(out, 0, arr, keep)
     return out
 
 

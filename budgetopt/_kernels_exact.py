@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import copy_into
 from ._kernels_jit import jit
 
 
@@ -766,7 +767,7 @@ def _grow(a, need):
     if need <= a.shape[0]:
         return a
     b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
-    b[: a.shape[0]] = a
+    copy_into(b, 0, a, a.shape[0])
     return b
 
 
@@ -869,8 +870,8 @@ def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv,
         used = layer_off[k]
         layer_par = _grow(layer_par, used + kept)
         layer_ch = _grow(layer_ch, used + kept)
-        layer_par[used : used + kept] = npar
-        layer_ch[used : used + kept] = nch
+        copy_into(layer_par, used, npar, kept)
+        copy_into(layer_ch, used, nch, kept)
         layer_off[k + 1] = used + kept
         states += kept
         largest = max(largest, kept)

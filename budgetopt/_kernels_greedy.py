@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels_jit import jit
-from ._kernels import _weighted_threshold, upper_hulls
+from ._kernels import _weighted_threshold, copy_into, upper_hulls
 
 
 # --- greedy and sweep -------------------------------------------------------------------
@@ -323,8 +323,6 @@ def _pairwise(a):
     plus the sum of the rest, each summed alike. An explicit stack stands in for the
     recursion (numba cannot cache recursive functions)."""
     n = a.shape[0]
-    if n <= _PW_BLOCK:
-        return _pairwise_block(a, 0, n)
     starts = np.empty(64, np.int64)  # the halving depth is below 64
     sizes = np.empty(64, np.int64)
     phase = np.zeros(64, np.int64)  # 0: sum the first half next, 1: the second, 2: add them
@@ -404,7 +402,7 @@ def repair(utility, grid, per_head, hi, idx, blocked, left):
         if blocked_first and blocked < 0:
             continue
         for by_density in (True, False):
-            trial[:] = idx
+            copy_into(trial, 0, idx, H)
             rest = left
             if blocked_first:
                 trial[blocked] = moved
@@ -416,7 +414,7 @@ def repair(utility, grid, per_head, hi, idx, blocked, left):
             if not found or value > best_value:
                 found = True
                 best_value = value
-                best[:] = trial
+                copy_into(best, 0, trial, H)
                 best_rest = rest
-    idx[:] = best
+    copy_into(idx, 0, best, H)
     return fill_free(utility, grid, per_head, hi, idx, best_rest)

@@ -18,7 +18,7 @@ from budgetopt.torch import layer_budgets, lukv_row  # noqa: E402
 def _allocation(budgets):
     budgets = np.asarray(budgets)
     return Allocation(budgets=budgets, used=int(budgets.sum()), total_budget=int(budgets.sum()),
-                      utility=0.0, upper_bound=0.0, gap=0.0, threshold=0.0, method="greedy", seconds=0.0)
+                      utility=0.0, upper_bound=0.0, gap=0.0, threshold=0.0, method="greedy", status="feasible", seconds=0.0)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.004, 0.005, 0.0051, 0.01, 0.2, 0.205, 0.215, 0.5, 0.985, 0.99, 1.0])

@@ -39,7 +39,7 @@ def ids():
 
 def _allocation(budgets):
     return Allocation(budgets=budgets, used=int(budgets.sum()), total_budget=int(budgets.sum()), utility=0.0,
-                      upper_bound=0.0, gap=0.0, threshold=0.0, method="greedy", seconds=0.0)
+                      upper_bound=0.0, gap=0.0, threshold=0.0, method="greedy", status="feasible", seconds=0.0)
 
 
 def _prefill(model, ids, press):
