@@ -104,7 +104,13 @@ class BudgetPress(BasePress):
           head budget (:func:`~budgetopt.torch.compact`): kept tokens in ascending
           position, heads with fewer tokens padded with zero slots that are hidden through
           ``module.masked_key_indices``. Every head keeps exactly the tokens of ``"mask"``
-          mode, and the layer frees ``1 - max_budget / T`` of its keys and values.
+          mode, and the layer frees ``1 - max_budget / T`` of its keys and values. Layers
+          then differ in length, and transformers sizes its causal mask by the first one,
+          so on an ``sdpa`` model the press runs the ``"budgetopt_varlen"`` attention, held
+          as for ``"varlen"``: ``sdpa`` with the mask fitted to each layer
+          (:func:`~budgetopt.torch.varlen_cache.fit_mask_to_layer`). That is what lets
+          kvpress's pipeline feed a question of several tokens; a padding mask on such a
+          step is refused.
         * ``"varlen"``: each layer becomes a
           :class:`~budgetopt.torch.varlen_cache.VarlenLayer` holding exactly each head's
           kept tokens packed end to end, plus the tokens decoded since; the cache object
@@ -228,17 +234,17 @@ class BudgetPress(BasePress):
     def __call__(self, model):
         """Apply the press to ``model`` inside a ``with`` block (kvpress's usage).
 
-        In ``"varlen"`` mode the model also runs the ``"budgetopt_varlen"`` attention inside
-        the block and for as long as a cache compressed in it is alive, so that it can be
+        In ``"varlen"`` mode, and in ``"gather"`` mode on an ``sdpa`` model, the model also
+        runs the ``"budgetopt_varlen"`` attention inside the block and for as long as a cache compressed in it is alive, so that it can be
         decoded after the block (kvpress's pipeline does); its previous attention
         implementation is restored when the block has closed and those caches have been
         freed (on error too). ``"budgetopt_varlen"`` runs ``"sdpa"`` on ordinary caches.
         """
-        if self.mode != "varlen":
+        current = getattr(model.config, "_attn_implementation", None)
+        if self.mode == "mask" or (self.mode == "gather" and current not in ("sdpa", ATTENTION_NAME)):
             with super().__call__(model):
                 yield
             return
-        current = getattr(model.config, "_attn_implementation", None)
         hold = _HOLDS.get(model)
         if hold is None or current != ATTENTION_NAME:
             if current not in ("sdpa", ATTENTION_NAME):
@@ -286,12 +292,16 @@ class BudgetPress(BasePress):
         cache.layers[index] = VarlenLayer.from_varlen(packed, length, config=module.config)
         if type(cache) is DynamicCache:
             cache.__class__ = VarlenCache  # a subclass that adds methods only: same state, same object
+        self._hold_for(cache)
+        return output
+
+    def _hold_for(self, cache):
+        """Keep the model on the budgetopt attention while ``cache`` (compressed here) lives."""
         hold = getattr(self, "_hold", None)
-        if hold is not None and getattr(cache, "_budgetopt_hold", None) is not hold[1]:
+        if hold is not None and cache is not None and getattr(cache, "_budgetopt_hold", None) is not hold[1]:
             cache._budgetopt_hold = hold[1]
             hold[1].caches += 1
             weakref.finalize(cache, _cache_freed, *hold)
-        return output
 
     def _checked_budgets(self, layer, keys):
         budgets = self.layer_budgets(layer, keys.shape[2])
@@ -316,6 +326,7 @@ class BudgetPress(BasePress):
         else:
             kv = compact(keys, values, scores, budgets, sink=self.sink, window=self.window)
             keys, values, hidden = kv.keys, kv.values, ~kv.valid
+            self._hold_for(kwargs.get("past_key_values"))
         indices = torch.where(hidden)
         module.masked_key_indices = indices if indices[0].numel() else None
         return keys, values
