@@ -30,13 +30,15 @@ try:
         non_negative_int,
         non_negative_number,
         positive_fraction,
+        positive_int,
         positive_seconds,
         run_guarded,
         workers_count,
         write_json,
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
-    from .cli_profile import add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs
+    from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
+                              grid_words)
     from .errors import CurvesFileError, InvalidInputError
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a subprocess test
     sys.stderr.write("budgetopt: interrupted\n")
@@ -228,9 +230,10 @@ def load_pairs(args):
     return oracles, scores
 
 
-def check_pairs(args, oracles, scores, *, three_axes=False):
+def check_pairs(args, oracles, scores, *, three_axes=False, one_length=True):
     """Check every (oracle, scores) pair with the library's rules, naming the files, and
-    that all oracle files share one shape (of three axes if ``three_axes``), before any work."""
+    that all oracle files share one shape (of three axes if ``three_axes``; only the head
+    shape unless ``one_length``), before any work."""
     from .profile import check_profile_arrays
 
     for i, oracle in enumerate(oracles):
@@ -244,7 +247,8 @@ def check_pairs(args, oracles, scores, *, three_axes=False):
                 f"--oracle {args.oracle[i]} must have shape (L, H, T) (layers, KV heads, tokens); "
                 f"got {tuple(oracle.shape)}"
             )
-        if oracle.shape != oracles[0].shape:
+        if oracle.shape[slice(None) if one_length else slice(-1)] != oracles[0].shape[
+                slice(None) if one_length else slice(-1)]:
             raise InvalidInputError(
                 f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
                 f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
@@ -261,16 +265,13 @@ def _cmd_curves(args):
     inputs = input_paths(args)
     output = check_output_path(args.output, (".npz",), inputs=inputs)
     oracles, scores = load_pairs(args)
-    check_pairs(args, oracles, scores)
-    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    check_pairs(args, oracles, scores, one_length=False)
+    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate,
+                               resolution=args.resolution)
     meta = dict(curves.meta, oracle_files=[os.path.basename(p) for p in args.oracle],
                 scores_files=[os.path.basename(p) for p in args.scores])
     save_curves(output, Curves(curves.utility, curves.grid, meta=meta))
-    grid = curves.grid
-    sys.stderr.write(
-        f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, "
-        f"grid {int(grid[0])}..{int(grid[-1])} tokens\n"
-    )
+    sys.stderr.write(f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, {grid_words(curves)}\n")
     return 0
 
 
@@ -435,6 +436,9 @@ def add_profile_parsers(sub):
     add_pair_arguments(p)
     p.add_argument("--aggregate", choices=["mean_curve", "median_curve"], default="mean_curve",
                    help="how several pairs combine: mean (default; expected retained mass) or median per point")
+    p.add_argument("--resolution", type=positive_int,
+                   help="points of a relative grid (fraction of each context kept, k/R); default: token grid "
+                        "when all contexts have one length, else 1000 (per mille)")
     p.add_argument("-o", "--output", required=True, help="curves file to write (.npz)")
     p.set_defaults(func=_cmd_curves)
 

@@ -93,7 +93,10 @@ class BudgetPress(BasePress):
         computed on (its largest grid point). A sequence of ``T`` tokens gives head ``h``
         ``budgets[h] / head_capacity`` of ``T`` tokens, rounded by largest remainder so each
         layer's total is exact (see :func:`~budgetopt.torch.layer_budgets`). Use
-        ``head_capacity=T`` to apply token counts as they are.
+        ``head_capacity=T`` to apply token counts as they are. Budgets allocated on curves
+        with a relative grid (:func:`budgetopt.curves_from_run` over contexts of different
+        lengths, ``meta["grid"] == "relative"``) are in ``1/resolution`` of the context: pass
+        ``head_capacity=curves.meta["resolution"]``.
     sink, window : int, default 0
         Leading and trailing tokens every head keeps; they count in its budget.
     mode : {"mask", "gather", "varlen"}, default "mask"
@@ -181,7 +184,8 @@ class BudgetPress(BasePress):
             if head_capacity is None:
                 raise InvalidInputError(
                     "`head_capacity` is required with budgets: the tokens per head of the grid "
-                    "the allocation was computed on"
+                    "the allocation was computed on (its largest grid point; for curves on a relative "
+                    "grid, their meta['resolution'], 1000 by default)"
                 )
             layer_budgets(self._budgets, 0, int(head_capacity), head_capacity=head_capacity)
             self._head_capacity = int(head_capacity)
