@@ -60,6 +60,25 @@ def _cache_freed(model_ref, hold):
     _release(model_ref, hold)
 
 
+def _refuse_padding(module, mask):
+    """Refuse to gather a padded batch: the gathered rows keep no positions, so the padding mask
+    of later steps (laid out over positions) could not be applied to them.
+
+    At pre-filling the last query sees every key of a full-attention layer except padding. A
+    layer with a sliding window hides old keys from it anyway and is not checked here.
+    """
+    if mask is None or mask.dim() != 4:
+        return
+    if getattr(module, "sliding_window", getattr(getattr(module, "config", None), "sliding_window", None)):
+        return
+    last = mask[..., -1, :]
+    if (~last if last.dtype == torch.bool else last < 0).any():
+        raise InvalidInputError(
+            "BudgetPress(mode='gather') cannot compress a padded batch: the gathered rows keep no "
+            "positions for the padding mask; use mode='varlen' or 'mask', or batches without padding"
+        )
+
+
 class BudgetPress(BasePress):
     """Apply per-layer, per-KV-head budgets around any kvpress scorer press.
 
@@ -112,8 +131,8 @@ class BudgetPress(BasePress):
           so on an ``sdpa`` model the press runs the ``"budgetopt_varlen"`` attention, held
           as for ``"varlen"``: ``sdpa`` with the mask fitted to each layer
           (:func:`~budgetopt.torch.varlen_cache.fit_mask_to_layer`). That is what lets
-          kvpress's pipeline feed a question of several tokens; a padding mask on such a
-          step is refused.
+          kvpress's pipeline feed a question of several tokens. Gathered rows keep no
+          positions, so a padded batch is refused at pre-filling (use ``"varlen"``).
         * ``"varlen"``: each layer becomes a
           :class:`~budgetopt.torch.varlen_cache.VarlenLayer` holding exactly each head's
           kept tokens packed end to end, plus the tokens decoded since; the cache object
@@ -328,6 +347,7 @@ class BudgetPress(BasePress):
         if self.mode == "mask":
             hidden = ~keep_mask(scores, budgets, sink=self.sink, window=self.window)
         else:
+            _refuse_padding(module, kwargs.get("attention_mask"))
             kv = compact(keys, values, scores, budgets, sink=self.sink, window=self.window)
             keys, values, hidden = kv.keys, kv.values, ~kv.valid
             self._hold_for(kwargs.get("past_key_values"))

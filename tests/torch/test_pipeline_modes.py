@@ -198,3 +198,23 @@ def test_fit_mask_to_layer_widens_narrows_and_refuses_padding():
         fit_mask_to_layer(padded, 9)
     with pytest.raises(InvalidInputError, match="the cache layer holds 1"):
         fit_mask_to_layer(causal, 1)
+
+
+def test_gather_mode_refuses_a_padded_batch_that_varlen_and_mask_answer_alike(lm_kit):
+    model = lm_kit.model("Llama")
+    ids = torch.randint(4, 128, (2, LENGTH), generator=torch.Generator().manual_seed(5))
+    padded = torch.ones_like(ids)
+    padded[1, :6] = 0
+    ids[1, :6] = 0
+    out = {}
+    for mode in ("mask", "gather", "varlen"):
+        for name, mask in (("full", torch.ones_like(ids)), ("padded", padded)):
+            with torch.no_grad(), _presses(mode)(model):
+                if mode == "gather" and name == "padded":  # its rows keep no positions for the mask
+                    with pytest.raises(InvalidInputError, match=r"cannot compress a padded batch"):
+                        model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+                    continue
+                out[mode, name] = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                                                 pad_token_id=0, suppress_tokens=[0])[:, LENGTH:].tolist()
+    assert out["gather", "full"] == out["mask", "full"] == out["varlen", "full"]
+    assert out["mask", "padded"] == out["varlen", "padded"] and out["mask", "padded"] != out["mask", "full"]
