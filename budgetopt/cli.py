@@ -38,7 +38,7 @@ try:
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
     from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
-                              grid_words)
+                              grid_unit, grid_words)
     from .errors import CurvesFileError, InvalidInputError
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a subprocess test
     sys.stderr.write("budgetopt: interrupted\n")
@@ -149,7 +149,7 @@ def _cmd_solve(args):
         write_json(output, payload, inputs)
     elif args.format == "table":
         title = (
-            f"method={result.method} used={result.used}/{result.total_budget} tokens "
+            f"method={result.method} used={result.used}/{result.total_budget} {grid_unit(curves)} "
             f"({payload['kept_fraction']:.1%} of {curves.capacity}) utility={result.utility:.6g} "
             f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g}"
             + (f" status={payload['status']}" if "status" in payload else "")
@@ -377,7 +377,7 @@ def _cmd_sweep(args):
         sys.stdout.write(dumps({"capacity": curves.capacity, "rows": rows}) + "\n")
     else:
         out = io.StringIO()
-        out.write(f"capacity={curves.capacity} tokens, heads={curves.n_heads}\n")
+        out.write(f"capacity={curves.capacity} {grid_unit(curves)}, heads={curves.n_heads}\n")
         out.write(f"{'budget':>8} {'tokens':>10} {'used':>10} {'utility':>12} {'bound':>12} {'gap':>10} {'threshold':>11}\n")
         for r in rows:
             out.write(
@@ -539,8 +539,11 @@ def _cmd_plot(args):
                 raise UsageError("--heatmap of curves needs --budget (the fraction kept)")
             with c_stdout_to_stderr():
                 result = allocate(curves, total, min_budget=args.min_budget, max_budget=args.max_budget)
+            unit = grid_unit(curves)
+            tokens = unit == "tokens"
             fig = plot.allocation_heatmap(
-                result.budgets, title=f"{name}: budget {args.budget:g} ({result.used} of {curves.capacity} tokens)")
+                result.budgets, title=f"{name}: budget {args.budget:g} ({result.used} of {curves.capacity}"
+                f"{' tokens' if tokens else ''})", label="tokens kept" if tokens else f"kept ({unit})")
     plot.save_figure(fig, output)
     sys.stderr.write(f"wrote {output}\n")
     return 0

@@ -151,6 +151,14 @@ def cmd_lukv_table_from_runs(args):
     return 0
 
 
+def grid_unit(curves):
+    """What one grid step of ``curves`` is, for messages: ``"tokens"``, or thousandths (or
+    ``1/resolution``) of each context on a relative grid."""
+    if curves.meta.get("grid") == "relative":
+        return f"units of 1/{curves.meta['resolution']} of each context"
+    return "tokens"
+
+
 def grid_words(curves):
     """How ``budgetopt curves`` describes the grid it wrote."""
     grid = curves.grid

@@ -17,7 +17,7 @@ from budgetopt.errors import CurvesFileError, InvalidInputError, InvalidTypeErro
 from budgetopt.lukv import load_lukv_table
 from budgetopt.curves import load_curves
 from budgetopt.runs import FORMAT, in_shard, open_run_dir, parse_shard, write_pair
-from helpers import run_cli
+from helpers import run_cli, run_process, write_fake_run
 
 LAYERS, KV = 3, 2
 QUESTIONS = [2, 1, 3, 2]          # questions per context: 8 pairs
@@ -411,3 +411,14 @@ def test_pair_files_are_read_within_the_array_size_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETOPT_MAX_ARRAY_BYTES", "64")
     with pytest.raises(CurvesFileError, match=r"'oracle'.*BUDGETOPT_MAX_ARRAY_BYTES"):
         load_profile_run(tmp_path / "run")
+
+
+def test_cli_outputs_name_the_relative_unit(tmp_path):
+    write_fake_run(tmp_path / "run", [37, 52, 44, 61], layers=3, kv_heads=2, sink=2, window=1)
+    assert run_process("curves", tmp_path / "run", "--resolution", 500, "-o", tmp_path / "c.npz").returncode == 0
+    table = run_process("solve", tmp_path / "c.npz", "--budget", 0.25, "--format", "table")
+    assert table.returncode == 0 and "used=750/750 units of 1/500 of each context" in table.stdout
+    swept = run_process("sweep", tmp_path / "c.npz", "--budgets", "0.2,0.4")
+    assert swept.returncode == 0 and "capacity=3000 units of 1/500 of each context" in swept.stdout
+    heat = run_process("plot", tmp_path / "c.npz", "--heatmap", "--budget", 0.3, "-o", tmp_path / "h.png")
+    assert heat.returncode == 0, heat.stderr

@@ -94,3 +94,4 @@ def _held(model, cache, mode):
 def test_press_names_head_capacity_for_relative_budgets():
     with pytest.raises(InvalidInputError, match=r"for curves on a relative grid, their meta\['resolution'\]"):
         BudgetPress(KnormPress(), np.array([[100, 300]]))
+
