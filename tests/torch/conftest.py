@@ -112,11 +112,29 @@ def tiny_lm(arch, vocab_size=128, layers=3):
     return getattr(transformers, f"{arch}ForCausalLM")(config).eval()
 
 
+def held_counts(model, cache, mode):
+    """Tokens each (layer, KV head) of batch row 0 attends to after a BudgetPress pre-filling,
+    read from the cache: a ``VarlenLayer``'s lengths, or the rows of a dense layer less those
+    hidden through kvpress's ``masked_key_indices``. ``(layers, kv_heads)`` int array."""
+    counts = []
+    for index, layer in enumerate(cache.layers):
+        if mode == "varlen":
+            counts.append(layer.lengths()[0].tolist())
+            continue
+        hidden = np.zeros(layer.keys.shape[1], dtype=int)
+        indices = getattr(model.model.layers[index].self_attn, "masked_key_indices", None)
+        if indices is not None:
+            rows = indices[0] == 0
+            np.add.at(hidden, indices[1][rows].numpy(), 1)
+        counts.append((layer.keys.shape[2] - hidden).tolist())
+    return np.array(counts)
+
+
 @pytest.fixture(scope="session")
 def lm_kit():
-    """Tiny models and a word-level tokenizer for kvpress pipeline tests (no download)."""
+    """Tiny models, a word-level tokenizer and a cache reader for kvpress pipeline tests (no download)."""
     words = [f"w{i}" for i in range(128 - len(_WORD_SPECIALS))]
-    return SimpleNamespace(tokenizer=word_tokenizer, model=tiny_lm, words=words)
+    return SimpleNamespace(tokenizer=word_tokenizer, model=tiny_lm, words=words, held=held_counts)
 
 
 @pytest.fixture(scope="session")

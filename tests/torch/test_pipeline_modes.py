@@ -112,22 +112,6 @@ def _forward_with_layer_masks(model, ids, cache, seen, masks):
             h.remove()
 
 
-def _kept_counts(model, cache, mode):
-    """Tokens each (layer, KV head) attends to after pre-filling, read from the cache."""
-    counts = []
-    for index, layer in enumerate(cache.layers):
-        if mode == "varlen":
-            counts.append(layer.lengths()[0].tolist())
-            continue
-        rows = layer.keys.shape[2]
-        hidden = np.zeros(layer.keys.shape[1], dtype=int)
-        indices = getattr(model.model.layers[index].self_attn, "masked_key_indices", None)
-        if indices is not None:
-            np.add.at(hidden, indices[1].numpy(), 1)
-        counts.append((rows - hidden).tolist())
-    return np.array(counts)
-
-
 @pytest.mark.parametrize("arch", ["Llama", "Qwen2"])
 @pytest.mark.parametrize("mode", ["mask", "gather", "varlen", "request"])
 def test_every_mode_answers_in_the_pipeline_like_an_explicit_mask_reference(arch, mode, lm_kit, ref):
@@ -143,7 +127,7 @@ def test_every_mode_answers_in_the_pipeline_like_an_explicit_mask_reference(arch
     cache = DynamicCache()
     with torch.no_grad():
         got = pipe(context, questions=questions, press=press, max_new_tokens=NEW_TOKENS, cache=cache)["answers"]
-    counts = _kept_counts(model, cache, mode)   # before the reference's pre-filling resets kvpress's masks
+    counts = lm_kit.held(model, cache, mode)   # before the reference's pre-filling resets kvpress's masks
     want, kept = _reference_answers(model, tokenizer, context_ids, questions, press, ref)
     assert got == want
     assert sum(len(a.split()) for a in got) > 2 * len(questions)   # real answers, not all cut at once

@@ -70,25 +70,12 @@ def test_curves_solve_plot_and_press_on_contexts_of_different_lengths(tmp_path, 
         cache = DynamicCache()
         with torch.no_grad(), press(model):
             model.model(input_ids=ids, past_key_values=cache)
-            kept = _held(model, cache, mode)
+            kept = lm_kit.held(model, cache, mode)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                                  pad_token_id=0, suppress_tokens=[0])
         np.testing.assert_array_equal(kept, expected)
         answers[mode] = out[0, APPLIED:].tolist()
     assert answers["mask"] == answers["gather"] == answers["varlen"]
-
-
-def _held(model, cache, mode):
-    if mode == "varlen":
-        return np.array([layer.lengths()[0].tolist() for layer in cache.layers])
-    counts = []
-    for index, layer in enumerate(cache.layers):
-        hidden = np.zeros(layer.keys.shape[1], dtype=int)
-        indices = model.model.layers[index].self_attn.masked_key_indices
-        if indices is not None:
-            np.add.at(hidden, indices[1].numpy(), 1)
-        counts.append(layer.keys.shape[2] - hidden)
-    return np.array(counts)
 
 
 def test_press_names_head_capacity_for_relative_budgets():
