@@ -31,13 +31,15 @@ try:
         non_negative_int,
         non_negative_number,
         positive_fraction,
+        positive_int,
         positive_seconds,
         run_guarded,
         workers_count,
         write_json,
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
-    from .cli_profile import add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs
+    from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
+                              grid_unit, grid_words)
     from .errors import CurvesFileError, InvalidInputError
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a subprocess test
     sys.stderr.write("budgetopt: interrupted\n")
@@ -146,7 +148,7 @@ def _cmd_solve(args):
         write_json(output, payload, inputs)
     elif args.format == "table":
         title = (
-            f"method={result.method} used={result.used}/{result.total_budget} tokens "
+            f"method={result.method} used={result.used}/{result.total_budget} {grid_unit(curves)} "
             f"({payload['kept_fraction']:.1%} of {curves.capacity}) utility={result.utility:.6g} "
             f"upper_bound={result.upper_bound:.6g} gap={result.gap:.3g} status={result.status}"
         )
@@ -226,9 +228,10 @@ def load_pairs(args):
     return oracles, scores
 
 
-def check_pairs(args, oracles, scores, *, three_axes=False):
+def check_pairs(args, oracles, scores, *, three_axes=False, one_length=True):
     """Check every (oracle, scores) pair with the library's rules, naming the files, and
-    that all oracle files share one shape (of three axes if ``three_axes``), before any work."""
+    that all oracle files share one shape (of three axes if ``three_axes``; only the head
+    shape unless ``one_length``), before any work."""
     from .profile import check_profile_arrays
 
     for i, oracle in enumerate(oracles):
@@ -242,7 +245,8 @@ def check_pairs(args, oracles, scores, *, three_axes=False):
                 f"--oracle {args.oracle[i]} must have shape (L, H, T) (layers, KV heads, tokens); "
                 f"got {tuple(oracle.shape)}"
             )
-        if oracle.shape != oracles[0].shape:
+        if oracle.shape[slice(None) if one_length else slice(-1)] != oracles[0].shape[
+                slice(None) if one_length else slice(-1)]:
             raise InvalidInputError(
                 f"--oracle {args.oracle[i]} has shape {tuple(oracle.shape)}; the first oracle file "
                 f"has {tuple(oracles[0].shape)} (all pairs must share one shape)"
@@ -259,16 +263,13 @@ def _cmd_curves(args):
     inputs = input_paths(args)
     output = check_output_path(args.output, (".npz",), inputs=inputs)
     oracles, scores = load_pairs(args)
-    check_pairs(args, oracles, scores)
-    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    check_pairs(args, oracles, scores, one_length=False)
+    curves = curves_from_pairs(oracles, scores, sink=args.sink, window=args.window, aggregate=args.aggregate,
+                               resolution=args.resolution)
     meta = dict(curves.meta, oracle_files=[os.path.basename(p) for p in args.oracle],
                 scores_files=[os.path.basename(p) for p in args.scores])
     save_curves(output, Curves(curves.utility, curves.grid, meta=meta))
-    grid = curves.grid
-    sys.stderr.write(
-        f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, "
-        f"grid {int(grid[0])}..{int(grid[-1])} tokens\n"
-    )
+    sys.stderr.write(f"wrote {output}: {len(oracles)} pair(s), head shape {curves.head_shape}, {grid_words(curves)}\n")
     return 0
 
 
@@ -374,7 +375,7 @@ def _cmd_sweep(args):
         sys.stdout.write(dumps({"capacity": curves.capacity, "rows": rows}) + "\n")
     else:
         out = io.StringIO()
-        out.write(f"capacity={curves.capacity} tokens, heads={curves.n_heads}\n")
+        out.write(f"capacity={curves.capacity} {grid_unit(curves)}, heads={curves.n_heads}\n")
         out.write(f"{'budget':>8} {'tokens':>10} {'used':>10} {'utility':>12} {'bound':>12} {'gap':>10} {'threshold':>11}\n")
         for r in rows:
             out.write(
@@ -433,6 +434,9 @@ def add_profile_parsers(sub):
     add_pair_arguments(p)
     p.add_argument("--aggregate", choices=["mean_curve", "median_curve"], default="mean_curve",
                    help="how several pairs combine: mean (default; expected retained mass) or median per point")
+    p.add_argument("--resolution", type=positive_int,
+                   help="points of a relative grid (fraction of each context kept, k/R); default: token grid "
+                        "when all contexts have one length, else 1000 (per mille)")
     p.add_argument("-o", "--output", required=True, help="curves file to write (.npz)")
     p.set_defaults(func=_cmd_curves)
 
@@ -533,8 +537,11 @@ def _cmd_plot(args):
                 raise UsageError("--heatmap of curves needs --budget (the fraction kept)")
             with c_stdout_to_stderr():
                 result = allocate(curves, total, min_budget=args.min_budget, max_budget=args.max_budget)
+            unit = grid_unit(curves)
+            tokens = unit == "tokens"
             fig = plot.allocation_heatmap(
-                result.budgets, title=f"{name}: budget {args.budget:g} ({result.used} of {curves.capacity} tokens)")
+                result.budgets, title=f"{name}: budget {args.budget:g} ({result.used} of {curves.capacity}"
+                f"{' tokens' if tokens else ''})", label="tokens kept" if tokens else f"kept ({unit})")
     plot.save_figure(fig, output)
     sys.stderr.write(f"wrote {output}\n")
     return 0

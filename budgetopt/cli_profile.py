@@ -151,16 +151,33 @@ def cmd_lukv_table_from_runs(args):
     return 0
 
 
+def grid_unit(curves):
+    """What one grid step of ``curves`` is, for messages: ``"tokens"``, or thousandths (or
+    ``1/resolution``) of each context on a relative grid."""
+    if curves.meta.get("grid") == "relative":
+        return f"units of 1/{curves.meta['resolution']} of each context"
+    return "tokens"
+
+
+def grid_words(curves):
+    """How ``budgetopt curves`` describes the grid it wrote."""
+    grid = curves.grid
+    if curves.meta.get("grid") == "relative":
+        r = curves.meta["resolution"]
+        return (f"relative grid {int(grid[0])}..{r} of {r} (fraction of each context kept; contexts of "
+                f"{curves.meta['min_length']}..{curves.meta['max_length']} tokens; apply with head_capacity={r})")
+    return f"grid {int(grid[0])}..{int(grid[-1])} tokens"
+
+
 def cmd_curves_from_runs(args):
     from .curves import save_curves
     from .runs import curves_from_run, load_profile_run
 
     output = check_output_path(args.output, (".npz",))
     run = load_profile_run(*args.runs)
-    curves = curves_from_run(run, sink=args.sink, window=args.window, aggregate=args.aggregate)
+    curves = curves_from_run(run, sink=args.sink, window=args.window, aggregate=args.aggregate,
+                             resolution=args.resolution)
     save_curves(output, curves)
-    sys.stderr.write(
-        f"wrote {output}: {len(run.pairs)} pair(s), head shape {curves.head_shape}, "
-        f"grid {int(curves.grid[0])}..{int(curves.grid[-1])} tokens\n"
-    )
+    sys.stderr.write(f"wrote {output}: {len(run.pairs)} pair(s), head shape {curves.head_shape}, "
+                     f"{grid_words(curves)}\n")
     return 0

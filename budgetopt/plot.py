@@ -113,11 +113,13 @@ def curves_figure(curves, heads, *, total_budget=None, min_budget=None, max_budg
         if budgets is not None:
             b = int(budgets[head])
             ax.axvline(b, color=color, lw=1, ls=":", label=f"budget {label}")
-    ax.set_xlabel("tokens kept")
+    relative = curves.meta.get("grid") == "relative"  # curves_from_run over contexts of several lengths
+    unit = f"1/{curves.meta.get('resolution')} of the context" if relative else "tokens"
+    ax.set_xlabel(f"kept ({unit})" if relative else "tokens kept")
     ax.set_ylabel("utility")
     title = "Utility curves and upper hulls"
     if total_budget is not None:
-        title += f" (budgets for {total_budget} tokens in all)"
+        title += f" (budgets for {total_budget} {'units' if relative else 'tokens'} in all)"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

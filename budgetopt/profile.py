@@ -19,10 +19,14 @@ from ._checks import check_finite, check_int, real_array
 from .curves import Curves
 from .errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["curves_from_scores", "curves_from_pairs", "CURVE_AGGREGATES"]
+__all__ = ["curves_from_scores", "curves_from_pairs", "CURVE_AGGREGATES", "DEFAULT_RESOLUTION"]
 
 #: How :func:`curves_from_pairs` combines the curves of several calibration pairs.
 CURVE_AGGREGATES = ("mean_curve", "median_curve")
+
+#: Points per head of a relative grid (kept fraction ``k / resolution``): per mille.
+DEFAULT_RESOLUTION = 1000
+_MAX_RESOLUTION = 1_000_000
 
 
 def check_count(value, name):
@@ -259,7 +263,56 @@ def as_pairs(oracles, scores, layout):
     return oracles, [scores] * len(oracles), False
 
 
-def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curve"):
+# -- a relative grid: contexts of different lengths ---------------------------------------------
+def check_resolution(resolution):
+    """``resolution`` as a Python int in ``1 .. 10**6``."""
+    resolution = check_int(resolution, "resolution", minimum=1)
+    if resolution > _MAX_RESOLUTION:
+        raise InvalidInputError(f"`resolution` must be at most {_MAX_RESOLUTION}; got {resolution}")
+    return resolution
+
+
+def relative_start(min_length, sink, window, resolution):
+    """First point of the relative grid: ``ceil(resolution * (sink + window) / min_length)``,
+    the protected tokens of the shortest context in ``1/resolution`` units, so every point
+    is at or above every context's ``sink + window``."""
+    return -(-resolution * (sink + window) // min_length)
+
+
+def resample_relative(utility, length, sink, window, resolution, start):
+    """A token-grid curve (grid ``arange(sink + window, length + 1)``) at the kept fractions
+    ``k / resolution``, ``k = start .. resolution``, linear between whole tokens.
+
+    ``k * length / resolution`` is split exactly in integers (``divmod``), so fractions that
+    fall on a whole token (``k = resolution`` always) take that token's utility as it is.
+    """
+    k = np.arange(start, resolution + 1, dtype=np.int64)
+    whole, part = np.divmod(k * length, resolution)
+    lo = whole - (sink + window)
+    hi = np.minimum(lo + 1, utility.shape[-1] - 1)
+    frac = part / resolution
+    return utility[..., lo] * (1.0 - frac) + utility[..., hi] * frac
+
+
+def relative_curves(pairs, lengths, *, sink, window, resolution, aggregate, meta):
+    """Curves on a relative grid from ``(oracle, scores)`` pairs (already checked) whose
+    contexts have the token counts ``lengths``; see :func:`curves_from_pairs`."""
+    start = relative_start(min(lengths), sink, window, resolution)
+    total, parts = None, []
+    for oracle, score in pairs:
+        curve = curves_from_scores(oracle, score, sink=sink, window=window)
+        resampled = resample_relative(curve.utility, oracle.shape[-1], sink, window, resolution, start)
+        if aggregate == "median_curve":
+            parts.append(resampled)
+        else:
+            total = resampled if total is None else total + resampled  # pair order
+    utility = np.median(np.stack(parts), axis=0) if aggregate == "median_curve" else total / len(lengths)
+    meta = {**meta, "grid": "relative", "resolution": resolution, "min_length": int(min(lengths)),
+            "max_length": int(max(lengths))}
+    return Curves(utility, np.arange(start, resolution + 1, dtype=np.int64), meta=meta)
+
+
+def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curve", resolution=None):
     """One set of curves from several calibration pairs: each pair's
     :func:`curves_from_scores`, combined point by point.
 
@@ -274,12 +327,26 @@ def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curv
     aggregate : {"mean_curve", "median_curve"}, optional
         ``"mean_curve"`` (default): the mean utility at every grid point (the expected
         retained mass); ``"median_curve"``: the median at every point.
+    resolution : int, optional
+        Points of a **relative grid**: grid point ``k`` means keeping ``k / resolution`` of
+        the context. Default: a token grid when every pair has the same ``T``, otherwise
+        :data:`DEFAULT_RESOLUTION` (1000, per mille). Given, the grid is relative whatever
+        the lengths. At most ``10**6``.
 
     Returns
     -------
     Curves
-        Grid ``arange(sink + window, T + 1)``; ``meta`` holds ``sink``, ``window``,
+        Token grid: ``arange(sink + window, T + 1)``; ``meta`` holds ``sink``, ``window``,
         ``length``, ``pairs`` and ``aggregate``.
+
+        Relative grid: ``arange(start, resolution + 1)`` with ``start = ceil(resolution *
+        (sink + window) / min_length)``, the shortest context's protected tokens (so every
+        grid point keeps at least ``sink + window`` tokens of every context); capacity is
+        ``n_heads * resolution``. ``meta`` adds ``"grid": "relative"``, ``resolution``,
+        ``min_length`` and ``max_length`` (no ``length``). Allocate on it as usual
+        (``budget 0.2`` is 20% of every head's context) and apply the budgets to a context
+        of ``T`` tokens with ``head_capacity=resolution``
+        (:func:`budgetopt.torch.layer_budgets`, ``BudgetPress``).
 
     Raises
     ------
@@ -292,6 +359,19 @@ def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curv
     O(pairs * n T log T); memory: the curves of every pair at once (``pairs * n * T``
     float64) for the median, one running sum for the mean.
 
+    On a relative grid each pair's curve is first resampled at ``k * T / resolution``
+    tokens, linearly between the two whole token counts around it (the expected utility
+    when the count is rounded up with probability equal to the fractional part), then the
+    pairs are combined point by point as above. The fraction kept, not the token count, is
+    what carries over between contexts of different lengths, as in LU-KV's prune-ratio
+    tables; the sink and window stay whole tokens (``meta``) and are kept by the press at
+    any length, and the grid's first point covers them for every context at least
+    ``min_length`` long. The shortest context thereby sets the floor for all: with ``sink +
+    window = 36`` and a 200-token context among the pairs, no head goes below 180/1000 of a
+    context (on a token grid of that context the floor would be the same 18%). Leave very
+    short contexts out of the calibration if that floor matters. Cost: O(n * resolution)
+    more per pair.
+
     Examples
     --------
     Three pairs of one head and two tokens, one shared ranking (token 0 first):
@@ -301,22 +381,45 @@ def curves_from_pairs(oracles, scores, *, sink=0, window=0, aggregate="mean_curv
     >>> c = curves_from_pairs(oracles, np.array([[2.0, 1.0]]), aggregate="median_curve")
     >>> c.utility.tolist(), c.meta["pairs"]
     ([[0.0, 0.5, 1.0]], 3)
+
+    Contexts of 2 and 4 tokens on a relative grid of quarters (each ranks its first token
+    first). The 2-token context keeps half a token at a quarter, 1.5 tokens at three quarters:
+
+    >>> c = curves_from_pairs([[[0.0, 1.0]], [[0.5, 0.5, 0.0, 0.0]]],
+    ...                       [np.array([[2.0, 1.0]]), np.array([[4.0, 3.0, 2.0, 1.0]])], resolution=4)
+    >>> c.grid.tolist(), c.utility.tolist(), c.meta["grid"], c.capacity
+    ([0, 1, 2, 3, 4], [[0.0, 0.25, 0.5, 0.75, 1.0]], 'relative', 4)
     """
     if aggregate not in CURVE_AGGREGATES:
         raise InvalidInputError(
             f"`aggregate` must be one of {', '.join(map(repr, CURVE_AGGREGATES))}; got {aggregate!r}"
         )
+    if resolution is not None:
+        resolution = check_resolution(resolution)
     oracles, per_pair, separate = as_pairs(oracles, scores, "(*head_shape, T)")
-    total = None
-    parts = []
-    grid = shape = None
+    checked = []
     for i, (oracle, score) in enumerate(zip(oracles, per_pair)):
         oracle, score, sink, window = check_profile_arrays(
             oracle, score, sink, window, oracle_name=f"oracles[{i}]",
             scores_name=f"scores[{i}]" if separate else "scores",
         )
-        if shape is not None and oracle.shape != shape:
-            raise InvalidInputError(f"`oracles[{i}]` must have the shape of `oracles[0]`, {shape}; got {oracle.shape}")
+        if checked and oracle.shape[:-1] != checked[0][0].shape[:-1]:
+            raise InvalidInputError(
+                f"`oracles[{i}]` must have the head shape of `oracles[0]`, {checked[0][0].shape[:-1]}; "
+                f"got {oracle.shape[:-1]}"
+            )
+        checked.append((oracle, score))
+    lengths = [int(oracle.shape[-1]) for oracle, _ in checked]
+    if resolution is not None or len(set(lengths)) > 1:
+        return relative_curves(
+            checked, lengths, sink=sink, window=window, aggregate=aggregate,
+            resolution=DEFAULT_RESOLUTION if resolution is None else resolution,
+            meta={"sink": sink, "window": window, "pairs": len(lengths), "aggregate": aggregate},
+        )
+    total = None
+    parts = []
+    grid = shape = None
+    for oracle, score in checked:
         shape = oracle.shape
         curves = curves_from_scores(oracle, score, sink=sink, window=window)
         grid = curves.grid

@@ -476,23 +476,33 @@ def lukv_table_from_run(run, *, sink=None, window=None, min_keep_fraction=0.01, 
     return table, meta
 
 
-def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
+def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve", resolution=None):
     """Utility curves of a profile run: the mean (or median) over its pairs.
 
     Each pair's curves are :func:`budgetopt.curves_from_scores` of its oracle and its
-    context's scores; all contexts must have the same token count. ``sink`` and ``window``
-    default to the run's.
+    context's scores. ``sink`` and ``window`` default to the run's.
+
+    Contexts of one token count give a token grid, as before. Contexts of different token
+    counts (real calibration text) give a **relative grid**: point ``k`` keeps ``k /
+    resolution`` of each context, each pair's curve resampled there before the pairs are
+    combined (:func:`budgetopt.curves_from_pairs` describes the grid, its first point and its
+    ``meta``). ``resolution`` asks for a relative grid whatever the lengths.
 
     Parameters
     ----------
     run : ProfileRun
     sink, window : int, optional
     aggregate : {"mean_curve", "median_curve"}, optional
+    resolution : int, optional
+        Points of the relative grid (default 1000 where the contexts differ in length).
 
     Returns
     -------
     Curves
-        With ``meta`` describing the run (model, scorer, calibration, settings).
+        With ``meta`` describing the run (model, scorer, calibration, settings) and the grid:
+        ``length`` for a token grid; ``"grid": "relative"``, ``resolution``, ``min_length``
+        and ``max_length`` for a relative one. Budgets allocated on a relative grid are
+        applied to a context of any length with ``head_capacity=resolution``.
 
     Examples
     --------
@@ -503,19 +513,31 @@ def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
     >>> c = curves_from_run(load_profile_run(run_dir))
     >>> c.grid.tolist(), np.round(c.utility, 3).tolist()
     ([2, 3, 4], [[[0.3, 0.8, 1.0]]])
+    >>> r = curves_from_run(load_profile_run(run_dir), resolution=4)   # quarters of the context
+    >>> r.grid.tolist(), np.round(r.utility, 3).tolist(), r.meta["resolution"]
+    ([2, 3, 4], [[[0.3, 0.8, 1.0]]], 4)
     """
-    from .profile import curves_from_scores
+    from .profile import DEFAULT_RESOLUTION, check_resolution, curves_from_scores, relative_curves
 
     _check_run(run)
     if aggregate not in ("mean_curve", "median_curve"):
         raise InvalidInputError(f"`aggregate` must be 'mean_curve' or 'median_curve'; got {aggregate!r}")
+    if resolution is not None:
+        resolution = check_resolution(resolution)
     sink, window = _sink_window(run, sink, window)
-    lengths = sorted({int(o.shape[-1]) for o in run.oracles})
-    if len(lengths) > 1:
-        raise InvalidInputError(
-            f"curves need contexts of one token count; this run has {len(lengths)} "
-            f"({lengths[0]}..{lengths[-1]}); build an LU-KV table instead (prune ratios average across lengths)"
-        )
+    lengths = [int(o.shape[-1]) for o in run.oracles]
+    meta = _derived_meta(run, sink, window)
+    meta["aggregate"] = aggregate
+    if resolution is not None or len(set(lengths)) > 1:
+        short = min(lengths)
+        if short <= sink + window:
+            raise InvalidInputError(
+                f"`sink` + `window` ({sink} + {window}) must be below every context's token count; "
+                f"the shortest context has {short}"
+            )
+        return relative_curves(zip(run.oracles, run.scores), lengths, sink=sink, window=window,
+                               resolution=DEFAULT_RESOLUTION if resolution is None else resolution,
+                               aggregate=aggregate, meta=meta)
     utilities, grid = [], None
     for oracle, scores in zip(run.oracles, run.scores):
         curves = curves_from_scores(oracle, scores, sink=sink, window=window)
@@ -523,8 +545,7 @@ def curves_from_run(run, *, sink=None, window=None, aggregate="mean_curve"):
         grid = curves.grid
     stack = np.stack(utilities)
     utility = stack.mean(axis=0) if aggregate == "mean_curve" else np.median(stack, axis=0)
-    meta = _derived_meta(run, sink, window)
-    meta.update(aggregate=aggregate, length=lengths[0])
+    meta.update(length=lengths[0])
     return Curves(utility, grid, meta=meta)
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,21 +20,12 @@ import pytest
 import budgetopt
 from budgetopt import Curves, allocate, save_curves, tokens_from_fraction
 from budgetopt import cli
-from helpers import run_cli
+from helpers import run_cli, run_process
 
 FIELDS = {"budgets", "used", "total_budget", "utility", "upper_bound", "gap", "method", "seconds"}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 run = run_cli  # run(capfd, *argv) -> (exit code, stdout, stderr)
-
-
-def run_process(*argv, timeout=120):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "budgetopt", *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
-    )
 
 
 @pytest.fixture

@@ -209,7 +209,10 @@ def test_curves_from_pairs_mean_and_median_match_per_pair_curves():
         np.testing.assert_array_equal(median.utility, np.median(each, axis=0))
         assert mean.meta == {"sink": 2, "window": 1, "length": 30, "pairs": 5, "aggregate": "mean_curve"}
         np.testing.assert_array_equal(mean.grid, np.arange(3, 31))
-    with pytest.raises(InvalidInputError, match=r"`oracles\[1\]` must have the shape of `oracles\[0\]`"):
-        curves_from_pairs([oracles[0], oracles[1][:, :, :20]], [shared, shared[:, :, :20]])
+    with pytest.raises(InvalidInputError, match=r"`oracles\[1\]` must have the head shape of `oracles\[0\]`"):
+        curves_from_pairs([oracles[0], oracles[1][:, :2]], [shared, shared[:, :2]])
+    # Contexts of different lengths: a relative grid (tests/test_runs.py checks its values).
+    mixed = curves_from_pairs([oracles[0], oracles[1][:, :, :20]], [shared, shared[:, :, :20]], sink=2, window=1)
+    assert mixed.meta["grid"] == "relative" and mixed.grid[0] == 150 and mixed.grid[-1] == 1000
     with pytest.raises(InvalidInputError, match="`aggregate` must be one of"):
         curves_from_pairs(oracles, shared, aggregate="mode")

@@ -10,12 +10,14 @@ import os
 import numpy as np
 import pytest
 
-from budgetopt import load_profile_run, lukv_table, lukv_table_from_run, curves_from_run, curves_from_scores
+from budgetopt.profile import curves_from_pairs
+from budgetopt import (curves_from_run, curves_from_scores, load_profile_run, lukv_table,
+                       lukv_table_from_run)
 from budgetopt.errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from budgetopt.lukv import load_lukv_table
 from budgetopt.curves import load_curves
 from budgetopt.runs import FORMAT, in_shard, open_run_dir, parse_shard, write_pair
-from helpers import run_cli
+from helpers import run_cli, run_process, write_fake_run
 
 LAYERS, KV = 3, 2
 QUESTIONS = [2, 1, 3, 2]          # questions per context: 8 pairs
@@ -235,10 +237,80 @@ def test_contexts_of_different_lengths(tmp_path):
     table, _ = lukv_table_from_run(run)  # ratios average across lengths
     singles = [lukv_table([o], s, sink=2, window=3) for o, s in zip(run.oracles, run.scores)]
     np.testing.assert_allclose(table, np.mean(singles, axis=0), rtol=0, atol=1e-12)
-    with pytest.raises(InvalidInputError, match=r"curves need contexts of one token count; this run has 3 \(40..52\)"):
-        curves_from_run(run)
     with pytest.raises(InvalidInputError, match=r"need aggregate='mean_ratio'"):
         lukv_table_from_run(run, aggregate="mean_curve")
+
+
+def _relative_reference(run, sink, window, resolution, reduce):
+    """Each pair's token curve read at k * T / R tokens by np.interp, one head at a time."""
+    start = int(np.ceil(resolution * (sink + window) / min(o.shape[-1] for o in run.oracles) - 1e-12))
+    k = np.arange(start, resolution + 1)
+    per_pair = []
+    for oracle, scores in zip(run.oracles, run.scores):
+        c = curves_from_scores(oracle, scores, sink=sink, window=window)
+        x = k * oracle.shape[-1] / resolution
+        per_pair.append([[np.interp(x, c.grid, c.utility[layer, h]) for h in range(KV)] for layer in range(LAYERS)])
+    return k, reduce(np.array(per_pair), axis=0)
+
+
+@pytest.mark.parametrize("aggregate, reduce", [("mean_curve", np.mean), ("median_curve", np.median)])
+@pytest.mark.parametrize("resolution", [None, 7, 40, 1000])
+def test_curves_of_contexts_of_different_lengths_are_on_a_relative_grid(tmp_path, aggregate, reduce, resolution):
+    _fake_profile(tmp_path / "run")                       # contexts of 40, 52 and 47 tokens
+    run = load_profile_run(tmp_path / "run")
+    curves = curves_from_run(run, aggregate=aggregate, resolution=resolution)
+    r = 1000 if resolution is None else resolution
+    k, expected = _relative_reference(run, 2, 3, r, reduce)
+    np.testing.assert_array_equal(curves.grid, k)
+    np.testing.assert_allclose(curves.utility, expected, rtol=1e-12, atol=1e-12)
+    assert curves.capacity == LAYERS * KV * r and curves.grid[0] * 40 >= 5 * r  # the floor covers sink + window
+    m = curves.meta
+    assert (m["grid"], m["resolution"], m["min_length"], m["max_length"]) == ("relative", r, 40, 52)
+    assert (m["sink"], m["window"], m["pairs"], m["aggregate"]) == (2, 3, 8, aggregate) and "length" not in m
+    # The whole context is the mean of the full masses; half of it, for a 40-token context, 20 tokens.
+    full = reduce([o.astype(np.float64).sum(-1) for o in run.oracles], axis=0)
+    np.testing.assert_allclose(curves.utility[..., -1], full, rtol=1e-12)
+
+
+def test_one_length_runs_keep_their_token_grid_bit_for_bit(tmp_path):
+    _fake_profile(tmp_path / "run", lengths=[40] * 4)
+    run = load_profile_run(tmp_path / "run")
+    stack = np.stack([curves_from_scores(o, s, sink=2, window=3).utility for o, s in zip(run.oracles, run.scores)])
+    curves = curves_from_run(run)
+    np.testing.assert_array_equal(curves.utility, stack.mean(axis=0))
+    assert curves.grid.tolist() == list(range(5, 41)) and curves.meta["length"] == 40 and "grid" not in curves.meta
+    # Asked for, a relative grid of one point per token is the token grid again.
+    rel = curves_from_run(run, resolution=40)
+    np.testing.assert_array_equal(rel.grid, curves.grid)
+    np.testing.assert_allclose(rel.utility, curves.utility, rtol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"resolution": 0}, InvalidInputError, "`resolution` must be >= 1; got 0"),
+    ({"resolution": 10**6 + 1}, InvalidInputError, "`resolution` must be at most 1000000"),
+    ({"resolution": 2.5}, InvalidTypeError, "`resolution`"),
+    ({"resolution": True}, InvalidTypeError, "`resolution`"),
+    ({"sink": 30, "window": 10}, InvalidInputError, r"`sink` \+ `window` \(30 \+ 10\) must be below every context's "
+                                                    r"token count; the shortest context has 40"),
+])
+def test_relative_grid_errors_name_the_argument(tmp_path, kwargs, error, match):
+    _fake_profile(tmp_path / "run")
+    with pytest.raises(error, match=match):
+        curves_from_run(load_profile_run(tmp_path / "run"), **kwargs)
+
+
+def test_curves_from_pairs_takes_contexts_of_different_lengths():
+    rng = np.random.default_rng(5)
+    oracles = [rng.gamma(0.5, size=(2, 3, n)) for n in (30, 45, 33)]
+    scores = [rng.normal(size=o.shape) for o in oracles]
+    c = curves_from_pairs(oracles, scores, sink=1, window=2, resolution=60)
+    k = np.arange(int(np.ceil(60 * 3 / 30)), 61)
+    want = np.mean([[np.interp(k * o.shape[-1] / 60, np.arange(3, o.shape[-1] + 1),
+                               curves_from_scores(o, s, sink=1, window=2).utility2d[h]) for h in range(6)]
+                    for o, s in zip(oracles, scores)], axis=0).reshape(2, 3, -1)
+    np.testing.assert_allclose(c.utility, want, rtol=1e-12)
+    with pytest.raises(InvalidInputError, match=r"`oracles\[1\]` must have the head shape of `oracles\[0\]`"):
+        curves_from_pairs([oracles[0], oracles[1][:1]], [scores[0], scores[1][:1]])
 
 
 # -- the command line on run directories ------------------------------------------------------
@@ -278,7 +350,7 @@ def test_cli_lukv_table_and_curves_from_shards(tmp_path, capsys):
         (["lukv-table", "{s0}", "--oracle", "x.npy", "--scores", "y.npy", "-o", "{out}"], r"not both"),
         (["lukv-table", "--oracle", "x.npy", "--scores", "y.npy", "-o", "{out}"], r"the arguments --sink, --window"),
         (["lukv-table", "{tmp}/nothing", "-o", "{out}"], r"no such profile run directory"),
-        (["curves", "{s0}", "{s1}", "-o", "{tmp}/c.npz"], r"curves need contexts of one token count"),
+        (["curves", "{s0}", "{s1}", "--resolution", "2000000", "-o", "{tmp}/c.npz"], r"`resolution` must be at most"),
     ],
 )
 def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys, argv, match):
@@ -339,3 +411,14 @@ def test_pair_files_are_read_within_the_array_size_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETOPT_MAX_ARRAY_BYTES", "64")
     with pytest.raises(CurvesFileError, match=r"'oracle'.*BUDGETOPT_MAX_ARRAY_BYTES"):
         load_profile_run(tmp_path / "run")
+
+
+def test_cli_outputs_name_the_relative_unit(tmp_path):
+    write_fake_run(tmp_path / "run", [37, 52, 44, 61], layers=3, kv_heads=2, sink=2, window=1)
+    assert run_process("curves", tmp_path / "run", "--resolution", 500, "-o", tmp_path / "c.npz").returncode == 0
+    table = run_process("solve", tmp_path / "c.npz", "--budget", 0.25, "--format", "table")
+    assert table.returncode == 0 and "used=750/750 units of 1/500 of each context" in table.stdout
+    swept = run_process("sweep", tmp_path / "c.npz", "--budgets", "0.2,0.4")
+    assert swept.returncode == 0 and "capacity=3000 units of 1/500 of each context" in swept.stdout
+    heat = run_process("plot", tmp_path / "c.npz", "--heatmap", "--budget", 0.3, "-o", tmp_path / "h.png")
+    assert heat.returncode == 0, heat.stderr

@@ -60,6 +60,25 @@ def _cache_freed(model_ref, hold):
     _release(model_ref, hold)
 
 
+def _refuse_padding(module, mask):
+    """Refuse to gather a padded batch: the gathered rows keep no positions, so the padding mask
+    of later steps (laid out over positions) could not be applied to them.
+
+    At pre-filling the last query sees every key of a full-attention layer except padding. A
+    layer with a sliding window hides old keys from it anyway and is not checked here.
+    """
+    if mask is None or mask.dim() != 4:
+        return
+    if getattr(module, "sliding_window", getattr(getattr(module, "config", None), "sliding_window", None)):
+        return
+    last = mask[..., -1, :]
+    if (~last if last.dtype == torch.bool else last < 0).any():
+        raise InvalidInputError(
+            "BudgetPress(mode='gather') cannot compress a padded batch: the gathered rows keep no "
+            "positions for the padding mask; use mode='varlen' or 'mask', or batches without padding"
+        )
+
+
 class BudgetPress(BasePress):
     """Apply per-layer, per-KV-head budgets around any kvpress scorer press.
 
@@ -93,7 +112,10 @@ class BudgetPress(BasePress):
         computed on (its largest grid point). A sequence of ``T`` tokens gives head ``h``
         ``budgets[h] / head_capacity`` of ``T`` tokens, rounded by largest remainder so each
         layer's total is exact (see :func:`~budgetopt.torch.layer_budgets`). Use
-        ``head_capacity=T`` to apply token counts as they are.
+        ``head_capacity=T`` to apply token counts as they are. Budgets allocated on curves
+        with a relative grid (:func:`budgetopt.curves_from_run` over contexts of different
+        lengths, ``meta["grid"] == "relative"``) are in ``1/resolution`` of the context: pass
+        ``head_capacity=curves.meta["resolution"]``.
     sink, window : int, default 0
         Leading and trailing tokens every head keeps; they count in its budget.
     mode : {"mask", "gather", "varlen"}, default "mask"
@@ -104,7 +126,13 @@ class BudgetPress(BasePress):
           head budget (:func:`~budgetopt.torch.compact`): kept tokens in ascending
           position, heads with fewer tokens padded with zero slots that are hidden through
           ``module.masked_key_indices``. Every head keeps exactly the tokens of ``"mask"``
-          mode, and the layer frees ``1 - max_budget / T`` of its keys and values.
+          mode, and the layer frees ``1 - max_budget / T`` of its keys and values. Layers
+          then differ in length, and transformers sizes its causal mask by the first one,
+          so on an ``sdpa`` model the press runs the ``"budgetopt_varlen"`` attention, held
+          as for ``"varlen"``: ``sdpa`` with the mask fitted to each layer
+          (:func:`~budgetopt.torch.varlen_cache.fit_mask_to_layer`). That is what lets
+          kvpress's pipeline feed a question of several tokens. Gathered rows keep no
+          positions, so a padded batch is refused at pre-filling (use ``"varlen"``).
         * ``"varlen"``: each layer becomes a
           :class:`~budgetopt.torch.varlen_cache.VarlenLayer` holding exactly each head's
           kept tokens packed end to end, plus the tokens decoded since; the cache object
@@ -175,7 +203,8 @@ class BudgetPress(BasePress):
             if head_capacity is None:
                 raise InvalidInputError(
                     "`head_capacity` is required with budgets: the tokens per head of the grid "
-                    "the allocation was computed on"
+                    "the allocation was computed on (its largest grid point; for curves on a relative "
+                    "grid, their meta['resolution'], 1000 by default)"
                 )
             layer_budgets(self._budgets, 0, int(head_capacity), head_capacity=head_capacity)
             self._head_capacity = int(head_capacity)
@@ -230,17 +259,17 @@ class BudgetPress(BasePress):
     def __call__(self, model):
         """Apply the press to ``model`` inside a ``with`` block (kvpress's usage).
 
-        In ``"varlen"`` mode the model also runs the ``"budgetopt_varlen"`` attention inside
-        the block and for as long as a cache compressed in it is alive, so that it can be
+        In ``"varlen"`` mode, and in ``"gather"`` mode on an ``sdpa`` model, the model also
+        runs the ``"budgetopt_varlen"`` attention inside the block and for as long as a cache compressed in it is alive, so that it can be
         decoded after the block (kvpress's pipeline does); its previous attention
         implementation is restored when the block has closed and those caches have been
         freed (on error too). ``"budgetopt_varlen"`` runs ``"sdpa"`` on ordinary caches.
         """
-        if self.mode != "varlen":
+        current = getattr(model.config, "_attn_implementation", None)
+        if self.mode == "mask" or (self.mode == "gather" and current not in ("sdpa", ATTENTION_NAME)):
             with super().__call__(model):
                 yield
             return
-        current = getattr(model.config, "_attn_implementation", None)
         hold = _HOLDS.get(model)
         if hold is None or current != ATTENTION_NAME:
             if current not in ("sdpa", ATTENTION_NAME):
@@ -288,12 +317,16 @@ class BudgetPress(BasePress):
         cache.layers[index] = VarlenLayer.from_varlen(packed, length, config=module.config)
         if type(cache) is DynamicCache:
             cache.__class__ = VarlenCache  # a subclass that adds methods only: same state, same object
+        self._hold_for(cache)
+        return output
+
+    def _hold_for(self, cache):
+        """Keep the model on the budgetopt attention while ``cache`` (compressed here) lives."""
         hold = getattr(self, "_hold", None)
-        if hold is not None and getattr(cache, "_budgetopt_hold", None) is not hold[1]:
+        if hold is not None and cache is not None and getattr(cache, "_budgetopt_hold", None) is not hold[1]:
             cache._budgetopt_hold = hold[1]
             hold[1].caches += 1
             weakref.finalize(cache, _cache_freed, *hold)
-        return output
 
     def _checked_budgets(self, layer, keys):
         budgets = self.layer_budgets(layer, keys.shape[2], device=keys.device)
@@ -316,8 +349,10 @@ class BudgetPress(BasePress):
         if self.mode == "mask":
             hidden = ~keep_mask(scores, budgets, sink=self.sink, window=self.window)
         else:
+            _refuse_padding(module, kwargs.get("attention_mask"))
             kv = compact(keys, values, scores, budgets, sink=self.sink, window=self.window)
             keys, values, hidden = kv.keys, kv.values, ~kv.valid
+            self._hold_for(kwargs.get("past_key_values"))
         indices = torch.where(hidden)
         module.masked_key_indices = indices if indices[0].numel() else None
         return keys, values

@@ -9,8 +9,9 @@ head_dim)`` tail.
 
 The attention that reads such a layer is registered in transformers' attention registry
 under :data:`ATTENTION_NAME` (``"budgetopt_varlen"``). On ordinary cache layers it runs
-transformers' ``"sdpa"`` attention unchanged; on a :class:`VarlenLayer` it attends over
-each head's packed rows plus the decoded tail:
+transformers' ``"sdpa"`` attention, with the mask fitted to the layer's length where
+``BudgetPress(mode="gather")`` left layers of different lengths (:func:`fit_mask_to_layer`);
+on a :class:`VarlenLayer` it attends over each head's packed rows plus the decoded tail:
 
 * on CUDA in float16/bfloat16, one :func:`torch.nn.attention.varlen.varlen_attn` call over
   the packed rows, merged with the tail by log-sum-exp (single-token decoding steps without
@@ -42,7 +43,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without transfo
         "budgetopt.torch.varlen_cache needs transformers; install it with: pip install 'budgetopt[kvpress]'"
     ) from _exc
 
-__all__ = ["ATTENTION_NAME", "VarlenCache", "VarlenLayer", "varlen_attention_forward"]
+__all__ = ["ATTENTION_NAME", "VarlenCache", "VarlenLayer", "fit_mask_to_layer", "varlen_attention_forward"]
 
 ATTENTION_NAME = "budgetopt_varlen"
 """Name of the attention function in transformers' ``AttentionInterface`` registry."""
@@ -432,6 +433,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     """
     layer = getattr(key, _LAYER_ATTR, None)
     if layer is None:
+        if attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
+            attention_mask = fit_mask_to_layer(attention_mask, key.shape[-2])
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
                                               scaling=scaling, **kwargs)
     if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
@@ -462,6 +465,57 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     if out is None:
         out = _attend_per_sequence(query, layer, key, value, attention_mask, scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+def fit_mask_to_layer(attention_mask, key_length):
+    """The attention mask of a layer whose cache holds ``key_length`` rows, from the mask
+    transformers built for the model's first layer.
+
+    transformers builds one mask for all full-attention layers, sized by the first layer's
+    cache. After ``BudgetPress(mode="gather")`` each layer holds its own number of rows
+    (its largest head budget, plus the tokens decoded since), so a step of several new
+    tokens (kvpress's pipeline feeds each question at once) gets a mask of the wrong width
+    on every other layer. The mask's last ``q_len`` columns are the new tokens, the same in
+    every layer; the columns before them are the compressed past, whose order is the kept
+    tokens' and not their positions. A past that every query row sees whole (or not at
+    all) is the same for any number of rows, so it is widened or narrowed to
+    ``key_length - q_len`` columns. A past seen in part (a padding mask over compacted
+    rows, which have no positions to read it at) is refused rather than guessed.
+
+    Raises
+    ------
+    InvalidInputError
+        When the past is seen in part by some query row, or the layer holds fewer rows
+        than the new tokens.
+
+    Examples
+    --------
+    >>> import torch
+    >>> causal = torch.ones(3, 5, dtype=torch.bool).tril(2).view(1, 1, 3, 5)  # 2 past rows, 3 new
+    >>> fit_mask_to_layer(causal, 7)[0, 0].int().tolist()
+    [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]]
+    """
+    q_len = attention_mask.shape[-2]
+    past, new = attention_mask[..., : -q_len], attention_mask[..., -q_len:]
+    if key_length < q_len or attention_mask.shape[-1] < q_len:
+        raise InvalidInputError(
+            f"the attention mask covers {attention_mask.shape[-1]} keys for {q_len} new tokens; the cache "
+            f"layer holds {key_length}"
+        )
+    seen = past if past.dtype == torch.bool else past == 0
+    if past.shape[-1] and not torch.equal(seen.all(-1), seen.any(-1)):
+        raise InvalidInputError(
+            "a padding mask cannot be applied to a cache compressed with per-layer lengths "
+            "(BudgetPress mode='gather'): its rows have no positions; use mode='varlen' or 'mask', "
+            "or a batch without padding"
+        )
+    width = key_length - q_len
+    if past.shape[-1]:
+        past = past[..., :1].expand(*past.shape[:-1], width)
+    else:  # the first layer kept nothing: its mask says nothing about the past, which is seen
+        fill = True if attention_mask.dtype == torch.bool else 0
+        past = attention_mask.new_full((*attention_mask.shape[:-1], width), fill)
+    return torch.cat([past, new], dim=-1)
 
 
 def _bias(attention_mask, b, dtype):

@@ -83,6 +83,60 @@ def random_scores(shape, dtype, seed):
     return torch.randn(shape, generator=gen).to(dtype)
 
 
+_WORD_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def word_tokenizer(vocab_size=128):
+    """A word-level tokenizer over ``w0 w1 ...`` (ids after 4 specials; ``</s>`` is 3), built here."""
+    import tokenizers
+    import transformers
+
+    words = [f"w{i}" for i in range(vocab_size - len(_WORD_SPECIALS))]
+    vocab = {w: i for i, w in enumerate(_WORD_SPECIALS + words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_lm(arch, vocab_size=128, layers=3):
+    """A randomly initialised ``{arch}ForCausalLM`` (Llama, Qwen2, ...) with 2 KV heads, sdpa, seed 0."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{arch}Config")(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, attn_implementation="sdpa",
+        pad_token_id=0, eos_token_id=3)
+    return getattr(transformers, f"{arch}ForCausalLM")(config).eval()
+
+
+def held_counts(model, cache, mode):
+    """Tokens each (layer, KV head) of batch row 0 attends to after a BudgetPress pre-filling,
+    read from the cache: a ``VarlenLayer``'s lengths, or the rows of a dense layer less those
+    hidden through kvpress's ``masked_key_indices``. ``(layers, kv_heads)`` int array."""
+    counts = []
+    for index, layer in enumerate(cache.layers):
+        if mode == "varlen":
+            counts.append(layer.lengths()[0].tolist())
+            continue
+        hidden = np.zeros(layer.keys.shape[1], dtype=int)
+        indices = getattr(model.model.layers[index].self_attn, "masked_key_indices", None)
+        if indices is not None:
+            rows = indices[0] == 0
+            np.add.at(hidden, indices[1][rows].numpy(), 1)
+        counts.append((layer.keys.shape[2] - hidden).tolist())
+    return np.array(counts)
+
+
+@pytest.fixture(scope="session")
+def lm_kit():
+    """Tiny models, a word-level tokenizer and a cache reader for kvpress pipeline tests (no download)."""
+    words = [f"w{i}" for i in range(128 - len(_WORD_SPECIALS))]
+    return SimpleNamespace(tokenizer=word_tokenizer, model=tiny_lm, words=words, held=held_counts)
+
+
 @pytest.fixture(scope="session")
 def ref():
     return SimpleNamespace(

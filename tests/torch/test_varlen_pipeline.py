@@ -25,28 +25,9 @@ from budgetopt.torch.press import BudgetPress  # noqa: E402
 from budgetopt.torch.varlen_cache import ATTENTION_NAME, VarlenCache, VarlenLayer  # noqa: E402
 
 VOCAB = 128
-SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]
 LENGTH = 40  # context tokens: <s> and 39 words
 BUDGETS = np.array([[10, 25], [0, 40], [1, 18]])
 SINK, WINDOW = 2, 1
-
-
-def _tokenizer():
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                                eos_token="</s>", pad_token="<pad>")
-
-
-def _model(arch):
-    torch.manual_seed(0)
-    config = getattr(transformers, f"{arch}Config")(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, attn_implementation="sdpa", pad_token_id=0,
-        eos_token_id=3)
-    return getattr(transformers, f"{arch}ForCausalLM")(config).eval()
 
 
 def _press(mode, budgets=BUDGETS, capacity=LENGTH):
@@ -54,11 +35,11 @@ def _press(mode, budgets=BUDGETS, capacity=LENGTH):
 
 
 @pytest.mark.parametrize("arch", ["Llama", "Qwen2"])
-def test_pipeline_answers_like_mask_mode_several_questions(arch):
-    model, rng = _model(arch), np.random.default_rng(0)
-    pipe = pipeline("kv-press-text-generation", model=model, tokenizer=_tokenizer(), device="cpu")
-    context = " ".join(rng.choice(WORDS, LENGTH - 1))
-    questions = [" ".join(rng.choice(WORDS, n)) for n in (3, 5, 1)]
+def test_pipeline_answers_like_mask_mode_several_questions(arch, lm_kit):
+    model, rng = lm_kit.model(arch), np.random.default_rng(0)
+    pipe = pipeline("kv-press-text-generation", model=model, tokenizer=lm_kit.tokenizer(), device="cpu")
+    context = " ".join(rng.choice(lm_kit.words, LENGTH - 1))
+    questions = [" ".join(rng.choice(lm_kit.words, n)) for n in (3, 5, 1)]
     answers = {}
     for mode in ("mask", "varlen"):
         answers[mode] = pipe(context, questions=questions, press=_press(mode), max_new_tokens=24)["answers"]
@@ -75,8 +56,8 @@ def test_pipeline_answers_like_mask_mode_several_questions(arch):
         assert plain != answers["mask"]  # the budgets changed the answers: the comparison has teeth
 
 
-def test_attention_held_while_a_varlen_cache_lives():
-    model = _model("Llama")
+def test_attention_held_while_a_varlen_cache_lives(lm_kit):
+    model = lm_kit.model("Llama")
     ids = torch.randint(1, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(1))
     cache = DynamicCache()
     with torch.no_grad(), _press("varlen")(model):
