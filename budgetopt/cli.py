@@ -38,6 +38,7 @@ try:
         write_json,
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+    from .cli_convert import add_convert_command
     from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
                               grid_unit, grid_words)
     from .errors import CurvesFileError, InvalidInputError
@@ -607,6 +608,7 @@ def build_parser():
     add_profile_parsers(sub)
     add_plot_parser(sub)
     add_profile_command(sub)
+    add_convert_command(sub)
     return parser
 
 

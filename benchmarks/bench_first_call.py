@@ -1,0 +1,132 @@
+"""First call on a new installation: ``budgetopt solve --example`` from an empty kernel cache.
+
+A new installation has compiled nothing: its first solve compiles the kernels it needs for
+this machine (then caches them). Each case runs in a fresh interpreter, from an empty folder,
+with a new empty cache directory (``BUDGETOPT_CACHE_DIR`` and ``NUMBA_CACHE_DIR`` both point
+there, so the baseline's numba cache goes there too), byte code already compiled as after
+``pip install``:
+
+* ``greedy, cold``: ``solve --example --budget 0.2`` on an empty cache;
+* ``exact, cold``: ``solve --example --budget 0.2 --method exact`` on an empty cache;
+* ``exact after greedy``: the same once the greedy's kernels are cached (a user's second
+  command);
+* ``greedy, warm`` and ``exact, warm``: the same commands again (kernels loaded from the cache).
+
+Rounds alternate between this tree and ``--baseline REV`` (exported with ``git archive``), so
+both see the same machine load; medians are reported, with the ratio baseline / this tree::
+
+    python benchmarks/bench_first_call.py --baseline 8ec4271 --rounds 3
+
+Results go to a new folder under ``benchmarks/out/`` unless ``--record`` writes
+``benchmarks/results/bench_first_call.{json,txt}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _env import describe, record  # noqa: E402
+
+SOLVE = ["-m", "budgetopt", "solve", "--example", "--budget", "0.2"]
+CASES = ("greedy, cold", "exact, cold", "exact after greedy", "greedy, warm", "exact, warm")
+
+
+def export(rev, directory):
+    """``budgetopt/`` of commit ``rev`` (or of the working tree for ``None``) under ``directory``."""
+    directory.mkdir(parents=True)
+    if rev is None:
+        shutil.copytree(ROOT / "budgetopt", directory / "budgetopt", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        data = subprocess.run(["git", "archive", rev, "budgetopt"], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=data, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(directory / "budgetopt")], check=True)
+    return directory
+
+
+def run(tree, cache, argv):
+    """Wall seconds of ``python argv`` with ``tree`` first on the path and kernels cached in
+    ``cache``, from an empty folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR", "BUDGETOPT_CACHE_DIR")}
+    env.update(PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(cache), BUDGETOPT_CACHE_DIR=str(cache),
+               OMP_NUM_THREADS="1")
+    where = cache.parent / "cwd"
+    where.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.DEVNULL, cwd=where)
+    return time.perf_counter() - start
+
+
+def one_round(tree, scratch):
+    """Seconds of each case for ``tree``, every cold case on a new empty cache."""
+    out = {}
+    cold = scratch / "a"
+    out["greedy, cold"] = run(tree, cold, SOLVE)
+    out["exact after greedy"] = run(tree, cold, SOLVE + ["--method", "exact"])
+    out["greedy, warm"] = run(tree, cold, SOLVE)
+    out["exact, warm"] = run(tree, cold, SOLVE + ["--method", "exact"])
+    out["exact, cold"] = run(tree, scratch / "b", SOLVE + ["--method", "exact"])
+    for name in ("a", "b"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", help="a commit to compare with (default: none)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--record", action="store_true",
+                        help="write benchmarks/results/bench_first_call.{json,txt} instead of a new folder")
+    args = parser.parse_args(argv)
+    env = record("bench_first_call.py", argv)
+    if args.record:
+        out = ROOT / "benchmarks" / "results" / "bench_first_call"
+    else:
+        out = ROOT / "benchmarks" / "out" / time.strftime("bench_first_call-%Y%m%d-%H%M%S") / "bench_first_call"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sides = {"this tree": None} if args.baseline is None else {"this tree": None, "baseline": args.baseline}
+    times = {side: {case: [] for case in CASES} for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {side: export(rev, Path(tmp) / side.replace(" ", "_") / "src") for side, rev in sides.items()}
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                scratch = Path(tmp) / side.replace(" ", "_") / f"round{r}"
+                scratch.mkdir(parents=True)
+                for case, t in one_round(trees[side], scratch).items():
+                    times[side][case].append(t)
+                print(f"round {r + 1}/{args.rounds} {side}: "
+                      + ", ".join(f"{c} {times[side][c][-1]:.1f} s" for c in CASES), flush=True)
+    rows = []
+    for case in CASES:
+        row = {"case": case, **{f"{side} s": statistics.median(times[side][case]) for side in sides}}
+        if "baseline" in sides:
+            row["baseline / this tree"] = row["baseline s"] / row["this tree s"]
+        rows.append(row)
+    lines = describe(env) + [f"command : {env['command']}",
+                             f"baseline: {args.baseline}" if args.baseline else "baseline: none",
+                             f"rounds  : {args.rounds} (medians; each cold case on a new empty cache)", ""]
+    header = ["case"] + [f"{side} s" for side in sides] + (["baseline / this tree"] if "baseline" in sides else [])
+    lines.append(" | ".join(header))
+    for row in rows:
+        lines.append(" | ".join([row["case"]] + [f"{row[h]:.2f}" for h in header[1:]]))
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    Path(f"{out}.txt").write_text(text)
+    Path(f"{out}.json").write_text(json.dumps({"env": env, "baseline": args.baseline, "rows": rows,
+                                               "times": times}, indent=1, default=str) + "\n")
+    print(f"wrote {out}.txt and .json")
+
+
+if __name__ == "__main__":
+    main()
