@@ -495,7 +495,7 @@ def _cmd_plot(args):
     from .api import allocate
     from .rounding import tokens_from_fraction
 
-    output = check_output_path(args.output, plot.FIGURE_SUFFIXES)
+    output = check_output_path(args.output, plot.FIGURE_SUFFIXES, inputs=[*input_paths(args), args.table])
     if bool(args.heads) == bool(args.heatmap):
         raise UsageError("give either --heads L,H [L,H ...] (curves and hulls) or --heatmap (the allocation)")
     if args.table:

@@ -554,24 +554,23 @@ def table_meta_path(table_path):
     return p.with_suffix(".json") if p.suffix else p.with_name(p.name + ".json")
 
 
-def save_table_with_meta(path, table, meta):
+def save_table_with_meta(path, table, meta, *, inputs=(), within=()):
     """Write an LU-KV table (``.npy``) and its JSON description beside it, both atomically.
 
-    If writing the table fails, the description is removed again: nothing half-done remains.
+    Both files pass the output checks (neither may be one of ``inputs`` or lie inside one of
+    the directories ``within``) before anything is written; both are written to temporary
+    files and synced, then renamed into place together: a failed write (a full disk, a
+    file-size limit) leaves the previous table and description as they were.
     """
-    from .lukv import save_lukv_table
+    from ._io import write_atomic_group
+    from .lukv import _check_table
 
+    arr = _check_table(table, "table")
     meta_path = table_meta_path(path)
     text = json.dumps({**meta, "table": Path(path).name}, indent=1) + "\n"
-    existed = meta_path.exists()
-    write_atomic(meta_path, lambda f: f.write(text.encode("utf-8")))
-    try:
-        save_lukv_table(path, table)
-    except BaseException:
-        if not existed:
-            try:
-                os.unlink(meta_path)
-            except OSError:
-                pass
-        raise
+    write_atomic_group(
+        [(path, lambda f: np.save(f, arr, allow_pickle=False)),
+         (meta_path, lambda f: f.write(text.encode("utf-8")))],
+        inputs=inputs, within=within,
+    )
     return meta_path

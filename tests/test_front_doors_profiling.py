@@ -1,0 +1,248 @@
+"""Hostile and careless input at the profiling front doors: run directories, calibration
+files, tables and their descriptions, plots, allocator files (issue 20).
+
+Tests are grouped by the class of failure they guard against, and named after it:
+``test_user_data_destroyed_*``, ``test_wrong_answer_*``, ``test_crash_*``, ``test_unbounded_*``,
+``test_runs_mixed_*``. The rule is always the same: one clear error (a typed budgetopt error in
+Python; exit 2 and one line on stderr from the CLI) or a correct result, and no file lost,
+replaced or silently mixed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from budgetopt import CurvesFileError, save_curves
+from budgetopt._io import write_atomic, write_atomic_group
+from budgetopt.curves import Curves
+from budgetopt.runs import FORMAT, open_run_dir, write_pair
+from helpers import run_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS, KV, LENGTH = 3, 2, 30
+
+
+def small_run(run_dir, *, questions=(2, 1), step_reduce="max", seed=0):
+    """A complete run directory of seeded random pairs, written with the run helpers."""
+    meta = {
+        "format": FORMAT, "model": {"name": "tiny", "model_type": "llama"}, "layers": LAYERS,
+        "kv_heads": KV, "scorer": {"name": "knorm"}, "sink": 2, "window": 1, "step_reduce": step_reduce,
+        "questions": list(questions), "context_tokens": [LENGTH] * len(questions),
+        "n_pairs": sum(questions), "n_contexts": len(questions), "shard": None,
+    }
+    open_run_dir(run_dir, meta)
+    rng = np.random.default_rng(seed)
+    for c, n in enumerate(questions):
+        scores = rng.normal(size=(LAYERS, KV, LENGTH)).astype(np.float32)
+        norms = rng.random((LAYERS, KV, LENGTH)).astype(np.float32)
+        for q in range(n):
+            oracle = rng.gamma(0.5, size=(LAYERS, KV, LENGTH)).astype(np.float32)
+            write_pair(run_dir, c, q, oracle=oracle, scores=scores, value_norms=norms,
+                       meta={"context": c, "question": q})
+    return run_dir
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def digests(folder):
+    """``{relative path: sha256}`` of every file below ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = digest(path)
+    return out
+
+
+def one_error_line(code, out, err, *needles):
+    assert code == 2, err
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+# == 1. user data destroyed =====================================================================
+def test_user_data_destroyed_table_description_never_replaces_the_calibration(tmp_path, capfd):
+    data = tmp_path / "data"
+    data.mkdir()
+    calib = data / "calib.json"
+    calib.write_text('{"context": "a b c d e f g", "questions": ["q"]}\n')
+    before = digests(tmp_path)
+    # the table's description would be data/calib.json: the calibration file itself
+    code, out, err = run_cli(capfd, "profile", tmp_path / "no-model", "--calibration", calib, "--scorer", "knorm",
+                             "-o", tmp_path / "run", "--table", data / "calib.npy")
+    one_error_line(code, out, err, "--table", "calib.json", "same file as the input")
+    assert digests(tmp_path) == before
+
+
+def test_user_data_destroyed_table_inside_the_model_or_run_directory_is_refused(tmp_path, capfd):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"context": "a b c d e f g", "questions": ["q"]}\n')
+    before = digests(tmp_path)
+    for table in (model / "config.npy", tmp_path / "run" / "t.npy"):
+        (tmp_path / "run").mkdir(exist_ok=True)
+        code, out, err = run_cli(capfd, "profile", model, "--calibration", calib, "--scorer", "knorm",
+                                 "-o", tmp_path / "run", "--table", table)
+        one_error_line(code, out, err, "--table", "a directory this command reads")
+        os.rmdir(tmp_path / "run")
+    assert digests(tmp_path) == before
+
+
+@pytest.mark.parametrize("command, target", [
+    ("lukv-table", "meta.npy"),                     # its description would be RUN/meta.json
+    ("lukv-table", "pairs/new.npy"),
+    ("curves", "pairs/c00000_q000.npz"),            # a pair file
+    ("curves", "meta.npz"),
+])
+def test_user_data_destroyed_outputs_inside_a_run_that_is_read_are_refused(tmp_path, capfd, command, target):
+    run = small_run(str(tmp_path / "run"))
+    before = digests(run)
+    code, out, err = run_cli(capfd, command, run, "-o", os.path.join(run, target))
+    one_error_line(code, out, err, "a directory this command reads")
+    assert digests(run) == before
+
+
+def test_user_data_destroyed_plot_never_overwrites_its_input(tmp_path, capfd):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    curves_png = tmp_path / "curves.png"  # curves saved under a figure's name
+    utility = np.cumsum(rng.random((2, 2, 5)), axis=-1)
+    save_curves(curves_png, Curves(utility, np.arange(1, 6)))
+    table_png = tmp_path / "table.png"
+    np.save(tmp_path / "t.npy", np.full((99, 2, 2), 0.5))
+    os.replace(tmp_path / "t.npy", table_png)
+    before = digests(tmp_path)
+    code, out, err = run_cli(capfd, "plot", curves_png, "--heads", "0,0", "-o", curves_png)
+    one_error_line(code, out, err, "same file as the input")
+    code, out, err = run_cli(capfd, "plot", "--table", table_png, "--compression", "0.5", "--heatmap",
+                             "-o", table_png)
+    one_error_line(code, out, err, "same file as the input")
+    assert digests(tmp_path) == before
+
+
+def test_user_data_destroyed_description_that_is_a_fifo_or_directory_is_refused(tmp_path, capfd):
+    run = small_run(str(tmp_path / "run"))
+    os.mkfifo(tmp_path / "t.json")
+    code, out, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    one_error_line(code, out, err, "t.json", "not a regular file")
+    os.unlink(tmp_path / "t.json")
+    (tmp_path / "t.json").mkdir()
+    code, out, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    one_error_line(code, out, err, "t.json", "is a directory")
+    assert not (tmp_path / "t.npy").exists()
+
+
+def _old_table(tmp_path, capfd):
+    """A run, and a table t.npy with its description t.json built from it."""
+    run = small_run(str(tmp_path / "run"))
+    code, _, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    assert code == 0, err
+    return run, {name: digest(tmp_path / name) for name in ("t.npy", "t.json")}
+
+
+def test_user_data_destroyed_full_disk_keeps_the_previous_table_and_description(tmp_path, capfd):
+    """A real write error: the file-size limit (RLIMIT_FSIZE) in a fresh interpreter."""
+    run, before = _old_table(tmp_path, capfd)
+    small_run(str(tmp_path / "run2"), seed=1)  # another run: its table differs
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails (EFBIG)
+        from budgetopt import cli
+        import budgetopt.runs, budgetopt.lukv, numpy              # loaded before the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))  # the table takes ~4.9 kB
+        sys.exit(cli.main(["lukv-table", {str(tmp_path / "run2")!r}, "-o", {str(tmp_path / "t.npy")!r}]))
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    one_error_line(proc.returncode, proc.stdout, proc.stderr, "t.npy: cannot be written", "too large")
+    assert {name: digest(tmp_path / name) for name in ("t.npy", "t.json")} == before
+    assert sorted(os.listdir(tmp_path)) == ["run", "run2", "t.json", "t.npy"]  # no temporary file left
+
+
+@pytest.mark.parametrize("fail", ["write-description", "rename-description", "fsync"])
+def test_user_data_destroyed_failed_replace_keeps_both_files(tmp_path, capfd, monkeypatch, fail):
+    run, before = _old_table(tmp_path, capfd)
+    small_run(str(tmp_path / "run2"), seed=1)
+    real_replace, real_fsync, calls = os.replace, os.fsync, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if fail == "rename-description" and str(dst).endswith("t.json"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", replace)
+    if fail == "fsync":
+        monkeypatch.setattr(os, "fsync", fsync)
+    if fail == "write-description":  # the table's temporary file is complete; the description's fails
+        import budgetopt._io as io_module
+
+        real_write = io_module._Stream.write
+
+        def write(self, data):
+            if os.path.basename(self.name).startswith(".t.json."):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(self, data)
+
+        monkeypatch.setattr(io_module._Stream, "write", write)
+    code, out, err = run_cli(capfd, "lukv-table", tmp_path / "run2", "-o", tmp_path / "t.npy")
+    monkeypatch.undo()
+    one_error_line(code, out, err, "cannot be written")
+    assert {name: digest(tmp_path / name) for name in ("t.npy", "t.json")} == before
+    assert sorted(os.listdir(tmp_path)) == ["run", "run2", "t.json", "t.npy"]
+    if fail == "rename-description":  # the table was renamed first, then put back
+        assert [os.path.basename(c) for c in calls[:2]] == ["t.npy", "t.json"]
+
+
+def test_user_data_destroyed_numpy_writes_through_python_so_errors_surface(tmp_path):
+    """np.save on a real file writes through its descriptor and drops a late flush error; the
+    stream write_atomic hands out has no descriptor, so each write's error is raised."""
+    target = tmp_path / "t.npy"
+    target.write_bytes(b"old")
+    seen = []
+
+    def save(f):
+        seen.append(hasattr(f, "fileno"))
+        np.save(f, np.zeros(10))
+
+    write_atomic(target, save)
+    assert seen == [False] and np.load(target).tolist() == [0.0] * 10
+
+    def failing_save(f):
+        real = f.write
+
+        def write(data):
+            real(data)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        f.write = write
+        np.save(f, np.zeros(10))
+
+    target.write_bytes(b"old")
+    with pytest.raises(CurvesFileError, match="No space left"):
+        write_atomic(target, failing_save)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["t.npy"]
+
+
+def test_user_data_destroyed_group_write_refuses_one_file_twice(tmp_path):
+    with pytest.raises(CurvesFileError, match="written twice"):
+        write_atomic_group([(tmp_path / "a", lambda f: f.write(b"1")), (tmp_path / "a", lambda f: f.write(b"2"))])
+    assert os.listdir(tmp_path) == []
