@@ -18,8 +18,10 @@ starts with the file's name.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -41,6 +43,9 @@ __all__ = [
     "read_npz",
     "read_npy",
     "c_stdout_to_stderr",
+    "MAX_JSON_DEPTH",
+    "json_depth",
+    "loads_json",
 ]
 
 #: Default limit on the bytes one array of a ``.npz``/``.npy`` file may take once read (1 GiB).
@@ -485,6 +490,53 @@ def read_npy(path, *, max_bytes=None, mmap=False, what="a single .npy array"):
         raise
     except (OSError, ValueError, EOFError) as exc:
         raise CurvesFileError(f"{path}: not a readable .npy file ({_short(exc)})") from None
+
+
+# -- JSON --------------------------------------------------------------------------------------
+#: Deepest nesting of arrays and objects that budgetopt reads from a JSON text.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text):
+    """The deepest nesting of ``[`` and ``{`` in the JSON ``text`` (strings skipped), in O(len).
+
+    Examples
+    --------
+    >>> json_depth('{"a": [1, {"b": "[[["}]}')
+    3
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets.encode("ascii"), np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def loads_json(text, where, *, error=CurvesFileError, max_depth=MAX_JSON_DEPTH, standard=True):
+    """``json.loads(text)`` of JSON nested at most ``max_depth`` deep; otherwise ``error`` (a
+    budgetopt error type) whose message starts with ``where``. ``standard``: refuse NaN and
+    Infinity (False: read them, for a caller that checks each field and names it)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{where}: not valid UTF-8 ({exc.reason})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise error(f"{where}: JSON nested {depth} deep; at most {max_depth} levels are read")
+
+    def refuse(name):
+        raise ValueError(f"{name} is not standard JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse if standard else None)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise error(f"{where}: not valid JSON ({_short(exc)})") from None
 
 
 # -- C-level stdout ----------------------------------------------------------------------------

@@ -246,3 +246,81 @@ def test_user_data_destroyed_group_write_refuses_one_file_twice(tmp_path):
     with pytest.raises(CurvesFileError, match="written twice"):
         write_atomic_group([(tmp_path / "a", lambda f: f.write(b"1")), (tmp_path / "a", lambda f: f.write(b"2"))])
     assert os.listdir(tmp_path) == []
+
+
+# == 2. wrong answers ===========================================================================
+def _allocator_file(tmp_path):
+    from budgetopt import RequestAllocator
+
+    rng = np.random.default_rng(3)
+    scores = [rng.random((2, 2, 40)) for _ in range(3)]
+    oracles = [s ** 2 for s in scores]
+    ra = RequestAllocator.fit(oracles, scores, sink=1, window=1, shrinkage=0.5)
+    path = tmp_path / "ra.npz"
+    ra.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    return ra, path, arrays
+
+
+def _edit_allocator(path, arrays, *, meta_text=None, **changes):
+    out = dict(arrays)
+    meta = json.loads(str(arrays["meta"]))
+    for key, value in changes.items():
+        if key in out and key != "meta":
+            out[key] = value
+        else:
+            meta[key] = value
+    out["meta"] = np.array(meta_text if meta_text is not None else json.dumps(meta))
+    np.savez(path, **out)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"shrinkage": float("nan")}, "shrinkage"),
+    ({"shrinkage": 2.0}, "shrinkage"),
+    ({"shrinkage": -0.1}, "shrinkage"),
+    ({"shrinkage": "0.5"}, "shrinkage"),
+    ({"min_keep_fraction": float("nan")}, "min_keep_fraction"),
+    ({"min_keep_fraction": 1.0}, "min_keep_fraction"),
+    ({"sink": -1}, "sink"),
+    ({"sink": 1.5}, "sink"),
+    ({"sink": True}, "sink"),
+    ({"window": None}, "window"),
+    ({"features": "scores"}, "features"),
+    ({"features": ["scores", "scores"]}, "features"),
+    ({"info": [1, 2]}, "info"),
+    ({"fractions": lambda g: g[::-1].copy()}, "fractions"),              # reversed grid
+    ({"fractions": lambda g: g[[0, 2, 1, *range(3, g.size)]]}, "fractions"),  # unsorted
+    ({"fractions": lambda g: np.where(g == 1.0, np.nan, g)}, "fractions"),
+    ({"weight": np.full((2, 2), 2.0)}, "weight"),
+    ({"weight": np.zeros((0, 2))}, "weight"),
+])
+def test_wrong_answer_allocator_load_checks_every_field_like_fit(tmp_path, change, match):
+    from budgetopt import RequestAllocator
+
+    ra, path, arrays = _allocator_file(tmp_path)
+    change = {k: v(arrays[k]) if callable(v) else v for k, v in change.items()}
+    _edit_allocator(path, arrays, **change)
+    with pytest.raises(CurvesFileError, match=match) as info:
+        RequestAllocator.load(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_wrong_answer_allocator_load_round_trip_is_unchanged(tmp_path):
+    from budgetopt import RequestAllocator
+
+    ra, path, arrays = _allocator_file(tmp_path)
+    again = RequestAllocator.load(path)
+    scores = np.random.default_rng(9).random((2, 2, 50))
+    assert (again.shrinkage, again.sink, again.window, again.min_keep_fraction) == (0.5, 1, 1, ra.min_keep_fraction)
+    np.testing.assert_array_equal(again.allocate(scores, 80).budgets, ra.allocate(scores, 80).budgets)
+
+
+def test_wrong_answer_allocator_min_total_budget_is_every_heads_floor(tmp_path):
+    ra, _, _ = _allocator_file(tmp_path)
+    for length in (3, 10, 50, 400):
+        floor = min(max(round(ra.min_keep_fraction * length), ra.sink + ra.window), length)
+        assert ra.min_total_budget(length) == ra.layers * ra.kv_heads * floor
+        if length > ra.sink + ra.window:  # the smallest total allocate accepts
+            assert int(ra.allocate(np.ones((2, 2, length)), ra.min_total_budget(length)).budgets.sum()) \
+                == ra.min_total_budget(length)

@@ -472,19 +472,35 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     device = _resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # a broken tokenizer.json raises KeyError, Exception, ...
         raise CurvesFileError(f"{model_dir}: no usable tokenizer ({_first_line(exc)})") from None
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one line of output per command, not a loading bar
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing weights are reported below, as an error
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype]
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype],
+            output_loading_info=True,
         )
-    except (OSError, ValueError) as exc:
+    except (KeyboardInterrupt, SystemExit, MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # a truncated or corrupt weights file raises whatever its reader raises
         raise CurvesFileError(f"{model_dir}: the model could not be loaded ({_first_line(exc)})") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        total = sum(1 for _ in model.state_dict())
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise CurvesFileError(
+            f"{model_dir}: the weights hold {total - len(missing)} of the model's {total} tensors "
+            f"(missing {len(missing)}: {shown}); profiling would use random weights"
+        )
     return model.to(device).eval(), tokenizer
 
 

@@ -1,0 +1,138 @@
+"""Hostile input at the torch front doors of profiling (issue 20): model folders, devices,
+budgets near the int64 limits, per-request presses on short prompts.
+
+Named after the class of failure each test guards against, as in
+tests/test_front_doors_profiling.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("kvpress")
+
+import budgetopt  # noqa: E402
+from budgetopt.errors import CurvesFileError  # noqa: E402
+from budgetopt.torch import compact, keep_mask  # noqa: E402
+from helpers import run_cli  # noqa: E402
+import transformers  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+torch.set_num_threads(1)
+WORDS = "the a cat dog sat ran on mat what who where did".split()
+
+
+def make_tokenizer():
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>")
+
+
+def make_model(max_positions=256):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=3 + len(WORDS), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2)
+    config._attn_implementation = "sdpa"
+    return transformers.LlamaForCausalLM(config).eval()
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def one_error_line(code, out, err, *needles):
+    assert code == 2, err
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_model().save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def copy_model(model_dir, dest):
+    dest.mkdir()
+    for name in os.listdir(model_dir):
+        (dest / name).write_bytes((model_dir / name).read_bytes())
+    return dest
+
+
+@pytest.fixture
+def calib(tmp_path):
+    path = tmp_path / "calib.jsonl"
+    path.write_text(json.dumps({"context": "the cat sat on the mat the dog ran on the mat", "questions": ["who sat"]}) + "\n")
+    return path
+
+
+# == 2. wrong answers ===========================================================================
+@pytest.mark.parametrize("budget", [INT64_MIN, INT64_MIN + 1, -(2**62), INT64_MAX, 2**62])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_wrong_answer_budgets_near_the_int64_limits_do_not_wrap(ref, budget, as_tensor):
+    scores = ref.random_scores((2, 3, 20), torch.float32, seed=4)
+    budgets = np.array([[budget, 5, budget], [0, budget, 7]], dtype=np.int64)
+    given = torch.as_tensor(budgets) if as_tensor else budgets
+    expected = ref.keep_mask(scores, np.clip(budgets, 0, 20), sink=1, window=1)
+    np.testing.assert_array_equal(keep_mask(scores, given, sink=1, window=1).numpy(), expected)
+    keys, values = torch.randn(2, 3, 20, 4), torch.randn(2, 3, 20, 4)
+    out = compact(keys, values, scores, given, sink=1, window=1)
+    np.testing.assert_array_equal(out.lengths.numpy(), expected.sum(axis=-1))
+
+
+def test_wrong_answer_model_folder_without_the_models_weights_is_refused(model_dir, calib, tmp_path, capfd):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    for name, kept in (("none", {"unrelated.weight": torch.zeros(3)}),
+                       ("some", dict(list(weights.items())[:3]))):
+        folder = copy_model(model_dir, tmp_path / name)
+        save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+        code, out, err = run_cli(capfd, "profile", folder, "--calibration", calib, "--scorer", "knorm",
+                                 "-o", tmp_path / f"run-{name}", "--max-new-tokens", 2, "--device", "cpu")
+        one_error_line(code, out, err, str(folder), "of the model's", "random weights")
+        assert not (tmp_path / f"run-{name}").exists()
+    # the complete folder still profiles
+    code, _, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm",
+                           "-o", tmp_path / "run", "--max-new-tokens", 2, "--device", "cpu")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("length", [3, 5, 6, 9])
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_wrong_answer_request_press_keeps_protected_tokens_on_short_prompts(length, layerwise):
+    """At 0.99 compression of a short prompt every head keeps its floor (its protected
+    tokens), as BudgetPress does, instead of raising mid-forward."""
+    from kvpress import KnormPress
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from budgetopt.torch.request_press import RequestBudgetPress
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa",
+                                         pad_token_id=0)).eval()
+    rng = np.random.default_rng(0)
+    scores = [rng.gamma(0.5, size=(2, 2, 40)) for _ in range(2)]
+    ra = budgetopt.RequestAllocator.fit([s ** 2 for s in scores], scores, sink=2, window=3, shrinkage=0.5)
+    press = RequestBudgetPress(KnormPress(), ra, compression_ratio=0.99, layerwise=layerwise)
+    ids = torch.randint(1, 64, (2, length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), press(model):
+        model.model(input_ids=ids, past_key_values=DynamicCache())
+    floor = min(max(round(ra.min_keep_fraction * length), ra.sink + ra.window), length)
+    for block in model.model.layers:
+        indices = block.self_attn.masked_key_indices
+        kept = np.full((2, 2), length)
+        if indices is not None:
+            b, h, _ = (i.numpy() for i in indices)
+            np.subtract.at(kept, (b, h), 1)
+        assert (kept == floor).all(), kept
