@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import read_npz, write_atomic
+from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .curves import Curves
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
@@ -36,6 +36,11 @@ __all__ = ["ProfileRun", "load_profile_run", "parse_shard", "lukv_table_from_run
 FORMAT = "budgetopt-profile/1"
 #: ``"format"`` of the JSON file written beside a table built from runs.
 TABLE_FORMAT = "budgetopt-lukv-table/1"
+
+#: Most pairs a run may hold (a run is a calibration set, not a corpus); guards readers of meta.json.
+MAX_RUN_PAIRS = 10**6
+#: Largest meta.json read.
+MAX_META_BYTES = 16 * 2**20
 
 _PAIR_FILE = re.compile(r"^c(\d{5,})_q(\d{3,})\.npz$")
 _MEMBERS = ("oracle", "scores", "value_norms")
@@ -114,24 +119,94 @@ def _difference(a, b, prefix=""):
 
 # -- writing -------------------------------------------------------------------------------
 def read_run_meta(run_dir):
-    """The ``meta.json`` of ``run_dir`` as a dict, or :class:`CurvesFileError`."""
+    """The ``meta.json`` of ``run_dir`` as a dict, or :class:`CurvesFileError`.
+
+    Every field a reader uses is checked (:func:`check_run_meta`); the file must be a regular
+    file of at most 16 MiB holding standard JSON nested at most 64 deep."""
     run_dir = Path(run_dir)
     path = run_dir / "meta.json"
     if not run_dir.is_dir():
         raise CurvesFileError(f"{run_dir}: no such profile run directory")
-    if not path.is_file():
+    if not path.exists():
         raise CurvesFileError(f"{run_dir}: not a profile run directory (no meta.json)")
+    check_input_file(path, "profile run's meta.json")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CurvesFileError(f"{path}: {path.stat().st_size} bytes; a run's meta.json holds at most {MAX_META_BYTES}")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CurvesFileError(f"{path}: not a readable JSON file ({exc})") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    meta = loads_json(data, str(path))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CurvesFileError(f"{path}: not a budgetopt profile run (format {found!r}, expected {FORMAT!r})")
+    check_run_meta(meta, path)
+    return meta
+
+
+def _is_count(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**62
+
+
+def check_run_meta(meta, path):
+    """Check the fields of a run's ``meta.json`` that readers use; ``path`` names the file.
+
+    ``layers`` and ``kv_heads`` are whole numbers >= 1; ``n_pairs`` a whole number in
+    ``[1, MAX_RUN_PAIRS]``; ``questions`` (optional) a list of whole numbers >= 1 adding up to
+    ``n_pairs``; ``context_tokens`` (optional) one whole number >= 1 per context; ``sink`` and
+    ``window`` whole numbers >= 0 or null; ``scorer``, ``model``, ``calibration`` and
+    ``identity`` objects; ``shard`` null, ``"K/N"`` or a list of those (a merged run).
+    A wrong field raises :class:`CurvesFileError` naming the file and the field.
+    """
+
+    def bad(field, rule, value):
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CurvesFileError(f"{path}: field {field!r} must be {rule}; got {shown}")
+
     for key in ("layers", "kv_heads", "n_pairs"):
         if key not in meta:
             raise CurvesFileError(f"{path}: missing key {key!r}")
-    return meta
+    for key in ("layers", "kv_heads"):
+        if not _is_count(meta[key], 1) or meta[key] > 2**20:
+            bad(key, "a whole number in [1, 2**20]", meta[key])
+    if not _is_count(meta["n_pairs"], 1) or meta["n_pairs"] > MAX_RUN_PAIRS:
+        bad("n_pairs", f"a whole number in [1, {MAX_RUN_PAIRS}]", meta["n_pairs"])
+    questions = meta.get("questions")
+    if "questions" in meta:
+        if (not isinstance(questions, list) or not questions or len(questions) > MAX_RUN_PAIRS
+                or not all(_is_count(n, 1) for n in questions)):
+            bad("questions", "a non-empty list of whole numbers >= 1 (questions per context)", questions)
+        if sum(questions) != meta["n_pairs"]:
+            bad("questions", f"a list adding up to n_pairs = {meta['n_pairs']}", questions)
+    if "n_contexts" in meta and questions is not None and meta["n_contexts"] != len(questions):
+        bad("n_contexts", f"the length of 'questions' ({len(questions)})", meta["n_contexts"])
+    if "context_tokens" in meta:
+        tokens = meta["context_tokens"]
+        n = len(questions) if questions is not None else None
+        if (not isinstance(tokens, list) or (n is not None and len(tokens) != n) or len(tokens) > MAX_RUN_PAIRS
+                or not all(_is_count(t, 1) for t in tokens)):
+            rule = "a list of whole numbers >= 1" + (f", one per context ({n})" if n is not None else "")
+            bad("context_tokens", rule, tokens)
+    for key in ("sink", "window"):
+        if meta.get(key) is not None and not _is_count(meta[key]):
+            bad(key, "a whole number >= 0 or null", meta[key])
+    for key in ("scorer", "model", "calibration", "identity"):
+        if key in meta and not isinstance(meta[key], dict):
+            bad(key, "a JSON object", meta[key])
+    if isinstance(meta.get("scorer"), dict) and not isinstance(meta["scorer"].get("name", ""), str):
+        bad("scorer.name", "a string", meta["scorer"]["name"])
+    shard = meta.get("shard")
+    shards = shard if isinstance(shard, list) else [shard]
+    for one in shards:
+        if one is not None:
+            try:
+                parse_shard(one if isinstance(one, str) else None)
+            except InvalidInputError:
+                one = None
+                bad("shard", "null or 'K/N'", shard)
+            if not isinstance(one, str):
+                bad("shard", "null or 'K/N'", shard)
 
 
 def open_run_dir(run_dir, meta, *, resume=True):
@@ -270,10 +345,10 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
                 f"context tokens); got {arr.dtype} {arr.shape}"
             )
         out[name] = arr
-    try:
-        pair_meta = json.loads(str(archive["meta"].item()))
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: member 'meta' is not a JSON string ({exc})") from None
+    text = archive["meta"]
+    if text.dtype.kind != "U" or text.ndim != 0:
+        raise CurvesFileError(f"{path}: member 'meta' must be one JSON string; got {text.dtype} {text.shape}")
+    pair_meta = loads_json(str(text.item()), f"{path}: member 'meta' is not a JSON string")
     if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get("question")) != (context, question):
         raise CurvesFileError(f"{path}: its meta does not name context {context}, question {question}")
     return out["oracle"], out.get("scores"), out.get("value_norms"), pair_meta

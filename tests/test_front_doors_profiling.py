@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -324,3 +325,82 @@ def test_wrong_answer_allocator_min_total_budget_is_every_heads_floor(tmp_path):
         if length > ra.sink + ra.window:  # the smallest total allocate accepts
             assert int(ra.allocate(np.ones((2, 2, length)), ra.min_total_budget(length)).budgets.sum()) \
                 == ra.min_total_budget(length)
+
+
+# == 3. crashes instead of refusals ==============================================================
+def test_crash_lone_surrogate_in_calibration_is_refused(tmp_path, capfd):
+    from budgetopt.calibration import read_calibration
+    from budgetopt.errors import InvalidInputError
+
+    for line, field in (('{"context": "ab\\ud800cd", "questions": ["q"]}', "context"),
+                        ('{"context": "abc", "questions": ["q\\udfff"]}', "questions[0]"),
+                        ('{"context": "abc", "questions": [{"question": "q", "answer_prefix": "\\ud83d"}]}',
+                         "questions[0] answer_prefix")):
+        calib = tmp_path / "calib.jsonl"
+        calib.write_text('{"context": "fine", "questions": ["q"]}\n' + line + "\n")
+        with pytest.raises(InvalidInputError, match=rf"calib.jsonl:2: {re.escape(field)}.*lone surrogate"):
+            read_calibration(calib)
+        code, out, err = run_cli(capfd, "profile", tmp_path, "--calibration", calib, "--scorer", "knorm",
+                                 "-o", tmp_path / "run")
+        one_error_line(code, out, err, "calib.jsonl:2", "lone surrogate")
+    # a surrogate pair written as two escapes is one character, and fine
+    calib.write_text('{"context": "smile \\ud83d\\ude00", "questions": ["q"]}\n')
+    assert read_calibration(calib).contexts[0].context == "smile \U0001F600"
+
+
+def test_crash_deeply_nested_json_is_refused_everywhere(tmp_path, capfd):
+    from budgetopt import RequestAllocator
+    from budgetopt.calibration import read_calibration
+    from budgetopt.errors import InvalidInputError
+
+    deep = "[" * 100_000 + "]" * 100_000
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"context": "abc", "questions": ["q"], "extra": ' + deep + "}\n")
+    with pytest.raises(InvalidInputError, match="calib.jsonl:1: JSON nested 100001 deep; at most 64"):
+        read_calibration(calib)
+    # meta.json of a run
+    run = small_run(str(tmp_path / "run"))
+    meta = json.loads(open(os.path.join(run, "meta.json")).read())
+    text = json.dumps(meta)[:-1] + ', "extra": ' + deep + "}"
+    open(os.path.join(run, "meta.json"), "w").write(text)
+    code, out, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    one_error_line(code, out, err, "meta.json: JSON nested")
+    # a pair file's meta
+    run2 = small_run(str(tmp_path / "run2"))
+    pair = os.path.join(run2, "pairs", "c00000_q000.npz")
+    with np.load(pair) as f:
+        members = {k: f[k] for k in f.files}
+    members["meta"] = np.array('{"context": 0, "question": 0, "x": ' + deep + "}")
+    np.savez(pair, **members)
+    code, out, err = run_cli(capfd, "curves", run2, "-o", tmp_path / "c.npz")
+    one_error_line(code, out, err, "c00000_q000.npz: member 'meta'", "nested")
+    # an allocator's meta
+    _, path, arrays = _allocator_file(tmp_path)
+    meta = json.loads(str(arrays["meta"]))
+    _edit_allocator(path, arrays, meta_text=json.dumps(meta)[:-1] + ', "x": ' + deep + "}")
+    with pytest.raises(CurvesFileError, match="key 'meta': JSON nested"):
+        RequestAllocator.load(path)
+    assert not (tmp_path / "t.npy").exists() and not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("layers", "3"), ("layers", 0), ("layers", True), ("kv_heads", 2.0), ("kv_heads", None),
+    ("n_pairs", -1), ("n_pairs", 10**12), ("questions", [2, "1"]), ("questions", [2, 0]),
+    ("questions", {"a": 1}), ("questions", [2, 2]), ("context_tokens", [30]), ("context_tokens", [30, -5]),
+    ("context_tokens", "30"), ("sink", -2), ("sink", "2"), ("window", 1.5), ("scorer", "knorm"),
+    ("scorer", {"name": 3}), ("model", ["tiny"]), ("shard", 3), ("shard", "2/1"), ("n_contexts", 7),
+])
+def test_crash_hand_edited_meta_json_names_the_file_and_field(tmp_path, capfd, field, value):
+    from budgetopt import load_profile_run
+
+    run = small_run(str(tmp_path / "run"))
+    path = os.path.join(run, "meta.json")
+    meta = json.loads(open(path).read())
+    meta[field] = value
+    open(path, "w").write(json.dumps(meta))
+    shown = field.split(".")[0]
+    with pytest.raises(CurvesFileError, match=rf"meta.json: field '{shown}"):
+        load_profile_run(run)
+    for command in ("lukv-table", "curves"):
+        code, out, err = run_cli(capfd, command, run, "-o", tmp_path / ("t.npy" if command == "lukv-table" else "c.npz"))
+        one_error_line(code, out, err, "meta.json", f"field '{shown}")

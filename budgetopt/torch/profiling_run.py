@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int
+from .._io import check_input_file, loads_json
 from ..calibration import Calibration, read_calibration
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
@@ -100,6 +101,9 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
     for ctx in calibration.contexts:
         where = f"{calibration.path}:{ctx.line}"
         context_text, suffix = _template_parts(tokenizer, ctx.context)
+        _refuse_long_text(tokenizer, context_text, max_length, f"{where}: the context")
+        for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
+            _refuse_long_text(tokenizer, question + suffix + prefix, max_length, f"{where}: questions[{i}]")
         context_ids = tuple(tokenizer.encode(context_text, add_special_tokens=False))
         if len(context_ids) <= sink + window:
             raise InvalidInputError(
@@ -121,6 +125,39 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
             questions.append(ids)
         encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line))
     return encoded
+
+
+#: Characters tokenized to test a long text against the model's maximum length, per token.
+_PROBE_CHARS_PER_TOKEN = 32
+#: Longer texts than this many characters per token of the maximum length are refused unread.
+_MAX_CHARS_PER_TOKEN = 1024
+
+
+def _refuse_long_text(tokenizer, text, max_length, what):
+    """Refuse ``text`` that cannot fit ``max_length`` tokens, without tokenizing it whole.
+
+    A text of more than ``1024 * max_length`` characters is refused outright (no tokenizer
+    averages a kilobyte per token). A text of more than ``32 * (max_length + 16)`` characters
+    has that prefix tokenized first: more than ``max_length + 8`` tokens there (a prefix can
+    split at most a token or two differently from the whole) proves the whole too long. Cost:
+    O(max_length) characters tokenized, whatever the text's length.
+    """
+    if max_length is None:
+        return
+    max_length = int(max_length)
+    if len(text) > _MAX_CHARS_PER_TOKEN * max_length:
+        raise InvalidInputError(
+            f"{what} has {len(text):,} characters: too long for the model's maximum length of {max_length} "
+            f"tokens (refused before tokenizing; at most {_MAX_CHARS_PER_TOKEN} characters per token)"
+        )
+    probe = _PROBE_CHARS_PER_TOKEN * (max_length + 16)
+    if len(text) > probe:
+        n = len(tokenizer.encode(text[:probe], add_special_tokens=False))
+        if n > max_length + 8:
+            raise InvalidInputError(
+                f"{what} exceeds the model's maximum length ({max_length} tokens): its first {probe:,} of "
+                f"{len(text):,} characters already make {n} tokens"
+            )
 
 
 def _check_int(value, name, low):
@@ -459,9 +496,13 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
             "index or pytorch_model.bin)"
         )
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, OSError, AttributeError) as exc:
-        raise CurvesFileError(f"{config_path}: not a readable JSON object ({exc})") from None
+        config_bytes = _read_small(config_path)
+    except OSError as exc:
+        raise CurvesFileError(f"{config_path}: cannot be read ({exc.strerror or exc})") from None
+    config = loads_json(config_bytes, str(config_path), standard=False)
+    if not isinstance(config, dict):
+        raise CurvesFileError(f"{config_path}: not a JSON object")
+    model_type = config.get("model_type")
     if model_type not in profiler.SUPPORTED_MODEL_TYPES:
         raise InvalidInputError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported model types: "
@@ -472,7 +513,7 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     device = _resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except MemoryError:
         raise
     except Exception as exc:  # a broken tokenizer.json raises KeyError, Exception, ...
         raise CurvesFileError(f"{model_dir}: no usable tokenizer ({_first_line(exc)})") from None
@@ -485,7 +526,7 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
             str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype],
             output_loading_info=True,
         )
-    except (KeyboardInterrupt, SystemExit, MemoryError, RecursionError):
+    except MemoryError:
         raise
     except Exception as exc:  # a truncated or corrupt weights file raises whatever its reader raises
         raise CurvesFileError(f"{model_dir}: the model could not be loaded ({_first_line(exc)})") from None
@@ -504,6 +545,15 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     return model.to(device).eval(), tokenizer
 
 
+def _read_small(path, limit=16 * 2**20):
+    """The bytes of the regular file ``path`` (at most ``limit``; a JSON config is small)."""
+    path = check_input_file(path, "JSON file")
+    if os.path.getsize(path) > limit:
+        raise CurvesFileError(f"{path}: {os.path.getsize(path)} bytes; a JSON file here holds at most {limit}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _first_line(exc):
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -520,6 +570,28 @@ def _resolve_device(device):
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
         raise InvalidInputError(f"`device` {device!r} is not a torch device (try cpu, cuda, cuda:1)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"`device` {device!r}: CUDA is not available on this machine")
+    if resolved.type == "cpu":
+        return resolved
+    backends = {
+        "cuda": ("CUDA", lambda: torch.cuda.is_available(), lambda: torch.cuda.device_count()),
+        "mps": ("MPS (Apple GPU)", lambda: torch.backends.mps.is_available(), lambda: 1),
+        "xpu": ("XPU (Intel GPU)", lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+                lambda: torch.xpu.device_count()),
+    }
+    if resolved.type not in backends:
+        raise InvalidInputError(
+            f"`device` {device!r}: profiling runs on cpu, cuda, mps or xpu devices, not {resolved.type!r}"
+        )
+    name, available, count = backends[resolved.type]
+    try:
+        present = bool(available())
+        devices = int(count()) if present else 0
+    except Exception:  # a backend that fails to initialise is not there
+        present, devices = False, 0
+    if not present:
+        raise InvalidInputError(f"`device` {device!r}: {name} is not available on this machine")
+    if resolved.index is not None and resolved.index >= devices:
+        raise InvalidInputError(
+            f"`device` {device!r}: this machine has {devices} {resolved.type} device(s) (indices 0..{devices - 1})"
+        )
     return resolved

@@ -136,3 +136,65 @@ def test_wrong_answer_request_press_keeps_protected_tokens_on_short_prompts(leng
             b, h, _ = (i.numpy() for i in indices)
             np.subtract.at(kept, (b, h), 1)
         assert (kept == floor).all(), kept
+
+
+# == 3. crashes instead of refusals ==============================================================
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta", "cuda", "cuda:7", "hpu", "cpu:0"])
+def test_crash_devices_that_are_not_there_are_refused(model_dir, calib, tmp_path, capfd, device):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    if device == "cpu:0":  # a CPU index is still the CPU
+        from budgetopt.torch.profiling_run import _resolve_device
+
+        assert _resolve_device(device).type == "cpu"
+        return
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    code, out, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm",
+                             "-o", tmp_path / "run", "--device", device)
+    one_error_line(code, out, err, f"`device` {device!r}")
+    assert not (tmp_path / "run").exists()
+
+
+def _broken_folders(model_dir, base):
+    weights = (model_dir / "model.safetensors").read_bytes()
+    cases = {
+        "truncated weights": ("model.safetensors", weights[: len(weights) // 2]),
+        "weights header only": ("model.safetensors", weights[:40]),
+        "empty weights": ("model.safetensors", b""),
+        "broken tokenizer.json": ("tokenizer.json", b'{"version": "1.0", "model": {"type": "WordLevel"}}'),
+        "tokenizer.json not JSON": ("tokenizer.json", b"\x00\x01garbage"),
+        "deep tokenizer.json": ("tokenizer.json", b"[" * 100_000 + b"]" * 100_000),
+        "deep config.json": ("config.json", b'{"model_type": "llama", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "config.json a list": ("config.json", b"[1, 2]"),
+    }
+    for i, (name, (file, data)) in enumerate(cases.items()):
+        folder = copy_model(model_dir, base / f"m{i}")
+        (folder / file).write_bytes(data)
+        yield name, folder, file
+
+
+def test_crash_corrupt_model_folders_are_refused(model_dir, calib, tmp_path, capfd):
+    for name, folder, file in _broken_folders(model_dir, tmp_path):
+        code, out, err = run_cli(capfd, "profile", folder, "--calibration", calib, "--scorer", "knorm",
+                                 "-o", tmp_path / "run", "--device", "cpu", "--max-new-tokens", 2)
+        assert code == 2, (name, err)
+        one_error_line(code, out, err, str(folder))
+        assert not (tmp_path / "run").exists(), name
+
+
+def test_crash_tiny_temperature_samples_its_limit_greedy(model_dir, calib, tmp_path, capfd):
+    from budgetopt.torch.profiling_run import profile_model
+
+    model, tokenizer = make_model(), make_tokenizer()
+    greedy = profile_model(model, tokenizer, calib, scorer="knorm", max_new_tokens=4, progress=False)
+    for temperature in (1e-300, 5e-324):
+        sampled = profile_model(model, tokenizer, calib, scorer="knorm", max_new_tokens=4, progress=False,
+                                sampling=True, temperature=temperature)
+        assert [m["new_tokens"] for m in sampled.pair_meta] == [m["new_tokens"] for m in greedy.pair_meta]
+        for a, b in zip(sampled.oracles, greedy.oracles):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    code, _, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm", "-o",
+                           tmp_path / "run", "--device", "cpu", "--max-new-tokens", 3, "--sample",
+                           "--temperature", "1e-300")
+    assert code == 0, err
