@@ -371,6 +371,16 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _magic(path):
+    """The first bytes of ``path``, after checking it is a regular file (a FIFO or device named
+    like a data file would block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise CurvesFileError(f"{path}: is a directory, not a NumPy file")
+    if not stat.S_ISREG(mode):
+        raise CurvesFileError(f"{path}: is not a regular file (a device, FIFO or socket), not a NumPy file")
     try:
         with open(path, "rb") as f:
             return f.read(6)
@@ -420,7 +430,9 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
     Each member is checked before it is read: its stored (uncompressed) size and the shape
     and dtype in its header must fit :func:`max_array_bytes` ``(max_bytes)``, or the limit
     that ``max_bytes_of`` (a dict key -> bytes) sets for that key, and it must not be an
-    object array. A zip bomb is refused in milliseconds, by its declared sizes alone.
+    object array. The members read must also fit that limit together (a file of many
+    arrays, each under the limit, is refused as a whole). A zip bomb is refused in
+    milliseconds, by its declared sizes alone. Only a regular file is opened.
     """
     path = as_path(path)
     limit = max_array_bytes(max_bytes)
@@ -438,10 +450,9 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
         for info in archive.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             members.setdefault(key, info)
-        out = {}
-        for key in keys:
-            if key not in members:
-                continue
+        present = [key for key in keys if key in members]
+        declared = 0
+        for key in present:  # every header first: nothing is inflated before all fit
             info = members[key]
             where = f"{path}: member {key!r}"
             key_limit = min(limit, (max_bytes_of or {}).get(key, limit))
@@ -451,13 +462,26 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
                 )
             try:
                 with archive.open(info) as f:
-                    _read_header(f, where, key_limit, info.file_size)
-                with archive.open(info) as f:
+                    shape, _, dtype = _read_header(f, where, key_limit, info.file_size)
+            except CurvesFileError:
+                raise
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+                raise CurvesFileError(f"{where} is unreadable ({_short(exc)})") from None
+            declared += math.prod(shape) * dtype.itemsize
+        if declared > limit:
+            raise CurvesFileError(
+                f"{path}: its arrays would expand to {_size(declared)} together, above the limit of "
+                f"{_size(limit)} per file (raise it with max_bytes= or the environment variable "
+                f"{MAX_ARRAY_BYTES_ENV})"
+            )
+        out = {}
+        for key in present:
+            where = f"{path}: member {key!r}"
+            try:
+                with archive.open(members[key]) as f:
                     out[key] = np.lib.format.read_array(
                         f, allow_pickle=False, max_header_size=_HEADER_LIMIT
                     )
-            except CurvesFileError:
-                raise
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
                 raise CurvesFileError(f"{where} is unreadable ({_short(exc)})") from None
     return out

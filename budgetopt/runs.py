@@ -328,7 +328,13 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
     if length is None and "context_tokens" in meta:
         length = int(meta["context_tokens"][context])
     wanted = _MEMBERS if need_context_arrays else ("oracle",)
-    archive = read_npz(path, (*wanted, "meta"))
+    limits = None
+    if length is not None:  # the shape is known: refuse a larger member before inflating it
+        # (room for 8-byte floats, so that a float64 array of the right shape gets its own message)
+        expected = int(meta["layers"]) * int(meta["kv_heads"]) * int(length) * 8
+        limits = {name: expected for name in wanted}
+        limits["meta"] = MAX_META_BYTES
+    archive = read_npz(path, (*wanted, "meta"), max_bytes_of=limits)
     missing = [m for m in (*wanted, "meta") if m not in archive]
     if missing:
         raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
@@ -425,6 +431,8 @@ def load_profile_run(*paths, partial=False):
             match = _PAIR_FILE.match(entry)
             if not match:
                 continue
+            if not (pairs_dir / entry).is_file():  # a FIFO or device would block or never end
+                raise CurvesFileError(f"{pairs_dir / entry}: is not a regular file (a pair file must be one)")
             key = (int(match.group(1)), int(match.group(2)))
             if recorded and key not in expected_set:
                 raise CurvesFileError(

@@ -404,3 +404,97 @@ def test_crash_hand_edited_meta_json_names_the_file_and_field(tmp_path, capfd, f
     for command in ("lukv-table", "curves"):
         code, out, err = run_cli(capfd, command, run, "-o", tmp_path / ("t.npy" if command == "lukv-table" else "c.npz"))
         one_error_line(code, out, err, "meta.json", f"field '{shown}")
+
+
+# == 4. unbounded memory or time =================================================================
+def test_unbounded_zip_bomb_pair_is_refused_by_the_shape_the_meta_promises(tmp_path, capfd, monkeypatch):
+    run = small_run(str(tmp_path / "run"))
+    pair = os.path.join(run, "pairs", "c00000_q001.npz")
+    with np.load(pair) as f:
+        members = {k: f[k] for k in f.files}
+    members["oracle"] = np.zeros((LAYERS, KV, 2_000_000), np.float32)  # 48 MB of zeros, ~50 kB compressed
+    np.savez_compressed(pair, **members)
+    assert os.path.getsize(pair) < 1_000_000
+    reads = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: reads.append(1) or real(f, *a, **k))
+    from budgetopt import load_profile_run
+
+    with pytest.raises(CurvesFileError, match=r"c00000_q001.npz: member 'oracle' would expand to 45.8 MiB"):
+        load_profile_run(run)
+    # context 0's first pair was read whole (3 arrays + meta); nothing of the bomb was inflated
+    assert len(reads) == 4
+    monkeypatch.undo()
+    code, out, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    one_error_line(code, out, err, "c00000_q001.npz", "would expand")
+
+
+def test_unbounded_read_npz_caps_a_files_total(tmp_path):
+    from budgetopt._io import read_npz
+
+    path = tmp_path / "many.npz"
+    np.savez(path, **{f"a{i}": np.zeros(100) for i in range(5)})  # 800 bytes each, 4000 together
+    assert len(read_npz(path, [f"a{i}" for i in range(5)], max_bytes=4096)) == 5
+    with pytest.raises(CurvesFileError, match=r"many.npz: its arrays would expand to .* together, above the limit"):
+        read_npz(path, [f"a{i}" for i in range(5)], max_bytes=3000)
+    assert len(read_npz(path, ["a0", "a1"], max_bytes=3000)) == 2
+
+
+def test_unbounded_fifo_named_like_a_pair_file_does_not_hang(tmp_path):
+    run = small_run(str(tmp_path / "run"))
+    pair = os.path.join(run, "pairs", "c00001_q000.npz")
+    os.unlink(pair)
+    os.mkfifo(pair)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for argv in (["curves", run, "-o", str(tmp_path / "c.npz")], ["lukv-table", run, "-o", str(tmp_path / "t.npy")]):
+        proc = subprocess.run([sys.executable, "-m", "budgetopt", *argv], capture_output=True, text=True,
+                              env=env, timeout=120)
+        one_error_line(proc.returncode, proc.stdout, proc.stderr, "c00001_q000.npz", "not a regular file")
+    from budgetopt._io import read_npy, read_npz
+
+    for reader in (lambda p: read_npz(p, ["oracle"]), read_npy):
+        with pytest.raises(CurvesFileError, match="not a regular file"):
+            reader(pair)
+
+
+@pytest.mark.parametrize("questions", [[10**9], [10**6, 1], [2, 10**7]])
+def test_unbounded_pair_counts_in_meta_json_are_capped(tmp_path, capfd, questions):
+    run = small_run(str(tmp_path / "run"))
+    path = os.path.join(run, "meta.json")
+    meta = json.loads(open(path).read())
+    meta.update(questions=questions, n_pairs=sum(questions), context_tokens=[LENGTH] * len(questions),
+                n_contexts=len(questions))
+    open(path, "w").write(json.dumps(meta))
+    code, out, err = run_cli(capfd, "lukv-table", run, "-o", tmp_path / "t.npy")
+    one_error_line(code, out, err, "meta.json: field 'n_pairs'")
+
+
+def test_unbounded_counts_in_meta_json_are_checked_against_the_files(tmp_path, capfd):
+    run = small_run(str(tmp_path / "run"))
+    path = os.path.join(run, "meta.json")
+    meta = json.loads(open(path).read())
+    meta.update(questions=[2, 10**6 - 2], n_pairs=10**6, context_tokens=[LENGTH, LENGTH])
+    open(path, "w").write(json.dumps(meta))
+    code, out, err = run_cli(capfd, "curves", run, "-o", tmp_path / "c.npz")
+    one_error_line(code, out, err, "999997 of 1000000 pairs are missing")
+
+
+def test_unbounded_plot_heads_are_capped_and_deduplicated(tmp_path, capfd):
+    pytest.importorskip("matplotlib")
+    from budgetopt import plot
+    from budgetopt.errors import InvalidInputError
+
+    utility = np.cumsum(np.random.default_rng(0).random((10, 10, 6)), axis=-1)
+    curves = Curves(utility, np.arange(1, 7))
+    path = tmp_path / "c.npz"
+    save_curves(path, curves)
+    many = [f"{i % 10},{(i // 10) % 10}" for i in range(5000)]   # 100 distinct heads
+    code, out, err = run_cli(capfd, "plot", path, "--heads", *many, "-o", tmp_path / "f.png")
+    one_error_line(code, out, err, "--heads: at most 64 distinct heads", "got 100")
+    code, _, err = run_cli(capfd, "plot", path, "--heads", *(["0,0", "1,1"] * 500), "-o", tmp_path / "f.png")
+    assert code == 0, err
+    fig = plot.curves_figure(curves, [(0, 0), (1, 1), (0, 0)])
+    assert [line.get_label() for line in fig.axes[0].lines] == [
+        "curve (0, 0)", "hull (0, 0)", "curve (1, 1)", "hull (1, 1)"]
+    with pytest.raises(InvalidInputError, match="at most 64 distinct heads; got 65"):
+        plot.curves_figure(curves, [(i // 10, i % 10) for i in range(65)])

@@ -8,6 +8,7 @@ tests/test_front_doors_profiling.py.
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import numpy as np
@@ -198,3 +199,35 @@ def test_crash_tiny_temperature_samples_its_limit_greedy(model_dir, calib, tmp_p
                            tmp_path / "run", "--device", "cpu", "--max-new-tokens", 3, "--sample",
                            "--temperature", "1e-300")
     assert code == 0, err
+
+
+# == 4. unbounded memory or time =================================================================
+def test_unbounded_long_calibration_line_is_refused_before_tokenizing_it_whole(tmp_path, monkeypatch):
+    from budgetopt.errors import InvalidInputError
+    from budgetopt.torch.profiling_run import encode_calibration
+
+    tokenizer = make_tokenizer()
+    seen = []
+    real = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text, **k: seen.append(len(text)) or real(text, **k))
+    words = "the cat sat on the mat " * 10_000  # 230,000 characters, 60,000 tokens
+    for where, line in (("the context", {"context": words, "questions": ["who sat"]}),
+                        ("questions[0]", {"context": "the cat sat on the mat", "questions": [words]})):
+        calib = tmp_path / "calib.jsonl"
+        calib.write_text(json.dumps(line) + "\n")
+        seen.clear()
+        with pytest.raises(InvalidInputError, match=rf"calib.jsonl:1: {re.escape(where)} exceeds the model's maximum "
+                                                    r"length \(256 tokens\)"):
+            encode_calibration(tokenizer, str(calib), sink=1, window=1, max_new_tokens=2, max_length=256)
+        assert max(seen) <= 32 * (256 + 16)  # only a prefix was tokenized
+    # a text of more than 1024 characters per token of the maximum length is refused unread
+    # (300,007 characters and the BOS token "<s>")
+    calib.write_text(json.dumps({"context": " " * 300_000 + "the cat", "questions": ["who"]}) + "\n")
+    seen.clear()
+    with pytest.raises(InvalidInputError, match="300,010 characters: too long"):
+        encode_calibration(tokenizer, str(calib), sink=1, window=1, max_new_tokens=2, max_length=256)
+    assert seen == []
+    # near the limit, a text that fits is tokenized whole and kept
+    calib.write_text(json.dumps({"context": "the cat sat on the mat " * 40 + " " * 20_000, "questions": ["who"]}) + "\n")
+    (encoded,) = encode_calibration(tokenizer, str(calib), sink=1, window=1, max_new_tokens=2, max_length=256)
+    assert len(encoded.context_ids) == 1 + 6 * 40  # BOS and the words (spaces make no tokens)
