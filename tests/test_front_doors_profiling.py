@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -498,3 +499,136 @@ def test_unbounded_plot_heads_are_capped_and_deduplicated(tmp_path, capfd):
         "curve (0, 0)", "hull (0, 0)", "curve (1, 1)", "hull (1, 1)"]
     with pytest.raises(InvalidInputError, match="at most 64 distinct heads; got 65"):
         plot.curves_figure(curves, [(i // 10, i % 10) for i in range(65)])
+
+
+# == 5. runs silently mixed ======================================================================
+def _run_meta(step_reduce="max"):
+    return {"format": FORMAT, "model": {"name": "tiny"}, "layers": LAYERS, "kv_heads": KV,
+            "scorer": {"name": "knorm"}, "sink": 2, "window": 1, "step_reduce": step_reduce,
+            "questions": [2, 1], "context_tokens": [LENGTH, LENGTH], "n_pairs": 3, "shard": None}
+
+
+HOLDER = textwrap.dedent("""
+    import os, sys, time
+    from budgetopt.runs import lock_run_dir, open_run_dir
+    run, meta, ready = sys.argv[1], eval(sys.argv[2]), sys.argv[3]
+    lock = lock_run_dir(run)
+    open_run_dir(run, meta, lock=lock)
+    tmp = os.path.join(run, "pairs", ".c00000_q000.npz.inflight.tmp")   # a pair being written
+    open(tmp, "wb").write(b"half a pair")
+    open(ready, "w").close()
+    time.sleep(600)
+""")
+
+
+def _hold(run, meta, tmp_path):
+    """A second process that holds ``run`` for writing (until killed); returns it once it does."""
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run), repr(meta), str(ready)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(600):
+        if ready.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert ready.exists(), proc.communicate()[1]
+    return proc
+
+
+def test_runs_mixed_second_writer_is_refused_while_a_process_holds_the_run(tmp_path):
+    from budgetopt.errors import InvalidInputError
+
+    run = tmp_path / "run"
+    holder = _hold(run, _run_meta(), tmp_path)
+    try:
+        inflight = run / "pairs" / ".c00000_q000.npz.inflight.tmp"
+        before = digests(run)
+        for attempt in (lambda: open_run_dir(run, _run_meta("sum"), resume=False),   # --no-resume, other settings
+                        lambda: open_run_dir(run, _run_meta()),                        # an identical second run
+                        lambda: write_pair(run, 0, 0, oracle=np.zeros((LAYERS, KV, LENGTH)),
+                                           scores=np.zeros((LAYERS, KV, LENGTH)),
+                                           value_norms=np.zeros((LAYERS, KV, LENGTH)),
+                                           meta={"context": 0, "question": 0})):
+            with pytest.raises(InvalidInputError, match=rf"another process \(pid {holder.pid}\) is writing this run"):
+                attempt()
+        assert inflight.exists() and digests(run) == before  # the holder's in-flight file is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock died with its process: the run can be written again (the stale temporary file goes)
+    assert open_run_dir(run, _run_meta()) == set()
+    assert not inflight.exists()
+
+
+def test_runs_mixed_pairs_of_another_run_are_never_resumed_merged_or_read(tmp_path, capfd):
+    from budgetopt import load_profile_run
+    from budgetopt.errors import InvalidInputError
+
+    first = small_run(str(tmp_path / "first"))
+    other = small_run(str(tmp_path / "other"), step_reduce="sum", seed=5)
+    foreign = os.path.join(other, "pairs", "c00000_q001.npz")
+    mine = os.path.join(first, "pairs", "c00000_q001.npz")
+    os.replace(foreign, mine)  # a pair file copied in from a run with other settings
+    match = r"c00000_q001.npz: belongs to another run"
+    with pytest.raises(InvalidInputError, match=match):
+        load_profile_run(first)
+    for command, out in (("lukv-table", "t.npy"), ("curves", "c.npz")):
+        code, stdout, err = run_cli(capfd, command, first, "-o", tmp_path / out)
+        one_error_line(code, stdout, err, "c00000_q001.npz: belongs to another run")
+    meta = json.loads(open(os.path.join(first, "meta.json")).read())
+    meta.pop("run_id")
+    with pytest.raises(InvalidInputError, match=match):  # resuming it
+        open_run_dir(first, meta)
+    # shards: a shard directory holding a pair of another run is refused when merged
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d, shard in ((a, "0/2"), (b, "1/2")):
+        open_run_dir(d, dict(_run_meta(), shard=shard))
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.random((LAYERS, KV, LENGTH)) for k in ("oracle", "scores", "value_norms")}
+    write_pair(a, 0, 0, meta={"context": 0, "question": 0}, **arrays)
+    write_pair(a, 1, 0, meta={"context": 1, "question": 0}, **arrays)
+    write_pair(b, 0, 1, meta={"context": 0, "question": 1}, **arrays)
+    assert len(load_profile_run(a, b).pairs) == 3
+    os.replace(os.path.join(other, "pairs", "c00001_q000.npz"), os.path.join(b, "pairs", "c00001_q000.npz"))
+    os.unlink(os.path.join(a, "pairs", "c00001_q000.npz"))
+    with pytest.raises(InvalidInputError, match="c00001_q000.npz: belongs to another run"):
+        load_profile_run(a, b)
+
+
+def test_runs_mixed_a_writer_stops_when_the_run_is_replaced_under_it(tmp_path):
+    from budgetopt.errors import InvalidInputError
+    from budgetopt.runs import lock_run_dir
+
+    run = tmp_path / "run"
+    meta = _run_meta()
+    with lock_run_dir(run) as lock:
+        open_run_dir(run, meta, lock=lock)
+        mine = meta["run_id"]
+    open_run_dir(run, _run_meta("sum"), resume=False)  # someone starts it over with other settings
+    zeros = np.zeros((LAYERS, KV, LENGTH))
+    with pytest.raises(InvalidInputError, match="meta.json now describes another run"):
+        write_pair(run, 0, 0, oracle=zeros, scores=zeros, value_norms=zeros,
+                   meta={"context": 0, "question": 0, "run_id": mine})
+    assert os.listdir(run / "pairs") == []
+
+
+def test_runs_mixed_run_id_covers_every_setting_but_the_machine(tmp_path):
+    from budgetopt.runs import run_id
+
+    base = dict(_run_meta(), calibration={"path": "/a/c.jsonl", "sha256": "ab"}, device="cpu", versions={"torch": "1"})
+    same = dict(base, device="cuda:1", versions={"torch": "2"}, shard="1/4",
+                calibration={"path": "/b/c.jsonl", "sha256": "ab"})
+    assert run_id(base) == run_id(same)
+    for change in ({"step_reduce": "sum"}, {"sink": 3}, {"calibration": {"path": "/a/c.jsonl", "sha256": "cd"}},
+                   {"model": {"name": "tiny", "fingerprint": "x"}}, {"scorer": {"name": "snapkv"}}):
+        assert run_id(dict(base, **change)) != run_id(base), change
+    assert not (tmp_path / "anything").exists()
+
+
+def test_runs_mixed_refused_start_leaves_no_lock_file_behind(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(CurvesFileError, match="not a profile run directory"):
+        open_run_dir(folder, _run_meta())
+    assert os.listdir(folder) == ["notes.txt"]

@@ -13,6 +13,7 @@ Importing this module imports kvpress (through the engine).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
@@ -29,17 +30,20 @@ from ..calibration import Calibration, read_calibration
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
     FORMAT,
+    LOCK_NAME,
     ProfileRun,
     in_shard,
     load_profile_run,
+    lock_run_dir,
     open_run_dir,
     parse_shard,
+    run_id,
     shard_label,
     write_pair,
 )
 from . import profiler
 
-__all__ = ["profile_model", "encode_calibration", "load_local_model", "EncodedContext"]
+__all__ = ["profile_model", "encode_calibration", "load_local_model", "model_fingerprint", "EncodedContext"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -307,6 +311,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
             "name": os.path.basename(name_or_path.rstrip("/\\")) or type(model).__name__,
             "path": name_or_path,
             "model_type": geometry.model_type,
+            "fingerprint": model_fingerprint(model),
         },
         "layers": geometry.layers,
         "kv_heads": geometry.kv_heads,
@@ -335,15 +340,23 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         "budgetopt_version": _budgetopt_version(),
     }
 
+    meta["run_id"] = run_id(meta)  # the run's identity: every pair carries it
     order = calibration.pairs()
     index_of = {pair: i for i, pair in enumerate(order)}
     wanted = [pair for i, pair in enumerate(order) if in_shard(i, shard)]
-    finished, created = set(), False
+    finished, created, lock = set(), False, None
     if out_dir is not None:
         if not isinstance(resume, (bool, np.bool_)):
             raise InvalidTypeError(f"`resume` must be True or False; got {resume!r}")
         created = not os.path.exists(out_dir)
-        finished = open_run_dir(out_dir, meta, resume=resume)
+        lock = lock_run_dir(out_dir)  # held until this run is written: a second writer is refused
+        try:
+            finished = open_run_dir(out_dir, meta, resume=resume, lock=lock)
+        except BaseException:
+            if created:
+                _remove_empty_run(out_dir)
+            lock.release()
+            raise
     pending = {}
     for c, q in wanted:
         if (c, q) not in finished:
@@ -377,9 +390,11 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                         "question_tokens": len(e.question_ids[q]), "new_tokens": int(new),
                         "seconds": share,
                     }
+                    if meta.get("run_id") is not None:  # (a resumed run from before identities has none)
+                        pair_meta["run_id"] = meta["run_id"]
                     if out_dir is not None:
                         write_pair(out_dir, c, q, oracle=oracle, scores=result.scores,
-                                   value_norms=result.value_norms, meta=pair_meta)
+                                   value_norms=result.value_norms, meta=pair_meta, lock=lock)
                     else:
                         held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
                 tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
@@ -394,14 +409,62 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     finally:
         if bar is not None:
             bar.close()
+        if lock is not None:
+            lock.release()
     if out_dir is not None:
         return load_profile_run(out_dir, partial=shard is not None)
     return _in_memory_run(meta, order, wanted, held)
 
 
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json")
+_SAMPLE_BYTES = 1 << 20
+
+
+def model_fingerprint(model):
+    """A hash that tells one model's weights from another's, cheaply (a few MiB read).
+
+    It covers the configuration (architecture and sizes, without file paths and versions), a
+    sample of every parameter (its name, shape, dtype and first and last 64 values, as
+    loaded) and, when the model was loaded from a local folder, each weight file's name and
+    size, its safetensors header (names, shapes and offsets of every tensor) and its first
+    and last MiB. Two folders with the same name but other weights get other fingerprints;
+    the same weights on another device or machine get the same one.
+    """
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for key in list(config):
+        if key.startswith("_") or key in ("transformers_version", "name_or_path", "torch_dtype", "dtype"):
+            del config[key]
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = torch.cat([flat[:64], flat[-64:]]).to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode("utf-8"))
+            digest.update(sample.view(torch.uint8).numpy().tobytes())
+    folder = str(getattr(model.config, "name_or_path", "") or "")
+    if folder and os.path.isdir(folder):
+        files = sorted({p for pattern in _WEIGHT_GLOBS for p in Path(folder).glob(pattern) if p.is_file()})
+        for path in files:
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode("utf-8"))
+            try:
+                with open(path, "rb") as f:
+                    if path.suffix == ".safetensors" and size >= 8:
+                        header = int.from_bytes(f.read(8), "little")
+                        digest.update(f.read(min(header, 100 << 20)))
+                    f.seek(0)
+                    digest.update(f.read(_SAMPLE_BYTES))
+                    f.seek(max(size - _SAMPLE_BYTES, 0))
+                    digest.update(f.read(_SAMPLE_BYTES))
+            except OSError as exc:
+                raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()[:32]
+
+
 def _remove_empty_run(out_dir):
     path = Path(out_dir)
-    for name in ("meta.json",):
+    for name in ("meta.json", LOCK_NAME):
         try:
             os.unlink(path / name)
         except OSError:

@@ -231,3 +231,69 @@ def test_unbounded_long_calibration_line_is_refused_before_tokenizing_it_whole(t
     calib.write_text(json.dumps({"context": "the cat sat on the mat " * 40 + " " * 20_000, "questions": ["who"]}) + "\n")
     (encoded,) = encode_calibration(tokenizer, str(calib), sink=1, window=1, max_new_tokens=2, max_length=256)
     assert len(encoded.context_ids) == 1 + 6 * 40  # BOS and the words (spaces make no tokens)
+
+
+# == 5. runs silently mixed ======================================================================
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_runs_mixed_second_profile_is_refused_while_another_process_writes(model_dir, calib, tmp_path, capfd):
+    """A real concurrent writer: a second process holds the run (as a running profile does)
+    while `budgetopt profile -o RUN --no-resume --step-reduce sum` starts; it is refused and
+    nothing of the first run changes."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm", "-o", run,
+                           "--max-new-tokens", 2, "--device", "cpu")
+    assert code == 0, err
+    ready = tmp_path / "ready"
+    script = ("import sys, time\nfrom budgetopt.runs import lock_run_dir\nlock = lock_run_dir(sys.argv[1])\n"
+              "open(sys.argv[2], 'w').close()\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(run), str(ready)],
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        for _ in range(600):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        before = {p.name: p.read_bytes() for p in [*run.iterdir(), *(run / "pairs").iterdir()] if p.is_file()}
+        code, out, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm", "-o",
+                                 run, "--max-new-tokens", 2, "--device", "cpu", "--no-resume", "--step-reduce", "sum")
+        one_error_line(code, out, err, f"another process (pid {holder.pid}) is writing this run")
+        after = {p.name: p.read_bytes() for p in [*run.iterdir(), *(run / "pairs").iterdir()] if p.is_file()}
+        assert after == before
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run_cli(capfd, "profile", model_dir, "--calibration", calib, "--scorer", "knorm", "-o", run,
+                           "--max-new-tokens", 2, "--device", "cpu", "--no-resume", "--step-reduce", "sum")
+    assert code == 0, err
+    assert json.loads((run / "meta.json").read_text())["step_reduce"] == "sum"
+
+
+def test_runs_mixed_resuming_with_another_model_of_the_same_folder_name_is_refused(model_dir, calib, tmp_path, capfd):
+    other = tmp_path / "b" / "tiny"  # the same base name as model_dir, other weights
+    other.parent.mkdir()
+    torch.manual_seed(1)
+    model = make_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(other)
+    make_tokenizer().save_pretrained(other)
+    run = tmp_path / "run"
+    common = ["--calibration", calib, "--scorer", "knorm", "-o", run, "--max-new-tokens", 2, "--device", "cpu"]
+    code, _, err = run_cli(capfd, "profile", model_dir, *common)
+    assert code == 0, err
+    before = (run / "meta.json").read_bytes()
+    code, out, err = run_cli(capfd, "profile", other, *common)
+    one_error_line(code, out, err, "holds a run with other settings (model.fingerprint")
+    assert (run / "meta.json").read_bytes() == before
+    # the same weights in another folder (of the same name) are the same model
+    (tmp_path / "c").mkdir()
+    copy = copy_model(model_dir, tmp_path / "c" / "tiny")
+    code, _, err = run_cli(capfd, "profile", copy, *common)
+    assert code == 0, err
