@@ -373,14 +373,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 def _magic(path):
     """The first bytes of ``path``, after checking it is a regular file (a FIFO or device named
     like a data file would block or never end)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(mode):
-        raise CurvesFileError(f"{path}: is a directory, not a NumPy file")
-    if not stat.S_ISREG(mode):
-        raise CurvesFileError(f"{path}: is not a regular file (a device, FIFO or socket), not a NumPy file")
+    check_input_file(path, "NumPy file")
     try:
         with open(path, "rb") as f:
             return f.read(6)
