@@ -550,6 +550,12 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     path = Path(model_dir)
     if not path.is_dir():
         raise CurvesFileError(f"{model_dir}: no such model directory")
+    for entry in os.scandir(path):  # a FIFO or device among the files read would block or never end
+        if not (entry.is_file() or entry.is_dir()):
+            raise CurvesFileError(
+                f"{os.path.join(model_dir, entry.name)}: is not a regular file (a device, FIFO, socket or "
+                "broken link) in the model directory"
+            )
     config_path = path / "config.json"
     if not config_path.is_file():
         raise CurvesFileError(f"{model_dir}: not a model directory (no config.json)")
@@ -626,9 +632,15 @@ def _resolve_device(device):
     if not isinstance(device, str):
         raise InvalidTypeError(f"`device` must be a string such as 'cpu' or 'cuda:0'; got {device!r}")
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        text = os.environ.get("LOCAL_RANK", "0")
+        if not text.strip().isdigit() or int(text) >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"`device` 'auto': the environment variable LOCAL_RANK={text!r} does not name one of this "
+                f"machine's {torch.cuda.device_count()} CUDA devices; give --device explicitly"
+            )
+        return torch.device("cuda", int(text))
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):

@@ -297,3 +297,27 @@ def test_runs_mixed_resuming_with_another_model_of_the_same_folder_name_is_refus
     copy = copy_model(model_dir, tmp_path / "c" / "tiny")
     code, _, err = run_cli(capfd, "profile", copy, *common)
     assert code == 0, err
+
+
+def test_unbounded_fifo_in_a_model_folder_is_refused_not_waited_on(model_dir, calib, tmp_path, capfd):
+    for i, name in enumerate(("tokenizer.json", "config.json", "extra.txt")):
+        folder = copy_model(model_dir, tmp_path / f"m{i}")
+        if (folder / name).exists():
+            os.unlink(folder / name)
+        os.mkfifo(folder / name)
+        code, out, err = run_cli(capfd, "profile", folder, "--calibration", calib, "--scorer", "knorm",
+                                 "-o", tmp_path / "run", "--device", "cpu")
+        one_error_line(code, out, err, f"{name}: is not a regular file")
+
+
+@pytest.mark.parametrize("rank", ["abc", "-1", "99"])
+def test_crash_bad_local_rank_with_device_auto_is_refused(monkeypatch, rank):
+    from budgetopt.errors import InvalidInputError
+    from budgetopt.torch.profiling_run import _resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    if not torch.cuda.is_available():
+        assert _resolve_device("auto").type == "cpu"
+        return
+    with pytest.raises(InvalidInputError, match="LOCAL_RANK"):
+        _resolve_device("auto")
