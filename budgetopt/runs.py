@@ -802,7 +802,7 @@ def _derived_meta(run, sink, window):
 
     m = run.meta
     keys = ("model", "scorer", "calibration", "max_new_tokens", "head_reduce", "step_reduce",
-            "sampling", "temperature", "seed", "dtype", "tokenization", "layers", "kv_heads", "heads")
+            "sampling", "temperature", "seed", "dtype", "tokenization", "layers", "kv_heads", "heads", "run_id")
     return {
         "sink": int(sink),
         "window": int(window),
