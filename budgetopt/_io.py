@@ -321,7 +321,8 @@ def _write_temp(shown, target, write):
 
 
 def _backup(shown, target):
-    """A hard link to ``target``'s current file (None if there is none), to restore it."""
+    """A hard link to ``target``'s current file (a copy where the file system has no hard
+    links), to restore it; None if there is no such file."""
     if not os.path.exists(target):
         return None
     directory = os.path.dirname(target) or "."
@@ -332,7 +333,20 @@ def _backup(shown, target):
             return name
         except FileExistsError:
             continue
+        except OSError:
+            pass
+        try:  # no hard links here: a copy, created exclusively
+            with open(target, "rb") as src, open(name, "xb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            return name
+        except FileExistsError:
+            continue
         except OSError as exc:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
             raise CurvesFileError(f"{shown}: cannot be replaced safely ({exc.strerror or exc})") from None
     raise CurvesFileError(f"{shown}: cannot be replaced safely (no free backup name)")
 

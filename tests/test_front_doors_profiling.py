@@ -632,3 +632,32 @@ def test_runs_mixed_refused_start_leaves_no_lock_file_behind(tmp_path):
     with pytest.raises(CurvesFileError, match="not a profile run directory"):
         open_run_dir(folder, _run_meta())
     assert os.listdir(folder) == ["notes.txt"]
+
+
+def test_user_data_destroyed_failed_replace_restores_without_hard_links(tmp_path, capfd, monkeypatch):
+    """On a file system without hard links the previous table is kept as a copy meanwhile."""
+    run, before = _old_table(tmp_path, capfd)
+    small_run(str(tmp_path / "run2"), seed=1)
+    real_replace = os.replace
+
+    def no_links(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def replace(src, dst):
+        if str(dst).endswith("t.json"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "replace", replace)
+    code, out, err = run_cli(capfd, "lukv-table", tmp_path / "run2", "-o", tmp_path / "t.npy")
+    monkeypatch.undo()
+    one_error_line(code, out, err, "t.json: cannot be written")
+    assert {name: digest(tmp_path / name) for name in ("t.npy", "t.json")} == before
+    assert sorted(os.listdir(tmp_path)) == ["run", "run2", "t.json", "t.npy"]
+    # and a successful replace on such a file system leaves no backup behind
+    monkeypatch.setattr(os, "link", no_links)
+    code, _, err = run_cli(capfd, "lukv-table", tmp_path / "run2", "-o", tmp_path / "t.npy")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["run", "run2", "t.json", "t.npy"]
+    assert digest(tmp_path / "t.npy") != before["t.npy"]
