@@ -26,6 +26,7 @@ __all__ = [
     "UsageError",
     "number_parser",
     "check_output_path",
+    "check_table_output",
     "dumps",
     "write_json",
     "Progress",
@@ -130,10 +131,12 @@ positive_seconds = number_parser(float, lambda v: v > 0, "a number of seconds > 
 
 
 # -- outputs -----------------------------------------------------------------------------------
-def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
+def check_output_path(path, suffixes, *, option="-o/--output", inputs=(), within=()):
     """Reject a bad output path before any work: an empty name, a name ending in a separator,
-    an unknown suffix, a missing directory, a destination that is not a regular file or that
-    is one of ``inputs``. Returns the path as given (a symlink is written through)."""
+    an unknown suffix, a missing directory, a destination that is not a regular file, that
+    is one of ``inputs`` or that lies inside one of the directories ``within`` (the run or
+    model directories the command reads). Returns the path as given (a symlink is written
+    through)."""
     from ._io import check_output_file
 
     if path == "":
@@ -143,10 +146,26 @@ def check_output_path(path, suffixes, *, option="-o/--output", inputs=()):
     if Path(path).suffix.lower() not in suffixes:
         raise UsageError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
     try:
-        check_output_file(path, inputs=inputs)
+        check_output_file(path, inputs=inputs, within=within)
     except CurvesFileError as exc:
         raise UsageError(f"{option}: {exc}") from None
     return Path(path)
+
+
+def check_table_output(path, *, option="-o/--output", inputs=(), within=()):
+    """:func:`check_output_path` for an LU-KV table (``.npy``) and for the JSON description
+    written beside it (``TABLE.json``), which gets the same rules: it must not be an input
+    (say the calibration file), nor inside a run or model directory the command reads."""
+    from ._io import check_output_file
+    from .runs import table_meta_path
+
+    table = check_output_path(path, (".npy",), option=option, inputs=inputs, within=within)
+    sidecar = table_meta_path(table)
+    try:
+        check_output_file(sidecar, inputs=inputs, within=within)
+    except CurvesFileError as exc:
+        raise UsageError(f"{option}: the table's description {exc}") from None
+    return table
 
 
 def dumps(payload):

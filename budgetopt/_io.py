@@ -18,8 +18,10 @@ starts with the file's name.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -37,9 +39,13 @@ __all__ = [
     "check_input_file",
     "check_output_file",
     "write_atomic",
+    "write_atomic_group",
     "read_npz",
     "read_npy",
     "c_stdout_to_stderr",
+    "MAX_JSON_DEPTH",
+    "json_depth",
+    "loads_json",
 ]
 
 #: Default limit on the bytes one array of a ``.npz``/``.npy`` file may take once read (1 GiB).
@@ -122,15 +128,16 @@ def check_input_file(path, what, role=None):
     return path
 
 
-def check_output_file(path, *, inputs=(), name="path"):
+def check_output_file(path, *, inputs=(), within=(), name="path"):
     """The file that writing ``path`` will replace, after the checks every output gets.
 
     Refused, with a :class:`CurvesFileError` naming ``path``: an empty name, a name ending in
     a path separator, a missing directory, an existing destination that is not a regular file
     (a directory, device node, FIFO or socket), and a destination that is the same file as
     one of ``inputs`` (compared by device and inode, so another spelling or a link to an
-    input is caught). A symbolic link is written through: its target is replaced and the
-    link kept; the returned path is that target.
+    input is caught), and a destination inside one of the directories ``within`` (the run
+    directories a command reads). A symbolic link is written through: its target is replaced
+    and the link kept; the returned path is that target.
     """
     path = as_path(path, name)
     if path == "":
@@ -148,6 +155,15 @@ def check_output_file(path, *, inputs=(), name="path"):
         st = None
     except OSError as exc:
         raise CurvesFileError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    for folder in within:
+        if folder is None:
+            continue
+        root = os.path.realpath(os.fspath(folder))
+        if os.path.commonpath([root, target]) == root:
+            raise CurvesFileError(
+                f"{path}: is inside {os.fspath(folder)}, a directory this command reads; writing "
+                "there could destroy its files (choose an output outside it)"
+            )
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise CurvesFileError(f"{path}: is a directory; give a file name")
@@ -171,18 +187,108 @@ def check_output_file(path, *, inputs=(), name="path"):
     return target
 
 
-def write_atomic(path, write, *, inputs=()):
+def write_atomic(path, write, *, inputs=(), within=()):
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    ``path`` first passes :func:`check_output_file` (with ``inputs``). An existing
-    destination keeps its permission bits; a new one gets the usual ``0666 & ~umask``. A
-    symbolic link is written through (its target is replaced, the link stays). On any error
-    or interruption (an exception, ``KeyboardInterrupt``, ``SystemExit`` raised by a signal
-    handler) the temporary file is removed and the destination is untouched. File-system
-    errors become :class:`CurvesFileError` naming ``path``, never the temporary file.
+    ``path`` first passes :func:`check_output_file` (with ``inputs`` and ``within``). The
+    data is flushed and ``fsync``-ed before the rename, and every error on the way (a full
+    disk, a file-size limit, a failing flush or close) is raised, never ignored. ``file`` is a
+    plain writable stream without a file descriptor, so libraries that would write through
+    the descriptor themselves (and drop a late error) write through Python instead. An
+    existing destination keeps its permission bits; a new one gets the usual
+    ``0666 & ~umask``. A symbolic link is written through (its target is replaced, the link
+    stays). On any error or interruption (an exception, ``KeyboardInterrupt``,
+    ``SystemExit`` raised by a signal handler) the temporary file is removed and the
+    destination is untouched. File-system errors become :class:`CurvesFileError` naming
+    ``path``, never the temporary file.
     """
-    shown = as_path(path)
-    target = check_output_file(shown, inputs=inputs)
+    write_atomic_group([(path, write)], inputs=inputs, within=within)
+
+
+def write_atomic_group(items, *, inputs=(), within=()):
+    """Write several files as :func:`write_atomic` does, all or none.
+
+    ``items`` is a sequence of ``(path, write)``. Every destination is checked first, then
+    every file is written to its temporary file and synced; only when all succeeded are they
+    renamed into place, in order. If a rename fails, the destinations already replaced get
+    their previous contents back (kept as hard links meanwhile), so a table and its
+    description are replaced together or not at all.
+    """
+    shown = [as_path(p) for p, _ in items]
+    targets = [check_output_file(p, inputs=inputs, within=within) for p in shown]
+    if len(set(targets)) != len(targets):
+        raise CurvesFileError(f"{shown[-1]}: is written twice by one command (choose distinct output names)")
+    temps, backups = [None] * len(items), [None] * len(items)
+    try:
+        for i, (name, target, (_, write)) in enumerate(zip(shown, targets, items)):
+            temps[i] = _write_temp(name, target, write)
+        replaced = []
+        try:
+            for i, (name, target) in enumerate(zip(shown, targets)):
+                if len(items) > 1:
+                    backups[i] = _backup(name, target)
+                try:
+                    os.replace(temps[i], target)
+                except OSError as exc:
+                    raise CurvesFileError(f"{name}: cannot be written ({exc.strerror or exc})") from None
+                temps[i] = None
+                replaced.append(i)
+            for directory in {os.path.dirname(t) or "." for t in targets}:
+                _fsync_directory(directory)
+        except BaseException:
+            for i in reversed(replaced):  # put the previous files back
+                try:
+                    if backups[i] is not None:
+                        os.replace(backups[i], targets[i])
+                        backups[i] = None
+                    else:
+                        os.unlink(targets[i])
+                except OSError:
+                    pass
+            raise
+    finally:
+        for leftover in (*temps, *backups):
+            if leftover is not None:
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+
+
+class _Stream:
+    """A writable, seekable stream over a file, without ``fileno``: NumPy's ``tofile`` fast path
+    (which drops the error of its final flush) is not taken, every write goes through here."""
+
+    closed = False
+
+    def __init__(self, f, name):
+        self._f = f
+        self.name = name
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def write(self, data):
+        return self._f.write(data)
+
+    def read(self, size=-1):  # NumPy tells a stream from a path by this attribute
+        raise OSError("the output stream is not readable")
+
+    def seek(self, offset, whence=0):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def flush(self):
+        self._f.flush()
+
+
+def _write_temp(shown, target, write):
+    """A synced temporary file beside ``target`` holding what ``write`` wrote."""
     directory = os.path.dirname(target) or "."
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
@@ -193,11 +299,17 @@ def write_atomic(path, write, *, inputs=()):
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        f = os.fdopen(fd, "wb")
+        try:
+            stream = _Stream(f, tmp)
+            write(stream)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            f.close()  # a failing close (a late write error) raises too
         os.chmod(tmp, mode)  # mkstemp makes 0600
-        os.replace(tmp, target)
-        tmp = None
+        done, tmp = tmp, None
+        return done
     except OSError as exc:
         raise CurvesFileError(f"{shown}: cannot be written ({exc.strerror or exc})") from None
     finally:
@@ -206,6 +318,51 @@ def write_atomic(path, write, *, inputs=()):
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _backup(shown, target):
+    """A hard link to ``target``'s current file (a copy where the file system has no hard
+    links), to restore it; None if there is no such file."""
+    if not os.path.exists(target):
+        return None
+    directory = os.path.dirname(target) or "."
+    for attempt in range(100):
+        name = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.{attempt}.bak")
+        try:
+            os.link(target, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            pass
+        try:  # no hard links here: a copy, created exclusively
+            with open(target, "rb") as src, open(name, "xb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+            raise CurvesFileError(f"{shown}: cannot be replaced safely ({exc.strerror or exc})") from None
+    raise CurvesFileError(f"{shown}: cannot be replaced safely (no free backup name)")
+
+
+def _fsync_directory(directory):
+    """Make a rename in ``directory`` durable (where the platform allows syncing a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the data itself is synced
+    finally:
+        os.close(fd)
 
 
 def _umask():
@@ -228,6 +385,9 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _magic(path):
+    """The first bytes of ``path``, after checking it is a regular file (a FIFO or device named
+    like a data file would block or never end)."""
+    check_input_file(path, "NumPy file")
     try:
         with open(path, "rb") as f:
             return f.read(6)
@@ -277,7 +437,9 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
     Each member is checked before it is read: its stored (uncompressed) size and the shape
     and dtype in its header must fit :func:`max_array_bytes` ``(max_bytes)``, or the limit
     that ``max_bytes_of`` (a dict key -> bytes) sets for that key, and it must not be an
-    object array. A zip bomb is refused in milliseconds, by its declared sizes alone.
+    object array. The members read must also fit that limit together (a file of many
+    arrays, each under the limit, is refused as a whole). A zip bomb is refused in
+    milliseconds, by its declared sizes alone. Only a regular file is opened.
     """
     path = as_path(path)
     limit = max_array_bytes(max_bytes)
@@ -295,10 +457,9 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
         for info in archive.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             members.setdefault(key, info)
-        out = {}
-        for key in keys:
-            if key not in members:
-                continue
+        present = [key for key in keys if key in members]
+        declared = 0
+        for key in present:  # every header first: nothing is inflated before all fit
             info = members[key]
             where = f"{path}: member {key!r}"
             key_limit = min(limit, (max_bytes_of or {}).get(key, limit))
@@ -308,13 +469,26 @@ def read_npz(path, keys, *, max_bytes=None, max_bytes_of=None):
                 )
             try:
                 with archive.open(info) as f:
-                    _read_header(f, where, key_limit, info.file_size)
-                with archive.open(info) as f:
+                    shape, _, dtype = _read_header(f, where, key_limit, info.file_size)
+            except CurvesFileError:
+                raise
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+                raise CurvesFileError(f"{where} is unreadable ({_short(exc)})") from None
+            declared += math.prod(shape) * dtype.itemsize
+        if declared > limit:
+            raise CurvesFileError(
+                f"{path}: its arrays would expand to {_size(declared)} together, above the limit of "
+                f"{_size(limit)} per file (raise it with max_bytes= or the environment variable "
+                f"{MAX_ARRAY_BYTES_ENV})"
+            )
+        out = {}
+        for key in present:
+            where = f"{path}: member {key!r}"
+            try:
+                with archive.open(members[key]) as f:
                     out[key] = np.lib.format.read_array(
                         f, allow_pickle=False, max_header_size=_HEADER_LIMIT
                     )
-            except CurvesFileError:
-                raise
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
                 raise CurvesFileError(f"{where} is unreadable ({_short(exc)})") from None
     return out
@@ -347,6 +521,53 @@ def read_npy(path, *, max_bytes=None, mmap=False, what="a single .npy array"):
         raise
     except (OSError, ValueError, EOFError) as exc:
         raise CurvesFileError(f"{path}: not a readable .npy file ({_short(exc)})") from None
+
+
+# -- JSON --------------------------------------------------------------------------------------
+#: Deepest nesting of arrays and objects that budgetopt reads from a JSON text.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text):
+    """The deepest nesting of ``[`` and ``{`` in the JSON ``text`` (strings skipped), in O(len).
+
+    Examples
+    --------
+    >>> json_depth('{"a": [1, {"b": "[[["}]}')
+    3
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets.encode("ascii"), np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def loads_json(text, where, *, error=CurvesFileError, max_depth=MAX_JSON_DEPTH, standard=True):
+    """``json.loads(text)`` of JSON nested at most ``max_depth`` deep; otherwise ``error`` (a
+    budgetopt error type) whose message starts with ``where``. ``standard``: refuse NaN and
+    Infinity (False: read them, for a caller that checks each field and names it)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{where}: not valid UTF-8 ({exc.reason})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise error(f"{where}: JSON nested {depth} deep; at most {max_depth} levels are read")
+
+    def refuse(name):
+        raise ValueError(f"{name} is not standard JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse if standard else None)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise error(f"{where}: not valid JSON ({_short(exc)})") from None
 
 
 # -- C-level stdout ----------------------------------------------------------------------------

@@ -14,10 +14,10 @@ numbered in file order: contexts in order, each context's questions in order.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 
+from ._io import loads_json
 from .curves import check_input_file
 from .errors import InvalidInputError
 
@@ -125,10 +125,7 @@ def read_calibration(path):
             raise InvalidInputError(f"{where}: not valid UTF-8 ({exc.reason})") from None
         if not text.strip():
             continue
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise InvalidInputError(f"{where}: not valid JSON ({exc})") from None
+        obj = loads_json(text, where, error=InvalidInputError, standard=False)
         contexts.append(_parse_line(obj, where, number))
     if not contexts:
         raise InvalidInputError(
@@ -180,6 +177,9 @@ def _parse_line(obj, where, number):
     ident = obj.get("id")
     if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
         raise InvalidInputError(f'{where}: "id" must be a string or an integer; got {_kind(ident)}')
+    for name, value in (("context", context), *((f"questions[{i}]", t) for i, t in enumerate(texts)),
+                        *((f"questions[{i}] answer_prefix", p) for i, p in enumerate(prefixes))):
+        _check_text(value, where, name)
     return CalibrationContext(
         context=context,
         questions=tuple(texts),
@@ -187,6 +187,18 @@ def _parse_line(obj, where, number):
         id=None if ident is None else str(ident),
         line=number,
     )
+
+
+def _check_text(value, where, name):
+    """Refuse text that is not Unicode a tokenizer can take: a lone surrogate (``"\\ud800"``
+    in the JSON) has no UTF-8 form."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{where}: {name} holds a lone surrogate ({value[exc.start]!r} at character {exc.start}), "
+            "which is not text; fix the JSON escape"
+        ) from None
 
 
 def _kind(value):

@@ -498,9 +498,14 @@ def _cmd_plot(args):
     from .api import allocate
     from .rounding import tokens_from_fraction
 
-    output = check_output_path(args.output, plot.FIGURE_SUFFIXES)
+    output = check_output_path(args.output, plot.FIGURE_SUFFIXES, inputs=[*input_paths(args), args.table])
     if bool(args.heads) == bool(args.heatmap):
         raise UsageError("give either --heads L,H [L,H ...] (curves and hulls) or --heatmap (the allocation)")
+    if args.heads:
+        args.heads = list(dict.fromkeys(args.heads))  # a head named twice is drawn once
+        if len(args.heads) > plot.MAX_FIGURE_HEADS:
+            raise UsageError(f"--heads: at most {plot.MAX_FIGURE_HEADS} distinct heads in one figure; "
+                             f"got {len(args.heads)}")
     if args.table:
         if args.curves or args.example:
             raise UsageError("give either a curves file (or --example) or --table, not both")

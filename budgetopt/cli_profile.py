@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 import sys
 
-from ._cli_common import Progress, UsageError, check_output_path, non_negative_int, positive_int, positive_number
+from ._cli_common import (
+    Progress,
+    UsageError,
+    check_output_path,
+    check_table_output,
+    non_negative_int,
+    positive_int,
+    positive_number,
+)
 
 
 def shard_argument(text):
@@ -67,8 +75,8 @@ def cmd_profile(args):
     from .calibration import read_calibration
 
     shard = shard_argument(args.shard) if args.shard is not None else None
-    table_path = (check_output_path(args.table, (".npy",), option="--table", inputs=[args.calibration])
-                  if args.table else None)
+    reads = dict(inputs=[args.calibration], within=[args.output, args.model_dir])
+    table_path = check_table_output(args.table, option="--table", **reads) if args.table else None
     if table_path is not None and shard is not None:
         raise UsageError(
             "--table needs every pair; with --shard, build the table from all shard directories "
@@ -103,11 +111,12 @@ def cmd_profile(args):
     )
     if table_path is not None:
         _write_table(run, table_path, sink=None, window=None, min_keep_fraction=0.01, layerwise=True,
-                     aggregate="mean_ratio", workers=-1, progress=False)
+                     aggregate="mean_ratio", workers=-1, progress=False, reads=reads)
     return 0
 
 
-def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggregate, workers, progress):
+def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggregate, workers, progress,
+                 reads):
     from .runs import lukv_table_from_run, save_table_with_meta
 
     bar = Progress(len(run.pairs), progress, "lukv-table")
@@ -118,7 +127,7 @@ def _write_table(run, path, *, sink, window, min_keep_fraction, layerwise, aggre
         )
     finally:
         bar.close()
-    meta_path = save_table_with_meta(path, table, meta)
+    meta_path = save_table_with_meta(path, table, meta, **reads)
     sys.stderr.write(
         f"wrote {path} and {meta_path}: table {table.shape} (rows: compression 1%..99%) from "
         f"{len(run.pairs)} pair(s), sink {meta['sink']}, window {meta['window']}\n"
@@ -143,11 +152,12 @@ def check_pair_source(args):
 def cmd_lukv_table_from_runs(args):
     from .runs import load_profile_run
 
-    output = check_output_path(args.output, (".npy",))
+    reads = dict(within=args.runs)
+    output = check_table_output(args.output, **reads)
     run = load_profile_run(*args.runs)
     _write_table(run, output, sink=args.sink, window=args.window, min_keep_fraction=args.min_keep_fraction,
                  layerwise=not args.layer_local, aggregate=args.aggregate, workers=args.workers,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, reads=reads)
     return 0
 
 
@@ -173,7 +183,7 @@ def cmd_curves_from_runs(args):
     from .curves import save_curves
     from .runs import curves_from_run, load_profile_run
 
-    output = check_output_path(args.output, (".npz",))
+    output = check_output_path(args.output, (".npz",), within=args.runs)
     run = load_profile_run(*args.runs)
     curves = curves_from_run(run, sink=args.sink, window=args.window, aggregate=args.aggregate,
                              resolution=args.resolution)

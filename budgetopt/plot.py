@@ -22,6 +22,8 @@ __all__ = ["curves_figure", "allocation_heatmap", "save_figure", "FIGURE_SUFFIXE
 
 #: File types :func:`save_figure` writes (by suffix).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+#: Most heads one curves figure draws (more are unreadable, and slow to draw).
+MAX_FIGURE_HEADS = 64
 
 
 def _figure(**kwargs):
@@ -55,7 +57,8 @@ def curves_figure(curves, heads, *, total_budget=None, min_budget=None, max_budg
     ----------
     curves : Curves or array_like
     heads : sequence of tuple of int
-        Head indices, one integer per head axis (``(layer, kv_head)`` for the usual shape).
+        Head indices, one integer per head axis (``(layer, kv_head)`` for the usual shape);
+        a head named twice is drawn once; at most :data:`MAX_FIGURE_HEADS` (64) distinct heads.
     total_budget : int, optional
         When given, :func:`budgetopt.allocate` (greedy) splits this many tokens over *all*
         heads, and each chosen head's budget is marked by a vertical line.
@@ -90,9 +93,11 @@ def curves_figure(curves, heads, *, total_budget=None, min_budget=None, max_budg
     curves = as_curves(curves)
     if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
         raise InvalidTypeError(f"`heads` must be a sequence of head indices; got {heads!r}")
-    heads = [_check_head(curves, h, i) for i, h in enumerate(heads)]
+    heads = list(dict.fromkeys(_check_head(curves, h, i) for i, h in enumerate(heads)))
     if not heads:
         raise InvalidInputError("`heads` must name at least one head")
+    if len(heads) > MAX_FIGURE_HEADS:
+        raise InvalidInputError(f"`heads` may name at most {MAX_FIGURE_HEADS} distinct heads; got {len(heads)}")
     problem = build_problem(curves)
     hulls = upper_hulls(problem, drop_descending=False)
     budgets = None

@@ -41,7 +41,7 @@ import numpy as np
 from . import _kernels_request as _k
 from ._kernels_jit import Stopwatch
 from ._checks import check_fraction, real_array
-from ._io import check_input_file, read_npz, write_atomic
+from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
 from .result import Allocation
@@ -693,6 +693,21 @@ class RequestAllocator:
             raise InfeasibleError(f"`total_budget` must be at most heads * T = {n * length} tokens; got {total}")
         return total
 
+    def min_total_budget(self, length):
+        """The fewest tokens :meth:`allocate` accepts for a ``length``-token request: every head
+        keeps its floor, ``max(round(min_keep_fraction * T), sink + window)`` tokens (at most T).
+
+        Examples
+        --------
+        >>> import numpy as np, budgetopt
+        >>> s = [np.random.default_rng(0).random((2, 2, 40))]
+        >>> budgetopt.RequestAllocator.fit(s, s, sink=1, window=2).min_total_budget(100)
+        12
+        """
+        length = check_count(length, "length")
+        return self.layers * self.kv_heads * min(_floor(self.min_keep_fraction, length, self.sink, self.window),
+                                                 length)
+
     def _static_layer_totals(self, length, total, floor):
         budgets, _, _ = _split(*self._static_curves(length, floor), total)
         return budgets.reshape(self.layers, self.kv_heads).sum(axis=1)
@@ -759,33 +774,57 @@ class RequestAllocator:
         for key in keys:
             if key not in arrays:
                 raise CurvesFileError(f"{path}: missing key {key!r}; not a request allocator file")
-        try:
-            meta = json.loads(str(arrays["meta"].item()))
-        except (ValueError, TypeError) as exc:
-            raise CurvesFileError(f"{path}: key 'meta' is not valid JSON ({exc})") from exc
+        meta = arrays["meta"]
+        if meta.dtype.kind != "U" or meta.ndim != 0:
+            raise CurvesFileError(f"{path}: key 'meta' must be one JSON string; got {meta.dtype} {meta.shape}")
+        meta = loads_json(str(meta.item()), f"{path}: key 'meta'", standard=False)
         if isinstance(meta, dict) and meta.get("format") == "budgetopt-request/1":
             raise CurvesFileError(
                 f"{path}: written by an earlier budgetopt whose shrinkage mixed curves, not budgets "
                 f"(format 'budgetopt-request/1'); fit the allocator again")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CurvesFileError(f"{path}: not a request allocator file (format {FORMAT!r} expected)")
+        missing = [k for k in ("features", "shrinkage", "sink", "window", "min_keep_fraction") if k not in meta]
+        if missing:
+            raise CurvesFileError(f"{path}: broken request allocator file (meta lacks {', '.join(map(repr, missing))})")
+        try:  # every field by the rules fit() applies to its arguments
+            sink = check_count(meta["sink"], "sink")
+            window = check_count(meta["window"], "window")
+            min_keep_fraction = _check_fraction(meta["min_keep_fraction"], "min_keep_fraction")
+            shrinkage = _check_fraction(meta["shrinkage"], "shrinkage", upper_open=False)
+            fractions = _check_fractions(arrays["fractions"])
+        except (InvalidInputError, InvalidTypeError) as exc:
+            raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from None
+        features = meta["features"]
+        info = meta.get("info", {})
         try:
-            features = tuple(meta["features"])
-            G = arrays["fractions"].shape[0]
+            if not isinstance(features, list) or tuple(features) not in (FEATURES[:1], FEATURES):
+                raise ValueError(f"'features' must be {list(FEATURES[:1])} or {list(FEATURES)}; got {features!r}")
+            features = tuple(features)
+            if not isinstance(info, dict):
+                raise ValueError(f"'info' must be a JSON object; got {type(info).__name__}")
+            G = fractions.shape[0]
+            if arrays["weight"].ndim != 2:
+                raise ValueError(f"'weight' must have shape (layers, kv_heads); got {arrays['weight'].shape}")
             L, H = arrays["weight"].shape
+            if L < 1 or H < 1:
+                raise ValueError(f"'weight' must hold at least one head; got shape {(L, H)}")
             ok = (arrays["mean_shape"].shape == (L, H, G) and arrays["mean_proxy"].shape == (len(features), L, H, G)
-                  and arrays["beta"].shape == (len(features), G) and features in (FEATURES[:1], FEATURES))
+                  and arrays["beta"].shape == (len(features), G))
             if not ok:
                 raise ValueError("array shapes disagree")
             for key in keys[:-1]:
                 if arrays[key].dtype.kind != "f" or not np.all(np.isfinite(arrays[key])):
                     raise ValueError(f"{key!r} must hold finite floats")
-            return cls(fractions=arrays["fractions"], mean_shape=arrays["mean_shape"], weight=arrays["weight"],
-                       mean_proxy=arrays["mean_proxy"], beta=arrays["beta"], shrinkage=meta["shrinkage"],
-                       sink=meta["sink"], window=meta["window"], min_keep_fraction=meta["min_keep_fraction"],
-                       features=features, info=meta.get("info", {}))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from exc
+            weight = arrays["weight"]
+            if weight.size and not (weight.min() >= 0.0 and weight.max() <= 1.0):
+                raise ValueError("'weight' must lie in [0, 1]")
+        except ValueError as exc:
+            raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from None
+        return cls(fractions=fractions, mean_shape=arrays["mean_shape"], weight=arrays["weight"],
+                   mean_proxy=arrays["mean_proxy"], beta=arrays["beta"], shrinkage=shrinkage,
+                   sink=sink, window=window, min_keep_fraction=min_keep_fraction,
+                   features=features, info=info)
 
 
 def _check_fractions(fractions):

@@ -8,9 +8,17 @@ A run directory holds::
 
 Each pair file holds float32 ``oracle``, ``scores`` and ``value_norms`` arrays of shape
 ``(layers, kv_heads, T)`` (``T``: that context's tokens) and ``meta``, a JSON object. Every
-file is written atomically (a temporary file renamed into place), so a pair file that exists
-is a finished pair: resuming skips exactly those. Pair ``i`` in global order (contexts in
-calibration order, their questions in order) belongs to shard ``K/N`` when ``i % N == K``.
+file is written atomically (a temporary file, synced, renamed into place), so a pair file
+that exists is a finished pair: resuming skips exactly those. Pair ``i`` in global order
+(contexts in calibration order, their questions in order) belongs to shard ``K/N`` when
+``i % N == K``.
+
+A run has an identity, ``meta["run_id"]``: a hash of every setting that makes its arrays
+what they are (the model's fingerprint, scorer, profiling settings, calibration hash; not
+the device, versions, shard or file paths). ``meta.json`` is written first, every pair file
+carries the ``run_id`` of the run it was written for, and writers and readers check it: a
+pair of another run is never resumed, merged or read. While a process writes a run it holds
+a lock (``RUN/.lock``, ``flock``; it dies with the process), and a second writer is refused.
 
 Everything here is numpy and the standard library; the profiling itself (torch) lives in
 :mod:`budgetopt.torch.profiling_run`.
@@ -18,6 +26,7 @@ Everything here is numpy and the standard library; the profiling itself (torch) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import read_npz, write_atomic
+from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .curves import Curves
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
@@ -36,6 +45,11 @@ __all__ = ["ProfileRun", "load_profile_run", "parse_shard", "lukv_table_from_run
 FORMAT = "budgetopt-profile/1"
 #: ``"format"`` of the JSON file written beside a table built from runs.
 TABLE_FORMAT = "budgetopt-lukv-table/1"
+
+#: Most pairs a run may hold (a run is a calibration set, not a corpus); guards readers of meta.json.
+MAX_RUN_PAIRS = 10**6
+#: Largest meta.json read.
+MAX_META_BYTES = 16 * 2**20
 
 _PAIR_FILE = re.compile(r"^c(\d{5,})_q(\d{3,})\.npz$")
 _MEMBERS = ("oracle", "scores", "value_norms")
@@ -91,11 +105,113 @@ def in_shard(index, shard):
 
 def _identity(meta):
     """``meta`` without the settings shards may differ in (shard, device, versions, paths)."""
-    out = {k: v for k, v in meta.items() if k not in _PER_MACHINE}
+    out = {k: v for k, v in meta.items() if k not in _PER_MACHINE and k != "run_id"}
     for key in ("model", "calibration"):
         if isinstance(out.get(key), dict):
             out[key] = {k: v for k, v in out[key].items() if k != "path"}
     return out
+
+
+def run_id(meta):
+    """The identity of a run: a hash of its settings (:func:`_identity`, without ``run_id``).
+
+    Two runs share it exactly when resuming one with the other's settings is allowed, so
+    shards of one run share it and a run with any other setting (model fingerprint, scorer,
+    calibration, ...) does not."""
+    text = json.dumps(_identity(meta), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# -- the writer's lock -------------------------------------------------------------------------
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while one process writes it.
+
+    ``flock`` on ``RUN/.lock``: the kernel releases it when the process ends, however it
+    ends, so a crashed writer never leaves the run locked. Where ``fcntl`` does not exist
+    (Windows) nothing is locked. Use :func:`lock_run_dir`; release with :meth:`release` or
+    ``with``.
+    """
+
+    def __init__(self, run_dir, fd, created):
+        self.run_dir = os.path.realpath(os.fspath(run_dir))
+        self._fd = fd
+        self._created = created
+
+    def release(self):
+        """Drop the lock. A lock file this lock created is removed again when the directory
+        holds no run (no ``meta.json``): a refused or failed start leaves nothing behind."""
+        if self._fd is not None:
+            if self._created and not os.path.exists(os.path.join(self.run_dir, "meta.json")):
+                try:
+                    os.unlink(os.path.join(self.run_dir, LOCK_NAME))
+                except OSError:
+                    pass
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def check(self, run_dir):
+        """Raise unless this lock is held and is ``run_dir``'s."""
+        if self._fd is None and _fcntl() is not None or self.run_dir != os.path.realpath(os.fspath(run_dir)):
+            raise InvalidInputError(f"{run_dir}: the lock given is not held on this run directory")
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    return fcntl
+
+
+def lock_run_dir(run_dir):
+    """Create ``run_dir`` if needed and lock it for writing; :class:`InvalidInputError` if
+    another process (or another writer in this one) holds it.
+
+    Returns a :class:`RunLock`."""
+    run_dir = Path(run_dir)
+    parent = run_dir.parent if str(run_dir.parent) else Path(".")
+    if not run_dir.exists() and not parent.is_dir():
+        raise CurvesFileError(f"{run_dir}: parent directory {str(parent)!r} does not exist")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CurvesFileError(f"{run_dir}: exists and is not a directory")
+    try:
+        run_dir.mkdir(exist_ok=True)
+        path = run_dir / LOCK_NAME
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CurvesFileError(f"{path}: is not a regular file (budgetopt's lock file for this run)")
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise CurvesFileError(f"{run_dir}: cannot be locked for writing ({exc.strerror or exc})") from None
+    fcntl = _fcntl()
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            os.close(fd)
+            raise InvalidInputError(
+                f"{run_dir}: another process (pid {holder}) is writing this run; wait for it to finish, "
+                "or use another directory"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError:
+            pass
+    return RunLock(run_dir, fd, created)
 
 
 def _difference(a, b, prefix=""):
@@ -114,43 +230,127 @@ def _difference(a, b, prefix=""):
 
 # -- writing -------------------------------------------------------------------------------
 def read_run_meta(run_dir):
-    """The ``meta.json`` of ``run_dir`` as a dict, or :class:`CurvesFileError`."""
+    """The ``meta.json`` of ``run_dir`` as a dict, or :class:`CurvesFileError`.
+
+    Every field a reader uses is checked (:func:`check_run_meta`); the file must be a regular
+    file of at most 16 MiB holding standard JSON nested at most 64 deep."""
     run_dir = Path(run_dir)
     path = run_dir / "meta.json"
     if not run_dir.is_dir():
         raise CurvesFileError(f"{run_dir}: no such profile run directory")
-    if not path.is_file():
+    if not path.exists():
         raise CurvesFileError(f"{run_dir}: not a profile run directory (no meta.json)")
+    check_input_file(path, "profile run's meta.json")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CurvesFileError(f"{path}: {path.stat().st_size} bytes; a run's meta.json holds at most {MAX_META_BYTES}")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CurvesFileError(f"{path}: not a readable JSON file ({exc})") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    meta = loads_json(data, str(path))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CurvesFileError(f"{path}: not a budgetopt profile run (format {found!r}, expected {FORMAT!r})")
-    for key in ("layers", "kv_heads", "n_pairs"):
-        if key not in meta:
-            raise CurvesFileError(f"{path}: missing key {key!r}")
+    check_run_meta(meta, path)
     return meta
 
 
-def open_run_dir(run_dir, meta, *, resume=True):
+def _is_count(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**62
+
+
+def check_run_meta(meta, path):
+    """Check the fields of a run's ``meta.json`` that readers use; ``path`` names the file.
+
+    ``layers`` and ``kv_heads`` are whole numbers >= 1; ``n_pairs`` a whole number in
+    ``[1, MAX_RUN_PAIRS]``; ``questions`` (optional) a list of whole numbers >= 1 adding up to
+    ``n_pairs``; ``context_tokens`` (optional) one whole number >= 1 per context; ``sink`` and
+    ``window`` whole numbers >= 0 or null; ``scorer``, ``model`` and ``calibration``
+    objects; ``run_id`` a string; ``shard`` null, ``"K/N"`` or a list of those (a merged run).
+    A wrong field raises :class:`CurvesFileError` naming the file and the field.
+    """
+
+    def bad(field, rule, value):
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CurvesFileError(f"{path}: field {field!r} must be {rule}; got {shown}")
+
+    for key in ("layers", "kv_heads", "n_pairs"):
+        if key not in meta:
+            raise CurvesFileError(f"{path}: missing key {key!r}")
+    for key in ("layers", "kv_heads"):
+        if not _is_count(meta[key], 1) or meta[key] > 2**20:
+            bad(key, "a whole number in [1, 2**20]", meta[key])
+    if not _is_count(meta["n_pairs"], 1) or meta["n_pairs"] > MAX_RUN_PAIRS:
+        bad("n_pairs", f"a whole number in [1, {MAX_RUN_PAIRS}]", meta["n_pairs"])
+    questions = meta.get("questions")
+    if "questions" in meta:
+        if (not isinstance(questions, list) or not questions or len(questions) > MAX_RUN_PAIRS
+                or not all(_is_count(n, 1) for n in questions)):
+            bad("questions", "a non-empty list of whole numbers >= 1 (questions per context)", questions)
+        if sum(questions) != meta["n_pairs"]:
+            bad("questions", f"a list adding up to n_pairs = {meta['n_pairs']}", questions)
+    if "n_contexts" in meta and questions is not None and meta["n_contexts"] != len(questions):
+        bad("n_contexts", f"the length of 'questions' ({len(questions)})", meta["n_contexts"])
+    if "context_tokens" in meta:
+        tokens = meta["context_tokens"]
+        n = len(questions) if questions is not None else None
+        if (not isinstance(tokens, list) or (n is not None and len(tokens) != n) or len(tokens) > MAX_RUN_PAIRS
+                or not all(_is_count(t, 1) for t in tokens)):
+            rule = "a list of whole numbers >= 1" + (f", one per context ({n})" if n is not None else "")
+            bad("context_tokens", rule, tokens)
+    for key in ("sink", "window"):
+        if meta.get(key) is not None and not _is_count(meta[key]):
+            bad(key, "a whole number >= 0 or null", meta[key])
+    if "run_id" in meta and not isinstance(meta["run_id"], str):
+        bad("run_id", "a string", meta["run_id"])
+    for key in ("scorer", "model", "calibration"):
+        if key in meta and not isinstance(meta[key], dict):
+            bad(key, "a JSON object", meta[key])
+    if isinstance(meta.get("scorer"), dict) and not isinstance(meta["scorer"].get("name", ""), str):
+        bad("scorer.name", "a string", meta["scorer"]["name"])
+    shard = meta.get("shard")
+    shards = shard if isinstance(shard, list) else [shard]
+    for one in shards:
+        if one is not None:
+            try:
+                parse_shard(one if isinstance(one, str) else None)
+            except InvalidInputError:
+                one = None
+                bad("shard", "null or 'K/N'", shard)
+            if not isinstance(one, str):
+                bad("shard", "null or 'K/N'", shard)
+
+
+def open_run_dir(run_dir, meta, *, resume=True, lock=None):
     """Create or reopen a run directory for writing; returns the finished ``{(c, q), ...}``.
 
-    A new directory (or an empty existing one) gets ``meta.json``. An existing run is resumed
-    when ``resume`` is true and its settings equal ``meta`` (apart from the device, versions
-    and file paths); with ``resume=False`` its pair files are deleted first. Leftover
-    temporary files of an interrupted write are removed. A non-empty directory that is not a
-    run is refused.
+    A new directory (or an empty existing one) gets ``meta.json`` (with its ``run_id``,
+    :func:`run_id`, added to ``meta``). An existing run is resumed when ``resume`` is true
+    and its settings equal ``meta`` (apart from the device, versions and file paths), and
+    every pair file in it must then belong to this run (its ``run_id``); with
+    ``resume=False`` its pair files are deleted first. Leftover temporary files of an
+    interrupted write are removed. A non-empty directory that is not a run is refused.
+
+    ``lock``: the :class:`RunLock` the caller holds on ``run_dir`` for the whole run (see
+    :func:`lock_run_dir`); without one, the directory is locked for this call only. Either
+    way a run that another process is writing is refused.
     """
-    run_dir = Path(run_dir)
-    parent = run_dir.parent if str(run_dir.parent) else Path(".")
-    if not run_dir.exists() and not parent.is_dir():
-        raise CurvesFileError(f"{run_dir}: parent directory {str(parent)!r} does not exist")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CurvesFileError(f"{run_dir}: exists and is not a directory")
+    own = lock is None
+    if own:
+        lock = lock_run_dir(run_dir)
+    try:
+        lock.check(run_dir)
+        return _open_locked(Path(run_dir), meta, resume)
+    finally:
+        if own:
+            lock.release()
+
+
+def _open_locked(run_dir, meta, resume):
     pairs = run_dir / "pairs"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    meta["run_id"] = run_id(meta)
+    if any(entry.name != LOCK_NAME for entry in os.scandir(run_dir)):
         old = read_run_meta(run_dir) if (run_dir / "meta.json").exists() else None
         if old is None:
             raise CurvesFileError(
@@ -167,32 +367,87 @@ def open_run_dir(run_dir, meta, *, resume=True):
                     f"{run_dir}: holds a run with other settings ({diff}); use a new directory, "
                     "or --no-resume / resume=False to start it over"
                 )
+    else:
+        old = None
+    expected = meta["run_id"]  # pairs already there must be this run's
+    if resume and old is not None and old.get("run_id") is None:
+        del meta["run_id"]  # a run written before run identities: it stays one, with nothing to check
+        expected = None
     pairs.mkdir(parents=True, exist_ok=True)
     finished = set()
+    stale = []
     for entry in os.scandir(pairs):
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-            os.unlink(entry.path)  # a write that never finished
+            stale.append(entry.path)  # a write that never finished (no writer holds the lock)
             continue
         match = _PAIR_FILE.match(entry.name)
         if match:
             if resume:
-                finished.add((int(match.group(1)), int(match.group(2))))
+                key = (int(match.group(1)), int(match.group(2)))
+                _check_pair_identity(Path(entry.path), key, expected)
+                finished.add(key)
             else:
-                os.unlink(entry.path)
+                stale.append(entry.path)
+    for path in stale:
+        os.unlink(path)
     text = json.dumps(meta, indent=1) + "\n"
     write_atomic(run_dir / "meta.json", lambda f: f.write(text.encode("utf-8")))
     return finished
 
 
-def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta):
-    """Write one pair file atomically (float32 arrays, JSON meta; nothing pickled)."""
-    arrays = {}
-    for name, value in (("oracle", oracle), ("scores", scores), ("value_norms", value_norms)):
-        arrays[name] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
-    text = np.array(json.dumps(meta))
-    path = Path(run_dir) / "pairs" / pair_file_name(context, question)
-    write_atomic(path, lambda f: np.savez(f, meta=text, **arrays))
-    return path
+def _check_pair_identity(path, key, expected):
+    """Refuse the pair file ``path`` unless it is a regular file written for the run whose
+    ``run_id`` is ``expected`` (None: nothing to check)."""
+    if not path.is_file():
+        raise CurvesFileError(f"{path}: is not a regular file (a pair file must be one)")
+    if expected is None:
+        return
+    text = read_npz(path, ("meta",), max_bytes_of={"meta": MAX_META_BYTES}).get("meta")
+    if text is None or text.dtype.kind != "U" or text.ndim != 0:
+        raise CurvesFileError(f"{path}: member 'meta' must be one JSON string")
+    pair_meta = loads_json(str(text.item()), f"{path}: member 'meta' is not a JSON string")
+    found = pair_meta.get("run_id") if isinstance(pair_meta, dict) else None
+    if found != expected:
+        raise InvalidInputError(
+            f"{path}: belongs to another run (run_id {found!r}, this run's is {expected!r}); "
+            "pairs of runs with other settings are never mixed (remove the file, or start over)"
+        )
+    if (pair_meta.get("context"), pair_meta.get("question")) != key:
+        raise CurvesFileError(f"{path}: its meta does not name context {key[0]}, question {key[1]}")
+
+
+def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta, lock=None):
+    """Write one pair file atomically (float32 arrays, JSON meta; nothing pickled).
+
+    The run's identity is checked first: when ``meta`` carries a ``run_id`` it must be the
+    one in the run's ``meta.json`` (the run was not replaced meanwhile); the pair file
+    carries the run's ``run_id`` either way. Without
+    ``lock`` (the caller's :class:`RunLock`) the run is locked for this write, so no pair
+    is written while another process writes the run."""
+    own = lock is None
+    if own:
+        lock = lock_run_dir(run_dir)
+    try:
+        lock.check(run_dir)
+        wanted = meta.get("run_id")
+        current = read_run_meta(run_dir).get("run_id")
+        if wanted is not None and current != wanted:
+            raise InvalidInputError(
+                f"{run_dir}: its meta.json now describes another run (run_id {current!r}, this writer's is "
+                f"{wanted!r}); the pair is not written"
+            )
+        if current is not None:
+            meta = {**meta, "run_id": current}  # every pair carries its run's identity
+        arrays = {}
+        for name, value in (("oracle", oracle), ("scores", scores), ("value_norms", value_norms)):
+            arrays[name] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+        text = np.array(json.dumps(meta))
+        path = Path(run_dir) / "pairs" / pair_file_name(context, question)
+        write_atomic(path, lambda f: np.savez(f, meta=text, **arrays))
+        return path
+    finally:
+        if own:
+            lock.release()
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -253,7 +508,13 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
     if length is None and "context_tokens" in meta:
         length = int(meta["context_tokens"][context])
     wanted = _MEMBERS if need_context_arrays else ("oracle",)
-    archive = read_npz(path, (*wanted, "meta"))
+    limits = None
+    if length is not None:  # the shape is known: refuse a larger member before inflating it
+        # (room for 8-byte floats, so that a float64 array of the right shape gets its own message)
+        expected = int(meta["layers"]) * int(meta["kv_heads"]) * int(length) * 8
+        limits = {name: expected for name in wanted}
+        limits["meta"] = MAX_META_BYTES
+    archive = read_npz(path, (*wanted, "meta"), max_bytes_of=limits)
     missing = [m for m in (*wanted, "meta") if m not in archive]
     if missing:
         raise CurvesFileError(f"{path}: missing member(s) {', '.join(missing)}")
@@ -270,12 +531,17 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
                 f"context tokens); got {arr.dtype} {arr.shape}"
             )
         out[name] = arr
-    try:
-        pair_meta = json.loads(str(archive["meta"].item()))
-    except Exception as exc:
-        raise CurvesFileError(f"{path}: member 'meta' is not a JSON string ({exc})") from None
+    text = archive["meta"]
+    if text.dtype.kind != "U" or text.ndim != 0:
+        raise CurvesFileError(f"{path}: member 'meta' must be one JSON string; got {text.dtype} {text.shape}")
+    pair_meta = loads_json(str(text.item()), f"{path}: member 'meta' is not a JSON string")
     if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get("question")) != (context, question):
         raise CurvesFileError(f"{path}: its meta does not name context {context}, question {question}")
+    if meta.get("run_id") is not None and pair_meta.get("run_id") != meta["run_id"]:
+        raise InvalidInputError(
+            f"{path}: belongs to another run (run_id {pair_meta.get('run_id')!r}, the run's is "
+            f"{meta['run_id']!r}); pairs of runs with other settings are never mixed"
+        )
     return out["oracle"], out.get("scores"), out.get("value_norms"), pair_meta
 
 
@@ -350,6 +616,8 @@ def load_profile_run(*paths, partial=False):
             match = _PAIR_FILE.match(entry)
             if not match:
                 continue
+            if not (pairs_dir / entry).is_file():  # a FIFO or device would block or never end
+                raise CurvesFileError(f"{pairs_dir / entry}: is not a regular file (a pair file must be one)")
             key = (int(match.group(1)), int(match.group(2)))
             if recorded and key not in expected_set:
                 raise CurvesFileError(
@@ -555,7 +823,7 @@ def _derived_meta(run, sink, window):
 
     m = run.meta
     keys = ("model", "scorer", "calibration", "max_new_tokens", "head_reduce", "step_reduce",
-            "sampling", "temperature", "seed", "dtype", "tokenization", "layers", "kv_heads", "heads")
+            "sampling", "temperature", "seed", "dtype", "tokenization", "layers", "kv_heads", "heads", "run_id")
     return {
         "sink": int(sink),
         "window": int(window),
@@ -575,24 +843,23 @@ def table_meta_path(table_path):
     return p.with_suffix(".json") if p.suffix else p.with_name(p.name + ".json")
 
 
-def save_table_with_meta(path, table, meta):
+def save_table_with_meta(path, table, meta, *, inputs=(), within=()):
     """Write an LU-KV table (``.npy``) and its JSON description beside it, both atomically.
 
-    If writing the table fails, the description is removed again: nothing half-done remains.
+    Both files pass the output checks (neither may be one of ``inputs`` or lie inside one of
+    the directories ``within``) before anything is written; both are written to temporary
+    files and synced, then renamed into place together: a failed write (a full disk, a
+    file-size limit) leaves the previous table and description as they were.
     """
-    from .lukv import save_lukv_table
+    from ._io import write_atomic_group
+    from .lukv import _check_table
 
+    arr = _check_table(table, "table")
     meta_path = table_meta_path(path)
     text = json.dumps({**meta, "table": Path(path).name}, indent=1) + "\n"
-    existed = meta_path.exists()
-    write_atomic(meta_path, lambda f: f.write(text.encode("utf-8")))
-    try:
-        save_lukv_table(path, table)
-    except BaseException:
-        if not existed:
-            try:
-                os.unlink(meta_path)
-            except OSError:
-                pass
-        raise
+    write_atomic_group(
+        [(path, lambda f: np.save(f, arr, allow_pickle=False)),
+         (meta_path, lambda f: f.write(text.encode("utf-8")))],
+        inputs=inputs, within=within,
+    )
     return meta_path

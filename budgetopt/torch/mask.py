@@ -104,13 +104,14 @@ def prepare_selection(scores, budgets, sink, window):
     s, w = protected_span(length, sink, window)
     middle = length - s - w
     if host is not None:
-        host_middle = np.clip(host - (s + w), 0, middle)
+        # clipped to [0, T] first: a budget near the int64 limits must not wrap around
+        host_middle = np.clip(np.clip(host, 0, length) - (s + w), 0, middle)
         # non_blocking: a pageable copy is staged at once, without waiting for the device.
         middle_budgets = torch.as_tensor(np.ascontiguousarray(host_middle)).to(scores.device, non_blocking=True)
         host_lengths = host_middle + (s + w)
     else:
         all_budgets = budgets_tensor(budgets, batch, heads, scores.device)
-        middle_budgets = (all_budgets - (s + w)).clamp(0, middle)
+        middle_budgets = (all_budgets.clamp(0, length) - (s + w)).clamp(0, middle)
         host_lengths = None
     return scores, middle_budgets, host_lengths, (s, w)
 

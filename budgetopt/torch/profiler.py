@@ -767,7 +767,11 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
                         out = model(input_ids=ids, past_key_values=qcache, use_cache=True, logits_to_keep=1)
                         logits = out.logits[0, -1].float()
                         if sampling:
-                            probs = torch.softmax(logits / float(temperature), dim=-1)
+                            scaled = logits / float(temperature)
+                            if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflows:
+                                # its limit is greedy (float64: the temperature itself may be below float32's range)
+                                scaled = (logits.double() - logits.double().max()) / float(temperature)
+                            probs = torch.softmax(scaled, dim=-1)
                             token = int(torch.multinomial(probs, 1, generator=generator))
                         else:
                             token = int(torch.argmax(logits))

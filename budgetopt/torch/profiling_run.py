@@ -13,6 +13,7 @@ Importing this module imports kvpress (through the engine).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
@@ -24,21 +25,25 @@ import numpy as np
 import torch
 
 from .._checks import check_int
+from .._io import check_input_file, loads_json
 from ..calibration import Calibration, read_calibration
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
     FORMAT,
+    LOCK_NAME,
     ProfileRun,
     in_shard,
     load_profile_run,
+    lock_run_dir,
     open_run_dir,
     parse_shard,
+    run_id,
     shard_label,
     write_pair,
 )
 from . import profiler
 
-__all__ = ["profile_model", "encode_calibration", "load_local_model", "EncodedContext"]
+__all__ = ["profile_model", "encode_calibration", "load_local_model", "model_fingerprint", "EncodedContext"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -100,6 +105,9 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
     for ctx in calibration.contexts:
         where = f"{calibration.path}:{ctx.line}"
         context_text, suffix = _template_parts(tokenizer, ctx.context)
+        _refuse_long_text(tokenizer, context_text, max_length, f"{where}: the context")
+        for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
+            _refuse_long_text(tokenizer, question + suffix + prefix, max_length, f"{where}: questions[{i}]")
         context_ids = tuple(tokenizer.encode(context_text, add_special_tokens=False))
         if len(context_ids) <= sink + window:
             raise InvalidInputError(
@@ -121,6 +129,39 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
             questions.append(ids)
         encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line))
     return encoded
+
+
+#: Characters tokenized to test a long text against the model's maximum length, per token.
+_PROBE_CHARS_PER_TOKEN = 32
+#: Longer texts than this many characters per token of the maximum length are refused unread.
+_MAX_CHARS_PER_TOKEN = 1024
+
+
+def _refuse_long_text(tokenizer, text, max_length, what):
+    """Refuse ``text`` that cannot fit ``max_length`` tokens, without tokenizing it whole.
+
+    A text of more than ``1024 * max_length`` characters is refused outright (no tokenizer
+    averages a kilobyte per token). A text of more than ``32 * (max_length + 16)`` characters
+    has that prefix tokenized first: more than ``max_length + 8`` tokens there (a prefix can
+    split at most a token or two differently from the whole) proves the whole too long. Cost:
+    O(max_length) characters tokenized, whatever the text's length.
+    """
+    if max_length is None:
+        return
+    max_length = int(max_length)
+    if len(text) > _MAX_CHARS_PER_TOKEN * max_length:
+        raise InvalidInputError(
+            f"{what} has {len(text):,} characters: too long for the model's maximum length of {max_length} "
+            f"tokens (refused before tokenizing; at most {_MAX_CHARS_PER_TOKEN} characters per token)"
+        )
+    probe = _PROBE_CHARS_PER_TOKEN * (max_length + 16)
+    if len(text) > probe:
+        n = len(tokenizer.encode(text[:probe], add_special_tokens=False))
+        if n > max_length + 8:
+            raise InvalidInputError(
+                f"{what} exceeds the model's maximum length ({max_length} tokens): its first {probe:,} of "
+                f"{len(text):,} characters already make {n} tokens"
+            )
 
 
 def _check_int(value, name, low):
@@ -270,6 +311,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
             "name": os.path.basename(name_or_path.rstrip("/\\")) or type(model).__name__,
             "path": name_or_path,
             "model_type": geometry.model_type,
+            "fingerprint": model_fingerprint(model),
         },
         "layers": geometry.layers,
         "kv_heads": geometry.kv_heads,
@@ -298,15 +340,23 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         "budgetopt_version": _budgetopt_version(),
     }
 
+    meta["run_id"] = run_id(meta)  # the run's identity: every pair carries it
     order = calibration.pairs()
     index_of = {pair: i for i, pair in enumerate(order)}
     wanted = [pair for i, pair in enumerate(order) if in_shard(i, shard)]
-    finished, created = set(), False
+    finished, created, lock = set(), False, None
     if out_dir is not None:
         if not isinstance(resume, (bool, np.bool_)):
             raise InvalidTypeError(f"`resume` must be True or False; got {resume!r}")
         created = not os.path.exists(out_dir)
-        finished = open_run_dir(out_dir, meta, resume=resume)
+        lock = lock_run_dir(out_dir)  # held until this run is written: a second writer is refused
+        try:
+            finished = open_run_dir(out_dir, meta, resume=resume, lock=lock)
+        except BaseException:
+            if created:
+                _remove_empty_run(out_dir)
+            lock.release()
+            raise
     pending = {}
     for c, q in wanted:
         if (c, q) not in finished:
@@ -340,9 +390,11 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                         "question_tokens": len(e.question_ids[q]), "new_tokens": int(new),
                         "seconds": share,
                     }
+                    if meta.get("run_id") is not None:  # (a resumed run from before identities has none)
+                        pair_meta["run_id"] = meta["run_id"]
                     if out_dir is not None:
                         write_pair(out_dir, c, q, oracle=oracle, scores=result.scores,
-                                   value_norms=result.value_norms, meta=pair_meta)
+                                   value_norms=result.value_norms, meta=pair_meta, lock=lock)
                     else:
                         held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
                 tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
@@ -357,14 +409,62 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     finally:
         if bar is not None:
             bar.close()
+        if lock is not None:
+            lock.release()
     if out_dir is not None:
         return load_profile_run(out_dir, partial=shard is not None)
     return _in_memory_run(meta, order, wanted, held)
 
 
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json")
+_SAMPLE_BYTES = 1 << 20
+
+
+def model_fingerprint(model):
+    """A hash that tells one model's weights from another's, cheaply (a few MiB read).
+
+    It covers the configuration (architecture and sizes, without file paths and versions), a
+    sample of every parameter (its name, shape, dtype and first and last 64 values, as
+    loaded) and, when the model was loaded from a local folder, each weight file's name and
+    size, its safetensors header (names, shapes and offsets of every tensor) and its first
+    and last MiB. Two folders with the same name but other weights get other fingerprints;
+    the same weights on another device or machine get the same one.
+    """
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for key in list(config):
+        if key.startswith("_") or key in ("transformers_version", "name_or_path", "torch_dtype", "dtype"):
+            del config[key]
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = torch.cat([flat[:64], flat[-64:]]).to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode("utf-8"))
+            digest.update(sample.view(torch.uint8).numpy().tobytes())
+    folder = str(getattr(model.config, "name_or_path", "") or "")
+    if folder and os.path.isdir(folder):
+        files = sorted({p for pattern in _WEIGHT_GLOBS for p in Path(folder).glob(pattern) if p.is_file()})
+        for path in files:
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode("utf-8"))
+            try:
+                with open(path, "rb") as f:
+                    if path.suffix == ".safetensors" and size >= 8:
+                        header = int.from_bytes(f.read(8), "little")
+                        digest.update(f.read(min(header, 100 << 20)))
+                    f.seek(0)
+                    digest.update(f.read(_SAMPLE_BYTES))
+                    f.seek(max(size - _SAMPLE_BYTES, 0))
+                    digest.update(f.read(_SAMPLE_BYTES))
+            except OSError as exc:
+                raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()[:32]
+
+
 def _remove_empty_run(out_dir):
     path = Path(out_dir)
-    for name in ("meta.json",):
+    for name in ("meta.json", LOCK_NAME):
         try:
             os.unlink(path / name)
         except OSError:
@@ -450,6 +550,12 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     path = Path(model_dir)
     if not path.is_dir():
         raise CurvesFileError(f"{model_dir}: no such model directory")
+    for entry in os.scandir(path):  # a FIFO or device among the files read would block or never end
+        if not (entry.is_file() or entry.is_dir()):
+            raise CurvesFileError(
+                f"{os.path.join(model_dir, entry.name)}: is not a regular file (a device, FIFO, socket or "
+                "broken link) in the model directory"
+            )
     config_path = path / "config.json"
     if not config_path.is_file():
         raise CurvesFileError(f"{model_dir}: not a model directory (no config.json)")
@@ -459,9 +565,13 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
             "index or pytorch_model.bin)"
         )
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, OSError, AttributeError) as exc:
-        raise CurvesFileError(f"{config_path}: not a readable JSON object ({exc})") from None
+        config_bytes = _read_small(config_path)
+    except OSError as exc:
+        raise CurvesFileError(f"{config_path}: cannot be read ({exc.strerror or exc})") from None
+    config = loads_json(config_bytes, str(config_path), standard=False)
+    if not isinstance(config, dict):
+        raise CurvesFileError(f"{config_path}: not a JSON object")
+    model_type = config.get("model_type")
     if model_type not in profiler.SUPPORTED_MODEL_TYPES:
         raise InvalidInputError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported model types: "
@@ -472,20 +582,45 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     device = _resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a broken tokenizer.json raises KeyError, Exception, ...
         raise CurvesFileError(f"{model_dir}: no usable tokenizer ({_first_line(exc)})") from None
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one line of output per command, not a loading bar
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing weights are reported below, as an error
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype]
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype="auto" if dtype == "auto" else _DTYPES[dtype],
+            output_loading_info=True,
         )
-    except (OSError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a truncated or corrupt weights file raises whatever its reader raises
         raise CurvesFileError(f"{model_dir}: the model could not be loaded ({_first_line(exc)})") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        total = sum(1 for _ in model.state_dict())
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise CurvesFileError(
+            f"{model_dir}: the weights hold {total - len(missing)} of the model's {total} tensors "
+            f"(missing {len(missing)}: {shown}); profiling would use random weights"
+        )
     return model.to(device).eval(), tokenizer
+
+
+def _read_small(path, limit=16 * 2**20):
+    """The bytes of the regular file ``path`` (at most ``limit``; a JSON config is small)."""
+    path = check_input_file(path, "JSON file")
+    if os.path.getsize(path) > limit:
+        raise CurvesFileError(f"{path}: {os.path.getsize(path)} bytes; a JSON file here holds at most {limit}")
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _first_line(exc):
@@ -497,13 +632,41 @@ def _resolve_device(device):
     if not isinstance(device, str):
         raise InvalidTypeError(f"`device` must be a string such as 'cpu' or 'cuda:0'; got {device!r}")
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        text = os.environ.get("LOCAL_RANK", "0")
+        if not text.strip().isdigit() or int(text) >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"`device` 'auto': the environment variable LOCAL_RANK={text!r} does not name one of this "
+                f"machine's {torch.cuda.device_count()} CUDA devices; give --device explicitly"
+            )
+        return torch.device("cuda", int(text))
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
         raise InvalidInputError(f"`device` {device!r} is not a torch device (try cpu, cuda, cuda:1)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"`device` {device!r}: CUDA is not available on this machine")
+    if resolved.type == "cpu":
+        return resolved
+    backends = {
+        "cuda": ("CUDA", lambda: torch.cuda.is_available(), lambda: torch.cuda.device_count()),
+        "mps": ("MPS (Apple GPU)", lambda: torch.backends.mps.is_available(), lambda: 1),
+        "xpu": ("XPU (Intel GPU)", lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+                lambda: torch.xpu.device_count()),
+    }
+    if resolved.type not in backends:
+        raise InvalidInputError(
+            f"`device` {device!r}: profiling runs on cpu, cuda, mps or xpu devices, not {resolved.type!r}"
+        )
+    name, available, count = backends[resolved.type]
+    try:
+        present = bool(available())
+        devices = int(count()) if present else 0
+    except Exception:  # a backend that fails to initialise is not there
+        present, devices = False, 0
+    if not present:
+        raise InvalidInputError(f"`device` {device!r}: {name} is not available on this machine")
+    if resolved.index is not None and resolved.index >= devices:
+        raise InvalidInputError(
+            f"`device` {device!r}: this machine has {devices} {resolved.type} device(s) (indices 0..{devices - 1})"
+        )
     return resolved

@@ -53,6 +53,13 @@ class RequestBudgetPress(BasePress):
         Bad arguments, an allocator fitted with value norms, or (when applied) a model whose
         layers or KV heads differ from the allocator's, or eager attention.
 
+    Notes
+    -----
+    A prompt of at most ``sink + window`` tokens is kept whole, and at a compression that
+    would leave a head below its floor (``max(round(min_keep_fraction * T), sink + window)``)
+    every head keeps its floor: like :class:`~budgetopt.torch.BudgetPress`, the press never
+    drops protected tokens and never fails mid-forward on a short prompt.
+
     Examples
     --------
     >>> import numpy as np, budgetopt
@@ -122,9 +129,13 @@ class RequestBudgetPress(BasePress):
         ra = self.allocator
         layer = int(module.layer_idx)
         length = keys.shape[2]
+        if length <= ra.sink + ra.window:  # every token is protected: all are kept, as in BudgetPress
+            return keys, values
         scores = self.press.score(module, hidden_states, keys, values, attentions, kwargs)
         host = scores.detach().to("cpu", torch.float32).numpy()
-        total = self.total_budget(length)
+        # at high compression of a short prompt each head keeps at least its floor (its
+        # protected tokens), as BudgetPress keeps them, instead of failing mid-forward
+        total = max(self.total_budget(length), ra.min_total_budget(length))
         if not self.layerwise:
             layer_total = int(ra.layer_totals(length, total)[layer])
             budgets = np.stack([ra.allocate_layer(layer, row, layer_total) for row in host])
