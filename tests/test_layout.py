@@ -9,7 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "budgetopt"
 #: budgetopt modules the CLI may import at module level: standard library only themselves.
-LIGHT = {"budgetopt._cli_common", "budgetopt._limits", "budgetopt.errors", "budgetopt.cli_profile"}
+LIGHT = {"budgetopt._cli_common", "budgetopt._limits", "budgetopt.errors", "budgetopt.cli_profile",
+         "budgetopt.cli_convert"}
 
 
 def modules():
@@ -70,9 +71,20 @@ def test_budgetopt_modules_import_one_way():
 
 def test_cli_modules_import_only_the_standard_library_at_module_level():
     known = modules()
-    for name in ("budgetopt.cli", "budgetopt.cli_profile", "budgetopt._cli_common", "budgetopt._limits",
+    for name in ("budgetopt.cli", "budgetopt.cli_profile", "budgetopt.cli_convert", "budgetopt._cli_common",
+                 "budgetopt._limits",
                  "budgetopt.errors", "budgetopt"):
         found = imports(name, known[name], known, top_level_only=True)
         heavy = {m for m in found if m.split(".")[0] not in sys.stdlib_module_names and m != "__future__"
                  and m not in LIGHT}
         assert heavy == set(), f"{name} imports {sorted(heavy)} at module level"
+
+
+def test_numba_is_imported_by_the_kernel_modules_only():
+    """numba lives behind ``budgetopt._kernels*`` (compile settings and cache in
+    ``_kernels_jit``): every other module reaches compiled code through them."""
+    known = modules()
+    for name, path in known.items():
+        found = {m.split(".")[0] for m in imports(name, path, known)}
+        if "numba" in found:
+            assert name.rpartition(".")[2].startswith("_kernels"), f"{name} imports numba"
