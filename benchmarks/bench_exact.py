@@ -48,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -303,13 +303,13 @@ def main(argv=None):
     parser.add_argument("--milp-max-options", type=int, default=None,
                         help="skip milp on instances with more grid points than this (default: never skip)")
     parser.add_argument("--dp-max-updates", type=int, default=200_000_000)
-    parser.add_argument("--out", default=None, help="results .json (the report goes next to it as .txt)")
+    add_output_options(parser, "bench_exact", out_help="results .json (the report goes next to it as .txt)")
     parser.add_argument("--plot", default=None, help="plot .png (default: next to --out; none in --quick)")
     args = parser.parse_args(argv)
     args.time_limit = args.time_limit or (2.0 if args.quick else 10.0)
     args.seeds = args.seeds or 1
     args.repeat = args.repeat or (1 if args.quick else 3)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / "bench_exact.json")
+    out = Path(output_path(args.out, args.record, "bench_exact", ".json"))
     t_start = time.perf_counter()
     env = record("bench_exact.py", argv)
     warm, wt = pisinger("strongly", 10, 5, 0, data_range=100)

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_commit, baseline_package, record, write_report  # noqa: E402
+from _env import add_output_options, baseline_commit, baseline_package, output_path, record, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
 from instances_exact import SMALL_PISINGER, pisinger  # noqa: E402
@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--baseline", help="git revision whose exact is timed alongside (e.g. main)")
     ap.add_argument("--repeat", type=int, default=30, help="warm exact calls per instance (median; >= 20)")
     ap.add_argument("--milp-repeat", type=int, default=3, help="milp calls per instance (median)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_exact_small"))
+    add_output_options(ap, "bench_exact_small")
     args = ap.parse_args(argv)
     env = record("bench_exact_small.py", argv)
     if args.baseline:
@@ -112,7 +112,7 @@ def main(argv=None):
     rows = run(args)
     reached = sum(r["speedup"] >= 100 for r in rows)
     body = [line(r) for r in rows] + ["", f"{reached} of {len(rows)} at 100x or more"]
-    write_report(args.out, env, body, rows, started=t0, baseline=args.baseline)
+    write_report(output_path(args.out, args.record, "bench_exact_small"), env, body, rows, started=t0, baseline=args.baseline)
 
 if __name__ == "__main__":
     main()

@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_commit, baseline_package, record, write_report  # noqa: E402
+from _env import add_output_options, baseline_commit, baseline_package, output_path, record, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
 from instances_exact import SMALL_PISINGER, concave, pisinger  # noqa: E402
@@ -151,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per figure (median)")
     ap.add_argument("--batch-ms", type=float, default=3.0, help="about this long per batch of calls")
     ap.add_argument("--quick", action="store_true", help="two small cases, for the tests")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_front_door"))
+    add_output_options(ap, "bench_front_door")
     args = ap.parse_args(argv)
     env = record("bench_front_door.py", argv)
     if args.baseline:
@@ -160,7 +160,7 @@ def main(argv=None):
     rows = run(args)
     legend = ("per-call median, microseconds: this checkout" + (" / baseline (baseline / this)" if args.baseline else "")
               + "; build = build_problem(curves), fresh = build_problem(Curves(u, g)), greedy and exact = allocate")
-    write_report(args.out, env, [legend, ""] + [line(r) for r in rows], rows, started=t0, baseline=args.baseline)
+    write_report(output_path(args.out, args.record, "bench_front_door"), env, [legend, ""] + [line(r) for r in rows], rows, started=t0, baseline=args.baseline)
     return rows
 
 

@@ -15,8 +15,9 @@ certificate and the MILP optimum, as fractions of the optimum.
 
 Usage::
 
-    python benchmarks/bench_gap.py                      # ~4 min on 2 shared cores; writes benchmarks/results/bench_gap.json
-    python benchmarks/bench_gap.py --figures docs/img   # also the figure
+    python benchmarks/bench_gap.py                      # minutes; writes into a new folder under benchmarks/out/
+    python benchmarks/bench_gap.py --seeds 1            # one seed per family (about a third of the time)
+    python benchmarks/bench_gap.py --record --figures docs/img   # the committed record and the figure
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.cli import example_path  # noqa: E402
@@ -123,14 +124,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--figures", metavar="DIR")
+    add_output_options(parser, "bench_gap", out_help="results .json (the report goes next to it as .txt)")
     args = parser.parse_args(argv)
+    out = Path(output_path(args.out, args.record, "bench_gap", ".json"))
     t0 = time.perf_counter()
     env = record("bench_gap.py", argv)
     rows = run(args.seeds)
     text = report(rows) + f"machine: {env['machine']['cpu_model']}; commit {env['git']['commit']}; " \
                           f"{time.perf_counter() - t0:.1f} s\ncommand: {env['command']}\n"
     sys.stdout.write(text)
-    out = ROOT / "benchmarks" / "results" / "bench_gap.json"
     write_atomic(out, lambda f: f.write(json.dumps({"rows": rows, "environment": env}, indent=1).encode()))
     write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
     if args.figures:

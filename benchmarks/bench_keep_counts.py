@@ -13,8 +13,9 @@ Usage::
     python benchmarks/bench_keep_counts.py                       # 32 layers x 8 KV heads, T = 4096
     python benchmarks/bench_keep_counts.py --layers 80 --heads 8 --length 32768
 
-Writes ``benchmarks/results/bench_keep_counts.json`` with the machine, versions, commit and
-command next to the numbers.
+Writes ``bench_keep_counts.json``, with the machine, versions, commit and command next to the
+numbers, into a new folder under ``benchmarks/out/`` (``--record``: the committed
+``benchmarks/results/bench_keep_counts.json``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 from budgetopt import keep_counts_from_prune_ratios  # noqa: E402
 
@@ -51,6 +52,7 @@ def main():
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    add_output_options(parser, "bench_keep_counts", out_help="results .json")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     shape = (99, args.layers, args.heads)
@@ -70,9 +72,9 @@ def main():
     for r in rows:
         print(f"{r['ratios']:>12} {r['input']:>14} {r['float64_s'] * 1e3:>8.3f}ms {r['kvpress_s'] * 1e3:>8.3f}ms "
               f"{r['kvpress_over_float64']:>6.1f}x")
-    out = ROOT / "benchmarks" / "results" / "bench_keep_counts.json"
+    out = Path(output_path(args.out, args.record, "bench_keep_counts", ".json"))
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

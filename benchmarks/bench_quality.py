@@ -46,8 +46,14 @@ Usage::
 
     python benchmarks/bench_quality.py                       # synthetic, full (~1-2 min)
     python benchmarks/bench_quality.py --quick               # tiny, seconds (run by the tests)
-    python benchmarks/bench_quality.py --run /path/to/run    # real profile run directory
-    python benchmarks/bench_quality.py --figures docs/img    # also draw the figures
+    python benchmarks/bench_quality.py --run RUN [RUN ...]   # profile run directories
+    python benchmarks/bench_quality.py --record --figures docs/img   # the committed record and figures
+
+``bench_profile_heldout.py --out runs`` makes two such run directories with ``budgetopt
+profile``'s code (``runs/smollm2-snapkv`` and ``runs/smollm2-snapkv-heldout``). The report
+(``bench_quality_<data>.txt`` and ``.json``) goes into a new folder under ``benchmarks/out/``;
+``--record`` writes ``benchmarks/results/bench_quality_<data>.*``, ``--output PATH.json``
+anywhere (``--quick`` writes nothing unless given one of them).
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -504,7 +510,7 @@ def main(argv=None):
     add_world_arguments(parser)  # the synthetic world (without --run)
     parser.add_argument("--compressions", type=parse_compressions,
                         default=parse_compressions("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"))
-    parser.add_argument("--output", default=None, help="JSON report (default benchmarks/results/bench_quality_<data>.json)")
+    add_output_options(parser, "bench_quality_<data>", out_flag="--output", out_help="JSON report (the text report goes next to it)")
     parser.add_argument("--figures", metavar="DIR", help="also write quality_<data>.png to DIR")
     args = parser.parse_args(argv)
     if args.quick:
@@ -565,8 +571,8 @@ def main(argv=None):
     result["seconds"] = time.perf_counter() - t0
     text = format_report(result)
     sys.stdout.write(text)
-    if not args.quick or args.output:
-        out = Path(args.output or ROOT / "benchmarks" / "results" / f"bench_quality_{data}.json")
+    if not args.quick or args.output or args.record:
+        out = Path(output_path(args.output, args.record, f"bench_quality_{data}", ".json"))
         write_atomic(out, lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
         write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))
     if args.figures:

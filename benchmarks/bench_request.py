@@ -33,9 +33,15 @@ proxies of such long heads change against reading every token.
 Usage::
 
     python benchmarks/bench_request.py --synthetic                 # synthetic worlds
-    python benchmarks/bench_request.py --run /path/to/RUN [RUN2 ...]  # profile run directories
+    python benchmarks/bench_request.py --run RUN [RUN2 ...]         # profile run directories
     python benchmarks/bench_request.py --synthetic --quick         # seconds; used by a test
     python benchmarks/bench_request.py --timing-only --baseline REV  # speed against revision REV
+
+``bench_profile_heldout.py --out runs`` makes two profile run directories with ``budgetopt
+profile``'s code (``runs/smollm2-snapkv`` and ``runs/smollm2-snapkv-heldout``). The report
+(``.txt``) and figures (``.json``) go into a new folder under ``benchmarks/out/``;
+``--record --name NAME`` writes ``benchmarks/results/NAME.*``, ``--out STEM`` anywhere
+(``--quick`` writes nothing unless given one of them).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import baseline_package, record  # noqa: E402
+from _env import RESULTS, baseline_package, new_folder, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
@@ -384,7 +390,12 @@ def main(argv=None):
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--baseline", help="also time the allocator of this git revision (interleaved)")
     parser.add_argument("--timing-only", action="store_true", help="only the timing, no held-out evaluation")
-    parser.add_argument("--out", help="write the report (.txt) and figures (.json) with this path stem")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--out", metavar="STEM", help="write the report (.txt) and figures (.json) with this path stem "
+                       "(default: a new folder benchmarks/out/bench_request-DATE-TIME/)")
+    group.add_argument("--record", action="store_true",
+                       help="write the committed record benchmarks/results/NAME.* (NAME: --name)")
+    parser.add_argument("--name", default="bench_request", help="file name of the report (default bench_request)")
     args = parser.parse_args(argv)
     lines = []
 
@@ -430,9 +441,11 @@ def main(argv=None):
         result["timing"] = timing(baseline=args.baseline, log=log)
     log(f"({time.perf_counter() - t0:.1f} s; {env['command']}; commit {(env['git']['commit'] or 'unknown')[:10]}"
         f"{' + uncommitted changes' if env['git']['uncommitted'] else ''})")
-    if args.out:
-        write_atomic(args.out + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
-        write_atomic(args.out + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    if args.out or args.record or not args.quick:
+        out = args.out or str((RESULTS if args.record else new_folder(args.name)) / args.name)
+        write_atomic(out + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
+        write_atomic(out + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        print(f"wrote {out}.txt and .json")
     return result
 
 

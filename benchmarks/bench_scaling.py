@@ -7,8 +7,8 @@ log(points) is fitted by least squares over the sizes (1 means linear time).
 
 Usage::
 
-    python benchmarks/bench_scaling.py                     # ~1 min
-    python benchmarks/bench_scaling.py --figures docs/img  # also the figure
+    python benchmarks/bench_scaling.py                     # ~1 min; writes into a new folder under benchmarks/out/
+    python benchmarks/bench_scaling.py --record --figures docs/img  # the committed record and the figure
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from bench_allocate import make_oracle_scores  # noqa: E402
@@ -76,7 +76,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--figures", metavar="DIR")
+    add_output_options(parser, "bench_scaling", out_help="results .json (the report goes next to it as .txt)")
     args = parser.parse_args(argv)
+    out = Path(output_path(args.out, args.record, "bench_scaling", ".json"))
     env = record("bench_scaling.py", argv)
     rows = [measure(h, t, args.repeats, seed=i) for i, (h, t) in enumerate(SIZES)]
     slope, intercept = fit(rows)
@@ -89,7 +91,6 @@ def main(argv=None):
     lines.append(f"command: {env['command']}")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
-    out = ROOT / "benchmarks" / "results" / "bench_scaling.json"
     payload = {"rows": rows, "slope": slope, "intercept": intercept, "environment": env}
     write_atomic(out, lambda f: f.write(json.dumps(payload, indent=1).encode()))
     write_atomic(out.with_suffix(".txt"), lambda f: f.write(text.encode()))

@@ -3,9 +3,10 @@
 Each is run in a fresh interpreter, alternating with a baseline commit (``--baseline REV``,
 exported with ``git archive``) and a bare ``python -c pass``, byte code cached as after an
 install (in a temporary PYTHONPYCACHEPREFIX). The first round warms the caches and is dropped;
-medians of the rest are reported. Writes benchmarks/results/bench_startup.{json,txt}::
+medians of the rest are reported. Writes ``bench_startup.{json,txt}`` into a new folder under
+``benchmarks/out/`` (``--record``: the committed ``benchmarks/results/bench_startup.*``)::
 
-    python benchmarks/bench_startup.py --baseline 64cc7c1 --rounds 11
+    python benchmarks/bench_startup.py --baseline REV --rounds 11
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import record  # noqa: E402
+from _env import add_output_options, output_path, record  # noqa: E402
 
 from budgetopt.curves import write_atomic  # noqa: E402
 
@@ -55,8 +56,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", help="a commit to compare with (default: none)")
     parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_startup"))
+    add_output_options(parser, "bench_startup")
     args = parser.parse_args(argv)
+    out = output_path(args.out, args.record, "bench_startup")
     env = record("bench_startup.py", argv)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this checkout": ROOT}
@@ -77,8 +79,8 @@ def main(argv=None):
     lines.append(f"command: {env['command']}")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    write_atomic(args.out + ".json", lambda f: f.write(json.dumps({**env, "rows": rows}, indent=1).encode()))
-    write_atomic(args.out + ".txt", lambda f: f.write(text.encode()))
+    write_atomic(out + ".json", lambda f: f.write(json.dumps({**env, "rows": rows}, indent=1).encode()))
+    write_atomic(out + ".txt", lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":

