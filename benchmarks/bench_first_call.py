@@ -18,7 +18,7 @@ both see the same machine load; medians are reported, with the ratio baseline / 
     python benchmarks/bench_first_call.py --baseline 8ec4271 --rounds 3
 
 Results go to a new folder under ``benchmarks/out/`` unless ``--record`` writes
-``benchmarks/results/bench_first_call.{json,txt}``.
+``benchmarks/results/bench_first_call.{json,txt}`` (or ``--out`` names a place).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import describe, record  # noqa: E402
+from _env import add_output_options, describe, output_path, record  # noqa: E402
 
 SOLVE = ["-m", "budgetopt", "solve", "--example", "--budget", "0.2"]
 CASES = ("greedy, cold", "exact, cold", "exact after greedy", "greedy, warm", "exact, warm")
@@ -85,15 +85,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", help="a commit to compare with (default: none)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--record", action="store_true",
-                        help="write benchmarks/results/bench_first_call.{json,txt} instead of a new folder")
+    add_output_options(parser, "bench_first_call")
     args = parser.parse_args(argv)
     env = record("bench_first_call.py", argv)
-    if args.record:
-        out = ROOT / "benchmarks" / "results" / "bench_first_call"
-    else:
-        out = ROOT / "benchmarks" / "out" / time.strftime("bench_first_call-%Y%m%d-%H%M%S") / "bench_first_call"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out, args.record, "bench_first_call")
     sides = {"this tree": None} if args.baseline is None else {"this tree": None, "baseline": args.baseline}
     times = {side: {case: [] for case in CASES} for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
