@@ -7,6 +7,7 @@ matplotlib is imported only when a figure is made.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -168,14 +169,19 @@ def allocation_heatmap(budgets, *, title=None, label="tokens kept"):
         raise InvalidInputError("`budgets` must be finite")
     rows = arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
     layers, heads = rows.shape
-    fig = _figure(figsize=(min(2.5 + 0.45 * heads, 12), min(1.5 + 0.22 * layers, 12)))
+    width = min(max(2.5 + 0.45 * heads, 4.5), 12)
+    fig = _figure(figsize=(width, min(1.5 + 0.22 * layers, 12)))
     ax = fig.add_subplot()
     image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis", origin="upper")
     fig.colorbar(image, ax=ax, label=label)
     ax.set_xlabel("KV head" if arr.ndim <= 2 else "head (flattened)")
+    if heads <= 32:  # whole head numbers, not matplotlib's half steps
+        ax.set_xticks(range(heads))
     ax.set_ylabel("layer")
     if title:
-        ax.set_title(title, fontsize=10)
+        # Wrapped to the figure's width (about 12 characters an inch at this size), so a
+        # narrow model's heatmap does not clip its title.
+        ax.set_title("\n".join(textwrap.wrap(title, width=max(int(width * 11), 20))), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -212,3 +212,21 @@ def test_cli_plot_needs_no_display(tmp_path):
                            "-o", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("heads", [1, 3, 8])
+def test_heatmap_title_stays_inside_the_figure_for_narrow_models(heads):
+    """A long title (the CLI's method, totals and gap) over a model with few KV heads, as
+    SmolLM2's 3: drawn, its box lies within the figure's."""
+    pytest.importorskip("matplotlib")
+    from budgetopt.plot import allocation_heatmap
+
+    title = ("method=greedy used=52416/52428 tokens (20.0% of 262144) utility=88.3487 "
+             "upper_bound=88.3651 gap=0.0164 status=feasible")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = allocation_heatmap(np.arange(30 * heads).reshape(30, heads), title=title)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig.axes[0].title.get_window_extent(renderer=canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (box, fig.bbox)
