@@ -13,7 +13,9 @@ there, so the baseline's numba cache goes there too), byte code already compiled
 * ``greedy, warm`` and ``exact, warm``: the same commands again (kernels loaded from the cache).
 
 Rounds alternate between this tree and ``--baseline REV`` (exported with ``git archive``), so
-both see the same machine load; medians are reported, with the ratio baseline / this tree::
+both see the same machine load; medians of wall time and of the process's CPU time (user +
+system, which other jobs inflate far less) are reported, with the CPU-time ratio baseline /
+this tree::
 
     python benchmarks/bench_first_call.py --baseline 8ec4271 --rounds 3
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -55,16 +58,20 @@ def export(rev, directory):
 
 
 def run(tree, cache, argv):
-    """Wall seconds of ``python argv`` with ``tree`` first on the path and kernels cached in
-    ``cache``, from an empty folder."""
+    """``(wall, cpu)`` seconds of ``python argv`` with ``tree`` first on the path and kernels
+    cached in ``cache``, from an empty folder; ``cpu`` is the child's user + system time, which
+    other jobs on a shared machine inflate far less than the wall time."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR", "BUDGETOPT_CACHE_DIR")}
     env.update(PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(cache), BUDGETOPT_CACHE_DIR=str(cache),
                OMP_NUM_THREADS="1")
     where = cache.parent / "cwd"
     where.mkdir(exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.DEVNULL, cwd=where)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def one_round(tree, scratch):
@@ -90,7 +97,7 @@ def main(argv=None):
     env = record("bench_first_call.py", argv)
     out = output_path(args.out, args.record, "bench_first_call")
     sides = {"this tree": None} if args.baseline is None else {"this tree": None, "baseline": args.baseline}
-    times = {side: {case: [] for case in CASES} for side in sides}
+    times = {side: {case: [] for case in CASES} for side in sides}  # (wall, cpu) per round
     with tempfile.TemporaryDirectory() as tmp:
         trees = {side: export(rev, Path(tmp) / side.replace(" ", "_") / "src") for side, rev in sides.items()}
         for r in range(args.rounds):
@@ -101,17 +108,21 @@ def main(argv=None):
                 for case, t in one_round(trees[side], scratch).items():
                     times[side][case].append(t)
                 print(f"round {r + 1}/{args.rounds} {side}: "
-                      + ", ".join(f"{c} {times[side][c][-1]:.1f} s" for c in CASES), flush=True)
+                      + ", ".join(f"{c} {times[side][c][-1][0]:.1f} s" for c in CASES), flush=True)
     rows = []
     for case in CASES:
-        row = {"case": case, **{f"{side} s": statistics.median(times[side][case]) for side in sides}}
+        row = {"case": case}
+        for side in sides:
+            row[f"{side} wall s"] = statistics.median(t[0] for t in times[side][case])
+            row[f"{side} cpu s"] = statistics.median(t[1] for t in times[side][case])
         if "baseline" in sides:
-            row["baseline / this tree"] = row["baseline s"] / row["this tree s"]
+            row["baseline / this tree (cpu)"] = row["baseline cpu s"] / row["this tree cpu s"]
         rows.append(row)
     lines = describe(env) + [f"command : {env['command']}",
                              f"baseline: {args.baseline}" if args.baseline else "baseline: none",
                              f"rounds  : {args.rounds} (medians; each cold case on a new empty cache)", ""]
-    header = ["case"] + [f"{side} s" for side in sides] + (["baseline / this tree"] if "baseline" in sides else [])
+    header = (["case"] + [f"{side} {kind} s" for side in sides for kind in ("wall", "cpu")]
+              + (["baseline / this tree (cpu)"] if "baseline" in sides else []))
     lines.append(" | ".join(header))
     for row in rows:
         lines.append(" | ".join([row["case"]] + [f"{row[h]:.2f}" for h in header[1:]]))
