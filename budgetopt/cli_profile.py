@@ -12,7 +12,6 @@ import os
 import sys
 
 from ._cli_common import (
-    Progress,
     UsageError,
     check_output_path,
     check_table_output,
@@ -20,6 +19,7 @@ from ._cli_common import (
     positive_int,
     positive_number,
 )
+from ._progress import Progress
 
 
 def shard_argument(text):

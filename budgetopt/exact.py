@@ -12,7 +12,7 @@ from functools import reduce
 
 import numpy as np
 
-from ._io import c_stdout_to_stderr  # noqa: F401 (kept importable from here)
+from ._io import c_stdout_to_stderr
 from .errors import MissingDependencyError, ProblemTooLargeError, SolverError
 from ._kernels_jit import Stopwatch
 from .greedy import lp_multiplier

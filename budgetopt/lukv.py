@@ -22,7 +22,7 @@ from .api import sweep
 from ._io import check_input_file, read_npy, write_atomic
 from ._checks import check_finite, check_fraction, real_array
 from .curves import Curves
-from .rounding import tokens_evicted
+from .rounding import head_floor, tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from .profile import as_pairs, check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
@@ -198,7 +198,7 @@ def lukv_table(
             return oracle_arr.shape, utility
         length = oracle_arr.shape[-1]
         grid = np.arange(sink + window, length + 1, dtype=np.int64)
-        floor = _floor(min_keep_fraction, length, sink, window)
+        floor = head_floor(min_keep_fraction, length, sink, window)
         return oracle_arr.shape, _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise)
 
     shape = None
@@ -223,14 +223,9 @@ def lukv_table(
             raise InvalidInputError("`oracles` values are too large: their mean curves overflow float64")
         length = shape[-1]
         grid = np.arange(sink + window, length + 1, dtype=np.int64)
-        floor = _floor(min_keep_fraction, length, sink, window)
+        floor = head_floor(min_keep_fraction, length, sink, window)
         mean = _solve_rows(mean, grid, length, floor, min_keep_fraction, layerwise)
     return np.clip(mean, 0.0, 1.0)
-
-
-def _floor(min_keep_fraction, length, sink, window):
-    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
-    return max(int(round(min_keep_fraction * length)), sink + window)
 
 
 def _check_workers(workers):

@@ -253,14 +253,18 @@ def as_pairs(oracles, scores, layout):
     oracles = list(oracles)
     if not oracles:
         raise InvalidInputError(f"`oracles` must hold at least one {layout} array")
-    if isinstance(scores, (list, tuple)):
-        if len(scores) != len(oracles):
-            raise InvalidInputError(
-                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
-                f"got {len(scores)}"
-            )
-        return oracles, list(scores), True
-    return oracles, [scores] * len(oracles), False
+    scores, separate = per_pair(scores, len(oracles), "scores")
+    return oracles, scores, separate
+
+
+def per_pair(values, n, name):
+    """``(values, separate)``: ``values`` as a list of ``n`` items (a list or tuple as given,
+    anything else repeated) and whether it was given one per pair."""
+    if isinstance(values, (list, tuple)):
+        if len(values) != n:
+            raise InvalidInputError(f"`{name}` given as a list must hold one array per oracle ({n}); got {len(values)}")
+        return list(values), True
+    return [values] * n, False
 
 
 # -- a relative grid: contexts of different lengths ---------------------------------------------

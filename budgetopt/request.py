@@ -43,8 +43,9 @@ from ._kernels_jit import Stopwatch
 from ._checks import check_fraction, real_array
 from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
-from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
+from .profile import as_pairs, check_count, check_profile_arrays, per_pair, rank_middle, utility_from_order
 from .result import Allocation
+from .rounding import head_floor
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
@@ -104,15 +105,6 @@ def _check_fraction(value, name, *, upper_open=True):
     return check_fraction(value, name, upper_open=upper_open)
 
 
-def _as_list(values, n, name):
-    """``values`` as a list of ``n`` items: a list/tuple as given, anything else repeated."""
-    if isinstance(values, (list, tuple)):
-        if len(values) != n:
-            raise InvalidInputError(f"`{name}` given as a list must hold one array per oracle ({n}); got {len(values)}")
-        return list(values), True
-    return [values] * n, False
-
-
 def _check_norms(norms, like_shape, name, values=True):
     """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
     :func:`proxy_curves` checks them in its pass)."""
@@ -127,11 +119,6 @@ def _check_norms(norms, like_shape, name, values=True):
 def _token_counts(fractions, middle):
     """Middle tokens kept at each grid fraction: ``round(x_k * M)``, int64 ``(G,)``."""
     return np.rint(fractions * middle).astype(np.int64)
-
-
-def _floor(min_keep_fraction, length, sink, window):
-    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
-    return max(int(round(min_keep_fraction * length)), sink + window)
 
 
 # -- the pieces shared by fit and allocate -------------------------------------------------
@@ -362,18 +349,9 @@ class RequestAllocator:
         if shrinkage is not None:
             shrinkage = _check_fraction(shrinkage, "shrinkage", upper_open=False)
         fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
-        if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
-            raise InvalidInputError(
-                "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one 3-D array "
-                "(wrap a single pair in a list)")
-        if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
-            raise InvalidTypeError(f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}")
-        oracles = list(oracles)
-        if not oracles:
-            raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
+        oracles, score_list, per_pair_scores = as_pairs(oracles, scores, "(L, H, T)")
         n_pairs = len(oracles)
-        score_list, per_pair = _as_list(scores, n_pairs, "scores")
-        norm_list = None if value_norms is None else _as_list(value_norms, n_pairs, "value_norms")[0]
+        norm_list = None if value_norms is None else per_pair(value_norms, n_pairs, "value_norms")[0]
         features = FEATURES if value_norms is not None else FEATURES[:1]
 
         head_shape = None
@@ -383,7 +361,7 @@ class RequestAllocator:
         for i in range(n_pairs):
             oracle, score, _, _ = check_profile_arrays(
                 oracles[i], score_list[i], sink, window, oracle_name=f"oracles[{i}]",
-                scores_name=f"scores[{i}]" if per_pair else "scores")
+                scores_name=f"scores[{i}]" if per_pair_scores else "scores")
             if oracle.ndim != 3:
                 raise InvalidInputError(f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle.shape}")
             if head_shape is None:
@@ -571,7 +549,7 @@ class RequestAllocator:
             raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
         length = arr.shape[-1]
         total = self._check_total(total_budget, length)
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         u, tokens = self._predicted(arr, norms)
         u, grid = _with_floor(u, tokens, floor, length)
         su, sgrid = self._static_curves(length, floor)
@@ -637,7 +615,7 @@ class RequestAllocator:
         norms = None if value_norms is None else np.asarray(value_norms)[None]
         arr3, norms = self._check_request_layer(arr, norms)
         length = arr3.shape[-1]
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         total = check_count(layer_total, "layer_total")
         H = self.kv_heads
         if not H * floor <= total <= H * length:
@@ -684,7 +662,7 @@ class RequestAllocator:
     def _check_total(self, total_budget, length):
         total = check_count(total_budget, "total_budget")
         n = self.layers * self.kv_heads
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         if total < n * floor:
             raise InfeasibleError(
                 f"`total_budget` must be at least heads * floor = {n} * {floor} = {n * floor} tokens "
@@ -705,7 +683,7 @@ class RequestAllocator:
         12
         """
         length = check_count(length, "length")
-        return self.layers * self.kv_heads * min(_floor(self.min_keep_fraction, length, self.sink, self.window),
+        return self.layers * self.kv_heads * min(head_floor(self.min_keep_fraction, length, self.sink, self.window),
                                                  length)
 
     def _static_layer_totals(self, length, total, floor):
@@ -735,7 +713,7 @@ class RequestAllocator:
         if length <= self.sink + self.window:
             raise InvalidInputError(f"`length` must exceed sink + window = {self.sink + self.window}; got {length}")
         total = self._check_total(total_budget, length)
-        return self._static_layer_totals(length, total, _floor(self.min_keep_fraction, length, self.sink, self.window))
+        return self._static_layer_totals(length, total, head_floor(self.min_keep_fraction, length, self.sink, self.window))
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path):
@@ -882,7 +860,7 @@ def _retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fr
     """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS`, for each of
     :data:`SHRINKAGES`: ``{shrinkage: array}``."""
     n = mean_shape.shape[0]
-    floor = _floor(min_keep_fraction, length, sink, window)
+    floor = head_floor(min_keep_fraction, length, sink, window)
     tokens = _token_counts(fractions, length - sink - window) + (sink + window)
     static = _with_floor(weight[:, None] * mean_shape, tokens, floor, length)
     request = _with_floor(weight[:, None] * _corrected(mean_shape, proxies, mean_proxy, beta), tokens, floor, length)

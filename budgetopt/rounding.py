@@ -12,6 +12,9 @@ door, through one of the functions below:
   kvpress's ``LUKVPress`` applies at run time. By default it runs ``LUKVPress``'s own torch
   operations (torch is imported then, not with budgetopt), so the counts are the ones
   ``LUKVPress`` applies on any CPU or GPU.
+* :func:`head_floor` is the fewest tokens a head keeps in an LU-KV table or a per-request
+  split, ``max(round(min_keep_fraction * T), sink + window)`` (used by :mod:`budgetopt.lukv`
+  and :mod:`budgetopt.request` alike).
 """
 
 from __future__ import annotations
@@ -78,6 +81,19 @@ def _whole(value, name, minimum):
     if value < minimum:
         raise InvalidInputError(f"`{name}` must be >= {minimum}; got {value}")
     return value
+
+
+def head_floor(min_keep_fraction, length, sink, window):
+    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``.
+
+    Arguments are already checked (a fraction in [0, 1), counts as ints); O(1).
+
+    Examples
+    --------
+    >>> head_floor(0.01, 1000, 4, 2), head_floor(0.0, 1000, 4, 2)
+    (10, 6)
+    """
+    return max(int(round(min_keep_fraction * length)), sink + window)
 
 
 def tokens_evicted(ratio, tokens):

@@ -31,6 +31,7 @@ import torch
 from ..errors import InvalidInputError, InvalidTypeError
 
 from ._kvpress import BasePress, ScorerPress
+from .geometry import SUPPORTED_MODEL_TYPES, ModelGeometry, language_model, model_geometry, text_config
 from ._kvpress import kvpress as _kvpress
 
 from transformers import AttentionInterface
@@ -47,9 +48,6 @@ __all__ = [
     "value_output_norms",
     "profile_context",
 ]
-
-#: ``config.model_type`` values accepted (the families kvpress supports).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "gemma3_text")
 
 #: Scorer names and the kvpress press each one builds (default settings).
 SCORER_NAMES = {
@@ -70,117 +68,6 @@ SCORER_NAMES = {
 
 _HEAD_REDUCE = ("max", "mean")
 _STEP_REDUCE = ("max", "sum")
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class ModelGeometry:
-    """Shape of a decoder's attention, read from the model itself.
-
-    Attributes
-    ----------
-    model_type : str
-        ``config.model_type`` (``"llama"``, ``"qwen2"``, ...).
-    layers, heads, kv_heads, head_dim : int
-        Decoder layers, query heads, key/value heads and head dimension.
-    attention : tuple of torch.nn.Module
-        The attention module of each layer (``layer.self_attn``), in order.
-    """
-
-    model_type: str
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    attention: tuple = field(repr=False, compare=False, default=())
-
-    @property
-    def group(self):
-        """Query heads per KV head (``heads // kv_heads``)."""
-        return self.heads // self.kv_heads
-
-    def o_proj_weight(self, layer):
-        """The output projection ``W_O`` of ``layer``: a ``(hidden, heads * head_dim)`` tensor.
-
-        Query head ``q`` owns columns ``q * head_dim : (q + 1) * head_dim``.
-        """
-        return self.attention[layer].o_proj.weight
-
-
-def _language_model(model):
-    base = getattr(model, "model", None)
-    if base is None:
-        return None
-    return getattr(base, "language_model", base)
-
-
-def model_geometry(model):
-    """Layers, heads, KV heads, head dimension and output projections of a causal LM.
-
-    Everything is read from the model and its configuration (``config.get_text_config()``,
-    the decoder layers' ``self_attn`` modules), so one code path serves every supported
-    family.
-
-    Parameters
-    ----------
-    model : transformers.PreTrainedModel
-        A causal language model whose ``config.model_type`` is one of
-        :data:`SUPPORTED_MODEL_TYPES` (the families kvpress supports).
-
-    Returns
-    -------
-    ModelGeometry
-
-    Raises
-    ------
-    InvalidTypeError
-        ``model`` is not a transformers model.
-    InvalidInputError
-        An unsupported ``model_type``, or attention modules without the expected layout.
-
-    Examples
-    --------
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-    ...                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    >>> g = model_geometry(LlamaForCausalLM(cfg))
-    >>> (g.model_type, g.layers, g.heads, g.kv_heads, g.head_dim, g.group)
-    ('llama', 2, 4, 2, 8, 2)
-    >>> tuple(g.o_proj_weight(0).shape)
-    (32, 32)
-    """
-    config = getattr(model, "config", None)
-    if not isinstance(model, torch.nn.Module) or config is None:
-        raise InvalidTypeError(f"`model` must be a transformers model; got {type(model).__name__}")
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InvalidInputError(
-            f"`model` has model_type {model_type!r}, which is not supported; supported model types: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    text = config.get_text_config()
-    lm = _language_model(model)
-    layers = getattr(lm, "layers", None)
-    if layers is None or len(layers) == 0:
-        raise InvalidInputError(f"`model` ({model_type}) has no decoder layers at model.model.layers")
-    attention = tuple(layer.self_attn for layer in layers)
-    heads = int(text.num_attention_heads)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(attention[0].head_dim)
-    if heads % kv_heads:
-        raise InvalidInputError(
-            f"`model` has {heads} query heads, not a multiple of its {kv_heads} KV heads"
-        )
-    for index, module in enumerate(attention):
-        weight = getattr(getattr(module, "o_proj", None), "weight", None)
-        if weight is None or weight.ndim != 2 or weight.shape[1] != heads * head_dim:
-            raise InvalidInputError(
-                f"`model` layer {index}: self_attn.o_proj must be a linear map from heads * head_dim "
-                f"= {heads * head_dim} features; got {None if weight is None else tuple(weight.shape)}"
-            )
-    return ModelGeometry(model_type, len(attention), heads, kv_heads, head_dim, attention)
 
 
 # --------------------------------------------------------------------------- scorers
@@ -573,7 +460,7 @@ def _eos_ids(model):
     config = getattr(model, "generation_config", None)
     eos = getattr(config, "eos_token_id", None)
     if eos is None:
-        eos = getattr(model.config.get_text_config(), "eos_token_id", None)
+        eos = getattr(text_config(model.config), "eos_token_id", None)
     if eos is None:
         return frozenset()
     return frozenset([int(eos)] if isinstance(eos, numbers.Integral) else map(int, eos))
@@ -694,7 +581,7 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
             "`model` is in training mode (dropout would perturb the oracle); call model.eval() first"
         )
     press = resolve_scorer(scorer)
-    text = model.config.get_text_config()
+    text = text_config(model.config)
     vocab = getattr(text, "vocab_size", None)
     context = _check_ids(context_ids, "context_ids", vocab)
     if isinstance(questions, torch.Tensor) or isinstance(questions, (str, bytes)):
@@ -731,7 +618,7 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
         # 1. Context-only prefill: scorer scores from kvpress's hook, cache for the questions.
         hooks = []
         capture.post_init_from_model(model)
-        lm = _language_model(model)
+        lm = language_model(model)
         try:
             for module in geometry.attention:
                 # kvpress's presses read RoPE from module.rotary_emb (BasePress.__call__ sets it).

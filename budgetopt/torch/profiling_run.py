@@ -26,6 +26,7 @@ import torch
 
 from .._checks import check_int
 from .._io import check_input_file, loads_json
+from .._progress import Progress
 from ..calibration import Calibration, read_calibration
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..runs import (
@@ -42,6 +43,7 @@ from ..runs import (
     write_pair,
 )
 from . import profiler
+from .geometry import SUPPORTED_MODEL_TYPES, model_geometry, text_config
 
 __all__ = ["profile_model", "encode_calibration", "load_local_model", "model_fingerprint", "EncodedContext"]
 
@@ -280,7 +282,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     >>> run.pairs, run.oracles[0].shape
     (((0, 0),), (2, 2, 9))
     """
-    geometry = profiler.model_geometry(model)
+    geometry = model_geometry(model)
     press = profiler.resolve_scorer(scorer)
     for name, value, options in (("head_reduce", head_reduce, ("max", "mean")),
                                  ("step_reduce", step_reduce, ("max", "sum"))):
@@ -298,8 +300,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     shard = parse_shard(shard)
     if not isinstance(calibration, Calibration):
         calibration = read_calibration(calibration)
-    text_config = model.config.get_text_config()
-    max_length = getattr(text_config, "max_position_embeddings", None)
+    max_length = getattr(text_config(model.config), "max_position_embeddings", None)
     encoded = encode_calibration(tokenizer, calibration, sink=sink, window=window,
                                  max_new_tokens=max_new_tokens, max_length=max_length)
 
@@ -362,7 +363,8 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         if (c, q) not in finished:
             pending.setdefault(c, []).append(q)
 
-    bar = _progress_bar(len(wanted), len(wanted) - sum(map(len, pending.values())), progress)
+    bar = Progress(len(wanted), progress, "profile", initial=len(wanted) - sum(map(len, pending.values())),
+                   terminal_only=False, counter=False)
     held = {}
     try:
         tokens, seconds = 0, 0.0
@@ -399,16 +401,13 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                         held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
                 tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
                 seconds += result.seconds
-                if bar is not None:
-                    bar.set_postfix_str(f"{tokens / max(seconds, 1e-9):,.0f} tok/s", refresh=False)
-                    bar.update(len(qs))
+                bar.advance(len(qs), postfix=f"{tokens / max(seconds, 1e-9):,.0f} tok/s")
     except BaseException:
         if out_dir is not None and created and not os.listdir(Path(out_dir) / "pairs"):
             _remove_empty_run(out_dir)  # failed before finishing any pair: leave nothing behind
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if lock is not None:
             lock.release()
     if out_dir is not None:
@@ -506,16 +505,6 @@ def _in_memory_run(meta, order, wanted, held):
                       value_norms=tuple(norms), pair_meta=tuple(pair_meta), missing=missing)
 
 
-def _progress_bar(total, done, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=done, desc="profile", unit="pair", file=sys.stderr, dynamic_ncols=True)
-
-
 # -- loading a model directory ----------------------------------------------------------------
 def load_local_model(model_dir, *, device="auto", dtype="auto"):
     """Model and tokenizer from a local directory (never downloads anything).
@@ -572,10 +561,10 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     if not isinstance(config, dict):
         raise CurvesFileError(f"{config_path}: not a JSON object")
     model_type = config.get("model_type")
-    if model_type not in profiler.SUPPORTED_MODEL_TYPES:
+    if model_type not in SUPPORTED_MODEL_TYPES:
         raise InvalidInputError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(profiler.SUPPORTED_MODEL_TYPES)}"
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise InvalidInputError(f"`dtype` must be 'auto' or one of {', '.join(_DTYPES)}; got {dtype!r}")
