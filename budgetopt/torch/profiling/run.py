@@ -2,7 +2,7 @@
 
 :func:`profile_model` turns a transformers model, its tokenizer and a calibration file
 (:mod:`budgetopt.calibration`) into oracle, scorer and value-norm arrays, one set per pair,
-by calling the engine :func:`budgetopt.torch.profiler.profile_context` once per context. With
+by calling the engine :func:`budgetopt.torch.profiling.context.profile_context` once per context. With
 ``out_dir`` it writes a run directory (:mod:`budgetopt.runs`): a pair file per finished pair,
 written atomically, so an interrupted run resumes where it stopped, and ``shard=(K, N)``
 profiles the pairs ``i`` with ``i % N == K`` (shards merge into the unsharded result).
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int
-from .._io import check_input_file, loads_json
-from .._progress import Progress
-from ..calibration import Calibration, read_calibration
-from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from ..runs import (
+from ..._checks import check_int
+from ..._io import check_input_file, loads_json
+from ..._progress import Progress
+from ...calibration import Calibration, read_calibration
+from ...errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from ...runs import (
     FORMAT,
     LOCK_NAME,
     ProfileRun,
@@ -42,8 +42,9 @@ from ..runs import (
     shard_label,
     write_pair,
 )
-from . import profiler
-from .geometry import SUPPORTED_MODEL_TYPES, model_geometry, text_config
+from ..geometry import SUPPORTED_MODEL_TYPES, model_geometry, text_config
+from . import context as engine
+from .scorers import CallableScorer, resolve_scorer
 
 __all__ = ["profile_model", "encode_calibration", "load_local_model", "model_fingerprint", "EncodedContext"]
 
@@ -185,7 +186,7 @@ def _versions():
 def _scorer_name(scorer, press):
     if isinstance(scorer, str):
         return scorer.strip().lower().replace("-", "_")
-    if isinstance(press, profiler.CallableScorer):
+    if isinstance(press, CallableScorer):
         return getattr(press.fn, "__name__", "function")
     return type(press).__name__
 
@@ -197,7 +198,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
 
     For each context of ``calibration`` (one context-only prefill, then each question with
     ``max_new_tokens`` generated tokens) the engine
-    :func:`~budgetopt.torch.profiler.profile_context` gives ``scores`` and ``value_norms``
+    :func:`~budgetopt.torch.profiling.context.profile_context` gives ``scores`` and ``value_norms``
     (context-only prefill, shared by its questions) and one ``oracle`` per question, each
     float32 ``(layers, kv_heads, T)``. The result feeds :func:`budgetopt.lukv_table` and
     :func:`budgetopt.curves_from_scores` (see :func:`budgetopt.runs.lukv_table_from_run`).
@@ -283,7 +284,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     (((0, 0),), (2, 2, 9))
     """
     geometry = model_geometry(model)
-    press = profiler.resolve_scorer(scorer)
+    press = resolve_scorer(scorer)
     for name, value, options in (("head_reduce", head_reduce, ("max", "mean")),
                                  ("step_reduce", step_reduce, ("max", "sum"))):
         if value not in options:
@@ -377,7 +378,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                 calls = [(questions, seed)]
             for qs, call_seed in calls:
                 try:
-                    result = profiler.profile_context(
+                    result = engine.profile_context(
                         model, context_ids, [torch.tensor(e.question_ids[q], dtype=torch.int64) for q in qs],
                         scorer=press, max_new_tokens=max_new_tokens, head_reduce=head_reduce,
                         step_reduce=step_reduce, sampling=bool(sampling), temperature=temperature,
@@ -476,7 +477,7 @@ def _remove_empty_run(out_dir):
 
 
 def _budgetopt_version():
-    from .. import __version__
+    from ... import __version__
 
     return __version__
 
