@@ -14,7 +14,8 @@ from .._kvpress import kvpress as _kvpress
 
 __all__ = ["SCORER_NAMES", "CallableScorer", "resolve_scorer"]
 
-#: Scorer names and the kvpress press each one builds (default settings).
+#: Scorer names and the press each one builds with its default settings: the name of a kvpress
+#: class, or a ``ScorerPress`` class defined elsewhere (docs/extending.md, "A new scorer").
 SCORER_NAMES = {
     "snapkv": "SnapKVPress",
     "keydiff": "KeyDiffPress",
@@ -102,7 +103,8 @@ def resolve_scorer(scorer):
                 f"`scorer` {scorer!r} is not a known scorer name; choose one of "
                 f"{', '.join(SCORER_NAMES)} (or pass a kvpress ScorerPress or a function)"
             )
-        return getattr(_kvpress, SCORER_NAMES[key])()
+        press = SCORER_NAMES[key]
+        return (getattr(_kvpress, press) if isinstance(press, str) else press)()
     if isinstance(scorer, ScorerPress):
         return scorer
     if isinstance(scorer, BasePress):
