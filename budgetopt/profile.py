@@ -29,11 +29,6 @@ DEFAULT_RESOLUTION = 1000
 _MAX_RESOLUTION = 1_000_000
 
 
-def check_count(value, name):
-    """A non-negative Python/NumPy integer (bools refused), as a Python int."""
-    return check_int(value, name)
-
-
 def _head_array(value, ref):
     """``value`` as a real array with at least one head axis, or an error naming ``ref``."""
     arr = real_array(value, ref)
@@ -59,8 +54,8 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     """
     o_ref = f"`{oracle_name}`" if quoted else oracle_name
     s_ref = f"`{scores_name}`" if quoted else scores_name
-    sink = check_count(sink, "sink")
-    window = check_count(window, "window")
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
     oracle = _head_array(oracle, o_ref)
     scores = _head_array(scores, s_ref)
     if oracle.shape != scores.shape:

@@ -45,10 +45,10 @@ import numpy as np
 
 from . import _kernels_request as _k
 from ._kernels_jit import Stopwatch
-from ._checks import check_fraction, real_array
+from ._checks import check_fraction, check_int, real_array
 from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
-from .profile import as_pairs, check_count, check_profile_arrays, per_pair, rank_middle
+from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
 from .request_split import blend, split, token_counts, with_floor
@@ -95,10 +95,6 @@ def _executor(workers):
 
 
 # -- checks --------------------------------------------------------------------------------
-def _check_fraction(value, name, *, upper_open=True):
-    return check_fraction(value, name, upper_open=upper_open)
-
-
 def _check_norms(norms, like_shape, name, values=True):
     """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
     :func:`proxy_curves` checks them in its pass)."""
@@ -272,11 +268,11 @@ class RequestAllocator:
         >>> a.budgets.shape, int(a.budgets.sum())
         ((2, 2), 120)
         """
-        sink = check_count(sink, "sink")
-        window = check_count(window, "window")
-        min_keep_fraction = _check_fraction(min_keep_fraction, "min_keep_fraction")
+        sink = check_int(sink, "sink")
+        window = check_int(window, "window")
+        min_keep_fraction = check_fraction(min_keep_fraction, "min_keep_fraction", upper_open=True)
         if shrinkage is not None:
-            shrinkage = _check_fraction(shrinkage, "shrinkage", upper_open=False)
+            shrinkage = check_fraction(shrinkage, "shrinkage", upper_open=False)
         fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
         oracles, score_list, per_pair_scores = as_pairs(oracles, scores, "(L, H, T)")
         n_pairs = len(oracles)
@@ -545,7 +541,7 @@ class RequestAllocator:
         arr3, norms = self._check_request_layer(arr, norms)
         length = arr3.shape[-1]
         floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
-        total = check_count(layer_total, "layer_total")
+        total = check_int(layer_total, "layer_total")
         H = self.kv_heads
         if not H * floor <= total <= H * length:
             raise InfeasibleError(
@@ -589,7 +585,7 @@ class RequestAllocator:
         return arr3, norms
 
     def _check_total(self, total_budget, length):
-        total = check_count(total_budget, "total_budget")
+        total = check_int(total_budget, "total_budget")
         n = self.layers * self.kv_heads
         floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         if total < n * floor:
@@ -611,7 +607,7 @@ class RequestAllocator:
         >>> budgetopt.RequestAllocator.fit(s, s, sink=1, window=2).min_total_budget(100)
         12
         """
-        length = check_count(length, "length")
+        length = check_int(length, "length")
         return self.layers * self.kv_heads * min(head_floor(self.min_keep_fraction, length, self.sink, self.window),
                                                  length)
 
@@ -638,7 +634,7 @@ class RequestAllocator:
         >>> int(budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0).layer_totals(40, 90).sum())
         90
         """
-        length = check_count(length, "length")
+        length = check_int(length, "length")
         if length <= self.sink + self.window:
             raise InvalidInputError(f"`length` must exceed sink + window = {self.sink + self.window}; got {length}")
         total = self._check_total(total_budget, length)
@@ -695,10 +691,10 @@ class RequestAllocator:
         if missing:
             raise CurvesFileError(f"{path}: broken request allocator file (meta lacks {', '.join(map(repr, missing))})")
         try:  # every field by the rules fit() applies to its arguments
-            sink = check_count(meta["sink"], "sink")
-            window = check_count(meta["window"], "window")
-            min_keep_fraction = _check_fraction(meta["min_keep_fraction"], "min_keep_fraction")
-            shrinkage = _check_fraction(meta["shrinkage"], "shrinkage", upper_open=False)
+            sink = check_int(meta["sink"], "sink")
+            window = check_int(meta["window"], "window")
+            min_keep_fraction = check_fraction(meta["min_keep_fraction"], "min_keep_fraction", upper_open=True)
+            shrinkage = check_fraction(meta["shrinkage"], "shrinkage", upper_open=False)
             fractions = _check_fractions(arrays["fractions"])
         except (InvalidInputError, InvalidTypeError) as exc:
             raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from None

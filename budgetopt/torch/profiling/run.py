@@ -167,10 +167,6 @@ def _refuse_long_text(tokenizer, text, max_length, what):
             )
 
 
-def _check_int(value, name, low):
-    return check_int(value, name, minimum=low)
-
-
 def _versions():
     from importlib import metadata
 
@@ -289,10 +285,10 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                                  ("step_reduce", step_reduce, ("max", "sum"))):
         if value not in options:
             raise InvalidInputError(f"`{name}` must be one of {', '.join(map(repr, options))}; got {value!r}")
-    sink = _check_int(sink, "sink", 0)
-    window = _check_int(window, "window", 0)
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 1)
-    seed = _check_int(seed, "seed", 0)
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    seed = check_int(seed, "seed")
     if not isinstance(sampling, (bool, np.bool_)):
         raise InvalidTypeError(f"`sampling` must be True or False; got {sampling!r}")
     if sampling and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
