@@ -51,8 +51,8 @@ from .errors import CurvesFileError, InfeasibleError, InvalidInputError, Invalid
 from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
-from .request_split import blend, split, token_counts, with_floor
-from .rounding import head_floor
+from .request_split import split, token_counts, with_floor
+from .rounding import blend_budgets, head_floor
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
@@ -561,7 +561,7 @@ class RequestAllocator:
             parts.append((s, su, sgrid) + split(su, sgrid, total))
         if s < 1.0:
             parts.append((1.0 - s, u, grid) + split(u, grid, total))
-        budgets = parts[0][3] if len(parts) == 1 else blend(parts[0][3], parts[1][3], s)
+        budgets = parts[0][3] if len(parts) == 1 else blend_budgets(parts[0][3], parts[1][3], s)
         value = sum(w * float(_k.curve_values(c, g, budgets)) for w, c, g, *_ in parts)
         bound = sum(q[0] * q[4] for q in parts)
         lam = sum(q[0] * q[5] for q in parts)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .profile import utility_from_order
-from .request_split import blend, split, token_counts, with_floor
-from .rounding import head_floor
+from .request_split import split, token_counts, with_floor
+from .rounding import blend_budgets, head_floor, tokens_evicted
 
 __all__ = ["SHRINKAGES", "CV_COMPRESSIONS", "CV_MAX_LOSS", "oracle_shapes", "fit_arrays", "corrected",
            "cross_validate", "retained"]
@@ -111,9 +111,9 @@ def retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fra
     capacity = n * length
     mass = max(utility[:, -1].sum(), 1e-300)
     for c in CV_COMPRESSIONS:
-        total = max(capacity - int(round(c * capacity)), n * floor)
+        total = max(capacity - tokens_evicted(c, capacity), n * floor)
         b_static, b_request = split(*static, total)[0], split(*request, total)[0]
         for s in SHRINKAGES:
-            budgets = blend(b_static, b_request, s)
+            budgets = blend_budgets(b_static, b_request, s)
             out[s].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
     return {s: np.array(v) for s, v in out.items()}

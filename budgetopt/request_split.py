@@ -1,10 +1,11 @@
-"""Per-request budgets from curves: each head's grid from its floor, the LP split, the blend.
+"""Per-request budgets from curves: each head's grid from its floor and the LP split.
 
 The last stage of :class:`budgetopt.RequestAllocator`: a head's curve, sampled at the fitted
 fractions of its middle tokens (:func:`token_counts`), starts at the head's floor
 (:func:`with_floor`); one total is split over the heads by the upper-hull greedy on these
 piecewise-linear curves (:func:`split`, a compiled kernel); the static and the request's
-splits are mixed in whole tokens with the same total (:func:`blend`).
+splits are mixed in whole tokens with the same total by
+:func:`budgetopt.rounding.blend_budgets`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import _kernels_request as _k
 
-__all__ = ["token_counts", "with_floor", "split", "blend"]
+__all__ = ["token_counts", "with_floor", "split"]
 
 
 def token_counts(fractions, middle):
@@ -39,22 +40,3 @@ def split(utility, grid, total):
     budgets = np.empty(utility.shape[0], np.int64)
     lp, lam = _k.lp_split(utility, grid, np.int64(total), budgets)
     return budgets, float(lp), float(lam)
-
-
-def blend(static, request, shrinkage):
-    """Whole-token budgets at ``shrinkage * static + (1 - shrinkage) * request``, same total.
-
-    Both ``(n,)`` int64 with equal sums; rounded down, then the tokens left over go to the
-    largest fractional parts (ties by index). Each head ends between its two budgets.
-    """
-    if shrinkage >= 1.0:
-        return static.copy()
-    if shrinkage <= 0.0:
-        return request.copy()
-    x = request + shrinkage * (static - request).astype(np.float64)
-    out = np.floor(x).astype(np.int64)
-    left = int(static.sum() - out.sum())
-    if left > 0:
-        frac = x - out
-        out[np.argsort(-frac, kind="stable")[:left]] += 1
-    return out

@@ -11,7 +11,8 @@ import pytest
 import budgetopt
 from budgetopt import _kernels_request as kr
 from budgetopt import request as rq
-from budgetopt import request_fit, request_split
+from budgetopt import request_fit
+from budgetopt.rounding import blend_budgets
 from budgetopt.errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 
 
@@ -430,12 +431,12 @@ def test_blend_keeps_the_total_and_each_head_between_its_two_budgets(seed):
     static = rng.integers(3, 90, n)
     request = rng.permutation(static)  # the same total
     for s in (0.0, 0.1, 0.5, 0.875, 1.0):
-        b = request_split.blend(static, request, s)
+        b = blend_budgets(static, request, s)
         assert b.sum() == static.sum() and b.dtype == np.int64
         assert np.all(b >= np.minimum(static, request)) and np.all(b <= np.maximum(static, request))
         assert np.all(np.abs(b - (s * static + (1 - s) * request)) < 1.0)
-    assert np.array_equal(request_split.blend(static, request, 0.0), request)
-    assert np.array_equal(request_split.blend(static, request, 1.0), static)
+    assert np.array_equal(blend_budgets(static, request, 0.0), request)
+    assert np.array_equal(blend_budgets(static, request, 1.0), static)
 
 
 def test_shrinkage_blends_the_static_and_the_request_split(fitted):
