@@ -155,7 +155,7 @@ def run_one(family, size, seed, curves, total, args):
     # dp where it fits
     row.update(dp_s=None, dp_status="skipped", dp_utility=None)
     try:
-        from budgetopt import exact as exact_module
+        from budgetopt import baselines as exact_module
 
         limit = exact_module.DP_MAX_UPDATES
         exact_module.DP_MAX_UPDATES = args.dp_max_updates

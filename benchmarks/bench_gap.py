@@ -38,7 +38,7 @@ from _env import add_output_options, output_path, record  # noqa: E402
 import budgetopt  # noqa: E402
 from budgetopt.cli import example_path  # noqa: E402
 from budgetopt.curves import write_atomic  # noqa: E402
-from budgetopt.exact import c_stdout_to_stderr  # noqa: E402
+from budgetopt._io import c_stdout_to_stderr  # noqa: E402
 from heldout_aggregate import make_context, make_world  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)

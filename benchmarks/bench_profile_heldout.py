@@ -152,7 +152,7 @@ def time_overhead(model, tokenizer, calibration, max_new_tokens, repeats):
     import torch
 
     from budgetopt.torch.profiler import profile_context
-    from budgetopt.torch.profiling_run import encode_calibration
+    from budgetopt.torch.profiling.run import encode_calibration
 
     encoded = encode_calibration(tokenizer, calibration, sink=4, window=1, max_new_tokens=max_new_tokens)
     rows = []
@@ -205,7 +205,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from budgetopt.runs import lukv_table_from_run
-    from budgetopt.torch.profiling_run import load_local_model, profile_model
+    from budgetopt.torch.profiling.run import load_local_model, profile_model
 
     start = time.perf_counter()
     info = machine_info()  # the commit and load as the run starts

@@ -61,6 +61,7 @@ from _env import RESULTS, baseline_package, new_folder, record  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
+from budgetopt import request_fit, request_split  # noqa: E402
 from budgetopt._io import write_atomic  # noqa: E402
 from budgetopt.rounding import keep_counts_from_prune_ratios  # noqa: E402
 
@@ -159,21 +160,21 @@ def mean_ratio_fit(contexts, sink, window, fractions):
         order = rq.rank_middle(scores.astype(np.float64) if scores.dtype != np.float32 else scores, sink, window)
         for o in oracles:
             T = o.shape[-1]
-            counts = rq._token_counts(fractions, T - sink - window)
-            _, _, util = rq._oracle_shapes(o.astype(np.float64), order, sink, window, counts)
+            counts = request_split.token_counts(fractions, T - sink - window)
+            _, _, util = request_fit.oracle_shapes(o.astype(np.float64), order, sink, window, counts)
             u = np.ascontiguousarray(util[:, counts])
             n = u.shape[0]
             floor = floor_of(T, sink, window)
-            u, grid = rq._with_floor(u, counts + sink + window, floor, T)
-            keep.append([rq._split(u, grid, tot)[0] / T for tot in totals_for(n, T, sink, window)])
+            u, grid = request_split.with_floor(u, counts + sink + window, floor, T)
+            keep.append([request_split.split(u, grid, tot)[0] / T for tot in totals_for(n, T, sink, window)])
     return np.mean(keep, axis=0)  # (compressions, n)
 
 
 def grid_split(u, fractions, T, sink, window, total):
     """Budgets of curves ``u`` (n, G) on the fraction grid for one request of ``T`` tokens."""
-    tokens = rq._token_counts(fractions, T - sink - window) + sink + window
-    u, grid = rq._with_floor(np.ascontiguousarray(u), tokens, floor_of(T, sink, window), T)
-    return rq._split(u, grid, total)[0]
+    tokens = request_split.token_counts(fractions, T - sink - window) + sink + window
+    u, grid = request_split.with_floor(np.ascontiguousarray(u), tokens, floor_of(T, sink, window), T)
+    return request_split.split(u, grid, total)[0]
 
 
 def evaluate(contexts, sink, window, *, variants=True, log=print):
@@ -214,7 +215,7 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
         floor = floor_of(T, sink, window)
         tots = totals_for(n, T, sink, window)
         fr = fits["request"].fractions
-        counts = rq._token_counts(fr, T - sink - window)
+        counts = request_split.token_counts(fr, T - sink - window)
         utils = [budgetopt.curves_from_scores(o, scores, sink=sink, window=window).utility.reshape(n, -1)
                  for o in oracles]
         context_mean = np.mean([u[:, counts] / u[:, -1].sum() for u in utils], axis=0)
@@ -358,7 +359,7 @@ def sampling_error(cal_o, cal_s, cal_n, requests, norms, total, log):
     themselves and the budgets of the full correction (``shrinkage=0``)."""
     full = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.0)
     T = norms.shape[-1]
-    counts = rq._token_counts(full.fractions, T - 36)
+    counts = request_split.token_counts(full.fractions, T - 36)
     out = {}
     saved = rq.SAMPLE
     for name, scores in requests.items():

@@ -1,5 +1,5 @@
 """What the command-line modules share: number parsers for flags, output-path checks and
-writers, progress on stderr, and :func:`run_guarded`, which turns errors and signals into exit
+writers, and :func:`run_guarded`, which turns errors and signals into exit
 codes.
 
 Standard library only at module level: the console script imports this module before it can
@@ -29,7 +29,6 @@ __all__ = [
     "check_table_output",
     "dumps",
     "write_json",
-    "Progress",
     "Terminated",
     "run_guarded",
 ]
@@ -195,38 +194,6 @@ def write_json(path, payload, inputs=()):
 
     text = dumps(payload) + "\n"
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), inputs=inputs)
-
-
-class Progress:
-    """Progress over calibration pairs on stderr: tqdm if installed, else a counter; off when
-    stderr is not a terminal or ``--no-progress`` is given."""
-
-    def __init__(self, total, enabled, desc):
-        self.bar = None
-        self.enabled = enabled and sys.stderr.isatty()
-        self.desc = desc
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc=desc, unit="pair", file=sys.stderr, leave=False)
-
-    def __call__(self, done, total):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        else:
-            sys.stderr.write(f"\r{self.desc}: {done}/{total} pairs")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
 
 
 # -- exit codes --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Compiled kernels (numba) of the exact solver in :mod:`budgetopt.mcknap`.
+"""Compiled kernels (numba) of the exact solver in :mod:`budgetopt.exact`.
 
 In pipeline order: fixing (the options that can still beat the incumbent), the core heads'
 options and hulls, the suffix bound, the DP layers.

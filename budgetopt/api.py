@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import exact, greedy as _greedy, mcknap
+from . import baselines, exact, greedy as _greedy
 from .errors import InvalidInputError, InvalidTypeError
 from ._checks import refuse_masked
 from .problem import build_problem, check_time_limit, check_total, require_feasible
@@ -19,10 +19,10 @@ __all__ = ["allocate", "sweep", "METHODS"]
 #: guarantees is in :func:`allocate`'s Notes and docs/guide-choosing-a-method.md.
 METHODS = {
     "greedy": _greedy.greedy,
-    "milp": exact.milp,
-    "cvxpy": exact.cvxpy_milp,
-    "dp": exact.dp,
-    "exact": mcknap.exact,
+    "milp": baselines.milp,
+    "cvxpy": baselines.cvxpy_milp,
+    "dp": baselines.dp,
+    "exact": exact.exact,
 }
 
 #: Methods that accept ``time_limit``.
@@ -89,7 +89,7 @@ def allocate(curves, total_budget, *, method="greedy", min_budget=None, max_budg
 
     The exact methods return the optimum; ``"milp"``/``"cvxpy"`` report HiGHS's proven
     bound as ``upper_bound``. ``"dp"`` needs O(options * budget units) time; see
-    :data:`budgetopt.exact.DP_MAX_UPDATES`. ``"exact"`` starts from the greedy's answer and
+    :data:`budgetopt.baselines.DP_MAX_UPDATES`. ``"exact"`` starts from the greedy's answer and
     its multiplier, drops every grid point whose Lagrangian bound cannot beat that answer,
     and searches the heads left by a DP over undominated (tokens, utility) states pruned by
     LP bounds: "optimal" means no allocation is better by more than

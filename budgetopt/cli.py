@@ -21,9 +21,8 @@ try:
     from importlib import resources
     from pathlib import Path
 
-    from ._cli_common import (  # noqa: F401 (Progress, dumps: part of the CLI's toolkit)
+    from ._cli_common import (
         Parser,
-        Progress,
         UsageError,
         check_output_path,
         dumps,
@@ -38,6 +37,7 @@ try:
         write_json,
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+    from ._progress import Progress
     from .cli_convert import add_convert_command
     from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
                               grid_unit, grid_words)

@@ -12,7 +12,6 @@ import os
 import sys
 
 from ._cli_common import (
-    Progress,
     UsageError,
     check_output_path,
     check_table_output,
@@ -20,6 +19,7 @@ from ._cli_common import (
     positive_int,
     positive_number,
 )
+from ._progress import Progress
 
 
 def shard_argument(text):
@@ -87,7 +87,7 @@ def cmd_profile(args):
         raise UsageError(f"-o/--output: directory {os.path.dirname(out)!r} does not exist")
     calibration = read_calibration(args.calibration)  # before the model loads: fast errors
     try:
-        from .torch.profiling_run import load_local_model, profile_model
+        from .torch.profiling.run import load_local_model, profile_model
     except ImportError as exc:
         from .errors import MissingDependencyError
 

@@ -1,197 +1,552 @@
-"""Exact baselines for the multiple-choice knapsack: MILP (HiGHS), cvxpy, dynamic programming.
+"""Proven optima of the multiple-choice knapsack at scale: ``allocate(method="exact")``.
 
-All three solve: pick one usable grid point per head, total tokens at most the budget,
-maximising total utility. They share :func:`_options`, which lists each head's distinct usable
-grid values (the best utility at a repeated value) as costs above the head's floor.
+The hull greedy's answer is the first incumbent and its LP multiplier ``lam`` gives a
+Lagrangian bound. A local search (one head, or two heads at once, moved while that gains)
+improves the incumbent. Options whose bound with that option forced cannot beat the
+incumbent are dropped (reduced-cost fixing); a head left with one option is fixed. When the
+utilities are integers (more generally: every head's utilities differ by multiples of one
+step), only a bound a whole step above the incumbent can hide a better allocation, and a
+second bound that knows option ranks are integers (a cardinality bound) can close the gap
+the LP leaves on strongly correlated data. The heads left (the *core*) are searched by a
+dynamic programme over (tokens, utility) states that keeps only undominated states and only
+those whose LP bound on the rest of the core (and, once the DP is large, whose cardinality
+bound) can still beat the incumbent; integral completions of the LP improve the incumbent
+on the way. The search ends with a proof (no
+state left that can beat the incumbent, or an incumbent that meets a bound) or at the time
+limit with a valid bound. The idea follows Pisinger's minimal algorithm for the
+multiple-choice knapsack; the proof of each step is in ``docs/exact.md``.
+
+The module is named for the method a user asks for (``method="exact"``, documented in
+``docs/exact.md``), not for the paper's problem name; the general-purpose solvers it is checked
+against (``"milp"``, ``"cvxpy"``, ``"dp"``) are in :mod:`budgetopt.baselines`, its compiled
+kernels in :mod:`budgetopt._kernels_exact`.
 """
 
 from __future__ import annotations
 
-import math
-from functools import reduce
-
 import numpy as np
 
-from ._io import c_stdout_to_stderr  # noqa: F401 (kept importable from here)
-from .errors import MissingDependencyError, ProblemTooLargeError, SolverError
+from . import _kernels_exact as K
 from ._kernels_jit import Stopwatch
-from .greedy import lp_multiplier
+from .errors import ProblemTooLargeError
+from .greedy import _Greedy
 from .result import Allocation
 
-__all__ = ["milp", "cvxpy_milp", "dp", "DP_MAX_UPDATES", "DP_MAX_CELLS"]
+__all__ = ["exact", "EXACT_MAX_OPTIONS", "EXACT_MAX_STATES", "EXACT_RTOL"]
 
-#: Largest number of DP cell updates (options x budget units) ``method="dp"`` accepts:
-#: about 1-3 s per 10^9 on one core of a 2020s CPU.
-DP_MAX_UPDATES = 2_000_000_000
-#: Largest DP choice table (heads x budget units) ``method="dp"`` accepts (int16/int32 cells).
-DP_MAX_CELLS = 400_000_000
+#: Largest number of usable grid points ``method="exact"`` accepts (the options kept after
+#: fixing take 24 bytes each, at most this many).
+EXACT_MAX_OPTIONS = 20_000_000
+#: Largest number of DP states ``method="exact"`` keeps over all core heads together, and
+#: of extensions it builds for one head (16 bytes per state kept, 48 per extension while a
+#: layer is built): about 1.3 GB at most.
+EXACT_MAX_STATES = 20_000_000
+#: Optimality tolerance, relative: the answer is within ``EXACT_RTOL * sum_h max_k |u_hk|``
+#: of the optimum (the same scale as :func:`budgetopt._invariants.tolerance`).
+EXACT_RTOL = 1e-9
 
-# HiGHS stops a MIP when the absolute gap is below 1e-6 (not settable through scipy); the
-# objective is rescaled so that its largest possible magnitude is this, making that
-# tolerance negligible in relative terms.
-_OBJECTIVE_SCALE = 1e6
+# Core heads searched first, with the rest at their LP choice, for a better incumbent.
+_HEURISTIC_CORE = 48
+# ... for at most this long, or this share of the time limit.
+_HEURISTIC_SECONDS = 0.2
+_HEURISTIC_SHARE = 0.25
+# Rounds of local search (one or two heads moved per round) from the greedy's answer: the
+# first 8 with the fixing's first pass, the others 8 at a time between looks at the clock.
+_LOCAL_ROUNDS = 64
+_LOCAL_ROUNDS_FIRST = 8
+# Local search and cardinality bound only up to this many options (about 80 bytes each).
+_EXTRA_MAX_OPTIONS = 2_000_000
+# The core DP bounds its states by the cardinality bound too, once it has kept this many
+# states, on cores of at most this many options (48 LP solves find the rank multiplier).
+_RANK_AFTER_STATES = 20_000
+_RANK_MAX_OPTIONS = 200_000
+# Core DP layers run in one compiled call (``_kernels_exact.dp_layers``) while they need
+# nothing from Python; it hands back after about this many extensions (well under a
+# millisecond) so that the clock is checked. ``_FUSED = False`` runs every layer from
+# Python, one call per layer (the reference the tests compare it with).
+_FUSED = True
+_LAYER_WORK = 10_000
+# Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
+_GOLDEN_STEPS = 48
+# The cardinality bound is tried before the core DP on cores of at least this many heads;
+# a smaller core's DP costs less than the bound (and computes it if it grows past
+# _RANK_AFTER_STATES states).
+_CARDINALITY_MIN_HEADS = 16
 
 
-class _Options:
-    """Each head's distinct usable grid values, as CSR arrays."""
+def exact(problem, total, *, time_limit=None):
+    """Proven optimum by LP bound, reduced-cost fixing and a bounded core DP.
 
-    def __init__(self, problem):
-        heads_idx, heads_cost, offsets = [], [], [0]
-        for h in range(problem.n_heads):
-            g = problem.head_grid(h)[problem.lo[h] : problem.hi[h]]
-            u = problem.utility[h, problem.lo[h] : problem.hi[h]]
-            # best index per distinct grid value (grid is sorted)
-            starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-            best = np.maximum.reduceat(u, starts)
-            # first index attaining the best utility within each run of equal values
-            run_id = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(g)]))
-            hit = u == best[run_id]
-            first_hit = np.full(len(starts), len(g))
-            np.minimum.at(first_hit, run_id[hit], np.flatnonzero(hit))
-            heads_idx.append(problem.lo[h] + first_hit)
-            heads_cost.append(g[starts] - g[0])
-            offsets.append(offsets[-1] + len(starts))
-        self.index = np.concatenate(heads_idx).astype(np.int64)  # grid index of each option
-        self.cost = np.concatenate(heads_cost).astype(np.int64)  # tokens above the floor
-        self.offsets = np.asarray(offsets, np.int64)
-        head_of = np.repeat(np.arange(problem.n_heads), np.diff(self.offsets))
-        self.head = head_of
-        self.value = problem.utility[head_of, self.index]
+    Parameters
+    ----------
+    problem : budgetopt.problem.Problem
+        Validated; ``total >= problem.floor_total``.
+    total : int
+    time_limit : float or None
+        Seconds (wall clock, from the start of the solve) after which the search stops with
+        the best allocation found and a valid upper bound. Checked between core heads (at
+        least every 10,000 DP extensions or so, and after any head whose layer is larger). The
+        time spent compiling (or loading) the kernels on the way does not count.
+
+    Returns
+    -------
+    Allocation
+        ``status`` is ``"optimal"`` (no allocation is better than ``utility`` by
+        more than ``stats["tolerance"]``; ``upper_bound`` is ``utility``) or ``"time_limit"``
+        (``upper_bound`` is the largest bound of any part of the search left open, rounded
+        down to a whole number of value steps above ``utility`` when the utilities are
+        integral). ``stats["proved_by"]`` names what proved optimality
+        (``"lagrangian_bound"``, ``"cardinality_bound"`` or ``"core_dp"``; ``None`` at the
+        time limit); ``stats["value_step"]`` is the step by which allocations' values differ
+        (``0.0`` when the utilities are not integral, ``stats["integral"]`` is then False).
+
+    Raises
+    ------
+    ProblemTooLargeError
+        More usable grid points than :data:`EXACT_MAX_OPTIONS`, or a search that would
+        create more states than :data:`EXACT_MAX_STATES`.
+
+    Notes
+    -----
+    O(heads * K) for the greedy and the fixing (one pass over the curves, only the options
+    kept are stored); the local search O(M log M) per round for M kept options (at most 64
+    rounds); the cardinality bound (integral utilities only) O(C log C) for each of at most
+    48 golden-section steps, C the core's options; the core DP costs O(states x options x
+    log segments) per layer and is exponential in the worst case (the problem is NP-hard).
+    Deterministic. The greedy's answer is never changed: it is only the first incumbent.
+
+    Examples
+    --------
+    Head 0 jumps from 0 to 1 at two tokens, head 1 gains .4 with its first token; with one
+    token the greedy's LP bound is .5 and the optimum .4:
+
+    >>> from budgetopt.problem import build_problem
+    >>> a = exact(build_problem([[0.0, 0.0, 1.0], [0.0, 0.4, 0.4]]), 1)
+    >>> a.budgets.tolist(), a.utility, a.status, a.stats["lp_bound"]
+    ([0, 1], 0.4, 'optimal', 0.5)
+    """
+    return _Search(problem, total, time_limit).run()
+
+
+def _starts(sizes):
+    """``[0, sizes[0], sizes[0] + sizes[1], ...]`` as int64 (CSR offsets of ``sizes``)."""
+    out = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=out[1:])
+    return out
+
+
+class _Search:
+    """One exact solve: incumbent, fixing, core DP, result."""
+
+    def __init__(self, problem, total, time_limit):
+        # Times are Stopwatch seconds: compiling kernels on the way counts neither against the
+        # time limit nor in the result's ``seconds``.
+        self.watch = Stopwatch()
+        self.deadline = None if time_limit is None else float(time_limit)
+        self.problem = problem
+        self.total = total
+        usable = int((problem.hi - problem.lo).sum())
+        if usable > EXACT_MAX_OPTIONS:
+            raise ProblemTooLargeError(
+                f'method="exact" accepts at most {EXACT_MAX_OPTIONS:,} usable grid points '
+                f"(heads x points within floors and caps); this problem has {usable:,}. "
+                'Use method="greedy" (its `gap` bounds the loss).'
+            )
+
+    def run(self):
+        p = self.problem
+        found, picked = _Greedy(p)._solve(self.total)
+        idx, lp, lam = found.idx, found.lp, found.threshold
+        self.lam = lam
+        # the greedy's utility, summed as problem.pick sums it
+        greedy_value = float(p.utility[np.arange(p.n_heads), idx].sum()) if picked is None else picked[1]
+        self.best, self.best_idx = greedy_value, idx
+        self.spare = min(self.total, p.ceiling_total) - p.floor_total
+        scale = p.curves._utility_scale()
+        self.tau = EXACT_RTOL * max(1.0, scale)
+        # Integral utilities: allocations differ in value by multiples of ``step``, so only
+        # a bound of at least ``best + step`` (less the tolerance) can hide a better one.
+        # Then the options that can still beat the incumbent, and a local search from it.
+        moved = idx.copy()
+        step, self.margin, gain, more, *kept = K.presolve(
+            p.utility, p.grid, p.per_head, p.lo, p.hi, moved, lam, self.spare, self.best, self.tau,
+            2.0**53 / (p.n_heads + 1), _EXTRA_MAX_OPTIONS, _LOCAL_ROUNDS_FIRST,
+        )
+        self.step = float(step)
+        self.opts = _Kept(*kept)
+        self.status = "optimal"
+        self.stats = {
+            "lp_bound": float(lp),
+            "tolerance": self.tau,
+            "integral": self.step > 0,
+            "value_step": self.step,
+            "greedy_utility": greedy_value,
+            "improved_on_greedy": False,
+            "lagrangian_bound": None,  # set by the first fixing
+            "cardinality_bound": None,  # None unless that bound was worked out
+            "rank_limit": None,
+            "proved_by": None,
+            "fixed_heads": p.n_heads,
+            "core_heads": 0,
+            "core_options": 0,
+            "layers_done": 0,
+            "states": 0,
+            "max_layer_states": 0,
+        }
+        self.global_bound = np.inf  # bounds every allocation better than the incumbent
+        if gain > self.tau:
+            self._improve(moved, more)
+        open_bound = self._search()
+        budgets, utility = p.pick(self.best_idx)
+        if open_bound is None:
+            bound = utility  # proven: nothing beats it by more than the tolerance
+        else:
+            self.status = "time_limit"
+            self.stats["proved_by"] = None
+            bound = min(max(open_bound, self.dropped), max(utility, self.global_bound))
+            if self.step > 0:  # the best value below the bound that an allocation can have
+                bound = utility + self.step * np.floor((bound - utility + self.tau) / self.step)
+        self.stats["improved_on_greedy"] = bool(utility > greedy_value)
+        return Allocation.from_solution(
+            budgets, utility, total_budget=self.total, upper_bound=bound, threshold=lam, method="exact",
+            status=self.status, seconds=self.watch.seconds(), stats=self.stats,
+        )
+
+    # -- the search -------------------------------------------------------------------------
+    def _search(self):
+        """Fixing, a heuristic core for a better incumbent, fixing again, the core DP.
+
+        Returns ``None`` when the incumbent is proven optimal, else the largest bound of the
+        states left open at the time limit."""
+        fixing = self._fix()
+        self.stats["lagrangian_bound"] = float(self.lagrangian)
+        if fixing is None:
+            return None
+        fixed_opt, core = fixing
+        if self.step > 0 and _CARDINALITY_MIN_HEADS <= len(core) and len(core.cost) <= _EXTRA_MAX_OPTIONS:
+            self._cardinality(core, fixed_opt)
+            if self._proven():
+                return None
+        if len(core) > _HEURISTIC_CORE:
+            # The best allocation with every head outside a small core at its LP choice
+            # (the lightest maximiser of utility - lam * tokens): a cheap, usually much
+            # better incumbent, which makes the fixing below far stronger.
+            before = self.best
+            self._heuristic(core)
+            if self._proven():
+                return None
+            if self.best > before:
+                fixing = self._fix()
+                if fixing is None:
+                    return None
+                fixed_opt, core = fixing
+        self.stats["proved_by"] = "core_dp"
+        open_bound, dropped = self._core_dp(core, fixed_opt, record=True)
+        self.dropped = max(self.dropped, dropped)
+        return open_bound
+
+    def _proven(self):
+        """Whether the incumbent meets the bound on every better allocation (and which
+        bound that is, in ``stats["proved_by"]``)."""
+        if self.best + self.margin <= self.global_bound:
+            return False
+        self.stats["proved_by"] = "lagrangian_bound" if self.global_bound >= self.lagrangian else "cardinality_bound"
+        return True
+
+    def _fix(self):
+        """Reduced-cost fixing against the incumbent: ``(fixed_opt, core)``, or ``None`` when
+        no allocation can beat the incumbent. ``fixed_opt[h]`` is the only option head ``h``
+        can take in a better allocation (-1 for core heads); ``core`` (a :class:`_Core`)
+        holds the others with their undominated options, likeliest to change first."""
+        p, opts = self.problem, self.opts
+        if opts.bound < self.best + self.margin:
+            self.lagrangian, self.dropped = opts.bound, opts.dropped
+            self.global_bound = min(self.global_bound, self.lagrangian)
+            self.stats["proved_by"] = "lagrangian_bound"
+            return None
+        # Options dropped before (against a lower target) stay dropped; the bound is the same.
+        # Heads whose second-best option comes closest to their best (in reduced value at
+        # lam) are the likeliest to change: they go first, the rest stay in the LP bound longest.
+        self.lagrangian, dropped, still_open, fixed_opt, heads, gopt, coff = K.fix(
+            opts.cost, opts.value, opts.offsets, self.lam, self.spare, self.best + self.margin
+        )
+        self.global_bound = min(self.global_bound, self.lagrangian)
+        self.dropped = max(opts.dropped, dropped)
+        if not still_open:
+            self.stats["proved_by"] = "lagrangian_bound"
+            return None
+        core = _Core(heads, gopt, coff, opts.cost[gopt], opts.value[gopt])
+        self.stats.update(fixed_heads=p.n_heads - len(heads), core_heads=len(heads), core_options=len(gopt))
+        return fixed_opt, core
+
+    def _cardinality(self, core, fixed_opt):
+        """Lower ``global_bound`` to the bound that knows option ranks are integers (see
+        :func:`budgetopt._kernels_exact.cardinality_bound`), over the core heads with every
+        other head at ``fixed_opt``; it bounds every allocation better than the incumbent."""
+        fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
+        cap = self.spare - fixed_cost
+        bound, mu, k = K.cardinality_bound(
+            core.cost, core.value, core.coff, cap, _GOLDEN_STEPS, self.best + self.margin - fixed_value
+        )
+        self.stats.update(cardinality_bound=float(bound + fixed_value), rank_limit=int(k))
+        self.global_bound = min(self.global_bound, bound + fixed_value)
+
+    def _improve(self, new, more):
+        """Go on with the local search (moves of one head or of two heads together, one up,
+        one down, while they gain) from the grid indices ``new`` that its first rounds
+        reached (``more``: their last round still moved), and adopt the result if better."""
+        p, opts = self.problem, self.opts
+        rows = np.arange(p.n_heads)
+        value = float(p.utility[rows, new].sum())
+        if more:
+            stop = self.watch.seconds() + _HEURISTIC_SECONDS
+            if self.deadline is not None:
+                stop = min(stop, _HEURISTIC_SHARE * self.deadline)
+            enough = opts.bound - self.margin - value  # then the incumbent meets the Lagrangian bound
+            for _ in range(_LOCAL_ROUNDS_FIRST, _LOCAL_ROUNDS, 8):  # 8 rounds at a time, then the clock
+                if not more or self.watch.seconds() > stop:
+                    break
+                gain, more = K.local_search(opts.cost, opts.value, opts.offsets, opts.index, p.utility, p.grid,
+                                            p.per_head, p.lo, new, self.spare, self.tau, 8, enough)
+                enough -= gain
+            value = float(p.utility[rows, new].sum())
+        if value > self.best:
+            self.best, self.best_idx = value, new
+
+    def _heuristic(self, core):
+        fixed_opt = self.opts.lp_opt.copy()
+        small = core.first(_HEURISTIC_CORE)
+        fixed_opt[small.heads] = -1
+        stop = self.watch.seconds() + _HEURISTIC_SECONDS
+        if self.deadline is not None:
+            stop = min(stop, _HEURISTIC_SHARE * self.deadline)
+        aims = [-np.inf]
+        if self.step > 0:
+            # First aim at the best value the bound allows (integral utilities): pruning
+            # against it is far stronger, and the optimum often meets it.
+            top = self.best + self.step * np.floor((self.global_bound - self.best + self.tau) / self.step)
+            if top > self.best + self.margin:
+                aims.insert(0, top)
+        try:
+            for aim in aims:
+                self._core_dp(small, fixed_opt, record=False, deadline=stop, aim=aim)
+                if self.best + self.margin > self.global_bound or self.watch.seconds() > stop:
+                    return
+        except ProblemTooLargeError:
+            pass  # only a heuristic: the main search enforces the limit
+
+    def _core_dp(self, core, fixed_opt, *, record, deadline=None, aim=-np.inf):
+        """Search ``core`` with every other head at ``fixed_opt``; improves the incumbent.
+
+        Returns ``(open_bound, dropped)``: ``open_bound`` is ``None`` when the search
+        finished (no state left that can beat the incumbent), else the largest bound of the
+        states left at the time limit; ``dropped`` is the largest bound of any state dropped.
+        With ``record`` the layer statistics go to ``stats``; ``deadline`` (default: the
+        solve's) is checked between layers. With ``aim``, only allocations worth at least
+        ``aim`` are looked for (a search that then finds none proves nothing).
+        """
+        deadline = self.deadline if deadline is None else deadline
+        fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
+        cap = self.spare - fixed_cost
+        if not len(core):
+            if cap >= 0 and fixed_value > self.best:
+                self.best = fixed_value
+                self._adopt(core, fixed_opt, core.heads)
+            return None, -np.inf
+        c, v, coff = core.cost, core.value, core.coff
+        # hull segments in slope order, grouped by position, Fenwick trees of the suffix
+        # bound, and suffix sums of the lightest options (heads at positions >= k)
+        (pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr, seg_alive, cum_c, cum_v,
+         cum_slope) = K.core_setup(c, v, coff)
+        if cap < int(suf_c[0]):
+            return None, -np.inf
+        seg_off = seg_off_arr.tolist()
+        top = 1 << (max(len(dc), 1).bit_length() - 1)
+        suf_v = suf_v_arr.tolist()
+        suf_c_list = suf_c.tolist()
+        coff_list = coff.tolist()
+
+        # The cardinality bound of the rest, per state: switched on in the main search once
+        # the DP has kept _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS
+        # options): rank multiplier mu, rank room, Fenwick trees of the hull segments of
+        # v - mu * rank (those of the heads already taken removed).
+        no_ranks = (0.0, 0, np.zeros(1, np.int64), np.zeros(1), np.zeros(0), 0)
+        rk = {"ranks": no_ranks, "tried": not record or len(c) > _RANK_MAX_OPTIONS}
+
+        def start_ranks(k):
+            rk["tried"] = True
+            enough = level + self.margin - fixed_value
+            bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
+            prev = self.stats["cardinality_bound"]
+            prev = np.inf if prev is None else prev
+            self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
+            self.global_bound = min(self.global_bound, bound + fixed_value)
+            if mu <= 0:
+                return
+            pos2, dc2, dv2, slope2 = K.rank_hulls(c, v, coff, mu)
+            order2 = np.lexsort((pos2, -slope2))
+            pos2, dc2, dv2, slope2 = pos2[order2], dc2[order2], dv2[order2], slope2[order2]
+            fc2 = np.empty(len(dc2) + 1, np.int64)
+            fv2 = np.empty(len(dc2) + 1, np.float64)
+            K.fenwick_build(dc2, fc2)
+            K.fenwick_build(dv2, fv2)
+            by_pos2 = np.argsort(pos2, kind="stable")
+            seg_off2 = _starts(np.bincount(pos2, minlength=len(core))).tolist()
+            K.fenwick_remove(fc2, fv2, dc2, dv2, by_pos2[: seg_off2[k]])  # heads already taken
+            rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
+            rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
+
+        log_s = max(len(dc), 2).bit_length()
+
+        w = np.zeros(1, np.int64)
+        val = np.zeros(1, np.float64)
+        n = np.zeros(1, np.int64)  # rank sums of the states
+        # committed layers: parents and choices, layer kk at entries off[kk]:off[kk + 1]
+        layer_par = np.empty(64, np.int64)
+        layer_ch = np.empty(64, np.int64)
+        layer_off = np.zeros(len(core) + 1, np.int64)
+        local = np.zeros(len(core), np.int64)  # the incumbent's core choice when the DP improves it
+        open_bound = float(self.lagrangian)
+        all_dropped = -np.inf
+        states = 0
+        level = max(self.best, aim - self.tau - self.margin)  # the DP looks for allocations above level + margin
+        fused = _FUSED
+        k = 0
+        while k < len(core):
+            if deadline is not None and self.watch.seconds() > deadline:
+                return max(open_bound, self.best), all_dropped
+            if not rk["tried"] and states > _RANK_AFTER_STATES:
+                start_ranks(k)
+                if self._proven():
+                    return None, all_dropped
+            ranks = rk["ranks"]
+            if fused and ranks[0] <= 0:
+                # Layers run in one compiled call until one needs this loop: it is too large,
+                # the cardinality bound is due or the clock is.
+                k0 = k
+                (status, k, w, val, n, layer_par, layer_ch, states, largest, dropped, live, best,
+                 improved) = K.dp_layers(
+                    k, w, val, n, c, v, coff, cap, suf_c, suf_v_arr, fc, fv, dc, dv, slope, top, by_pos,
+                    seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off,
+                    level, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES, states,
+                    -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
+                )
+                k, states = int(k), int(states)
+                all_dropped = max(all_dropped, dropped + fixed_value)
+                if improved:
+                    self.best = level = best
+                    self._adopt(core, fixed_opt, local)
+                if k > k0 and record:
+                    self.stats.update(
+                        layers_done=k, states=states,
+                        max_layer_states=max(self.stats["max_layer_states"], int(largest)),
+                    )
+                if status == 3:
+                    self._too_many_states(core)
+                if status == 2:
+                    if record:
+                        self._proven()
+                    return None, all_dropped
+                if status == 1:
+                    return None, all_dropped
+                if k > k0:
+                    open_bound = live + fixed_value
+                continue
+            gone = by_pos[seg_off[k] : seg_off[k + 1]]
+            K.fenwick_remove(fc, fv, dc, dv, gone)
+            seg_alive[gone] = False
+            if ranks[0] > 0:
+                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
+                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
+            o0, o1 = coff_list[k], coff_list[k + 1]
+            target = level - fixed_value + self.margin
+            sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
+            # Bounds by a pointer walk over running sums when that is cheaper than one
+            # Fenwick search per extension.
+            n_left = len(dc) - seg_off[k + 1]
+            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
+            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
+                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
+                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
+            )
+            if fl_at == -2:
+                self._too_many_states(core)
+            all_dropped = max(all_dropped, dropped + fixed_value)
+            if fl_at >= 0 and fl_best + fixed_value > level:
+                self.best = level = fl_best + fixed_value
+                room = cap - int(nw[fl_at]) - suf_c_list[k + 1]
+                K.complete_choice(k, par, ch, fl_at, layer_par, layer_ch, layer_off, room, pos, end, dc, local)
+                self._adopt(core, fixed_opt, local)
+                if record and self._proven():
+                    return None, all_dropped  # it meets the bound of the whole problem
+                if self.best + self.margin > self.global_bound:
+                    return None, all_dropped
+                alive = np.empty(len(nw), np.bool_)
+                target = level - fixed_value + self.margin
+                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
+                all_dropped = max(all_dropped, dropped + fixed_value)
+                nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
+            used = int(layer_off[k])
+            if used + len(nw) > len(layer_par):
+                size = max(used + len(nw), 2 * len(layer_par))
+                layer_par = np.concatenate([layer_par[:used], np.empty(size - used, np.int64)])
+                layer_ch = np.concatenate([layer_ch[:used], np.empty(size - used, np.int64)])
+            layer_par[used : used + len(nw)] = par
+            layer_ch[used : used + len(nw)] = ch
+            layer_off[k + 1] = used + len(nw)
+            states += len(nw)
+            if record:
+                self.stats.update(
+                    layers_done=k + 1, states=states,
+                    max_layer_states=max(self.stats["max_layer_states"], len(nw)),
+                )
+            if len(nw) == 0:
+                return None, all_dropped
+            open_bound = live + fixed_value
+            w, val, n = nw, nval, nn
+            k += 1
+        return None, all_dropped
+
+    def _too_many_states(self, core):
+        raise ProblemTooLargeError(
+            f'method="exact" would create more than {EXACT_MAX_STATES:,} DP states on this problem '
+            f"({len(core)} core heads, {len(core.cost):,} core options); use time_limit to stop "
+            'earlier with a bound, or method="greedy"'
+        )
+
+    def _adopt(self, core, fixed_opt, local):
+        """Make the heads outside ``core`` at ``fixed_opt`` and the core heads at their local
+        options ``local`` (one per position) the incumbent."""
+        chosen = fixed_opt.copy()
+        chosen[core.heads] = core.gopt[core.coff[:-1] + local]
+        self.best_idx = self.opts.index[chosen]
+
+
+class _Core:
+    """The core heads in search order and their options: ``heads[k]`` is at position ``k``;
+    its options are entries ``coff[k]:coff[k + 1]`` of ``gopt`` (indices into the kept
+    options), ``cost`` and ``value`` (theirs, ascending cost)."""
+
+    def __init__(self, heads, gopt, coff, cost, value):
+        self.heads, self.gopt, self.coff, self.cost, self.value = heads, gopt, coff, cost, value
+
+    def __len__(self):
+        return len(self.heads)
+
+    def first(self, n):
+        """The core of the first ``n`` positions."""
+        m = self.coff[min(n, len(self))]
+        return _Core(self.heads[:n], self.gopt[:m], self.coff[: n + 1], self.cost[:m], self.value[:m])
+
+
+class _Kept:
+    """The options reduced-cost fixing kept (CSR, head after head; see
+    :func:`budgetopt._kernels_exact.lagrangian_options`)."""
+
+    def __init__(self, bound, dropped, offsets, index, cost, value, lp_opt):
+        self.bound, self.dropped = float(bound), float(dropped)
+        self.offsets, self.index, self.cost, self.value, self.lp_opt = offsets, index, cost, value, lp_opt
 
     def __len__(self):
         return len(self.index)
-
-
-def _result(problem, total, idx, method, status, seconds, upper_bound, stats):
-    budgets, utility = problem.pick(idx)
-    lp, lam = lp_multiplier(problem, total)
-    return Allocation.from_solution(
-        budgets, utility, total_budget=total, upper_bound=upper_bound, threshold=lam, method=method,
-        status=status, seconds=seconds, stats={"lp_bound": float(lp), **stats},
-    )
-
-
-def _model(problem, total):
-    """Binary model data: objective, one-hot rows per head, the budget row."""
-    from scipy import sparse
-
-    opts = _Options(problem)
-    n = len(opts)
-    spare = min(total, problem.ceiling_total) - problem.floor_total
-    scale = _OBJECTIVE_SCALE / max(float(np.abs(opts.value).max(initial=0.0)) * problem.n_heads, 1e-300)
-    onehot = sparse.csr_matrix((np.ones(n), (opts.head, np.arange(n))), shape=(problem.n_heads, n))
-    return opts, spare, scale, onehot
-
-
-def _decode(opts, z, problem):
-    """Grid index per head from a (near-)binary solution vector."""
-    idx = np.empty(problem.n_heads, np.int64)
-    for h in range(problem.n_heads):
-        a, b = opts.offsets[h], opts.offsets[h + 1]
-        idx[h] = opts.index[a + int(np.argmax(z[a:b]))]
-    return idx
-
-
-def milp(problem, total, *, time_limit=None):
-    """Exact allocation by ``scipy.optimize.milp`` (HiGHS branch and bound).
-
-    The upper bound reported is HiGHS's proven dual bound (relative MIP gap set to 0).
-    With ``time_limit`` (seconds) HiGHS may stop early: ``status`` is then
-    ``"time_limit"`` and the result is its best allocation with its dual bound; when it has
-    found no allocation by then, :class:`SolverError` says so.
-    """
-    from scipy.optimize import LinearConstraint, milp as scipy_milp
-
-    watch = Stopwatch()
-    opts, spare, scale, onehot = _model(problem, total)
-    n = len(opts)
-    constraints = [
-        LinearConstraint(onehot, 1.0, 1.0),
-        LinearConstraint(opts.cost[None, :].astype(np.float64), -np.inf, float(spare)),
-    ]
-    with c_stdout_to_stderr():  # HiGHS can print diagnostics even with disp=False
-        res = scipy_milp(
-            c=-opts.value * scale,
-            constraints=constraints,
-            integrality=np.ones(n),
-            bounds=(0.0, 1.0),
-            options={"disp": False, "mip_rel_gap": 0.0, **({} if time_limit is None else {"time_limit": float(time_limit)})},
-        )
-    if res.status == 1 and res.x is not None:
-        status = "time_limit"
-    elif res.status != 0 or res.x is None:
-        raise SolverError(f"scipy.optimize.milp (HiGHS) did not solve the problem: {res.message}")
-    else:
-        status = "optimal"
-    idx = _decode(opts, res.x, problem)
-    dual = getattr(res, "mip_dual_bound", None)
-    bound = -dual / scale if dual is not None and np.isfinite(dual) else -res.fun / scale
-    seconds = watch.seconds()
-    stats = {"variables": n, "mip_gap": float(getattr(res, "mip_gap", 0.0) or 0.0)}
-    return _result(problem, total, idx, "milp", status, seconds, bound, stats)
-
-
-def cvxpy_milp(problem, total):
-    """Exact allocation by the same binary model stated in cvxpy, solved with HiGHS."""
-    try:
-        import cvxpy as cp
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            'method="cvxpy" needs cvxpy; install the extra: pip install "budgetopt[cvxpy]"'
-        ) from exc
-    if "HIGHS" not in cp.installed_solvers():  # pragma: no cover
-        raise MissingDependencyError(
-            'method="cvxpy" needs the HiGHS solver for cvxpy (highspy); pip install "budgetopt[cvxpy]"'
-        )
-    watch = Stopwatch()
-    opts, spare, scale, onehot = _model(problem, total)
-    z = cp.Variable(len(opts), boolean=True)
-    prob = cp.Problem(
-        cp.Maximize((opts.value * scale) @ z),
-        [onehot @ z == 1, opts.cost.astype(np.float64) @ z <= float(spare)],
-    )
-    with c_stdout_to_stderr():
-        prob.solve(solver=cp.HIGHS, verbose=False, mip_rel_gap=0.0, mip_abs_gap=0.0, output_flag=False)
-    if prob.status not in ("optimal",) or z.value is None:
-        raise SolverError(f"cvxpy (HiGHS) did not solve the problem: status {prob.status}")
-    idx = _decode(opts, z.value, problem)
-    seconds = watch.seconds()
-    return _result(problem, total, idx, "cvxpy", "optimal", seconds, prob.value / scale, {"variables": len(opts)})
-
-
-def dp(problem, total):
-    """Exact allocation by dynamic programming over budget units.
-
-    The unit is the gcd of every option's cost above its head's floor, so page-sized grids
-    cost no more than per-token ones. Refuses problems above :data:`DP_MAX_UPDATES` cell
-    updates or :data:`DP_MAX_CELLS` table cells with :class:`ProblemTooLargeError`.
-    """
-    from . import _kernels
-
-    watch = Stopwatch()
-    opts = _Options(problem)
-    spare = min(total, problem.ceiling_total) - problem.floor_total
-    nonzero = opts.cost[opts.cost > 0]
-    unit = int(reduce(math.gcd, np.unique(nonzero).tolist(), 0)) or 1
-    max_useful = int(np.maximum.reduceat(opts.cost, opts.offsets[:-1]).sum()) // unit
-    units = min(spare // unit, max_useful)
-    cells = problem.n_heads * (units + 1)
-    updates = len(opts) * (units + 1)
-    if updates > DP_MAX_UPDATES or cells > DP_MAX_CELLS:
-        raise ProblemTooLargeError(
-            f'method="dp" would need {updates:.3g} cell updates and a {cells:.3g}-cell table '
-            f"({len(opts)} options x {units + 1} budget units of {unit} tokens); the limits are "
-            f"{DP_MAX_UPDATES:.3g} updates and {DP_MAX_CELLS:.3g} cells. Use method=\"milp\" or \"greedy\"."
-        )
-    width = int(np.diff(opts.offsets).max())
-    choice = np.empty((problem.n_heads, units + 1), np.int16 if width < 2**15 else np.int32)
-    best = _kernels.dp_solve(opts.cost // unit, opts.value, opts.offsets, units, choice)
-    idx = np.empty(problem.n_heads, np.int64)
-    b = units
-    for h in range(problem.n_heads - 1, -1, -1):
-        j = opts.offsets[h] + int(choice[h, b])
-        idx[h] = opts.index[j]
-        b -= opts.cost[j] // unit
-    seconds = watch.seconds()
-    stats = {"unit": unit, "budget_units": units, "cell_updates": updates}
-    return _result(problem, total, idx, "dp", "optimal", seconds, best, stats)

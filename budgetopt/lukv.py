@@ -20,11 +20,11 @@ import numpy as np
 
 from .api import sweep
 from ._io import check_input_file, read_npy, write_atomic
-from ._checks import check_finite, check_fraction, real_array
+from ._checks import check_finite, check_fraction, check_int, real_array
 from .curves import Curves
-from .rounding import tokens_evicted
+from .rounding import head_floor, tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from .profile import as_pairs, check_count, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
+from .profile import as_pairs, check_profile_arrays, rank_middle, sums_bounded, utility_from_order
 
 __all__ = ["lukv_table", "save_lukv_table", "load_lukv_table", "LUKV_ROWS", "AGGREGATES"]
 
@@ -38,10 +38,6 @@ AGGREGATES = ("mean_ratio", "mean_curve")
 def compression_ratios():
     """The 99 global compression ratios of a table row, ``(i + 1) / 100``, as float64."""
     return np.array([(i + 1) / 100.0 for i in range(LUKV_ROWS)])
-
-
-def _check_fraction(value):
-    return check_fraction(value, "min_keep_fraction", upper_open=True)
 
 
 def _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise):
@@ -174,9 +170,9 @@ def lukv_table(
         raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
     if progress is not None and not callable(progress):
         raise InvalidTypeError("`progress` must be callable as progress(done, total) or None")
-    min_keep_fraction = _check_fraction(min_keep_fraction)
-    sink = check_count(sink, "sink")
-    window = check_count(window, "window")
+    min_keep_fraction = check_fraction(min_keep_fraction, "min_keep_fraction", upper_open=True)
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
     workers = _check_workers(workers)
     oracles, scores, per_pair = as_pairs(oracles, scores, "(L, H, T)")
     rankings = _Rankings(sink, window)
@@ -198,7 +194,7 @@ def lukv_table(
             return oracle_arr.shape, utility
         length = oracle_arr.shape[-1]
         grid = np.arange(sink + window, length + 1, dtype=np.int64)
-        floor = _floor(min_keep_fraction, length, sink, window)
+        floor = head_floor(min_keep_fraction, length, sink, window)
         return oracle_arr.shape, _solve_rows(utility, grid, length, floor, min_keep_fraction, layerwise)
 
     shape = None
@@ -223,14 +219,9 @@ def lukv_table(
             raise InvalidInputError("`oracles` values are too large: their mean curves overflow float64")
         length = shape[-1]
         grid = np.arange(sink + window, length + 1, dtype=np.int64)
-        floor = _floor(min_keep_fraction, length, sink, window)
+        floor = head_floor(min_keep_fraction, length, sink, window)
         mean = _solve_rows(mean, grid, length, floor, min_keep_fraction, layerwise)
     return np.clip(mean, 0.0, 1.0)
-
-
-def _floor(min_keep_fraction, length, sink, window):
-    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
-    return max(int(round(min_keep_fraction * length)), sink + window)
 
 
 def _check_workers(workers):

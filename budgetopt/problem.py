@@ -59,9 +59,6 @@ class Problem:
     def head_grid(self, h):
         return self.grid[h * self.per_head]
 
-    def head_label(self, h):
-        return _label(self.curves, h)
-
     def head_index(self, h):
         """Flat head ``h`` as a tuple index into the head shape, e.g. ``(3, 1)``."""
         if not 0 <= h < self.n_heads:

@@ -29,11 +29,6 @@ DEFAULT_RESOLUTION = 1000
 _MAX_RESOLUTION = 1_000_000
 
 
-def check_count(value, name):
-    """A non-negative Python/NumPy integer (bools refused), as a Python int."""
-    return check_int(value, name)
-
-
 def _head_array(value, ref):
     """``value`` as a real array with at least one head axis, or an error naming ``ref``."""
     arr = real_array(value, ref)
@@ -59,8 +54,8 @@ def check_profile_arrays(oracle, scores, sink, window, *, oracle_name="oracle", 
     """
     o_ref = f"`{oracle_name}`" if quoted else oracle_name
     s_ref = f"`{scores_name}`" if quoted else scores_name
-    sink = check_count(sink, "sink")
-    window = check_count(window, "window")
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
     oracle = _head_array(oracle, o_ref)
     scores = _head_array(scores, s_ref)
     if oracle.shape != scores.shape:
@@ -253,14 +248,18 @@ def as_pairs(oracles, scores, layout):
     oracles = list(oracles)
     if not oracles:
         raise InvalidInputError(f"`oracles` must hold at least one {layout} array")
-    if isinstance(scores, (list, tuple)):
-        if len(scores) != len(oracles):
-            raise InvalidInputError(
-                f"`scores` given as a list must hold one array per oracle ({len(oracles)}); "
-                f"got {len(scores)}"
-            )
-        return oracles, list(scores), True
-    return oracles, [scores] * len(oracles), False
+    scores, separate = per_pair(scores, len(oracles), "scores")
+    return oracles, scores, separate
+
+
+def per_pair(values, n, name):
+    """``(values, separate)``: ``values`` as a list of ``n`` items (a list or tuple as given,
+    anything else repeated) and whether it was given one per pair."""
+    if isinstance(values, (list, tuple)):
+        if len(values) != n:
+            raise InvalidInputError(f"`{name}` given as a list must hold one array per oracle ({n}); got {len(values)}")
+        return list(values), True
+    return [values] * n, False
 
 
 # -- a relative grid: contexts of different lengths ---------------------------------------------

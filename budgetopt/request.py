@@ -26,6 +26,11 @@ mixed in whole tokens that add up to the total (each head ends between its two b
 on concave true curves the mix loses at most ``1 - shrinkage`` of what the request's split
 alone would lose). ``shrinkage`` (1 = the static split alone) is chosen by
 leave-one-context-out cross-validation on the calibration pairs.
+
+This module holds the front door (:class:`RequestAllocator`: checks, fit, allocate, save and
+load) and what a request's scores show (:func:`proxy_curves`, read by a few threads). The
+fitting is in :mod:`budgetopt.request_fit`, the split of a total over the curves in
+:mod:`budgetopt.request_split`.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ import numpy as np
 
 from . import _kernels_request as _k
 from ._kernels_jit import Stopwatch
-from ._checks import check_fraction, real_array
+from ._checks import check_fraction, check_int, real_array
 from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
-from .profile import check_count, check_profile_arrays, rank_middle, utility_from_order
+from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
+from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
+from .request_split import split, token_counts, with_floor
+from .rounding import blend_budgets, head_floor
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
@@ -57,19 +65,6 @@ FEATURES = ("scores", "scores_x_norms")
 
 #: Default fraction grid: 65 points, quadratic (dense where high compression needs it).
 DEFAULT_FRACTIONS = (np.arange(65) / 64.0) ** 2
-
-#: Shrinkage values tried by cross-validation (weight of the static split; 1 = static only).
-SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 0.875, 1.0)
-
-#: Compressions (fraction removed) at which cross-validation scores a shrinkage.
-CV_COMPRESSIONS = (0.5, 0.8, 0.9)
-
-#: Largest loss of retained oracle mass on any cross-validation pair (at any of
-#: :data:`CV_COMPRESSIONS`) that a shrinkage may show against the static split: half the
-#: 0.5% a new request may lose, a margin for choosing among :data:`SHRINKAGES` on these pairs.
-CV_MAX_LOSS = 0.0025
-
-_RIDGE = 1e-6
 
 #: Proxies of long heads: a head with ``M >= 8 * SAMPLE`` middle tokens counts its highest
 #: values (about the top 1/64) exactly and the rest from a sample of ``SAMPLE`` to
@@ -100,19 +95,6 @@ def _executor(workers):
 
 
 # -- checks --------------------------------------------------------------------------------
-def _check_fraction(value, name, *, upper_open=True):
-    return check_fraction(value, name, upper_open=upper_open)
-
-
-def _as_list(values, n, name):
-    """``values`` as a list of ``n`` items: a list/tuple as given, anything else repeated."""
-    if isinstance(values, (list, tuple)):
-        if len(values) != n:
-            raise InvalidInputError(f"`{name}` given as a list must hold one array per oracle ({n}); got {len(values)}")
-        return list(values), True
-    return [values] * n, False
-
-
 def _check_norms(norms, like_shape, name, values=True):
     """Value norms shaped like the scores; with ``values``, also finite and non-negative (else
     :func:`proxy_curves` checks them in its pass)."""
@@ -122,16 +104,6 @@ def _check_norms(norms, like_shape, name, values=True):
     if values and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
         raise InvalidInputError(f"`{name}` must be finite and non-negative")
     return arr
-
-
-def _token_counts(fractions, middle):
-    """Middle tokens kept at each grid fraction: ``round(x_k * M)``, int64 ``(G,)``."""
-    return np.rint(fractions * middle).astype(np.int64)
-
-
-def _floor(min_keep_fraction, length, sink, window):
-    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``."""
-    return max(int(round(min_keep_fraction * length)), sink + window)
 
 
 # -- the pieces shared by fit and allocate -------------------------------------------------
@@ -170,68 +142,6 @@ def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", n
         if status % 4 == 1:
             raise InvalidInputError(f"`{scores_name}` must be finite (within float32 range); found NaN or inf at head {head}")
         raise InvalidInputError(f"`{norms_name}` must be finite and non-negative; found a bad value at head {head}")
-    return out
-
-
-def _oracle_shapes(oracle, order, sink, window, counts):
-    """Utility sampled at the grid ``(n, G)``, as (shapes, totals)."""
-    utility = utility_from_order(oracle, order, sink, window)
-    u = utility.reshape(-1, utility.shape[-1])
-    sampled = u[:, counts]
-    totals = sampled[:, -1].copy()
-    safe = np.where(totals > 0, totals, 1.0)
-    shapes = np.where(totals[:, None] > 0, sampled / safe[:, None], counts / counts[-1])
-    return shapes, totals, u
-
-
-def _fit_beta(y, d, ridge=_RIDGE):
-    """Ridge coefficients ``(J, G)`` of ``y ~ sum_j beta[j] d[j]`` pooled over pairs and heads.
-
-    ``y`` ``(P, n, G)``, ``d`` ``(P, J, n, G)``.
-    """
-    gram = np.einsum("pjnk,pink->kji", d, d)
-    rhs = np.einsum("pjnk,pnk->kj", d, y)
-    scale = np.trace(gram, axis1=1, axis2=2)[:, None, None] / max(d.shape[1], 1)
-    gram = gram + (ridge * scale + 1e-300) * np.eye(d.shape[1])[None]
-    return np.linalg.solve(gram, rhs[..., None])[..., 0].T
-
-
-def _with_floor(u, tokens, floor, length):
-    """Per-head grids ``(n, G)`` that start at ``floor`` (utility interpolated there) and stop at
-    ``length``, with the utilities ``(n, G)`` to match; both C-contiguous."""
-    grid = np.ascontiguousarray(np.broadcast_to(np.clip(tokens, floor, length), u.shape))
-    j = int(np.searchsorted(tokens, floor, side="left"))
-    if 0 < j < tokens.size:
-        lo, hi = tokens[j - 1], tokens[j]
-        t = (floor - lo) / (hi - lo) if hi > lo else 1.0
-        u = u.copy()
-        u[:, :j] = (u[:, j - 1] + t * (u[:, j] - u[:, j - 1]))[:, None]
-    return np.ascontiguousarray(u), grid
-
-
-def _split(utility, grid, total):
-    """Budgets ``(n,)``, LP value and threshold of piecewise-linear curves for ``total``."""
-    budgets = np.empty(utility.shape[0], np.int64)
-    lp, lam = _k.lp_split(utility, grid, np.int64(total), budgets)
-    return budgets, float(lp), float(lam)
-
-
-def _blend(static, request, shrinkage):
-    """Whole-token budgets at ``shrinkage * static + (1 - shrinkage) * request``, same total.
-
-    Both ``(n,)`` int64 with equal sums; rounded down, then the tokens left over go to the
-    largest fractional parts (ties by index). Each head ends between its two budgets.
-    """
-    if shrinkage >= 1.0:
-        return static.copy()
-    if shrinkage <= 0.0:
-        return request.copy()
-    x = request + shrinkage * (static - request).astype(np.float64)
-    out = np.floor(x).astype(np.int64)
-    left = int(static.sum() - out.sum())
-    if left > 0:
-        frac = x - out
-        out[np.argsort(-frac, kind="stable")[:left]] += 1
     return out
 
 
@@ -315,11 +225,12 @@ class RequestAllocator:
             Weight of the static split in the budgets (1: the static curves' split only, 0:
             the split of the request's corrected curves alone; between: whole-token budgets
             at that mix of the two splits). Default: chosen by leave-one-context-out
-            cross-validation among :data:`SHRINKAGES`, as the one with the highest mean
-            retained oracle mass at compressions 0.5/0.8/0.9 among those that never lose more
-            than :data:`CV_MAX_LOSS` of a held-out pair's mass against the static split (half
-            the 0.5% a held-out request may lose: the margin covers the choice itself); 1 when
-            none gains on average or there is only one context.
+            cross-validation among :data:`~budgetopt.request_fit.SHRINKAGES`, as the one
+            with the highest mean retained oracle mass at compressions 0.5/0.8/0.9 among
+            those that never lose more than :data:`~budgetopt.request_fit.CV_MAX_LOSS` of a
+            held-out pair's mass against the static split (half the 0.5% a held-out request
+            may lose: the margin covers the choice itself); 1 when none gains on average or
+            there is only one context.
         fractions : array_like, optional
             The grid of middle-token fractions (increasing, from 0 to 1; default 65 points
             ``(k / 64) ** 2``).
@@ -340,7 +251,8 @@ class RequestAllocator:
         Per pair: one sort per head (shared by pairs with the same scores object) for the
         oracle curves, one pass over the scores for the proxies. The regression and the
         cross-validation (one refit per held-out context, then allocations of the held-out
-        pairs at three compressions for each of :data:`SHRINKAGES`) work on the coarse grid only.
+        pairs at three compressions for each of :data:`~budgetopt.request_fit.SHRINKAGES`)
+        work on the coarse grid only.
         Deterministic.
 
         Examples
@@ -356,24 +268,15 @@ class RequestAllocator:
         >>> a.budgets.shape, int(a.budgets.sum())
         ((2, 2), 120)
         """
-        sink = check_count(sink, "sink")
-        window = check_count(window, "window")
-        min_keep_fraction = _check_fraction(min_keep_fraction, "min_keep_fraction")
+        sink = check_int(sink, "sink")
+        window = check_int(window, "window")
+        min_keep_fraction = check_fraction(min_keep_fraction, "min_keep_fraction", upper_open=True)
         if shrinkage is not None:
-            shrinkage = _check_fraction(shrinkage, "shrinkage", upper_open=False)
+            shrinkage = check_fraction(shrinkage, "shrinkage", upper_open=False)
         fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
-        if isinstance(oracles, np.ndarray) and oracles.ndim == 3:
-            raise InvalidInputError(
-                "`oracles` must be a sequence of (L, H, T) arrays, one per calibration pair; got one 3-D array "
-                "(wrap a single pair in a list)")
-        if isinstance(oracles, (str, bytes, os.PathLike)) or not hasattr(oracles, "__iter__"):
-            raise InvalidTypeError(f"`oracles` must be a sequence of (L, H, T) arrays; got {type(oracles).__name__}")
-        oracles = list(oracles)
-        if not oracles:
-            raise InvalidInputError("`oracles` must hold at least one (L, H, T) array")
+        oracles, score_list, per_pair_scores = as_pairs(oracles, scores, "(L, H, T)")
         n_pairs = len(oracles)
-        score_list, per_pair = _as_list(scores, n_pairs, "scores")
-        norm_list = None if value_norms is None else _as_list(value_norms, n_pairs, "value_norms")[0]
+        norm_list = None if value_norms is None else per_pair(value_norms, n_pairs, "value_norms")[0]
         features = FEATURES if value_norms is not None else FEATURES[:1]
 
         head_shape = None
@@ -383,7 +286,7 @@ class RequestAllocator:
         for i in range(n_pairs):
             oracle, score, _, _ = check_profile_arrays(
                 oracles[i], score_list[i], sink, window, oracle_name=f"oracles[{i}]",
-                scores_name=f"scores[{i}]" if per_pair else "scores")
+                scores_name=f"scores[{i}]" if per_pair_scores else "scores")
             if oracle.ndim != 3:
                 raise InvalidInputError(f"`oracles[{i}]` must have shape (L, H, T) (layers, KV heads, tokens); got {oracle.shape}")
             if head_shape is None:
@@ -395,11 +298,11 @@ class RequestAllocator:
             if norm_list is not None:
                 norms = _check_norms(norm_list[i], oracle.shape, f"value_norms[{i}]" if isinstance(value_norms, (list, tuple)) else "value_norms")
             length = oracle.shape[-1]
-            counts = _token_counts(fractions, length - sink - window)
+            counts = token_counts(fractions, length - sink - window)
             key = id(score_list[i])
             if key not in rankings:
                 rankings[key] = rank_middle(score, sink, window)
-            shapes, totals, utility = _oracle_shapes(oracle, rankings[key], sink, window, counts)
+            shapes, totals, utility = oracle_shapes(oracle, rankings[key], sink, window, counts)
             proxies = proxy_curves(score, norms, sink, window, counts)
             ctx = next((c for c, rep in enumerate(contexts) if rep is score_list[i] or (
                 rep.shape == score.shape and np.array_equal(rep, score))), None)
@@ -409,14 +312,14 @@ class RequestAllocator:
             pairs.append((ctx, shapes, totals, proxies, utility, length))
 
         groups = np.array([p[0] for p in pairs])
-        model = _fit_arrays(pairs, np.arange(n_pairs))
+        model = fit_arrays(pairs, np.arange(n_pairs))
         info = {"pairs": n_pairs, "contexts": len(contexts)}
         if shrinkage is None:
             if len(contexts) < 2:
                 shrinkage = 1.0
                 info["cv"] = "one context: no cross-validation, static curves only"
             else:
-                shrinkage, info["cv"] = _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction)
+                shrinkage, info["cv"] = cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction)
         mean_shape, weight, mean_proxy, beta = model
         L, H = head_shape
         G = fractions.size
@@ -449,9 +352,9 @@ class RequestAllocator:
         """Predicted curves ``(n, G)`` on token grid ``(G,)`` for validated input: ``scores``
         (and ``norms``) hold the layers ``layers`` of the model."""
         length = scores.shape[-1]
-        counts = _token_counts(self.fractions, length - self.sink - self.window)
+        counts = token_counts(self.fractions, length - self.sink - self.window)
         proxies = proxy_curves(scores, norms, self.sink, self.window, counts)  # also checks the values
-        shape = _corrected(self.mean_shape[layers].reshape(proxies.shape[1:]), proxies,
+        shape = corrected(self.mean_shape[layers].reshape(proxies.shape[1:]), proxies,
                            self.mean_proxy[:, layers].reshape(proxies.shape), self.beta)
         return self.weight[layers].reshape(-1, 1) * shape, counts + (self.sink + self.window)
 
@@ -459,8 +362,8 @@ class RequestAllocator:
         """The static curves of ``layers`` for a request of ``length`` tokens, floored: (u, grid)."""
         G = self.fractions.size
         u = self.weight[layers].reshape(-1, 1) * self.mean_shape[layers].reshape(-1, G)
-        tokens = _token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
-        return _with_floor(np.ascontiguousarray(u), tokens, floor, length)
+        tokens = token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
+        return with_floor(np.ascontiguousarray(u), tokens, floor, length)
 
     def predict_curves(self, scores, *, value_norms=None):
         """Predicted utility curves of one request on its coarse token grid.
@@ -571,9 +474,9 @@ class RequestAllocator:
             raise InvalidTypeError(f"`layerwise` must be True or False; got {layerwise!r}")
         length = arr.shape[-1]
         total = self._check_total(total_budget, length)
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         u, tokens = self._predicted(arr, norms)
-        u, grid = _with_floor(u, tokens, floor, length)
+        u, grid = with_floor(u, tokens, floor, length)
         su, sgrid = self._static_curves(length, floor)
         if layerwise:
             budgets, value, lp, lam = self._solve(u, grid, su, sgrid, total)
@@ -637,14 +540,14 @@ class RequestAllocator:
         norms = None if value_norms is None else np.asarray(value_norms)[None]
         arr3, norms = self._check_request_layer(arr, norms)
         length = arr3.shape[-1]
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
-        total = check_count(layer_total, "layer_total")
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
+        total = check_int(layer_total, "layer_total")
         H = self.kv_heads
         if not H * floor <= total <= H * length:
             raise InfeasibleError(
                 f"`layer_total` must be in [kv_heads * floor, kv_heads * T] = [{H * floor}, {H * length}]; got {total}")
         u, tokens = self._predicted(arr3, norms, layers=slice(layer, layer + 1))
-        u, grid = _with_floor(u, tokens, floor, length)
+        u, grid = with_floor(u, tokens, floor, length)
         su, sgrid = self._static_curves(length, floor, layers=slice(layer, layer + 1))
         return self._solve(u, grid, su, sgrid, total)[0]
 
@@ -655,10 +558,10 @@ class RequestAllocator:
         s = self.shrinkage
         parts = []  # (weight, curves, grid, budgets, LP value, threshold)
         if s > 0.0:
-            parts.append((s, su, sgrid) + _split(su, sgrid, total))
+            parts.append((s, su, sgrid) + split(su, sgrid, total))
         if s < 1.0:
-            parts.append((1.0 - s, u, grid) + _split(u, grid, total))
-        budgets = parts[0][3] if len(parts) == 1 else _blend(parts[0][3], parts[1][3], s)
+            parts.append((1.0 - s, u, grid) + split(u, grid, total))
+        budgets = parts[0][3] if len(parts) == 1 else blend_budgets(parts[0][3], parts[1][3], s)
         value = sum(w * float(_k.curve_values(c, g, budgets)) for w, c, g, *_ in parts)
         bound = sum(q[0] * q[4] for q in parts)
         lam = sum(q[0] * q[5] for q in parts)
@@ -682,9 +585,9 @@ class RequestAllocator:
         return arr3, norms
 
     def _check_total(self, total_budget, length):
-        total = check_count(total_budget, "total_budget")
+        total = check_int(total_budget, "total_budget")
         n = self.layers * self.kv_heads
-        floor = _floor(self.min_keep_fraction, length, self.sink, self.window)
+        floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
         if total < n * floor:
             raise InfeasibleError(
                 f"`total_budget` must be at least heads * floor = {n} * {floor} = {n * floor} tokens "
@@ -704,12 +607,12 @@ class RequestAllocator:
         >>> budgetopt.RequestAllocator.fit(s, s, sink=1, window=2).min_total_budget(100)
         12
         """
-        length = check_count(length, "length")
-        return self.layers * self.kv_heads * min(_floor(self.min_keep_fraction, length, self.sink, self.window),
+        length = check_int(length, "length")
+        return self.layers * self.kv_heads * min(head_floor(self.min_keep_fraction, length, self.sink, self.window),
                                                  length)
 
     def _static_layer_totals(self, length, total, floor):
-        budgets, _, _ = _split(*self._static_curves(length, floor), total)
+        budgets, _, _ = split(*self._static_curves(length, floor), total)
         return budgets.reshape(self.layers, self.kv_heads).sum(axis=1)
 
     def layer_totals(self, length, total_budget):
@@ -731,11 +634,11 @@ class RequestAllocator:
         >>> int(budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0).layer_totals(40, 90).sum())
         90
         """
-        length = check_count(length, "length")
+        length = check_int(length, "length")
         if length <= self.sink + self.window:
             raise InvalidInputError(f"`length` must exceed sink + window = {self.sink + self.window}; got {length}")
         total = self._check_total(total_budget, length)
-        return self._static_layer_totals(length, total, _floor(self.min_keep_fraction, length, self.sink, self.window))
+        return self._static_layer_totals(length, total, head_floor(self.min_keep_fraction, length, self.sink, self.window))
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path):
@@ -788,10 +691,10 @@ class RequestAllocator:
         if missing:
             raise CurvesFileError(f"{path}: broken request allocator file (meta lacks {', '.join(map(repr, missing))})")
         try:  # every field by the rules fit() applies to its arguments
-            sink = check_count(meta["sink"], "sink")
-            window = check_count(meta["window"], "window")
-            min_keep_fraction = _check_fraction(meta["min_keep_fraction"], "min_keep_fraction")
-            shrinkage = _check_fraction(meta["shrinkage"], "shrinkage", upper_open=False)
+            sink = check_int(meta["sink"], "sink")
+            window = check_int(meta["window"], "window")
+            min_keep_fraction = check_fraction(meta["min_keep_fraction"], "min_keep_fraction", upper_open=True)
+            shrinkage = check_fraction(meta["shrinkage"], "shrinkage", upper_open=False)
             fractions = _check_fractions(arrays["fractions"])
         except (InvalidInputError, InvalidTypeError) as exc:
             raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from None
@@ -835,64 +738,3 @@ def _check_fractions(fractions):
     return arr
 
 
-def _fit_arrays(pairs, idx):
-    """Static means and ridge coefficients from the pairs ``idx``: flat over heads."""
-    shapes = np.stack([pairs[i][1] for i in idx])            # (P, n, G)
-    totals = np.stack([pairs[i][2] for i in idx])            # (P, n)
-    proxies = np.stack([pairs[i][3] for i in idx])           # (P, J, n, G)
-    mass = totals.sum(axis=1, keepdims=True)
-    share = totals / np.where(mass > 0, mass, 1.0)
-    weight = share.mean(axis=0)
-    # the static curve is the mean of the pairs' curves (as lukv_table's "mean_curve"), stored
-    # as a shape relative to the mean weight
-    mean_shape = (share[..., None] * shapes).mean(axis=0) / np.where(weight > 0, weight, 1.0)[:, None]
-    mean_proxy = proxies.mean(axis=0)
-    beta = _fit_beta(shapes - mean_shape, proxies - mean_proxy)
-    return mean_shape, weight, mean_proxy, beta
-
-
-def _corrected(mean_shape, proxies, mean_proxy, beta):
-    """Shapes ``(n, G)`` corrected by the proxy deviations, clipped to [0, 1], non-decreasing."""
-    shape = mean_shape + np.einsum("jnk,jk->nk", proxies - mean_proxy, beta)
-    return np.maximum.accumulate(np.clip(shape, 0.0, 1.0), axis=-1)
-
-
-def _cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
-    """Shrinkage chosen by leave-one-context-out; returns it and the figures (JSON-ready)."""
-    gains = {s: [] for s in SHRINKAGES}  # per held-out pair and compression: retained(s) - retained(static)
-    for g in np.unique(groups):
-        train = np.flatnonzero(groups != g)
-        mean_shape, weight, mean_proxy, beta = _fit_arrays(pairs, train)
-        for i in np.flatnonzero(groups == g):
-            _, _, totals, proxies, utility, length = pairs[i]
-            kept = _retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fractions, sink,
-                             window, min_keep_fraction)
-            for s in SHRINKAGES:
-                gains[s].append(kept[s] - kept[1.0])
-    figures = {str(s): {"mean_gain": float(np.mean(gains[s])), "worst": float(np.min(gains[s]))} for s in SHRINKAGES}
-    allowed = [s for s in SHRINKAGES if np.min(gains[s]) >= -CV_MAX_LOSS]
-    best = max(allowed, key=lambda s: (np.mean(gains[s]), s))
-    if np.mean(gains[best]) <= 0.0:
-        best = 1.0
-    return float(best), {"shrinkage": figures, "compressions": list(CV_COMPRESSIONS), "max_loss": CV_MAX_LOSS}
-
-
-def _retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fractions, sink, window,
-              min_keep_fraction):
-    """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS`, for each of
-    :data:`SHRINKAGES`: ``{shrinkage: array}``."""
-    n = mean_shape.shape[0]
-    floor = _floor(min_keep_fraction, length, sink, window)
-    tokens = _token_counts(fractions, length - sink - window) + (sink + window)
-    static = _with_floor(weight[:, None] * mean_shape, tokens, floor, length)
-    request = _with_floor(weight[:, None] * _corrected(mean_shape, proxies, mean_proxy, beta), tokens, floor, length)
-    out = {s: [] for s in SHRINKAGES}
-    capacity = n * length
-    mass = max(utility[:, -1].sum(), 1e-300)
-    for c in CV_COMPRESSIONS:
-        total = max(capacity - int(round(c * capacity)), n * floor)
-        b_static, b_request = _split(*static, total)[0], _split(*request, total)[0]
-        for s in SHRINKAGES:
-            budgets = _blend(b_static, b_request, s)
-            out[s].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
-    return {s: np.array(v) for s, v in out.items()}

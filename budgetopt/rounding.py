@@ -12,6 +12,11 @@ door, through one of the functions below:
   kvpress's ``LUKVPress`` applies at run time. By default it runs ``LUKVPress``'s own torch
   operations (torch is imported then, not with budgetopt), so the counts are the ones
   ``LUKVPress`` applies on any CPU or GPU.
+* :func:`head_floor` is the fewest tokens a head keeps in an LU-KV table or a per-request
+  split, ``max(round(min_keep_fraction * T), sink + window)`` (used by :mod:`budgetopt.lukv`
+  and :mod:`budgetopt.request` alike).
+* :func:`blend_budgets` mixes two whole-token splits of one total into a third with the same
+  total (largest remainder): the per-request allocator's static/request mix.
 """
 
 from __future__ import annotations
@@ -78,6 +83,44 @@ def _whole(value, name, minimum):
     if value < minimum:
         raise InvalidInputError(f"`{name}` must be >= {minimum}; got {value}")
     return value
+
+
+def head_floor(min_keep_fraction, length, sink, window):
+    """Fewest tokens a head keeps: ``max(round(min_keep_fraction * T), sink + window)``.
+
+    Arguments are already checked (a fraction in [0, 1), counts as ints); O(1).
+
+    Examples
+    --------
+    >>> head_floor(0.01, 1000, 4, 2), head_floor(0.0, 1000, 4, 2)
+    (10, 6)
+    """
+    return max(int(round(min_keep_fraction * length)), sink + window)
+
+
+def blend_budgets(static, request, shrinkage):
+    """Whole-token budgets at ``shrinkage * static + (1 - shrinkage) * request``, same total.
+
+    Both ``(n,)`` int64 with equal sums; rounded down, then the tokens left over go to the
+    largest fractional parts (ties by index). Each head ends between its two budgets.
+    Used by :class:`budgetopt.RequestAllocator` to mix the static and the request's splits.
+
+    Examples
+    --------
+    >>> blend_budgets(np.array([4, 0, 2]), np.array([0, 4, 2]), 0.5).tolist()
+    [2, 2, 2]
+    """
+    if shrinkage >= 1.0:
+        return static.copy()
+    if shrinkage <= 0.0:
+        return request.copy()
+    x = request + shrinkage * (static - request).astype(np.float64)
+    out = np.floor(x).astype(np.int64)
+    left = int(static.sum() - out.sum())
+    if left > 0:
+        frac = x - out
+        out[np.argsort(-frac, kind="stable")[:left]] += 1
+    return out
 
 
 def tokens_evicted(ratio, tokens):

@@ -21,7 +21,7 @@ pair of another run is never resumed, merged or read. While a process writes a r
 a lock (``RUN/.lock``, ``flock``; it dies with the process), and a second writer is refused.
 
 Everything here is numpy and the standard library; the profiling itself (torch) lives in
-:mod:`budgetopt.torch.profiling_run`.
+:mod:`budgetopt.torch.profiling.run`.
 """
 
 from __future__ import annotations

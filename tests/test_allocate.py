@@ -540,7 +540,7 @@ def test_ties_go_to_the_earlier_head(method):
 
 # -- the dp size limit -----------------------------------------------------------------------
 def test_dp_refuses_too_large_problems_quickly_and_states_the_limit():
-    from budgetopt.exact import DP_MAX_UPDATES
+    from budgetopt.baselines import DP_MAX_UPDATES
 
     # Three grid points per head with gcd 1 and a budget of 10**12 tokens: 10**12 budget units.
     # Tiny arrays, so the check must come before any table is allocated.
@@ -557,7 +557,7 @@ def test_dp_refuses_too_large_problems_quickly_and_states_the_limit():
 def test_dp_limit_allows_the_issue_size():
     # The issue requires at least 100 heads x 10 options x 50,000 budget units (5e7 updates;
     # "at least 10**8 cell updates").
-    from budgetopt.exact import DP_MAX_UPDATES
+    from budgetopt.baselines import DP_MAX_UPDATES
 
     assert DP_MAX_UPDATES >= 10**8
 

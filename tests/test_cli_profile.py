@@ -14,6 +14,7 @@ import pytest
 
 import budgetopt
 from budgetopt import cli
+from budgetopt._progress import Progress
 from budgetopt.curves import load_curves
 from budgetopt.lukv import load_lukv_table, lukv_table
 from budgetopt.profile import curves_from_scores
@@ -237,7 +238,7 @@ def test_progress_counter_without_tqdm(monkeypatch):
     fake = _TTY()
     monkeypatch.setattr(sys, "stderr", fake)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
-    progress = cli.Progress(3, True, "lukv-table")
+    progress = Progress(3, True, "lukv-table")
     for i in range(1, 4):
         progress(i, 3)
     progress.close()
@@ -248,7 +249,7 @@ def test_progress_uses_tqdm_on_a_terminal(monkeypatch):
     pytest.importorskip("tqdm")
     fake = _TTY()
     monkeypatch.setattr(sys, "stderr", fake)
-    progress = cli.Progress(2, True, "lukv-table")
+    progress = Progress(2, True, "lukv-table")
     progress(1, 2)
     progress(2, 2)
     assert progress.bar.n == 2  # tqdm throttles drawing, so check its count
@@ -260,7 +261,7 @@ def test_progress_uses_tqdm_on_a_terminal(monkeypatch):
 def test_progress_silent_when_disabled_or_not_a_terminal(monkeypatch, enabled, tty):
     fake = _TTY() if tty else io.StringIO()
     monkeypatch.setattr(sys, "stderr", fake)
-    progress = cli.Progress(2, enabled, "x")
+    progress = Progress(2, enabled, "x")
     progress(1, 2)
     progress.close()
     assert fake.getvalue() == ""

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 import budgetopt
-from budgetopt import Curves, InvalidInputError, InvalidTypeError, ProblemTooLargeError, allocate, mcknap
+from budgetopt import Curves, InvalidInputError, InvalidTypeError, ProblemTooLargeError, allocate, exact
 from budgetopt._invariants import check_allocation, tolerance
 from generators import problems, random_curves, scaled
 from reference_exact import brute_force
@@ -273,18 +273,18 @@ def test_property_rank_bounded_states_against_brute_force(p):
     truth = brute_force(curves, p["total_budget"], p["min_budget"], p["max_budget"])
     if truth is None:
         return
-    saved = mcknap._RANK_AFTER_STATES
-    mcknap._RANK_AFTER_STATES = -1
+    saved = exact._RANK_AFTER_STATES
+    exact._RANK_AFTER_STATES = -1
     try:
         a = _exact(curves, p["total_budget"], min_budget=p["min_budget"], max_budget=p["max_budget"])
     finally:
-        mcknap._RANK_AFTER_STATES = saved
+        exact._RANK_AFTER_STATES = saved
     _assert_proven(a, truth[0], curves)
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_rank_bounded_states_against_dp(seed, monkeypatch):
-    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    monkeypatch.setattr(exact, "_RANK_AFTER_STATES", -1)
     if seed < 2:  # strongly correlated with fractions: the case the rank bound is for
         curves, total = _noisy_strongly(30 + 10 * seed, 10)
     else:
@@ -313,11 +313,11 @@ class _Ticks:
 
 @pytest.fixture
 def ticking_clock(monkeypatch):
-    monkeypatch.setattr(mcknap, "Stopwatch", _Ticks)
+    monkeypatch.setattr(exact, "Stopwatch", _Ticks)
 
 
 def test_rank_bounded_states_at_the_time_limit(monkeypatch, ticking_clock):
-    monkeypatch.setattr(mcknap, "_RANK_AFTER_STATES", -1)
+    monkeypatch.setattr(exact, "_RANK_AFTER_STATES", -1)
     curves, total = _noisy_strongly(120, 20)
     a = _exact(curves, total, time_limit=0.01)  # ten clock readings
     dp = allocate(curves, total, method="dp")
@@ -396,13 +396,13 @@ def test_heuristic_aims_at_the_bound_first(monkeypatch):
     # proven at once); seed 1: it does not (the aimed search finds nothing, the plain one
     # and the main search go on). Both agree with milp.
     aims = []
-    plain = mcknap._Search._core_dp
+    plain = exact._Search._core_dp
 
     def spy(self, core, fixed_opt, **kw):
         aims.append((kw.get("aim", -np.inf), kw["record"]))
         return plain(self, core, fixed_opt, **kw)
 
-    monkeypatch.setattr(mcknap._Search, "_core_dp", spy)
+    monkeypatch.setattr(exact._Search, "_core_dp", spy)
     for seed, meets in ((0, True), (1, False)):
         curves, total = pisinger("weakly", 100, 10, seed=seed, data_range=10_000)
         aims.clear()
@@ -501,13 +501,13 @@ def test_time_limit_errors(value, error, match):
 
 # -- memory limits ----------------------------------------------------------------------------
 def test_refuses_too_many_options(monkeypatch):
-    monkeypatch.setattr(mcknap, "EXACT_MAX_OPTIONS", 10)
+    monkeypatch.setattr(exact, "EXACT_MAX_OPTIONS", 10)
     with pytest.raises(ProblemTooLargeError, match=r'method="exact" accepts at most 10 usable grid points'):
         allocate(np.zeros((3, 4)), 2, method="exact")
 
 
 def test_refuses_too_many_states(monkeypatch):
-    monkeypatch.setattr(mcknap, "EXACT_MAX_STATES", 50)
+    monkeypatch.setattr(exact, "EXACT_MAX_STATES", 50)
     curves, total = _noisy_strongly(60, 10)
     with pytest.raises(ProblemTooLargeError, match=r"more than 50 DP states"):
         allocate(curves, total, method="exact")
@@ -562,10 +562,10 @@ def _same_answers(curves, total, monkeypatch, **limits):
     """Solve with the core DP's layers run by ``dp_layers`` and by the Python loop (the
     reference); the two must agree exactly: budgets, utility, bound and every statistic."""
     for name, value in limits.items():
-        monkeypatch.setattr(mcknap, name, value)
+        monkeypatch.setattr(exact, name, value)
     answers = []
     for fused in (True, False):
-        monkeypatch.setattr(mcknap, "_FUSED", fused)
+        monkeypatch.setattr(exact, "_FUSED", fused)
         try:
             answers.append(_exact(curves, total))
         except ProblemTooLargeError as exc:

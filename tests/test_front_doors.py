@@ -33,7 +33,7 @@ from budgetopt import (
     load_curves,
     save_curves,
 )
-from budgetopt import cli
+from budgetopt import _cli_common, cli
 from budgetopt._io import MAX_ARRAY_BYTES_ENV, write_atomic
 from helpers import run_cli
 
@@ -513,7 +513,7 @@ def test_json_output_is_standard_json(curves_file, capfd, tmp_path):
         assert code == 0
         strict(out)
     # every non-finite float becomes null, by the one helper that writes JSON
-    assert cli.dumps({"a": [float("inf"), 1.5], "b": float("nan")}) == '{"a": [null, 1.5], "b": null}'
+    assert _cli_common.dumps({"a": [float("inf"), 1.5], "b": float("nan")}) == '{"a": [null, 1.5], "b": null}'
 
 
 def test_sweep_plot_into_an_unwritable_place_fails_before_printing(tmp_path, curves_file, capfd):

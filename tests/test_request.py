@@ -11,6 +11,8 @@ import pytest
 import budgetopt
 from budgetopt import _kernels_request as kr
 from budgetopt import request as rq
+from budgetopt import request_fit
+from budgetopt.rounding import blend_budgets
 from budgetopt.errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 
 
@@ -377,9 +379,9 @@ def test_cross_validation_picks_a_safe_shrinkage():
     ra = budgetopt.RequestAllocator.fit(oracles, scores, value_norms=norms, sink=2, window=3)
     cv = ra.info["cv"]
     chosen = cv["shrinkage"][str(ra.shrinkage)]
-    assert chosen["worst"] >= -rq.CV_MAX_LOSS or ra.shrinkage == 1.0
+    assert chosen["worst"] >= -request_fit.CV_MAX_LOSS or ra.shrinkage == 1.0
     assert chosen["mean_gain"] == max(v["mean_gain"] for v in cv["shrinkage"].values()
-                                      if v["worst"] >= -rq.CV_MAX_LOSS) or ra.shrinkage == 1.0
+                                      if v["worst"] >= -request_fit.CV_MAX_LOSS) or ra.shrinkage == 1.0
     assert ra.info["contexts"] == 4 and ra.info["pairs"] == 8
     one = budgetopt.RequestAllocator.fit(oracles[:2], scores[0], sink=2, window=3)
     assert one.shrinkage == 1.0 and one.info["contexts"] == 1
@@ -398,7 +400,7 @@ def test_cross_validation_figures_match_a_direct_leave_one_context_out():
     sink, window = 2, 3
     ra = budgetopt.RequestAllocator.fit(oracles, scores, value_norms=norms, sink=sink, window=window)
     groups = [i // 2 for i in range(len(oracles))]
-    gains = {s: [] for s in rq.SHRINKAGES}
+    gains = {s: [] for s in request_fit.SHRINKAGES}
     for g in range(4):
         train = [i for i in range(len(oracles)) if groups[i] != g]
         full = budgetopt.RequestAllocator.fit([oracles[i] for i in train], [scores[i] for i in train],
@@ -409,15 +411,15 @@ def test_cross_validation_figures_match_a_direct_leave_one_context_out():
             u = budgetopt.curves_from_scores(oracles[i], scores[i], sink=sink, window=window).utility.reshape(6, -1)
             floor = max(round(0.01 * T), sink + window)
             kept = {}
-            for s in rq.SHRINKAGES:
+            for s in request_fit.SHRINKAGES:
                 a = with_shrinkage(full, s)
                 kept[s] = np.array([
                     u[np.arange(6), a.allocate(scores[i], max(6 * T - round(c * 6 * T), 6 * floor),
                                                value_norms=norms[i]).budgets.reshape(-1) - sink - window].sum()
-                    / u[:, -1].sum() for c in rq.CV_COMPRESSIONS])
-            for s in rq.SHRINKAGES:
+                    / u[:, -1].sum() for c in request_fit.CV_COMPRESSIONS])
+            for s in request_fit.SHRINKAGES:
                 gains[s].append(kept[s] - kept[1.0])
-    for s in rq.SHRINKAGES:
+    for s in request_fit.SHRINKAGES:
         assert ra.info["cv"]["shrinkage"][str(s)]["mean_gain"] == pytest.approx(np.mean(gains[s]), abs=1e-12)
         assert ra.info["cv"]["shrinkage"][str(s)]["worst"] == pytest.approx(np.min(gains[s]), abs=1e-12)
 
@@ -429,12 +431,12 @@ def test_blend_keeps_the_total_and_each_head_between_its_two_budgets(seed):
     static = rng.integers(3, 90, n)
     request = rng.permutation(static)  # the same total
     for s in (0.0, 0.1, 0.5, 0.875, 1.0):
-        b = rq._blend(static, request, s)
+        b = blend_budgets(static, request, s)
         assert b.sum() == static.sum() and b.dtype == np.int64
         assert np.all(b >= np.minimum(static, request)) and np.all(b <= np.maximum(static, request))
         assert np.all(np.abs(b - (s * static + (1 - s) * request)) < 1.0)
-    assert np.array_equal(rq._blend(static, request, 0.0), request)
-    assert np.array_equal(rq._blend(static, request, 1.0), static)
+    assert np.array_equal(blend_budgets(static, request, 0.0), request)
+    assert np.array_equal(blend_budgets(static, request, 1.0), static)
 
 
 def test_shrinkage_blends_the_static_and_the_request_split(fitted):

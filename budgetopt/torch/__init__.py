@@ -20,12 +20,15 @@ optional ``kvpress`` package, which is imported only when the press is first use
 ``mode="varlen"`` keeps each head's tokens packed in a transformers cache,
 :class:`budgetopt.torch.varlen_cache.VarlenCache`, read by the ``"budgetopt_varlen"``
 attention registered in that module.
-The profiling engine (:func:`~budgetopt.torch.profiler.profile_context`,
+The profiling side lives in :mod:`budgetopt.torch.profiling` (scorers, the score-capture
+press, value norms, the oracle's attention patching, the engine, calibration runs), the model
+geometry reader in :mod:`budgetopt.torch.geometry`; the engine's public names
+(:func:`~budgetopt.torch.profiler.profile_context`,
 :func:`~budgetopt.torch.profiler.model_geometry`,
-:func:`~budgetopt.torch.profiler.resolve_scorer`, ...) lives in
-:mod:`budgetopt.torch.profiler` and needs kvpress and transformers in the same way, as do
-:func:`~budgetopt.torch.profiling_run.profile_model` (a whole calibration file into a run
-directory) and :func:`~budgetopt.torch.profiling_run.load_local_model`.
+:func:`~budgetopt.torch.profiler.resolve_scorer`, ...) are importable from
+:mod:`budgetopt.torch.profiler`. They need kvpress and transformers in the same way, as do
+:func:`~budgetopt.torch.profiling.run.profile_model` (a whole calibration file into a run
+directory) and :func:`~budgetopt.torch.profiling.run.load_local_model`.
 
 The core package never imports this one; torch is an optional extra
 (``pip install 'budgetopt[torch]'``).
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 # The profiling engine (budgetopt.torch.profiler) and the calibration runs around it
-# (budgetopt.torch.profiling_run: profile_model, load_local_model) import kvpress and
+# (budgetopt.torch.profiling.run: profile_model, load_local_model) import kvpress and
 # transformers: their names resolve here on first use and stay out of __all__, so
 # ``import *`` loads neither.
 
@@ -80,9 +83,9 @@ def __getattr__(name):
 
         return getattr(profiler, name)
     if name in ("profile_model", "load_local_model"):
-        from . import profiling_run
+        from .profiling import run
 
-        return getattr(profiling_run, name)
+        return getattr(run, name)
     if name == "RequestBudgetPress":
         from .request_press import RequestBudgetPress
 

@@ -10,15 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._checks import check_int, refuse_masked
+from .._checks import refuse_masked
 from ..errors import InvalidInputError, InvalidTypeError
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_count(value, name):
-    """A non-negative Python int from an integral ``value`` (bools rejected)."""
-    return check_int(value, name)
 
 
 def check_float_tensor(value, name, ndim, layout):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ._checks import (
     budgets_on_host,
     budgets_tensor,
-    check_count,
     check_float_tensor,
     protected_span,
 )
@@ -97,8 +97,8 @@ def prepare_selection(scores, budgets, sink, window):
     came from the host, else ``None``.
     """
     scores = check_float_tensor(scores, "scores", 3, "(batch, kv_heads, T)")
-    sink = check_count(sink, "sink")
-    window = check_count(window, "window")
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
     batch, heads, length = scores.shape
     host = budgets_on_host(budgets, batch, heads)
     s, w = protected_span(length, sink, window)

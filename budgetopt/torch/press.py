@@ -17,6 +17,7 @@ import torch
 from .._checks import check_fraction, check_int, check_real
 from ..errors import InvalidInputError, InvalidTypeError
 from .compact import compact
+from .geometry import config_heads
 from ..lukv import load_lukv_table
 from .layers import budget_source, layer_budgets
 from .mask import keep_mask
@@ -246,9 +247,7 @@ class BudgetPress(BasePress):
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        layers = getattr(config, "num_hidden_layers", None)
-        kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+        layers, _, kv_heads = config_heads(model.config)
         if (layers, kv_heads) != self.head_shape:
             raise InvalidInputError(
                 f"`allocation` has (layers, kv_heads) = {self.head_shape} but the model has "

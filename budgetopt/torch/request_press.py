@@ -14,6 +14,7 @@ from .._checks import check_fraction
 from ..errors import InvalidInputError, InvalidTypeError
 from ..request import RequestAllocator
 from ..rounding import tokens_from_fraction
+from .geometry import config_heads
 from .mask import keep_mask
 
 from ._kvpress import BasePress, ScorerPress
@@ -104,9 +105,7 @@ class RequestBudgetPress(BasePress):
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
-        config = model.config
-        layers = getattr(config, "num_hidden_layers", None)
-        kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+        layers, _, kv_heads = config_heads(model.config)
         if (layers, kv_heads) != (self.allocator.layers, self.allocator.kv_heads):
             raise InvalidInputError(
                 f"`allocator` has (layers, kv_heads) = {(self.allocator.layers, self.allocator.kv_heads)} but the "

@@ -145,7 +145,7 @@ def test_crash_devices_that_are_not_there_are_refused(model_dir, calib, tmp_path
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has the device")
     if device == "cpu:0":  # a CPU index is still the CPU
-        from budgetopt.torch.profiling_run import _resolve_device
+        from budgetopt.torch.profiling.run import _resolve_device
 
         assert _resolve_device(device).type == "cpu"
         return
@@ -185,7 +185,7 @@ def test_crash_corrupt_model_folders_are_refused(model_dir, calib, tmp_path, cap
 
 
 def test_crash_tiny_temperature_samples_its_limit_greedy(model_dir, calib, tmp_path, capfd):
-    from budgetopt.torch.profiling_run import profile_model
+    from budgetopt.torch.profiling.run import profile_model
 
     model, tokenizer = make_model(), make_tokenizer()
     greedy = profile_model(model, tokenizer, calib, scorer="knorm", max_new_tokens=4, progress=False)
@@ -204,7 +204,7 @@ def test_crash_tiny_temperature_samples_its_limit_greedy(model_dir, calib, tmp_p
 # == 4. unbounded memory or time =================================================================
 def test_unbounded_long_calibration_line_is_refused_before_tokenizing_it_whole(tmp_path, monkeypatch):
     from budgetopt.errors import InvalidInputError
-    from budgetopt.torch.profiling_run import encode_calibration
+    from budgetopt.torch.profiling.run import encode_calibration
 
     tokenizer = make_tokenizer()
     seen = []
@@ -313,7 +313,7 @@ def test_unbounded_fifo_in_a_model_folder_is_refused_not_waited_on(model_dir, ca
 @pytest.mark.parametrize("rank", ["abc", "-1", "99"])
 def test_crash_bad_local_rank_with_device_auto_is_refused(monkeypatch, rank):
     from budgetopt.errors import InvalidInputError
-    from budgetopt.torch.profiling_run import _resolve_device
+    from budgetopt.torch.profiling.run import _resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", rank)
     if not torch.cuda.is_available():

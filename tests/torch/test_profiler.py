@@ -19,6 +19,7 @@ import kvpress  # noqa: E402
 
 from budgetopt.errors import InvalidInputError, InvalidTypeError  # noqa: E402
 from budgetopt.torch import profiler  # noqa: E402
+from budgetopt.torch.profiling import oracle  # noqa: E402
 from budgetopt.torch.profiler import (  # noqa: E402
     model_geometry,
     profile_context,
@@ -338,7 +339,7 @@ def test_attention_implementation_restored_even_on_error(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(profiler._OracleState, "add_row", boom)
+    monkeypatch.setattr(oracle.OracleState, "add_row", boom)
     with pytest.raises(RuntimeError, match="boom"):
         profile_context(model, ids(20, 0), [ids(3, 1)], scorer="knorm", max_new_tokens=2)
     assert model.config._attn_implementation == "sdpa"

@@ -25,7 +25,8 @@ from budgetopt import keep_counts_from_prune_ratios, load_lukv_table, load_profi
 from budgetopt.errors import InvalidInputError  # noqa: E402
 from budgetopt.runs import lukv_table_from_run  # noqa: E402
 from budgetopt.torch import profiler  # noqa: E402
-from budgetopt.torch.profiling_run import encode_calibration, profile_model  # noqa: E402
+from budgetopt.torch.profiling import context as engine_module  # noqa: E402
+from budgetopt.torch.profiling.run import encode_calibration, profile_model  # noqa: E402
 from helpers import run_cli  # noqa: E402
 
 WORDS = ("the a cat dog bird sat ran flew on over under mat tree house red big small what who where "
@@ -170,7 +171,7 @@ def test_resume_after_an_interrupted_run_equals_an_uninterrupted_run(llama, cali
     tokenizer = make_tokenizer()
     kwargs = dict(scorer="knorm", max_new_tokens=3, progress=False)
     full = profile_model(llama, tokenizer, calib, out_dir=tmp_path / "full", **kwargs)
-    engine = profiler.profile_context
+    engine = engine_module.profile_context
     calls = []
 
     def crashing(*args, **kw):
@@ -179,7 +180,7 @@ def test_resume_after_an_interrupted_run_equals_an_uninterrupted_run(llama, cali
         calls.append(len(args[2]))
         return engine(*args, **kw)
 
-    monkeypatch.setattr(profiler, "profile_context", crashing)
+    monkeypatch.setattr(engine_module, "profile_context", crashing)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         profile_model(llama, tokenizer, calib, out_dir=run_dir, **kwargs)
@@ -187,7 +188,7 @@ def test_resume_after_an_interrupted_run_equals_an_uninterrupted_run(llama, cali
     (run_dir / "pairs" / ".c00002_q000.npz.x1y2.tmp").write_bytes(b"a write cut short")
 
     calls.clear()
-    monkeypatch.setattr(profiler, "profile_context", lambda *a, **k: (calls.append(len(a[2])), engine(*a, **k))[1])
+    monkeypatch.setattr(engine_module, "profile_context", lambda *a, **k: (calls.append(len(a[2])), engine(*a, **k))[1])
     resumed = profile_model(llama, tokenizer, calib, out_dir=run_dir, **kwargs)
     assert calls == [3, 1]  # only contexts 2 and 3 were profiled again
     assert not any(name.endswith(".tmp") for name in os.listdir(run_dir / "pairs"))
@@ -276,7 +277,7 @@ def test_cli_profile_then_table_reaches_kvpress(model_dir, calib, tmp_path, caps
 
 def test_cli_resume_and_interrupt(model_dir, calib, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    engine = profiler.profile_context
+    engine = engine_module.profile_context
     calls = []
 
     def interrupted(*args, **kw):
@@ -285,12 +286,12 @@ def test_cli_resume_and_interrupt(model_dir, calib, tmp_path, capsys, monkeypatc
         calls.append(1)
         return engine(*args, **kw)
 
-    monkeypatch.setattr(profiler, "profile_context", interrupted)
+    monkeypatch.setattr(engine_module, "profile_context", interrupted)
     argv = ["profile", model_dir, "--calibration", calib, "--scorer", "knorm", "-o", run_dir, "--max-new-tokens", 2]
     code, _, err = _cli(argv, capsys)
     assert code == 130 and "interrupted" in err
     assert os.listdir(run_dir / "pairs") == ["c00000_q000.npz"]
-    monkeypatch.setattr(profiler, "profile_context", engine)
+    monkeypatch.setattr(engine_module, "profile_context", engine)
     code, _, err = _cli(argv, capsys)
     assert code == 0, err
     assert len(load_profile_run(run_dir).pairs) == 7

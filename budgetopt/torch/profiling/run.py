@@ -2,7 +2,7 @@
 
 :func:`profile_model` turns a transformers model, its tokenizer and a calibration file
 (:mod:`budgetopt.calibration`) into oracle, scorer and value-norm arrays, one set per pair,
-by calling the engine :func:`budgetopt.torch.profiler.profile_context` once per context. With
+by calling the engine :func:`budgetopt.torch.profiling.context.profile_context` once per context. With
 ``out_dir`` it writes a run directory (:mod:`budgetopt.runs`): a pair file per finished pair,
 written atomically, so an interrupted run resumes where it stopped, and ``shard=(K, N)``
 profiles the pairs ``i`` with ``i % N == K`` (shards merge into the unsharded result).
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int
-from .._io import check_input_file, loads_json
-from ..calibration import Calibration, read_calibration
-from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from ..runs import (
+from ..._checks import check_int
+from ..._io import check_input_file, loads_json
+from ..._progress import Progress
+from ...calibration import Calibration, read_calibration
+from ...errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from ...runs import (
     FORMAT,
     LOCK_NAME,
     ProfileRun,
@@ -41,7 +42,9 @@ from ..runs import (
     shard_label,
     write_pair,
 )
-from . import profiler
+from ..geometry import SUPPORTED_MODEL_TYPES, model_geometry, text_config
+from . import context as engine
+from .scorers import CallableScorer, resolve_scorer
 
 __all__ = ["profile_model", "encode_calibration", "load_local_model", "model_fingerprint", "EncodedContext"]
 
@@ -164,10 +167,6 @@ def _refuse_long_text(tokenizer, text, max_length, what):
             )
 
 
-def _check_int(value, name, low):
-    return check_int(value, name, minimum=low)
-
-
 def _versions():
     from importlib import metadata
 
@@ -183,7 +182,7 @@ def _versions():
 def _scorer_name(scorer, press):
     if isinstance(scorer, str):
         return scorer.strip().lower().replace("-", "_")
-    if isinstance(press, profiler.CallableScorer):
+    if isinstance(press, CallableScorer):
         return getattr(press.fn, "__name__", "function")
     return type(press).__name__
 
@@ -195,7 +194,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
 
     For each context of ``calibration`` (one context-only prefill, then each question with
     ``max_new_tokens`` generated tokens) the engine
-    :func:`~budgetopt.torch.profiler.profile_context` gives ``scores`` and ``value_norms``
+    :func:`~budgetopt.torch.profiling.context.profile_context` gives ``scores`` and ``value_norms``
     (context-only prefill, shared by its questions) and one ``oracle`` per question, each
     float32 ``(layers, kv_heads, T)``. The result feeds :func:`budgetopt.lukv_table` and
     :func:`budgetopt.curves_from_scores` (see :func:`budgetopt.runs.lukv_table_from_run`).
@@ -280,16 +279,16 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     >>> run.pairs, run.oracles[0].shape
     (((0, 0),), (2, 2, 9))
     """
-    geometry = profiler.model_geometry(model)
-    press = profiler.resolve_scorer(scorer)
+    geometry = model_geometry(model)
+    press = resolve_scorer(scorer)
     for name, value, options in (("head_reduce", head_reduce, ("max", "mean")),
                                  ("step_reduce", step_reduce, ("max", "sum"))):
         if value not in options:
             raise InvalidInputError(f"`{name}` must be one of {', '.join(map(repr, options))}; got {value!r}")
-    sink = _check_int(sink, "sink", 0)
-    window = _check_int(window, "window", 0)
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 1)
-    seed = _check_int(seed, "seed", 0)
+    sink = check_int(sink, "sink")
+    window = check_int(window, "window")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    seed = check_int(seed, "seed")
     if not isinstance(sampling, (bool, np.bool_)):
         raise InvalidTypeError(f"`sampling` must be True or False; got {sampling!r}")
     if sampling and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
@@ -298,8 +297,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     shard = parse_shard(shard)
     if not isinstance(calibration, Calibration):
         calibration = read_calibration(calibration)
-    text_config = model.config.get_text_config()
-    max_length = getattr(text_config, "max_position_embeddings", None)
+    max_length = getattr(text_config(model.config), "max_position_embeddings", None)
     encoded = encode_calibration(tokenizer, calibration, sink=sink, window=window,
                                  max_new_tokens=max_new_tokens, max_length=max_length)
 
@@ -362,7 +360,8 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         if (c, q) not in finished:
             pending.setdefault(c, []).append(q)
 
-    bar = _progress_bar(len(wanted), len(wanted) - sum(map(len, pending.values())), progress)
+    bar = Progress(len(wanted), progress, "profile", initial=len(wanted) - sum(map(len, pending.values())),
+                   terminal_only=False, counter=False)
     held = {}
     try:
         tokens, seconds = 0, 0.0
@@ -375,7 +374,7 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                 calls = [(questions, seed)]
             for qs, call_seed in calls:
                 try:
-                    result = profiler.profile_context(
+                    result = engine.profile_context(
                         model, context_ids, [torch.tensor(e.question_ids[q], dtype=torch.int64) for q in qs],
                         scorer=press, max_new_tokens=max_new_tokens, head_reduce=head_reduce,
                         step_reduce=step_reduce, sampling=bool(sampling), temperature=temperature,
@@ -399,16 +398,13 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
                         held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
                 tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
                 seconds += result.seconds
-                if bar is not None:
-                    bar.set_postfix_str(f"{tokens / max(seconds, 1e-9):,.0f} tok/s", refresh=False)
-                    bar.update(len(qs))
+                bar.advance(len(qs), postfix=f"{tokens / max(seconds, 1e-9):,.0f} tok/s")
     except BaseException:
         if out_dir is not None and created and not os.listdir(Path(out_dir) / "pairs"):
             _remove_empty_run(out_dir)  # failed before finishing any pair: leave nothing behind
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if lock is not None:
             lock.release()
     if out_dir is not None:
@@ -477,7 +473,7 @@ def _remove_empty_run(out_dir):
 
 
 def _budgetopt_version():
-    from .. import __version__
+    from ... import __version__
 
     return __version__
 
@@ -504,16 +500,6 @@ def _in_memory_run(meta, order, wanted, held):
     missing = tuple(p for p in order if p not in wanted_set)
     return ProfileRun(meta=meta, pairs=tuple(pairs), oracles=tuple(oracles), scores=tuple(scores),
                       value_norms=tuple(norms), pair_meta=tuple(pair_meta), missing=missing)
-
-
-def _progress_bar(total, done, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=done, desc="profile", unit="pair", file=sys.stderr, dynamic_ncols=True)
 
 
 # -- loading a model directory ----------------------------------------------------------------
@@ -572,10 +558,10 @@ def load_local_model(model_dir, *, device="auto", dtype="auto"):
     if not isinstance(config, dict):
         raise CurvesFileError(f"{config_path}: not a JSON object")
     model_type = config.get("model_type")
-    if model_type not in profiler.SUPPORTED_MODEL_TYPES:
+    if model_type not in SUPPORTED_MODEL_TYPES:
         raise InvalidInputError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(profiler.SUPPORTED_MODEL_TYPES)}"
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise InvalidInputError(f"`dtype` must be 'auto' or one of {', '.join(_DTYPES)}; got {dtype!r}")
