@@ -36,6 +36,7 @@ try:
         write_json,
     )
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
+    from .cli_evaluate import add_evaluate_command
     from .cli_profile import add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs
     from .errors import CurvesFileError, InvalidInputError
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, exercised by a subprocess test
@@ -599,6 +600,7 @@ def build_parser():
     add_profile_parsers(sub)
     add_plot_parser(sub)
     add_profile_command(sub)
+    add_evaluate_command(sub)
     return parser
 
 
