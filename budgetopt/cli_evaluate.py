@@ -143,10 +143,9 @@ def cmd_evaluate(args):
     if data is not None:
         examples = data
     else:
-        examples = [e for t in task_names
-                    for e in tasks_module.make_examples(t, args.examples, seed=args.seed,
-                                                        context_length=args.context_tokens, length=length,
-                                                        paragraphs=paragraphs)]
+        per_task = [tasks_module.make_examples(t, args.examples, seed=args.seed, context_length=args.context_tokens,
+                                               length=length, paragraphs=paragraphs) for t in task_names]
+        examples = [e for group in zip(*per_task) for e in group]  # interleaved: a partial run covers every task
     calibration_info = None
     if run is not None:
         path = args.calibration or (run.meta.get("calibration") or {}).get("path")

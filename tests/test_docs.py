@@ -50,7 +50,7 @@ RUN_PAGES = {"README.md", "index.md", "concepts.md", "guide-model-to-budgets.md"
              "guide-choosing-a-method.md", "guide-applying-budgets.md", "reference.md", "quality.md"}
 PENDING_COMMANDS = set()
 OPTIONAL_MODULES = {"flash_attn", "ray"}
-TORCH_COMMANDS = {"profile"}
+TORCH_COMMANDS = {"profile", "evaluate"}
 HAS_TORCH_STACK = all(
     importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "kvpress", "tokenizers"))
 

@@ -477,7 +477,8 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     """Create or reopen an evaluation directory; returns the ids of finished examples.
 
     An existing directory is resumed when its ``meta.json`` equals ``meta`` (apart from the
-    device, versions and shard); with ``resume=False`` its example files are deleted first.
+    device, versions, shard and number of examples: examples are numbered, so asking for more
+    extends the run); with ``resume=False`` its example files are deleted first.
     A non-empty directory without an evaluation's ``meta.json`` is refused.
     """
     from ..runs import _difference
@@ -488,7 +489,7 @@ def open_eval_dir(out_dir, meta, *, resume=True):
         raise CurvesFileError(f"{out}: parent directory {str(parent)!r} does not exist")
     if out.exists() and not out.is_dir():
         raise CurvesFileError(f"{out}: exists and is not a directory")
-    loose = ("device", "versions", "shard", "commit")
+    loose = ("device", "versions", "shard", "commit", "examples")  # more examples extend a run
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"
         try:

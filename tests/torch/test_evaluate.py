@@ -282,6 +282,12 @@ def test_cli_end_to_end_and_resume(model_dir, tmp_path):
     again = cli(*args)
     assert again.returncode == 0, again.stderr
     assert {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")} == before
+    # asking for more examples extends the run: the finished ones are kept as they are
+    more = cli(*[("3" if a == "2" and args[i - 1] == "--examples" else a) for i, a in enumerate(args)])
+    assert more.returncode == 0, more.stderr
+    after = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
+    assert len(after) == 6 and {p: after[p] for p in before} == before
+    assert json.loads((out / "report.json").read_text())["n_examples"] == 6
 
 
 def test_cli_budgetopt_methods_with_calibration(setup, model_dir, tmp_path):
