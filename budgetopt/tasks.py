@@ -16,6 +16,10 @@ task           what the model must do                                           
 ``span``       look a record up: the answer is a word of the document (a span)      contains
 =============  ===================================================================  ==========
 
+Each generated question comes with an answer prefix that starts the answer (RULER's
+practice: ``"The pass key is"``), so the model's next tokens are the answer itself and a short
+``max_new_tokens`` suffices.
+
 Haystacks (the filler text) come from Python's own docstrings (:func:`stdlib_paragraphs`)
 or from the user's text files (:func:`paragraphs_from_files`). Each example is a function of
 ``(task, seed, index, split, target length)`` only, so example 7 is the same whether 10 or
@@ -271,7 +275,7 @@ def _passkey(rng, pool, target, length):
     key = _number(rng, 5)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
     return (_fill(rng, pool, target, length, [needle]),
-            "What is the pass key? Answer with the number only.", (key,))
+            "What is the pass key? Answer with the number only.", (key,), "The pass key is")
 
 
 def _keys(rng, n):
@@ -284,7 +288,8 @@ def _multikey(rng, pool, target, length):
     needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
     ask = int(rng.integers(len(keys)))
     return (_fill(rng, pool, target, length, needles),
-            f"What is the special magic number for {keys[ask]}? Answer with the number only.", (values[ask],))
+            f"What is the special magic number for {keys[ask]}? Answer with the number only.", (values[ask],),
+            f"The special magic number for {keys[ask]} is")
 
 
 def _multivalue(rng, pool, target, length):
@@ -292,7 +297,8 @@ def _multivalue(rng, pool, target, length):
     values = [_number(rng) for _ in range(3)]
     needles = [f"One of the special magic numbers for {key} is: {v}." for v in values]
     return (_fill(rng, pool, target, length, needles),
-            f"What are all the special magic numbers for {key}? List them.", tuple(values))
+            f"What are all the special magic numbers for {key}? List them.", tuple(values),
+            f"The special magic numbers for {key} are")
 
 
 def _varname(rng):
@@ -309,7 +315,8 @@ def _vartrack(rng, pool, target, length):
     needles = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
     # the chain must read in order: _fill inserts needles at sorted depths, in this order
     return (_fill(rng, pool, target, length, needles),
-            f"Which variables are assigned the value {value}? List every variable name.", tuple(names))
+            f"Which variables are assigned the value {value}? List every variable name.", tuple(names),
+            f"The variables assigned the value {value} are")
 
 
 def _vocabulary(pool):
@@ -344,7 +351,8 @@ def _common(rng, pool, target, length):
     lines = [f"{i + 1}. {w}" for i, w in enumerate(words)]
     ranked = sorted(top)
     text = "Below is a numbered list of words.\n" + "\n".join(lines)
-    return text, "What are the 3 most common words in the list above? Answer with the three words.", tuple(ranked)
+    return (text, "What are the 3 most common words in the list above? Answer with the three words.", tuple(ranked),
+            "The three most common words are")
 
 
 def _frequent(rng, pool, target, length):
@@ -373,7 +381,7 @@ def _frequent(rng, pool, target, length):
             + " ".join(words))
     answers = tuple(coded[i] for i in np.argsort(-counts, kind="stable")[:3])
     return (text, "What are the 3 most frequently appearing coded words in the text above? "
-            "Answer with the three words.", answers)
+            "Answer with the three words.", answers, "The three most frequent coded words are")
 
 
 def _span(rng, pool, target, length):
@@ -383,7 +391,7 @@ def _span(rng, pool, target, length):
     ask = int(rng.integers(len(objects)))
     return (_fill(rng, pool, target, length, needles),
             f"According to the inventory notes, what colour is the {objects[ask]}? Answer with one word.",
-            (colours[ask],))
+            (colours[ask],), f"The {objects[ask]} in the storeroom is")
 
 
 _GENERATORS = {"passkey": _passkey, "multikey": _multikey, "multivalue": _multivalue, "vartrack": _vartrack,
@@ -458,9 +466,9 @@ def make_examples(task, n, *, seed=0, context_length=1000, length=len, paragraph
     out = []
     for i in range(start, start + n):
         rng = np.random.default_rng([int(seed), task_number, i, 0 if split == "eval" else 1])
-        context, question, answers = _GENERATORS[task](rng, pool, int(context_length), cached)
+        context, question, answers, prefix = _GENERATORS[task](rng, pool, int(context_length), cached)
         out.append(Example(task=task, index=i, context=context, question=question, answers=tuple(answers),
-                           scorer=SCORERS[task], id=f"{task}-{i:04d}"))
+                           scorer=SCORERS[task], answer_prefix=prefix, id=f"{task}-{i:04d}"))
     return out
 
 

@@ -29,6 +29,7 @@ def test_answers_are_in_the_context_and_score_themselves(task):
         for answer in ex.answers:
             assert answer in ex.context
         assert tasks.score(ex.scorer, " ; ".join(ex.answers), ex.answers)
+        assert ex.answer_prefix and ex.answer_prefix[-1].isalpha()  # the answer follows the prefix
         assert not tasks.score(ex.scorer, "I do not know.", ex.answers)
 
 
