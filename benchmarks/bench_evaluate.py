@@ -78,7 +78,8 @@ def main(argv=None):
                 rec = ev.evaluate_example(model, tokenizer, example, methods, [c], max_new_tokens=args.max_new_tokens)
                 answers[way] = [r["answer"] for r in rec["settings"]["question"]["results"]]
             else:
-                answers[way] = [pipe(example.context, question=example.question, press=m.make(c),
+                answers[way] = [pipe(example.context, question=example.question, answer_prefix=example.answer_prefix,
+                                     press=m.make(c),
                                      max_new_tokens=args.max_new_tokens)["answer"] for m in methods]
             seconds[way] = time.perf_counter() - t0
         mismatches += sum(a != b for a, b in zip(answers["shared"], answers["pipeline"]))
