@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _env import record  # noqa: E402
 
 import budgetopt  # noqa: E402
-from budgetopt.baselines import (  # noqa: E402
+from budgetopt.allocators import (  # noqa: E402
     ADAKV_ALPHA, HEADKV_POOL, PYRAMID_BETA, adakv_counts, duoattention_counts, headkv_counts, pyramidkv_counts,
     split_integer, uniform_counts,
 )
@@ -113,7 +113,7 @@ def counts_from_ratios(ratios, length, protected):
     return np.maximum(keep_counts_from_prune_ratios(ratios, length), protected)
 
 
-# -- baselines: budgetopt.baselines (comparison points; each follows the cited rule) -----------
+# -- baselines: budgetopt.allocators (comparison points; each follows the cited rule) -----------
 def raw_greedy_counts(utility, total, protected):
     """The marginal-gain greedy on raw (non-convexified) curves: starting from sink + window
     tokens per head, repeatedly give one token to the head whose *next* token adds the most

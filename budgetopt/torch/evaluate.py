@@ -81,7 +81,7 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
           of :data:`budgetopt.torch.profiler.SCORER_NAMES`): that press, every head keeping the
           same share (kvpress's default, uniform);
         * ``"adakv"``: kvpress's ``AdaKVPress`` around ``scorer``;
-        * ``"uniform"``, ``"pyramidkv"``: the budget rules of :mod:`budgetopt.baselines`
+        * ``"uniform"``, ``"pyramidkv"``: the budget rules of :mod:`budgetopt.allocators`
           (uniform with sink and window kept; PyramidKV's layer schedule) through
           ``BudgetPress`` on ``scorer`` (needs ``head_shape``). kvpress's own
           ``PyramidKVPress`` leaves layers of different lengths, which transformers 5.2's
@@ -107,7 +107,7 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
     """
     from kvpress import AdaKVPress, LUKVPress
 
-    from .. import baselines
+    from .. import allocators
     from ..rounding import tokens_from_fraction
     from .profiler import SCORER_NAMES, resolve_scorer
 
@@ -146,11 +146,11 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
         def make(c):
             total = max(tokens_from_fraction(1.0 - c, layers * heads * cap), layers * heads * protected)
             if rule == "uniform":
-                counts = baselines.uniform_counts(layers, heads, cap, total, protected)
+                counts = allocators.uniform_counts(layers, heads, cap, total, protected)
             elif rule == "pyramidkv":
-                counts = baselines.pyramidkv_counts(layers, heads, cap, total, protected)
+                counts = allocators.pyramidkv_counts(layers, heads, cap, total, protected)
             else:
-                counts = getattr(baselines, f"{rule}_counts")(importance(), cap, total, protected)
+                counts = getattr(allocators, f"{rule}_counts")(importance(), cap, total, protected)
             return BudgetPress(scored(), counts, head_capacity=cap, sink=sink, window=window)
 
         return make
