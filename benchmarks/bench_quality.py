@@ -73,6 +73,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _env import add_output_options, output_path, record  # noqa: E402
 
 import budgetopt  # noqa: E402
+from budgetopt.allocators import (  # noqa: E402
+    ADAKV_ALPHA, HEADKV_POOL, PYRAMID_BETA, adakv_counts, duoattention_counts, headkv_counts, pyramidkv_counts,
+    split_integer, uniform_counts,
+)
 from budgetopt.curves import write_atomic  # noqa: E402
 from budgetopt.lukv import compression_ratios, lukv_table  # noqa: E402
 from budgetopt.profile import curves_from_scores  # noqa: E402
@@ -93,46 +97,9 @@ METHODS = (
     "own_optimum",
 )
 TABLE_COMPRESSIONS = (0.5, 0.75, 0.8, 0.9, 0.95)
-PYRAMID_BETA = 20
-ADAKV_ALPHA = 0.2
-HEADKV_POOL = 0.5  # share of the middle (non-protected) budget HeadKV distributes by importance
 
 
 # -- small shared helpers ----------------------------------------------------------------------
-def split_integer(total, weights, cap):
-    """Non-negative integers proportional to ``weights``, each ``<= cap``, summing to ``total``.
-
-    Water-filling: shares above ``cap`` are fixed at ``cap`` and the rest is split again among the
-    others; the integer parts are then completed by largest remainder (ties: lower index).
-    ``total`` must not exceed ``cap * len(weights)``.
-    """
-    weights = np.asarray(weights, dtype=np.float64).ravel()
-    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), weights.shape)
-    n = weights.size
-    if total > cap.sum() + 1e-9:
-        raise ValueError(f"total {total} exceeds the caps' sum {cap.sum()}")
-    share = np.zeros(n)
-    free = np.ones(n, bool)
-    left = float(total)
-    while left > 1e-9 and free.any():
-        w = np.where(free, np.maximum(weights, 0.0), 0.0)
-        w = w if w.sum() > 0 else free.astype(np.float64)
-        want = left * w / w.sum()
-        over = free & (share + want >= cap - 1e-12)
-        if not over.any():
-            share += want
-            break
-        left -= (cap[over] - share[over]).sum()
-        share[over] = cap[over]
-        free &= ~over
-    base = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
-    rest = int(total - base.sum())
-    room = base < cap
-    order = np.argsort(np.where(room, base - share, np.inf), kind="stable")
-    base[order[:rest]] += 1
-    return base
-
-
 def retained(utility, counts, protected):
     """Fraction of the total oracle mass kept when each head keeps ``counts`` tokens."""
     idx = np.asarray(counts) - protected
@@ -152,99 +119,7 @@ def counts_from_ratios(ratios, length, protected):
     return np.maximum(keep_counts_from_prune_ratios(ratios, length), protected)
 
 
-# -- baselines (comparison points; each follows the cited rule) --------------------------------
-def uniform_counts(layers, heads, length, total, protected):
-    """SnapKV (Li et al. 2024) default: every head of every layer keeps the same number of tokens.
-
-    The total is split as evenly as integers allow (largest remainder)."""
-    n = layers * heads
-    return split_integer(total, np.ones(n), length).reshape(layers, heads).clip(protected)
-
-
-def pyramidkv_counts(layers, heads, length, total, protected, beta=PYRAMID_BETA):
-    """PyramidKV (Cai et al. 2024, "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
-    Information Funneling"): per-layer budgets on an arithmetic sequence, the top layer keeping
-    ``avg / beta`` selectable tokens and the bottom layer ``2 * avg - avg / beta``, where ``avg``
-    is the mean selectable budget per layer (tokens beyond the always-kept sink + window). When
-    the bottom layer would exceed its context, it is capped and the top raised so the mean holds
-    (as in the published schedule). Heads of a layer share its budget equally."""
-    n = layers * heads
-    middle = total - n * protected
-    avg = middle / layers
-    room = heads * (length - protected)
-    top = avg / beta
-    bottom = 2 * avg - top
-    if bottom > room:
-        bottom = room
-        top = 2 * avg - bottom
-    per_layer = np.linspace(bottom, top, layers) if layers > 1 else np.array([avg])
-    layer_tokens = split_integer(middle, per_layer, room)
-    out = np.empty((layers, heads), np.int64)
-    for layer in range(layers):
-        out[layer] = split_integer(layer_tokens[layer], np.ones(heads), length - protected)
-    return out + protected
-
-
-def adakv_counts(scores, total, sink, window, alpha=ADAKV_ALPHA):
-    """AdaKV (Feng et al. 2024, "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget
-    Allocation"): each layer keeps its share of the total; within a layer every head first keeps
-    its own ``floor(alpha * B / H)`` best tokens (the safeguard, alpha = 0.2), then the rest of the
-    layer budget ``B`` goes to the highest scores over all the layer's heads concatenated. Computed
-    online from the request's own scorer values (middle tokens; sink and window are always kept)."""
-    layers, heads, length = scores.shape
-    protected = sink + window
-    middle_scores = scores[..., sink:length - window].astype(np.float64)
-    m = middle_scores.shape[-1]
-    layer_middle = split_integer(total - layers * heads * protected, np.ones(layers), heads * m)
-    out = np.empty((layers, heads), np.int64)
-    for layer in range(layers):
-        budget = int(layer_middle[layer])
-        safe = min(int(alpha * budget / heads), m)
-        s = -np.sort(-middle_scores[layer], axis=-1)  # each head's scores, best first
-        rest = s[:, safe:].ravel()
-        extra = budget - heads * safe
-        counts = np.full(heads, safe, np.int64)
-        if extra > 0 and m > safe:
-            chosen = np.argsort(-rest, kind="stable")[:extra]
-            counts += np.bincount(chosen // (m - safe), minlength=heads)
-        out[layer] = counts
-    return out + protected
-
-
-def headkv_counts(importance, length, total, protected, pool=HEADKV_POOL):
-    """HeadKV-style (Fu et al. 2024, "Not All Heads Matter: A Head-Level KV Cache Compression
-    Method with Integrated Retrieval and Reasoning"): every head keeps a base budget and gives a
-    share ``pool`` of it to a shared pool, which is split in proportion to a static head-importance
-    score estimated offline. Here the score is each head's mean calibration oracle mass outside
-    the sink and window (how much a head stands to lose), not HeadKV's retrieval-reasoning score."""
-    layers, heads = importance.shape
-    n = layers * heads
-    middle = total - n * protected
-    pooled = int(round(pool * middle))
-    base = split_integer(middle - pooled, np.ones(n), length - protected)
-    extra = split_integer(pooled, importance.ravel(), (length - protected) - base)
-    return (base + extra).reshape(layers, heads) + protected
-
-
-def duoattention_counts(importance, length, total, protected):
-    """DuoAttention-style (Xiao et al. 2024, "DuoAttention: Efficient Long-Context LLM Inference
-    with Retrieval and Streaming Heads"): retrieval heads keep the full context, streaming heads
-    only their sink and recent-window tokens. Heads are ranked by a static importance score (here
-    the mean calibration oracle mass outside sink and window, standing in for DuoAttention's
-    learned gates) and made retrieval heads while the total allows; the tokens left over go to the
-    next head (so every method spends the same total)."""
-    layers, heads = importance.shape
-    out = np.full(layers * heads, protected, np.int64)
-    left = total - out.sum()
-    for h in np.argsort(-importance.ravel(), kind="stable"):
-        take = min(left, length - protected)
-        out[h] += take
-        left -= take
-        if left <= 0:
-            break
-    return out.reshape(layers, heads)
-
-
+# -- baselines: budgetopt.allocators (comparison points; each follows the cited rule) -----------
 def raw_greedy_counts(utility, total, protected):
     """The marginal-gain greedy on raw (non-convexified) curves: starting from sink + window
     tokens per head, repeatedly give one token to the head whose *next* token adds the most

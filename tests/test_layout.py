@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "budgetopt"
 #: budgetopt modules the CLI may import at module level: standard library only themselves.
 LIGHT = {"budgetopt._cli_common", "budgetopt._limits", "budgetopt._progress", "budgetopt.errors",
-         "budgetopt.cli_profile", "budgetopt.cli_convert"}
+         "budgetopt.cli_profile", "budgetopt.cli_convert",
+         "budgetopt.cli_evaluate"}
 
 
 def modules():
@@ -71,7 +72,8 @@ def test_budgetopt_modules_import_one_way():
 
 def test_cli_modules_import_only_the_standard_library_at_module_level():
     known = modules()
-    for name in ("budgetopt.cli", "budgetopt.cli_profile", "budgetopt.cli_convert", "budgetopt._cli_common",
+    for name in ("budgetopt.cli", "budgetopt.cli_profile", "budgetopt.cli_convert", "budgetopt.cli_evaluate",
+                 "budgetopt._cli_common",
                  "budgetopt._limits", "budgetopt._progress",
                  "budgetopt.errors", "budgetopt"):
         found = imports(name, known[name], known, top_level_only=True)

@@ -71,3 +71,29 @@ def test_profile_smollm2_then_table_reaches_lukvpress(smollm2_dir, tmp_path):
         _, heads, _ = layer.self_attn.masked_key_indices
         np.testing.assert_array_equal(120 - torch.bincount(heads, minlength=3).numpy(),
                                       expected[layer.self_attn.layer_idx])
+
+
+def test_evaluate_answers_equal_kvpress_pipeline_on_smollm2(smollm2_dir):
+    # budgetopt evaluate's shared pre-fill against kvpress's pipeline, press by press, on the real model
+    import kvpress
+
+    from budgetopt import tasks
+    from budgetopt.torch import evaluate as ev
+    from budgetopt.torch.profiling.run import load_local_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_local_model(smollm2_dir, device="cpu")
+    length = lambda s: len(tokenizer.encode(s, add_special_tokens=False))
+    example = tasks.make_examples("multikey", 1, context_length=300, length=length)[0]
+    methods = ev.standard_methods(["full", "snapkv", "knorm", "adakv", "uniform"], head_shape=(30, 3))
+    record = ev.evaluate_example(model, tokenizer, example, methods, [0.6], settings=ev.SETTINGS, max_new_tokens=8)
+    pipe = kvpress.KVPressTextGenerationPipeline(model=model, tokenizer=tokenizer)
+    by_name = {m.name: m for m in methods}
+    for setting, block in record["settings"].items():
+        context, question = example.context, example.question
+        if setting == "query_aware":
+            context, question = f"{context}\n\n{question}", None
+        for res in block["results"]:
+            expected = pipe(context, question=question, answer_prefix=example.answer_prefix,
+                            press=by_name[res["method"]].make(0.6), max_new_tokens=8)["answer"]
+            assert res["answer"] == expected, (setting, res["method"])

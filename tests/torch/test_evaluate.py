@@ -1,0 +1,350 @@
+"""budgetopt.torch.evaluate and ``budgetopt evaluate`` on a tiny random Llama (no download).
+
+The evaluator compresses a recorded full-cache pre-fill instead of pre-filling once per
+method; these tests hold it to kvpress's own ``KVPressTextGenerationPipeline`` (same answers,
+press by press, in both settings), the full-cache reference to ``model.generate``, and the
+KL / NLL / kept-token figures to direct computations on a real pre-fill under the press.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import string
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+kvpress = pytest.importorskip("kvpress")
+pytest.importorskip("tokenizers")
+
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+from budgetopt import tasks  # noqa: E402
+from budgetopt.errors import InvalidInputError  # noqa: E402
+from budgetopt.evaluation import summarise  # noqa: E402
+from budgetopt.torch import evaluate as ev  # noqa: E402
+from budgetopt.torch.press import BudgetPress  # noqa: E402
+from budgetopt.torch.profiling.run import profile_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEMPLATE = ("{% for m in messages %}< user > {{ m['content'] }} < / user >{% endfor %}"
+            "{% if add_generation_prompt %}< assistant >{% endif %}")
+CONTEXT = 450  # characters: contexts of about 100-130 word tokens (SnapKV needs more than its 64-token window)
+
+
+def make_tokenizer(texts, chat_template=None):
+    """A word-level tokenizer over the words of ``texts`` (digits one by one)."""
+    words = set(string.digits) | set(string.punctuation) | {"user", "assistant"}
+    for t in texts:
+        words.update(re.findall(r"[^\W\d_]+|\d|_|[^\w\s]", t))
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                               eos_token="</s>", pad_token="<pad>")
+    out.chat_template = chat_template
+    return out
+
+
+def make_model(vocab_size, kind="llama"):
+    # head_dim 64: kvpress's head-wise masking must find a key hidden from every query of a
+    # question (its hyperplane search), which needs queries in fewer dimensions than head_dim.
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, hidden_size=256, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    if kind == "llama":
+        config, cls = transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
+    else:
+        config, cls = transformers.Qwen2Config(**common, use_sliding_window=False), transformers.Qwen2ForCausalLM
+    config._attn_implementation = "sdpa"
+    return cls(config).eval()
+
+
+def all_examples():
+    return [e for t in tasks.TASKS for e in tasks.make_examples(t, 2, context_length=CONTEXT)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    cal_lines = tasks.calibration_lines(["passkey", "span"], 2, context_length=CONTEXT)
+    examples = all_examples()
+    tok = make_tokenizer([e.context + " " + e.question for e in examples]
+                         + [json.loads(line)["context"] + json.loads(line)["questions"][0] for line in cal_lines])
+    model = make_model(len(tok))
+    folder = tmp_path_factory.mktemp("cal")
+    cal = folder / "cal.jsonl"
+    cal.write_text("\n".join(cal_lines) + "\n")
+    run = profile_model(model, tok, str(cal), scorer="snapkv", sink=2, window=2, max_new_tokens=4, progress=False)
+    return tok, model, run, str(cal)
+
+
+def pipeline_answer(model, tok, example, press, setting, max_new_tokens):
+    pipe = kvpress.KVPressTextGenerationPipeline(model=model, tokenizer=tok)
+    context, question = example.context, example.question
+    if setting == "query_aware":
+        context, question = f"{context}\n\n{question}", None
+    return pipe(context, question=question, answer_prefix=example.answer_prefix, press=press,
+                max_new_tokens=max_new_tokens)["answer"]
+
+
+METHODS = ["snapkv", "knorm", "expected_attention", "streaming_llm", "tova", "adakv", "uniform", "pyramidkv",
+           "headkv", "duoattention", "lukv", "budgetpress", "allocate", "request"]
+
+
+@pytest.mark.parametrize("setting", ev.SETTINGS)
+def test_answers_equal_kvpress_pipeline(setup, setting):
+    tok, model, run, _ = setup
+    methods = ev.standard_methods(["full"] + METHODS, scorer="snapkv", run=run)
+    methods.append(ev.Method("budgetpress_varlen", lambda c: BudgetPress(
+        kvpress.SnapKVPress(), np.array([[9, 3], [5, 7]]), head_capacity=24, sink=2, window=2, mode="varlen")))
+    checked = 0
+    tok.chat_template = TEMPLATE if setting == "query_aware" else None  # both tokenizations covered
+    for example in [tasks.make_examples(t, 1, context_length=CONTEXT)[0] for t in ("passkey", "vartrack")]:
+        record = ev.evaluate_example(model, tok, example, methods, [0.3, 0.8], settings=(setting,), max_new_tokens=6)
+        results = record["settings"][setting]["results"]
+        assert len(results) == len(methods) * 2
+        by_name = {m.name: m for m in methods}
+        for res in results:
+            press = by_name[res["method"]].make(res["compression"])
+            expected = pipeline_answer(model, tok, example, press, setting, 6)
+            assert res["answer"] == expected, (res["method"], res["compression"])
+            checked += 1
+        full = [r for r in results if r["method"] == "full"]
+        assert all(r["kl"] == 0 and r["agree"] and r["kept_fraction"] == 1 for r in full)
+        ref = record["settings"][setting]["reference"]
+        assert ref["answer"] == pipeline_answer(model, tok, example, None, setting, 6)
+    assert checked == 2 * 2 * len(methods)
+    tok.chat_template = None
+
+
+def test_some_methods_change_the_answer(setup):
+    # the parity test is only meaningful if compression changes answers on this model
+    tok, model, _, _ = setup
+    methods = ev.standard_methods(["knorm", "streaming_llm"])
+    changed = 0
+    for example in all_examples()[:6]:
+        record = ev.evaluate_example(model, tok, example, methods, [0.9], max_new_tokens=6)
+        changed += sum(not r["agree"] for r in record["settings"]["question"]["results"])
+    assert changed > 0
+
+
+@pytest.mark.parametrize("template", [None, TEMPLATE])
+def test_reference_equals_generate(setup, template):
+    tok, model, _, _ = setup
+    tok.chat_template = template
+    try:
+        for example in all_examples()[::5]:
+            for setting in ev.SETTINGS:
+                c, q = ev.encode_example(tok, example, setting=setting)
+                ref = ev.reference(model, tok, c, q, max_new_tokens=6)
+                ids = torch.cat([c, q], dim=1)
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                     pad_token_id=0, eos_token_id=3, output_scores=True, return_dict_in_generate=True)
+                new = out.sequences[0, ids.shape[1]:].tolist()
+                assert ref.answer_ids == new
+                scores = torch.stack([s[0] for s in out.scores]).float().log_softmax(-1)
+                torch.testing.assert_close(ref.log_probs, scores, atol=2e-4, rtol=0)
+        if template is None:  # without a template or prefix, "\n" alone follows the context: no token
+            bare = dataclasses.replace(example, answer_prefix="")
+            with pytest.raises(InvalidInputError, match="nothing follows the context"):
+                ev.encode_example(tok, bare, setting="query_aware")
+    finally:
+        tok.chat_template = None
+
+
+@pytest.mark.parametrize("name, c", [("knorm", 0.5), ("adakv", 0.7), ("budgetpress", 0.6), ("request", 0.5)])
+def test_kl_nll_and_kept_tokens_match_a_direct_computation(setup, name, c):
+    tok, model, run, _ = setup
+    (method,) = ev.standard_methods([name], run=run)
+    example = tasks.make_examples("multikey", 1, context_length=CONTEXT)[0]
+    context_ids, question_ids = ev.encode_example(tok, example)
+    ref = ev.reference(model, tok, context_ids, question_ids, max_new_tokens=6)
+    before = [k.clone() for _, _, k, _ in ref.layers]
+    out = ev.run_method(model, tok, ref, method.make(c), max_new_tokens=6)
+    # the reference is left as it was
+    assert all(torch.equal(a, k) for a, (_, _, k, _) in zip(before, ref.layers))
+    # independent: a real pre-fill under the press, then one pass over question + answer
+    press = method.make(c)
+    cache = DynamicCache()
+    with torch.no_grad(), press(model):
+        model.model(input_ids=context_ids, past_key_values=cache)
+    T = context_ids.shape[1]
+    hidden = 0
+    for layer in model.model.layers:
+        masked = getattr(layer.self_attn, "masked_key_indices", None)
+        hidden += 0 if masked is None else len(masked[0])
+    kept = sum(layer.keys.shape[1] * layer.keys.shape[2] for layer in cache.layers) - hidden
+    assert out["kept_tokens"] == kept
+    if name == "knorm":
+        assert kept == 2 * 2 * int(T * (1 - c))
+    ids = torch.cat([question_ids, torch.tensor([ref.answer_ids[:-1]])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, past_key_values=cache,
+                       position_ids=torch.arange(T, T + ids.shape[1]).unsqueeze(0)).logits[0, -len(ref.answer_ids):]
+    q = logits.double().log_softmax(-1)
+    p = ref.log_probs.double()
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    nll = float(-q[torch.arange(len(ref.answer_ids)), ref.answer_ids].mean())
+    assert out["kl"] == pytest.approx(kl, abs=1e-5)
+    assert out["nll"] == pytest.approx(nll, abs=1e-5)
+
+
+def test_unsupported_and_unknown_methods(setup):
+    tok, model, _, _ = setup
+    example = tasks.make_examples("passkey", 1, context_length=CONTEXT)[0]
+    press = kvpress.KeyRerotationPress(kvpress.KnormPress(compression_ratio=0.5))
+    with pytest.raises(InvalidInputError, match="KeyRerotationPress compresses while decoding or moves positions"):
+        ev.evaluate_example(model, tok, example, [ev.Method("rerot", lambda c: press)], [0.5])
+    with pytest.raises(InvalidInputError, match="unknown method 'snap'; methods: full, adakv"):
+        ev.standard_methods(["snap"])
+    with pytest.raises(InvalidInputError, match="need calibration"):
+        ev.standard_methods(["lukv"])
+    with pytest.raises(InvalidInputError, match="`compressions` must hold numbers in"):
+        ev.evaluate(model, tok, [example], ev.standard_methods(["knorm"]), [1.0])
+
+
+def untimed(value):
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def test_evaluate_resumes_and_shards(setup, tmp_path):
+    tok, model, _, _ = setup
+    examples = [e for t in ("passkey", "span") for e in tasks.make_examples(t, 2, context_length=CONTEXT)]
+    methods = ev.standard_methods(["full", "knorm", "snapkv"])
+    out = tmp_path / "eval"
+    first = ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out)
+    assert sorted(os.listdir(out / "examples")) == sorted(f"{e.id}.json" for e in examples)
+    victim = out / "examples" / f"{examples[1].id}.json"
+    victim.unlink()
+    stamps = {p: os.stat(out / "examples" / p).st_mtime_ns for p in os.listdir(out / "examples")}
+    calls = []
+    second = ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out,
+                         progress=lambda d, t: calls.append((d, t)))
+    assert untimed(second) == untimed(json.loads(json.dumps(first)))  # recomputed: the same but for timings
+    assert calls[-1] == (4, 4)
+    assert {p: os.stat(out / "examples" / p).st_mtime_ns for p in stamps} == stamps  # untouched
+    with pytest.raises(InvalidInputError, match="holds an evaluation with other settings"):
+        ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out, meta={"x": 1})
+    parts = [ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, shard=(k, 2)) for k in (0, 1)]
+    assert sorted(r["id"] for p in parts for r in p) == sorted(e.id for e in examples)
+    report = summarise(first)
+    rows = {(r["method"], r["compression"]): r for r in report["settings"]["question"]["rows"]}
+    assert rows[("full", 0.5)]["accuracy"] == rows[("full", 0.9)]["accuracy"]
+    knorm = [res for rec in first for res in rec["settings"]["question"]["results"]
+             if res["method"] == "knorm" and res["compression"] == 0.9]
+    assert rows[("knorm", 0.9)]["kl"] == pytest.approx(np.mean([r["kl"] for r in knorm]))
+    assert rows[("knorm", 0.9)]["n"] == 4
+
+
+# -- the command line ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(setup, tmp_path_factory):
+    tok, model, _, _ = setup
+    path = tmp_path_factory.mktemp("model")
+    model.save_pretrained(path)
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(path)
+    tok.chat_template = None
+    return path
+
+
+def cli(*argv):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "budgetopt", *map(str, argv)], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+
+
+def test_cli_end_to_end_and_resume(model_dir, tmp_path):
+    out = tmp_path / "eval"
+    args = ["evaluate", model_dir, "--tasks", "passkey,span", "--examples", "2", "--context-tokens", "100",
+            "--compression", "0.5", "0.8", "--methods", "full,knorm,adakv,uniform", "--max-new-tokens", "4",
+            "--settings", "question,query_aware", "-o", out, "--no-progress"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ["examples", "meta.json", "report.json", "report.md", "report.png"]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["settings"]) == {"question", "query_aware"}
+    assert report["n_examples"] == 4
+    assert "| 0.80 | adakv | 4 |" in (out / "report.md").read_text()
+    before = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")} == before
+    # asking for more examples extends the run: the finished ones are kept as they are
+    more = cli(*[("3" if a == "2" and args[i - 1] == "--examples" else a) for i, a in enumerate(args)])
+    assert more.returncode == 0, more.stderr
+    after = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
+    assert len(after) == 6 and {p: after[p] for p in before} == before
+    assert json.loads((out / "report.json").read_text())["n_examples"] == 6
+
+
+def test_cli_budgetopt_methods_with_calibration(setup, model_dir, tmp_path):
+    cal = tmp_path / "cal.jsonl"
+    done = cli("evaluate", model_dir, "--tasks", "passkey", "--examples", "2", "--context-tokens", "100",
+               "--write-calibration", cal, "-o", tmp_path / "unused")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "unused").exists()
+    run = tmp_path / "run"
+    prof = cli("profile", model_dir, "--calibration", cal, "--scorer", "snapkv", "--sink", "2", "--window", "2",
+               "--max-new-tokens", "3", "-o", run, "--no-progress")
+    assert prof.returncode == 0, prof.stderr
+    out = tmp_path / "eval"
+    done = cli("evaluate", model_dir, "--tasks", "passkey", "--examples", "2", "--context-tokens", "100",
+               "--compression", "0.5", "--profile", run, "--max-new-tokens", "3", "-o", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    methods = report["settings"]["question"]["methods"]
+    assert methods == ["full", "snapkv", "adakv", "pyramidkv", "lukv", "budgetpress", "allocate", "request",
+                       "headkv", "duoattention"]
+    assert report["meta"]["calibration"]["overlaps"] == 0
+    # evaluating on the calibration contexts themselves is refused
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.loads(line) for line in cal.read_text().splitlines()]
+    bad.write_text("".join(json.dumps({"context": d["context"], "questions": d["questions"], "answers": ["x"]}) + "\n"
+                           for d in lines))
+    refused = cli("evaluate", model_dir, "--data", bad, "--compression", "0.5", "--profile", run,
+                  "--methods", "full,lukv", "-o", tmp_path / "eval2")
+    assert refused.returncode == 2
+    assert "overlap the calibration contexts" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "eval2").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--compression", "1.0"], "--compression: must be a number in [0, 1)"),
+    (["--methods", "full,snap"], "--methods: unknown 'snap'"),
+    (["--methods", "full,lukv"], "need --profile RUN"),
+    (["--tasks", "needle"], "--tasks: unknown 'needle'"),
+    (["--settings", "both"], "--settings: unknown 'both'"),
+    (["--shard", "3/2"], "--shard K/N needs N >= 1 and 0 <= K < N"),
+    (["--data", "missing.jsonl"], "missing.jsonl"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(model_dir, tmp_path, extra, match):
+    out = tmp_path / "eval"
+    done = cli("evaluate", model_dir, "--examples", "1", "--context-tokens", "40", "-o", out, *extra)
+    assert done.returncode == 2, done.stderr
+    # one error line (argparse's own errors print the usage above it, as for every command)
+    last = done.stderr.strip().splitlines()[-1]
+    assert match in last and last.startswith("budgetopt evaluate: error:") and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_cli_refuses_a_foreign_directory_and_keeps_it(model_dir, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    done = cli("evaluate", model_dir, "--examples", "1", "--context-tokens", "40", "--methods", "full", "-o", out)
+    assert done.returncode == 2 and "not a budgetopt evaluation" in done.stderr
+    assert os.listdir(out) == ["notes.txt"]
