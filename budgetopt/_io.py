@@ -106,6 +106,21 @@ def as_path(path, name="path"):
     raise InvalidTypeError(f"`{name}` must be a file name (str or os.PathLike); got {kind}")
 
 
+def check_output_dir(out):
+    """``out`` as a Path, for a directory a command is about to create or reuse:
+    :class:`CurvesFileError` when it is something other than a directory, or does not exist
+    and neither does its parent."""
+    from pathlib import Path
+
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not out.exists() and not parent.is_dir():
+        raise CurvesFileError(f"{out}: parent directory {str(parent)!r} does not exist")
+    if out.exists() and not out.is_dir():
+        raise CurvesFileError(f"{out}: exists and is not a directory")
+    return out
+
+
 def check_input_file(path, what, role=None):
     """``path`` as a str, or :class:`CurvesFileError` if it is missing or not a regular file.
 

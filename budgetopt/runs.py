@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_input_file, loads_json, read_npz, write_atomic
+from ._io import check_input_file, check_output_dir, loads_json, read_npz, write_atomic
 from .curves import Curves
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
@@ -177,12 +177,7 @@ def lock_run_dir(run_dir):
     another process (or another writer in this one) holds it.
 
     Returns a :class:`RunLock`."""
-    run_dir = Path(run_dir)
-    parent = run_dir.parent if str(run_dir.parent) else Path(".")
-    if not run_dir.exists() and not parent.is_dir():
-        raise CurvesFileError(f"{run_dir}: parent directory {str(parent)!r} does not exist")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CurvesFileError(f"{run_dir}: exists and is not a directory")
+    run_dir = check_output_dir(run_dir)
     try:
         run_dir.mkdir(exist_ok=True)
         path = run_dir / LOCK_NAME

@@ -33,7 +33,7 @@ from budgetopt import (
     load_curves,
     save_curves,
 )
-from budgetopt import _cli_common, cli
+from budgetopt import _cli_common
 from budgetopt._io import MAX_ARRAY_BYTES_ENV, write_atomic
 from helpers import run_cli
 

@@ -26,9 +26,7 @@ Importing this module imports kvpress (which patches transformers' attention fun
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +35,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._io import write_atomic
+from .._io import check_output_dir, write_atomic
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
 from ..tasks import Example, score
-from ._kvpress import BasePress, ScorerPress
+from ._kvpress import BasePress
 
 __all__ = ["Method", "SETTINGS", "standard_methods", "replayable", "encode_example", "reference",
            "run_method", "evaluate_example", "evaluate", "METHOD_NAMES"]
@@ -483,12 +481,7 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     """
     from ..runs import _difference
 
-    out = Path(out_dir)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not out.exists() and not parent.is_dir():
-        raise CurvesFileError(f"{out}: parent directory {str(parent)!r} does not exist")
-    if out.exists() and not out.is_dir():
-        raise CurvesFileError(f"{out}: exists and is not a directory")
+    out = check_output_dir(out_dir)
     loose = ("device", "versions", "shard", "commit", "examples")  # more examples extend a run
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"

@@ -19,7 +19,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("kvpress")
 
 import budgetopt  # noqa: E402
-from budgetopt.errors import CurvesFileError  # noqa: E402
 from budgetopt.torch import compact, keep_mask  # noqa: E402
 from helpers import run_cli  # noqa: E402
 import transformers  # noqa: E402
