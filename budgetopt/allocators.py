@@ -2,7 +2,7 @@
 AdaKV, HeadKV-style and DuoAttention-style keep counts per (layer, KV head).
 
 Each function follows the cited paper's rule in whole tokens (largest remainder through
-:func:`split_integer`); they are used by ``benchmarks/bench_quality.py`` (retained oracle mass) and by
+:func:`budgetopt.rounding.split_integer`); they are used by ``benchmarks/bench_quality.py`` (retained oracle mass) and by
 ``budgetopt evaluate`` (answers), so both compare the same rules. NumPy only.
 """
 
@@ -10,46 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rounding import split_integer
+
 __all__ = ["split_integer", "uniform_counts", "pyramidkv_counts", "adakv_counts", "headkv_counts",
            "duoattention_counts", "PYRAMID_BETA", "ADAKV_ALPHA", "HEADKV_POOL"]
 
 PYRAMID_BETA = 20
 ADAKV_ALPHA = 0.2
 HEADKV_POOL = 0.5  # share of the middle (non-protected) budget HeadKV distributes by importance
-
-
-def split_integer(total, weights, cap):
-    """Non-negative integers proportional to ``weights``, each ``<= cap``, summing to ``total``.
-
-    Water-filling: shares above ``cap`` are fixed at ``cap`` and the rest is split again among the
-    others; the integer parts are then completed by largest remainder (ties: lower index).
-    ``total`` must not exceed ``cap * len(weights)``.
-    """
-    weights = np.asarray(weights, dtype=np.float64).ravel()
-    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), weights.shape)
-    n = weights.size
-    if total > cap.sum() + 1e-9:
-        raise ValueError(f"total {total} exceeds the caps' sum {cap.sum()}")
-    share = np.zeros(n)
-    free = np.ones(n, bool)
-    left = float(total)
-    while left > 1e-9 and free.any():
-        w = np.where(free, np.maximum(weights, 0.0), 0.0)
-        w = w if w.sum() > 0 else free.astype(np.float64)
-        want = left * w / w.sum()
-        over = free & (share + want >= cap - 1e-12)
-        if not over.any():
-            share += want
-            break
-        left -= (cap[over] - share[over]).sum()
-        share[over] = cap[over]
-        free &= ~over
-    base = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
-    rest = int(total - base.sum())
-    room = base < cap
-    order = np.argsort(np.where(room, base - share, np.inf), kind="stable")
-    base[order[:rest]] += 1
-    return base
 
 
 def uniform_counts(layers, heads, length, total, protected):

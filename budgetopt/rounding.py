@@ -5,6 +5,8 @@ door, through one of the functions below:
 
 * :func:`tokens_from_fraction` turns a kept fraction of a whole cache into a total (floor, so
   the total never exceeds the fraction asked for).
+* :func:`split_integer` splits a total in proportion to weights under a cap (water-filling,
+  then largest remainder), for the comparison allocators.
 * :func:`tokens_evicted` is the published LU-KV rule for the tokens a table row at global
   compression ``c`` evicts, ``round(c * N)``, kept bit for bit so tables match.
 * :func:`keep_counts_from_prune_ratios` turns per-head prune ratios (an LU-KV table row for
@@ -30,7 +32,7 @@ from ._checks import check_fraction, from_tensor, real_array
 from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
 from .errors import InvalidInputError, InvalidTypeError, MissingDependencyError
 
-__all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "RULES"]
+__all__ = ["tokens_from_fraction", "tokens_evicted", "keep_counts_from_prune_ratios", "split_integer", "RULES"]
 
 # Fractions typed by people (0.2, 0.3) are not exact in binary: 0.3 * 10 is
 # 2.9999999999999996. Values within this relative distance of an integer count as it.
@@ -121,6 +123,48 @@ def blend_budgets(static, request, shrinkage):
         frac = x - out
         out[np.argsort(-frac, kind="stable")[:left]] += 1
     return out
+
+
+def split_integer(total, weights, cap):
+    """Non-negative integers proportional to ``weights``, each ``<= cap``, summing to ``total``.
+
+    Water-filling: shares above ``cap`` are fixed at ``cap`` and the rest is split again among the
+    others; the integer parts are then completed by largest remainder (ties: lower index).
+    ``total`` must not exceed ``cap * len(weights)``. Used by the comparison allocators of
+    :mod:`budgetopt.allocators`.
+
+    Examples
+    --------
+    >>> split_integer(10, [1, 1, 2], 100).tolist()   # 2.5, 2.5, 5: the tie goes to the lower index
+    [3, 2, 5]
+    >>> split_integer(10, [1, 1, 8], 4).tolist()     # the third is capped; the rest is split again
+    [3, 3, 4]
+    """
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), weights.shape)
+    n = weights.size
+    if total > cap.sum() + 1e-9:
+        raise ValueError(f"total {total} exceeds the caps' sum {cap.sum()}")
+    share = np.zeros(n)
+    free = np.ones(n, bool)
+    left = float(total)
+    while left > 1e-9 and free.any():
+        w = np.where(free, np.maximum(weights, 0.0), 0.0)
+        w = w if w.sum() > 0 else free.astype(np.float64)
+        want = left * w / w.sum()
+        over = free & (share + want >= cap - 1e-12)
+        if not over.any():
+            share += want
+            break
+        left -= (cap[over] - share[over]).sum()
+        share[over] = cap[over]
+        free &= ~over
+    base = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
+    rest = int(total - base.sum())
+    room = base < cap
+    order = np.argsort(np.where(room, base - share, np.inf), kind="stable")
+    base[order[:rest]] += 1
+    return base
 
 
 def tokens_evicted(ratio, tokens):
