@@ -2,8 +2,9 @@
 AdaKV, HeadKV-style and DuoAttention-style keep counts per (layer, KV head).
 
 Each function follows the cited paper's rule in whole tokens (largest remainder through
-:func:`budgetopt.rounding.split_integer`); they are used by ``benchmarks/bench_quality.py`` (retained oracle mass) and by
-``budgetopt evaluate`` (answers), so both compare the same rules. NumPy only.
+:func:`budgetopt.rounding.split_integer`, re-exported here); they are used by
+``benchmarks/bench_quality.py`` (retained oracle mass) and by ``budgetopt evaluate``
+(answers), so both compare the same rules. NumPy only.
 """
 
 from __future__ import annotations
