@@ -203,15 +203,26 @@ def write_report(out, env, body, rows, *, started, baseline=None, baseline_note=
     return text
 
 
+def export_budgetopt(rev, directory):
+    """``directory/budgetopt``: the package as of git revision ``rev`` (``git archive``), or
+    of the working tree when ``rev`` is None; returns ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if rev is None:
+        shutil.copytree(ROOT / "budgetopt", directory / "budgetopt", ignore=shutil.ignore_patterns("__pycache__"))
+        return directory
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
+
+
 def baseline_package(rev):
     """``budgetopt`` as of git revision ``rev``, imported as ``budgetopt_baseline`` from a
     temporary ``git archive`` export (its modules import each other relatively), so a
     benchmark can time it beside the working tree in the same run."""
-    tmp = Path(tempfile.mkdtemp(prefix="budgetopt_baseline_"))
-    archive = subprocess.run(["git", "archive", "--format=tar", rev, "budgetopt"], cwd=ROOT, capture_output=True,
-                             check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(tmp, filter="data")
+    tmp = export_budgetopt(rev, tempfile.mkdtemp(prefix="budgetopt_baseline_"))
     (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
     sys.path.insert(0, str(tmp))
     return importlib.import_module("budgetopt_baseline")

@@ -39,20 +39,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, describe, output_path, record  # noqa: E402
+from _env import add_output_options, describe, export_budgetopt, output_path, record  # noqa: E402
 
 SOLVE = ["-m", "budgetopt", "solve", "--example", "--budget", "0.2"]
 CASES = ("greedy, cold", "exact, cold", "exact after greedy", "greedy, warm", "exact, warm")
 
 
 def export(rev, directory):
-    """``budgetopt/`` of commit ``rev`` (or of the working tree for ``None``) under ``directory``."""
-    directory.mkdir(parents=True)
-    if rev is None:
-        shutil.copytree(ROOT / "budgetopt", directory / "budgetopt", ignore=shutil.ignore_patterns("__pycache__"))
-    else:
-        data = subprocess.run(["git", "archive", rev, "budgetopt"], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(directory)], input=data, check=True)
+    """``budgetopt/`` of commit ``rev`` (or of the working tree for ``None``) under ``directory``,
+    byte-compiled as ``pip install`` leaves it."""
+    export_budgetopt(rev, directory)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(directory / "budgetopt")], check=True)
     return directory
 

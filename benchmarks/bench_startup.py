@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import add_output_options, output_path, record  # noqa: E402
+from _env import add_output_options, export_budgetopt, output_path, record  # noqa: E402
 
 from budgetopt.curves import write_atomic  # noqa: E402
 
@@ -32,14 +32,6 @@ COMMANDS = {
     "import budgetopt": ["-c", "import budgetopt"],
     "budgetopt --help": ["-m", "budgetopt", "--help"],
 }
-
-
-def export(rev, directory):
-    """The tree of commit ``rev`` under ``directory`` (``git archive``)."""
-    data = subprocess.run(["git", "archive", rev, "budgetopt"], cwd=ROOT, capture_output=True, check=True).stdout
-    Path(directory).mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=data, check=True)
-    return directory
 
 
 def seconds(tree, cache, argv):
@@ -63,7 +55,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this checkout": ROOT}
         if args.baseline:
-            trees[f"baseline {args.baseline}"] = export(args.baseline, Path(tmp) / "baseline")
+            trees[f"baseline {args.baseline}"] = export_budgetopt(args.baseline, Path(tmp) / "baseline")
         times = {(t, c): [] for t in trees for c in COMMANDS}
         (Path(tmp) / "pyc").mkdir()
         for _ in range(args.rounds):
