@@ -91,14 +91,13 @@ def _cache_root():
 
 
 def _writable(path):
+    """``path`` as a str once it exists and this process may write there, else None (no
+    file is written to find out: this runs when the kernel modules are imported)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError:
         return None
-    return str(path)
+    return str(path) if os.access(path, os.W_OK | os.X_OK) else None
 
 
 _stamp = None
