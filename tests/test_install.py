@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(**extra):
+    """This environment for a child process; its kernels compiled (not run as plain Python,
+    as small calls are by default), so that it writes the cache these tests look at."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BUDGETOPT_CACHE_DIR")}
+    env["BUDGETOPT_KERNELS"] = "compiled"
     env.update(extra)
     return env
 
