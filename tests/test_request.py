@@ -204,10 +204,10 @@ def test_proxy_curves_threaded_in_a_forked_child(monkeypatch):
     counts = np.rint(np.linspace(0, 1, 9) * (300 - 8)).astype(np.int64)
     monkeypatch.setattr(rq, "THREADS", 2)
     monkeypatch.setattr(rq, "THREADED_TOKENS", 1)
-    want = rq.proxy_curves(scores, None, 4, 4, counts)  # the parent's pool now exists
+    want = rq.proxy_curves(scores, None, 4, 4, counts)  # threaded in the parent first
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: the inherited pool object has no threads
+    if pid == 0:  # child: threads start anew after the fork
         try:
             got = rq.proxy_curves(scores, None, 4, 4, counts)
             os.write(write, b"1" if np.array_equal(got, want) else b"0")
