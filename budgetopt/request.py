@@ -50,8 +50,8 @@ from .errors import CurvesFileError, InfeasibleError, InvalidInputError, Invalid
 from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
-from .request_split import split, token_counts, with_floor
-from .rounding import blend_budgets, head_floor
+from .request_split import split, with_floor
+from .rounding import blend_budgets, head_floor, token_counts
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
