@@ -17,6 +17,7 @@ Curves: the seeded synthetic oracle and scores of ``bench_allocate.py``. Usage::
 
     python benchmarks/bench_greedy_paths.py              # about a minute
     python benchmarks/bench_greedy_paths.py --rounds 5 --pairs 4
+    python benchmarks/bench_greedy_paths.py --quick --rounds 1 --calls 1 --pairs 1   # seconds; a test
 
 Writes ``bench_greedy_paths.{txt,json}`` into a new folder under ``benchmarks/out/``
 (``--record``: ``benchmarks/results/``; ``--out STEM``: anywhere).
@@ -113,12 +114,13 @@ def same_sweep(a, b):
 
 def run(args):
     rows = []
-    for label, shape, length in SIZES:
+    for label, shape, length in SIZES[:1] if args.quick else SIZES:
         oracle, scores = make_oracle_scores(shape, length, 0)
         curves = curves_from_scores(oracle, scores, sink=4, window=32)
         total = budgetopt.tokens_from_fraction(0.2, int(np.prod(shape)) * length)
         rows.append(compare(f"allocate, {label}", lambda c=curves, t=total: budgetopt.allocate(c, t), without_bracket,
                             args.rounds, args.calls, same_allocation))
+        rows[-1]["hull_points_fraction"] = budgetopt.allocate(curves, total).stats["hull_points_fraction"]
     oracle, scores = make_oracle_scores((32, 8), 4096, 1)
     curves = curves_from_scores(oracle, scores, sink=4, window=32)
     n = 32 * 8 * 4096
@@ -143,6 +145,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--calls", type=int, default=7, help="warm calls per round (median)")
     parser.add_argument("--pairs", type=int, default=2, help="pairs of the lukv_table case")
+    parser.add_argument("--quick", action="store_true", help="the first allocate size only, for the tests")
     started = time.perf_counter()
     args, env, out = start_run(parser, "bench_greedy_paths", argv)
     rows = run(args)
