@@ -9,6 +9,7 @@ timing. ``bench_first_call.py`` measures that default in fresh processes."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import io
@@ -51,6 +52,32 @@ def add_output_options(parser, name, *, out_flag="--out", out_help="path stem of
                        help=f"{out_help} (default: a new folder benchmarks/out/{name}-DATE-TIME/)")
     group.add_argument("--record", action="store_true",
                        help=f"write the committed record benchmarks/results/{name}.* instead of a new folder")
+
+
+def timing_parser(doc, *, baseline_help="a commit to compare with (default: none)", rounds=None,
+                  rounds_help="interleaved rounds (median)"):
+    """The command line of a benchmark that times this tree against another revision: the
+    description (the first line of ``doc``), ``--baseline REV`` and, when ``rounds`` is given,
+    ``--rounds N`` with that default. Add the benchmark's own options, then call
+    :func:`start_run`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--baseline", help=baseline_help)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    return parser
+
+
+def start_run(parser, name, argv=None, *, suffix="", out_help="path stem of the report (.txt/.json)"):
+    """Add ``--record``/``--out`` for benchmark ``name`` (:func:`add_output_options`), parse
+    ``argv`` and return ``(args, env, out)``: the :func:`record` of ``benchmarks/<name>.py``
+    (with ``baseline_commit``, the full hash, when ``--baseline`` was given) and where the run
+    writes (:func:`output_path`)."""
+    add_output_options(parser, name, out_help=out_help)
+    args = parser.parse_args(argv)
+    env = record(f"{name}.py", argv)
+    if getattr(args, "baseline", None):
+        env["baseline_commit"] = baseline_commit(args.baseline)
+    return args, env, output_path(args.out, args.record, name, suffix)
 
 
 def output_path(out, record, name, suffix=""):

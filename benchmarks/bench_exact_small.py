@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, baseline_commit, baseline_package, output_path, record, write_report  # noqa: E402
+from _env import baseline_package, start_run, timing_parser, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
 from instances_exact import SMALL_PISINGER, pisinger  # noqa: E402
@@ -99,20 +98,15 @@ def line(row):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="git revision whose exact is timed alongside (e.g. main)")
+    ap = timing_parser(__doc__, baseline_help="git revision whose exact is timed alongside (e.g. main)")
     ap.add_argument("--repeat", type=int, default=30, help="warm exact calls per instance (median; >= 20)")
     ap.add_argument("--milp-repeat", type=int, default=3, help="milp calls per instance (median)")
-    add_output_options(ap, "bench_exact_small")
-    args = ap.parse_args(argv)
-    env = record("bench_exact_small.py", argv)
-    if args.baseline:
-        env["baseline_commit"] = baseline_commit(args.baseline)
+    args, env, out = start_run(ap, "bench_exact_small", argv)
     t0 = time.perf_counter()
     rows = run(args)
     reached = sum(r["speedup"] >= 100 for r in rows)
     body = [line(r) for r in rows] + ["", f"{reached} of {len(rows)} at 100x or more"]
-    write_report(output_path(args.out, args.record, "bench_exact_small"), env, body, rows, started=t0, baseline=args.baseline)
+    write_report(out, env, body, rows, started=t0, baseline=args.baseline)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,6 @@ Results go to a new folder under ``benchmarks/out/`` unless ``--record`` writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -42,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, describe, export_budgetopt, output_path, record  # noqa: E402
+from _env import describe, export_budgetopt, start_run, timing_parser  # noqa: E402
 
 SOLVE = ["-m", "budgetopt", "solve", "--example", "--budget", "0.2"]
 CASES = ("greedy, cold", "exact, cold", "exact after greedy", "greedy, warm", "exact, warm")
@@ -89,13 +88,7 @@ def one_round(tree, scratch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", help="a commit to compare with (default: none)")
-    parser.add_argument("--rounds", type=int, default=3)
-    add_output_options(parser, "bench_first_call")
-    args = parser.parse_args(argv)
-    env = record("bench_first_call.py", argv)
-    out = output_path(args.out, args.record, "bench_first_call")
+    args, env, out = start_run(timing_parser(__doc__, rounds=3), "bench_first_call", argv)
     sides = {"this tree": None} if args.baseline is None else {"this tree": None, "baseline": args.baseline}
     times = {side: {case: [] for case in CASES} for side in sides}  # (wall, cpu) per round
     with tempfile.TemporaryDirectory() as tmp:

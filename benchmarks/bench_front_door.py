@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
@@ -40,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, baseline_commit, baseline_package, output_path, record, write_report  # noqa: E402
+from _env import baseline_package, start_run, timing_parser, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
 from instances_exact import SMALL_PISINGER, concave, pisinger  # noqa: E402
@@ -146,21 +145,16 @@ def line(row):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="git revision timed alongside (e.g. main)")
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per figure (median)")
+    ap = timing_parser(__doc__, baseline_help="git revision timed alongside (e.g. main)", rounds=15,
+                       rounds_help="interleaved rounds per figure (median)")
     ap.add_argument("--batch-ms", type=float, default=3.0, help="about this long per batch of calls")
     ap.add_argument("--quick", action="store_true", help="two small cases, for the tests")
-    add_output_options(ap, "bench_front_door")
-    args = ap.parse_args(argv)
-    env = record("bench_front_door.py", argv)
-    if args.baseline:
-        env["baseline_commit"] = baseline_commit(args.baseline)
+    args, env, out = start_run(ap, "bench_front_door", argv)
     t0 = time.perf_counter()
     rows = run(args)
     legend = ("per-call median, microseconds: this checkout" + (" / baseline (baseline / this)" if args.baseline else "")
               + "; build = build_problem(curves), fresh = build_problem(Curves(u, g)), greedy and exact = allocate")
-    write_report(output_path(args.out, args.record, "bench_front_door"), env, [legend, ""] + [line(r) for r in rows], rows, started=t0, baseline=args.baseline)
+    write_report(out, env, [legend, ""] + [line(r) for r in rows], rows, started=t0, baseline=args.baseline)
     return rows
 
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, output_path, record  # noqa: E402
+from _env import start_run  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt.cli import example_path  # noqa: E402
@@ -124,11 +124,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--figures", metavar="DIR")
-    add_output_options(parser, "bench_gap", out_help="results .json (the report goes next to it as .txt)")
-    args = parser.parse_args(argv)
-    out = Path(output_path(args.out, args.record, "bench_gap", ".json"))
     t0 = time.perf_counter()
-    env = record("bench_gap.py", argv)
+    args, env, out = start_run(parser, "bench_gap", argv, suffix=".json",
+                               out_help="results .json (the report goes next to it as .txt)")
+    out = Path(out)
     rows = run(args.seeds)
     text = report(rows) + f"machine: {env['machine']['cpu_model']}; commit {env['git']['commit']}; " \
                           f"{time.perf_counter() - t0:.1f} s\ncommand: {env['command']}\n"

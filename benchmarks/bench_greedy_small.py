@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, baseline_commit, baseline_package, output_path, record, write_report  # noqa: E402
+from _env import baseline_package, start_run, timing_parser, write_report  # noqa: E402
 
 import budgetopt  # noqa: E402
 from instances_exact import SMALL_PISINGER, pisinger  # noqa: E402
@@ -150,21 +149,16 @@ def line(row):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="git revision timed alongside and checked to answer identically (e.g. main)")
+    ap = timing_parser(__doc__, baseline_help="git revision timed alongside and checked to answer identically (e.g. main)",
+                       rounds=5, rounds_help="interleaved rounds (median of the rounds' medians)")
     ap.add_argument("--repeat", type=int, default=200,
                     help="calls per round on the small cases, a quarter of it on the per-token case (median)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median of the rounds' medians)")
     ap.add_argument("--no-per-token", action="store_true", help="skip the 32x8x4096 per-token case")
-    add_output_options(ap, "bench_greedy_small")
-    args = ap.parse_args(argv)
-    env = record("bench_greedy_small.py", argv)
-    if args.baseline:
-        env["baseline_commit"] = baseline_commit(args.baseline)
+    args, env, out = start_run(ap, "bench_greedy_small", argv)
     t0 = time.perf_counter()
     rows = run(args)
     body = ["median per call; (baseline, baseline / this tree)", ""] + [line(r) for r in rows]
-    write_report(output_path(args.out, args.record, "bench_greedy_small"), env, body, rows, started=t0, baseline=args.baseline,
+    write_report(out, env, body, rows, started=t0, baseline=args.baseline,
                  baseline_note=" (answers checked identical)")
     return rows
 

@@ -63,7 +63,7 @@ import budgetopt  # noqa: E402
 from budgetopt import request as rq  # noqa: E402
 from budgetopt import request_fit, request_split  # noqa: E402
 from budgetopt._io import write_atomic  # noqa: E402
-from budgetopt.rounding import keep_counts_from_prune_ratios  # noqa: E402
+from budgetopt.rounding import keep_counts_from_prune_ratios, token_counts  # noqa: E402
 
 COMPRESSIONS = (0.5, 0.8, 0.9)
 
@@ -160,7 +160,7 @@ def mean_ratio_fit(contexts, sink, window, fractions):
         order = rq.rank_middle(scores.astype(np.float64) if scores.dtype != np.float32 else scores, sink, window)
         for o in oracles:
             T = o.shape[-1]
-            counts = request_split.token_counts(fractions, T - sink - window)
+            counts = token_counts(fractions, T - sink - window)
             _, _, util = request_fit.oracle_shapes(o.astype(np.float64), order, sink, window, counts)
             u = np.ascontiguousarray(util[:, counts])
             n = u.shape[0]
@@ -172,7 +172,7 @@ def mean_ratio_fit(contexts, sink, window, fractions):
 
 def grid_split(u, fractions, T, sink, window, total):
     """Budgets of curves ``u`` (n, G) on the fraction grid for one request of ``T`` tokens."""
-    tokens = request_split.token_counts(fractions, T - sink - window) + sink + window
+    tokens = token_counts(fractions, T - sink - window) + sink + window
     u, grid = request_split.with_floor(np.ascontiguousarray(u), tokens, floor_of(T, sink, window), T)
     return request_split.split(u, grid, total)[0]
 
@@ -215,7 +215,7 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
         floor = floor_of(T, sink, window)
         tots = totals_for(n, T, sink, window)
         fr = fits["request"].fractions
-        counts = request_split.token_counts(fr, T - sink - window)
+        counts = token_counts(fr, T - sink - window)
         utils = [budgetopt.curves_from_scores(o, scores, sink=sink, window=window).utility.reshape(n, -1)
                  for o in oracles]
         context_mean = np.mean([u[:, counts] / u[:, -1].sum() for u in utils], axis=0)
@@ -359,7 +359,7 @@ def sampling_error(cal_o, cal_s, cal_n, requests, norms, total, log):
     themselves and the budgets of the full correction (``shrinkage=0``)."""
     full = budgetopt.RequestAllocator.fit(cal_o, cal_s, value_norms=cal_n, sink=4, window=32, shrinkage=0.0)
     T = norms.shape[-1]
-    counts = request_split.token_counts(full.fractions, T - 36)
+    counts = token_counts(full.fractions, T - 36)
     out = {}
     saved = rq.SAMPLE
     for name, scores in requests.items():

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import add_output_options, output_path, record  # noqa: E402
+from _env import start_run  # noqa: E402
 
 import budgetopt  # noqa: E402
 from bench_allocate import make_oracle_scores  # noqa: E402
@@ -76,10 +76,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--figures", metavar="DIR")
-    add_output_options(parser, "bench_scaling", out_help="results .json (the report goes next to it as .txt)")
-    args = parser.parse_args(argv)
-    out = Path(output_path(args.out, args.record, "bench_scaling", ".json"))
-    env = record("bench_scaling.py", argv)
+    args, env, out = start_run(parser, "bench_scaling", argv, suffix=".json",
+                               out_help="results .json (the report goes next to it as .txt)")
+    out = Path(out)
     rows = [measure(h, t, args.repeats, seed=i) for i, (h, t) in enumerate(SIZES)]
     slope, intercept = fit(rows)
     lines = [f"{'heads':>6} {'points':>7} {'size':>11} {'median ms':>10} {'min ms':>8}"]

@@ -11,7 +11,6 @@ medians of the rest are reported. Writes ``bench_startup.{json,txt}`` into a new
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _env import add_output_options, export_budgetopt, output_path, record  # noqa: E402
+from _env import export_budgetopt, start_run, timing_parser  # noqa: E402
 
 from budgetopt.curves import write_atomic  # noqa: E402
 
@@ -45,13 +44,7 @@ def seconds(tree, cache, argv):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", help="a commit to compare with (default: none)")
-    parser.add_argument("--rounds", type=int, default=11)
-    add_output_options(parser, "bench_startup")
-    args = parser.parse_args(argv)
-    out = output_path(args.out, args.record, "bench_startup")
-    env = record("bench_startup.py", argv)
+    args, env, out = start_run(timing_parser(__doc__, rounds=11), "bench_startup", argv)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this checkout": ROOT}
         if args.baseline:

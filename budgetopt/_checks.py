@@ -12,12 +12,15 @@ The rules:
 * a count is a Python or NumPy integer (not a bool) at least ``minimum``: :func:`check_int`;
 * a real number is an int or float (not a bool, string or array): :func:`check_real`;
 * a fraction is a real number in ``[0, 1]`` (or ``[0, 1)``): :func:`check_fraction`;
+* a thread count is a positive integer or -1 (all cores): :func:`check_workers`, whose rule
+  (:data:`WORKERS_RULE`, :func:`workers_ok`) the CLI's ``--workers`` parser uses too;
 * a torch tensor is read as a NumPy array on the CPU, its device kept: :func:`from_tensor`.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 import sys
 
 import numpy as np
@@ -115,6 +118,36 @@ def check_fraction(value, name, *, upper_open=False):
     if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
         raise InvalidInputError(f"`{name}` must be in [0, 1{')' if upper_open else ']'}; got {value!r}")
     return value
+
+
+#: The rule for a thread count, in the words every front door (Python and CLI) uses.
+WORKERS_RULE = "a positive integer or -1 (all cores)"
+
+
+def workers_ok(value):
+    """Whether the integer ``value`` is a valid thread count (see :data:`WORKERS_RULE`)."""
+    return value >= 1 or value == -1
+
+
+def check_workers(value, name="workers"):
+    """``value`` as a number of threads: a positive Python or NumPy integer (not a bool), or
+    -1 for one per core (``os.cpu_count()``).
+
+    Examples
+    --------
+    >>> check_workers(3)
+    3
+    >>> check_workers(0)
+    Traceback (most recent call last):
+    ...
+    budgetopt.errors.InvalidInputError: `workers` must be a positive integer or -1 (all cores); got 0
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"`{name}` must be {WORKERS_RULE}; got {value!r}")
+    value = int(value)
+    if not workers_ok(value):
+        raise InvalidInputError(f"`{name}` must be {WORKERS_RULE}; got {value}")
+    return (os.cpu_count() or 1) if value == -1 else value
 
 
 def from_tensor(value):

@@ -125,8 +125,16 @@ positive_int = number_parser(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_number = number_parser(float, lambda v: v >= 0, "a number >= 0", below=float(MAX_TOKENS))
 positive_number = number_parser(float, lambda v: v > 0, "a number > 0")
 fraction_below_one = number_parser(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
-workers_count = number_parser(int, lambda v: v >= 1 or v == -1, "a positive whole number or -1 (all cores)")
 positive_seconds = number_parser(float, lambda v: v > 0, "a number of seconds > 0")
+
+
+def workers_count(text):
+    """The argparse ``type`` of ``--workers``: the rule and wording of
+    :func:`budgetopt._checks.check_workers` (imported here, at parse time, since
+    ``_checks`` needs numpy and this module loads before it)."""
+    from ._checks import WORKERS_RULE, workers_ok
+
+    return number_parser(int, workers_ok, WORKERS_RULE)(text)
 
 
 # -- outputs -----------------------------------------------------------------------------------

@@ -359,7 +359,12 @@ def _pairwise(a):
 def numpy_sum(a):
     """``a.sum()`` of a contiguous float64 vector, bit for bit as numpy computes it: the
     reduction's identity ``0.0`` plus the pairwise sum of all entries (:func:`_pairwise`).
-    The repair compares totals of utility, and a near-tie must fall as it always has."""
+    The repair compares totals of utility, and a near-tie must fall as it always has.
+
+    Why not a plain loop: numpy's sum cannot be called inside a compiled kernel, and a plain
+    running sum ranks some near-tied trials the other way, which changes budgets
+    (``tests/test_greedy_repair.py::test_near_ties_fall_as_numpy_sums_them`` finds such
+    repairs); answers stay bit for bit, so this stays."""
     return 0.0 + _pairwise(a)
 
 

@@ -11,16 +11,14 @@ counts for a given length is :func:`budgetopt.keep_counts_from_prune_ratios`.
 
 from __future__ import annotations
 
-import numbers
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .api import sweep
+from ._threads import map_in_order
 from ._io import check_input_file, read_npy, write_atomic
-from ._checks import check_finite, check_fraction, check_int, real_array
+from ._checks import check_finite, check_fraction, check_int, check_workers, real_array
 from .curves import Curves
 from .rounding import head_floor, tokens_evicted
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
@@ -173,7 +171,7 @@ def lukv_table(
     min_keep_fraction = check_fraction(min_keep_fraction, "min_keep_fraction", upper_open=True)
     sink = check_int(sink, "sink")
     window = check_int(window, "window")
-    workers = _check_workers(workers)
+    workers = check_workers(workers)
     oracles, scores, per_pair = as_pairs(oracles, scores, "(L, H, T)")
     rankings = _Rankings(sink, window)
 
@@ -199,7 +197,7 @@ def lukv_table(
 
     shape = None
     total = None
-    for i, (pair_shape, part) in enumerate(_map_in_order(solve_pair, len(oracles), workers)):
+    for i, (pair_shape, part) in enumerate(map_in_order(solve_pair, len(oracles), workers, name="lukv")):
         if shape is None:
             shape = pair_shape
         elif pair_shape != shape and (aggregate == "mean_curve" or pair_shape[:2] != shape[:2]):
@@ -224,17 +222,6 @@ def lukv_table(
     return np.clip(mean, 0.0, 1.0)
 
 
-def _check_workers(workers):
-    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, numbers.Integral):
-        raise InvalidTypeError(f"`workers` must be a positive integer or -1 (all cores); got {workers!r}")
-    workers = int(workers)
-    if workers == -1:
-        return os.cpu_count() or 1
-    if workers < 1:
-        raise InvalidInputError(f"`workers` must be a positive integer or -1 (all cores); got {workers}")
-    return workers
-
-
 class _Rankings:
     """Each distinct scores object ranked once, safely from several threads."""
 
@@ -250,21 +237,6 @@ class _Rankings:
             if entry[1] is None:
                 entry[1] = rank_middle(validated, self.sink, self.window)
             return entry[1]
-
-
-def _map_in_order(fn, n, workers):
-    """``fn(0), ..., fn(n - 1)`` in order, on ``workers`` threads; the first error cancels the rest."""
-    if workers == 1 or n == 1:
-        for i in range(n):
-            yield fn(i)
-        return
-    pool = ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="lukv")
-    try:
-        futures = [pool.submit(fn, i) for i in range(n)]
-        for future in futures:
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_table(table, name):

@@ -38,21 +38,20 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _kernels_request as _k
 from ._kernels_jit import Stopwatch
+from ._threads import map_in_order
 from ._checks import check_fraction, check_int, real_array
 from ._io import check_input_file, loads_json, read_npz, write_atomic
 from .errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
-from .request_split import split, token_counts, with_floor
-from .rounding import blend_budgets, head_floor
+from .request_split import split, with_floor
+from .rounding import blend_budgets, head_floor, token_counts
 
 __all__ = ["RequestAllocator", "FORMAT"]
 
@@ -76,23 +75,6 @@ SAMPLE = 2048
 #: holds at least :data:`THREADED_TOKENS` scores; 1 reads them in the calling thread.
 THREADS = min(4, os.cpu_count() or 1)
 THREADED_TOKENS = 1 << 20
-
-_pool = None  # (process id, workers, executor)
-_pool_lock = threading.Lock()
-
-
-def _executor(workers):
-    """The module's thread pool for ``workers`` threads, made on first use and again after a
-    fork (a forked child inherits the pool object but none of its threads)."""
-    global _pool
-    with _pool_lock:
-        pid = os.getpid()
-        if _pool is None or _pool[:2] != (pid, workers):
-            if _pool is not None and _pool[0] == pid:
-                _pool[2].shutdown(wait=False)
-            _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="budgetopt-request"))
-        return _pool[2]
-
 
 # -- checks --------------------------------------------------------------------------------
 def _check_norms(norms, like_shape, name, values=True):
@@ -133,8 +115,8 @@ def proxy_curves(scores, norms, sink, window, counts, *, scores_name="scores", n
     if workers <= 1:
         status = read(0, n)
     else:
-        edges = np.linspace(0, n, workers + 1).astype(np.int64)
-        codes = list(_executor(workers).map(read, edges[:-1].tolist(), edges[1:].tolist()))
+        edges = np.linspace(0, n, workers + 1).astype(np.int64).tolist()
+        codes = list(map_in_order(lambda i: read(edges[i], edges[i + 1]), workers, workers, name="budgetopt-request"))
         bad = [c for c in codes if c >= 0]
         status = min(bad) if bad else -1
     if status >= 0:

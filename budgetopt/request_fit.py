@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .profile import utility_from_order
-from .request_split import split, token_counts, with_floor
-from .rounding import blend_budgets, head_floor, tokens_evicted
+from .request_split import split, with_floor
+from .rounding import blend_budgets, head_floor, token_counts, tokens_evicted
 
 __all__ = ["SHRINKAGES", "CV_COMPRESSIONS", "CV_MAX_LOSS", "oracle_shapes", "fit_arrays", "corrected",
            "cross_validate", "retained"]

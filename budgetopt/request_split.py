@@ -1,7 +1,7 @@
 """Per-request budgets from curves: each head's grid from its floor and the LP split.
 
 The last stage of :class:`budgetopt.RequestAllocator`: a head's curve, sampled at the fitted
-fractions of its middle tokens (:func:`token_counts`), starts at the head's floor
+fractions of its middle tokens (:func:`budgetopt.rounding.token_counts`), starts at the head's floor
 (:func:`with_floor`); one total is split over the heads by the upper-hull greedy on these
 piecewise-linear curves (:func:`split`, a compiled kernel); the static and the request's
 splits are mixed in whole tokens with the same total by
@@ -14,12 +14,7 @@ import numpy as np
 
 from . import _kernels_request as _k
 
-__all__ = ["token_counts", "with_floor", "split"]
-
-
-def token_counts(fractions, middle):
-    """Middle tokens kept at each grid fraction: ``round(x_k * M)``, int64 ``(G,)``."""
-    return np.rint(fractions * middle).astype(np.int64)
+__all__ = ["with_floor", "split"]
 
 
 def with_floor(u, tokens, floor, length):

@@ -17,6 +17,8 @@ door, through one of the functions below:
 * :func:`head_floor` is the fewest tokens a head keeps in an LU-KV table or a per-request
   split, ``max(round(min_keep_fraction * T), sink + window)`` (used by :mod:`budgetopt.lukv`
   and :mod:`budgetopt.request` alike).
+* :func:`token_counts` turns the per-request allocator's grid fractions into middle-token
+  counts, each ``round(x * M)`` (half to even).
 * :func:`blend_budgets` mixes two whole-token splits of one total into a third with the same
   total (largest remainder): the per-request allocator's static/request mix.
 """
@@ -98,6 +100,21 @@ def head_floor(min_keep_fraction, length, sink, window):
     (10, 6)
     """
     return max(int(round(min_keep_fraction * length)), sink + window)
+
+
+def token_counts(fractions, middle):
+    """Middle tokens kept at each grid fraction: ``round(x_k * M)`` (half to even), int64 ``(G,)``.
+
+    Each point is rounded alone (no total to keep exact, unlike :func:`split_integer`): the
+    grid of the per-request allocator's curves (:mod:`budgetopt.request`,
+    :mod:`budgetopt.request_fit`). O(G).
+
+    Examples
+    --------
+    >>> token_counts(np.array([0.0, 0.25, 0.5, 1.0]), 10).tolist()   # 2.5 and 5.0: half to even
+    [0, 2, 5, 10]
+    """
+    return np.rint(fractions * middle).astype(np.int64)
 
 
 def blend_budgets(static, request, shrinkage):

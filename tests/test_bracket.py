@@ -19,6 +19,7 @@ from budgetopt.hull import upper_hulls
 from budgetopt.problem import build_problem
 
 from generators import random_curves, scaled
+from helpers import load_benchmark
 
 
 def full_lp(problem, spare):
@@ -262,3 +263,14 @@ def test_extreme_magnitudes(scale):
     problem = build_problem(budgetopt.Curves(utility))
     answered = [assert_same(problem, int(f * (problem.ceiling_total - problem.floor_total))) for f in (0.1, 0.5, 0.9)]
     assert any(answered)
+
+
+def test_the_paths_benchmark_finds_identical_answers(tmp_path):
+    """``benchmarks/bench_greedy_paths.py`` (quick): each fast path against the plain form on
+    ``allocate``, ``sweep`` and ``lukv_table`` gives the same answers."""
+    bench = load_benchmark("bench_greedy_paths")
+    rows = bench.main(["--quick", "--rounds", "1", "--calls", "1", "--pairs", "1", "--out", str(tmp_path / "b")])
+    assert [r["case"].split(",")[0] for r in rows] == ["allocate", "sweep of 99 totals", "lukv_table"]
+    assert all(r["identical"] for r in rows)
+    assert rows[0]["hull_points_fraction"] < 1.0  # the bracket ran
+    assert "answers identical: True" in (tmp_path / "b.txt").read_text()

@@ -216,7 +216,7 @@ def test_bad_workers_exit_2(files, capsys, workers):
     code = exit_code(["lukv-table", "--oracle", *files["oracle_paths"], "--scores", files["scores_path"],
                       "--sink", "1", "--window", "1", "--workers", workers, "-o", str(files["dir"] / "t.npy")])
     assert code == 2
-    assert "--workers: must be a positive whole number or -1" in capsys.readouterr().err
+    assert "--workers: must be a positive integer or -1" in capsys.readouterr().err
     assert not (files["dir"] / "t.npy").exists()
 
 

@@ -12,7 +12,7 @@ import budgetopt
 from budgetopt import _kernels_request as kr
 from budgetopt import request as rq
 from budgetopt import request_fit
-from budgetopt.rounding import blend_budgets
+from budgetopt.rounding import blend_budgets, token_counts
 from budgetopt.errors import CurvesFileError, InfeasibleError, InvalidInputError, InvalidTypeError
 
 
@@ -204,10 +204,10 @@ def test_proxy_curves_threaded_in_a_forked_child(monkeypatch):
     counts = np.rint(np.linspace(0, 1, 9) * (300 - 8)).astype(np.int64)
     monkeypatch.setattr(rq, "THREADS", 2)
     monkeypatch.setattr(rq, "THREADED_TOKENS", 1)
-    want = rq.proxy_curves(scores, None, 4, 4, counts)  # the parent's pool now exists
+    want = rq.proxy_curves(scores, None, 4, 4, counts)  # threaded in the parent first
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: the inherited pool object has no threads
+    if pid == 0:  # child: threads start anew after the fork
         try:
             got = rq.proxy_curves(scores, None, 4, 4, counts)
             os.write(write, b"1" if np.array_equal(got, want) else b"0")
@@ -598,3 +598,13 @@ def test_bench_request_quick():
         assert all(0.0 <= v <= 1.0 for v in values), name
         assert all(o >= v - 1e-3 for o, v in zip(summary["own"], values)), name  # own curves, greedy
     assert summary["mean_curve"] != summary["uniform"]
+
+
+def test_token_counts_round_each_point_half_to_even():
+    """Against Python's ``round`` (half to even) point by point, halves included."""
+    rng = np.random.default_rng(22)
+    for middle in (0, 1, 2, 7, 64, 1000, 32735):
+        fractions = np.concatenate([rng.random(40), np.arange(65) / 64.0, [0.5, 0.25, 0.75]])
+        got = token_counts(fractions, middle)
+        assert got.dtype == np.int64
+        assert got.tolist() == [round(float(x) * middle) for x in fractions]

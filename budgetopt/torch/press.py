@@ -80,6 +80,23 @@ def _refuse_padding(module, mask):
         )
 
 
+def _become_varlen_cache(cache):
+    """Turn a plain ``DynamicCache`` into a :class:`VarlenCache` in place (other caches are
+    left alone).
+
+    Why in place: the cache belongs to the caller (``generate`` or kvpress's pipeline made it
+    and keeps using it); the press meets it only inside a forward hook and cannot hand back
+    another object, yet ``generate(..., return_dict_in_generate=True).past_key_values`` is
+    documented to be a :class:`VarlenCache` (``held_rows``, ``nbytes``). A new cache built
+    from the layers would not reach the caller. :class:`VarlenCache` adds methods only (no
+    ``__init__``, no state), so the object keeps its state; ``tests/torch/test_varlen_cache.py``
+    and ``tests/torch/test_varlen_pipeline.py`` check the type after ``generate`` and the
+    pipeline.
+    """
+    if type(cache) is DynamicCache:
+        cache.__class__ = VarlenCache
+
+
 class BudgetPress(BasePress):
     """Apply per-layer, per-KV-head budgets around any kvpress scorer press.
 
@@ -314,8 +331,7 @@ class BudgetPress(BasePress):
         scores = self.press.score(module, hidden_states, keys, values, output[1], kwargs)
         packed = compact(keys, values, scores, budgets, sink=self.sink, window=self.window).to_varlen()
         cache.layers[index] = VarlenLayer.from_varlen(packed, length, config=module.config)
-        if type(cache) is DynamicCache:
-            cache.__class__ = VarlenCache  # a subclass that adds methods only: same state, same object
+        _become_varlen_cache(cache)
         self._hold_for(cache)
         return output
 

@@ -60,7 +60,14 @@ class _PackedRows(torch.Tensor):
     it like a dense ``(batch, kv_heads, seq, dim)`` cache, ``rows[:, :, :n]``, yields a
     :class:`_SeenPrefix` that, assigned back to the same attribute, crops the layer to ``n``
     seen tokens. kvpress's pipeline drops an answer from the cache that way
-    (``layer.keys = layer.keys[:, :, :n]``)."""
+    (``layer.keys = layer.keys[:, :, :n]``).
+
+    Why a tensor subclass: kvpress's pipeline (``_remove_answer_from_cache`` in kvpress
+    0.5.5) writes exactly that line for every layer of the cache and offers no hook to call
+    instead. The packed rows are 2-D, so the index would fail on a plain tensor, and it must
+    be recognised where it is taken; a getter that returned anything but a tensor would break
+    every other reader of ``layer.keys``. ``tests/torch/test_varlen_pipeline.py`` runs the
+    pipeline and the idiom."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 

@@ -490,3 +490,12 @@ def test_many_short_sequences_take_the_vectorised_step(monkeypatch):
         assert len(calls) == expected
         reference = _dense_reference(query, keys, values, keep, layer.decoded_keys, layer.decoded_values)
         torch.testing.assert_close(out.transpose(1, 2).double(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_cache_adds_methods_only():
+    """The press turns a caller's ``DynamicCache`` into a ``VarlenCache`` by its class alone,
+    which keeps the object's state only while the subclass holds none of its own."""
+    own = {k for k, v in vars(VarlenCache).items() if not k.startswith("__") or k in ("__init__", "__slots__")}
+    assert "__init__" not in own and "__slots__" not in own
+    assert all(callable(vars(VarlenCache)[k]) for k in own)
+    assert vars(VarlenCache()).keys() == vars(DynamicCache()).keys()
