@@ -17,7 +17,12 @@ compressions 50/80/90% (kvpress ``compression_ratio``: fraction removed). Method
   cross-validation), given the held-out request's scores (and value norms);
 * variants: fixed shrinkage 0 (the request's split alone) and 0.5 (budgets halfway between
   the static and the request's split), and the default without value norms;
-* ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable).
+* ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable);
+* references (unreachable, split on the grid like the allocator's curves): the pair's true
+  shapes with static weights, its true weights with static shapes, the held-out context's
+  mean curve over its questions (``ref: context mean``: the evaluated question included, so
+  in-sample) and over its other questions only (``ref: context mean LOQO``, where every
+  context has at least two questions).
 
 Data: a profile run directory (``--run``, pair files as written by ``budgetopt profile``;
 real attention) or seeded synthetic worlds (``--synthetic``, labelled as such): each head
