@@ -48,9 +48,9 @@ Usage::
     python benchmarks/bench_request_probes.py --run runs/smollm2-snapkv runs/smollm2-snapkv-heldout
     python benchmarks/bench_request_probes.py --run RUN ... --record   # benchmarks/results/
 
-Output: ``bench_request_probes.txt`` and ``.json`` (with per-pair figures) in a new folder
-under ``benchmarks/out/`` (``--out DIR`` elsewhere), ``--record`` also copies the report to
-``benchmarks/results/``. The probe cache stays in the output folder (``--out DIR`` again
+Output: ``NAME.txt`` and ``NAME.json`` (``--name``, default ``bench_request_probes``; with
+per-pair figures) in a new folder under ``benchmarks/out/`` (``--out DIR`` elsewhere);
+``--record`` also writes them to ``benchmarks/results/``. The probe cache stays in the output folder (``--out DIR`` again
 reuses it).
 """
 
@@ -364,7 +364,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under benchmarks/out/); "
                         "given again, its probe cache is reused")
-    parser.add_argument("--record", action="store_true", help="also write benchmarks/results/bench_request_probes.*")
+    parser.add_argument("--record", action="store_true", help="also write benchmarks/results/NAME.*")
+    parser.add_argument("--name", default="bench_request_probes", help="file name of the report (default "
+                        "bench_request_probes)")
     args = parser.parse_args(argv)
     env = record("bench_request_probes.py", argv, dirty_paths=("budgetopt", "benchmarks/bench_request_probes.py"))
     out = Path(args.out) if args.out else new_folder("bench_request_probes")
@@ -393,7 +395,7 @@ def main(argv=None):
     result = {"environment": env, "probes": args.probes, "probe_tokens": ks, "compressions": list(COMPRESSIONS),
               "runs": args.run, "summary": summary, "gap_by_question": by_question, "chosen": chosen, "per_pair": rows,
               "score_rel_diff": {f"{Path(d['run']).name}#{d['context']}": d["score_rel_diff"] for d in contexts}}
-    targets = [out / "bench_request_probes"] + ([RESULTS / "bench_request_probes"] if args.record else [])
+    targets = [out / args.name] + ([RESULTS / args.name] if args.record else [])
     for stem in targets:
         write_atomic(str(stem) + ".json", lambda f: f.write(json.dumps(result, indent=1, default=float).encode()))
         write_atomic(str(stem) + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
