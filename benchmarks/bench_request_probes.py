@@ -57,6 +57,7 @@ reuses it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -120,7 +121,7 @@ def profile_probes(contexts, meta, model_dir, probes, ks, cache_dir, log):
     model = tokenizer = None
     cals = {}
     for d in contexts:
-        missing = [k for k in ks if not (cache_dir / _cache_name(d, k)).exists()]
+        missing = [k for k in ks if not (cache_dir / _cache_name(d, k, probes)).exists()]
         if missing and model is None:
             model, tokenizer = load_local_model(model_dir, device="cpu", dtype="float32")
         key = d["calibration"]["path"]
@@ -135,7 +136,7 @@ def profile_probes(contexts, meta, model_dir, probes, ks, cache_dir, log):
             line=line.line),))
         d["probes"] = {}
         for k in ks:
-            path = cache_dir / _cache_name(d, k)
+            path = cache_dir / _cache_name(d, k, probes)
             if not path.exists():
                 (enc,) = encode_calibration(tokenizer, probe_cal, sink=meta["sink"], window=meta["window"],
                                             max_new_tokens=k)
@@ -157,8 +158,10 @@ def profile_probes(contexts, meta, model_dir, probes, ks, cache_dir, log):
                 d.setdefault("score_rel_diff", {})[k] = float(z["score_rel_diff"])
 
 
-def _cache_name(d, k):
-    return f"probes-{Path(d['run']).name}-c{d['context']}-k{k}.npz"
+def _cache_name(d, k, probes):
+    """The cache file of context ``d``'s probes at ``k`` steps (named by a hash of the probe texts)."""
+    tag = hashlib.sha256(json.dumps(list(probes)).encode()).hexdigest()[:8]
+    return f"probes-{Path(d['run']).name}-c{d['context']}-k{k}-{tag}.npz"
 
 
 # -- curves ----------------------------------------------------------------------------------
