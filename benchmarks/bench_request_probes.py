@@ -335,14 +335,25 @@ def summarise(rows, n_boot, seed, log):
         d80 = table[name][:, J80] - table[base][:, J80]
         lose = float((d80 < -1e-9).mean())
         ctx_means = np.array([d80[ctx == c].mean() for c in uctx])
+        diff_all = table[name] - table[base]
+        ctx_all = np.array([diff_all[ctx == c].mean(axis=0) for c in uctx])  # (contexts, compressions)
         out[name] = {"mean": m.tolist(), "gap": g, "gap_ci_pairs": np.nanpercentile(bp, [5, 95]).tolist(),
                      "gap_ci_contexts": np.nanpercentile(bc, [5, 95]).tolist(), "lose_share": lose,
                      "worst_pair_80": float(d80.min()), "worst_context_mean_80": float(ctx_means.min()),
-                     "worst_pair_any": (table[name] - table[base]).min(axis=0).tolist()}
+                     "worst_pair_any": diff_all.min(axis=0).tolist(),
+                     "worst_context_mean_any": ctx_all.min(axis=0).tolist(),
+                     "contexts_losing_any": (ctx_all < -1e-9).sum(axis=0).tolist()}
         log(f"{name:<32}" + "".join(f"{v:8.4f}" for v in m) + f"{g:8.1%}"
             f"{'[%5.1f%%,%5.1f%%]' % tuple(100 * np.nanpercentile(bp, [5, 95])):>16}"
             f"{'[%5.1f%%,%5.1f%%]' % tuple(100 * np.nanpercentile(bc, [5, 95])):>17}"
             f"{lose:7.0%}{100 * d80.min():+8.2f}{100 * ctx_means.min():+10.2f}")
+    log("worst held-out pair and worst held-out context mean (over its questions) against static, points, at "
+        + "/".join(f"{c:.0%}" for c in COMPRESSIONS) + "; contexts whose mean loses")
+    for name in names:
+        o = out[name]
+        log(f"{name:<32}" + " ".join(f"{100 * v:+6.2f}" for v in o["worst_pair_any"]) + "   "
+            + " ".join(f"{100 * v:+6.2f}" for v in o["worst_context_mean_any"]) + "   "
+            + "/".join(str(v) for v in o["contexts_losing_any"]))
     by_q = {}
     qs = np.array([r["question"] for r in rows])
     if len(set(qs.tolist())) > 1:
