@@ -33,6 +33,8 @@ judged on the held-out context's real questions), on the allocator's fraction gr
   0, 0.25, 0.5, 0.75, 1, 1.25 chosen by inner leave-one-context-out cross-validation on the
   calibration contexts (mean retained mass at 80% compression);
 * ``probe blend k``: ``(1 - w) * M + w * P`` with ``w`` in 0, 0.125, ..., 1 chosen the same way;
+* ``RequestAllocator probes k``: the library's rule, ``RequestAllocator.fit(...,
+  probe_oracles=...)`` (gain 1, ``shrinkage=1``), allocating with the request's probes;
 * ``control: dev k, other probes``: ``probe dev`` at the largest ``k`` given the probes of
   another context (the next one in order): what the rule gains without this context's probes.
 
@@ -280,6 +282,10 @@ def evaluate(contexts, meta, ks, log):
         other = contexts[(held + 1) % len(contexts)]
         preds[f"control: dev k={k}, other probes"] = predict("dev", picks[k]["gamma"], k, cal, other, static)
         chosen.append(picks)
+        allocators = {k: budgetopt.RequestAllocator.fit(
+            [o for e in cal for o in e["oracles"]], [e["scores"] for e in cal for _ in e["oracles"]],
+            probe_oracles=[e["probes"][k] for e in cal for _ in e["oracles"]], sink=sink, window=window,
+            shrinkage=1.0) for k in ks}
         T = d["T"]
         tots = totals_for(n, T, sink, window)
         for q, o in enumerate(d["oracles"]):
@@ -294,6 +300,9 @@ def evaluate(contexts, meta, ks, log):
                 row["static (allocator)"].append(retained(util, ra.allocate(d["scores"], tots[j]).budgets, sink, window))
                 row["static (grid)"].append(retained(util, grid_split(static, fr, T, sink, window, tots[j]), sink, window))
                 row["own"].append(retained(util, own.budgets[j], sink, window))
+                for k, ra_k in allocators.items():
+                    row.setdefault(f"RequestAllocator probes k={k}", []).append(retained(
+                        util, ra_k.allocate(d["scores"], tots[j], probe_oracles=d["probes"][k]).budgets, sink, window))
                 for name, u in {**refs, **preds}.items():
                     row.setdefault(name, []).append(
                         retained(util, grid_split(u, fr, T, sink, window, tots[j]), sink, window))
