@@ -34,7 +34,8 @@ judged on the held-out context's real questions), on the allocator's fraction gr
   calibration contexts (mean retained mass at 80% compression);
 * ``probe blend k``: ``(1 - w) * M + w * P`` with ``w`` in 0, 0.125, ..., 1 chosen the same way;
 * ``RequestAllocator probes k``: the library's rule, ``RequestAllocator.fit(...,
-  probe_oracles=...)`` (gain 1, ``shrinkage=1``), allocating with the request's probes;
+  probe_oracles=...)`` (its default: the gain by cross-validation; ``shrinkage=1``), allocating
+  with the request's probes;
 * ``control: dev k, other probes``: ``probe dev`` at the largest ``k`` given the probes of
   another context (the next one in order): what the rule gains without this context's probes.
 

@@ -51,7 +51,7 @@ from .errors import CurvesFileError, InfeasibleError, InvalidInputError, Invalid
 from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
-from .request_probes import fit_deviation, probe_curve
+from .request_probes import cross_validate_gain, fit_deviation, probe_curve
 from .request_split import split, token_counts, with_floor
 from .rounding import blend_budgets, head_floor
 
@@ -209,7 +209,7 @@ class RequestAllocator:
     # -- fitting ---------------------------------------------------------------------------
     @classmethod
     def fit(cls, oracles, scores, *, value_norms=None, sink, window, min_keep_fraction=0.01, shrinkage=None,
-            fractions=None, probe_oracles=None, probe_gain=1.0):
+            fractions=None, probe_oracles=None, probe_gain=None):
         """Learn per-head static curves and a shape correction from calibration pairs.
 
         Parameters
@@ -254,7 +254,12 @@ class RequestAllocator:
             needs the request's probe oracles. Needs pairs of at least two contexts. The
             shrinkage cross-validation does not see the probes.
         probe_gain : float, optional
-            Factor on the fitted ``beta`` (default 1; 0 gives the static curves).
+            Factor on the fitted ``beta`` (0 gives the static curves). Default: chosen by
+            leave-one-context-out cross-validation among
+            :data:`~budgetopt.request_probes.GAINS` with the shrinkage's rule (the best mean
+            retained mass at compressions 0.5/0.8/0.9 among the gains whose worst held-out
+            pair loses at most :data:`~budgetopt.request_fit.CV_MAX_LOSS` against the
+            static curves; 0 when none gains); needs three contexts or more.
 
         Returns
         -------
@@ -346,9 +351,10 @@ class RequestAllocator:
         G = fractions.size
         probe_beta = mean_probe = None
         if probe_oracles is not None:
-            if (isinstance(probe_gain, (bool, np.bool_)) or not isinstance(probe_gain, numbers.Real)
-                    or not np.isfinite(probe_gain) or probe_gain < 0):
-                raise InvalidInputError(f"`probe_gain` must be a finite number >= 0; got {probe_gain!r}")
+            if probe_gain is not None and (isinstance(probe_gain, (bool, np.bool_))
+                                           or not isinstance(probe_gain, numbers.Real)
+                                           or not np.isfinite(probe_gain) or probe_gain < 0):
+                raise InvalidInputError(f"`probe_gain` must be a finite number >= 0 or None; got {probe_gain!r}")
             if not isinstance(probe_oracles, (list, tuple)) or len(probe_oracles) != n_pairs:
                 raise InvalidInputError(
                     f"`probe_oracles` must be a list with one entry per pair ({n_pairs}): the probe oracles of "
@@ -356,6 +362,9 @@ class RequestAllocator:
             if len(contexts) < 2:
                 raise InvalidInputError("`probe_oracles` need calibration pairs from at least two contexts "
                                         "(the probe coefficients are fitted across contexts); got one")
+            if probe_gain is None and len(contexts) < 3:
+                raise InvalidInputError("`probe_gain=None` chooses the gain by cross-validation, which needs pairs "
+                                        "from at least three contexts; got two (give `probe_gain`)")
             curves, probes = [], []
             for i, (_, shapes, totals, _, _, length) in enumerate(pairs):
                 arr = _check_probe_oracles(probe_oracles[i], (L, H, length), f"probe_oracles[{i}]")
@@ -363,9 +372,15 @@ class RequestAllocator:
                 probes.append(probe_curve(arr, rankings[id(score_list[i])], sink, window, counts))
                 mass = totals.sum()
                 curves.append(shapes * (totals / (mass if mass > 0 else 1.0))[:, None])
-            probe_beta, mean_probe = fit_deviation(np.stack(curves), np.stack(probes), groups)
+            curves, probes = np.stack(curves), np.stack(probes)
+            probe_info = {}
+            if probe_gain is None:
+                probe_gain, probe_info["cv"] = cross_validate_gain(
+                    curves, probes, groups, [p[4] for p in pairs], [p[5] for p in pairs], fractions, sink, window,
+                    min_keep_fraction)
+            probe_beta, mean_probe = fit_deviation(curves, probes, groups)
             probe_beta, mean_probe = float(probe_gain) * probe_beta, mean_probe.reshape(L, H, G)
-            info["probes"] = {"gain": float(probe_gain)}
+            info["probes"] = {"gain": float(probe_gain), **probe_info}
         return cls(fractions=fractions, mean_shape=mean_shape.reshape(L, H, G), weight=weight.reshape(L, H),
                    mean_proxy=mean_proxy.reshape(len(features), L, H, G), beta=beta, shrinkage=shrinkage,
                    sink=sink, window=window, min_keep_fraction=min_keep_fraction, features=features, info=info,

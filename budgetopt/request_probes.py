@@ -21,8 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from .profile import utility_from_order
+from .request_fit import CV_COMPRESSIONS, CV_MAX_LOSS
+from .request_split import split, token_counts, with_floor
+from .rounding import head_floor, tokens_evicted
 
-__all__ = ["probe_curve", "fit_deviation"]
+__all__ = ["GAINS", "probe_curve", "fit_deviation", "cross_validate_gain"]
+
+#: Gains tried by :func:`cross_validate_gain` (factor on the fitted coefficients; 0: static curves).
+GAINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 
 
 def probe_curve(probe_oracles, order, sink, window, counts):
@@ -68,3 +74,51 @@ def fit_deviation(curves, probes, groups):
             den += (dq * dq).sum(axis=0)
     beta = num / np.where(den > 0, den, 1.0)
     return beta, per_context.mean(axis=0)
+
+
+def cross_validate_gain(curves, probes, groups, utilities, lengths, fractions, sink, window, min_keep_fraction):
+    """The gain on ``beta`` chosen by leave-one-context-out, as the allocator's shrinkage is.
+
+    For each calibration context: ``beta`` and the mean probe curve fitted on the other
+    contexts (:func:`fit_deviation`), the static curves their mean, and each of the context's
+    pairs split at :data:`~budgetopt.request_fit.CV_COMPRESSIONS` with the curves ``static +
+    gain * beta * (P - Pbar)`` for every gain of :data:`GAINS`; scored by the oracle mass the
+    budgets retain. Chosen: the highest mean gain over the static curves among the gains whose
+    worst pair loses at most :data:`~budgetopt.request_fit.CV_MAX_LOSS`; 0 (the static curves)
+    when none gains. ``utilities``: each pair's exact utility ``(n, T - sink - window + 1)``;
+    ``lengths``: each pair's ``T``. Needs three contexts or more (each fold fits ``beta``
+    across at least two). Returns the gain and the figures (JSON-ready).
+    """
+    gains = {g: [] for g in GAINS}
+    for c in np.unique(groups):
+        train = groups != c
+        beta, pbar = fit_deviation(curves[train], probes[train], groups[train])
+        static = curves[train].mean(axis=0)
+        for p in np.flatnonzero(~train):
+            kept = _retained(static, beta * (probes[p] - pbar), utilities[p], lengths[p], fractions, sink, window,
+                             min_keep_fraction)
+            for g in GAINS:
+                gains[g].append(kept[g] - kept[0.0])
+    figures = {str(g): {"mean_gain": float(np.mean(gains[g])), "worst": float(np.min(gains[g]))} for g in GAINS}
+    allowed = [g for g in GAINS if np.min(gains[g]) >= -CV_MAX_LOSS]
+    best = max(allowed, key=lambda g: (np.mean(gains[g]), -g))
+    if np.mean(gains[best]) <= 0.0:
+        best = 0.0
+    return float(best), {"gain": figures, "compressions": list(CV_COMPRESSIONS), "max_loss": CV_MAX_LOSS}
+
+
+def _retained(static, delta, utility, length, fractions, sink, window, min_keep_fraction):
+    """Retained oracle fraction of one pair at each of CV_COMPRESSIONS for each gain: {gain: array}."""
+    n = static.shape[0]
+    floor = head_floor(min_keep_fraction, length, sink, window)
+    tokens = token_counts(fractions, length - sink - window) + (sink + window)
+    capacity = n * length
+    mass = max(utility[:, -1].sum(), 1e-300)
+    out = {g: [] for g in GAINS}
+    for comp in CV_COMPRESSIONS:
+        total = max(capacity - tokens_evicted(comp, capacity), n * floor)
+        for g in GAINS:
+            u, grid = with_floor(np.ascontiguousarray(static + g * delta), tokens, floor, length)
+            budgets = split(u, grid, total)[0]
+            out[g].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
+    return {g: np.array(v) for g, v in out.items()}

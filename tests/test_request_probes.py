@@ -16,7 +16,7 @@ from budgetopt.request import RequestAllocator
 SINK, WINDOW = 2, 3
 
 
-def world(seed=0, contexts=4, questions=2, probes=2, L=2, H=3):
+def world(seed=0, contexts=4, questions=2, probes=2, L=2, H=3, noise=0.5):
     """Seeded contexts: scores, per-question oracles and per-probe oracles sharing a context factor."""
     rng = np.random.default_rng(seed)
     data = []
@@ -24,8 +24,8 @@ def world(seed=0, contexts=4, questions=2, probes=2, L=2, H=3):
         T = int(rng.integers(40, 70))
         scores = rng.gamma(0.5, size=(L, H, T))
         base = scores * rng.lognormal(0.0, 0.7, (L, H, T))
-        oracles = [base * rng.lognormal(0.0, 0.5, (L, H, T)) for _ in range(questions)]
-        probe = [base * rng.lognormal(0.0, 0.5, (L, H, T)) for _ in range(probes)]
+        oracles = [base * rng.lognormal(0.0, noise, (L, H, T)) for _ in range(questions)]
+        probe = [base * rng.lognormal(0.0, noise, (L, H, T)) for _ in range(probes)]
         data.append((scores, oracles, probe))
     return data
 
@@ -56,7 +56,7 @@ def fit(data, **kw):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_coefficients_are_the_direct_least_squares(seed):
     data = world(seed)
-    ra = fit(data, shrinkage=1.0)
+    ra = fit(data, shrinkage=1.0, probe_gain=1.0)
     real, probe, group = [], [], []
     for c, (s, os_, ps) in enumerate(data):
         counts = counts_for(ra, s.shape[-1])
@@ -88,7 +88,7 @@ def test_coefficients_are_the_direct_least_squares(seed):
 @pytest.mark.parametrize("seed", [0, 3])
 def test_allocation_splits_the_directly_corrected_curves(seed):
     data = world(seed)
-    ra = fit(data[:-1], shrinkage=1.0)
+    ra = fit(data[:-1], shrinkage=1.0, probe_gain=1.0)
     s, _, ps = data[-1]
     T = s.shape[-1]
     delta = ra.probe_beta * (np.mean([direct_curve(p, s, counts_for(ra, T)) for p in ps], axis=0)
@@ -107,7 +107,7 @@ def test_allocation_splits_the_directly_corrected_curves(seed):
             assert np.array_equal(got.budgets, want.budgets) and int(got.budgets.sum()) == total
             assert got.utility == pytest.approx(want.utility, rel=1e-12)
     # the request's split moves by the same correction
-    ra_mix = fit(data[:-1], shrinkage=0.5)
+    ra_mix = fit(data[:-1], shrinkage=0.5, probe_gain=1.0)
     plain = RequestAllocator(**{k: getattr(ra_mix, k) for k in ("fractions", "mean_shape", "weight", "mean_proxy",
                                                                  "beta", "shrinkage", "sink", "window",
                                                                  "min_keep_fraction", "features", "info")})
@@ -169,6 +169,8 @@ def test_errors_name_the_argument():
         RequestAllocator.fit(oracles, scores, probe_oracles=[[]] + probes[1:], **kw)
     with pytest.raises(InvalidInputError, match=r"at least two contexts"):
         RequestAllocator.fit(oracles[:2], scores[:2], probe_oracles=probes[:2], **kw)
+    with pytest.raises(InvalidInputError, match=r"cross-validation, which needs pairs from at least three contexts"):
+        RequestAllocator.fit(oracles[:4], scores[:4], probe_oracles=probes[:4], **kw)
     with pytest.raises(InvalidInputError, match=r"`probe_gain` must be a finite number >= 0"):
         RequestAllocator.fit(oracles, scores, probe_oracles=probes, probe_gain=-1.0, **kw)
     ra = RequestAllocator.fit(oracles, scores, probe_oracles=probes, **kw)
@@ -182,3 +184,56 @@ def test_errors_name_the_argument():
     plain = RequestAllocator.fit(oracles, scores, **kw)
     with pytest.raises(InvalidInputError, match=r"`probe_oracles` given, but this allocator was fitted without probes"):
         plain.allocate(s, 100, probe_oracles=ps)
+
+
+def kept_mass(oracle, scores, budgets):
+    """Oracle fraction kept by sink, window and each head's top-scored middle tokens (direct)."""
+    L, H, T = oracle.shape
+    kept = 0.0
+    for (l, h), b in zip(np.ndindex(L, H), budgets.reshape(-1)):
+        mid = oracle[l, h, SINK:T - WINDOW]
+        order = np.argsort(-scores[l, h, SINK:T - WINDOW], kind="stable")
+        kept += oracle[l, h, :SINK].sum() + oracle[l, h, T - WINDOW:].sum() + mid[order[:b - SINK - WINDOW]].sum()
+    return kept / oracle.sum()
+
+
+@pytest.mark.parametrize("seed,noise", [(0, 0.5), (4, 0.5), (0, 0.1), (4, 0.2)])
+def test_cross_validated_gain_is_the_folds_allocations(seed, noise):
+    from budgetopt.request_fit import CV_COMPRESSIONS, CV_MAX_LOSS
+    from budgetopt.request_probes import GAINS
+    from budgetopt.rounding import tokens_evicted
+
+    data = world(seed, contexts=4, noise=noise)
+    ra = fit(data)
+    cv = ra.info["probes"]["cv"]["gain"]
+    assert ra.info["probes"]["gain"] in GAINS
+    diffs = {g: [] for g in GAINS}
+    for c in range(len(data)):
+        rest = data[:c] + data[c + 1:]
+        s, os_, ps = data[c]
+        T = s.shape[-1]
+        by_gain = {g: fit(rest, shrinkage=1.0, probe_gain=g) for g in GAINS}
+        n = s.shape[0] * s.shape[1]
+        floor = max(int(round(0.01 * T)), SINK + WINDOW)
+        for o in os_:
+            for comp in CV_COMPRESSIONS:
+                total = max(n * T - tokens_evicted(comp, n * T), n * floor)
+                base = kept_mass(o, s, by_gain[0.0].allocate(s, total, probe_oracles=ps).budgets)
+                for g in GAINS:
+                    diffs[g].append(kept_mass(o, s, by_gain[g].allocate(s, total, probe_oracles=ps).budgets) - base)
+    for g in GAINS:
+        assert cv[str(g)]["mean_gain"] == pytest.approx(np.mean(diffs[g]), abs=1e-12)
+        assert cv[str(g)]["worst"] == pytest.approx(np.min(diffs[g]), abs=1e-12)
+    allowed = [g for g in GAINS if np.min(diffs[g]) >= -CV_MAX_LOSS and np.mean(diffs[g]) > 0]
+    expected = max(allowed, key=lambda g: (np.mean(diffs[g]), -g)) if allowed else 0.0
+    assert ra.info["probes"]["gain"] == expected
+    if noise < 0.5:  # probes close to the questions: the cross-validation keeps them
+        assert expected > 0
+
+
+def test_probes_unrelated_to_the_answers_give_no_gain():
+    rng = np.random.default_rng(9)
+    data = [(s, os_, [rng.gamma(0.5, size=s.shape) for _ in range(2)]) for s, os_, _ in world(6, contexts=5)]
+    ra = fit(data)
+    assert ra.info["probes"]["gain"] == 0.0
+    assert not np.any(ra.probe_beta)
