@@ -256,10 +256,11 @@ class RequestAllocator:
         probe_gain : float, optional
             Factor on the fitted ``beta`` (0 gives the static curves). Default: chosen by
             leave-one-context-out cross-validation among
-            :data:`~budgetopt.request_probes.GAINS` with the shrinkage's rule (the best mean
-            retained mass at compressions 0.5/0.8/0.9 among the gains whose worst held-out
-            pair loses at most :data:`~budgetopt.request_fit.CV_MAX_LOSS` against the
-            static curves; 0 when none gains); needs three contexts or more.
+            :data:`~budgetopt.request_probes.GAINS`: the best mean retained mass at
+            compressions 0.5/0.8/0.9 among the gains under which no held-out context's mean
+            over its pairs loses more than :data:`~budgetopt.request_fit.CV_MAX_LOSS` against
+            the static curves (0 when none gains; the worst single pair is reported in
+            ``info["probes"]["cv"]``); needs three contexts or more.
 
         Returns
         -------

@@ -208,6 +208,7 @@ def test_cross_validated_gain_is_the_folds_allocations(seed, noise):
     cv = ra.info["probes"]["cv"]["gain"]
     assert ra.info["probes"]["gain"] in GAINS
     diffs = {g: [] for g in GAINS}
+    per_context = {g: [] for g in GAINS}
     for c in range(len(data)):
         rest = data[:c] + data[c + 1:]
         s, os_, ps = data[c]
@@ -215,16 +216,21 @@ def test_cross_validated_gain_is_the_folds_allocations(seed, noise):
         by_gain = {g: fit(rest, shrinkage=1.0, probe_gain=g) for g in GAINS}
         n = s.shape[0] * s.shape[1]
         floor = max(int(round(0.01 * T)), SINK + WINDOW)
-        for o in os_:
-            for comp in CV_COMPRESSIONS:
+        held = {g: np.zeros((len(os_), len(CV_COMPRESSIONS))) for g in GAINS}
+        for q, o in enumerate(os_):
+            for j, comp in enumerate(CV_COMPRESSIONS):
                 total = max(n * T - tokens_evicted(comp, n * T), n * floor)
                 base = kept_mass(o, s, by_gain[0.0].allocate(s, total, probe_oracles=ps).budgets)
                 for g in GAINS:
-                    diffs[g].append(kept_mass(o, s, by_gain[g].allocate(s, total, probe_oracles=ps).budgets) - base)
+                    held[g][q, j] = kept_mass(o, s, by_gain[g].allocate(s, total, probe_oracles=ps).budgets) - base
+        for g in GAINS:
+            diffs[g].extend(held[g].ravel())
+            per_context[g].append(held[g].mean(axis=0))
     for g in GAINS:
         assert cv[str(g)]["mean_gain"] == pytest.approx(np.mean(diffs[g]), abs=1e-12)
-        assert cv[str(g)]["worst"] == pytest.approx(np.min(diffs[g]), abs=1e-12)
-    allowed = [g for g in GAINS if np.min(diffs[g]) >= -CV_MAX_LOSS and np.mean(diffs[g]) > 0]
+        assert cv[str(g)]["worst_pair"] == pytest.approx(np.min(diffs[g]), abs=1e-12)
+        assert cv[str(g)]["worst_context"] == pytest.approx(np.min(per_context[g]), abs=1e-12)
+    allowed = [g for g in GAINS if np.min(per_context[g]) >= -CV_MAX_LOSS and np.mean(diffs[g]) > 0]
     expected = max(allowed, key=lambda g: (np.mean(diffs[g]), -g)) if allowed else 0.0
     assert ra.info["probes"]["gain"] == expected
     if noise < 0.5:  # probes close to the questions: the cross-validation keeps them
