@@ -482,8 +482,8 @@ class RequestAllocator:
         ((1, 2, 65), 2, 80)
         """
         arr, norms = self._check_request(scores, value_norms)
+        u, tokens = self._predicted(arr, norms)  # also checks the scores' values
         delta = self._probe_delta(arr, probe_oracles)
-        u, tokens = self._predicted(arr, norms)
         if delta is not None:
             u = u + delta
         return u.reshape(self.layers, self.kv_heads, -1), tokens
@@ -567,8 +567,8 @@ class RequestAllocator:
         length = arr.shape[-1]
         total = self._check_total(total_budget, length)
         floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
+        u, tokens = self._predicted(arr, norms)  # also checks the scores' values
         delta = self._probe_delta(arr, probe_oracles)
-        u, tokens = self._predicted(arr, norms)
         u, grid = with_floor(u if delta is None else u + delta, tokens, floor, length)
         su, sgrid = self._static_curves(length, floor, delta=delta)
         if layerwise:

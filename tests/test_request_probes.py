@@ -243,3 +243,13 @@ def test_probes_unrelated_to_the_answers_give_no_gain():
     ra = fit(data)
     assert ra.info["probes"]["gain"] == 0.0
     assert not np.any(ra.probe_beta)
+
+
+def test_bad_request_scores_are_named_before_the_probes_are_read():
+    data = world(3)
+    ra = fit(data[:-1])
+    s, _, ps = data[-1]
+    bad = s.copy()
+    bad[1, 2, 7] = np.nan
+    with pytest.raises(InvalidInputError, match=r"scores"):
+        ra.allocate(bad, 100, probe_oracles=ps)
