@@ -17,7 +17,12 @@ compressions 50/80/90% (kvpress ``compression_ratio``: fraction removed). Method
   cross-validation), given the held-out request's scores (and value norms);
 * variants: fixed shrinkage 0 (the request's split alone) and 0.5 (budgets halfway between
   the static and the request's split), and the default without value norms;
-* ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable).
+* ``own``: the held-out pair's own curves solved by ``budgetopt.sweep`` (unreachable);
+* references (unreachable, split on the grid like the allocator's curves): the pair's true
+  shapes with static weights, its true weights with static shapes, the held-out context's
+  mean curve over its questions (``ref: context mean``: the evaluated question included, so
+  in-sample) and over its other questions only (``ref: context mean LOQO``, where every
+  context has at least two questions).
 
 Data: a profile run directory (``--run``, pair files as written by ``budgetopt profile``;
 real attention) or seeded synthetic worlds (``--synthetic``, labelled as such): each head
@@ -184,6 +189,8 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
     if variants:
         names += ["request s=0.5", "request s=0", "request scores only"]
         names += ["ref: true shape", "ref: true weights", "ref: context mean"]
+        if all(len(c[2]) >= 2 for c in contexts):
+            names += ["ref: context mean LOQO"]
     names += ["own"]
     has_norms = contexts[0][1] is not None
     rows = []  # per held-out pair: {name: [retained at each compression]}
@@ -218,9 +225,10 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
         counts = token_counts(fr, T - sink - window)
         utils = [budgetopt.curves_from_scores(o, scores, sink=sink, window=window).utility.reshape(n, -1)
                  for o in oracles]
-        context_mean = np.mean([u[:, counts] / u[:, -1].sum() for u in utils], axis=0)
+        sampled_all = [u[:, counts] / u[:, -1].sum() for u in utils]
+        context_mean = np.mean(sampled_all, axis=0)
         static_u = fits["request"].weight.reshape(-1, 1) * fits["request"].mean_shape.reshape(n, -1)
-        for o, util in zip(oracles, utils):
+        for q, (o, util) in enumerate(zip(oracles, utils)):
             curves = budgetopt.Curves(util, np.arange(sink + window, T + 1))
             sampled = util[:, counts] / util[:, -1].sum()
             true_w = sampled[:, -1:]
@@ -240,6 +248,9 @@ def evaluate(contexts, sink, window, *, variants=True, log=print):
                             "ref: true weights": true_w * static_u / np.where(
                                 static_u[:, -1:] > 0, static_u[:, -1:], 1.0),
                             "ref: context mean": context_mean}
+                    if "ref: context mean LOQO" in names:  # the context's other questions only
+                        refs["ref: context mean LOQO"] = np.mean(
+                            [u for i, u in enumerate(sampled_all) if i != q], axis=0)
                     for name, u in refs.items():
                         row[name].append(retained(util, grid_split(u, fr, T, sink, window, tots[j]), sink, window))
                 row["own"].append(retained(util, own.budgets[j], sink, window))

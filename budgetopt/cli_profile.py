@@ -107,7 +107,8 @@ def cmd_profile(args):
     )
     sys.stderr.write(
         f"wrote {args.output}: {len(run.pairs)} pair(s) of {run.meta['n_pairs']}, "
-        f"{run.meta['layers']} layers x {run.meta['kv_heads']} KV heads, scorer {run.meta['scorer']['name']}\n"
+        + (f"{len(run.probes.pairs)} probe(s), " if run.probes is not None else "")
+        + f"{run.meta['layers']} layers x {run.meta['kv_heads']} KV heads, scorer {run.meta['scorer']['name']}\n"
     )
     if table_path is not None:
         _write_table(run, table_path, sink=None, window=None, min_keep_fraction=0.01, layerwise=True,

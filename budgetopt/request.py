@@ -50,6 +50,7 @@ from .errors import CurvesFileError, InfeasibleError, InvalidInputError, Invalid
 from .profile import as_pairs, check_profile_arrays, per_pair, rank_middle
 from .result import Allocation
 from .request_fit import corrected, cross_validate, fit_arrays, oracle_shapes
+from .request_probes import cross_validate_gain, fit_deviation, probe_curve
 from .request_split import split, with_floor
 from .rounding import blend_budgets, head_floor, token_counts
 
@@ -149,10 +150,13 @@ class RequestAllocator:
         The grid of middle-token fractions, from 0 to 1.
     info : dict
         How the model was fitted (pairs, contexts, cross-validation figures); JSON-ready.
+    probe_beta, mean_probe : numpy.ndarray or None
+        The probe rule (``fit(probe_oracles=...)``): coefficients ``(G,)`` and the calibration
+        contexts' mean probe curves ``(L, H, G)``; None for an allocator fitted without probes.
     """
 
     def __init__(self, *, fractions, mean_shape, weight, mean_proxy, beta, shrinkage, sink, window,
-                 min_keep_fraction, features, info):
+                 min_keep_fraction, features, info, probe_beta=None, mean_probe=None):
         self.fractions = np.asarray(fractions, np.float64)
         self.mean_shape = np.asarray(mean_shape, np.float64)
         self.weight = np.asarray(weight, np.float64)
@@ -165,6 +169,12 @@ class RequestAllocator:
         self.info = dict(info)
         for arr in (self.fractions, self.mean_shape, self.weight, self.mean_proxy, self.beta):
             arr.setflags(write=False)
+        self.probe_beta = self.mean_probe = None
+        if probe_beta is not None:
+            self.probe_beta = np.asarray(probe_beta, np.float64)
+            self.mean_probe = np.asarray(mean_probe, np.float64)
+            self.probe_beta.setflags(write=False)
+            self.mean_probe.setflags(write=False)
 
     @property
     def layers(self):
@@ -181,7 +191,7 @@ class RequestAllocator:
     # -- fitting ---------------------------------------------------------------------------
     @classmethod
     def fit(cls, oracles, scores, *, value_norms=None, sink, window, min_keep_fraction=0.01, shrinkage=None,
-            fractions=None):
+            fractions=None, probe_oracles=None, probe_gain=None):
         """Learn per-head static curves and a shape correction from calibration pairs.
 
         Parameters
@@ -216,6 +226,23 @@ class RequestAllocator:
         fractions : array_like, optional
             The grid of middle-token fractions (increasing, from 0 to 1; default 65 points
             ``(k / 64) ** 2``).
+        probe_oracles : sequence, optional
+            Experimental (issue 21). One entry per pair: the oracles ``(L, H, T)`` of the
+            probes profiled over that pair's context (:func:`budgetopt.runs.load_probe_run`),
+            a list, or an array ``(K, L, H, T)``. When given, the static curves become
+            ``M + beta * (P - Pbar)`` per grid point (:mod:`budgetopt.request_probes`; ``P``
+            the request's mean probe curve, ``Pbar`` the calibration contexts' mean, ``beta``
+            least squares pooled over heads and pairs) in both splits, and :meth:`allocate`
+            needs the request's probe oracles. Needs pairs of at least two contexts. The
+            shrinkage cross-validation does not see the probes.
+        probe_gain : float, optional
+            Factor on the fitted ``beta`` (0 gives the static curves). Default: chosen by
+            leave-one-context-out cross-validation among
+            :data:`~budgetopt.request_probes.GAINS`: the best mean retained mass at
+            compressions 0.5/0.8/0.9 among the gains under which no held-out context's mean
+            over its pairs loses more than :data:`~budgetopt.request_fit.CV_MAX_LOSS` against
+            the static curves (0 when none gains; the worst single pair is reported in
+            ``info["probes"]["cv"]``); needs three contexts or more.
 
         Returns
         -------
@@ -305,9 +332,62 @@ class RequestAllocator:
         mean_shape, weight, mean_proxy, beta = model
         L, H = head_shape
         G = fractions.size
+        probe_beta = mean_probe = None
+        if probe_oracles is not None:
+            if probe_gain is not None and (isinstance(probe_gain, (bool, np.bool_))
+                                           or not isinstance(probe_gain, numbers.Real)
+                                           or not np.isfinite(probe_gain) or probe_gain < 0):
+                raise InvalidInputError(f"`probe_gain` must be a finite number >= 0 or None; got {probe_gain!r}")
+            if not isinstance(probe_oracles, (list, tuple)) or len(probe_oracles) != n_pairs:
+                raise InvalidInputError(
+                    f"`probe_oracles` must be a list with one entry per pair ({n_pairs}): the probe oracles of "
+                    f"that pair's context; got {_describe(probe_oracles)}")
+            if len(contexts) < 2:
+                raise InvalidInputError("`probe_oracles` need calibration pairs from at least two contexts "
+                                        "(the probe coefficients are fitted across contexts); got one")
+            if probe_gain is None and len(contexts) < 3:
+                raise InvalidInputError("`probe_gain=None` chooses the gain by cross-validation, which needs pairs "
+                                        "from at least three contexts; got two (give `probe_gain`)")
+            curves, probes = [], []
+            for i, (_, shapes, totals, _, _, length) in enumerate(pairs):
+                arr = _check_probe_oracles(probe_oracles[i], (L, H, length), f"probe_oracles[{i}]")
+                counts = token_counts(fractions, length - sink - window)
+                probes.append(probe_curve(arr, rankings[id(score_list[i])], sink, window, counts))
+                mass = totals.sum()
+                curves.append(shapes * (totals / (mass if mass > 0 else 1.0))[:, None])
+            curves, probes = np.stack(curves), np.stack(probes)
+            probe_info = {}
+            if probe_gain is None:
+                probe_gain, probe_info["cv"] = cross_validate_gain(
+                    curves, probes, groups, [p[4] for p in pairs], [p[5] for p in pairs], fractions, sink, window,
+                    min_keep_fraction)
+            probe_beta, mean_probe = fit_deviation(curves, probes, groups)
+            probe_beta, mean_probe = float(probe_gain) * probe_beta, mean_probe.reshape(L, H, G)
+            info["probes"] = {"gain": float(probe_gain), **probe_info}
         return cls(fractions=fractions, mean_shape=mean_shape.reshape(L, H, G), weight=weight.reshape(L, H),
                    mean_proxy=mean_proxy.reshape(len(features), L, H, G), beta=beta, shrinkage=shrinkage,
-                   sink=sink, window=window, min_keep_fraction=min_keep_fraction, features=features, info=info)
+                   sink=sink, window=window, min_keep_fraction=min_keep_fraction, features=features, info=info,
+                   probe_beta=probe_beta, mean_probe=mean_probe)
+
+    def _probe_delta(self, scores, probe_oracles):
+        """``beta * (P - Pbar)`` ``(n, G)`` for a request's validated scores, or None without probes."""
+        if self.probe_beta is None:
+            if probe_oracles is not None:
+                raise InvalidInputError("`probe_oracles` given, but this allocator was fitted without probes")
+            return None
+        if probe_oracles is None:
+            raise InvalidInputError("`probe_oracles` are required: this allocator was fitted with probes")
+        arr = _check_probe_oracles(probe_oracles, scores.shape, "probe_oracles")
+        counts = token_counts(self.fractions, scores.shape[-1] - self.sink - self.window)
+        order = rank_middle(scores, self.sink, self.window)
+        p = probe_curve(arr, order, self.sink, self.window, counts)
+        return self.probe_beta * (p - self.mean_probe.reshape(p.shape))
+
+    def _refuse_probes(self, what):
+        if self.probe_beta is not None:
+            raise InvalidInputError(
+                f"`{what}` is not available for an allocator fitted with probes (its static curves depend on the "
+                "request's probes); use allocate(..., probe_oracles=...), layerwise or not")
 
     # -- prediction ------------------------------------------------------------------------
     def _check_request(self, scores, value_norms):
@@ -340,14 +420,17 @@ class RequestAllocator:
                            self.mean_proxy[:, layers].reshape(proxies.shape), self.beta)
         return self.weight[layers].reshape(-1, 1) * shape, counts + (self.sink + self.window)
 
-    def _static_curves(self, length, floor, layers=slice(None)):
-        """The static curves of ``layers`` for a request of ``length`` tokens, floored: (u, grid)."""
+    def _static_curves(self, length, floor, layers=slice(None), delta=None):
+        """The static curves of ``layers`` for a request of ``length`` tokens, floored: (u, grid);
+        ``delta``: the probe rule's correction ``(n, G)`` of every head, or None."""
         G = self.fractions.size
         u = self.weight[layers].reshape(-1, 1) * self.mean_shape[layers].reshape(-1, G)
+        if delta is not None:
+            u = u + delta
         tokens = token_counts(self.fractions, length - self.sink - self.window) + (self.sink + self.window)
         return with_floor(np.ascontiguousarray(u), tokens, floor, length)
 
-    def predict_curves(self, scores, *, value_norms=None):
+    def predict_curves(self, scores, *, value_norms=None, probe_oracles=None):
         """Predicted utility curves of one request on its coarse token grid.
 
         The static curves with their shapes corrected by the request's scores in full: the
@@ -359,6 +442,8 @@ class RequestAllocator:
             The scorer's values at this request's prefill.
         value_norms : array_like ``(L, H, T)``, optional
             Required when the allocator was fitted with them.
+        probe_oracles : sequence of array_like ``(L, H, T)``, optional
+            Required when the allocator was fitted with probes (their correction is added).
 
         Returns
         -------
@@ -379,11 +464,14 @@ class RequestAllocator:
         ((1, 2, 65), 2, 80)
         """
         arr, norms = self._check_request(scores, value_norms)
-        u, tokens = self._predicted(arr, norms)
+        u, tokens = self._predicted(arr, norms)  # also checks the scores' values
+        delta = self._probe_delta(arr, probe_oracles)
+        if delta is not None:
+            u = u + delta
         return u.reshape(self.layers, self.kv_heads, -1), tokens
 
     # -- allocation ------------------------------------------------------------------------
-    def allocate(self, scores, total_budget, *, value_norms=None, layerwise=True):
+    def allocate(self, scores, total_budget, *, value_norms=None, layerwise=True, probe_oracles=None):
         """Per-head budgets for one request from its prefill scores.
 
         Two splits of ``total_budget`` with ``floor <= b_h <= T``
@@ -410,6 +498,10 @@ class RequestAllocator:
             keeps exactly what the static curves give it for ``total_budget`` and only its
             heads trade tokens (what a per-layer press can apply during prefill; see
             :meth:`layer_totals`).
+        probe_oracles : sequence of array_like ``(L, H, T)``, optional
+            The oracles of this request's probes over its context; required when the
+            allocator was fitted with ``probe_oracles`` (then both splits use the probe
+            rule's curves, see :meth:`fit`), refused otherwise.
 
         Returns
         -------
@@ -457,13 +549,14 @@ class RequestAllocator:
         length = arr.shape[-1]
         total = self._check_total(total_budget, length)
         floor = head_floor(self.min_keep_fraction, length, self.sink, self.window)
-        u, tokens = self._predicted(arr, norms)
-        u, grid = with_floor(u, tokens, floor, length)
-        su, sgrid = self._static_curves(length, floor)
+        u, tokens = self._predicted(arr, norms)  # also checks the scores' values
+        delta = self._probe_delta(arr, probe_oracles)
+        u, grid = with_floor(u if delta is None else u + delta, tokens, floor, length)
+        su, sgrid = self._static_curves(length, floor, delta=delta)
         if layerwise:
             budgets, value, lp, lam = self._solve(u, grid, su, sgrid, total)
         else:
-            per_layer = self._static_layer_totals(length, total, floor)
+            per_layer = self._static_layer_totals(length, total, floor, delta)
             H = self.kv_heads
             budgets = np.empty(u.shape[0], np.int64)
             value, lp, lam = 0.0, 0.0, 0.0
@@ -511,6 +604,7 @@ class RequestAllocator:
         >>> np.array_equal(np.stack(per_layer), ra.allocate(request, 100, layerwise=False).budgets)
         True
         """
+        self._refuse_probes("allocate_layer")
         if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.layers:
             raise InvalidInputError(f"`layer` must be an integer in [0, {self.layers}); got {layer!r}")
         layer = int(layer)
@@ -593,8 +687,8 @@ class RequestAllocator:
         return self.layers * self.kv_heads * min(head_floor(self.min_keep_fraction, length, self.sink, self.window),
                                                  length)
 
-    def _static_layer_totals(self, length, total, floor):
-        budgets, _, _ = split(*self._static_curves(length, floor), total)
+    def _static_layer_totals(self, length, total, floor, delta=None):
+        budgets, _, _ = split(*self._static_curves(length, floor, delta=delta), total)
         return budgets.reshape(self.layers, self.kv_heads).sum(axis=1)
 
     def layer_totals(self, length, total_budget):
@@ -616,6 +710,7 @@ class RequestAllocator:
         >>> int(budgetopt.RequestAllocator.fit(s, s, sink=1, window=1, shrinkage=1.0).layer_totals(40, 90).sum())
         90
         """
+        self._refuse_probes("layer_totals")
         length = check_int(length, "length")
         if length <= self.sink + self.window:
             raise InvalidInputError(f"`length` must exceed sink + window = {self.sink + self.window}; got {length}")
@@ -641,6 +736,8 @@ class RequestAllocator:
                 "features": list(self.features), "info": self.info}
         arrays = dict(fractions=self.fractions, mean_shape=self.mean_shape, weight=self.weight,
                       mean_proxy=self.mean_proxy, beta=self.beta, meta=np.array(json.dumps(meta)))
+        if self.probe_beta is not None:
+            arrays.update(probe_beta=self.probe_beta, mean_probe=self.mean_probe)
         write_atomic(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -655,7 +752,7 @@ class RequestAllocator:
         """
         path = check_input_file(path, ".npz file")
         keys = ("fractions", "mean_shape", "weight", "mean_proxy", "beta", "meta")
-        arrays = read_npz(path, keys)
+        arrays = read_npz(path, keys + _PROBE_KEYS)
         for key in keys:
             if key not in arrays:
                 raise CurvesFileError(f"{path}: missing key {key!r}; not a request allocator file")
@@ -704,12 +801,50 @@ class RequestAllocator:
             weight = arrays["weight"]
             if weight.size and not (weight.min() >= 0.0 and weight.max() <= 1.0):
                 raise ValueError("'weight' must lie in [0, 1]")
+            present = [k for k in _PROBE_KEYS if k in arrays]
+            if present and len(present) != len(_PROBE_KEYS):
+                raise ValueError("'probe_beta' and 'mean_probe' must come together")
+            if present and (arrays["probe_beta"].shape != (G,) or arrays["mean_probe"].shape != (L, H, G)):
+                raise ValueError("probe array shapes disagree")
+            for key in present:
+                if arrays[key].dtype.kind != "f" or not np.all(np.isfinite(arrays[key])):
+                    raise ValueError(f"{key!r} must hold finite floats")
         except ValueError as exc:
             raise CurvesFileError(f"{path}: broken request allocator file ({exc})") from None
         return cls(fractions=fractions, mean_shape=arrays["mean_shape"], weight=arrays["weight"],
                    mean_proxy=arrays["mean_proxy"], beta=arrays["beta"], shrinkage=shrinkage,
                    sink=sink, window=window, min_keep_fraction=min_keep_fraction,
-                   features=features, info=info)
+                   features=features, info=info, probe_beta=arrays.get("probe_beta"),
+                   mean_probe=arrays.get("mean_probe"))
+
+
+_PROBE_KEYS = ("probe_beta", "mean_probe")
+
+
+def _describe(value):
+    return f"a list of {len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
+
+
+def _check_probe_oracles(value, shape, name):
+    """Probe oracles as float64 ``(K, *shape)``: a non-empty list of arrays, or one array."""
+    if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1:
+        items = list(value)
+    elif isinstance(value, (list, tuple)) and value:
+        items = value
+    else:
+        raise InvalidInputError(f"`{name}` must be a non-empty list of {shape} arrays (one per probe); got "
+                                f"{_describe(value)}")
+    out = []
+    for k, item in enumerate(items):
+        arr = real_array(item, f"`{name}[{k}]`")
+        if arr.shape != tuple(shape):
+            raise InvalidInputError(f"`{name}[{k}]` must have shape {tuple(shape)} (the layers, KV heads and tokens of "
+                                    f"its context); got {arr.shape}")
+        arr = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr)) or (arr < 0).any():
+            raise InvalidInputError(f"`{name}[{k}]` must hold finite values >= 0")
+        out.append(arr)
+    return np.stack(out)
 
 
 def _check_fractions(fractions):

@@ -5,6 +5,8 @@ A run directory holds::
     RUN/
       meta.json                        the run's settings (model, scorer, sink, window, ...)
       pairs/c{ctx:05d}_q{q:03d}.npz    one per finished (context, question) pair
+      probes/c{ctx:05d}_p{p:03d}.npz   one per finished (context, probe), when the
+                                       calibration file has probes
 
 Each pair file holds float32 ``oracle``, ``scores`` and ``value_norms`` arrays of shape
 ``(layers, kv_heads, T)`` (``T``: that context's tokens) and ``meta``, a JSON object. Every
@@ -12,6 +14,14 @@ file is written atomically (a temporary file, synced, renamed into place), so a 
 that exists is a finished pair: resuming skips exactly those. Pair ``i`` in global order
 (contexts in calibration order, their questions in order) belongs to shard ``K/N`` when
 ``i % N == K``.
+
+Probes (generic queries of the calibration file, :mod:`budgetopt.calibration`) are profiled
+like questions and stored beside the pairs, under the same identity rules, in ``probes/``;
+``meta.json`` then records ``"probes"`` (probes per context) and ``"probe_tokens"`` (their
+decode steps per context); runs without probes record neither, so their identity is what it
+was. Probes are never pairs: :func:`load_profile_run` and every table built from a run read
+``pairs/`` only; :func:`load_probe_run` reads ``probes/``. Probe ``i`` in global probe order
+belongs to shard ``K/N`` when ``i % N == K``.
 
 A run has an identity, ``meta["run_id"]``: a hash of every setting that makes its arrays
 what they are (the model's fingerprint, scorer, profiling settings, calibration hash; not
@@ -39,7 +49,8 @@ from ._io import check_input_file, check_output_dir, loads_json, read_npz, write
 from .curves import Curves
 from .errors import CurvesFileError, InvalidInputError, InvalidTypeError
 
-__all__ = ["ProfileRun", "load_profile_run", "parse_shard", "lukv_table_from_run", "curves_from_run"]
+__all__ = ["ProfileRun", "load_profile_run", "load_probe_run", "parse_shard", "lukv_table_from_run",
+           "curves_from_run"]
 
 #: ``meta.json["format"]`` of the run directories this module reads and writes.
 FORMAT = "budgetopt-profile/1"
@@ -52,6 +63,10 @@ MAX_RUN_PAIRS = 10**6
 MAX_META_BYTES = 16 * 2**20
 
 _PAIR_FILE = re.compile(r"^c(\d{5,})_q(\d{3,})\.npz$")
+_PROBE_FILE = re.compile(r"^c(\d{5,})_p(\d{3,})\.npz$")
+#: ``(folder, file-name pattern, pair meta field, meta.json count field)`` of pairs and of probes.
+_KINDS = {"pairs": ("pairs", _PAIR_FILE, "question", "questions"),
+          "probes": ("probes", _PROBE_FILE, "probe", "probes")}
 _MEMBERS = ("oracle", "scores", "value_norms")
 # Settings that may differ between shards of one run: where each shard ran and which shard it is.
 _PER_MACHINE = ("shard", "device", "versions")
@@ -60,6 +75,11 @@ _PER_MACHINE = ("shard", "device", "versions")
 def pair_file_name(context, question):
     """``c{context:05d}_q{question:03d}.npz``."""
     return f"c{context:05d}_q{question:03d}.npz"
+
+
+def probe_file_name(context, probe):
+    """``c{context:05d}_p{probe:03d}.npz``."""
+    return f"c{context:05d}_p{probe:03d}.npz"
 
 
 def parse_shard(value, *, ref="`shard`"):
@@ -294,6 +314,14 @@ def check_run_meta(meta, path):
                 or not all(_is_count(t, 1) for t in tokens)):
             rule = "a list of whole numbers >= 1" + (f", one per context ({n})" if n is not None else "")
             bad("context_tokens", rule, tokens)
+    for key in ("probes", "probe_tokens"):
+        if key in meta:
+            value = meta[key]
+            n = len(questions) if questions is not None else None
+            if (not isinstance(value, list) or (n is not None and len(value) != n) or len(value) > MAX_RUN_PAIRS
+                    or not all(_is_count(v) for v in value)):
+                bad(key, "a list of whole numbers >= 0" + (f", one per context ({n})" if n is not None else ""),
+                    value)
     for key in ("sink", "window"):
         if meta.get(key) is not None and not _is_count(meta[key]):
             bad(key, "a whole number >= 0 or null", meta[key])
@@ -318,7 +346,8 @@ def check_run_meta(meta, path):
 
 
 def open_run_dir(run_dir, meta, *, resume=True, lock=None):
-    """Create or reopen a run directory for writing; returns the finished ``{(c, q), ...}``.
+    """Create or reopen a run directory for writing; returns the finished ``{(c, q), ...}``
+    (finished probes as ``("probe", c, p)``).
 
     A new directory (or an empty existing one) gets ``meta.json`` (with its ``run_id``,
     :func:`run_id`, added to ``meta``). An existing run is resumed when ``resume`` is true
@@ -371,18 +400,21 @@ def _open_locked(run_dir, meta, resume):
     pairs.mkdir(parents=True, exist_ok=True)
     finished = set()
     stale = []
-    for entry in os.scandir(pairs):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-            stale.append(entry.path)  # a write that never finished (no writer holds the lock)
+    for kind, (folder, pattern, field, _) in _KINDS.items():
+        if not (run_dir / folder).is_dir():
             continue
-        match = _PAIR_FILE.match(entry.name)
-        if match:
-            if resume:
-                key = (int(match.group(1)), int(match.group(2)))
-                _check_pair_identity(Path(entry.path), key, expected)
-                finished.add(key)
-            else:
-                stale.append(entry.path)
+        for entry in os.scandir(run_dir / folder):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                stale.append(entry.path)  # a write that never finished (no writer holds the lock)
+                continue
+            match = pattern.match(entry.name)
+            if match:
+                if resume:
+                    key = (int(match.group(1)), int(match.group(2)))
+                    _check_pair_identity(Path(entry.path), key, expected, field)
+                    finished.add(key if kind == "pairs" else ("probe", *key))
+                else:
+                    stale.append(entry.path)
     for path in stale:
         os.unlink(path)
     text = json.dumps(meta, indent=1) + "\n"
@@ -390,7 +422,7 @@ def _open_locked(run_dir, meta, resume):
     return finished
 
 
-def _check_pair_identity(path, key, expected):
+def _check_pair_identity(path, key, expected, field="question"):
     """Refuse the pair file ``path`` unless it is a regular file written for the run whose
     ``run_id`` is ``expected`` (None: nothing to check)."""
     if not path.is_file():
@@ -407,12 +439,14 @@ def _check_pair_identity(path, key, expected):
             f"{path}: belongs to another run (run_id {found!r}, this run's is {expected!r}); "
             "pairs of runs with other settings are never mixed (remove the file, or start over)"
         )
-    if (pair_meta.get("context"), pair_meta.get("question")) != key:
-        raise CurvesFileError(f"{path}: its meta does not name context {key[0]}, question {key[1]}")
+    if (pair_meta.get("context"), pair_meta.get(field)) != key:
+        raise CurvesFileError(f"{path}: its meta does not name context {key[0]}, {field} {key[1]}")
 
 
-def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta, lock=None):
+def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta, lock=None, probe=False):
     """Write one pair file atomically (float32 arrays, JSON meta; nothing pickled).
+
+    ``probe=True``: the file of probe ``question`` of the context, in ``probes/``.
 
     The run's identity is checked first: when ``meta`` carries a ``run_id`` it must be the
     one in the run's ``meta.json`` (the run was not replaced meanwhile); the pair file
@@ -437,7 +471,11 @@ def write_pair(run_dir, context, question, *, oracle, scores, value_norms, meta,
         for name, value in (("oracle", oracle), ("scores", scores), ("value_norms", value_norms)):
             arrays[name] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
         text = np.array(json.dumps(meta))
-        path = Path(run_dir) / "pairs" / pair_file_name(context, question)
+        if probe:
+            (Path(run_dir) / "probes").mkdir(exist_ok=True)
+            path = Path(run_dir) / "probes" / probe_file_name(context, question)
+        else:
+            path = Path(run_dir) / "pairs" / pair_file_name(context, question)
         write_atomic(path, lambda f: np.savez(f, meta=text, **arrays))
         return path
     finally:
@@ -463,6 +501,9 @@ class ProfileRun:
         Each pair file's ``meta`` (token counts, generated tokens, seconds).
     missing : tuple of (int, int)
         Pairs of the run that are not held (only with ``partial=True``).
+    probes : ProfileRun or None
+        The run's probes (``(context, probe)`` pairs), when ``profile_model`` returned it for a
+        calibration file with probes; None otherwise (read them with :func:`load_probe_run`).
     """
 
     meta: dict
@@ -472,6 +513,7 @@ class ProfileRun:
     value_norms: tuple
     pair_meta: tuple
     missing: tuple = ()
+    probes: object = None
 
     @property
     def head_shape(self):
@@ -485,17 +527,18 @@ class ProfileRun:
         )
 
 
-def all_pairs(meta, found=()):
+def all_pairs(meta, found=(), *, count_field="questions"):
     """Every ``(context, question)`` of a run, in global order.
 
     From ``meta["questions"]`` (questions per context) when the run records it; otherwise
-    (a run written by another tool, which need not record it) the pairs ``found`` on disk."""
-    if "questions" in meta:
-        return [(c, q) for c, n in enumerate(meta["questions"]) for q in range(int(n))]
+    (a run written by another tool, which need not record it) the pairs ``found`` on disk.
+    ``count_field="probes"``: every ``(context, probe)`` likewise."""
+    if count_field in meta:
+        return [(c, q) for c, n in enumerate(meta[count_field]) for q in range(int(n))]
     return sorted(set(found))
 
 
-def _read_pair(path, context, question, meta, need_context_arrays, length=None):
+def _read_pair(path, context, question, meta, need_context_arrays, length=None, field="question"):
     """``(oracle, scores or None, value_norms or None, pair meta)`` of one pair file.
 
     ``length`` is the context's token count when known (from ``meta["context_tokens"]`` or
@@ -530,8 +573,8 @@ def _read_pair(path, context, question, meta, need_context_arrays, length=None):
     if text.dtype.kind != "U" or text.ndim != 0:
         raise CurvesFileError(f"{path}: member 'meta' must be one JSON string; got {text.dtype} {text.shape}")
     pair_meta = loads_json(str(text.item()), f"{path}: member 'meta' is not a JSON string")
-    if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get("question")) != (context, question):
-        raise CurvesFileError(f"{path}: its meta does not name context {context}, question {question}")
+    if not isinstance(pair_meta, dict) or (pair_meta.get("context"), pair_meta.get(field)) != (context, question):
+        raise CurvesFileError(f"{path}: its meta does not name context {context}, {field} {question}")
     if meta.get("run_id") is not None and pair_meta.get("run_id") != meta["run_id"]:
         raise InvalidInputError(
             f"{path}: belongs to another run (run_id {pair_meta.get('run_id')!r}, the run's is "
@@ -590,6 +633,43 @@ def load_profile_run(*paths, partial=False):
     >>> r.pairs, r.oracles[1].shape, r.scores[0] is r.scores[1]
     (((0, 0), (0, 1)), (1, 2, 5), True)
     """
+    return _load_run(paths, partial, "pairs")
+
+
+def load_probe_run(*paths, partial=False):
+    """The probes of a profile run (or of its shards), as a :class:`ProfileRun`.
+
+    As :func:`load_profile_run`, but its ``pairs`` are ``(context, probe)`` and its oracles
+    those of the calibration file's probes (``probes/``), profiled like questions with each
+    line's ``probe_tokens`` decode steps; ``scores`` and ``value_norms`` are the context's.
+    A run without probes gives an empty :class:`ProfileRun`.
+
+    Raises
+    ------
+    CurvesFileError, InvalidInputError
+        As :func:`load_profile_run`.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run = os.path.join(tempfile.mkdtemp(), "run")
+    >>> meta = {"format": FORMAT, "layers": 1, "kv_heads": 1, "questions": [1], "probes": [2],
+    ...         "probe_tokens": [8], "context_tokens": [4], "n_pairs": 1, "shard": None}
+    >>> open_run_dir(run, meta)
+    set()
+    >>> a = np.ones((1, 1, 4), np.float32)
+    >>> _ = write_pair(run, 0, 0, oracle=a, scores=a, value_norms=a, meta={"context": 0, "question": 0})
+    >>> for p in range(2):
+    ...     _ = write_pair(run, 0, p, oracle=a * p, scores=a, value_norms=a,
+    ...                    meta={"context": 0, "probe": p}, probe=True)
+    >>> load_profile_run(run).pairs, load_probe_run(run).pairs
+    (((0, 0),), ((0, 0), (0, 1)))
+    """
+    return _load_run(paths, partial, "probes")
+
+
+def _load_run(paths, partial, kind):
+    folder_name, pattern, field, count_field = _KINDS[kind]
     if not paths:
         raise InvalidInputError("`paths` must name at least one profile run directory")
     if not isinstance(partial, (bool, np.bool_)):
@@ -600,15 +680,17 @@ def load_profile_run(*paths, partial=False):
         if diff:
             raise InvalidInputError(f"{p}: is not a shard of the same run as {paths[0]} ({diff})")
     meta = dict(metas[0])
-    recorded = "questions" in meta
-    expected_set = set(all_pairs(meta)) if recorded else None
+    if kind == "probes" and "probes" not in meta:
+        meta["probes"] = [0] * len(meta["questions"]) if "questions" in meta else []
+    recorded = count_field in meta
+    expected_set = set(all_pairs(meta, count_field=count_field)) if recorded else None
     where = {}
     for p in paths:
-        pairs_dir = Path(p) / "pairs"
+        pairs_dir = Path(p) / folder_name
         if not pairs_dir.is_dir():
             continue
         for entry in sorted(os.listdir(pairs_dir)):
-            match = _PAIR_FILE.match(entry)
+            match = pattern.match(entry)
             if not match:
                 continue
             if not (pairs_dir / entry).is_file():  # a FIFO or device would block or never end
@@ -616,20 +698,22 @@ def load_profile_run(*paths, partial=False):
             key = (int(match.group(1)), int(match.group(2)))
             if recorded and key not in expected_set:
                 raise CurvesFileError(
-                    f"{pairs_dir / entry}: context {key[0]}, question {key[1]} is not a pair of this run "
-                    f"({len(meta['questions'])} contexts)"
+                    f"{pairs_dir / entry}: context {key[0]}, {field} {key[1]} is not a {'pair' if kind == 'pairs' else 'probe'} "
+                    "of this run "
+                    f"({len(meta[count_field])} contexts)"
                 )
             if key in where:
                 raise InvalidInputError(
                     f"pair {entry} is in both {where[key][0]} and {p}; give each shard once"
                 )
             where[key] = (p, pairs_dir / entry)
-    expected = all_pairs(meta, where)
+    expected = all_pairs(meta, where, count_field=count_field)
     missing = tuple(k for k in expected if k not in where)
+    name_of = pair_file_name if kind == "pairs" else probe_file_name
     if missing and not partial:
-        shown = ", ".join(pair_file_name(*k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        shown = ", ".join(name_of(*k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise InvalidInputError(
-            f"{len(missing)} of {len(expected)} pairs are missing ({shown}); give every shard's "
+            f"{len(missing)} of {len(expected)} {kind} are missing ({shown}); give every shard's "
             "directory, finish the run, or pass partial=True"
         )
     complete = not missing and (recorded or len(where) == int(meta["n_pairs"]))
@@ -644,7 +728,7 @@ def load_profile_run(*paths, partial=False):
     for c, q in held:
         first = c not in per_context
         length = None if first else per_context[c][0].shape[-1]
-        oracle, s, v, pm = _read_pair(where[(c, q)][1], c, q, meta, first, length)
+        oracle, s, v, pm = _read_pair(where[(c, q)][1], c, q, meta, first, length, field)
         if first:
             s.setflags(write=False)
             v.setflags(write=False)

@@ -73,3 +73,42 @@ def test_missing_file_and_directory(tmp_path):
         read_calibration(tmp_path / "nope.jsonl")
     with pytest.raises(CurvesFileError, match=r"is a directory"):
         read_calibration(tmp_path)
+
+
+# -- probes ------------------------------------------------------------------------------------
+def test_probes_true_list_tokens_and_absent(tmp_path):
+    from budgetopt.calibration import DEFAULT_PROBE_TOKENS, DEFAULT_PROBES
+
+    path = _write(tmp_path, '{"context": "c", "questions": ["q"]}\n'
+                            '{"context": "d", "questions": ["q", "r"], "probes": true}\n'
+                            '{"context": "e", "questions": ["q"], "probes": ["Sum up.", "Topic?"], "probe_tokens": 5}\n'
+                            '{"context": "f", "questions": ["q"], "probes": false}\n')
+    cal = read_calibration(path)
+    a, b, c, d = cal.contexts
+    assert (a.probes, a.probe_tokens, d.probes, d.probe_tokens) == ((), None, (), None)
+    assert b.probes == DEFAULT_PROBES and b.probe_tokens == DEFAULT_PROBE_TOKENS
+    assert c.probes == ("Sum up.", "Topic?") and c.probe_tokens == 5
+    # probes are never pairs
+    assert cal.n_pairs == 5 and cal.pairs() == [(0, 0), (1, 0), (1, 1), (2, 0), (3, 0)]
+    assert cal.n_probes == 5 and cal.probe_pairs() == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ('"probes": []', r':1: "probes" must be true \(the default probes\) or a non-empty list of strings; got an '
+                         r'empty list'),
+        ('"probes": "Sum up."', r':1: "probes" must be true.*got a string'),
+        ('"probes": ["ok", 3]', r":1: probes\[1\] must be a non-empty string; got a number"),
+        ('"probes": [""]', r":1: probes\[0\] must be a non-empty string; got an empty string"),
+        ('"probes": true, "probe_tokens": 0', r':1: "probe_tokens" must be a whole number in \[1, 2\*\*20\]; got 0'),
+        ('"probes": true, "probe_tokens": 2.5', r':1: "probe_tokens" must be a whole number.*got 2.5'),
+        ('"probes": true, "probe_tokens": true', r':1: "probe_tokens" must be a whole number.*got True'),
+        ('"probe_tokens": 4', r':1: "probe_tokens" is given but the line has no "probes"'),
+        ('"probes": ["\\ud800"]', r":1: probes\[0\] holds a lone surrogate"),
+    ],
+)
+def test_probe_errors_name_file_and_line(tmp_path, extra, match):
+    path = _write(tmp_path, '{"context": "c", "questions": ["q"], ' + extra + "}\n")
+    with pytest.raises(InvalidInputError, match=match):
+        read_calibration(path)

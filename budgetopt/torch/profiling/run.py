@@ -13,6 +13,7 @@ Importing this module imports kvpress (through the engine).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import numbers
@@ -34,6 +35,7 @@ from ...runs import (
     LOCK_NAME,
     ProfileRun,
     in_shard,
+    load_probe_run,
     load_profile_run,
     lock_run_dir,
     open_run_dir,
@@ -55,11 +57,13 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
 
 @dataclass(frozen=True)
 class EncodedContext:
-    """Token ids of one calibration line: the context prefix and each question's continuation."""
+    """Token ids of one calibration line: the context prefix and each question's (and probe's)
+    continuation."""
 
     context_ids: tuple
     question_ids: tuple
     line: int
+    probe_ids: tuple = ()
 
 
 def _template_parts(tokenizer, context):
@@ -79,7 +83,7 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
 
     With a chat template, the context is the templated user turn up to the end of the context
     text, and a question is the question text, the rest of the template (end of turn and
-    assistant header) and its answer prefix. Without one, the context is the BOS token plus the
+    assistant header) and its answer prefix (a probe: the same, with no prefix). Without one, the context is the BOS token plus the
     text and a question is the question, ``"\\n"`` and its answer prefix. Each part is
     tokenized on its own (no special tokens added), so the context ids are exactly the prefix
     the question pass continues, and exactly what ``KVPressTextGenerationPipeline`` compresses.
@@ -111,6 +115,8 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
         _refuse_long_text(tokenizer, context_text, max_length, f"{where}: the context")
         for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
             _refuse_long_text(tokenizer, question + suffix + prefix, max_length, f"{where}: questions[{i}]")
+        for i, probe in enumerate(ctx.probes):
+            _refuse_long_text(tokenizer, probe + suffix, max_length, f"{where}: probes[{i}]")
         context_ids = tuple(tokenizer.encode(context_text, add_special_tokens=False))
         if len(context_ids) <= sink + window:
             raise InvalidInputError(
@@ -130,7 +136,20 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
                     f"model's maximum length ({max_length})"
                 )
             questions.append(ids)
-        encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line))
+        probes = []
+        for i, probe in enumerate(ctx.probes):  # a probe is a question with no answer prefix
+            ids = tuple(tokenizer.encode(probe + suffix, add_special_tokens=False))
+            if not ids:
+                raise InvalidInputError(f"{where}: probes[{i}] encodes to no tokens")
+            total = len(context_ids) + len(ids) + ctx.probe_tokens
+            if max_length is not None and total > max_length:
+                raise InvalidInputError(
+                    f"{where}: probes[{i}]: context ({len(context_ids)} tokens) + probe ({len(ids)}) + "
+                    f"probe_tokens ({ctx.probe_tokens}) = {total} tokens exceeds the model's maximum length "
+                    f"({max_length})"
+                )
+            probes.append(ids)
+        encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line, tuple(probes)))
     return encoded
 
 
@@ -254,7 +273,15 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     Notes
     -----
     Cost: per context one prefill, per question one question pass and ``max_new_tokens - 1``
-    decode steps (with sampling, one prefill per question). Memory: the engine's, plus the
+    decode steps (with sampling, one prefill per question).
+
+    **Probes.** Calibration lines with ``"probes"`` (:mod:`budgetopt.calibration`) have each
+    probe profiled like a question (one more prefill per such context, then ``probe_tokens``
+    steps per probe; with sampling, probe ``i`` in global probe order samples with ``seed +
+    n_pairs + i``), stored in the run's ``probes/`` folder (read them with
+    :func:`budgetopt.runs.load_probe_run`), and held in memory as the returned run's
+    ``probes``. ``meta`` then records ``"probes"`` and ``"probe_tokens"`` per context; a
+    calibration file without probes gives exactly the run it gave before. Memory: the engine's, plus the
     arrays of the pairs held in memory when ``out_dir`` is None. A pair file appears only
     once complete (atomic rename); an interrupted write leaves a temporary file that the next
     run removes.
@@ -332,6 +359,8 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         "n_pairs": calibration.n_pairs,
         "questions": [len(e.question_ids) for e in encoded],
         "context_tokens": [len(e.context_ids) for e in encoded],
+        **({"probes": [len(c.probes) for c in calibration.contexts],
+            "probe_tokens": [c.probe_tokens or 0 for c in calibration.contexts]} if calibration.n_probes else {}),
         "shard": shard_label(shard),
         "device": str(parameter.device),
         "versions": _versions(),
@@ -359,44 +388,56 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
     for c, q in wanted:
         if (c, q) not in finished:
             pending.setdefault(c, []).append(q)
+    probe_order = calibration.probe_pairs()
+    probe_index = {pair: i for i, pair in enumerate(probe_order)}
+    wanted_probes = [pair for i, pair in enumerate(probe_order) if in_shard(i, shard)]
+    pending_probes = {}
+    for c, p in wanted_probes:
+        if ("probe", c, p) not in finished:
+            pending_probes.setdefault(c, []).append(p)
+    n_wanted = len(wanted) + len(wanted_probes)
+    n_pending = sum(map(len, pending.values())) + sum(map(len, pending_probes.values()))
 
-    bar = Progress(len(wanted), progress, "profile", initial=len(wanted) - sum(map(len, pending.values())),
-                   terminal_only=False, counter=False)
-    held = {}
+    bar = Progress(n_wanted, progress, "profile", initial=n_wanted - n_pending, terminal_only=False, counter=False)
+    held, held_probes = {}, {}
     try:
         tokens, seconds = 0, 0.0
-        for c, questions in pending.items():
+        for c in sorted(set(pending) | set(pending_probes)):
             e = encoded[c]
             context_ids = torch.tensor(e.context_ids, dtype=torch.int64)
+            questions, probes = pending.get(c, []), pending_probes.get(c, [])
             if sampling:  # one call per question so that pair i always samples with seed + i
-                calls = [([q], seed + index_of[(c, q)]) for q in questions]
+                calls = [(False, [q], seed + index_of[(c, q)]) for q in questions]
+                calls += [(True, [p], seed + len(order) + probe_index[(c, p)]) for p in probes]
             else:
-                calls = [(questions, seed)]
-            for qs, call_seed in calls:
+                calls = ([(False, questions, seed)] if questions else []) + ([(True, probes, seed)] if probes else [])
+            for is_probe, qs, call_seed in calls:
+                ids_of = e.probe_ids if is_probe else e.question_ids
                 try:
                     result = engine.profile_context(
-                        model, context_ids, [torch.tensor(e.question_ids[q], dtype=torch.int64) for q in qs],
-                        scorer=press, max_new_tokens=max_new_tokens, head_reduce=head_reduce,
-                        step_reduce=step_reduce, sampling=bool(sampling), temperature=temperature,
-                        seed=call_seed,
+                        model, context_ids, [torch.tensor(ids_of[q], dtype=torch.int64) for q in qs],
+                        scorer=press, head_reduce=head_reduce, step_reduce=step_reduce, sampling=bool(sampling),
+                        max_new_tokens=calibration.contexts[c].probe_tokens if is_probe else max_new_tokens,
+                        temperature=temperature, seed=call_seed,
                     )
                 except (InvalidInputError, InvalidTypeError) as exc:
                     raise type(exc)(f"{calibration.path}:{e.line}: {exc}") from None
                 share = result.seconds / len(qs)
                 for q, oracle, new in zip(qs, result.oracles, result.new_tokens):
                     pair_meta = {
-                        "context": c, "question": q, "context_tokens": len(e.context_ids),
-                        "question_tokens": len(e.question_ids[q]), "new_tokens": int(new),
+                        "context": c, ("probe" if is_probe else "question"): q, "context_tokens": len(e.context_ids),
+                        ("probe_tokens" if is_probe else "question_tokens"): len(ids_of[q]), "new_tokens": int(new),
                         "seconds": share,
                     }
                     if meta.get("run_id") is not None:  # (a resumed run from before identities has none)
                         pair_meta["run_id"] = meta["run_id"]
                     if out_dir is not None:
                         write_pair(out_dir, c, q, oracle=oracle, scores=result.scores,
-                                   value_norms=result.value_norms, meta=pair_meta, lock=lock)
+                                   value_norms=result.value_norms, meta=pair_meta, lock=lock, probe=is_probe)
                     else:
-                        held[(c, q)] = (oracle, result.scores, result.value_norms, pair_meta)
-                tokens += len(e.context_ids) + sum(len(e.question_ids[q]) for q in qs) + sum(result.new_tokens)
+                        (held_probes if is_probe else held)[(c, q)] = (oracle, result.scores, result.value_norms,
+                                                                       pair_meta)
+                tokens += len(e.context_ids) + sum(len(ids_of[q]) for q in qs) + sum(result.new_tokens)
                 seconds += result.seconds
                 bar.advance(len(qs), postfix=f"{tokens / max(seconds, 1e-9):,.0f} tok/s")
     except BaseException:
@@ -408,8 +449,12 @@ def profile_model(model, tokenizer, calibration, *, scorer, out_dir=None, sink=4
         if lock is not None:
             lock.release()
     if out_dir is not None:
-        return load_profile_run(out_dir, partial=shard is not None)
-    return _in_memory_run(meta, order, wanted, held)
+        run = load_profile_run(out_dir, partial=shard is not None)
+        probes = load_probe_run(out_dir, partial=shard is not None) if calibration.n_probes else None
+    else:
+        run = _in_memory_run(meta, order, wanted, held)
+        probes = _in_memory_run(meta, probe_order, wanted_probes, held_probes) if calibration.n_probes else None
+    return dataclasses.replace(run, probes=probes) if probes is not None else run
 
 
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json")
