@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import copy_into
+from ._kernels import HULL_CROSS_B, _hull_one, copy_into
 from ._kernels_jit import jit
 
 
@@ -199,36 +199,20 @@ def undominated(costs, values, offsets, lam, keep):
     return counts, close
 
 
-@jit(inline="always")
-def _upper_hull(costs, values, start, stop, stack):
-    """Upper hull of options ``start..stop-1`` (costs increasing) into ``stack``; returns its
-    length. A point is dropped when it does not lie strictly above the chord of its neighbours."""
-    top = 0
-    for j in range(start, stop):
-        while top >= 2:
-            a = stack[top - 2]
-            b = stack[top - 1]
-            if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
-                top -= 1
-            else:
-                break
-        stack[top] = j
-        top += 1
-    return top
-
-
 @jit
 def core_hulls(costs, values, offsets):
     """Upper concave hull of each core head's options (costs strictly increasing, values
     strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
-    position-major, left to right. O(options)."""
+    position-major, left to right. The hulls are :func:`budgetopt._kernels._hull_one`'s
+    (rule ``HULL_CROSS_B``). O(options)."""
     n = costs.shape[0]
     rows = np.empty((4, n), np.int64)  # per segment: position, end option, tokens; the hull stack
     pos, end, dc, stack = rows[0], rows[1], rows[2], rows[3]
     dv = np.empty(n, np.float64)
+    unused = dv[:0]
     k = 0
     for h in range(offsets.shape[0] - 1):
-        top = _upper_hull(costs, values, offsets[h], offsets[h + 1], stack)
+        top = _hull_one(values, costs, offsets[h], offsets[h + 1], stack, unused, unused, HULL_CROSS_B, False, False)
         for i in range(top - 1):
             a = stack[i]
             b = stack[i + 1]
@@ -637,7 +621,8 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
 def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
     ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
-    segments of positive slope by slope, the last one fractional. Returns ``(value, rank)``:
+    segments of positive slope by slope, the last one fractional (hulls by
+    :func:`budgetopt._kernels._hull_one`, rule ``HULL_CROSS_B``). Returns ``(value, rank)``:
     the LP value (``-inf`` when the lightest options do not fit) and the sum of the option
     ranks of that LP solution (fractional on the last segment; rank = position within the
     head). The other arguments are scratch arrays of the options' length."""
@@ -649,7 +634,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
         o0 = offsets[h]
         base_c += c[o0]
         base_v += v[o0]
-        top = _upper_hull(c, v, o0, offsets[h + 1], hull)
+        top = _hull_one(v, c, o0, offsets[h + 1], hull, seg_dv[:0], seg_dv[:0], HULL_CROSS_B, False, False)
         for i in range(top - 1):
             a = hull[i]
             b = hull[i + 1]
