@@ -3,7 +3,7 @@
 numba is imported only by the ``_kernels*`` modules, one per stage of the pipeline:
 
 * :mod:`budgetopt._kernels_jit`: the compile settings and disk cache every kernel uses;
-* this module: the one upper-hull kernel of every solver (:func:`_hull_one`, whose
+* this module: the one upper-hull kernel of every solver (:func:`_upper_hull`, whose
   ``rule`` keeps each caller's rounding of the collinearity test), every head's hull
   (:func:`upper_hulls`, :func:`hull_gaps`), the weighted selection of the greedy's threshold
   (:func:`_weighted_threshold`) and the exact dynamic programme (:func:`dp_solve`);
@@ -57,12 +57,12 @@ def copy_into(dst, start, src, n):
 # Pruning rounds repeat while a round drops a point, at most this many times.
 _MAX_ROUNDS = 32
 
-# How :func:`_hull_one` decides that the middle one of three points ``a, b, c`` (left to
+# How :func:`_upper_hull` decides that the middle one of three points ``a, b, c`` (left to
 # right) is not a hull vertex. All three rules mean ``slope(a, b) <= slope(b, c)`` (collinear
 # points dropped); they differ only in rounding, so each caller keeps the rule its answers
 # have always come from.
-#: Pruning rounds, then a chain comparing divided slopes, ``slope(a, b) <= slope(b, c)``:
-#: the greedy's hulls (the slopes come out with the vertices).
+#: Divided slopes, ``slope(a, b) <= slope(b, c)``: the greedy's hulls (the slopes come out
+#: with the vertices).
 HULL_SLOPES = 0
 #: Cross product about ``b``: ``(u_b - u_a)(x_c - x_b) <= (u_c - u_b)(x_b - x_a)``: the
 #: exact solver's hulls of its options.
@@ -72,29 +72,93 @@ HULL_CROSS_B = 1
 HULL_CROSS_A = 2
 
 
+@jit(inline="always")
+def _upper_hull(u, g, out, n, rule, drop_descending, sl):
+    """Upper concave hull of the points ``(g[k], u[k])`` for the candidates ``k`` in
+    ``out[:n]`` (left to right, ``g`` nondecreasing over them): the one hull kernel of every
+    solver. A monotone chain, in place: the hull's indices end up in ``out[:m]``; returns
+    ``m``.
+
+    Used by the greedy (:func:`_hull_one`, after its pruning rounds), the exact solver
+    (:mod:`budgetopt._kernels_exact`) and the per-request split
+    (:mod:`budgetopt._kernels_request`); the last two pass every point
+    (:func:`every_point`). A repeated grid value keeps its best utility (the first of equal
+    ones); collinear points are not vertices. ``rule`` is :data:`HULL_SLOPES`,
+    :data:`HULL_CROSS_B` or :data:`HULL_CROSS_A` (how the test is rounded).
+
+    With :data:`HULL_SLOPES`, ``sl[i]`` (float64 scratch of ``n`` entries) ends as the slope
+    of the hull segment ending at vertex ``i`` (``1 <= i < m``): each stack entry keeps the
+    slope of the segment that ends there, computed once, when the entry was pushed: it is
+    the value :func:`_slope` gives for that pair, bit for bit (the same expression on the
+    same two vertices), so each test divides once. With ``drop_descending`` (this rule
+    only), trailing segments of negative slope are dropped, so the hull ends at the
+    rightmost point of largest utility. The cross rules leave ``sl`` alone (it may be
+    empty).
+    """
+    m = 0
+    for j in range(n):
+        k = out[j]
+        x = g[k]
+        y = u[k]
+        if m > 0 and g[out[m - 1]] == x:
+            if y > u[out[m - 1]]:
+                m -= 1
+            else:
+                continue
+        if rule == HULL_SLOPES:
+            s = 0.0
+            while m >= 2:
+                b = out[m - 1]
+                s = (y - u[b]) / (x - g[b])
+                if sl[m - 1] <= s:
+                    m -= 1
+                else:
+                    break
+            if m == 1:  # no test against the first vertex was made
+                b = out[0]
+                s = (y - u[b]) / (x - g[b])
+            sl[m] = s
+        else:
+            while m >= 2:
+                a = out[m - 2]
+                b = out[m - 1]
+                if rule == HULL_CROSS_B:
+                    drop = (u[b] - u[a]) * (x - g[b]) <= (y - u[b]) * (g[b] - g[a])
+                else:
+                    drop = (u[b] - u[a]) * (x - g[a]) <= (y - u[a]) * (g[b] - g[a])
+                if drop:
+                    m -= 1
+                else:
+                    break
+        out[m] = k
+        m += 1
+    if drop_descending:
+        while m >= 2 and sl[m - 1] < 0.0:
+            m -= 1
+    return m
+
+
+@jit(inline="always")
+def every_point(out, lo, hi):
+    """Every index ``lo <= k < hi`` as a candidate of :func:`_upper_hull`; returns how many."""
+    for i in range(hi - lo):
+        out[i] = lo + i
+    return hi - lo
+
+
 @jit(inline="always")  # inlined: per-head call overhead shows on short heads
-def _hull_one(u, g, lo, hi, out, xs, ys, rule, unit, drop_descending):
-    """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
+def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
+    """The greedy's upper hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
 
-    The one hull kernel of every solver: the greedy (:func:`upper_hulls`), the exact
-    solver (:mod:`budgetopt._kernels_exact`) and the per-request split
-    (:mod:`budgetopt._kernels_request`). ``g`` is nondecreasing over the range; a repeated
-    grid value keeps its best utility (the first of equal ones). The hull's indices end up
-    in ``out[:m]`` (scratch of at least ``hi - lo`` entries), left to right; collinear
-    points are not vertices. ``rule`` is one of :data:`HULL_SLOPES`, :data:`HULL_CROSS_B`,
-    :data:`HULL_CROSS_A` (how the test is rounded).
-
-    With :data:`HULL_SLOPES`, two stages. (1) Branch-free pruning rounds: a point strictly
-    between its neighbours in x that lies on or below their chord cannot be a hull vertex,
-    so every such point is dropped at once; rounds repeat until one drops nothing (at most
+    Two stages. (1) Branch-free pruning rounds (:func:`_prune`): a point strictly between
+    its neighbours in x that lies on or below their chord cannot be a hull vertex, so every
+    such point is dropped at once; rounds repeat until one drops nothing (at most
     ``_MAX_ROUNDS``). ``unit`` says the grid steps are all one token (the first round then
-    compares successive increments only). (2) Monotone chain, left to right, over the
-    survivors (:func:`_chain`); ``xs`` and ``ys`` are float64 scratch of at least
-    ``hi - lo`` entries, and ``xs[i]`` ends as the slope of the hull segment ending at vertex
-    ``i`` (``1 <= i < m``). With ``drop_descending``, trailing segments of negative slope are
-    dropped, so the hull ends at the rightmost point of largest utility. With the cross
-    rules, the chain alone runs over every point; ``xs``, ``ys``, ``unit`` and
-    ``drop_descending`` are not used (pass ``False``).
+    compares successive increments only). (2) The hull kernel :func:`_upper_hull` over the
+    survivors, rule :data:`HULL_SLOPES`. ``out``, ``xs`` and ``ys`` are scratch of at least
+    ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]`` and ``xs[i]`` is the
+    slope of the hull segment ending at vertex ``i`` (``1 <= i < m``). With
+    ``drop_descending``, trailing segments of negative slope are dropped.
 
     Every decision looks only at a point and its current neighbours, and the rounds stop
     on a rule that a sub-range reproduces (a round that changes nothing changes nothing
@@ -102,13 +166,8 @@ def _hull_one(u, g, lo, hi, out, xs, ys, rule, unit, drop_descending):
     :func:`budgetopt._kernels_bracket.tilted_argmax`), the hull of ``lo = a, hi = b + 1`` is, bit for bit, the part
     of the full hull between them: the bracket (:mod:`budgetopt.bracket`) relies on this.
     """
-    if rule == HULL_SLOPES:
-        n = _prune(u, g, lo, hi, out, xs, ys, unit)
-    else:
-        n = hi - lo
-        for i in range(n):
-            out[i] = lo + i
-    return _chain(u, g, out, n, rule, drop_descending, xs)
+    n = _prune(u, g, lo, hi, out, xs, ys, unit)
+    return _upper_hull(u, g, out, n, HULL_SLOPES, drop_descending, xs)
 
 
 @jit(inline="always")
@@ -181,60 +240,6 @@ def _prune(u, g, lo, hi, out, xs, ys, unit):
     return kept
 
 
-@jit(inline="always")
-def _chain(u, g, out, n, rule, drop_descending, sl):
-    """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
-    place, deciding by ``rule``; returns the hull's size ``m``. See :func:`_hull_one`.
-
-    With :data:`HULL_SLOPES`, ``sl[i]`` is the slope of the hull segment ending at vertex
-    ``i`` (``1 <= i < m``): each stack entry keeps the slope of the segment that ends there,
-    computed once, when the entry was pushed: it is the value :func:`_slope` gives for that
-    pair, bit for bit (the same expression on the same two vertices), so each test divides
-    once.
-    """
-    m = 0
-    for j in range(n):
-        k = out[j]
-        x = g[k]
-        y = u[k]
-        if m > 0 and g[out[m - 1]] == x:
-            if y > u[out[m - 1]]:
-                m -= 1
-            else:
-                continue
-        if rule == HULL_SLOPES:
-            s = 0.0
-            while m >= 2:
-                b = out[m - 1]
-                s = (y - u[b]) / (x - g[b])
-                if sl[m - 1] <= s:
-                    m -= 1
-                else:
-                    break
-            if m == 1:  # no test against the first vertex was made
-                b = out[0]
-                s = (y - u[b]) / (x - g[b])
-            sl[m] = s
-        else:
-            while m >= 2:
-                a = out[m - 2]
-                b = out[m - 1]
-                if rule == HULL_CROSS_B:
-                    drop = (u[b] - u[a]) * (x - g[b]) <= (y - u[b]) * (g[b] - g[a])
-                else:
-                    drop = (u[b] - u[a]) * (x - g[a]) <= (y - u[a]) * (g[b] - g[a])
-                if drop:
-                    m -= 1
-                else:
-                    break
-        out[m] = k
-        m += 1
-    if drop_descending:
-        while m >= 2 and sl[m - 1] < 0.0:
-            m -= 1
-    return m
-
-
 @jit
 def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     """Every head's upper hull, packed: ``(offsets, verts, slopes)``.
@@ -254,8 +259,7 @@ def upper_hulls(utility, grid, per_head, lo, hi, unit, drop_descending):
     verts = np.empty(cap, np.int64)
     slopes = np.empty(cap, np.float64)
     for h in range(H):
-        m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, HULL_SLOPES, unit[h],
-                      drop_descending)
+        m = _hull_one(utility[h], grid[h * per_head], lo[h], hi[h], scratch, xs, ys, unit[h], drop_descending)
         start = offsets[h]
         if start + m > cap:
             cap = max(2 * cap, start + m)

@@ -1,7 +1,7 @@
 """Compiled kernels (numba) of the exact solver in :mod:`budgetopt.exact`.
 
 In pipeline order: fixing (the options that can still beat the incumbent), the core heads'
-options and hulls (by :func:`budgetopt._kernels._hull_one`, the hull kernel every solver
+options and hulls (by :func:`budgetopt._kernels._upper_hull`, the hull kernel every solver
 shares), the suffix bound, the DP layers. The DP's layers run in one loop,
 :func:`dp_layers`, whose arguments and answer travel as named tuples (:class:`DPCore`,
 :class:`DPRanks`, :class:`DPLayers`, :class:`DPSearch`, :class:`DPResult`) and whose
@@ -33,7 +33,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._kernels import HULL_CROSS_B, _hull_one, copy_into
+from ._kernels import HULL_CROSS_B, _upper_hull, copy_into, every_point
 from ._kernels_jit import jit
 
 # -- the core DP's arguments and results, bundled (numba passes named tuples by value; the
@@ -50,10 +50,13 @@ from ._kernels_jit import jit
 DPCore = namedtuple("DPCore", "opt_c opt_v coff cap pos end dc dv slope by_pos seg_off fc fv top alive "
                               "cum_c cum_v cum_slope suf_c suf_v log_s")
 #: The cardinality bound of the heads not yet taken (see :func:`expand_layer`): the rank
-#: multiplier ``mu`` (``0.0``: no such bound), the rank room, the Fenwick trees ``fc``/``fv``
-#: of the hull segments of ``values - mu * rank`` (tokens ``dc``, gains ``dv``, ``slope``,
-#: ``top``) grouped by position (``by_pos``, ``seg_off``).
+#: multiplier ``mu`` (``0.0``: no such bound, see :func:`no_ranks`), the rank room, the
+#: Fenwick trees ``fc``/``fv`` of the hull segments of ``values - mu * rank`` (tokens ``dc``,
+#: gains ``dv``, ``slope``, ``top``) grouped by position (``by_pos``, ``seg_off``).
 DPRanks = namedtuple("DPRanks", "mu room fc fv slope top dc dv by_pos seg_off")
+
+
+
 #: The DP's progress: the next layer ``k`` and its input states (tokens ``w``, utility
 #: ``p``, rank sums ``n``), the committed layers' parents and choices (layer ``kk`` at
 #: entries ``off[kk]:off[kk + 1]`` of ``par``/``ch``) and the states kept in all.
@@ -79,6 +82,15 @@ DP_PROVEN = 2
 DP_TOO_LARGE = 3
 #: :func:`expand_layer`'s ``floor_at`` when more extensions pass the bound than it may keep.
 _OVER_LIMIT = -2
+
+
+def no_ranks(n_core):
+    """The :class:`DPRanks` of no cardinality bound (``mu = 0``) for ``n_core`` positions
+    (plain numpy: nothing to compile)."""
+    none_i = np.zeros(0, np.int64)
+    none_f = np.zeros(0, np.float64)
+    return DPRanks(0.0, 0, np.zeros(1, np.int64), np.zeros(1, np.float64), none_f, 0, none_i, none_f, none_i,
+                   np.zeros(n_core + 1, np.int64))
 
 
 @jit
@@ -254,7 +266,7 @@ def undominated(costs, values, offsets, lam, keep):
 def core_hulls(costs, values, offsets):
     """Upper concave hull of each core head's options (costs strictly increasing, values
     strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
-    position-major, left to right. The hulls are :func:`budgetopt._kernels._hull_one`'s
+    position-major, left to right. The hulls are :func:`budgetopt._kernels._upper_hull`'s
     (rule ``HULL_CROSS_B``). O(options)."""
     n = costs.shape[0]
     rows = np.empty((4, n), np.int64)  # per segment: position, end option, tokens; the hull stack
@@ -263,7 +275,8 @@ def core_hulls(costs, values, offsets):
     unused = dv[:0]
     k = 0
     for h in range(offsets.shape[0] - 1):
-        top = _hull_one(values, costs, offsets[h], offsets[h + 1], stack, unused, unused, HULL_CROSS_B, False, False)
+        n_points = every_point(stack, offsets[h], offsets[h + 1])
+        top = _upper_hull(values, costs, stack, n_points, HULL_CROSS_B, False, unused)
         for i in range(top - 1):
             a = stack[i]
             b = stack[i + 1]
@@ -673,7 +686,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
     ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
     segments of positive slope by slope, the last one fractional (hulls by
-    :func:`budgetopt._kernels._hull_one`, rule ``HULL_CROSS_B``). Returns ``(value, rank)``:
+    :func:`budgetopt._kernels._upper_hull`, rule ``HULL_CROSS_B``). Returns ``(value, rank)``:
     the LP value (``-inf`` when the lightest options do not fit) and the sum of the option
     ranks of that LP solution (fractional on the last segment; rank = position within the
     head). The other arguments are scratch arrays of the options' length."""
@@ -685,7 +698,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
         o0 = offsets[h]
         base_c += c[o0]
         base_v += v[o0]
-        top = _hull_one(v, c, o0, offsets[h + 1], hull, seg_dv[:0], seg_dv[:0], HULL_CROSS_B, False, False)
+        top = _upper_hull(v, c, hull, every_point(hull, o0, offsets[h + 1]), HULL_CROSS_B, False, seg_dv[:0])
         for i in range(top - 1):
             a = hull[i]
             b = hull[i + 1]
@@ -956,14 +969,6 @@ def _take_head(core, ranks, k):
     if ranks.mu > 0:
         for t in range(ranks.seg_off[k], ranks.seg_off[k + 1]):
             _fenwick_drop(ranks.fc, ranks.fv, ranks.dc, ranks.dv, ranks.by_pos[t])
-
-
-@jit
-def no_ranks(n_core):
-    """The :class:`DPRanks` of no cardinality bound (``mu = 0``), for ``n_core`` positions."""
-    return DPRanks(0.0, np.int64(0), np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(0, np.float64),
-                   np.int64(0), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64),
-                   np.zeros(n_core + 1, np.int64))
 
 
 @jit

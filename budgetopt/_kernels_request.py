@@ -9,7 +9,7 @@ Two stages, in pipeline order:
   weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram,
   interpolating linearly inside a bin;
 * :func:`lp_split`: the upper concave hull of each head's predicted curve on its coarse token
-  grid (:func:`budgetopt._kernels._hull_one`, rule ``HULL_CROSS_A``), then the hull segments
+  grid (:func:`budgetopt._kernels._upper_hull`, rule ``HULL_CROSS_A``), then the hull segments
   taken steepest first until the total is spent. The answer solves the LP relaxation of the
   piecewise-linear curves exactly; at most one head stops inside a segment, so the budgets
   are whole tokens that add up to the total.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import HULL_CROSS_A, _hull_one
+from ._kernels import HULL_CROSS_A, _upper_hull, every_point
 from ._kernels_jit import jit
 
 #: Histogram bins: the 11 high bits (sign excluded) of a non-negative float32.
@@ -285,7 +285,7 @@ def lp_split(utility, grid, total, budgets):
     ``utility`` float64 ``(n, G)`` and ``grid`` int64 ``(n, G)`` nondecreasing along each row
     (equal grid points allowed); every head starts at ``grid[h, 0]`` and may grow to
     ``grid[h, -1]``; ``sum(grid[:, 0]) <= total <= sum(grid[:, -1])`` (checked by the caller).
-    Hulls by :func:`budgetopt._kernels._hull_one` (rule ``HULL_CROSS_A``; a repeated grid
+    Hulls by :func:`budgetopt._kernels._upper_hull` (rule ``HULL_CROSS_A``; a repeated grid
     point keeps its best utility, collinear points are not vertices).
     Hull segments are taken by slope, largest first (ties: head order, then along the head),
     so the tokens go where the hulls promise most. Writes ``budgets`` (int64 ``(n,)``, adding
@@ -305,7 +305,7 @@ def lp_split(utility, grid, total, budgets):
     for h in range(n):
         u = utility[h]
         g = grid[h]
-        size = _hull_one(u, g, 0, g_points, hull, unused, unused, HULL_CROSS_A, False, False)
+        size = _upper_hull(u, g, hull, every_point(hull, 0, g_points), HULL_CROSS_A, False, unused)
         budgets[h] = g[hull[0]]
         left -= g[hull[0]]
         lp += u[hull[0]]
