@@ -50,7 +50,7 @@ from ._kernels_jit import jit
 DPCore = namedtuple("DPCore", "opt_c opt_v coff cap pos end dc dv slope by_pos seg_off fc fv top alive "
                               "cum_c cum_v cum_slope suf_c suf_v log_s")
 #: The cardinality bound of the heads not yet taken (see :func:`expand_layer`): the rank
-#: multiplier ``mu`` (``0.0``: no such bound, see :func:`no_ranks`), the rank room, the
+#: multiplier ``mu`` (``0.0``: no such bound, see :data:`NO_RANKS`), the rank room, the
 #: Fenwick trees ``fc``/``fv`` of the hull segments of ``values - mu * rank`` (tokens ``dc``,
 #: gains ``dv``, ``slope``, ``top``) grouped by position (``by_pos``, ``seg_off``).
 DPRanks = namedtuple("DPRanks", "mu room fc fv slope top dc dv by_pos seg_off")
@@ -84,13 +84,9 @@ DP_TOO_LARGE = 3
 _OVER_LIMIT = -2
 
 
-def no_ranks(n_core):
-    """The :class:`DPRanks` of no cardinality bound (``mu = 0``) for ``n_core`` positions
-    (plain numpy: nothing to compile)."""
-    none_i = np.zeros(0, np.int64)
-    none_f = np.zeros(0, np.float64)
-    return DPRanks(0.0, 0, np.zeros(1, np.int64), np.zeros(1, np.float64), none_f, 0, none_i, none_f, none_i,
-                   np.zeros(n_core + 1, np.int64))
+#: The :class:`DPRanks` of no cardinality bound (``mu = 0``: its arrays are never read).
+NO_RANKS = DPRanks(0.0, 0, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(0, np.float64), 0,
+                   np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(1, np.int64))
 
 
 @jit
@@ -848,7 +844,6 @@ def complete_choice(k, par, ch, t, layer_par, layer_ch, layer_off, room, pos, en
             out[pos[i]] = end[i]
 
 
-@jit
 def dp_layers(core, ranks, layers, search):
     """Layers ``layers.k, layers.k + 1, ...`` of the core DP in one call: the one DP layer loop.
 
@@ -867,8 +862,25 @@ def dp_layers(core, ranks, layers, search):
     more than ``search.max_work`` extensions were evaluated in this call, so that the
     caller can start the cardinality bound or look at its clock (:data:`DP_MORE`); else at
     :data:`DP_DONE`, :data:`DP_PROVEN` or :data:`DP_TOO_LARGE`. Returns a :class:`DPResult`.
+
+    The named tuples cross into and out of the compiled loop (:func:`_dp_layers`) as plain
+    tuples and are named again on the other side: numba reads a named tuple's type field by
+    field in Python at every call (about 8 microseconds for a :class:`DPCore`, a tenth of a
+    small exact solve), a plain tuple's in C.
     """
-    k, w, p, n, layer_par, layer_ch, layer_off, states = layers
+    status, progress, largest, dropped, live, best, improved = _dp_layers(
+        tuple(core), tuple(ranks), tuple(layers), tuple(search))
+    return DPResult(status, DPLayers(*progress), largest, dropped, live, best, improved)
+
+
+@jit
+def _dp_layers(core_fields, ranks_fields, layers_fields, search_fields):
+    """:func:`dp_layers`, compiled; its arguments are the fields of the named tuples, its
+    answer the fields of a :class:`DPResult` (with those of its :class:`DPLayers`)."""
+    core = DPCore(*core_fields)
+    ranks = DPRanks(*ranks_fields)
+    search = DPSearch(*search_fields)
+    k, w, p, n, layer_par, layer_ch, layer_off, states = layers_fields
     best = search.best
     margin = search.margin
     fixed_value = search.fixed_value
@@ -930,8 +942,7 @@ def dp_layers(core, ranks, layers, search):
             break
     if status == DP_MORE and k == n_core:
         status = DP_DONE
-    return DPResult(status, DPLayers(k, w, p, n, layer_par, layer_ch, layer_off, states), largest, dropped, live,
-                    best, improved)
+    return status, (k, w, p, n, layer_par, layer_ch, layer_off, states), largest, dropped, live, best, improved
 
 
 @jit(inline="always")
@@ -971,7 +982,6 @@ def _take_head(core, ranks, k):
             _fenwick_drop(ranks.fc, ranks.fv, ranks.dc, ranks.dv, ranks.by_pos[t])
 
 
-@jit
 def core_setup(costs, values, offsets, cap):
     """Everything the core DP needs before its first layer, as a :class:`DPCore`: the hull segments
     of :func:`core_hulls` in the suffix bound's order (slope descending, ties by position),
@@ -983,6 +993,12 @@ def core_setup(costs, values, offsets, cap):
     The options are ``costs``/``values`` with CSR ``offsets``; ``cap`` tokens are theirs.
     The scratch of :func:`suffix_sums` starts with every segment alive.
     """
+    return DPCore(*_core_setup(costs, values, offsets, cap))  # a plain tuple is faster to return
+
+
+@jit
+def _core_setup(costs, values, offsets, cap):
+    """:func:`core_setup`, compiled: the fields of its :class:`DPCore`, in order."""
     pos0, end0, dc0, dv0, slope0 = core_hulls(costs, values, offsets)
     # core_hulls lists segments by position, so a stable sort by slope alone breaks ties
     # by position
@@ -1021,8 +1037,8 @@ def core_setup(costs, values, offsets, cap):
     while bits > 0:
         bits >>= 1
         log_s += 1
-    return DPCore(costs, values, offsets, cap, pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, np.int64(top),
-                  alive, cum_c, cum_v, cum_slope, suf_c, suf_v, np.int64(log_s))
+    return (costs, values, offsets, cap, pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, np.int64(top),
+            alive, cum_c, cum_v, cum_slope, suf_c, suf_v, np.int64(log_s))
 
 
 @jit

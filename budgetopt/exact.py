@@ -357,7 +357,7 @@ class _Search:
         layers = K.DPLayers(0, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.int64),
                             np.empty(64, np.int64), np.empty(64, np.int64), np.zeros(len(core) + 1, np.int64), 0)
         local = np.zeros(len(core), np.int64)  # the incumbent's core choice when the DP improves it
-        ranks = K.no_ranks(len(core))
+        ranks = K.NO_RANKS
         # The cardinality bound of the rest joins in the main search once the DP keeps
         # _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS options).
         ranks_due = record and len(core.cost) <= _RANK_MAX_OPTIONS
