@@ -166,19 +166,18 @@ def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
     :func:`budgetopt._kernels_bracket.tilted_argmax`), the hull of ``lo = a, hi = b + 1`` is, bit for bit, the part
     of the full hull between them: the bracket (:mod:`budgetopt.bracket`) relies on this.
     """
-    n = _prune(u, g, lo, hi, out, xs, ys, unit)
+    if hi - lo <= 2:
+        n = every_point(out, lo, hi)
+    else:
+        n = _prune(u, g, lo, hi, out, xs, ys, unit)
     return _upper_hull(u, g, out, n, HULL_SLOPES, drop_descending, xs)
 
 
 @jit(inline="always")
 def _prune(u, g, lo, hi, out, xs, ys, unit):
-    """The pruning rounds of :func:`_hull_one`: the candidates' grid indices into
-    ``out[:n]`` (left to right); returns ``n``."""
+    """The pruning rounds of :func:`_hull_one` over ``hi - lo > 2`` points: the candidates'
+    grid indices into ``out[:n]`` (left to right); returns ``n``."""
     n = hi - lo
-    if n <= 2:
-        for i in range(n):
-            out[i] = lo + i
-        return n
     # Candidates live in contiguous (x, y, index) arrays so rounds read memory in order.
     # First round reads the grid directly (the candidates are lo..hi-1).
     xs[0] = g[lo]
