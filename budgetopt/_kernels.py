@@ -3,7 +3,8 @@
 numba is imported only by the ``_kernels*`` modules, one per stage of the pipeline:
 
 * :mod:`budgetopt._kernels_jit`: the compile settings and disk cache every kernel uses;
-* this module: the upper hulls
+* this module: the one upper-hull kernel of every solver (:func:`_upper_hull`, whose
+  ``rule`` keeps each caller's rounding of the collinearity test), every head's hull
   (:func:`upper_hulls`, :func:`hull_gaps`), the weighted selection of the greedy's threshold
   (:func:`_weighted_threshold`) and the exact dynamic programme (:func:`dp_solve`);
 * :mod:`budgetopt._kernels_bracket`: the bracket that locates the threshold of one budget
@@ -56,102 +57,43 @@ def copy_into(dst, start, src, n):
 # Pruning rounds repeat while a round drops a point, at most this many times.
 _MAX_ROUNDS = 32
 
-
-@jit(inline="always")  # inlined: per-head call overhead shows on short heads
-def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
-    """Upper concave hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
-
-    Two stages. (1) Branch-free pruning rounds: a point strictly between its neighbours in
-    x that lies on or below their chord cannot be a hull vertex, so every such point is
-    dropped at once; rounds repeat until one drops nothing (at most ``_MAX_ROUNDS``).
-    (2) Monotone chain, left to right, over the survivors. ``out``, ``xs`` and ``ys`` are
-    scratch of at least ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]``.
-    A repeated grid value keeps its best utility. With ``drop_descending``, trailing
-    segments of negative slope are dropped, so the hull ends at the rightmost point of
-    largest utility.
-
-    Every decision looks only at a point and its current neighbours, and the rounds stop
-    on a rule that a sub-range reproduces (a round that changes nothing changes nothing
-    again). So for two points ``a < b`` that every comparison keeps (see
-    :func:`budgetopt._kernels_bracket.tilted_argmax`), the hull of ``lo = a, hi = b + 1`` is, bit for bit, the part
-    of the full hull between them: the bracket (:mod:`budgetopt.bracket`) relies on this.
-    """
-    n = hi - lo
-    if n <= 2:
-        for i in range(n):
-            out[i] = lo + i
-    else:
-        # Candidates live in contiguous (x, y, index) arrays so rounds read memory in order.
-        # First round reads the grid directly (the candidates are lo..hi-1).
-        xs[0] = g[lo]
-        ys[0] = u[lo]
-        out[0] = lo
-        kept = 1
-        if unit:  # grid steps of one token: compare successive increments only
-            before = u[lo + 1] - u[lo]
-            for k in range(lo + 1, hi - 1):
-                y = u[k]
-                after = u[k + 1] - y
-                xs[kept] = g[k]
-                ys[kept] = y
-                out[kept] = k
-                kept += 1 - np.int64(before <= after)
-                before = after
-        else:
-            for k in range(lo + 1, hi - 1):
-                xa = g[k - 1]
-                xb = g[k]
-                xc = g[k + 1]
-                drop = (xa < xb) & (xb < xc) & ((u[k] - u[k - 1]) * (xc - xb) <= (u[k + 1] - u[k]) * (xb - xa))
-                xs[kept] = xb
-                ys[kept] = u[k]
-                out[kept] = k
-                kept += 1 - np.int64(drop)
-        xs[kept] = g[hi - 1]
-        ys[kept] = u[hi - 1]
-        out[kept] = hi - 1
-        kept += 1
-        rounds = 1
-        while kept < n and rounds < _MAX_ROUNDS:
-            n = kept
-            rounds += 1
-            kept = 1
-            xa = xs[0]
-            ya = ys[0]
-            xb = xs[1]
-            yb = ys[1]
-            ib = out[1]
-            for i in range(1, n - 1):
-                xc = xs[i + 1]
-                yc = ys[i + 1]
-                ic = out[i + 1]
-                drop = (xa < xb) & (xb < xc) & ((yb - ya) * (xc - xb) <= (yc - yb) * (xb - xa))
-                xs[kept] = xb
-                ys[kept] = yb
-                out[kept] = ib
-                kept += 1 - np.int64(drop)
-                xa = xb
-                ya = yb
-                xb = xc
-                yb = yc
-                ib = ic
-            xs[kept] = xs[n - 1]
-            ys[kept] = ys[n - 1]
-            out[kept] = out[n - 1]
-            kept += 1
-        n = kept
-    return _chain(u, g, out, n, drop_descending, xs)
+# How :func:`_upper_hull` decides that the middle one of three points ``a, b, c`` (left to
+# right) is not a hull vertex. All three rules mean ``slope(a, b) <= slope(b, c)`` (collinear
+# points dropped); they differ only in rounding, so each caller keeps the rule its answers
+# have always come from.
+#: Divided slopes, ``slope(a, b) <= slope(b, c)``: the greedy's hulls (the slopes come out
+#: with the vertices).
+HULL_SLOPES = 0
+#: Cross product about ``b``: ``(u_b - u_a)(x_c - x_b) <= (u_c - u_b)(x_b - x_a)``: the
+#: exact solver's hulls of its options.
+HULL_CROSS_B = 1
+#: Cross product about ``a``: ``(u_b - u_a)(x_c - x_a) <= (u_c - u_a)(x_b - x_a)``: the
+#: per-request split's hulls.
+HULL_CROSS_A = 2
 
 
 @jit(inline="always")
-def _chain(u, g, out, n, drop_descending, sl):
-    """Monotone chain over the candidates ``out[:n]`` (grid indices, left to right), in
-    place; returns the hull's size ``m``, with ``sl[i]`` the slope of the hull segment
-    ending at vertex ``i`` (``1 <= i < m``). See :func:`_hull_one`.
+def _upper_hull(u, g, out, n, rule, drop_descending, sl):
+    """Upper concave hull of the points ``(g[k], u[k])`` for the candidates ``k`` in
+    ``out[:n]`` (left to right, ``g`` nondecreasing over them): the one hull kernel of every
+    solver. A monotone chain, in place: the hull's indices end up in ``out[:m]``; returns
+    ``m``.
 
-    Each stack entry keeps the slope of the segment that ends there, computed once, when
-    the entry was pushed: it is the value :func:`_slope` gives for that pair, bit for bit
-    (the same expression on the same two vertices), so each test divides once.
+    Used by the greedy (:func:`_hull_one`, after its pruning rounds), the exact solver
+    (:mod:`budgetopt._kernels_exact`) and the per-request split
+    (:mod:`budgetopt._kernels_request`); the last two pass every point
+    (:func:`every_point`). A repeated grid value keeps its best utility (the first of equal
+    ones); collinear points are not vertices. ``rule`` is :data:`HULL_SLOPES`,
+    :data:`HULL_CROSS_B` or :data:`HULL_CROSS_A` (how the test is rounded).
+
+    With :data:`HULL_SLOPES`, ``sl[i]`` (float64 scratch of ``n`` entries) ends as the slope
+    of the hull segment ending at vertex ``i`` (``1 <= i < m``): each stack entry keeps the
+    slope of the segment that ends there, computed once, when the entry was pushed: it is
+    the value :func:`_slope` gives for that pair, bit for bit (the same expression on the
+    same two vertices), so each test divides once. With ``drop_descending`` (this rule
+    only), trailing segments of negative slope are dropped, so the hull ends at the
+    rightmost point of largest utility. The cross rules leave ``sl`` alone (it may be
+    empty).
     """
     m = 0
     for j in range(n):
@@ -163,24 +105,138 @@ def _chain(u, g, out, n, drop_descending, sl):
                 m -= 1
             else:
                 continue
-        s = 0.0
-        while m >= 2:
-            b = out[m - 1]
-            s = (y - u[b]) / (x - g[b])
-            if sl[m - 1] <= s:
-                m -= 1
-            else:
-                break
-        if m == 1:  # no test against the first vertex was made
-            b = out[0]
-            s = (y - u[b]) / (x - g[b])
+        if rule == HULL_SLOPES:
+            s = 0.0
+            while m >= 2:
+                b = out[m - 1]
+                s = (y - u[b]) / (x - g[b])
+                if sl[m - 1] <= s:
+                    m -= 1
+                else:
+                    break
+            if m == 1:  # no test against the first vertex was made
+                b = out[0]
+                s = (y - u[b]) / (x - g[b])
+            sl[m] = s
+        else:
+            while m >= 2:
+                a = out[m - 2]
+                b = out[m - 1]
+                if rule == HULL_CROSS_B:
+                    drop = (u[b] - u[a]) * (x - g[b]) <= (y - u[b]) * (g[b] - g[a])
+                else:
+                    drop = (u[b] - u[a]) * (x - g[a]) <= (y - u[a]) * (g[b] - g[a])
+                if drop:
+                    m -= 1
+                else:
+                    break
         out[m] = k
-        sl[m] = s
         m += 1
     if drop_descending:
         while m >= 2 and sl[m - 1] < 0.0:
             m -= 1
     return m
+
+
+@jit(inline="always")
+def every_point(out, lo, hi):
+    """Every index ``lo <= k < hi`` as a candidate of :func:`_upper_hull`; returns how many."""
+    for i in range(hi - lo):
+        out[i] = lo + i
+    return hi - lo
+
+
+@jit(inline="always")  # inlined: per-head call overhead shows on short heads
+def _hull_one(u, g, lo, hi, out, xs, ys, unit, drop_descending):
+    """The greedy's upper hull of points ``(g[k], u[k])``, ``lo <= k < hi``; returns its size.
+
+    Two stages. (1) Branch-free pruning rounds (:func:`_prune`): a point strictly between
+    its neighbours in x that lies on or below their chord cannot be a hull vertex, so every
+    such point is dropped at once; rounds repeat until one drops nothing (at most
+    ``_MAX_ROUNDS``). ``unit`` says the grid steps are all one token (the first round then
+    compares successive increments only). (2) The hull kernel :func:`_upper_hull` over the
+    survivors, rule :data:`HULL_SLOPES`. ``out``, ``xs`` and ``ys`` are scratch of at least
+    ``hi - lo`` entries; the hull's grid indices end up in ``out[:m]`` and ``xs[i]`` is the
+    slope of the hull segment ending at vertex ``i`` (``1 <= i < m``). With
+    ``drop_descending``, trailing segments of negative slope are dropped.
+
+    Every decision looks only at a point and its current neighbours, and the rounds stop
+    on a rule that a sub-range reproduces (a round that changes nothing changes nothing
+    again). So for two points ``a < b`` that every comparison keeps (see
+    :func:`budgetopt._kernels_bracket.tilted_argmax`), the hull of ``lo = a, hi = b + 1`` is, bit for bit, the part
+    of the full hull between them: the bracket (:mod:`budgetopt.bracket`) relies on this.
+    """
+    if hi - lo <= 2:
+        n = every_point(out, lo, hi)
+    else:
+        n = _prune(u, g, lo, hi, out, xs, ys, unit)
+    return _upper_hull(u, g, out, n, HULL_SLOPES, drop_descending, xs)
+
+
+@jit(inline="always")
+def _prune(u, g, lo, hi, out, xs, ys, unit):
+    """The pruning rounds of :func:`_hull_one` over ``hi - lo > 2`` points: the candidates'
+    grid indices into ``out[:n]`` (left to right); returns ``n``."""
+    n = hi - lo
+    # Candidates live in contiguous (x, y, index) arrays so rounds read memory in order.
+    # First round reads the grid directly (the candidates are lo..hi-1).
+    xs[0] = g[lo]
+    ys[0] = u[lo]
+    out[0] = lo
+    kept = 1
+    if unit:  # grid steps of one token: compare successive increments only
+        before = u[lo + 1] - u[lo]
+        for k in range(lo + 1, hi - 1):
+            y = u[k]
+            after = u[k + 1] - y
+            xs[kept] = g[k]
+            ys[kept] = y
+            out[kept] = k
+            kept += 1 - np.int64(before <= after)
+            before = after
+    else:
+        for k in range(lo + 1, hi - 1):
+            xa = g[k - 1]
+            xb = g[k]
+            xc = g[k + 1]
+            drop = (xa < xb) & (xb < xc) & ((u[k] - u[k - 1]) * (xc - xb) <= (u[k + 1] - u[k]) * (xb - xa))
+            xs[kept] = xb
+            ys[kept] = u[k]
+            out[kept] = k
+            kept += 1 - np.int64(drop)
+    xs[kept] = g[hi - 1]
+    ys[kept] = u[hi - 1]
+    out[kept] = hi - 1
+    kept += 1
+    rounds = 1
+    while kept < n and rounds < _MAX_ROUNDS:
+        n = kept
+        rounds += 1
+        kept = 1
+        xa = xs[0]
+        ya = ys[0]
+        xb = xs[1]
+        yb = ys[1]
+        ib = out[1]
+        for i in range(1, n - 1):
+            xc = xs[i + 1]
+            yc = ys[i + 1]
+            ic = out[i + 1]
+            drop = (xa < xb) & (xb < xc) & ((yb - ya) * (xc - xb) <= (yc - yb) * (xb - xa))
+            xs[kept] = xb
+            ys[kept] = yb
+            out[kept] = ib
+            kept += 1 - np.int64(drop)
+            xa = xb
+            ya = yb
+            xb = xc
+            yb = yc
+            ib = ic
+        xs[kept] = xs[n - 1]
+        ys[kept] = ys[n - 1]
+        out[kept] = out[n - 1]
+        kept += 1
+    return kept
 
 
 @jit

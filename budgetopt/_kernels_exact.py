@@ -1,7 +1,12 @@
 """Compiled kernels (numba) of the exact solver in :mod:`budgetopt.exact`.
 
 In pipeline order: fixing (the options that can still beat the incumbent), the core heads'
-options and hulls, the suffix bound, the DP layers.
+options and hulls (by :func:`budgetopt._kernels._upper_hull`, the hull kernel every solver
+shares), the suffix bound, the DP layers. The DP's layers run in one loop,
+:func:`dp_layers`, whose arguments and answer travel as named tuples (:class:`DPCore`,
+:class:`DPRanks`, :class:`DPLayers`, :class:`DPSearch`, :class:`DPResult`) and whose
+statuses are named (``DP_MORE``, ``DP_DONE``, ``DP_PROVEN``, ``DP_TOO_LARGE``), the same
+constants on both sides.
 
 Options are packed head after head (CSR): head ``h`` owns entries ``offsets[h] <= j <
 offsets[h+1]`` of ``costs`` (int64 tokens above the head's first usable grid point,
@@ -24,10 +29,64 @@ Compiled functions are cached on disk where numba can write a cache (the same ru
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 
-from ._kernels import copy_into
+from ._kernels import HULL_CROSS_B, _upper_hull, copy_into, every_point
 from ._kernels_jit import jit
+
+# -- the core DP's arguments and results, bundled (numba passes named tuples by value; the
+# arrays inside are shared, so a kernel updates them in place) ------------------------------
+
+#: One core, as :func:`core_setup` lays it out: the options (``opt_c``/``opt_v``, CSR
+#: offsets ``coff``) and the ``cap`` tokens they share; the hull segments in the suffix
+#: bound's order (``pos``, ``end``, ``dc``, ``dv``, ``slope``), grouped by position
+#: (``by_pos``, ``seg_off``); the suffix bound's Fenwick trees (``fc``, ``fv``; ``top`` the
+#: largest power of two not above their length) and running-sum scratch (``alive``,
+#: ``cum_c``, ``cum_v``, ``cum_slope``, see :func:`suffix_sums`), changed in place as heads
+#: are taken; ``suf_c``/``suf_v``, the lightest options of the heads from position ``k`` on;
+#: ``log_s``, the bit length of the segment count (the cost of one Fenwick search).
+DPCore = namedtuple("DPCore", "opt_c opt_v coff cap pos end dc dv slope by_pos seg_off fc fv top alive "
+                              "cum_c cum_v cum_slope suf_c suf_v log_s")
+#: The cardinality bound of the heads not yet taken (see :func:`expand_layer`): the rank
+#: multiplier ``mu`` (``0.0``: no such bound, see :data:`NO_RANKS`), the rank room, the
+#: Fenwick trees ``fc``/``fv`` of the hull segments of ``values - mu * rank`` (tokens ``dc``,
+#: gains ``dv``, ``slope``, ``top``) grouped by position (``by_pos``, ``seg_off``).
+DPRanks = namedtuple("DPRanks", "mu room fc fv slope top dc dv by_pos seg_off")
+
+
+
+#: The DP's progress: the next layer ``k`` and its input states (tokens ``w``, utility
+#: ``p``, rank sums ``n``), the committed layers' parents and choices (layer ``kk`` at
+#: entries ``off[kk]:off[kk + 1]`` of ``par``/``ch``) and the states kept in all.
+DPLayers = namedtuple("DPLayers", "k w p n par ch off states")
+#: What :func:`dp_layers` searches for and when it hands back: allocations worth more than
+#: ``best + margin`` (the incumbent; an improvement's core choice goes to ``best_local``),
+#: ``fixed_value`` the utility of the heads outside the core, ``global_bound`` a bound on
+#: every allocation, at most ``max_states`` states, a stop once more than ``rank_after >= 0``
+#: states are kept (the cardinality bound is then due) or ``max_work`` extensions evaluated.
+DPSearch = namedtuple("DPSearch", "best best_local global_bound fixed_value margin max_states rank_after max_work")
+#: :func:`dp_layers`'s answer: a status (``DP_*``), the progress, the states in the largest
+#: layer committed, the largest bound dropped and the last committed layer's largest live
+#: bound (both without ``fixed_value``), the incumbent's value and whether it changed.
+DPResult = namedtuple("DPResult", "status layers largest dropped live best improved")
+
+#: :func:`dp_layers` handed back with layers left to do (the clock, or the cardinality bound, is due).
+DP_MORE = 0
+#: The search is over: a layer was left with no state, or the last layer is done.
+DP_DONE = 1
+#: A new incumbent meets ``global_bound``: proven optimal.
+DP_PROVEN = 2
+#: Layer ``k`` would keep more than ``max_states`` states (not committed).
+DP_TOO_LARGE = 3
+#: :func:`expand_layer`'s ``floor_at`` when more extensions pass the bound than it may keep.
+_OVER_LIMIT = -2
+
+
+#: The :class:`DPRanks` of no cardinality bound (``mu = 0``: its arrays are never read).
+NO_RANKS = DPRanks(0.0, 0, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(0, np.float64), 0,
+                   np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(1, np.int64))
 
 
 @jit
@@ -199,36 +258,21 @@ def undominated(costs, values, offsets, lam, keep):
     return counts, close
 
 
-@jit(inline="always")
-def _upper_hull(costs, values, start, stop, stack):
-    """Upper hull of options ``start..stop-1`` (costs increasing) into ``stack``; returns its
-    length. A point is dropped when it does not lie strictly above the chord of its neighbours."""
-    top = 0
-    for j in range(start, stop):
-        while top >= 2:
-            a = stack[top - 2]
-            b = stack[top - 1]
-            if (values[b] - values[a]) * (costs[j] - costs[b]) <= (values[j] - values[b]) * (costs[b] - costs[a]):
-                top -= 1
-            else:
-                break
-        stack[top] = j
-        top += 1
-    return top
-
-
 @jit
 def core_hulls(costs, values, offsets):
     """Upper concave hull of each core head's options (costs strictly increasing, values
     strictly increasing), as segments: ``(position, end option, tokens, gain, slope)``,
-    position-major, left to right. O(options)."""
+    position-major, left to right. The hulls are :func:`budgetopt._kernels._upper_hull`'s
+    (rule ``HULL_CROSS_B``). O(options)."""
     n = costs.shape[0]
     rows = np.empty((4, n), np.int64)  # per segment: position, end option, tokens; the hull stack
     pos, end, dc, stack = rows[0], rows[1], rows[2], rows[3]
     dv = np.empty(n, np.float64)
+    unused = dv[:0]
     k = 0
     for h in range(offsets.shape[0] - 1):
-        top = _upper_hull(costs, values, offsets[h], offsets[h + 1], stack)
+        n_points = every_point(stack, offsets[h], offsets[h + 1])
+        top = _upper_hull(values, costs, stack, n_points, HULL_CROSS_B, False, unused)
         for i in range(top - 1):
             a = stack[i]
             b = stack[i + 1]
@@ -355,7 +399,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
     the bound (``-inf`` if none), the best integral completion value of a new state and which
     state it belongs to (``-1`` if none), and the largest bound of a new state. When more
     than ``max_candidates`` extensions pass the bound it returns at once with ``parent`` of
-    length 0 and ``floor_at == -2``.
+    length 0 and ``floor_at == _OVER_LIMIT``.
 
     With ``walk`` the suffix bound is read from its running sums instead of the Fenwick
     trees (``cum_c``/``cum_v`` from 0 over the segments left, ``cum_slope`` theirs; see
@@ -391,7 +435,7 @@ def expand_layer(w, p, opt_c, opt_v, cap, base_c, base_v, fc, fv, slope, top, ta
                     count += 1
         if count > max_candidates:
             empty_i = np.empty(0, np.int64)
-            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, -2, -np.inf, empty_i
+            return empty_i, np.empty(0, np.float64), empty_i, empty_i, dropped, -np.inf, _OVER_LIMIT, -np.inf, empty_i
     cw = np.empty(count, np.int64)
     cp = np.empty(count, np.float64)
     cub = np.empty(count, np.float64)
@@ -637,7 +681,8 @@ def local_search(costs, values, offsets, index, utility, grid, per_head, lo, at,
 def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
     """LP relaxation of the multiple-choice knapsack over the CSR options ``(c, v)`` (costs
     ascending per head) with ``cap`` tokens: every head at its lightest option, then hull
-    segments of positive slope by slope, the last one fractional. Returns ``(value, rank)``:
+    segments of positive slope by slope, the last one fractional (hulls by
+    :func:`budgetopt._kernels._upper_hull`, rule ``HULL_CROSS_B``). Returns ``(value, rank)``:
     the LP value (``-inf`` when the lightest options do not fit) and the sum of the option
     ranks of that LP solution (fractional on the last segment; rank = position within the
     head). The other arguments are scratch arrays of the options' length."""
@@ -649,7 +694,7 @@ def _lp_fill(c, v, offsets, cap, hull, seg_dc, seg_dv, seg_slope, seg_dr):
         o0 = offsets[h]
         base_c += c[o0]
         base_v += v[o0]
-        top = _upper_hull(c, v, o0, offsets[h + 1], hull)
+        top = _upper_hull(v, c, hull, every_point(hull, o0, offsets[h + 1]), HULL_CROSS_B, False, seg_dv[:0])
         for i in range(top - 1):
             a = hull[i]
             b = hull[i + 1]
@@ -799,103 +844,161 @@ def complete_choice(k, par, ch, t, layer_par, layer_ch, layer_off, room, pos, en
             out[pos[i]] = end[i]
 
 
-@jit
-def dp_layers(k, w, p, n, opt_c, opt_v, coff, cap, suf_c, suf_v, fc, fv, dc, dv, slope, top, by_pos, seg_off,
-              seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off, best, best_local,
-              global_bound, fixed_value, margin, max_states, states, rank_after, max_work):
-    """Layers ``k, k + 1, ...`` of the core DP without the cardinality bound, in one call:
-    per layer what the solver's Python loop does (remove the head's hull segments from the
-    suffix bound, choose the pointer walk or the Fenwick search, :func:`expand_layer` with
-    target ``best - fixed_value + margin``; a layer whose integral completion beats
-    ``best`` makes it the incumbent, written to ``best_local`` by :func:`complete_choice`,
-    and is pruned against the new target), committing each layer to ``layer_par``,
-    ``layer_ch`` (grown when full) and ``layer_off``.
+def dp_layers(core, ranks, layers, search):
+    """Layers ``layers.k, layers.k + 1, ...`` of the core DP in one call: the one DP layer loop.
 
-    It stops before layer ``k`` when ``states`` (states kept so far) exceeds
-    ``rank_after >= 0`` or when the extensions evaluated exceed ``max_work`` (so that the
-    caller sees its clock): status 0. Status 1: the search is over (a layer left with no
-    state, or the last layer done). Status 2: a new incumbent meets ``global_bound``
-    (``best + margin > global_bound``). Status 3: layer ``k`` would exceed ``max_states``
-    (not committed).
+    Per layer: the head's hull segments leave the suffix bound (and, with ``ranks.mu > 0``,
+    the cardinality bound's trees); the bound is read by a pointer walk over running sums
+    when that is cheaper than one Fenwick search per extension; :func:`expand_layer` keeps
+    the extensions that can beat ``search.best + search.margin``. A layer whose integral
+    completion beats ``search.best`` makes it the incumbent (its core choice written to
+    ``search.best_local`` by :func:`complete_choice`) and is pruned against the new target
+    (:func:`prune_states`). Each layer is then committed to ``layers.par``/``layers.ch``
+    (grown when full) and ``layers.off``. ``core`` (a :class:`DPCore`), ``ranks``
+    (:class:`DPRanks`), ``layers`` (:class:`DPLayers`) and ``search`` (:class:`DPSearch`)
+    are defined above.
 
-    Returns ``(status, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best,
-    improved)``: the next layer to do and its input states, the layer buffers, the states
-    kept in all and in the largest layer committed in this call, the largest bound dropped in this call and the last committed layer's
-    largest live bound, the incumbent's value and whether it changed.
+    It stops before a layer when more than ``search.rank_after >= 0`` states are kept or
+    more than ``search.max_work`` extensions were evaluated in this call, so that the
+    caller can start the cardinality bound or look at its clock (:data:`DP_MORE`); else at
+    :data:`DP_DONE`, :data:`DP_PROVEN` or :data:`DP_TOO_LARGE`. Returns a :class:`DPResult`.
+
+    The named tuples cross into and out of the compiled loop (:func:`_dp_layers`) as plain
+    tuples and are named again on the other side: numba reads a named tuple's type field by
+    field in Python at every call (about 8 microseconds for a :class:`DPCore`, a tenth of a
+    small exact solve), a plain tuple's in C.
     """
+    status, progress, largest, dropped, live, best, improved = _dp_layers(
+        tuple(core), tuple(ranks), tuple(layers), tuple(search))
+    return DPResult(status, DPLayers(*progress), largest, dropped, live, best, improved)
+
+
+@jit
+def _dp_layers(core_fields, ranks_fields, layers_fields, search_fields):
+    """:func:`dp_layers`, compiled; its arguments are the fields of the named tuples, its
+    answer the fields of a :class:`DPResult` (with those of its :class:`DPLayers`)."""
+    core = DPCore(*core_fields)
+    ranks = DPRanks(*ranks_fields)
+    search = DPSearch(*search_fields)
+    k, w, p, n, layer_par, layer_ch, layer_off, states = layers_fields
+    best = search.best
+    margin = search.margin
+    fixed_value = search.fixed_value
+    opt_c, opt_v, coff, cap = core.opt_c, core.opt_v, core.coff, core.cap
+    suf_c, suf_v, fc, fv, slope, top = core.suf_c, core.suf_v, core.fc, core.fv, core.slope, core.top
     n_core = coff.shape[0] - 1
-    n_seg = dc.shape[0]
+    n_seg = core.dc.shape[0]
     dropped = -np.inf
     live = -np.inf
     work = 0
     largest = 0
     improved = False
+    status = DP_MORE
     while k < n_core:
-        if rank_after >= 0 and states > rank_after:
+        if search.rank_after >= 0 and states > search.rank_after:
             break
-        if work > max_work:
+        if work > search.max_work:
             break
-        for t in range(seg_off[k], seg_off[k + 1]):
-            _fenwick_drop(fc, fv, dc, dv, by_pos[t])
-            seg_alive[by_pos[t]] = False
+        _take_head(core, ranks, k)
         o0 = coff[k]
         o1 = coff[k + 1]
-        n_left = n_seg - seg_off[k + 1]
+        n_left = n_seg - core.seg_off[k + 1]
         m = o1 - o0
-        walk = m * (w.shape[0] + n_left) + n_left < m * w.shape[0] * log_s
-        n_alive = suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
+        walk = m * (w.shape[0] + n_left) + n_left < m * w.shape[0] * core.log_s
+        n_alive = 0
+        if walk:
+            n_alive = suffix_sums(core.dc, core.dv, slope, core.alive, core.cum_c, core.cum_v, core.cum_slope)
         work += m * w.shape[0]
-        target = best - fixed_value + margin
         nw, nval, npar, nch, drop, fl_best, fl_at, lv, nn = expand_layer(
-            w, p, opt_c[o0:o1], opt_v[o0:o1], cap, suf_c[k + 1], suf_v[k + 1], fc, fv, slope, top, target,
-            max_states - states, walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n,
-            0.0, 0, fc[:1], fv[:1], slope[:0], 0,
+            w, p, opt_c[o0:o1], opt_v[o0:o1], cap, suf_c[k + 1], suf_v[k + 1], fc, fv, slope, top,
+            best - fixed_value + margin, search.max_states - states, walk, core.cum_c[: n_alive + 1],
+            core.cum_v[: n_alive + 1], core.cum_slope[:n_alive], n,
+            ranks.mu, ranks.room, ranks.fc, ranks.fv, ranks.slope, ranks.top,
         )
-        if fl_at == -2:
-            return 3, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
+        if fl_at == _OVER_LIMIT:
+            status = DP_TOO_LARGE
+            break
         dropped = max(dropped, drop)
         if fl_at >= 0 and fl_best + fixed_value > best:
             best = fl_best + fixed_value
             improved = True
             complete_choice(k, npar, nch, fl_at, layer_par, layer_ch, layer_off, cap - nw[fl_at] - suf_c[k + 1],
-                            pos, end, dc, best_local)
-            if best + margin > global_bound:
-                return 2, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
-            alive = np.empty(nw.shape[0], np.bool_)
-            _, drop, lv = prune_states(nw, nval, cap, suf_c[k + 1], suf_v[k + 1], fc, fv, slope, top,
-                                       best - fixed_value + margin, alive, nn, 0.0, 0, fc[:1], fv[:1], slope[:0], 0)
+                            core.pos, core.end, core.dc, search.best_local)
+            if best + margin > search.global_bound:
+                status = DP_PROVEN
+                break
+            nw, nval, npar, nch, nn, drop, lv = _prune_layer(core, ranks, k, best - fixed_value + margin,
+                                                             nw, nval, npar, nch, nn)
             dropped = max(dropped, drop)
-            nw, nval, npar, nch, nn = nw[alive], nval[alive], npar[alive], nch[alive], nn[alive]
         kept = nw.shape[0]
-        used = layer_off[k]
-        layer_par = _grow(layer_par, used + kept)
-        layer_ch = _grow(layer_ch, used + kept)
-        copy_into(layer_par, used, npar, kept)
-        copy_into(layer_ch, used, nch, kept)
-        layer_off[k + 1] = used + kept
+        layer_par, layer_ch = _commit(layer_par, layer_ch, layer_off, k, npar, nch)
         states += kept
         largest = max(largest, kept)
         k += 1
         live = lv
         w, p, n = nw, nval, nn
         if kept == 0:
-            return 1, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
-    status = 1 if k == n_core else 0
-    return status, k, w, p, n, layer_par, layer_ch, states, largest, dropped, live, best, improved
+            status = DP_DONE
+            break
+    if status == DP_MORE and k == n_core:
+        status = DP_DONE
+    return status, (k, w, p, n, layer_par, layer_ch, layer_off, states), largest, dropped, live, best, improved
 
 
-@jit
-def core_setup(costs, values, offsets):
-    """Everything the core DP needs before its first layer, in one call: the hull segments
+@jit(inline="always")
+def _prune_layer(core, ranks, k, target, w, p, par, ch, n):
+    """The states of layer ``k`` (``w``, ``p``, ``par``, ``ch``, ``n``) whose bound reaches
+    ``target`` (:func:`prune_states`), with the largest bound dropped and kept."""
+    alive = np.empty(w.shape[0], np.bool_)
+    _, dropped, live = prune_states(w, p, core.cap, core.suf_c[k + 1], core.suf_v[k + 1], core.fc, core.fv,
+                                    core.slope, core.top, target, alive, n,
+                                    ranks.mu, ranks.room, ranks.fc, ranks.fv, ranks.slope, ranks.top)
+    return w[alive], p[alive], par[alive], ch[alive], n[alive], dropped, live
+
+
+@jit(inline="always")
+def _commit(layer_par, layer_ch, layer_off, k, par, ch):
+    """Append layer ``k``'s parents and choices to the committed layers (grown when full);
+    returns the two buffers."""
+    kept = par.shape[0]
+    used = layer_off[k]
+    layer_par = _grow(layer_par, used + kept)
+    layer_ch = _grow(layer_ch, used + kept)
+    copy_into(layer_par, used, par, kept)
+    copy_into(layer_ch, used, ch, kept)
+    layer_off[k + 1] = used + kept
+    return layer_par, layer_ch
+
+
+@jit(inline="always")
+def _take_head(core, ranks, k):
+    """Remove the head at position ``k``'s hull segments from the suffix bound (and from the
+    cardinality bound's trees when ``ranks.mu > 0``)."""
+    for t in range(core.seg_off[k], core.seg_off[k + 1]):
+        _fenwick_drop(core.fc, core.fv, core.dc, core.dv, core.by_pos[t])
+        core.alive[core.by_pos[t]] = False
+    if ranks.mu > 0:
+        for t in range(ranks.seg_off[k], ranks.seg_off[k + 1]):
+            _fenwick_drop(ranks.fc, ranks.fv, ranks.dc, ranks.dv, ranks.by_pos[t])
+
+
+def core_setup(costs, values, offsets, cap):
+    """Everything the core DP needs before its first layer, as a :class:`DPCore`: the hull segments
     of :func:`core_hulls` in the suffix bound's order (slope descending, ties by position),
     ``by_pos`` (those indices grouped by position, in order) with ``seg_off`` (CSR offsets
     of the groups), the Fenwick trees ``fc``/``fv`` of the segments' tokens and gains, and
     ``suf_c``/``suf_v``, the tokens and utility of the lightest options of the heads at
     positions ``k`` and after (``k = 0 .. heads``; running sums from the last head).
 
-    Returns ``(pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v, alive, cum_c,
-    cum_v, cum_slope)``, the last four the scratch of :func:`suffix_sums` (every segment alive).
+    The options are ``costs``/``values`` with CSR ``offsets``; ``cap`` tokens are theirs.
+    The scratch of :func:`suffix_sums` starts with every segment alive.
     """
+    return DPCore(*_core_setup(costs, values, offsets, cap))  # a plain tuple is faster to return
+
+
+@jit
+def _core_setup(costs, values, offsets, cap):
+    """:func:`core_setup`, compiled: the fields of its :class:`DPCore`, in order."""
     pos0, end0, dc0, dv0, slope0 = core_hulls(costs, values, offsets)
     # core_hulls lists segments by position, so a stable sort by slope alone breaks ties
     # by position
@@ -926,7 +1029,16 @@ def core_setup(costs, values, offsets):
     cum_c = np.empty(n_seg + 1, np.int64)
     cum_v = np.empty(n_seg + 1, np.float64)
     cum_slope = np.empty(n_seg, np.float64)
-    return pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, suf_c, suf_v, alive, cum_c, cum_v, cum_slope
+    top = 1  # the largest power of two not above max(n_seg, 1)
+    while 2 * top <= n_seg:
+        top *= 2
+    log_s = 0  # the bit length of max(n_seg, 2)
+    bits = max(n_seg, 2)
+    while bits > 0:
+        bits >>= 1
+        log_s += 1
+    return (costs, values, offsets, cap, pos, end, dc, dv, slope, by_pos, seg_off, fc, fv, np.int64(top),
+            alive, cum_c, cum_v, cum_slope, suf_c, suf_v, np.int64(log_s))
 
 
 @jit

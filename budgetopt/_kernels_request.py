@@ -9,9 +9,10 @@ Two stages, in pipeline order:
   weight held by the protected tokens and the top ``n_k`` middle tokens off the histogram,
   interpolating linearly inside a bin;
 * :func:`lp_split`: the upper concave hull of each head's predicted curve on its coarse token
-  grid, then the hull segments taken steepest first until the total is spent. The answer
-  solves the LP relaxation of the piecewise-linear curves exactly; at most one head stops
-  inside a segment, so the budgets are whole tokens that add up to the total.
+  grid (:func:`budgetopt._kernels._upper_hull`, rule ``HULL_CROSS_A``), then the hull segments
+  taken steepest first until the total is spent. The answer solves the LP relaxation of the
+  piecewise-linear curves exactly; at most one head stops inside a segment, so the budgets
+  are whole tokens that add up to the total.
 
 Compiled with :mod:`budgetopt._kernels`'s settings: cached on disk where numba finds a writable
 cache location, compiled in memory otherwise.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import HULL_CROSS_A, _upper_hull, every_point
 from ._kernels_jit import jit
 
 #: Histogram bins: the 11 high bits (sign excluded) of a non-negative float32.
@@ -283,6 +285,8 @@ def lp_split(utility, grid, total, budgets):
     ``utility`` float64 ``(n, G)`` and ``grid`` int64 ``(n, G)`` nondecreasing along each row
     (equal grid points allowed); every head starts at ``grid[h, 0]`` and may grow to
     ``grid[h, -1]``; ``sum(grid[:, 0]) <= total <= sum(grid[:, -1])`` (checked by the caller).
+    Hulls by :func:`budgetopt._kernels._upper_hull` (rule ``HULL_CROSS_A``; a repeated grid
+    point keeps its best utility, collinear points are not vertices).
     Hull segments are taken by slope, largest first (ties: head order, then along the head),
     so the tokens go where the hulls promise most. Writes ``budgets`` (int64 ``(n,)``, adding
     up to ``total``); returns the LP value (the hull value of the answer, an upper bound on
@@ -290,8 +294,8 @@ def lp_split(utility, grid, total, budgets):
     total ran out (0 when every head reached its last point). O(n G log(n G)).
     """
     n, g_points = utility.shape
-    hull_x = np.empty(g_points, np.int64)
-    hull_y = np.empty(g_points, np.float64)
+    hull = np.empty(g_points, np.int64)
+    unused = np.empty(0, np.float64)
     slopes = np.empty(n * g_points, np.float64)
     lengths = np.empty(n * g_points, np.int64)
     heads = np.empty(n * g_points, np.int64)
@@ -299,31 +303,15 @@ def lp_split(utility, grid, total, budgets):
     left = total
     lp = 0.0
     for h in range(n):
-        size = 0
-        for k in range(g_points):
-            x = grid[h, k]
-            y = utility[h, k]
-            if size > 0 and hull_x[size - 1] == x:
-                if y <= hull_y[size - 1]:
-                    continue
-                size -= 1  # same token count, higher value: replaces the previous point
-            while size >= 2:
-                x0, y0 = hull_x[size - 2], hull_y[size - 2]
-                x1, y1 = hull_x[size - 1], hull_y[size - 1]
-                # drop the middle point when it lies on or below the chord
-                if (y1 - y0) * (x - x0) <= (y - y0) * (x1 - x0):
-                    size -= 1
-                else:
-                    break
-            hull_x[size] = x
-            hull_y[size] = y
-            size += 1
-        budgets[h] = hull_x[0]
-        left -= hull_x[0]
-        lp += hull_y[0]
+        u = utility[h]
+        g = grid[h]
+        size = _upper_hull(u, g, hull, every_point(hull, 0, g_points), HULL_CROSS_A, False, unused)
+        budgets[h] = g[hull[0]]
+        left -= g[hull[0]]
+        lp += u[hull[0]]
         for k in range(size - 1):
-            dx = hull_x[k + 1] - hull_x[k]
-            slopes[n_seg] = (hull_y[k + 1] - hull_y[k]) / dx
+            dx = g[hull[k + 1]] - g[hull[k]]
+            slopes[n_seg] = (u[hull[k + 1]] - u[hull[k]]) / dx
             lengths[n_seg] = dx
             heads[n_seg] = h
             n_seg += 1

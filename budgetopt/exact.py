@@ -60,11 +60,8 @@ _EXTRA_MAX_OPTIONS = 2_000_000
 # states, on cores of at most this many options (48 LP solves find the rank multiplier).
 _RANK_AFTER_STATES = 20_000
 _RANK_MAX_OPTIONS = 200_000
-# Core DP layers run in one compiled call (``_kernels_exact.dp_layers``) while they need
-# nothing from Python; it hands back after about this many extensions (well under a
-# millisecond) so that the clock is checked. ``_FUSED = False`` runs every layer from
-# Python, one call per layer (the reference the tests compare it with).
-_FUSED = True
+# Core DP layers run in one compiled call (``_kernels_exact.dp_layers``); it hands back
+# after about this many extensions (well under a millisecond) so that the clock is checked.
 _LAYER_WORK = 10_000
 # Golden-section steps of the rank multiplier in the cardinality bound (integral utilities).
 _GOLDEN_STEPS = 48
@@ -342,8 +339,9 @@ class _Search:
         finished (no state left that can beat the incumbent), else the largest bound of the
         states left at the time limit; ``dropped`` is the largest bound of any state dropped.
         With ``record`` the layer statistics go to ``stats``; ``deadline`` (default: the
-        solve's) is checked between layers. With ``aim``, only allocations worth at least
-        ``aim`` are looked for (a search that then finds none proves nothing).
+        solve's) is checked between calls of the compiled layer loop
+        (:func:`budgetopt._kernels_exact.dp_layers`). With ``aim``, only allocations worth at
+        least ``aim`` are looked for (a search that then finds none proves nothing).
         """
         deadline = self.deadline if deadline is None else deadline
         fixed_cost, fixed_value = K.fixed_part(fixed_opt, self.opts.cost, self.opts.value)
@@ -353,160 +351,79 @@ class _Search:
                 self.best = fixed_value
                 self._adopt(core, fixed_opt, core.heads)
             return None, -np.inf
-        c, v, coff = core.cost, core.value, core.coff
-        # hull segments in slope order, grouped by position, Fenwick trees of the suffix
-        # bound, and suffix sums of the lightest options (heads at positions >= k)
-        (pos, end, dc, dv, slope, by_pos, seg_off_arr, fc, fv, suf_c, suf_v_arr, seg_alive, cum_c, cum_v,
-         cum_slope) = K.core_setup(c, v, coff)
-        if cap < int(suf_c[0]):
+        setup = K.core_setup(core.cost, core.value, core.coff, cap)
+        if cap < int(setup.suf_c[0]):
             return None, -np.inf
-        seg_off = seg_off_arr.tolist()
-        top = 1 << (max(len(dc), 1).bit_length() - 1)
-        suf_v = suf_v_arr.tolist()
-        suf_c_list = suf_c.tolist()
-        coff_list = coff.tolist()
-
-        # The cardinality bound of the rest, per state: switched on in the main search once
-        # the DP has kept _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS
-        # options): rank multiplier mu, rank room, Fenwick trees of the hull segments of
-        # v - mu * rank (those of the heads already taken removed).
-        no_ranks = (0.0, 0, np.zeros(1, np.int64), np.zeros(1), np.zeros(0), 0)
-        rk = {"ranks": no_ranks, "tried": not record or len(c) > _RANK_MAX_OPTIONS}
-
-        def start_ranks(k):
-            rk["tried"] = True
-            enough = level + self.margin - fixed_value
-            bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, enough)
-            prev = self.stats["cardinality_bound"]
-            prev = np.inf if prev is None else prev
-            self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
-            self.global_bound = min(self.global_bound, bound + fixed_value)
-            if mu <= 0:
-                return
-            pos2, dc2, dv2, slope2 = K.rank_hulls(c, v, coff, mu)
-            order2 = np.lexsort((pos2, -slope2))
-            pos2, dc2, dv2, slope2 = pos2[order2], dc2[order2], dv2[order2], slope2[order2]
-            fc2 = np.empty(len(dc2) + 1, np.int64)
-            fv2 = np.empty(len(dc2) + 1, np.float64)
-            K.fenwick_build(dc2, fc2)
-            K.fenwick_build(dv2, fv2)
-            by_pos2 = np.argsort(pos2, kind="stable")
-            seg_off2 = _starts(np.bincount(pos2, minlength=len(core))).tolist()
-            K.fenwick_remove(fc2, fv2, dc2, dv2, by_pos2[: seg_off2[k]])  # heads already taken
-            rk["ranks"] = (mu, int(room), fc2, fv2, slope2, 1 << (max(len(dc2), 1).bit_length() - 1))
-            rk["segments"] = (dc2, dv2, by_pos2, seg_off2)
-
-        log_s = max(len(dc), 2).bit_length()
-
-        w = np.zeros(1, np.int64)
-        val = np.zeros(1, np.float64)
-        n = np.zeros(1, np.int64)  # rank sums of the states
-        # committed layers: parents and choices, layer kk at entries off[kk]:off[kk + 1]
-        layer_par = np.empty(64, np.int64)
-        layer_ch = np.empty(64, np.int64)
-        layer_off = np.zeros(len(core) + 1, np.int64)
+        layers = K.DPLayers(0, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.int64),
+                            np.empty(64, np.int64), np.empty(64, np.int64), np.zeros(len(core) + 1, np.int64), 0)
         local = np.zeros(len(core), np.int64)  # the incumbent's core choice when the DP improves it
-        open_bound = float(self.lagrangian)
-        all_dropped = -np.inf
-        states = 0
+        ranks = K.NO_RANKS
+        # The cardinality bound of the rest joins in the main search once the DP keeps
+        # _RANK_AFTER_STATES states (cores of at most _RANK_MAX_OPTIONS options).
+        ranks_due = record and len(core.cost) <= _RANK_MAX_OPTIONS
         level = max(self.best, aim - self.tau - self.margin)  # the DP looks for allocations above level + margin
-        fused = _FUSED
-        k = 0
-        while k < len(core):
+        open_bound, all_dropped = float(self.lagrangian), -np.inf
+        while layers.k < len(core):
             if deadline is not None and self.watch.seconds() > deadline:
                 return max(open_bound, self.best), all_dropped
-            if not rk["tried"] and states > _RANK_AFTER_STATES:
-                start_ranks(k)
+            if ranks_due and layers.states > _RANK_AFTER_STATES:
+                ranks_due = False
+                ranks = self._rank_bound(core, setup, layers.k, level, fixed_value) or ranks
                 if self._proven():
                     return None, all_dropped
-            ranks = rk["ranks"]
-            if fused and ranks[0] <= 0:
-                # Layers run in one compiled call until one needs this loop: it is too large,
-                # the cardinality bound is due or the clock is.
-                k0 = k
-                (status, k, w, val, n, layer_par, layer_ch, states, largest, dropped, live, best,
-                 improved) = K.dp_layers(
-                    k, w, val, n, c, v, coff, cap, suf_c, suf_v_arr, fc, fv, dc, dv, slope, top, by_pos,
-                    seg_off_arr, seg_alive, cum_c, cum_v, cum_slope, log_s, pos, end, layer_par, layer_ch, layer_off,
-                    level, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES, states,
-                    -1 if rk["tried"] else _RANK_AFTER_STATES, _LAYER_WORK,
-                )
-                k, states = int(k), int(states)
-                all_dropped = max(all_dropped, dropped + fixed_value)
-                if improved:
-                    self.best = level = best
-                    self._adopt(core, fixed_opt, local)
-                if k > k0 and record:
-                    self.stats.update(
-                        layers_done=k, states=states,
-                        max_layer_states=max(self.stats["max_layer_states"], int(largest)),
-                    )
-                if status == 3:
-                    self._too_many_states(core)
-                if status == 2:
-                    if record:
-                        self._proven()
-                    return None, all_dropped
-                if status == 1:
-                    return None, all_dropped
-                if k > k0:
-                    open_bound = live + fixed_value
-                continue
-            gone = by_pos[seg_off[k] : seg_off[k + 1]]
-            K.fenwick_remove(fc, fv, dc, dv, gone)
-            seg_alive[gone] = False
-            if ranks[0] > 0:
-                dc2, dv2, by_pos2, seg_off2 = rk["segments"]
-                K.fenwick_remove(ranks[2], ranks[3], dc2, dv2, by_pos2[seg_off2[k] : seg_off2[k + 1]])
-            o0, o1 = coff_list[k], coff_list[k + 1]
-            target = level - fixed_value + self.margin
-            sfx = (suf_c_list[k + 1], suf_v[k + 1], fc, fv, slope, top)
-            # Bounds by a pointer walk over running sums when that is cheaper than one
-            # Fenwick search per extension.
-            n_left = len(dc) - seg_off[k + 1]
-            walk = (o1 - o0) * (len(w) + n_left) + n_left < (o1 - o0) * len(w) * log_s
-            n_alive = K.suffix_sums(dc, dv, slope, seg_alive, cum_c, cum_v, cum_slope) if walk else 0
-            nw, nval, par, ch, dropped, fl_best, fl_at, live, nn = K.expand_layer(
-                w, val, c[o0:o1], v[o0:o1], cap, *sfx, target, EXACT_MAX_STATES - states,
-                walk, cum_c[: n_alive + 1], cum_v[: n_alive + 1], cum_slope[:n_alive], n, *ranks,
-            )
-            if fl_at == -2:
-                self._too_many_states(core)
-            all_dropped = max(all_dropped, dropped + fixed_value)
-            if fl_at >= 0 and fl_best + fixed_value > level:
-                self.best = level = fl_best + fixed_value
-                room = cap - int(nw[fl_at]) - suf_c_list[k + 1]
-                K.complete_choice(k, par, ch, fl_at, layer_par, layer_ch, layer_off, room, pos, end, dc, local)
+            search = K.DPSearch(level, local, self.global_bound, fixed_value, self.margin, EXACT_MAX_STATES,
+                                _RANK_AFTER_STATES if ranks_due else -1, _LAYER_WORK)
+            k0 = layers.k
+            out = K.dp_layers(setup, ranks, layers, search)
+            layers = out.layers
+            all_dropped = max(all_dropped, out.dropped + fixed_value)
+            if out.improved:
+                self.best = level = out.best
                 self._adopt(core, fixed_opt, local)
-                if record and self._proven():
-                    return None, all_dropped  # it meets the bound of the whole problem
-                if self.best + self.margin > self.global_bound:
-                    return None, all_dropped
-                alive = np.empty(len(nw), np.bool_)
-                target = level - fixed_value + self.margin
-                _, dropped, live = K.prune_states(nw, nval, cap, *sfx, target, alive, nn, *ranks)
-                all_dropped = max(all_dropped, dropped + fixed_value)
-                nw, nval, par, ch, nn = nw[alive], nval[alive], par[alive], ch[alive], nn[alive]
-            used = int(layer_off[k])
-            if used + len(nw) > len(layer_par):
-                size = max(used + len(nw), 2 * len(layer_par))
-                layer_par = np.concatenate([layer_par[:used], np.empty(size - used, np.int64)])
-                layer_ch = np.concatenate([layer_ch[:used], np.empty(size - used, np.int64)])
-            layer_par[used : used + len(nw)] = par
-            layer_ch[used : used + len(nw)] = ch
-            layer_off[k + 1] = used + len(nw)
-            states += len(nw)
-            if record:
-                self.stats.update(
-                    layers_done=k + 1, states=states,
-                    max_layer_states=max(self.stats["max_layer_states"], len(nw)),
-                )
-            if len(nw) == 0:
+            self._layers_done(core, out, k0, record)
+            if out.status != K.DP_MORE:
                 return None, all_dropped
-            open_bound = live + fixed_value
-            w, val, n = nw, nval, nn
-            k += 1
+            if layers.k > k0:
+                open_bound = out.live + fixed_value
         return None, all_dropped
+
+    def _layers_done(self, core, out, k0, record):
+        """After a call of the layer loop that started at layer ``k0`` and answered ``out``:
+        the layer statistics (with ``record``), the refusal of a DP with too many states,
+        what proved the incumbent optimal."""
+        if record and out.layers.k > k0:
+            self.stats.update(layers_done=int(out.layers.k), states=int(out.layers.states),
+                              max_layer_states=max(self.stats["max_layer_states"], int(out.largest)))
+        if out.status == K.DP_TOO_LARGE:
+            self._too_many_states(core)
+        if out.status == K.DP_PROVEN and record:
+            self._proven()  # records what proved it
+
+    def _rank_bound(self, core, setup, k, level, fixed_value):
+        """The cardinality bound (see :func:`budgetopt._kernels_exact.cardinality_bound`) of
+        the core with every other head fixed: it lowers ``global_bound``; returns the
+        :class:`~budgetopt._kernels_exact.DPRanks` that bound the rest of the core from layer
+        ``k`` on, or ``None`` when its rank multiplier is 0 (no better than the LP bound)."""
+        c, v, coff, cap = core.cost, core.value, core.coff, setup.cap
+        bound, mu, room = K.cardinality_bound(c, v, coff, cap, _GOLDEN_STEPS, level + self.margin - fixed_value)
+        prev = self.stats["cardinality_bound"]
+        prev = np.inf if prev is None else prev
+        self.stats.update(cardinality_bound=float(min(prev, bound + fixed_value)), rank_limit=int(room))
+        self.global_bound = min(self.global_bound, bound + fixed_value)
+        if mu <= 0:
+            return None
+        pos, dc, dv, slope = K.rank_hulls(c, v, coff, mu)
+        order = np.lexsort((pos, -slope))
+        pos, dc, dv, slope = pos[order], dc[order], dv[order], slope[order]
+        fc = np.empty(len(dc) + 1, np.int64)
+        fv = np.empty(len(dc) + 1, np.float64)
+        K.fenwick_build(dc, fc)
+        K.fenwick_build(dv, fv)
+        by_pos = np.argsort(pos, kind="stable")
+        seg_off = _starts(np.bincount(pos, minlength=len(core)))
+        K.fenwick_remove(fc, fv, dc, dv, by_pos[: seg_off[k]])  # heads already taken
+        top = 1 << (max(len(dc), 1).bit_length() - 1)
+        return K.DPRanks(mu, int(room), fc, fv, slope, top, dc, dv, by_pos, seg_off)
 
     def _too_many_states(self, core):
         raise ProblemTooLargeError(

@@ -557,27 +557,44 @@ def test_cli_time_limit_must_be_positive_seconds(capsys, value):
     assert "Traceback" not in err
 
 
-# -- the compiled multi-layer DP against the per-layer Python loop ---------------------------
+# -- the compiled DP layer loop: many layers per call against one layer per call -------------
+_LAYER_WORK = exact._LAYER_WORK
+_DP_LAYERS = exact.K.dp_layers
+
+
 def _same_answers(curves, total, monkeypatch, **limits):
-    """Solve with the core DP's layers run by ``dp_layers`` and by the Python loop (the
-    reference); the two must agree exactly: budgets, utility, bound and every statistic."""
+    """Solve with ``dp_layers`` running as many layers per call as ``_LAYER_WORK`` allows and
+    with one layer per call (``_LAYER_WORK = 0``: the solver resumes it after every layer, as
+    at a look at the clock); the two must agree exactly: budgets, utility, bound and every
+    statistic. Returns the answer (or the refusal's message), how many calls each made and
+    how many of them had the cardinality bound on."""
     for name, value in limits.items():
         monkeypatch.setattr(exact, name, value)
     answers = []
-    for fused in (True, False):
-        monkeypatch.setattr(exact, "_FUSED", fused)
+    calls = []
+    ranked = [0]
+
+    def counted(core, ranks, layers, search):
+        calls[-1] += 1
+        ranked[0] += ranks.mu > 0
+        return _DP_LAYERS(core, ranks, layers, search)
+
+    monkeypatch.setattr(exact.K, "dp_layers", counted)
+    for work in (limits.get("_LAYER_WORK", _LAYER_WORK), 0):
+        monkeypatch.setattr(exact, "_LAYER_WORK", work)
+        calls.append(0)
         try:
             answers.append(_exact(curves, total))
         except ProblemTooLargeError as exc:
             answers.append(str(exc))
-    fused, loop = answers
-    if isinstance(loop, str):
-        assert fused == loop
-        return loop
-    assert np.array_equal(fused.budgets, loop.budgets)
-    assert (fused.utility, fused.upper_bound) == (loop.utility, loop.upper_bound)
-    assert fused.stats == loop.stats
-    return loop
+    many, one = answers
+    if isinstance(one, str):
+        assert many == one
+        return one, calls, ranked[0]
+    assert np.array_equal(many.budgets, one.budgets)
+    assert (many.utility, many.upper_bound) == (one.utility, one.upper_bound)
+    assert many.stats == one.stats
+    return one, calls, ranked[0]
 
 
 def _dp_instances():
@@ -597,23 +614,27 @@ def _dp_instances():
 
 @pytest.mark.parametrize("limits", [
     {},
-    {"_LAYER_WORK": 0},  # hands back after every layer
     {"_LAYER_WORK": 50, "_RANK_AFTER_STATES": 30},  # the rank bound switched on between calls
-    {"_RANK_AFTER_STATES": -1},  # the rank bound from the first layer: the Python loop only
-], ids=["default", "one-layer-calls", "ranks-midway", "ranks-at-once"])
-def test_fused_core_dp_gives_the_loops_answers(limits, monkeypatch):
-    searched = 0
+    {"_RANK_AFTER_STATES": -1},  # the rank bound from the first layer
+], ids=["default", "ranks-midway", "ranks-at-once"])
+def test_core_dp_same_answers_in_one_call_or_one_layer_per_call(limits, monkeypatch):
+    searched = resumed = ranked = 0
     for name, (curves, total) in _dp_instances():
-        a = _same_answers(curves, total, monkeypatch, **limits)
+        a, (calls_many, calls_one), with_ranks = _same_answers(curves, total, monkeypatch, **limits)
         searched += isinstance(a, str) or a.stats["layers_done"] > 0
+        resumed += calls_one > calls_many
+        ranked += with_ranks > 0
     assert searched >= 8  # the comparison covers instances the core DP really searches
+    assert resumed >= 8  # ... where one layer per call takes more calls
+    if limits:
+        assert ranked >= 1  # ... and, here, the cardinality bound inside the layer loop
 
 
-def test_fused_core_dp_same_refusal_when_too_large(monkeypatch):
+def test_core_dp_same_refusal_when_too_large(monkeypatch):
     from instances_exact import strongly_fractional
 
     curves, total = strongly_fractional(40, 10, 0)
-    msg = _same_answers(curves, total, monkeypatch, EXACT_MAX_STATES=200)
+    msg, _, _ = _same_answers(curves, total, monkeypatch, EXACT_MAX_STATES=200)
     assert isinstance(msg, str) and "DP states" in msg
 
 
