@@ -123,32 +123,25 @@ def encode_calibration(tokenizer, calibration, *, sink, window, max_new_tokens, 
                 f"{where}: the context has {len(context_ids)} tokens; profiling needs more than "
                 f"sink + window = {sink + window}"
             )
-        questions = []
-        for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
-            ids = tuple(tokenizer.encode(question + suffix + prefix, add_special_tokens=False))
+        def query_ids(text, label, noun, new_name, new_tokens):
+            """Ids of a question or probe after the context, within the model's maximum length."""
+            ids = tuple(tokenizer.encode(text, add_special_tokens=False))
             if not ids:
-                raise InvalidInputError(f"{where}: questions[{i}] encodes to no tokens")
-            total = len(context_ids) + len(ids) + max_new_tokens
+                raise InvalidInputError(f"{where}: {label} encodes to no tokens")
+            total = len(context_ids) + len(ids) + new_tokens
             if max_length is not None and total > max_length:
                 raise InvalidInputError(
-                    f"{where}: questions[{i}]: context ({len(context_ids)} tokens) + question "
-                    f"({len(ids)}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceeds the "
-                    f"model's maximum length ({max_length})"
+                    f"{where}: {label}: context ({len(context_ids)} tokens) + {noun} ({len(ids)}) + "
+                    f"{new_name} ({new_tokens}) = {total} tokens exceeds the model's maximum length ({max_length})"
                 )
-            questions.append(ids)
-        probes = []
-        for i, probe in enumerate(ctx.probes):  # a probe is a question with no answer prefix
-            ids = tuple(tokenizer.encode(probe + suffix, add_special_tokens=False))
-            if not ids:
-                raise InvalidInputError(f"{where}: probes[{i}] encodes to no tokens")
-            total = len(context_ids) + len(ids) + ctx.probe_tokens
-            if max_length is not None and total > max_length:
-                raise InvalidInputError(
-                    f"{where}: probes[{i}]: context ({len(context_ids)} tokens) + probe ({len(ids)}) + "
-                    f"probe_tokens ({ctx.probe_tokens}) = {total} tokens exceeds the model's maximum length "
-                    f"({max_length})"
-                )
-            probes.append(ids)
+            return ids
+
+        questions = [query_ids(question + suffix + prefix, f"questions[{i}]", "question", "max_new_tokens",
+                               max_new_tokens)
+                     for i, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes))]
+        # a probe is a question with no answer prefix
+        probes = [query_ids(probe + suffix, f"probes[{i}]", "probe", "probe_tokens", ctx.probe_tokens)
+                  for i, probe in enumerate(ctx.probes)]
         encoded.append(EncodedContext(context_ids, tuple(questions), ctx.line, tuple(probes)))
     return encoded
 
