@@ -315,7 +315,11 @@ class ProbeBudgetPress(RequestBudgetPress):
         if keys.shape[0] != 1:
             raise InvalidInputError(
                 f"ProbeBudgetPress compresses one request at a time (batch 1); got batch {keys.shape[0]}")
-        scores = self.press.score(module, hidden_states, keys, values, attentions, kwargs)
+        try:
+            scores = self.press.score(module, hidden_states, keys, values, attentions, kwargs)
+        except AssertionError as exc:  # kvpress checks its own preconditions with assert
+            raise InvalidInputError(f"`press` {type(self.press).__name__} cannot score this context of "
+                                    f"{keys.shape[2]} tokens at layer {module.layer_idx}: {exc}") from exc
         self._pending[int(module.layer_idx)] = (module, scores)
         return keys, values
 

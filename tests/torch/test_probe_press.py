@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("kvpress")
 pytest.importorskip("tokenizers")
 
-from kvpress import KnormPress  # noqa: E402
+from kvpress import KnormPress, SnapKVPress  # noqa: E402
 from transformers import DynamicCache, pipeline  # noqa: E402
 
 import budgetopt  # noqa: E402
@@ -300,6 +300,11 @@ def test_errors(model, allocator):
     with pytest.raises(InvalidInputError, match="batch 1"):
         with torch.no_grad(), press_of(allocator, probes)(model):
             model.model(input_ids=ids.repeat(2, 1), past_key_values=DynamicCache())
+    # a scorer that cannot score so short a context (kvpress asserts it): a typed error
+    snap = ProbeBudgetPress(SnapKVPress(window_size=64), allocator, probes, compression_ratio=0.5)
+    with pytest.raises(InvalidInputError, match="SnapKVPress cannot score this context of 40 tokens"):
+        with torch.no_grad(), snap(model):
+            model.model(input_ids=ids, past_key_values=DynamicCache())
     # probe_oracles' own checks: a context + probe + probe_tokens beyond the model's positions
     cache = DynamicCache()
     with torch.no_grad():
