@@ -16,7 +16,9 @@ float32):
 own ``LUKVPress`` reading a local table) live in :mod:`budgetopt.torch.press` (they need the
 optional ``kvpress`` package, which is imported only when the press is first used);
 ``RequestBudgetPress`` (per-request budgets from a :class:`budgetopt.RequestAllocator`) lives in
-:mod:`budgetopt.torch.request_press`, loaded the same way. ``BudgetPress``'s
+:mod:`budgetopt.torch.request_press`, and ``ProbeBudgetPress`` (the same with the request's own
+probe oracles, decoded online after the prefill) in :mod:`budgetopt.torch.probe_press`, are
+loaded the same way. ``BudgetPress``'s
 ``mode="varlen"`` keeps each head's tokens packed in a transformers cache,
 :class:`budgetopt.torch.varlen_cache.VarlenCache`, read by the ``"budgetopt_varlen"``
 attention registered in that module.
@@ -90,4 +92,8 @@ def __getattr__(name):
         from .request_press import RequestBudgetPress
 
         return RequestBudgetPress
+    if name in ("ProbeBudgetPress", "encode_probes", "probe_oracles"):
+        from . import probe_press
+
+        return getattr(probe_press, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -309,7 +309,7 @@ def profile_context(model, context_ids, questions, *, scorer, max_new_tokens=64,
                 finally:
                     if croppable:
                         cache.crop(length)
-                oracles.append(state.acc.cpu().numpy())
+                oracles.append(state.acc[0].cpu().numpy())
                 counts.append(len(tokens))
                 generated.append(np.asarray(tokens, dtype=np.int64))
     return ContextProfile(

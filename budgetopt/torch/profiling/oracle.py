@@ -1,6 +1,6 @@
 """The oracle's attention patching: while the model answers, each generated step's attention row
-over the context, times the value-output norms, is folded into a ``(layers, kv_heads, T)``
-accumulator.
+over the context, times the value-output norms, is folded into a ``(batch, layers, kv_heads, T)``
+accumulator (batch: rows decoded together over one context, such as probes).
 
 :class:`OracleAttention` switches the model's attention implementation to a registered function
 (``"budgetopt_oracle_eager"`` or ``"budgetopt_oracle_sdpa"``: the model's own kernel for the
@@ -32,24 +32,28 @@ class OracleState:
         self.head_reduce = head_reduce
         self.step_reduce = step_reduce
         self.seq_len = 0  # tokens in the sequence after the current pass
-        self.acc = None  # (layers, kv_heads, T) float32, per question
+        self.acc = None  # (batch, layers, kv_heads, T) float32, per question (batch: probes decoded together)
+        self.active = None
         self.rows = 0
 
-    def reset(self, kv_heads):
+    def reset(self, kv_heads, batch=1):
+        """Zero the accumulator for ``batch`` rows over the same context (all rows active)."""
         layers, _, length = self.norms.shape
-        self.acc = torch.zeros((layers, kv_heads, length), dtype=torch.float32, device=self.norms.device)
+        self.acc = torch.zeros((batch, layers, kv_heads, length), dtype=torch.float32, device=self.norms.device)
+        self.active = None  # None: every row; else a (batch,) bool tensor of the rows still decoding
 
     def add_row(self, module, query, key, attention_mask, scaling, softcap):
-        """Fold the last query row's attention over the context into the accumulator."""
-        # query (1, H, q, d), key (1, Hkv, K, d): scores of the last query row only.
-        kv_heads, klen = key.shape[1], key.shape[2]
-        q = query[0, :, -1].float().view(kv_heads, self.group, -1)
-        logits = torch.einsum("kgd,ktd->kgt", q, key[0].float()) * scaling
+        """Fold each batch row's last query row's attention over the context into the accumulator."""
+        # query (B, H, q, d), key (B, Hkv, K, d): scores of the last query row only.
+        batch, kv_heads, klen = key.shape[0], key.shape[1], key.shape[2]
+        q = query[:, :, -1].float().view(batch, kv_heads, self.group, -1)
+        logits = torch.einsum("bkgd,bktd->bkgt", q, key.float()) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         if attention_mask is not None:
-            row = attention_mask[0, :, -1, -klen:]  # (1 or heads, K)
-            row = row.view(1, 1, klen) if row.shape[0] == 1 else row.view(kv_heads, self.group, klen)
+            row = attention_mask[:, :, -1, -klen:]  # (1 or B, 1 or heads, K)
+            row = (row.view(row.shape[0], 1, 1, klen) if row.shape[1] == 1
+                   else row.view(row.shape[0], kv_heads, self.group, klen))
             if row.dtype == torch.bool:
                 logits = logits.masked_fill(~row, float("-inf"))
             else:
@@ -62,17 +66,21 @@ class OracleState:
         if offset == 0:
             ctx = probs[..., :length]
         else:
-            ctx = torch.zeros((kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
+            ctx = torch.zeros((batch, kv_heads, self.group, length), dtype=torch.float32, device=probs.device)
             first = max(offset, 0)
             if first < length:
                 ctx[..., first:] = probs[..., first - offset:length - offset]
         layer = module.layer_idx
-        weighted = ctx * self.norms[layer].view(kv_heads, self.group, length)
-        reduced = weighted.amax(dim=1) if self.head_reduce == "max" else weighted.mean(dim=1)
+        weighted = ctx * self.norms[layer].view(1, kv_heads, self.group, length)
+        reduced = weighted.amax(dim=2) if self.head_reduce == "max" else weighted.mean(dim=2)
+        acc = self.acc[:, layer]
         if self.step_reduce == "max":
-            torch.maximum(self.acc[layer], reduced, out=self.acc[layer])
+            reduced = torch.maximum(acc, reduced)
         else:
-            self.acc[layer] += reduced
+            reduced = acc + reduced
+        if self.active is not None:
+            reduced = torch.where(self.active.view(-1, 1, 1), reduced, acc)
+        self.acc[:, layer] = reduced
 
 
 _ORACLE_NAMES = {"eager": "budgetopt_oracle_eager", "sdpa": "budgetopt_oracle_sdpa"}
