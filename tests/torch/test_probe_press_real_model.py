@@ -78,7 +78,12 @@ def test_default_probes_online_are_the_engines_on_smollm2(smollm2):
         np.subtract.at(held[layer], h.numpy(), 1)
     assert held.sum() == press.total_budget(length)
     by_hand = profile_context(model, context_ids, probe_ids, scorer=SnapKVPress(window_size=16), max_new_tokens=4)
-    expected = ra.allocate(by_hand.scores, press.total_budget(length), probe_oracles=list(by_hand.oracles)).budgets
+    # the press's own probe oracles (they match the engine's within float tolerance, checked
+    # below; exact budgets from the engine's could differ at a near tie on another CPU)
+    expected = ra.allocate(by_hand.scores, press.total_budget(length),
+                           probe_oracles=list(press.last_probe_oracles)).budgets
     np.testing.assert_array_equal(held, expected)
     for k, oracle in enumerate(press.last_probe_oracles):
         np.testing.assert_allclose(oracle, online[k], rtol=1e-4, atol=1e-5 * float(np.abs(online[k]).max()))
+        np.testing.assert_allclose(oracle, by_hand.oracles[k], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(by_hand.oracles[k]).max()))
