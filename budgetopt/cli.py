@@ -9,6 +9,7 @@ partial output file (files are written atomically).
 from __future__ import annotations
 
 import sys
+import warnings
 
 # Standard library and budgetopt's own light modules only: numpy and the solvers load inside
 # the commands, once main() listens for Ctrl-C. The console script imports this module before
@@ -628,7 +629,13 @@ def main(argv=None):
 def console():
     """The ``budgetopt`` console script and ``python -m budgetopt``: :func:`main` for a process
     that exits with its code right after (a late Ctrl-C no longer kills the finished run)."""
+    warnings.formatwarning = _one_line_warning
     return run_guarded(_build_parser_announcing, None, exiting=True)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """Warnings in the console script: one line, without the source line that raised them."""
+    return f"budgetopt: warning: {message}\n"
 
 
 COMPILING_NOTICE = (

@@ -2,6 +2,10 @@
 gives bit-for-bit the same answer that way as compiled, and the rules that pick the path
 hold."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -186,3 +190,13 @@ def test_an_unknown_environment_value_warns_and_means_auto(monkeypatch):
         assert _kernels_jit._mode_from_environment() == "auto"
     monkeypatch.setenv("BUDGETOPT_KERNELS", "python")
     assert _kernels_jit._mode_from_environment() == "python"
+
+
+def test_the_console_script_warns_about_an_unknown_mode_in_one_line():
+    env = {**os.environ, "BUDGETOPT_KERNELS": "turbo"}
+    proc = subprocess.run([sys.executable, "-m", "budgetopt", "solve", "--example", "--budget", "0.2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("budgetopt: warning: BUDGETOPT_KERNELS must be one of auto, python, compiled; "
+                           "got 'turbo', using 'auto'\n")
+    assert json.loads(proc.stdout)["method"] == "greedy"
