@@ -22,11 +22,14 @@ straight to compiled code, the third bounds what a small but hard problem (an ex
 with many DP states, say) can cost before compiling pays. Inner kernel calls go through
 the same rule. On the example the greedy spends about 0.1 s that way and ``method="exact"``
 about 1 s; a hard exact search of that size runs a few seconds as Python, then compiles.
-Answers do not depend on the path: the kernels use no arithmetic whose
-result differs between numba and numpy (no fast-math reductions that change results, no
-unstable sorts of ties, integer and float64 arithmetic only), and
+Answers do not depend on the path: the kernels sum in an explicit order, start float
+accumulators as float64 where the values are float32 (numpy would keep a float32 sum), and
+sort with ``kind="mergesort"`` where the order of ties decides something, and
 ``tests/test_kernels_interpreted.py`` checks every solver bit for bit in both modes on
-seeded problems. :func:`kernel_mode` forces one mode (benchmarks time compiled code only:
+seeded problems, ties included. One sort leaves the order of ties to the implementation: the
+LP of the exact solver's cardinality bound (``_kernels_exact._lp_fill``) fills tied segments
+in numba's or numpy's order; the test's tied knapsack classes (on which that bound runs) give
+the same answers and bounds both ways. :func:`kernel_mode` forces one mode (benchmarks time compiled code only:
 ``kernel_mode("compiled")``); ``BUDGETOPT_KERNELS=compiled`` (or ``python``) sets it for a
 process.
 

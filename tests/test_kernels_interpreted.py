@@ -13,6 +13,7 @@ import pytest
 
 import budgetopt
 from budgetopt import _kernels_jit
+from helpers import load_benchmark
 from budgetopt._kernels_jit import INTERPRET_MAX_ELEMENTS, INTERPRET_SECONDS, kernel_mode
 
 
@@ -98,6 +99,25 @@ def test_every_solver_answers_bit_for_bit_the_same_run_as_python(seed):
     with kernel_mode("python"):
         interpreted = _solve_all(seed)
     _same(compiled, interpreted)
+
+
+def test_exact_on_tied_knapsack_classes_is_the_same_run_as_python():
+    """Pisinger's classes on a small data range: many tied slopes, and the cardinality bound
+    (whose LP sorts tied segments in an unspecified order) runs on some of them."""
+    instances = load_benchmark("instances_exact")
+    bounded = 0
+    for kind in ("weakly", "strongly"):
+        for seed in range(3):
+            curves, total = instances.pisinger(kind, 30, 10, seed, data_range=100)
+            runs = []
+            for mode in ("compiled", "python"):
+                with kernel_mode(mode):
+                    a = budgetopt.allocate(curves, total, method="exact")
+                runs.append((a.budgets.copy(), a.utility, a.upper_bound, a.status,
+                             {k: v for k, v in a.stats.items() if "seconds" not in k}))
+            _same(*runs, where=f"{kind} {seed}")
+            bounded += runs[0][4]["cardinality_bound"] is not None
+    assert bounded > 0, "no instance ran the cardinality bound"
 
 
 def _fresh_kernel():
