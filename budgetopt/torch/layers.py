@@ -36,7 +36,7 @@ def lukv_row(compression_ratio):
     >>> lukv_row(0.2), lukv_row(0.999), lukv_row(0.001)
     (19, 98, 0)
     """
-    ratio = _check_ratio(compression_ratio)
+    ratio = check_fraction(compression_ratio, "compression_ratio")
     return max(0, min(LUKV_ROWS - 1, int(round(ratio * 100)) - 1))
 
 
@@ -189,7 +189,3 @@ def _check_capacity(head_capacity, budgets):
             f"budgets must be <= `head_capacity` ({capacity}); found {int(budgets.max())}"
         )
     return capacity
-
-
-def _check_ratio(compression_ratio):
-    return check_fraction(compression_ratio, "compression_ratio")

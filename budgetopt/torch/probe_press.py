@@ -12,12 +12,12 @@ Importing this module imports kvpress, which patches transformers' attention fun
 
 from __future__ import annotations
 
-import numbers
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..calibration import DEFAULT_PROBE_TOKENS, DEFAULT_PROBES
 from ..errors import InvalidInputError, InvalidTypeError
 from .geometry import language_model, model_geometry, text_config
@@ -76,14 +76,6 @@ def _check_probe_ids(probe_ids, vocab):
         raise InvalidTypeError("`probe_ids` must be a non-empty list of token-id tensors, one per probe "
                                "(see encode_probes)")
     return [_check_ids(p, f"probe_ids[{i}]", vocab) for i, p in enumerate(probe_ids)]
-
-
-def _check_probe_tokens(probe_tokens):
-    if isinstance(probe_tokens, bool) or not isinstance(probe_tokens, numbers.Integral):
-        raise InvalidTypeError(f"`probe_tokens` must be an int; got {type(probe_tokens).__name__}")
-    if probe_tokens < 1:
-        raise InvalidInputError(f"`probe_tokens` must be >= 1; got {probe_tokens}")
-    return int(probe_tokens)
 
 
 def probe_oracles(model, cache, probe_ids, *, probe_tokens=DEFAULT_PROBE_TOKENS, head_reduce="max",
@@ -150,7 +142,7 @@ def probe_oracles(model, cache, probe_ids, *, probe_tokens=DEFAULT_PROBE_TOKENS,
     text = text_config(model.config)
     vocab = getattr(text, "vocab_size", None)
     probes = _check_probe_ids(probe_ids, vocab)
-    probe_tokens = _check_probe_tokens(probe_tokens)
+    probe_tokens = check_int(probe_tokens, "probe_tokens", minimum=1)
     _choice(head_reduce, "head_reduce", _HEAD_REDUCE)
     _choice(step_reduce, "step_reduce", _STEP_REDUCE)
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
@@ -279,7 +271,7 @@ class ProbeBudgetPress(RequestBudgetPress):
             raise InvalidInputError("`allocator` was fitted without probes; fit it with `probe_oracles` "
                                     "(or use RequestBudgetPress)")
         self.probe_ids = _check_probe_ids(probe_ids, None)
-        self.probe_tokens = _check_probe_tokens(probe_tokens)
+        self.probe_tokens = check_int(probe_tokens, "probe_tokens", minimum=1)
         self.head_reduce = _choice(head_reduce, "head_reduce", _HEAD_REDUCE)
         self.step_reduce = _choice(step_reduce, "step_reduce", _STEP_REDUCE)
         if not isinstance(stop_at_eos, (bool, np.bool_)):
