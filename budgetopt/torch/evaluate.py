@@ -68,7 +68,8 @@ class Method:
 
 
 # -- methods -------------------------------------------------------------------------------------
-def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=4, window=1, probe_ids=None):
+def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=4, window=1, probe_ids=None,
+                     probe_gain=None):
     """:class:`Method` objects from names.
 
     Parameters
@@ -105,6 +106,9 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
     probe_ids : sequence of torch.LongTensor, optional
         For ``"probes"``: the run's probes as token ids
         (:func:`budgetopt.torch.encode_probes` of the calibration file's probe texts).
+    probe_gain : float, optional
+        For ``"probes"``: the allocator's gain on its probe coefficients
+        (``RequestAllocator.fit``'s ``probe_gain``); default: chosen by its cross-validation.
 
     Returns
     -------
@@ -229,7 +233,7 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
         elif name == "probes":
             from .probe_press import ProbeBudgetPress
 
-            allocator, probe_tokens = _probe_allocator(run, sink, window, probe_ids)
+            allocator, probe_tokens = _probe_allocator(run, sink, window, probe_ids, probe_gain)
             reduce = {k: run.meta[k] for k in ("head_reduce", "step_reduce") if run.meta.get(k) is not None}
             make = lambda c, ra=allocator, k=probe_tokens: ProbeBudgetPress(
                 scored(), ra, probe_ids, probe_tokens=k, compression_ratio=c, **reduce)
@@ -239,7 +243,7 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
     return out
 
 
-def _probe_allocator(run, sink, window, probe_ids):
+def _probe_allocator(run, sink, window, probe_ids, probe_gain=None):
     """The ``RequestAllocator`` of the ``"probes"`` method (the run's pairs, each with its
     context's probe oracles) and the run's ``probe_tokens``."""
     from ..request import RequestAllocator
@@ -268,7 +272,7 @@ def _probe_allocator(run, sink, window, probe_ids):
     if missing:
         raise InvalidInputError(f"method probes: the run's probes miss context(s) {missing[:5]}; give every shard")
     allocator = RequestAllocator.fit(list(run.oracles), list(run.scores), sink=sink, window=window,
-                                     probe_oracles=[by_context[c] for c, _ in run.pairs])
+                                     probe_oracles=[by_context[c] for c, _ in run.pairs], probe_gain=probe_gain)
     return allocator, steps.pop()
 
 

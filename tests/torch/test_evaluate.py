@@ -326,6 +326,7 @@ def test_cli_budgetopt_methods_with_calibration(setup, model_dir, tmp_path):
     (["--compression", "1.0"], "--compression: must be a number in [0, 1)"),
     (["--methods", "full,snap"], "--methods: unknown 'snap'"),
     (["--methods", "full,lukv"], "need --profile RUN"),
+    (["--probe-gain", "0.5"], "--probe-gain: must be a finite number >= 0, with --methods including probes"),
     (["--tasks", "needle"], "--tasks: unknown 'needle'"),
     (["--settings", "both"], "--settings: unknown 'both'"),
     (["--shard", "3/2"], "--shard K/N needs N >= 1 and 0 <= K < N"),
@@ -443,3 +444,16 @@ def test_cli_probes_method(model_dir, tmp_path):
     results = json.loads((out / "examples" / example_file).read_text())["settings"]["question"]["results"]
     probes = [r for r in results if r["method"] == "probes"]
     assert len(probes) == 1 and 0 < probes[0]["kept_fraction"] < 1
+
+
+def test_probes_method_probe_gain(probe_setup):
+    from budgetopt.calibration import DEFAULT_PROBES
+    from budgetopt.torch import encode_probes
+
+    tok, _, run, _, _ = probe_setup
+    probe_ids = encode_probes(tok, DEFAULT_PROBES)
+    for gain in (0.0, 0.5):
+        (method,) = ev.standard_methods(["probes"], scorer="snapkv", run=run, probe_ids=probe_ids, probe_gain=gain)
+        assert method.make(0.5).allocator.info["probes"]["gain"] == gain
+    with pytest.raises(InvalidInputError, match="`probe_gain` must be a finite number >= 0"):
+        ev.standard_methods(["probes"], scorer="snapkv", run=run, probe_ids=probe_ids, probe_gain=-1.0)
