@@ -326,6 +326,7 @@ def test_cli_budgetopt_methods_with_calibration(setup, model_dir, tmp_path):
     (["--compression", "1.0"], "--compression: must be a number in [0, 1)"),
     (["--methods", "full,snap"], "--methods: unknown 'snap'"),
     (["--methods", "full,lukv"], "need --profile RUN"),
+    (["--probe-gain", "0.5"], "--probe-gain: must be a finite number >= 0, with --methods including probes"),
     (["--tasks", "needle"], "--tasks: unknown 'needle'"),
     (["--settings", "both"], "--settings: unknown 'both'"),
     (["--shard", "3/2"], "--shard K/N needs N >= 1 and 0 <= K < N"),
@@ -348,3 +349,111 @@ def test_cli_refuses_a_foreign_directory_and_keeps_it(model_dir, tmp_path):
     done = cli("evaluate", model_dir, "--examples", "1", "--context-tokens", "40", "--methods", "full", "-o", out)
     assert done.returncode == 2 and "not a budgetopt evaluation" in done.stderr
     assert os.listdir(out) == ["notes.txt"]
+
+
+# -- the probes method (ProbeBudgetPress, issue 21) -------------------------------------------------
+@pytest.fixture(scope="module")
+def probe_setup(setup, tmp_path_factory):
+    """The setup's model and tokenizer with a run profiled with the default probes (3 decode steps)."""
+    tok, model, _, cal = setup
+    folder = tmp_path_factory.mktemp("probecal")
+    path = folder / "cal.jsonl"
+    lines = [json.loads(line) for line in open(cal)]
+    path.write_text("".join(json.dumps({**d, "probes": True, "probe_tokens": 3}) + "\n" for d in lines))
+    run = profile_model(model, tok, str(path), scorer="snapkv", sink=2, window=2, max_new_tokens=4,
+                        out_dir=str(folder / "run"), progress=False)
+    return tok, model, run, str(path), str(folder / "run")
+
+
+def test_probes_method_answers_equal_kvpress_pipeline(probe_setup):
+    from budgetopt.calibration import DEFAULT_PROBES
+    from budgetopt.runs import load_probe_run, load_profile_run
+    from budgetopt.torch import ProbeBudgetPress, encode_probes
+
+    tok, model, run, _, run_dir = probe_setup
+    assert run.probes is not None and len(run.probes.pairs) == 3 * len(run.meta["questions"])
+    # the run read back from disk, probes attached, is the run profile_model returned
+    loaded = dataclasses.replace(load_profile_run(run_dir), probes=load_probe_run(run_dir))
+    probe_ids = encode_probes(tok, DEFAULT_PROBES)
+    (method,) = ev.standard_methods(["probes"], scorer="snapkv", run=loaded, probe_ids=probe_ids)
+    press = method.make(0.8)
+    assert isinstance(press, ProbeBudgetPress) and press.probe_tokens == 3 and press.allocator.probe_beta is not None
+    assert not ev.replayable(press)  # it decodes the probes during the pre-fill: evaluate pre-fills under it
+    for example in [tasks.make_examples(t, 1, context_length=CONTEXT)[0] for t in ("passkey", "vartrack")]:
+        record = ev.evaluate_example(model, tok, example, [method], [0.3, 0.8], max_new_tokens=6)
+        setting = record["settings"]["question"]
+        length = setting["context_tokens"]
+        for res in setting["results"]:
+            fresh = method.make(res["compression"])
+            assert res["answer"] == pipeline_answer(model, tok, example, fresh, "question", 6), res["compression"]
+            assert fresh.last_probe_oracles is not None  # the pipeline's pre-fill decoded the probes
+            # the cache keeps exactly the allocator's whole budget (kvpress's masking hides the rest)
+            ra = fresh.allocator
+            assert res["kept_tokens"] == max(fresh.total_budget(length), ra.min_total_budget(length))
+            assert res["kept_tokens"] < model.config.num_hidden_layers * 2 * length
+
+
+def test_probes_method_needs_a_run_with_probes(setup, probe_setup):
+    from budgetopt.calibration import DEFAULT_PROBES
+    from budgetopt.torch import encode_probes
+
+    tok, _, run, _ = setup
+    probe_ids = encode_probes(tok, DEFAULT_PROBES)
+    with pytest.raises(InvalidInputError, match='add "probes": true .* run budgetopt profile again'):
+        ev.standard_methods(["full", "probes"], scorer="snapkv", run=run, probe_ids=probe_ids)
+    with_probes = probe_setup[2]
+    with pytest.raises(InvalidInputError, match="attach them as run.probes"):
+        ev.standard_methods(["probes"], scorer="snapkv", run=dataclasses.replace(with_probes, probes=None),
+                            probe_ids=probe_ids)
+    with pytest.raises(InvalidInputError, match="needs `probe_ids`"):
+        ev.standard_methods(["probes"], scorer="snapkv", run=with_probes)
+    with pytest.raises(InvalidInputError, match="need calibration"):
+        ev.standard_methods(["probes"], scorer="snapkv", probe_ids=probe_ids)
+
+
+def test_cli_probes_method(model_dir, tmp_path):
+    cal = tmp_path / "cal.jsonl"
+    done = cli("evaluate", model_dir, "--tasks", "passkey", "--examples", "3", "--context-tokens", "100",
+               "--write-calibration", cal, "-o", tmp_path / "unused")
+    assert done.returncode == 0, done.stderr
+    plain = tmp_path / "run"
+    prof = cli("profile", model_dir, "--calibration", cal, "--scorer", "snapkv", "--sink", "2", "--window", "2",
+               "--max-new-tokens", "3", "-o", plain, "--no-progress")
+    assert prof.returncode == 0, prof.stderr
+    args = ["evaluate", model_dir, "--tasks", "passkey", "--examples", "1", "--context-tokens", "100",
+            "--compression", "0.6", "--methods", "full,request,probes", "--max-new-tokens", "3"]
+    # a run profiled without probes: one line, exit 2, nothing written
+    refused = cli(*args, "--profile", plain, "--calibration", cal, "-o", tmp_path / "eval0")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert 'add "probes": true' in refused.stderr and "profile again" in refused.stderr
+    assert not (tmp_path / "eval0").exists()
+    probed = tmp_path / "cal_probes.jsonl"
+    probed.write_text("".join(json.dumps({**json.loads(line), "probes": True, "probe_tokens": 2}) + "\n"
+                              for line in cal.read_text().splitlines()))
+    run = tmp_path / "run_probes"
+    prof = cli("profile", model_dir, "--calibration", probed, "--scorer", "snapkv", "--sink", "2", "--window", "2",
+               "--max-new-tokens", "3", "-o", run, "--no-progress")
+    assert prof.returncode == 0, prof.stderr
+    out = tmp_path / "eval"
+    done = cli(*args, "--profile", run, "--calibration", probed, "-o", out, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["question"]["methods"] == ["full", "request", "probes"]
+    (example_file,) = os.listdir(out / "examples")
+    results = json.loads((out / "examples" / example_file).read_text())["settings"]["question"]["results"]
+    probes = [r for r in results if r["method"] == "probes"]
+    assert len(probes) == 1 and 0 < probes[0]["kept_fraction"] < 1
+
+
+def test_probes_method_probe_gain(probe_setup):
+    from budgetopt.calibration import DEFAULT_PROBES
+    from budgetopt.torch import encode_probes
+
+    tok, _, run, _, _ = probe_setup
+    probe_ids = encode_probes(tok, DEFAULT_PROBES)
+    for gain in (0.0, 0.5):
+        (method,) = ev.standard_methods(["probes"], scorer="snapkv", run=run, probe_ids=probe_ids, probe_gain=gain)
+        assert method.make(0.5).allocator.info["probes"]["gain"] == gain
+    with pytest.raises(InvalidInputError, match="`probe_gain` must be a finite number >= 0"):
+        ev.standard_methods(["probes"], scorer="snapkv", run=run, probe_ids=probe_ids, probe_gain=-1.0)
