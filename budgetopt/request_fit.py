@@ -99,21 +99,33 @@ def cross_validate(pairs, groups, fractions, sink, window, min_keep_fraction):
 
 
 def retained(mean_shape, weight, mean_proxy, beta, proxies, utility, length, fractions, sink, window,
-              min_keep_fraction):
+             min_keep_fraction):
     """Retained oracle fraction of one pair at each of :data:`CV_COMPRESSIONS`, for each of
     :data:`SHRINKAGES`: ``{shrinkage: array}``."""
     n = mean_shape.shape[0]
-    floor = head_floor(min_keep_fraction, length, sink, window)
-    tokens = token_counts(fractions, length - sink - window) + (sink + window)
+    floor, tokens, totals = cv_totals(n, length, fractions, sink, window, min_keep_fraction)
     static = with_floor(weight[:, None] * mean_shape, tokens, floor, length)
     request = with_floor(weight[:, None] * corrected(mean_shape, proxies, mean_proxy, beta), tokens, floor, length)
     out = {s: [] for s in SHRINKAGES}
-    capacity = n * length
-    mass = max(utility[:, -1].sum(), 1e-300)
-    for c in CV_COMPRESSIONS:
-        total = max(capacity - tokens_evicted(c, capacity), n * floor)
+    for total in totals:
         b_static, b_request = split(*static, total)[0], split(*request, total)[0]
         for s in SHRINKAGES:
-            budgets = blend_budgets(b_static, b_request, s)
-            out[s].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
+            out[s].append(kept_share(utility, blend_budgets(b_static, b_request, s), sink, window))
     return {s: np.array(v) for s, v in out.items()}
+
+
+def cv_totals(n, length, fractions, sink, window, min_keep_fraction):
+    """How a held-out pair of ``n`` heads and ``length`` tokens is split in cross-validation:
+    ``(floor, tokens, totals)``, its per-head floor, the fraction grid's token counts and the
+    total budget at each of :data:`CV_COMPRESSIONS`."""
+    floor = head_floor(min_keep_fraction, length, sink, window)
+    tokens = token_counts(fractions, length - sink - window) + (sink + window)
+    capacity = n * length
+    return floor, tokens, [max(capacity - tokens_evicted(c, capacity), n * floor) for c in CV_COMPRESSIONS]
+
+
+def kept_share(utility, budgets, sink, window):
+    """Share of a pair's oracle mass (``utility``, its exact per-head utility) that
+    ``budgets`` keep."""
+    mass = max(utility[:, -1].sum(), 1e-300)
+    return utility[np.arange(budgets.shape[0]), budgets - (sink + window)].sum() / mass

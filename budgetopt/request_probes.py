@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from .profile import utility_from_order
-from .request_fit import CV_COMPRESSIONS, CV_MAX_LOSS
+from .request_fit import CV_COMPRESSIONS, CV_MAX_LOSS, cv_totals, kept_share
 from .request_split import split, with_floor
-from .rounding import head_floor, token_counts, tokens_evicted
 
 __all__ = ["GAINS", "probe_curve", "fit_deviation", "cross_validate_gain"]
 
@@ -118,16 +117,10 @@ def cross_validate_gain(curves, probes, groups, utilities, lengths, fractions, s
 
 def _retained(static, delta, utility, length, fractions, sink, window, min_keep_fraction):
     """Retained oracle fraction of one pair at each of CV_COMPRESSIONS for each gain: {gain: array}."""
-    n = static.shape[0]
-    floor = head_floor(min_keep_fraction, length, sink, window)
-    tokens = token_counts(fractions, length - sink - window) + (sink + window)
-    capacity = n * length
-    mass = max(utility[:, -1].sum(), 1e-300)
+    floor, tokens, totals = cv_totals(static.shape[0], length, fractions, sink, window, min_keep_fraction)
     out = {g: [] for g in GAINS}
-    for comp in CV_COMPRESSIONS:
-        total = max(capacity - tokens_evicted(comp, capacity), n * floor)
+    for total in totals:
         for g in GAINS:
             u, grid = with_floor(np.ascontiguousarray(static + g * delta), tokens, floor, length)
-            budgets = split(u, grid, total)[0]
-            out[g].append(utility[np.arange(n), budgets - (sink + window)].sum() / mass)
+            out[g].append(kept_share(utility, split(u, grid, total)[0], sink, window))
     return {g: np.array(v) for g, v in out.items()}
