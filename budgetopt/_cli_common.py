@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ._limits import MAX_TOKENS, MAX_TOKENS_TEXT
@@ -229,11 +230,31 @@ def run_guarded(build_parser, argv, *, prog="budgetopt", exiting=False):
     out: the output is complete and the code stands.
     """
     received = []
+    in_hook = False
+    timers = []
 
     def on_signal(signum, frame):
         received.append(signum)
+        if in_hook:  # never raise inside the hook below: deliver the signal again shortly
+            timers.append(_redeliver(signum))
+            return
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
+    def on_unraisable(unraisable):
+        # A signal that lands in a callback from C code (numba's compiler calls back into Python
+        # through ctypes) raises there, and ctypes prints the exception and carries on as if
+        # nothing happened. Deliver it again, so that it lands in ordinary Python code.
+        nonlocal in_hook
+        if received and isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            in_hook = True
+            try:
+                timers.append(_redeliver(received[-1]))
+            finally:
+                in_hook = False
+        else:
+            previous_hook(unraisable)
+
+    previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
@@ -259,8 +280,22 @@ def run_guarded(build_parser, argv, *, prog="budgetopt", exiting=False):
         sys.stderr.write(line)
         return code
     finally:
+        for timer in timers:  # the command has ended: its code stands
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if exiting and sig == signal.SIGINT else handler)
+        sys.unraisablehook = previous_hook
+
+
+def _redeliver(signum, delay=0.01):
+    """Signal ``signum`` to the main thread again after ``delay`` seconds (from another thread,
+    so that the handler does not run before the caller has returned); returns the timer."""
+    import _thread
+
+    timer = threading.Timer(delay, _thread.interrupt_main, (signum,))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _outcome(exc, received, prog, where):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,29 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(_env, "OUT", tmp_path / "out")
     monkeypatch.setattr(_env, "RESULTS", tmp_path / "results")
     return _env
+
+
+def test_importing_it_outside_a_benchmark_leaves_the_kernel_mode_alone(env):
+    # The mode is the process's: a test that imports a benchmark must not switch every later
+    # test (and the child processes they start) to compiled kernels.
+    from budgetopt import _kernels_jit
+
+    assert not env._running_a_benchmark()
+    assert "BUDGETOPT_KERNELS" not in os.environ and _kernels_jit._MODE.mode == "auto"
+
+
+def test_a_benchmark_script_runs_compiled_kernels():
+    # A child whose main module is a benchmark script (named so, to write nothing into the tree).
+    code = ("import sys\n"
+            f"sys.modules['__main__'].__file__ = {str(ROOT / 'benchmarks' / 'bench_greedy.py')!r}\n"
+            f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+            "import os, _env\nfrom budgetopt import _kernels_jit\n"
+            "print(os.environ['BUDGETOPT_KERNELS'], _kernels_jit._MODE.mode)\n")
+    env = {k: v for k, v in os.environ.items() if k != "BUDGETOPT_KERNELS"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["compiled", "compiled"]
 
 
 def test_each_default_run_gets_a_new_folder(env, tmp_path):

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -102,6 +103,52 @@ def test_ctrl_c_during_console_script_start_up_exits_130_with_one_line(env, dela
     code, out, err = interrupt_after(env, delay_ms, ["solve", "--example", "--budget", "0.5"])
     assert "Traceback" not in err and "Error" not in err, err
     if code == 0:  # it finished before the signal: a complete answer
+        assert json.loads(out)["used"] > 0 and err == ""
+    else:
+        assert (code, out, err) == (130, "", "budgetopt: interrupted\n")
+
+
+#: A command whose work calls back from C code into Python (as numba's compiler does through
+#: ctypes) and receives the signal there, then runs for 20 s unless the signal stops it.
+SIGNAL_IN_CALLBACK = """
+import argparse, ctypes, signal, sys, time
+from budgetopt._cli_common import run_guarded
+
+def command(args):
+    ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.{sig}))()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pass
+    print("finished")
+    return 0
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="budgetopt")
+    parser.add_subparsers(dest="command").add_parser("work").set_defaults(func=command)
+    return parser
+
+sys.exit(run_guarded(build_parser, ["work"], exiting=True))
+"""
+
+
+@pytest.mark.parametrize("sig, expected", [("SIGINT", (130, "budgetopt: interrupted\n")),
+                                           ("SIGTERM", (143, "budgetopt: terminated by SIGTERM\n"))])
+def test_a_signal_that_lands_in_a_callback_from_c_still_stops_the_command(env, sig, expected):
+    # ctypes cannot pass an exception out of a callback: it prints it and goes on. Before the
+    # guard delivered such a signal again, this command printed a traceback and finished.
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_CALLBACK.format(sig=sig)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stderr) == expected
+    assert proc.stdout == "" and time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("delay_s", [1.0, 2.5])
+def test_ctrl_c_while_numba_compiles_exits_130_with_one_line(env, tmp_path, delay_s):
+    # Compiled kernels and an empty cache: the signal arrives while numba compiles.
+    compiling = {**env, "BUDGETOPT_KERNELS": "compiled", "BUDGETOPT_CACHE_DIR": str(tmp_path)}
+    code, out, err = interrupt_after(compiling, delay_s * 1000, ["solve", "--example", "--budget", "0.5"])
+    if code == 0:
         assert json.loads(out)["used"] > 0 and err == ""
     else:
         assert (code, out, err) == (130, "", "budgetopt: interrupted\n")
