@@ -1,0 +1,109 @@
+"""benchmarks/answer_span_objective.py: the answer-span masks, the weighted oracles and the
+held-out mass, against direct computations on a word-level tokenizer and seeded runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import budgetopt  # noqa: E402
+from helpers import load_benchmark, write_fake_run  # noqa: E402
+
+SINK, WINDOW = 1, 1
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("answer_span_objective")
+
+
+def _calibration(tmp_path, rng, n_contexts=4, length=30):
+    """Lines of random words, each with an answer of two words placed twice; returns the file and
+    the positions (in tokens after the BOS token) of every answer word."""
+    lines, where = [], []
+    for c in range(n_contexts):
+        words = [f"w{i}" for i in rng.integers(10, 100, size=length)]
+        answer = [f"w{100 + c}", f"w{110 + c}"]  # words that occur nowhere else
+        spots = sorted(rng.choice(np.arange(2, length - 3, 4), size=2, replace=False))
+        for s in spots:
+            words[s:s + 2] = answer
+        lines.append(json.dumps({"id": f"c{c}", "context": " ".join(words), "questions": ["w1?"],
+                                 "answers": [[" ".join(answer)]]}))
+        where.append({1 + s + k for s in spots for k in range(2)})
+    path = tmp_path / "cal.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, where
+
+
+def test_the_masks_mark_exactly_the_answer_tokens(bench, lm_kit, tmp_path):
+    tokenizer = lm_kit.tokenizer()
+    path, where = _calibration(tmp_path, np.random.default_rng(0))
+    write_fake_run(tmp_path / "run", [31] * 4, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
+    run = budgetopt.load_profile_run(tmp_path / "run")
+    cal, answers = bench.calibration_answers(path, tokenizer, None)
+    masks = bench.answer_masks(run, cal, answers, tokenizer)
+    for mask, expected in zip(masks, where):
+        assert set(np.flatnonzero(mask)) == expected
+
+
+def test_a_run_of_another_length_is_refused(bench, lm_kit, tmp_path):
+    tokenizer = lm_kit.tokenizer()
+    path, _ = _calibration(tmp_path, np.random.default_rng(0))
+    write_fake_run(tmp_path / "run", [40] * 4, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
+    run = budgetopt.load_profile_run(tmp_path / "run")
+    cal, answers = bench.calibration_answers(path, tokenizer, None)
+    with pytest.raises(SystemExit, match="tokenizes to 31 tokens, the run holds 40"):
+        bench.answer_masks(run, cal, answers, tokenizer)
+
+
+def test_weighted_oracles_add_the_normalised_span(bench, tmp_path):
+    write_fake_run(tmp_path / "run", [50] * 3, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
+    run = budgetopt.load_profile_run(tmp_path / "run")
+    masks = [np.random.default_rng(c).random(50) < 0.1 for c in range(3)]
+    mix = bench.weighted(run, masks, 2.0)
+    only = bench.weighted(run, masks, None)
+    for o, m, w, s in zip(run.oracles, masks, mix.oracles, only.oracles):
+        o = o.astype(np.float64)
+        np.testing.assert_allclose(s, o * m / (o * m).sum(), rtol=1e-6)
+        np.testing.assert_allclose(w, o / o.sum() + 2.0 * s, rtol=1e-6)
+        assert np.all(s[..., ~m] == 0)
+
+
+def _kept_mass(oracle, scores, b):
+    """Direct loop: oracle mass of the sink, the window and the best-scored middle tokens."""
+    t = oracle.shape[-1]
+    out = 0.0
+    for h in np.ndindex(oracle.shape[:-1]):
+        middle = np.arange(SINK, t - WINDOW)
+        order = middle[np.argsort(-scores[h][middle], kind="stable")]
+        keep = list(range(SINK)) + list(range(t - WINDOW, t)) + list(order[: b[h] - SINK - WINDOW])
+        out += oracle[h][keep].astype(np.float64).sum()
+    return out
+
+
+def test_held_out_mass_against_a_direct_loop(bench, tmp_path):
+    write_fake_run(tmp_path / "run", [40] * 4, layers=2, kv_heads=3, sink=SINK, window=WINDOW, seed=3)
+    run = budgetopt.load_profile_run(tmp_path / "run")
+    masks = [np.random.default_rng([9, c]).random(40) < 0.15 for c in range(4)]
+    rows = bench.held_out_mass(run, masks, [0.5, 0.8], 1.0)
+    assert [(r["compression"], r["split"]) for r in rows] == [(c, s) for c in (0.5, 0.8) for s in bench.SPLITS]
+    for row in rows:
+        if row["split"] != "allocate":
+            assert all(0 <= v <= 1 + 1e-9 for v in row["total_per_pair"] + row["span_per_pair"])
+            continue
+        total, span = [], []
+        for held in range(4):
+            others = [c for c in range(4) if c != held]
+            mean = np.mean([budgetopt.curves_from_scores(run.oracles[c], run.scores[c], sink=SINK, window=WINDOW).utility
+                            for c in others], axis=0)
+            curves = budgetopt.Curves(mean, np.arange(SINK + WINDOW, 41))
+            total_tokens = budgetopt.tokens_from_fraction(1 - row["compression"], curves.capacity)
+            b = budgetopt.allocate(curves, total_tokens).budgets  # a token grid: f * T is the budget
+            o, s, m = run.oracles[held], run.scores[held], masks[held]
+            total.append(_kept_mass(o, s, b) / o.astype(np.float64).sum())
+            span.append(_kept_mass(o * m, s, b) / (o * m).astype(np.float64).sum())
+        np.testing.assert_allclose(row["total_per_pair"], total, rtol=1e-5)
+        np.testing.assert_allclose(row["span_per_pair"], span, rtol=1e-5)
