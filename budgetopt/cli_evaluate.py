@@ -49,11 +49,11 @@ def add_evaluate_command(sub):
     p.add_argument("--methods", default=None,
                    help=f"comma list (default {DEFAULT_METHODS}, plus {RUN_METHODS} with --profile): full, any "
                         "kvpress scorer (snapkv, knorm, expected_attention, ...), adakv, uniform, pyramidkv, "
-                        "headkv, duoattention, lukv, budgetpress, allocate, request, probes (a run profiled with "
-                        "probes)")
+                        "headkv, duoattention, lukv, budgetpress, allocate, request, probes and probes_rank (a run "
+                        "profiled with probes; probes_rank ranks each head's tokens by the probes' attention)")
     p.add_argument("--probe-gain", type=float, default=None, metavar="G",
-                   help="method probes: the allocator's gain on its probe coefficients (default: chosen by its "
-                        "cross-validation on the run)")
+                   help="methods probes and probes_rank: the allocator's gain on its probe coefficients (default: "
+                        "chosen by its cross-validation on the run)")
     p.add_argument("--scorer", default="snapkv", help="scorer of the wrapped methods (default snapkv)")
     p.add_argument("--profile", nargs="+", metavar="RUN",
                    help="calibration: profile run directories (budgetopt profile) on contexts disjoint from these")
@@ -163,13 +163,14 @@ def cmd_evaluate(args):
                             "sink": run.meta.get("sink"), "window": run.meta.get("window"), **info,
                             "disjointness": "no evaluation context shares a paragraph with a calibration context "
                                             "(checked)."}
-    if args.probe_gain is not None and ("probes" not in methods or not math.isfinite(args.probe_gain)
+    probed = [m for m in methods if m in ("probes", "probes_rank")]
+    if args.probe_gain is not None and (not probed or not math.isfinite(args.probe_gain)
                                         or args.probe_gain < 0):
-        raise UsageError("--probe-gain: must be a finite number >= 0, with --methods including probes; "
-                         f"got {args.probe_gain}")
+        raise UsageError("--probe-gain: must be a finite number >= 0, with --methods including probes or "
+                         f"probes_rank; got {args.probe_gain}")
     probe_ids = None
-    if "probes" in methods:
-        run, probe_ids = _with_probes(run, args.profile, path, tokenizer)
+    if probed:
+        run, probe_ids = _with_probes(run, args.profile, path, tokenizer, probed[0])
     model, tokenizer = _load(load_local_model, args)
     config = model.config.get_text_config()
     head_shape = (int(config.num_hidden_layers),
@@ -182,7 +183,7 @@ def cmd_evaluate(args):
             "data": None if data is None else os.path.basename(args.data), "examples": args.examples,
             "context_tokens": args.context_tokens, "seed": args.seed, "compressions": comps, "methods": methods,
             "scorer": args.scorer, "settings": settings, "max_new_tokens": args.max_new_tokens,
-            **({"probe_gain": args.probe_gain} if "probes" in methods else {}),
+            **({"probe_gain": args.probe_gain} if probed else {}),
             "haystack": haystack or tasks_module.stdlib_paragraphs()[1], "calibration": calibration_info,
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "device": str(model.device),
             "versions": _versions()}
@@ -199,7 +200,7 @@ def cmd_evaluate(args):
     return 0
 
 
-def _with_probes(run, run_dirs, calibration_path, tokenizer):
+def _with_probes(run, run_dirs, calibration_path, tokenizer, method="probes"):
     """The run with its probes attached, and the calibration file's probe texts as token ids
     (one set of probes for every context, the counts the run recorded)."""
     import dataclasses
@@ -212,7 +213,7 @@ def _with_probes(run, run_dirs, calibration_path, tokenizer):
     counts = run.meta.get("probes") or []
     if not any(counts):
         raise InvalidInputError(
-            '--methods probes: the profile run was made without probes; add "probes": true (or a list of probe '
+            f'--methods {method}: the profile run was made without probes; add "probes": true (or a list of probe '
             'texts) and "probe_tokens" to the calibration lines and run budgetopt profile again')
     contexts = read_calibration(calibration_path).contexts
     if [len(c.probes) for c in contexts] != list(counts):
@@ -220,7 +221,7 @@ def _with_probes(run, run_dirs, calibration_path, tokenizer):
                                 "differ); give the run's calibration file")
     texts = {c.probes for c in contexts if c.probes}
     if len(texts) != 1:
-        raise InvalidInputError(f"{calibration_path}: --methods probes needs the same probes on every calibration "
+        raise InvalidInputError(f"{calibration_path}: --methods {method} needs the same probes on every calibration "
                                 f"line that has probes; found {len(texts)} different sets")
     return dataclasses.replace(run, probes=load_probe_run(*run_dirs)), encode_probes(tokenizer, list(texts.pop()))
 

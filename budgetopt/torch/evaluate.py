@@ -51,8 +51,9 @@ FORMAT = "budgetopt-evaluate/1"
 
 #: Method names :func:`standard_methods` builds besides kvpress scorers (``snapkv``, ``knorm``, ...).
 METHOD_NAMES = ("full", "adakv", "uniform", "pyramidkv", "headkv", "duoattention", "lukv", "budgetpress",
-                "allocate", "request", "probes")
-_NEEDS_RUN = ("headkv", "duoattention", "lukv", "budgetpress", "allocate", "request", "probes")
+                "allocate", "request", "probes", "probes_rank")
+_NEEDS_RUN = ("headkv", "duoattention", "lukv", "budgetpress", "allocate", "request", "probes", "probes_rank")
+_PROBE_METHODS = ("probes", "probes_rank")
 #: Tokens per head of the grid the static baselines' counts are computed on; each context gets
 #: the same fractions of its own length (``BudgetPress``'s ``head_capacity``).
 BASELINE_CAPACITY = 1024
@@ -94,7 +95,9 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
           (``ProbeBudgetPress`` with a ``RequestAllocator`` fitted on the run's pairs and
           its probe oracles, decoding ``probe_ids`` for the run's ``probe_tokens`` steps
           over each request's context; the run must have been profiled with probes and
-          carry them as ``run.probes``).
+          carry them as ``run.probes``), ``"probes_rank"`` (the same press with
+          ``rank="probes"``: the same budgets, each head keeping the tokens the request's
+          probes attended to most instead of the best scored).
     scorer : str, default "snapkv"
         The scorer of every method that wraps one; with a run it must be the run's scorer.
     run : budgetopt.ProfileRun, optional
@@ -104,10 +107,10 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
     sink, window : int, default 4 and 1
         Tokens every head keeps in the budget rules (the run's own values when a run is given).
     probe_ids : sequence of torch.LongTensor, optional
-        For ``"probes"``: the run's probes as token ids
+        For ``"probes"`` and ``"probes_rank"``: the run's probes as token ids
         (:func:`budgetopt.torch.encode_probes` of the calibration file's probe texts).
     probe_gain : float, optional
-        For ``"probes"``: the allocator's gain on its probe coefficients
+        For ``"probes"`` and ``"probes_rank"``: the allocator's gain on its probe coefficients
         (``RequestAllocator.fit``'s ``probe_gain``); default: chosen by its cross-validation.
 
     Returns
@@ -118,15 +121,16 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
     ------
     InvalidTypeError, InvalidInputError
         An unknown or repeated name; a method that needs a run without one, or a run of
-        another scorer; ``"probes"`` with a run profiled without probes (add ``"probes"``
+        another scorer; ``"probes"`` or ``"probes_rank"`` with a run profiled without probes (add ``"probes"``
         to the calibration lines and profile again), a run whose probes are not attached
         (``run.probes``, :func:`budgetopt.runs.load_probe_run`) or whose contexts decoded
         different ``probe_tokens``, or without ``probe_ids``.
 
     Notes
     -----
-    The ``"probes"`` press decodes the probes during the pre-fill, so :func:`run_method`
-    pre-fills under it (:func:`replayable` is False for it).
+    The ``"probes"`` and ``"probes_rank"`` presses decode the probes during the pre-fill, so
+    :func:`run_method` pre-fills under them (:func:`replayable` is False for them). Both fit
+    the same allocator (once, when both are named).
     """
     from kvpress import AdaKVPress, LUKVPress
 
@@ -230,47 +234,51 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
 
             allocator = RequestAllocator.fit(list(run.oracles), list(run.scores), sink=sink, window=window)
             make = lambda c, ra=allocator: RequestBudgetPress(scored(), ra, compression_ratio=c)
-        elif name == "probes":
+        elif name in _PROBE_METHODS:
             from .probe_press import ProbeBudgetPress
 
-            allocator, probe_tokens = _probe_allocator(run, sink, window, probe_ids, probe_gain)
+            if "probe_allocator" not in built:
+                built["probe_allocator"] = _probe_allocator(run, sink, window, probe_ids, probe_gain, name)
+            allocator, probe_tokens = built["probe_allocator"]
             reduce = {k: run.meta[k] for k in ("head_reduce", "step_reduce") if run.meta.get(k) is not None}
-            make = lambda c, ra=allocator, k=probe_tokens: ProbeBudgetPress(
-                scored(), ra, probe_ids, probe_tokens=k, compression_ratio=c, **reduce)
+            rank = "probes" if name == "probes_rank" else "scores"
+            make = lambda c, ra=allocator, k=probe_tokens, rank=rank: ProbeBudgetPress(
+                scored(), ra, probe_ids, probe_tokens=k, compression_ratio=c, rank=rank, **reduce)
         else:
             make = lambda c, n=name: _ratio(resolve_scorer(n), c)
         out.append(Method(name, make))
     return out
 
 
-def _probe_allocator(run, sink, window, probe_ids, probe_gain=None):
-    """The ``RequestAllocator`` of the ``"probes"`` method (the run's pairs, each with its
-    context's probe oracles) and the run's ``probe_tokens``."""
+def _probe_allocator(run, sink, window, probe_ids, probe_gain=None, method="probes"):
+    """The ``RequestAllocator`` of the ``"probes"`` and ``"probes_rank"`` methods (the run's
+    pairs, each with its context's probe oracles) and the run's ``probe_tokens``; errors name
+    ``method``."""
     from ..request import RequestAllocator
 
     counts = run.meta.get("probes") or []
     if not any(counts):
         raise InvalidInputError(
-            'method probes needs a profile run made with probes: add "probes": true (or a list of probe texts) '
+            f'method {method} needs a profile run made with probes: add "probes": true (or a list of probe texts) '
             'and "probe_tokens" to the calibration lines and run budgetopt profile again')
     probes = run.probes
     if probes is None or not probes.pairs:
         raise InvalidInputError(
-            "method probes needs the run's probes: attach them as run.probes (budgetopt.runs.load_probe_run on the "
+            f"method {method} needs the run's probes: attach them as run.probes (budgetopt.runs.load_probe_run on the "
             "same run directories)")
     steps = {int(k) for k, n in zip(run.meta.get("probe_tokens") or [], counts) if n}
     if len(steps) != 1:
         raise InvalidInputError(
-            f"method probes needs one probe_tokens for every calibration context; the run has {sorted(steps)}")
+            f"method {method} needs one probe_tokens for every calibration context; the run has {sorted(steps)}")
     if probe_ids is None:
         raise InvalidInputError(
-            "method probes needs `probe_ids`: the run's probe texts encoded with budgetopt.torch.encode_probes")
+            f"method {method} needs `probe_ids`: the run's probe texts encoded with budgetopt.torch.encode_probes")
     by_context = {}
     for (c, _), oracle in zip(probes.pairs, probes.oracles):
         by_context.setdefault(c, []).append(oracle)
     missing = sorted({c for c, _ in run.pairs} - set(by_context))
     if missing:
-        raise InvalidInputError(f"method probes: the run's probes miss context(s) {missing[:5]}; give every shard")
+        raise InvalidInputError(f"method {method}: the run's probes miss context(s) {missing[:5]}; give every shard")
     allocator = RequestAllocator.fit(list(run.oracles), list(run.scores), sink=sink, window=window,
                                      probe_oracles=[by_context[c] for c, _ in run.pairs], probe_gain=probe_gain)
     return allocator, steps.pop()

@@ -4,7 +4,8 @@ After the context's prefill, the allocator's probes (generic queries such as "Su
 text above.") are decoded over the uncompressed context as one batch, their attention folded
 into probe oracles by the profiler's own oracle code (:mod:`budgetopt.torch.profiling.oracle`),
 and :meth:`budgetopt.RequestAllocator.allocate` turns the request's scores and probe oracles
-into per-KV-head budgets, applied by kvpress's head-wise masking.
+into per-KV-head budgets, applied by kvpress's head-wise masking. Each head keeps its best
+scored tokens, or (``rank="probes"``) those its probes attended to most.
 
 Importing this module imports kvpress, which patches transformers' attention functions
 (kvpress's own import-time behaviour, needed for head-wise masking).
@@ -30,6 +31,9 @@ from transformers import DynamicCache  # noqa: E402  (after kvpress's patching)
 from transformers.cache_utils import DynamicLayer  # noqa: E402
 
 __all__ = ["ProbeBudgetPress", "encode_probes", "probe_oracles"]
+
+#: What ``ProbeBudgetPress(rank=...)`` ranks each head's tokens by.
+RANKS = ("scores", "probes")
 
 
 def encode_probes(tokenizer, probes=DEFAULT_PROBES):
@@ -198,6 +202,21 @@ def probe_oracles(model, cache, probe_ids, *, probe_tokens=DEFAULT_PROBE_TOKENS,
     return state.acc.cpu().numpy()
 
 
+def probe_rank_keys(oracles):
+    """Per-token keys ``(L, H, T)`` that ``rank="probes"`` ranks each head's tokens by.
+
+    Each probe's oracle is divided by its total mass (all layers, heads and tokens; a probe
+    with no mass counts as 1) and the K probes are summed. Keeping a head's tokens in the
+    order of these keys keeps, at every budget, the largest mean over the probes of the
+    share of each probe's mass kept: the quantity the allocator's probe curves measure
+    (:func:`budgetopt.request_probes.probe_curve`). float64; O(K L H T).
+    """
+    arr = np.asarray(oracles, dtype=np.float64)
+    mass = arr.reshape(arr.shape[0], -1).sum(axis=1)
+    mass = np.where(mass > 0, mass, 1.0)
+    return (arr / mass[:, None, None, None]).sum(axis=0)
+
+
 class ProbeBudgetPress(RequestBudgetPress):
     """Head budgets from the request's scores and its own probe oracles, computed online.
 
@@ -209,7 +228,9 @@ class ProbeBudgetPress(RequestBudgetPress):
     the budget over all layers and KV heads from the scores and the probe oracles; (5) each
     head hides all but its budget (its ``sink`` first, ``window`` last and best scored
     tokens) with kvpress's head-wise masking, as :class:`RequestBudgetPress` does with
-    ``layerwise=True``.
+    ``layerwise=True``. With ``rank="probes"`` step (5) ranks each head's tokens by its
+    probe oracles instead of the scores (tokens ranked by the attention of generic queries,
+    as KVzip ranks them); the budgets are the same.
 
     **Cost.** Per request, on top of the prefill: ``probe_tokens`` forward passes of K rows
     (K probes) against the ``T``-token context, the first over the probes' tokens, plus one
@@ -232,6 +253,12 @@ class ProbeBudgetPress(RequestBudgetPress):
         decodes no probes.
     head_reduce, step_reduce, stop_at_eos
         The oracle's options, as given to ``budgetopt profile`` (defaults: its defaults).
+    rank : {"scores", "probes"}, default "scores"
+        Which tokens a head keeps within its budget (besides its sink and window): the best
+        scored by ``press`` (``"scores"``), or those the request's probes attended to most
+        (``"probes"``: each probe's oracle as a share of its total mass, summed over the
+        probes, :func:`probe_rank_keys`). The scores are computed either way: the allocator
+        needs them for the budgets.
 
     Raises
     ------
@@ -252,6 +279,13 @@ class ProbeBudgetPress(RequestBudgetPress):
     scores and oracles; the oracles equal ``budgetopt profile``'s up to float rounding
     (padding and batching change the order of a few sums).
 
+    With either ``rank``, each head keeps exactly its budget (which is never below its
+    ``sink + window`` protected tokens), and equal keys go to the lower position
+    (:func:`budgetopt.torch.keep_mask`).
+    ``rank="probes"`` mixes no scores into the ranking: scorers' scales differ (KnormPress's
+    are negative norms), so a sum of the two would need a weight of its own. Measured
+    downstream against ``rank="scores"``: ``docs/request.md``, "Probe queries".
+
     Examples
     --------
     >>> import numpy as np, budgetopt, torch
@@ -260,12 +294,14 @@ class ProbeBudgetPress(RequestBudgetPress):
     >>> s = [rng.random((2, 2, 50)) for _ in range(3)]
     >>> ra = budgetopt.RequestAllocator.fit(s, s, sink=1, window=2, probe_oracles=[[x] for x in s])
     >>> p = ProbeBudgetPress(KnormPress(), ra, [torch.tensor([5, 6])], probe_tokens=4, compression_ratio=0.5)
-    >>> p.compression_ratio, p.probe_tokens
-    (0.5, 4)
+    >>> p.compression_ratio, p.probe_tokens, p.rank
+    (0.5, 4, 'scores')
+    >>> ProbeBudgetPress(KnormPress(), ra, [torch.tensor([5, 6])], rank="probes").rank
+    'probes'
     """
 
     def __init__(self, press, allocator, probe_ids, *, probe_tokens=DEFAULT_PROBE_TOKENS, compression_ratio=0.0,
-                 head_reduce="max", step_reduce="max", stop_at_eos=True):
+                 head_reduce="max", step_reduce="max", stop_at_eos=True, rank="scores"):
         super().__init__(press, allocator, compression_ratio=compression_ratio, layerwise=True)
         if allocator.probe_beta is None:
             raise InvalidInputError("`allocator` was fitted without probes; fit it with `probe_oracles` "
@@ -277,6 +313,9 @@ class ProbeBudgetPress(RequestBudgetPress):
         if not isinstance(stop_at_eos, (bool, np.bool_)):
             raise InvalidTypeError(f"`stop_at_eos` must be True or False; got {stop_at_eos!r}")
         self.stop_at_eos = bool(stop_at_eos)
+        if not isinstance(rank, str):
+            raise InvalidTypeError(f"`rank` must be one of {', '.join(map(repr, RANKS))}; got {rank!r}")
+        self.rank = _choice(rank, "rank", RANKS)
         self.last_probe_oracles = None
         self._model = None
 
@@ -331,11 +370,14 @@ class ProbeBudgetPress(RequestBudgetPress):
         length = scores.shape[-1]
         total = max(self.total_budget(length), ra.min_total_budget(length))
         budgets = ra.allocate(scores, total, probe_oracles=list(oracles)).budgets
+        keys = probe_rank_keys(oracles) if self.rank == "probes" else None
         for i in range(ra.layers):
             mod, sc = pending[i]
+            if keys is not None:
+                sc = torch.from_numpy(keys[None, i]).to(sc.device)
             self._hide(mod, sc, budgets[None, i].copy())
         return output
 
     def __repr__(self):
         return (f"ProbeBudgetPress(press={self.press!r}, allocator={self.allocator!r}, probes={len(self.probe_ids)}, "
-                f"probe_tokens={self.probe_tokens}, compression_ratio={self._ratio!r})")
+                f"probe_tokens={self.probe_tokens}, compression_ratio={self._ratio!r}, rank={self.rank!r})")

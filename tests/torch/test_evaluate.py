@@ -393,6 +393,29 @@ def test_probes_method_answers_equal_kvpress_pipeline(probe_setup):
             assert res["kept_tokens"] < model.config.num_hidden_layers * 2 * length
 
 
+def test_probes_rank_method_is_the_probe_press_ranking_by_probes(probe_setup):
+    from budgetopt.calibration import DEFAULT_PROBES
+    from budgetopt.torch import ProbeBudgetPress, encode_probes
+
+    tok, model, run, _, _ = probe_setup
+    probe_ids = encode_probes(tok, DEFAULT_PROBES)
+    by_scores, by_probes = ev.standard_methods(["probes", "probes_rank"], scorer="snapkv", run=run,
+                                               probe_ids=probe_ids)
+    a, b = by_scores.make(0.7), by_probes.make(0.7)
+    assert isinstance(b, ProbeBudgetPress) and (a.rank, b.rank) == ("scores", "probes")
+    assert b.allocator is a.allocator  # one fit for both: the same budgets
+    assert (b.probe_tokens, b.head_reduce, b.step_reduce) == (a.probe_tokens, a.head_reduce, a.step_reduce)
+    assert not ev.replayable(b)  # it decodes the probes during the pre-fill: evaluate pre-fills under it
+    example = tasks.make_examples("passkey", 1, context_length=CONTEXT)[0]
+    record = ev.evaluate_example(model, tok, example, [by_scores, by_probes], [0.7], max_new_tokens=6)
+    results = {r["method"]: r for r in record["settings"]["question"]["results"]}
+    assert results["probes_rank"]["kept_tokens"] == results["probes"]["kept_tokens"]
+    assert results["probes_rank"]["answer"] == pipeline_answer(model, tok, example, by_probes.make(0.7), "question", 6)
+    # alone, it needs what probes needs, and says so under its own name
+    with pytest.raises(InvalidInputError, match="method probes_rank needs `probe_ids`"):
+        ev.standard_methods(["probes_rank"], scorer="snapkv", run=run)
+
+
 def test_probes_method_needs_a_run_with_probes(setup, probe_setup):
     from budgetopt.calibration import DEFAULT_PROBES
     from budgetopt.torch import encode_probes
@@ -421,7 +444,7 @@ def test_cli_probes_method(model_dir, tmp_path):
                "--max-new-tokens", "3", "-o", plain, "--no-progress")
     assert prof.returncode == 0, prof.stderr
     args = ["evaluate", model_dir, "--tasks", "passkey", "--examples", "1", "--context-tokens", "100",
-            "--compression", "0.6", "--methods", "full,request,probes", "--max-new-tokens", "3"]
+            "--compression", "0.6", "--methods", "full,request,probes,probes_rank", "--max-new-tokens", "3"]
     # a run profiled without probes: one line, exit 2, nothing written
     refused = cli(*args, "--profile", plain, "--calibration", cal, "-o", tmp_path / "eval0")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
@@ -439,11 +462,12 @@ def test_cli_probes_method(model_dir, tmp_path):
     done = cli(*args, "--profile", run, "--calibration", probed, "-o", out, "--no-progress")
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["question"]["methods"] == ["full", "request", "probes"]
+    assert report["settings"]["question"]["methods"] == ["full", "request", "probes", "probes_rank"]
     (example_file,) = os.listdir(out / "examples")
     results = json.loads((out / "examples" / example_file).read_text())["settings"]["question"]["results"]
-    probes = [r for r in results if r["method"] == "probes"]
-    assert len(probes) == 1 and 0 < probes[0]["kept_fraction"] < 1
+    probes = [r for r in results if r["method"] in ("probes", "probes_rank")]
+    assert len(probes) == 2 and 0 < probes[0]["kept_fraction"] < 1
+    assert probes[0]["kept_tokens"] == probes[1]["kept_tokens"]  # the same budgets, ranked otherwise
 
 
 def test_probes_method_probe_gain(probe_setup):

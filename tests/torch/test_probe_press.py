@@ -318,5 +318,106 @@ def test_errors(model, allocator):
         probe_oracles(model, cache, probes, step_reduce="min")
 
 
+# -- rank="probes": each head keeps the tokens its probes attended to most ------------------------------
+def probe_keys_by_hand(oracles):
+    """Reference keys of rank="probes", by a direct loop: for each token of each head, the sum
+    over probes of that probe's oracle over its total mass (all layers, heads and tokens)."""
+    k_probes, layers, heads, length = oracles.shape
+    totals = [sum(float(x) for x in oracles[k].ravel()) for k in range(k_probes)]
+    keys = np.zeros((layers, heads, length))
+    for layer in range(layers):
+        for head in range(heads):
+            for t in range(length):
+                keys[layer, head, t] = sum(float(oracles[k, layer, head, t]) / (totals[k] or 1.0)
+                                           for k in range(k_probes))
+    return keys
+
+
+def kept_by_hand(keys, budgets, sink, window):
+    """(L, H, T) bool: each head keeps its sink, its window and its ``budget - sink - window``
+    largest middle keys, equal keys going to the lower position (keep_mask's rule), by a sort."""
+    layers, heads, length = keys.shape
+    kept = np.zeros(keys.shape, dtype=bool)
+    for layer in range(layers):
+        for head in range(heads):
+            row = [float(x) for x in keys[layer, head]]
+            middle = sorted(range(sink, length - window), key=lambda t: (-row[t], t))
+            kept[layer, head, :sink] = True
+            kept[layer, head, length - window:] = True
+            kept[layer, head, middle[:max(int(budgets[layer, head]) - sink - window, 0)]] = True
+    return kept
+
+
+def kept_positions(model, length):
+    """(L, H, T) bool: the tokens kvpress's masking leaves visible to each KV head."""
+    kept = np.ones((len(model.model.layers), model.config.num_key_value_heads, length), dtype=bool)
+    for layer, block in enumerate(model.model.layers):
+        indices = getattr(block.self_attn, "masked_key_indices", None)
+        if indices is not None:
+            _, h, t = (i.cpu().numpy() for i in indices)
+            kept[layer, h, t] = False
+    return kept
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.8])
+def test_rank_probes_keeps_each_heads_budget_of_its_top_probe_tokens(model, tokenizer, allocator, ratio):
+    context_ids = tokenizer.encode("<s>" + context_text(12, n=48), return_tensors="pt", add_special_tokens=False)
+    length = context_ids.shape[1]
+    probe_ids = encode_probes(tokenizer, PROBES)
+    kept = {}
+    for rank in ("scores", "probes"):
+        press = ProbeBudgetPress(KnormPress(), allocator, probe_ids, probe_tokens=PROBE_TOKENS,
+                                 compression_ratio=ratio, rank=rank)
+        with torch.no_grad(), press(model):
+            model.model(input_ids=context_ids, past_key_values=DynamicCache())
+        kept[rank] = kept_positions(model, length)
+        _, budgets, _ = hand_budgets(model, allocator, press, context_ids[0], probe_ids)
+        # the budgets are the allocator's either way: every head keeps exactly its own
+        np.testing.assert_array_equal(kept[rank].sum(axis=-1), budgets)
+        assert (budgets > allocator.sink + allocator.window).any()
+        if rank == "probes":
+            keys = probe_keys_by_hand(press.last_probe_oracles)
+            np.testing.assert_array_equal(kept["probes"], kept_by_hand(keys, budgets, allocator.sink, allocator.window))
+        else:  # the scorer's ranking, as before (KnormPress's scores: the keys' negative norms)
+            cache = DynamicCache()
+            with torch.no_grad():
+                model.model(input_ids=context_ids, past_key_values=cache)
+            by_scores = kept_by_hand(knorm_scores(cache), budgets, allocator.sink, allocator.window)
+            np.testing.assert_array_equal(kept["scores"], by_scores)
+    assert kept["probes"][..., :allocator.sink].all() and kept["probes"][..., length - allocator.window:].all()
+    assert not np.array_equal(kept["probes"], kept["scores"])  # the option changes which tokens are kept
+
+
+def test_probe_rank_keys_by_hand():
+    from budgetopt.torch.probe_press import probe_rank_keys
+
+    # probe 0 has mass 4, probe 1 mass 2, probe 2 none: keys are o0 / 4 + o1 / 2 + o2
+    o = np.zeros((3, 1, 2, 4))
+    o[0, 0, 0] = [1, 0, 2, 1]
+    o[1, 0, 1] = [0, 1, 0, 1]
+    np.testing.assert_allclose(probe_rank_keys(o)[0], [[0.25, 0, 0.5, 0.25], [0, 0.5, 0, 0.5]], rtol=0, atol=0)
+    # equal keys go to the lower position (keep_mask's rule, which the press applies to these keys)
+    keys = torch.from_numpy(probe_rank_keys(o))
+    mask = budgetopt.torch.keep_mask(keys[0:1], np.array([1, 1]))
+    assert mask[0].tolist() == [[False, False, True, False], [False, True, False, False]]
+    mask = budgetopt.torch.keep_mask(keys[0:1], np.array([2, 2]))
+    assert mask[0].tolist() == [[True, False, True, False], [False, True, False, True]]
+
+
+def test_rank_option_errors(allocator):
+    probes = [torch.tensor([4, 5])]
+    for bad in ("probe", "Scores", "both", ""):
+        with pytest.raises(InvalidInputError, match=r"`rank` must be one of 'scores', 'probes'; got"):
+            ProbeBudgetPress(KnormPress(), allocator, probes, rank=bad)
+    for bad in (None, 1, ["probes"]):
+        with pytest.raises(InvalidTypeError, match=r"`rank` must be one of 'scores', 'probes'; got"):
+            ProbeBudgetPress(KnormPress(), allocator, probes, rank=bad)
+    with pytest.raises(TypeError):  # keyword-only
+        ProbeBudgetPress(KnormPress(), allocator, probes, 5, 0.5, "max", "max", True, "probes")
+    press = ProbeBudgetPress(KnormPress(), allocator, probes, rank="probes")
+    assert "rank='probes'" in repr(press)
+    assert "rank='scores'" in repr(ProbeBudgetPress(KnormPress(), allocator, probes))
+
+
 def press_of(allocator, probes):
     return ProbeBudgetPress(KnormPress(), allocator, probes, probe_tokens=3, compression_ratio=0.5)
