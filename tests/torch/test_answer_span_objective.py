@@ -38,25 +38,26 @@ def _calibration(tmp_path, rng, n_contexts=4, length=30):
     return path, where
 
 
-def test_the_masks_mark_exactly_the_answer_tokens(bench, lm_kit, tmp_path):
+def _masks(bench, lm_kit, tmp_path, run_length):
+    """The answer masks of 4 seeded calibration contexts (31 tokens each) against a fake run
+    whose pairs hold ``run_length`` tokens, and the answer positions expected."""
     tokenizer = lm_kit.tokenizer()
     path, where = _calibration(tmp_path, np.random.default_rng(0))
-    write_fake_run(tmp_path / "run", [31] * 4, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
+    write_fake_run(tmp_path / "run", [run_length] * 4, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
     run = budgetopt.load_profile_run(tmp_path / "run")
     cal, answers = bench.calibration_answers(path, tokenizer, None)
-    masks = bench.answer_masks(run, cal, answers, tokenizer)
+    return bench.answer_masks(run, cal, answers, tokenizer), where
+
+
+def test_the_masks_mark_exactly_the_answer_tokens(bench, lm_kit, tmp_path):
+    masks, where = _masks(bench, lm_kit, tmp_path, 31)
     for mask, expected in zip(masks, where):
         assert set(np.flatnonzero(mask)) == expected
 
 
 def test_a_run_of_another_length_is_refused(bench, lm_kit, tmp_path):
-    tokenizer = lm_kit.tokenizer()
-    path, _ = _calibration(tmp_path, np.random.default_rng(0))
-    write_fake_run(tmp_path / "run", [40] * 4, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
-    run = budgetopt.load_profile_run(tmp_path / "run")
-    cal, answers = bench.calibration_answers(path, tokenizer, None)
     with pytest.raises(SystemExit, match="tokenizes to 31 tokens, the run holds 40"):
-        bench.answer_masks(run, cal, answers, tokenizer)
+        _masks(bench, lm_kit, tmp_path, 40)
 
 
 def test_weighted_oracles_add_the_normalised_span(bench, tmp_path):
