@@ -289,6 +289,24 @@ def probe_timing_options(parser, name, *, contexts, repeats):
     parser.add_argument("--record", action="store_true", help=f"also write benchmarks/results/{name}.*")
 
 
+def profile_run_or_exit(path, parser):
+    """``--run``: the profile run at ``path``, or the parser's one-line error (exit 2)."""
+    import budgetopt
+
+    try:
+        return budgetopt.load_profile_run(path)
+    except budgetopt.BudgetoptError as e:
+        parser.error(f"--run: {e}")
+
+
+def table_row(text):
+    """``--compression`` as an argparse type: one of the LU-KV table's rows, 0.01 ... 0.99."""
+    value = float(text)
+    if not (1 <= round(value * 100) <= 99 and abs(value * 100 - round(value * 100)) < 1e-9):
+        raise argparse.ArgumentTypeError(f"must be one of the LU-KV table's rows 0.01, 0.02, ..., 0.99; got {text}")
+    return value
+
+
 def one_thread_model(name, argv, model):
     """torch on one thread, the run's :func:`record`, and ``model`` (a folder or ``smollm2``)
     loaded on the CPU in float32: ``(env, model, tokenizer)``."""

@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import describe, one_thread_model, write_result  # noqa: E402
+from _env import describe, one_thread_model, profile_run_or_exit, table_row, write_result  # noqa: E402
 
 import budgetopt  # noqa: E402
 from budgetopt import tasks  # noqa: E402
@@ -68,6 +68,10 @@ def calibration_answers(calibration, tokenizer, context_tokens):
     for ctx in cal.contexts:
         given = json.loads(lines[ctx.line - 1]).get("answers")
         if given is not None:
+            if not (isinstance(given, list) and len(given) == len(ctx.questions)
+                    and all(isinstance(a, list) and all(isinstance(x, str) for x in a) for a in given)):
+                raise SystemExit(f'{calibration}:{ctx.line}: "answers" must be a list with one list of strings per '
+                                 "question")
             out.append([tuple(a) for a in given])
             continue
         task, _, index = (ctx.id or "").rpartition("-")
@@ -215,7 +219,7 @@ def main(argv=None):
     parser.add_argument("--calibration", required=True, help="the run's calibration file")
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="the --context-tokens the calibration file was written with (lines without answers)")
-    parser.add_argument("--compression", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--compression", type=table_row, nargs="+", default=[0.5, 0.75, 0.9])
     parser.add_argument("--span-weight", type=float, default=1.0, help="w of span_mix (default 1)")
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="examples per task (default 0: none)")
     parser.add_argument("--eval-out", default=None, help="the evaluation folder (with --evaluate)")
@@ -223,11 +227,20 @@ def main(argv=None):
     parser.add_argument("--record", action="store_true", help="also write benchmarks/results/answer_span_objective[_LABEL].*")
     parser.add_argument("--label", default=None, help="a suffix of the report's name (for example 2k)")
     args = parser.parse_args(argv)
-    if args.evaluate and not args.eval_out:
-        parser.error("--evaluate needs --eval-out")
-    run = budgetopt.load_profile_run(args.run)
+    if args.evaluate < 0 or (args.evaluate and not args.eval_out):
+        parser.error(f"--evaluate: a number of examples per task >= 0, with --eval-out; got {args.evaluate}")
+    if not (np.isfinite(args.span_weight) and args.span_weight >= 0):
+        parser.error(f"--span-weight: must be a finite number >= 0; got {args.span_weight}")
+    if args.context_tokens is not None and args.context_tokens < 1:
+        parser.error(f"--context-tokens: must be >= 1; got {args.context_tokens}")
+    run = profile_run_or_exit(args.run, parser)
+    if not os.path.isfile(args.calibration):
+        parser.error(f"--calibration: {args.calibration}: no such file")
     env, model, tokenizer = one_thread_model("answer_span_objective", argv, args.model)
-    cal, answers = calibration_answers(args.calibration, tokenizer, args.context_tokens)
+    try:
+        cal, answers = calibration_answers(args.calibration, tokenizer, args.context_tokens)
+    except budgetopt.BudgetoptError as e:
+        parser.error(f"--calibration: {e}")
     masks = answer_masks(run, cal, answers, tokenizer)
     rows = held_out_mass(run, masks, args.compression, args.span_weight)
     lines = describe(env) + [f"command : {env['command']}", f"run: {len(run.pairs)} pairs, sink {run.meta['sink']}, window {run.meta['window']}; "

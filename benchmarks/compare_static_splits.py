@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _env import describe, start_run  # noqa: E402
+from _env import describe, profile_run_or_exit, start_run, table_row  # noqa: E402
 
 import budgetopt  # noqa: E402
 
@@ -41,29 +41,13 @@ def splits(run, compression):
     return keep_table, keep_alloc
 
 
-def _profile_run(path, parser):
-    """``--run``: the profile run at ``path``, or the parser's one-line error."""
-    try:
-        return budgetopt.load_profile_run(path)
-    except budgetopt.BudgetoptError as e:
-        parser.error(f"--run: {e}")
-
-
-def _table_row(text):
-    """``--compression``: one of the LU-KV table's rows, 0.01 ... 0.99."""
-    value = float(text)
-    if not (1 <= round(value * 100) <= 99 and abs(value * 100 - round(value * 100)) < 1e-9):
-        raise argparse.ArgumentTypeError(f"must be one of the LU-KV table's rows 0.01, 0.02, ..., 0.99; got {text}")
-    return value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="a budgetopt profile output folder")
-    parser.add_argument("--compression", type=_table_row, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--compression", type=table_row, nargs="+", default=[0.5, 0.75, 0.9])
     parser.add_argument("--top", type=int, default=6, help="heads listed per compression")
     early, _ = parser.parse_known_args(argv)  # bad arguments end here, before start_run makes a folder
-    run = _profile_run(early.run, parser)
+    run = profile_run_or_exit(early.run, parser)
     args, env, out = start_run(parser, "compare_static_splits", argv)
     lines = describe(env) + [f"command : {env['command']}", f"run     : {run!r}", ""]
     rows = []

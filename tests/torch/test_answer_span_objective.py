@@ -108,3 +108,34 @@ def test_held_out_mass_against_a_direct_loop(bench, tmp_path):
             span.append(_kept_mass(o * m, s, b) / (o * m).astype(np.float64).sum())
         np.testing.assert_allclose(row["total_per_pair"], total, rtol=1e-5)
         np.testing.assert_allclose(row["span_per_pair"], span, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "{tmp}/nope"], "--run: {tmp}/nope: no such profile run directory"),
+    (["--calibration", "{tmp}/nope.jsonl"], "--calibration: {tmp}/nope.jsonl: no such file"),
+    (["--compression", "1.5"], "--compression: must be one of the LU-KV table's rows"),
+    (["--span-weight", "nan"], "--span-weight: must be a finite number >= 0; got nan"),
+    (["--evaluate", "2"], "--evaluate: a number of examples per task >= 0, with --eval-out; got 2"),
+    (["--context-tokens", "0"], "--context-tokens: must be >= 1; got 0"),
+])
+def test_bad_arguments_end_in_one_line_before_any_output(bench, tmp_path, capsys, args, message):
+    write_fake_run(tmp_path / "run", [31] * 2, layers=2, kv_heads=2, sink=SINK, window=WINDOW)
+    (tmp_path / "cal.jsonl").write_text('{"context": "a b c", "questions": ["q"], "answers": [["b"]]}\n')
+    given = {"--run": str(tmp_path / "run"), "--calibration": str(tmp_path / "cal.jsonl")}
+    given.update(dict(zip(args[::2], (a.format(tmp=tmp_path) for a in args[1::2]))))
+    with pytest.raises(SystemExit) as stop:
+        bench.main([x for kv in given.items() for x in kv] + ["--out", str(tmp_path / "out"), "--model", "unused"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message.format(tmp=tmp_path) in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_static_splits_refuses_a_bad_run_in_one_line(tmp_path, capsys):
+    compare = load_benchmark("compare_static_splits")
+    for args, message in ((["--run", str(tmp_path / "nope")], "no such profile run directory"),
+                          (["--run", str(tmp_path), "--compression", "0.505"], "rows 0.01, 0.02, ..., 0.99")):
+        with pytest.raises(SystemExit) as stop:
+            compare.main(args + ["--out", str(tmp_path / "out")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
