@@ -224,7 +224,10 @@ def format_markdown(report, *, meta=None):
               "scorer, with a 95% Wilson interval. Agreement: the answer equals the full-cache answer. KL: mean "
               "over the full-cache answer's tokens of KL(full || method), teacher forced; NLL: of the full-cache "
               "answer. Kept: tokens the cache keeps and does not hide, read from the cache.", ""]
-    if report["n_answered"] < report["n_examples"]:
+    if report["n_answered"] == 0:
+        lines += ["No example has accepted answers: accuracy and the correctness test do not apply (–); agreement, "
+                  "KL and NLL count every example.", ""]
+    elif report["n_answered"] < report["n_examples"]:
         lines += [f"{report['n_examples'] - report['n_answered']} of the {report['n_examples']} example(s) have no "
                   "accepted answers: accuracy and the correctness test count only the examples with answers "
                   "(their number follows as n= where it is smaller than the row's n), and read – where none has "

@@ -132,6 +132,7 @@ def test_summarise_unanswered_examples_directly():
     assert pair["kl_diff"] == pytest.approx(np.mean([table[(i, "a")][1] - table[(i, "b")][1] for i in range(0, 40, 3)]))
     text = evaluation.format_markdown(json.loads(json.dumps(report)))
     assert "| 0.50 | a | 14 | – |" in text and "| – | – |" in text
+    assert "No example has accepted answers" in text and "have no accepted answers" not in text
 
 
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
