@@ -82,7 +82,8 @@ def module_context(name, tokenizer, target):
     return "\n\n".join(parts), described
 
 
-def write_calibration(path, modules, tokenizer, target):
+def module_lines(modules, tokenizer, target):
+    """One calibration line (a dict) per module: its context and the three templated questions."""
     lines = []
     for name in modules:
         text, described = module_context(name, tokenizer, target)
@@ -93,7 +94,12 @@ def write_calibration(path, modules, tokenizer, target):
             "Which functions are described above?",
             f"What does {b} do, according to the text?",
         ]
-        lines.append(json.dumps({"id": name, "context": text, "questions": questions}))
+        lines.append({"id": name, "context": text, "questions": questions})
+    return lines
+
+
+def write_calibration(path, modules, tokenizer, target):
+    lines = [json.dumps(line) for line in module_lines(modules, tokenizer, target)]
     data = ("\n".join(lines) + "\n").encode("utf-8")
     Path(path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()

@@ -37,7 +37,8 @@ def add_evaluate_command(sub):
                    help=f"comma list of generated tasks (default {DEFAULT_TASKS}); all: passkey, multikey, "
                         "multivalue, vartrack, common, frequent, span")
     p.add_argument("--data", metavar="FILE.jsonl",
-                   help='your examples instead of generated tasks: {"context", "questions", "answers"} per line')
+                   help='your examples instead of generated tasks: {"context", "questions", "answers"} per line; '
+                        'answers null for a question without an answer string (accuracy not applicable)')
     p.add_argument("--haystack", nargs="+", metavar="TEXT",
                    help="UTF-8 text files to fill generated contexts with (default: Python's stdlib docstrings)")
     p.add_argument("--examples", type=positive_int, default=20, help="examples per task (default 20)")

@@ -7,14 +7,17 @@ numpy only, so a report can be rebuilt from an evaluation directory without torc
 Statistics:
 
 * accuracy: share of examples the task's scorer accepts, with the Wilson score interval
-  (95%);
+  (95%), over the examples that have accepted answers (``n_answered``; a record's
+  ``correct`` is null for an example without answers, and its accuracy is null when none
+  has);
 * agreement: share of examples whose answer equals the full-cache answer, token for token;
 * KL: the mean over the full-cache answer's tokens of ``KL(full || method)`` of the
   next-token distributions (teacher forced on the full-cache answer), averaged over
   examples; NLL: the mean negative log-likelihood of the full-cache answer's tokens;
 * paired comparisons between two methods on the same examples: an exact two-sided sign test
-  on the per-example KL (ties dropped) and on correctness (examples where exactly one is
-  right), and a percentile bootstrap interval (95%, seeded) of the mean KL difference.
+  on the per-example KL (ties dropped) and on correctness (examples with answers where
+  exactly one is right), and a percentile bootstrap interval (95%, seeded) of the mean KL
+  difference.
 """
 
 from __future__ import annotations
@@ -107,12 +110,30 @@ def summarise(records, *, seed=0):
     Returns
     -------
     dict
-        ``{"n_examples", "tasks", "settings": {setting: {"rows": [...], "by_task": [...],
-        "pairs": [...]}}}``. A row: ``method, compression, n, accuracy, accuracy_low,
-        accuracy_high, agreement, kl, kl_low, kl_high, nll, kept_fraction``; a pair: ``a, b,
-        compression, kl_diff`` (mean of a − b), ``kl_diff_low/high`` (bootstrap), ``kl_wins``
-        (examples where a's KL is lower), ``kl_losses``, ``kl_p``, ``correct_wins``,
-        ``correct_losses``, ``correct_p``.
+        ``{"n_examples", "n_answered", "tasks", "settings": {setting: {"rows": [...],
+        "by_task": [...], "pairs": [...]}}}``. A row: ``method, compression, n, n_answered,
+        accuracy, accuracy_low, accuracy_high, agreement, kl, kl_low, kl_high, nll,
+        kept_fraction``; a per-task row: ``method, compression, task, n, n_answered,
+        accuracy, kl``; a pair: ``a, b, compression, n, n_answered, kl_diff`` (mean of
+        a − b), ``kl_diff_low/high`` (bootstrap), ``kl_wins`` (examples where a's KL is
+        lower), ``kl_losses``, ``kl_p``, ``correct_wins``, ``correct_losses``, ``correct_p``.
+
+        ``n`` counts the examples of a cell, ``n_answered`` those with accepted answers
+        (a record whose ``correct`` is not null). Accuracy and its interval and the
+        correctness counts and test are over the ``n_answered`` examples, and null when
+        ``n_answered`` is 0; agreement, KL and NLL are over all ``n``.
+
+    Examples
+    --------
+    Two examples, the second without answers: accuracy counts the first only.
+
+    >>> def record(i, correct, kl):
+    ...     res = {"method": "m", "compression": 0.5, "correct": correct, "agree": True, "kl": kl,
+    ...            "nll": 1.0, "kept_fraction": 0.5}
+    ...     return {"id": f"e{i}", "task": "user", "settings": {"question": {"results": [res]}}}
+    >>> row = summarise([record(0, True, 0.25), record(1, None, 0.75)])["settings"]["question"]["rows"][0]
+    >>> row["n"], row["n_answered"], row["accuracy"], row["kl"]
+    (2, 1, 1.0, 0.5)
     """
     settings = {}
     tasks = sorted({r["task"] for r in records})
@@ -122,7 +143,11 @@ def summarise(records, *, seed=0):
             for res in block["results"]:
                 key = (res["method"], float(res["compression"]))
                 table.setdefault(key, {})[record["id"]] = (res, record["task"])
-    out = {"n_examples": len(records), "tasks": tasks, "settings": {}}
+    answered = lambda res: res["correct"] is not None
+    out = {"n_examples": len(records),
+           "n_answered": sum(any(answered(res) for block in r["settings"].values() for res in block["results"])
+                             for r in records),
+           "tasks": tasks, "settings": {}}
     for setting, table in settings.items():
         methods = list(dict.fromkeys(m for m, _ in table))
         comps = sorted({c for _, c in table})
@@ -134,11 +159,13 @@ def summarise(records, *, seed=0):
                 n = len(res)
                 if not n:
                     continue
-                k = sum(bool(r["correct"]) for r in res)
-                lo, hi = wilson_interval(k, n)
+                scored = [r for r in res if answered(r)]
+                k = sum(bool(r["correct"]) for r in scored)
+                lo, hi = wilson_interval(k, len(scored)) if scored else (None, None)
                 kl = [r["kl"] for r in res]
                 klo, khi = bootstrap_mean_interval(kl, seed=seed)
-                rows.append({"method": m, "compression": c, "n": n, "accuracy": k / n, "accuracy_low": lo,
+                rows.append({"method": m, "compression": c, "n": n, "n_answered": len(scored),
+                             "accuracy": k / len(scored) if scored else None, "accuracy_low": lo,
                              "accuracy_high": hi, "agreement": float(np.mean([bool(r["agree"]) for r in res])),
                              "kl": float(np.mean(kl)), "kl_low": klo, "kl_high": khi,
                              "nll": float(np.mean([r["nll"] for r in res])),
@@ -146,8 +173,10 @@ def summarise(records, *, seed=0):
                 for task in tasks:
                     tres = [v[0] for v in cell.values() if v[1] == task]
                     if tres:
+                        tscored = [bool(r["correct"]) for r in tres if answered(r)]
                         by_task.append({"method": m, "compression": c, "task": task, "n": len(tres),
-                                        "accuracy": float(np.mean([bool(r["correct"]) for r in tres])),
+                                        "n_answered": len(tscored),
+                                        "accuracy": float(np.mean(tscored)) if tscored else None,
                                         "kl": float(np.mean([r["kl"] for r in tres]))})
             others = [m for m in methods if m != "full"]
             for i, a in enumerate(others):
@@ -158,15 +187,17 @@ def summarise(records, *, seed=0):
                         continue
                     ka = np.array([ca[e][0]["kl"] for e in ids])
                     kb = np.array([cb[e][0]["kl"] for e in ids])
-                    ra = np.array([bool(ca[e][0]["correct"]) for e in ids])
-                    rb = np.array([bool(cb[e][0]["correct"]) for e in ids])
+                    scored = [e for e in ids if answered(ca[e][0]) and answered(cb[e][0])]
+                    ra = np.array([bool(ca[e][0]["correct"]) for e in scored], dtype=bool)
+                    rb = np.array([bool(cb[e][0]["correct"]) for e in scored], dtype=bool)
                     lo, hi = bootstrap_mean_interval(ka - kb, seed=seed)
                     wins, losses = int((ka < kb).sum()), int((ka > kb).sum())
-                    cw, cl = int((ra & ~rb).sum()), int((rb & ~ra).sum())
-                    pairs.append({"a": a, "b": b, "compression": c, "n": len(ids), "kl_diff": float((ka - kb).mean()),
+                    cw, cl = (int((ra & ~rb).sum()), int((rb & ~ra).sum())) if scored else (None, None)
+                    pairs.append({"a": a, "b": b, "compression": c, "n": len(ids), "n_answered": len(scored),
+                                  "kl_diff": float((ka - kb).mean()),
                                   "kl_diff_low": lo, "kl_diff_high": hi, "kl_wins": wins, "kl_losses": losses,
                                   "kl_p": sign_test(wins, losses), "correct_wins": cw, "correct_losses": cl,
-                                  "correct_p": sign_test(cw, cl)})
+                                  "correct_p": sign_test(cw, cl) if scored else None})
         out["settings"][setting] = {"methods": methods, "compressions": comps, "rows": rows, "by_task": by_task,
                                     "pairs": pairs}
     return out
@@ -193,13 +224,21 @@ def format_markdown(report, *, meta=None):
               "scorer, with a 95% Wilson interval. Agreement: the answer equals the full-cache answer. KL: mean "
               "over the full-cache answer's tokens of KL(full || method), teacher forced; NLL: of the full-cache "
               "answer. Kept: tokens the cache keeps and does not hide, read from the cache.", ""]
+    if report["n_answered"] == 0:
+        lines += ["No example has accepted answers: accuracy and the correctness test do not apply (–); agreement, "
+                  "KL and NLL count every example.", ""]
+    elif report["n_answered"] < report["n_examples"]:
+        lines += [f"{report['n_examples'] - report['n_answered']} of the {report['n_examples']} example(s) have no "
+                  "accepted answers: accuracy and the correctness test count only the examples with answers "
+                  "(their number follows as n= where it is smaller than the row's n), and read – where none has "
+                  "answers. Agreement, KL and NLL count every example.", ""]
     for setting, block in report["settings"].items():
         lines += [f"## {_SETTING_TITLES.get(setting, setting)}", "",
                   "| compression | method | n | accuracy (95% CI) | agreement | KL (95% CI) | NLL | kept |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in block["rows"]:
-            lines.append(f"| {r['compression']:.2f} | {r['method']} | {r['n']} | {r['accuracy']:.2f} "
-                         f"({r['accuracy_low']:.2f}-{r['accuracy_high']:.2f}) | {r['agreement']:.2f} | "
+            lines.append(f"| {r['compression']:.2f} | {r['method']} | {r['n']} | {_accuracy_cell(r)} | "
+                         f"{r['agreement']:.2f} | "
                          f"{r['kl']:.3f} ({r['kl_low']:.3f}-{r['kl_high']:.3f}) | {r['nll']:.3f} | "
                          f"{r['kept_fraction']:.3f} |")
         if len(report["tasks"]) > 1:
@@ -211,7 +250,8 @@ def format_markdown(report, *, meta=None):
                 vals = []
                 for task in report["tasks"]:
                     t = cells.get((r["compression"], r["method"], task))
-                    vals.append(f"{t['accuracy']:.2f} (n={t['n']})" if t else "")
+                    vals.append(("–" if t["accuracy"] is None else f"{t['accuracy']:.2f} (n={t['n_answered']})")
+                                if t else "")
                 lines.append(f"| {r['compression']:.2f} | {r['method']} | " + " | ".join(vals) + " |")
         if block["pairs"]:
             lines += ["", "Paired comparisons (same examples): mean KL difference a − b with a 95% bootstrap "
@@ -222,9 +262,27 @@ def format_markdown(report, *, meta=None):
             for p in block["pairs"]:
                 lines.append(f"| {p['compression']:.2f} | {p['a']} | {p['b']} | {p['n']} | {p['kl_diff']:+.3f} "
                              f"({p['kl_diff_low']:+.3f} to {p['kl_diff_high']:+.3f}) | {p['kl_wins']}/{p['kl_losses']} | "
-                             f"{p['kl_p']:.3g} | {p['correct_wins']}/{p['correct_losses']} | {p['correct_p']:.3g} |")
+                             f"{p['kl_p']:.3g} | {_correct_cells(p)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _accuracy_cell(row):
+    """A row's accuracy with its interval; ``n=`` when fewer examples than the row's have answers."""
+    if row["accuracy"] is None:
+        return "–"
+    cell = f"{row['accuracy']:.2f} ({row['accuracy_low']:.2f}-{row['accuracy_high']:.2f})"
+    return cell if row["n_answered"] == row["n"] else f"{cell} n={row['n_answered']}"
+
+
+def _correct_cells(pair):
+    """A pair's correctness counts and sign test p, as two cells."""
+    if pair["correct_p"] is None:
+        return "– | –"
+    counts = f"{pair['correct_wins']}/{pair['correct_losses']}"
+    if pair["n_answered"] != pair["n"]:
+        counts += f" n={pair['n_answered']}"
+    return f"{counts} | {pair['correct_p']:.3g}"
 
 
 def plot_report(report, path):
@@ -247,7 +305,7 @@ def plot_report(report, path):
             rs = [r for r in block["rows"] if r["method"] == method]
             xs = [r["compression"] for r in rs]
             style = dict(marker="o", linestyle="--" if method == "full" else "-", label=method)
-            axes[row, 0].plot(xs, [r["accuracy"] for r in rs], **style)
+            axes[row, 0].plot(xs, [np.nan if r["accuracy"] is None else r["accuracy"] for r in rs], **style)
             axes[row, 1].plot(xs, [r["kl"] for r in rs], **style)
         axes[row, 0].set_title(f"accuracy ({setting})")
         axes[row, 1].set_title(f"KL to the full-cache answer ({setting})")

@@ -110,8 +110,10 @@ class Example:
     context, question : str
         The context is compressed; the question is asked after it (or inside it, in the
         query-aware setting).
-    answers : tuple of str
-        Accepted answers (``contains``) or the items that must all appear (``contains_all``).
+    answers : tuple of str or None
+        Accepted answers (``contains``) or the items that must all appear (``contains_all``);
+        ``None`` for a question of the user's file that has no accepted answer (it is not
+        scored: its accuracy is not applicable, see :attr:`answered`).
     scorer : str
         ``"contains"``, ``"contains_all"`` or ``"exact"`` (:func:`score`).
     answer_prefix : str
@@ -129,6 +131,11 @@ class Example:
     id: str = ""
 
     @property
+    def answered(self):
+        """Whether the example has accepted answers, so that its answers can be scored."""
+        return self.answers is not None
+
+    @property
     def context_sha256(self):
         """:func:`context_hash` of the context."""
         return context_hash(self.context)
@@ -136,7 +143,7 @@ class Example:
     def to_json(self):
         """A JSON-ready dict (every field, plus the context hash)."""
         return {"id": self.id, "task": self.task, "index": self.index, "question": self.question,
-                "answers": list(self.answers), "scorer": self.scorer, "answer_prefix": self.answer_prefix,
+                "answers": None if self.answers is None else list(self.answers), "scorer": self.scorer, "answer_prefix": self.answer_prefix,
                 "context_sha256": self.context_sha256, "context_chars": len(self.context)}
 
 
@@ -482,11 +489,29 @@ def read_examples(path):
     ``"answers"`` that is a list with one list of strings per question (a plain list of
     strings when the line has one question). Scorer: ``contains``.
 
+    A question with no accepted answer (a summary, an explanation) says so with ``null``:
+    ``"answers": null`` in its question object, ``null`` as its entry of the top-level list,
+    or a top-level ``"answers": null`` for every question of the line. Its example has
+    ``answers=None``: ``budgetopt evaluate`` measures agreement, KL and NLL against the
+    full-cache answer on it, and leaves it out of accuracy and the correctness tests. A
+    missing ``"answers"`` stays an error, so that a misspelt key is not read as "no answer".
+
     Raises
     ------
     InvalidInputError
-        As :func:`~budgetopt.read_calibration`, or a question without answers; messages
+        As :func:`~budgetopt.read_calibration`, or a question without ``"answers"``, or
+        answers that are neither ``null`` nor a non-empty list of non-empty strings; messages
         start with ``path:line:``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "data.jsonl")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write('{"context": "The cat sat on the mat.", "questions": ["Where did the cat sit?", '
+    ...                 '"Describe the scene."], "answers": [["mat"], null]}\\n')
+    >>> [(e.id, e.answers, e.answered) for e in read_examples(path)]
+    [('user-c00000-q000', ('mat',), True), ('user-c00000-q001', None, False)]
     """
     from .calibration import read_calibration
 
@@ -497,27 +522,34 @@ def read_examples(path):
     for c, ctx in enumerate(calibration.contexts):
         where = f"{calibration.path}:{ctx.line}"
         obj = json.loads(lines[ctx.line - 1].decode("utf-8"))
+        has_top = "answers" in obj
         top = obj.get("answers")
-        if top is not None and len(ctx.questions) == 1 and isinstance(top, list) and all(isinstance(a, str) for a in top):
+        if top is None and has_top:
+            top = [None] * len(ctx.questions)  # "answers": null: no question of the line has answers
+        elif top is not None and len(ctx.questions) == 1 and isinstance(top, list) and all(
+                isinstance(a, str) for a in top):
             top = [top]
         if top is not None and (not isinstance(top, list) or len(top) != len(ctx.questions)):
             raise InvalidInputError(
-                f'{where}: "answers" must be a list with one list of strings per question '
-                f"({len(ctx.questions)} question(s))")
+                f'{where}: "answers" must be a list with one list of strings (or null) per question '
+                f"({len(ctx.questions)} question(s)), or null")
         for q, (question, prefix) in enumerate(zip(ctx.questions, ctx.answer_prefixes)):
             item = obj["questions"][q]
-            answers = item.get("answers") if isinstance(item, dict) and "answers" in item else (
-                top[q] if top is not None else None)
+            if isinstance(item, dict) and "answers" in item:
+                given, answers = True, item["answers"]
+            else:
+                given, answers = top is not None, (top[q] if top is not None else None)
             if isinstance(answers, str):
                 answers = [answers]
-            if (not isinstance(answers, list) or not answers
-                    or not all(isinstance(a, str) and a.strip() for a in answers)):
+            if not given or (answers is not None and (
+                    not isinstance(answers, list) or not answers
+                    or not all(isinstance(a, str) and a.strip() for a in answers))):
                 raise InvalidInputError(
-                    f'{where}: questions[{q}] needs "answers", a non-empty list of non-empty strings '
-                    '(in the question object or a top-level "answers" list)')
+                    f'{where}: questions[{q}] needs "answers", a non-empty list of non-empty strings or null '
+                    '(no accepted answer), in the question object or a top-level "answers" list')
             out.append(Example(task="user", index=len(out), context=ctx.context, question=question,
-                               answers=tuple(answers), scorer="contains", answer_prefix=prefix,
-                               id=f"user-c{c:05d}-q{q:03d}"))
+                               answers=None if answers is None else tuple(answers), scorer="contains",
+                               answer_prefix=prefix, id=f"user-c{c:05d}-q{q:03d}"))
     return out
 
 

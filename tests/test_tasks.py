@@ -136,6 +136,41 @@ def test_user_examples(tmp_path):
         tasks.read_examples(bad)
 
 
+def test_user_examples_without_answers(tmp_path):
+    """null marks a question without accepted answers, in each of the three places answers go."""
+    p = tmp_path / "ev.jsonl"
+    p.write_text(
+        json.dumps({"context": "One.", "questions": ["a?", "b?", "c?"], "answers": [["x"], None, "y"]}) + "\n"
+        + json.dumps({"context": "Two.", "questions": ["d?", {"question": "e?", "answers": ["z"]}],
+                      "answers": None}) + "\n"
+        + json.dumps({"context": "Three.", "questions": [{"question": "f?", "answers": None}, "g?"],
+                      "answers": [["u"], ["v", "w"]]}) + "\n")
+    ex = tasks.read_examples(p)
+    assert [e.answers for e in ex] == [("x",), None, ("y",), None, ("z",), None, ("v", "w")]
+    assert [e.answered for e in ex] == [a is not None for a in [e.answers for e in ex]]
+    assert [e.question for e in ex] == ["a?", "b?", "c?", "d?", "e?", "f?", "g?"]
+    assert ex[1].to_json()["answers"] is None and ex[0].to_json()["answers"] == ["x"]
+
+
+@pytest.mark.parametrize("line, match", [
+    ({"context": "c", "questions": ["q"]}, r'questions\[0\] needs "answers"'),  # missing: still an error
+    ({"context": "c", "questions": ["q"], "answer": ["x"]}, r'questions\[0\] needs "answers"'),  # misspelt
+    ({"context": "c", "questions": ["q"], "answers": 5}, r'"answers" must be a list'),
+    ({"context": "c", "questions": ["q"], "answers": []}, r'questions\[0\] needs "answers"'),
+    ({"context": "c", "questions": ["q", "r"], "answers": [["x"]]}, r'"answers" must be a list'),
+    ({"context": "c", "questions": ["q", "r"], "answers": [["x"], 3]}, r'questions\[1\] needs "answers"'),
+    ({"context": "c", "questions": ["q", "r"], "answers": [["x"], []]}, r'questions\[1\] needs "answers"'),
+    ({"context": "c", "questions": ["q", "r"], "answers": [["x"], [""]]}, r'questions\[1\] needs "answers"'),
+    ({"context": "c", "questions": [{"question": "q", "answers": {"a": 1}}]}, r'questions\[0\] needs "answers"'),
+    ({"context": "c", "questions": [{"question": "q", "answers": [None]}]}, r'questions\[0\] needs "answers"'),
+])
+def test_user_examples_bad_answers_are_errors(tmp_path, line, match):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(line) + "\n")
+    with pytest.raises(InvalidInputError, match=r"bad.jsonl:1: " + match):
+        tasks.read_examples(bad)
+
+
 def test_user_haystack_files(tmp_path):
     f = tmp_path / "h.txt"
     f.write_text("\n\n".join(f"Paragraph {i}: " + "words " * 20 for i in range(40)))

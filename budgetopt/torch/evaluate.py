@@ -507,7 +507,8 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
         {"context_tokens", "reference": {...}, "results": [{"method", "compression",
         "answer", "correct", "agree", "kl", "nll", "kept_tokens", "kept_fraction",
         "seconds"}, ...]}}}``; ``kept_fraction`` is out of ``layers * kv_heads *
-        context_tokens``.
+        context_tokens``. ``correct`` is ``None`` (null) for an example without answers
+        (``example.answered`` is False): only agreement, KL and NLL apply to it.
     """
     record = {**example.to_json(), "settings": {}}
     for setting in settings:
@@ -520,7 +521,7 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
                 press = method.make(c)
                 out = run_method(model, tokenizer, ref, press, max_new_tokens=max_new_tokens)
                 out.update(method=method.name, compression=c,
-                           correct=score(example.scorer, out["answer"], example.answers),
+                           correct=_correct(example, out["answer"]),
                            agree=out["answer_ids"] == ref.answer_ids,
                            kept_fraction=out["kept_tokens"] / capacity)
                 results.append(out)
@@ -532,11 +533,16 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
         record["settings"][setting] = {
             "context_tokens": int(context_ids.shape[1]), "question_tokens": int(question_ids.shape[1]),
             "reference": {"answer": ref.answer, "answer_ids": ref.answer_ids,
-                          "correct": score(example.scorer, ref.answer, example.answers), "seconds": ref.seconds},
+                          "correct": _correct(example, ref.answer), "seconds": ref.seconds},
             "results": results,
         }
         del ref
     return record
+
+
+def _correct(example, answer):
+    """The task scorer's verdict on ``answer``, or None when the example has no answers."""
+    return score(example.scorer, answer, example.answers) if example.answered else None
 
 
 # -- a whole evaluation --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
-from budgetopt import tasks  # noqa: E402
+from budgetopt import evaluation, tasks  # noqa: E402
 from budgetopt.errors import InvalidInputError  # noqa: E402
 from budgetopt.evaluation import summarise  # noqa: E402
 from budgetopt.torch import evaluate as ev  # noqa: E402
@@ -339,6 +339,85 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(model_dir, tmp_path, extr
     # one error line (argparse's own errors print the usage above it, as for every command)
     last = done.stderr.strip().splitlines()[-1]
     assert match in last and last.startswith("budgetopt evaluate: error:") and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_cli_data_with_and_without_answers(model_dir, tmp_path):
+    """--data mixing questions with answers and without (null): the report's aggregates equal a
+    direct computation from the example records, accuracy over the answered examples only."""
+    examples = [tasks.make_examples(t, 1, context_length=CONTEXT)[0] for t in ("passkey", "span", "multikey")]
+    lines = [{"context": examples[0].context, "questions": [examples[0].question, "Describe the text."],
+              "answers": [list(examples[0].answers), None]},
+             {"context": examples[1].context, "questions": [{"question": examples[1].question,
+                                                             "answers": list(examples[1].answers)}]},
+             {"context": examples[2].context, "questions": [examples[2].question, "Summarise it."], "answers": None}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    accepted = {"user-c00000-q000": examples[0].answers, "user-c00000-q001": None,
+                "user-c00001-q000": examples[1].answers, "user-c00002-q000": None, "user-c00002-q001": None}
+    out = tmp_path / "eval"
+    done = cli("evaluate", model_dir, "--data", data, "--compression", "0.5", "0.8", "--methods", "full,knorm,snapkv",
+               "--max-new-tokens", "4", "-o", out, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    records = {r["id"]: r for r in (json.loads((out / "examples" / f).read_text())
+                                    for f in os.listdir(out / "examples"))}
+    assert set(records) == set(accepted)
+    cell = {}
+    for id_, rec in records.items():
+        block = rec["settings"]["question"]
+        answers = accepted[id_]
+        assert rec["answers"] == (None if answers is None else list(answers))
+        ref_ok = block["reference"]["correct"]
+        assert ref_ok is None if answers is None else ref_ok == tasks.score("contains", block["reference"]["answer"],
+                                                                              answers)
+        for res in block["results"]:
+            ok = None if answers is None else tasks.score("contains", res["answer"], answers)
+            assert res["correct"] == ok
+            cell.setdefault((res["method"], res["compression"]), {})[id_] = (
+                ok, res["answer_ids"] == block["reference"]["answer_ids"], res["kl"], res["nll"])
+    report = json.loads((out / "report.json").read_text())
+    assert (report["n_examples"], report["n_answered"]) == (5, 2)
+    block = report["settings"]["question"]
+    rows = {(r["method"], r["compression"]): r for r in block["rows"]}
+    assert set(rows) == set(cell)
+    for key, values in cell.items():
+        scored = [v[0] for v in values.values() if v[0] is not None]
+        row = rows[key]
+        assert (row["n"], row["n_answered"]) == (5, 2)
+        assert row["accuracy"] == sum(scored) / 2
+        assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx(evaluation.wilson_interval(sum(scored), 2))
+        assert row["agreement"] == pytest.approx(np.mean([v[1] for v in values.values()]))
+        assert row["kl"] == pytest.approx(np.mean([v[2] for v in values.values()]))
+        assert row["nll"] == pytest.approx(np.mean([v[3] for v in values.values()]))
+    for pair in block["pairs"]:
+        a, b = cell[(pair["a"], pair["compression"])], cell[(pair["b"], pair["compression"])]
+        assert pair["kl_diff"] == pytest.approx(np.mean([a[e][2] - b[e][2] for e in a]))
+        assert pair["kl_wins"] == sum(a[e][2] < b[e][2] for e in a)
+        scored = [e for e in a if a[e][0] is not None]
+        assert pair["n_answered"] == 2
+        assert pair["correct_wins"] == sum(a[e][0] and not b[e][0] for e in scored)
+        assert pair["correct_losses"] == sum(b[e][0] and not a[e][0] for e in scored)
+    text = (out / "report.md").read_text()
+    assert "3 of the 5 example(s) have no accepted answers" in text
+    row = rows[("knorm", 0.5)]
+    assert (f"| 0.50 | knorm | 5 | {row['accuracy']:.2f} ({row['accuracy_low']:.2f}-{row['accuracy_high']:.2f}) n=2 |"
+            in text)
+
+
+@pytest.mark.parametrize("line, match", [
+    ({"context": "c d e", "questions": ["q?"]}, r'questions[0] needs "answers"'),
+    ({"context": "c d e", "questions": ["q?"], "answers": 7}, r'"answers" must be a list'),
+    ({"context": "c d e", "questions": ["q?", "r?"], "answers": [["x"], [3]]}, r'questions[1] needs "answers"'),
+])
+def test_cli_data_bad_answers_one_line_exit_2(model_dir, tmp_path, line, match):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(line) + "\n")
+    out = tmp_path / "eval"
+    done = cli("evaluate", model_dir, "--data", data, "--methods", "full", "-o", out)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("budgetopt evaluate: error:") and "data.jsonl:1:" in done.stderr
+    assert match in done.stderr
     assert not out.exists()
 
 
