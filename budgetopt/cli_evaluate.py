@@ -184,7 +184,8 @@ def cmd_evaluate(args):
             "data": None if data is None else os.path.basename(args.data), "examples": args.examples,
             "context_tokens": args.context_tokens, "seed": args.seed, "compressions": comps, "methods": methods,
             "scorer": args.scorer, "settings": settings, "max_new_tokens": args.max_new_tokens,
-            **({"probe_gain": args.probe_gain} if probed else {}),
+            **({"probe_gain": args.probe_gain,
+                "probe_fit": next(m.fitted for m in method_objs if m.name in probed)} if probed else {}),
             "haystack": haystack or tasks_module.stdlib_paragraphs()[1], "calibration": calibration_info,
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "device": str(model.device),
             "versions": _versions()}

@@ -219,6 +219,15 @@ def format_markdown(report, *, meta=None):
         if cal:
             lines.append(f"Calibration: {cal.get('pairs', '?')} pair(s) from a profile run (scorer "
                          f"{cal.get('scorer', '?')}); {cal.get('disjointness', '')}")
+        fit = (meta.get("probe_fit") or {}).get("probes")
+        if fit:
+            chosen = "given by --probe-gain" if meta.get("probe_gain") is not None else "chosen by cross-validation"
+            by_gain = {float(g): v for g, v in ((fit.get("cv") or {}).get("gain") or {}).items()}
+            cv = by_gain.get(float(fit["gain"]))
+            risk = (f" (held out there: mean gain {100 * cv['mean_gain']:+.2f} points of oracle mass, worst "
+                    f"context {100 * cv['worst_context']:+.2f}, worst pair {100 * cv['worst_pair']:+.2f})") if cv else ""
+            lines.append(f"Probe methods: {meta['probe_fit'].get('probe_tokens', '?')} probe tokens, probe gain "
+                         f"{fit['gain']:g} {chosen} on the calibration contexts{risk}.")
         lines.append("")
     lines += ["Compression is kvpress's `compression_ratio`, the fraction of the cache removed. Accuracy: the task's "
               "scorer, with a 95% Wilson interval. Agreement: the answer equals the full-cache answer. KL: mean "

@@ -66,6 +66,9 @@ class Method:
 
     name: str
     make: Callable = field(compare=False)
+    #: What the method fitted, for the report (``"probes"`` and ``"probe_rank"``: the probe
+    #: tokens and the allocator's ``info["probes"]``, its gain and cross-validation); or None.
+    fitted: dict | None = field(default=None, compare=False)
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -244,6 +247,8 @@ def standard_methods(names, *, scorer="snapkv", run=None, head_shape=None, sink=
             rank = "probes" if name == "probes_rank" else "scores"
             make = lambda c, ra=allocator, k=probe_tokens, rank=rank: ProbeBudgetPress(
                 scored(), ra, probe_ids, probe_tokens=k, compression_ratio=c, rank=rank, **reduce)
+            out.append(Method(name, make, {"probe_tokens": probe_tokens, "probes": allocator.info["probes"]}))
+            continue
         else:
             make = lambda c, n=name: _ratio(resolve_scorer(n), c)
         out.append(Method(name, make))
@@ -561,7 +566,8 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     from ..runs import _difference
 
     out = check_output_dir(out_dir)
-    loose = ("device", "versions", "shard", "commit", "examples")  # more examples extend a run
+    # more examples extend a run; "probe_fit" is derived from the run and the options compared
+    loose = ("device", "versions", "shard", "commit", "examples", "probe_fit")
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"
         try:

@@ -25,6 +25,8 @@ pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
+import budgetopt  # noqa: E402
+import budgetopt.runs  # noqa: E402
 from budgetopt import evaluation, tasks  # noqa: E402
 from budgetopt.errors import InvalidInputError  # noqa: E402
 from budgetopt.evaluation import summarise  # noqa: E402
@@ -547,6 +549,26 @@ def test_cli_probes_method(model_dir, tmp_path):
     probes = [r for r in results if r["method"] in ("probes", "probes_rank")]
     assert len(probes) == 2 and 0 < probes[0]["kept_fraction"] < 1
     assert probes[0]["kept_tokens"] == probes[1]["kept_tokens"]  # the same budgets, ranked otherwise
+    # the fitted probe gain is recorded: the allocator fitted directly on the run's pairs and probes
+    loaded = budgetopt.runs.load_profile_run(run)
+    probe_run = budgetopt.runs.load_probe_run(run)
+    by_context = {}
+    for (c, _), oracle in zip(probe_run.pairs, probe_run.oracles):
+        by_context.setdefault(c, []).append(oracle)
+    direct = budgetopt.RequestAllocator.fit(list(loaded.oracles), list(loaded.scores), sink=2, window=2,
+                                            probe_oracles=[by_context[c] for c, _ in loaded.pairs])
+    fit = json.loads((out / "meta.json").read_text())["probe_fit"]
+    assert fit["probe_tokens"] == 2 and fit["probes"]["gain"] == direct.info["probes"]["gain"]
+    assert set(fit["probes"]["cv"]["gain"]) == {str(g) for g in direct.info["probes"]["cv"]["gain"]}
+    text = (out / "report.md").read_text()
+    assert f"probe gain {direct.info['probes']['gain']:g} chosen by cross-validation" in text
+    # a forced gain says so, and the folder still resumes with the recorded fit
+    forced = cli(*args, "--profile", run, "--calibration", probed, "-o", tmp_path / "eval_g", "--no-progress",
+                 "--probe-gain", "0.5")
+    assert forced.returncode == 0, forced.stderr
+    assert "probe gain 0.5 given by --probe-gain" in (tmp_path / "eval_g" / "report.md").read_text()
+    again = cli(*args, "--profile", run, "--calibration", probed, "-o", out, "--no-progress")
+    assert again.returncode == 0, again.stderr
 
 
 def test_probes_method_probe_gain(probe_setup):
