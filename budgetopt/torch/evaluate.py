@@ -66,7 +66,7 @@ class Method:
 
     name: str
     make: Callable = field(compare=False)
-    #: What the method fitted, for the report (``"probes"`` and ``"probe_rank"``: the probe
+    #: What the method fitted, for the report (``"probes"`` and ``"probes_rank"``: the probe
     #: tokens and the allocator's ``info["probes"]``, its gain and cross-validation); or None.
     fitted: dict | None = field(default=None, compare=False)
 
