@@ -502,8 +502,17 @@ def run_method(model, tokenizer, ref, press, *, max_new_tokens=16):
 
 
 def evaluate_example(model, tokenizer, example, methods, compressions, *, settings=("question",),
-                     max_new_tokens=16):
+                     max_new_tokens=16, recorded=None):
     """Every method at every compression ratio on one example; a JSON-ready record.
+
+    Parameters
+    ----------
+    recorded : dict, optional
+        This example's record from an earlier call with fewer methods, ratios or settings. Its
+        rows are kept as they are and only the (method, ratio) cells it lacks are computed, against
+        a reference computed again, which must give the recorded full-cache answer (otherwise
+        :class:`~budgetopt.errors.InvalidInputError`: the model or the library versions
+        changed). A setting with nothing missing is not run at all.
 
     Returns
     -------
@@ -516,13 +525,33 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
         (``example.answered`` is False): only agreement, KL and NLL apply to it.
     """
     record = {**example.to_json(), "settings": {}}
+    old_settings = {}
+    if recorded is not None:
+        if recorded.get("id") != example.id or recorded.get("context_sha256") != record.get("context_sha256"):
+            raise InvalidInputError(f"{example.id}: the recorded example is {recorded.get('id')!r} with another "
+                                    "context; it cannot be extended")
+        old_settings = recorded["settings"]
+    wanted = [(m.name, c) for m in methods for c in compressions]
     for setting in settings:
+        old = old_settings.get(setting)
+        have = {(r["method"], float(r["compression"])): r for r in (old or {}).get("results", [])}
+        if old is not None and all(key in have for key in wanted):
+            record["settings"][setting] = old
+            continue
         context_ids, question_ids = encode_example(tokenizer, example, setting=setting)
         ref = reference(model, tokenizer, context_ids, question_ids, max_new_tokens=max_new_tokens)
+        if old is not None and ref.answer_ids != old["reference"]["answer_ids"]:
+            raise InvalidInputError(
+                f"{example.id}: the full-cache answer ({ref.answer!r}) differs from the recorded one "
+                f"({old['reference']['answer']!r}) in the {setting!r} setting: the model or the library "
+                "versions changed since it was recorded; evaluate the new methods in a new directory")
         capacity = sum(k.shape[0] * k.shape[1] * k.shape[2] for _, _, k, _ in ref.layers)
         results = []
         for method in methods:
-            for c in compressions:
+            for i, c in enumerate(compressions):
+                if (method.name, c) in have:
+                    results.append(have[method.name, c])
+                    continue
                 press = method.make(c)
                 out = run_method(model, tokenizer, ref, press, max_new_tokens=max_new_tokens)
                 out.update(method=method.name, compression=c,
@@ -532,16 +561,17 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
                 results.append(out)
                 if press is None:
                     # the full cache is the same at every ratio: one row per ratio, computed once
-                    for c2 in compressions[1:]:
-                        results.append({**out, "compression": c2})
+                    results.extend(have.get((method.name, c2)) or {**out, "compression": c2}
+                                   for c2 in compressions[i + 1:])
                     break
-        record["settings"][setting] = {
-            "context_tokens": int(context_ids.shape[1]), "question_tokens": int(question_ids.shape[1]),
-            "reference": {"answer": ref.answer, "answer_ids": ref.answer_ids,
-                          "correct": _correct(example, ref.answer), "seconds": ref.seconds},
-            "results": results,
-        }
+        results.extend(r for key, r in have.items() if key not in wanted)  # cells not asked for are kept
+        if old is None:
+            old = {"context_tokens": int(context_ids.shape[1]), "question_tokens": int(question_ids.shape[1]),
+                   "reference": {"answer": ref.answer, "answer_ids": ref.answer_ids,
+                                 "correct": _correct(example, ref.answer), "seconds": ref.seconds}}
+        record["settings"][setting] = {**old, "results": results}
         del ref
+    record["settings"].update((k, v) for k, v in old_settings.items() if k not in settings)
     return record
 
 
@@ -555,19 +585,36 @@ def _example_path(out_dir, example):
     return Path(out_dir) / "examples" / f"{example.id}.json"
 
 
+#: ``meta.json`` lists a resumed evaluation may add to.
+_EXTENSIBLE = ("methods", "compressions", "settings")
+
+
+def _lacks(record, methods, compressions, settings):
+    """Whether a finished example's record lacks a (setting, method, ratio) cell."""
+    for setting in settings:
+        block = record["settings"].get(setting)
+        have = {(r["method"], float(r["compression"])) for r in (block or {}).get("results", [])}
+        if block is None or any((m.name, c) not in have for m in methods for c in compressions):
+            return True
+    return False
+
+
 def open_eval_dir(out_dir, meta, *, resume=True):
     """Create or reopen an evaluation directory; returns the ids of finished examples.
 
-    An existing directory is resumed when its ``meta.json`` equals ``meta`` (apart from the
-    device, versions, shard and number of examples: examples are numbered, so asking for more
-    extends the run); with ``resume=False`` its example files are deleted first.
-    A non-empty directory without an evaluation's ``meta.json`` is refused.
+    An existing directory is resumed when its ``meta.json`` equals ``meta`` apart from the
+    device, versions, shard and number of examples (examples are numbered, so asking for more
+    extends the run), and apart from methods, compression ratios and settings that ``meta``
+    adds to the recorded ones (:func:`evaluate` then computes only the cells each finished
+    example lacks). Dropping a recorded method, ratio or setting is refused. With
+    ``resume=False`` the example files are deleted first. A non-empty directory without an
+    evaluation's ``meta.json`` is refused.
     """
     from ..runs import _difference
 
     out = check_output_dir(out_dir)
     # more examples extend a run; "probe_fit" is derived from the run and the options compared
-    loose = ("device", "versions", "shard", "commit", "examples", "probe_fit")
+    loose = ("device", "versions", "shard", "commit", "examples", "probe_fit") + _EXTENSIBLE
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"
         try:
@@ -583,6 +630,13 @@ def open_eval_dir(out_dir, meta, *, resume=True):
                 raise InvalidInputError(
                     f"{out}: holds an evaluation with other settings ({diff}); use a new directory, "
                     "or --no-resume to start it over")
+            for key in _EXTENSIBLE:
+                dropped = [v for v in old.get(key) or [] if v not in (meta.get(key) or [])]
+                if dropped:
+                    raise InvalidInputError(
+                        f"{out}: holds {key} {', '.join(map(str, dropped))} that this evaluation does not ask for; "
+                        f"ask for them as well (a resumed evaluation can add {', '.join(_EXTENSIBLE)}, not drop "
+                        "them), use a new directory, or --no-resume to start it over")
     examples = out / "examples"
     examples.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -615,7 +669,9 @@ def evaluate(model, tokenizer, examples, methods, compressions, *, settings=("qu
     max_new_tokens : int
     out_dir : str or os.PathLike, optional
         ``examples/ID.json`` per finished example, written atomically; an example whose file
-        exists is skipped (resume). ``meta.json`` holds ``meta``.
+        exists is skipped (resume), or completed with the methods, ratios and settings it lacks
+        when this call asks for more than the directory holds (its recorded rows are kept).
+        ``meta.json`` holds ``meta``.
     shard : (K, N), optional
         Evaluate examples ``i`` (in the order given) with ``i % N == K`` only.
     progress : callable, optional
@@ -652,11 +708,14 @@ def evaluate(model, tokenizer, examples, methods, compressions, *, settings=("qu
     records = []
     for n, example in enumerate(wanted):
         path = _example_path(out_dir, example) if out_dir is not None else None
+        recorded = None
         if path is not None and example.id in done:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        if recorded is not None and not _lacks(recorded, methods, comps, settings):
+            records.append(recorded)
         else:
             record = evaluate_example(model, tokenizer, example, methods, comps, settings=tuple(settings),
-                                      max_new_tokens=max_new_tokens)
+                                      max_new_tokens=max_new_tokens, recorded=recorded)
             if path is not None:
                 text = json.dumps(record) + "\n"
                 write_atomic(path, lambda f, text=text: f.write(text.encode("utf-8")))

@@ -251,6 +251,87 @@ def test_evaluate_resumes_and_shards(setup, tmp_path):
     assert rows[("knorm", 0.9)]["n"] == 4
 
 
+def counted(methods, calls):
+    """The same methods, counting each ``make(c)`` in ``calls[(name, c)]``."""
+    def wrap(m):
+        def make(c):
+            calls[m.name, c] = calls.get((m.name, c), 0) + 1
+            return m.make(c)
+        return dataclasses.replace(m, make=make)
+    return [wrap(m) for m in methods]
+
+
+def test_resuming_with_more_methods_ratios_and_settings_computes_only_the_missing_cells(setup, tmp_path):
+    tok, model, _, _ = setup
+    examples = [e for t in ("passkey", "span") for e in tasks.make_examples(t, 2, context_length=CONTEXT)][:3]
+    out = tmp_path / "eval"
+    small = ev.standard_methods(["full", "knorm"])
+    ev.evaluate(model, tok, examples, small, [0.5], max_new_tokens=4, out_dir=out,
+                meta={"methods": ["full", "knorm"], "compressions": [0.5], "settings": ["question"]})
+    before = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
+    # one example is left as a run stopped part way would leave it: not started
+    (out / "examples" / f"{examples[2].id}.json").unlink()
+    big = ev.standard_methods(["full", "knorm", "snapkv"])
+    calls = {}
+    settings = ("question", "query_aware")
+    extended = ev.evaluate(model, tok, examples, counted(big, calls), [0.5, 0.9], settings=settings,
+                           max_new_tokens=4, out_dir=out,
+                           meta={"methods": ["full", "knorm", "snapkv"], "compressions": [0.5, 0.9],
+                                 "settings": list(settings)})
+    # the recorded cells were not computed again: knorm at 0.5 in the question setting was
+    # made once (for the example that had no file), in the query-aware setting three times
+    assert calls[("knorm", 0.5)] == 1 + 3
+    assert calls[("knorm", 0.9)] == calls[("snapkv", 0.5)] == calls[("snapkv", 0.9)] == 2 * 3
+    # ... and their rows are kept to the byte (timings included)
+    for p in (f"{e.id}.json" for e in examples[:2]):
+        old = json.loads(before[p])["settings"]["question"]["results"]
+        new = json.loads((out / "examples" / p).read_text())["settings"]["question"]["results"]
+        assert [r for r in new if (r["method"], r["compression"]) in {("full", 0.5), ("knorm", 0.5)}] == old
+    # the extended records equal an evaluation of everything from scratch, but for timings
+    fresh = ev.evaluate(model, tok, examples, big, [0.5, 0.9], settings=settings, max_new_tokens=4)
+    assert untimed(extended) == untimed(fresh)
+    assert [json.loads((out / "examples" / f"{e.id}.json").read_text()) for e in examples] == extended
+    # asking for the same again computes nothing and rewrites nothing
+    stamps = {p: os.stat(out / "examples" / p).st_mtime_ns for p in os.listdir(out / "examples")}
+    calls.clear()
+    ev.evaluate(model, tok, examples, counted(big, calls), [0.5, 0.9], settings=settings, max_new_tokens=4,
+                out_dir=out, meta={"methods": ["full", "knorm", "snapkv"], "compressions": [0.5, 0.9],
+                                   "settings": list(settings)})
+    assert calls == {}
+    assert {p: os.stat(out / "examples" / p).st_mtime_ns for p in stamps} == stamps
+
+
+def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
+    tok, model, _, _ = setup
+    examples = tasks.make_examples("passkey", 2, context_length=CONTEXT)
+    out = tmp_path / "eval"
+    methods = ev.standard_methods(["full", "knorm"])
+    meta = {"methods": ["full", "knorm"], "compressions": [0.5, 0.9], "settings": ["question"]}
+    ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out, meta=meta)
+    before = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
+    for key, value, named in [("methods", ["full"], "methods knorm"), ("compressions", [0.5], "compressions 0.9"),
+                              ("settings", ["query_aware"], "settings question")]:
+        with pytest.raises(InvalidInputError, match=f"holds {named} that this evaluation does not ask for"):
+            ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out,
+                        meta={**meta, key: value})
+    assert {p: (out / "examples" / p).read_text() for p in before} == before
+    # a recorded full-cache answer that the model no longer gives: the rows cannot be mixed
+    path = out / "examples" / f"{examples[1].id}.json"
+    record = json.loads(path.read_text())
+    record["settings"]["question"]["reference"]["answer_ids"] = [0]
+    path.write_text(json.dumps(record) + "\n")
+    more = ev.standard_methods(["full", "knorm", "snapkv"])
+    with pytest.raises(InvalidInputError, match=f"{examples[1].id}: the full-cache answer .* differs from the "
+                                                "recorded one .* in the 'question' setting"):
+        ev.evaluate(model, tok, examples, more, [0.5, 0.9], max_new_tokens=4, out_dir=out,
+                    meta={**meta, "methods": ["full", "knorm", "snapkv"]})
+    assert json.loads(path.read_text()) == record  # left as it was
+    # another example's record cannot stand in for this one
+    other = json.loads((out / "examples" / f"{examples[0].id}.json").read_text())
+    with pytest.raises(InvalidInputError, match="cannot be extended"):
+        ev.evaluate_example(model, tok, examples[1], more, [0.5], max_new_tokens=4, recorded=other)
+
+
 # -- the command line ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(setup, tmp_path_factory):
@@ -291,6 +372,18 @@ def test_cli_end_to_end_and_resume(model_dir, tmp_path):
     after = {p: (out / "examples" / p).read_text() for p in os.listdir(out / "examples")}
     assert len(after) == 6 and {p: after[p] for p in before} == before
     assert json.loads((out / "report.json").read_text())["n_examples"] == 6
+    # naming another method and ratio completes every finished example with them
+    wider = [{"full,knorm,adakv,uniform": "full,knorm,adakv,uniform,snapkv", "0.8": "0.9"}.get(a, a) for a in args]
+    wider[wider.index("0.9"):wider.index("0.9")] = ["0.8"]
+    done = cli(*[("3" if a == "2" and wider[i - 1] == "--examples" else a) for i, a in enumerate(wider)])
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = {(r["method"], r["compression"]): r["n"] for r in report["settings"]["query_aware"]["rows"]}
+    assert rows[("snapkv", 0.9)] == rows[("knorm", 0.9)] == rows[("knorm", 0.8)] == 6
+    assert json.loads((out / "meta.json").read_text())["methods"][-1] == "snapkv"
+    dropped = cli(*args)
+    assert dropped.returncode == 2 and len(dropped.stderr.splitlines()) == 1
+    assert "holds methods snapkv that this evaluation does not ask for" in dropped.stderr
 
 
 def test_cli_budgetopt_methods_with_calibration(setup, model_dir, tmp_path):
