@@ -32,7 +32,7 @@ import numpy as np
 from .errors import CurvesFileError
 
 __all__ = ["wilson_interval", "sign_test", "bootstrap_mean_interval", "summarise", "format_markdown",
-           "load_records", "plot_report"]
+           "load_records", "read_record", "plot_report"]
 
 _Z95 = 1.959963984540054
 
@@ -92,16 +92,39 @@ def bootstrap_mean_interval(values, *, reps=2000, seed=0, level=0.95):
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
+def read_record(path):
+    """One example record (``examples/ID.json``), checked for the fields the report and a
+    resumed evaluation read; :class:`CurvesFileError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CurvesFileError(f"{path}: cannot be read as an example record ({exc}); delete it to evaluate "
+                              "the example again") from None
+    if not (isinstance(record, dict) and record.get("id") == path.stem and isinstance(record.get("task"), str)
+            and isinstance(record.get("settings"), dict) and all(map(_good_block, record["settings"].values()))):
+        raise CurvesFileError(f"{path}: is not an example record of budgetopt evaluate (its id, task or "
+                              "results are missing or malformed); delete it to evaluate the example again")
+    return record
+
+
+def _good_block(block):
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(block, dict) and isinstance(block.get("reference"), dict)
+            and isinstance(block["reference"].get("answer_ids"), list) and isinstance(block.get("results"), list)
+            and all(isinstance(r, dict) and isinstance(r.get("method"), str) and number(r.get("compression"))
+                    and number(r.get("kl")) and number(r.get("nll")) and number(r.get("kept_fraction"))
+                    and r.get("correct") in (True, False, None) and isinstance(r.get("agree"), bool)
+                    for r in block["results"]))
+
+
 def load_records(out_dir):
-    """The example records of an evaluation directory, sorted by id."""
+    """The example records of an evaluation directory, sorted by id (:func:`read_record`)."""
     folder = Path(out_dir) / "examples"
     if not folder.is_dir():
         raise CurvesFileError(f"{out_dir}: not an evaluation directory (no examples/)")
-    records = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json") and not name.startswith("."):
-            records.append(json.loads((folder / name).read_text(encoding="utf-8")))
-    return records
+    return [read_record(folder / name) for name in sorted(os.listdir(folder))
+            if name.endswith(".json") and not name.startswith(".")]
 
 
 def summarise(records, *, seed=0):

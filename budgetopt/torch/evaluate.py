@@ -37,6 +37,7 @@ import torch
 
 from .._io import check_output_dir, write_atomic
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
+from ..evaluation import read_record
 from ..tasks import Example, score
 from ._kvpress import BasePress
 
@@ -631,6 +632,8 @@ def open_eval_dir(out_dir, meta, *, resume=True):
                     f"{out}: holds an evaluation with other settings ({diff}); use a new directory, "
                     "or --no-resume to start it over")
             for key in _EXTENSIBLE:
+                if not isinstance(old.get(key) or [], list):
+                    raise CurvesFileError(f"{path}: {key} must be a list; got {old[key]!r}")
                 dropped = [v for v in old.get(key) or [] if v not in (meta.get(key) or [])]
                 if dropped:
                     raise InvalidInputError(
@@ -710,7 +713,7 @@ def evaluate(model, tokenizer, examples, methods, compressions, *, settings=("qu
         path = _example_path(out_dir, example) if out_dir is not None else None
         recorded = None
         if path is not None and example.id in done:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            recorded = read_record(path)
         if recorded is not None and not _lacks(recorded, methods, comps, settings):
             records.append(recorded)
         else:

@@ -332,6 +332,43 @@ def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
         ev.evaluate_example(model, tok, examples[1], more, [0.5], max_new_tokens=4, recorded=other)
 
 
+@pytest.mark.parametrize("damage, match", [
+    (lambda r: "{not json", "cannot be read as an example record"),
+    (lambda r: json.dumps([r]), "is not an example record"),
+    (lambda r: json.dumps({**r, "id": "passkey-9999"}), "is not an example record"),
+    (lambda r: json.dumps({**r, "settings": {"question": {**r["settings"]["question"], "results": 5}}}),
+     "is not an example record"),
+    (lambda r: json.dumps({**r, "settings": {"question": {**r["settings"]["question"], "results": [
+        {**r["settings"]["question"]["results"][0], "kl": "0.5"}]}}}), "is not an example record"),
+    (lambda r: json.dumps({**r, "settings": {"question": {k: v for k, v in r["settings"]["question"].items()
+                                                          if k != "reference"}}}), "is not an example record"),
+])
+def test_a_damaged_example_file_is_named_on_resume_and_in_the_report(setup, tmp_path, damage, match):
+    tok, model, _, _ = setup
+    examples = tasks.make_examples("passkey", 2, context_length=CONTEXT)
+    out = tmp_path / "eval"
+    methods = ev.standard_methods(["full", "knorm"])
+    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
+    path = out / "examples" / f"{examples[0].id}.json"
+    path.write_text(damage(json.loads(path.read_text())))
+    for call in (lambda: ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out),
+                 lambda: evaluation.load_records(out)):
+        with pytest.raises(budgetopt.errors.CurvesFileError, match=re.escape(str(path)) + ": " + match):
+            call()
+
+
+def test_a_damaged_meta_list_is_named(setup, tmp_path):
+    tok, model, _, _ = setup
+    examples = tasks.make_examples("passkey", 1, context_length=CONTEXT)
+    out = tmp_path / "eval"
+    methods = ev.standard_methods(["full", "knorm"])
+    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out, meta={"methods": ["full"]})
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "methods": "full"}))
+    with pytest.raises(budgetopt.errors.CurvesFileError, match="meta.json: methods must be a list; got 'full'"):
+        ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out, meta={"methods": ["full"]})
+
+
 # -- the command line ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(setup, tmp_path_factory):
