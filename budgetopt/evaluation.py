@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import check_input_file, loads_json
 from .errors import CurvesFileError
 
 __all__ = ["wilson_interval", "sign_test", "bootstrap_mean_interval", "summarise", "format_markdown",
@@ -92,19 +93,37 @@ def bootstrap_mean_interval(values, *, reps=2000, seed=0, level=0.95):
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
+#: Largest example record or ``meta.json`` read (16 MiB).
+MAX_RECORD_BYTES = 16 * 2**20
+
+
+def read_json_file(path, what):
+    """The JSON value of ``path``, a regular file of at most :data:`MAX_RECORD_BYTES` holding
+    standard JSON; :class:`CurvesFileError` naming the file otherwise (never a hang on a FIFO
+    or a device)."""
+    path = check_input_file(path, what)
+    size = os.stat(path).st_size
+    if size > MAX_RECORD_BYTES:
+        raise CurvesFileError(f"{path}: {size} bytes; a {what} holds at most {MAX_RECORD_BYTES}")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CurvesFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return loads_json(data, path)
+
+
 def read_record(path):
     """One example record (``examples/ID.json``), checked for the fields the report and a
     resumed evaluation read; :class:`CurvesFileError` naming the file otherwise."""
-    path = Path(path)
+    hint = "; delete it to evaluate the example again"
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CurvesFileError(f"{path}: cannot be read as an example record ({exc}); delete it to evaluate "
-                              "the example again") from None
-    if not (isinstance(record, dict) and record.get("id") == path.stem and isinstance(record.get("task"), str)
+        record = read_json_file(path, "example record")
+    except CurvesFileError as exc:
+        raise CurvesFileError(f"{exc}{hint}") from None
+    if not (isinstance(record, dict) and record.get("id") == Path(path).stem and isinstance(record.get("task"), str)
             and isinstance(record.get("settings"), dict) and all(map(_good_block, record["settings"].values()))):
         raise CurvesFileError(f"{path}: is not an example record of budgetopt evaluate (its id, task or "
-                              "results are missing or malformed); delete it to evaluate the example again")
+                              f"results are missing or malformed){hint}")
     return record
 
 

@@ -37,7 +37,7 @@ import torch
 
 from .._io import check_output_dir, write_atomic
 from ..errors import CurvesFileError, InvalidInputError, InvalidTypeError
-from ..evaluation import read_record
+from ..evaluation import read_json_file, read_record
 from ..tasks import Example, score
 from ._kvpress import BasePress
 
@@ -601,7 +601,7 @@ def _lacks(record, methods, compressions, settings):
 
 
 def open_eval_dir(out_dir, meta, *, resume=True):
-    """Create or reopen an evaluation directory; returns the ids of finished examples.
+    """Create or reopen an evaluation directory.
 
     An existing directory is resumed when its ``meta.json`` equals ``meta`` apart from the
     device, versions, shard and number of examples (examples are numbered, so asking for more
@@ -610,18 +610,26 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     example lacks). Dropping a recorded method, ratio or setting is refused. With
     ``resume=False`` the example files are deleted first. A non-empty directory without an
     evaluation's ``meta.json`` is refused.
+
+    Returns
+    -------
+    done : dict
+        The finished examples' records by id, each read and checked (:func:`read_record`), so
+        that a damaged file stops the call before anything is written.
+    write_meta : callable or None
+        Writes ``meta.json`` for a resumed directory; call it before the first example file
+        is written, so that a call that fails before finishing an example leaves the directory
+        as it was. None when ``meta.json`` is already written (a new or started-over directory).
     """
     from ..runs import _difference
 
     out = check_output_dir(out_dir)
     # more examples extend a run; "probe_fit" is derived from the run and the options compared
     loose = ("device", "versions", "shard", "commit", "examples", "probe_fit") + _EXTENSIBLE
+    resumed = resume and out.is_dir() and any(out.iterdir())
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
+        old = read_json_file(path, "evaluation's meta.json") if path.exists() or path.is_symlink() else None
         if not isinstance(old, dict) or old.get("format") != FORMAT:
             raise CurvesFileError(f"{out}: is not empty and not a budgetopt evaluation; choose a new or empty directory")
         if resume:
@@ -641,19 +649,23 @@ def open_eval_dir(out_dir, meta, *, resume=True):
                         f"ask for them as well (a resumed evaluation can add {', '.join(_EXTENSIBLE)}, not drop "
                         "them), use a new directory, or --no-resume to start it over")
     examples = out / "examples"
+    done = {}
+    if resumed and examples.is_dir():
+        for entry in sorted(os.scandir(examples), key=lambda e: e.name):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                done[entry.name[:-5]] = read_record(entry.path)
     examples.mkdir(parents=True, exist_ok=True)
-    done = set()
     for entry in os.scandir(examples):
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
             os.unlink(entry.path)
-        elif entry.name.endswith(".json"):
-            if resume:
-                done.add(entry.name[:-5])
-            else:
-                os.unlink(entry.path)
+        elif entry.name.endswith(".json") and not resume:
+            os.unlink(entry.path)
     text = json.dumps(meta, indent=1) + "\n"
-    write_atomic(out / "meta.json", lambda f: f.write(text.encode("utf-8")))
-    return done
+    write_meta = lambda: write_atomic(out / "meta.json", lambda f: f.write(text.encode("utf-8")))
+    if resumed:
+        return done, write_meta
+    write_meta()
+    return done, None
 
 
 def evaluate(model, tokenizer, examples, methods, compressions, *, settings=("question",), max_new_tokens=16,
@@ -705,21 +717,22 @@ def evaluate(model, tokenizer, examples, methods, compressions, *, settings=("qu
     for example in wanted:  # tokenization errors before anything is written
         for setting in settings:
             encode_example(tokenizer, example, setting=setting)
-    done = set()
+    done, write_meta = {}, None
     if out_dir is not None:
-        done = open_eval_dir(out_dir, {"format": FORMAT, **(meta or {})}, resume=resume)
+        done, write_meta = open_eval_dir(out_dir, {"format": FORMAT, **(meta or {})}, resume=resume)
     records = []
     for n, example in enumerate(wanted):
         path = _example_path(out_dir, example) if out_dir is not None else None
-        recorded = None
-        if path is not None and example.id in done:
-            recorded = read_record(path)
+        recorded = done.get(example.id)
         if recorded is not None and not _lacks(recorded, methods, comps, settings):
             records.append(recorded)
         else:
             record = evaluate_example(model, tokenizer, example, methods, comps, settings=tuple(settings),
                                       max_new_tokens=max_new_tokens, recorded=recorded)
             if path is not None:
+                if write_meta is not None:  # what this call adds is recorded with its first example
+                    write_meta()
+                    write_meta = None
                 text = json.dumps(record) + "\n"
                 write_atomic(path, lambda f, text=text: f.write(text.encode("utf-8")))
             records.append(record)

@@ -316,24 +316,26 @@ def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
                         meta={**meta, key: value})
     assert {p: (out / "examples" / p).read_text() for p in before} == before
     # a recorded full-cache answer that the model no longer gives: the rows cannot be mixed
-    path = out / "examples" / f"{examples[1].id}.json"
+    path = out / "examples" / f"{examples[0].id}.json"
     record = json.loads(path.read_text())
     record["settings"]["question"]["reference"]["answer_ids"] = [0]
     path.write_text(json.dumps(record) + "\n")
     more = ev.standard_methods(["full", "knorm", "snapkv"])
-    with pytest.raises(InvalidInputError, match=f"{examples[1].id}: the full-cache answer .* differs from the "
+    with pytest.raises(InvalidInputError, match=f"{examples[0].id}: the full-cache answer .* differs from the "
                                                 "recorded one .* in the 'question' setting"):
         ev.evaluate(model, tok, examples, more, [0.5, 0.9], max_new_tokens=4, out_dir=out,
                     meta={**meta, "methods": ["full", "knorm", "snapkv"]})
     assert json.loads(path.read_text()) == record  # left as it was
+    assert json.loads((out / "meta.json").read_text())["methods"] == ["full", "knorm"]  # nothing was added
+    ev.evaluate(model, tok, examples[1:], methods, [0.5, 0.9], max_new_tokens=4, out_dir=out, meta=meta)
     # another example's record cannot stand in for this one
-    other = json.loads((out / "examples" / f"{examples[0].id}.json").read_text())
+    other = json.loads((out / "examples" / f"{examples[1].id}.json").read_text())
     with pytest.raises(InvalidInputError, match="cannot be extended"):
-        ev.evaluate_example(model, tok, examples[1], more, [0.5], max_new_tokens=4, recorded=other)
+        ev.evaluate_example(model, tok, examples[0], more, [0.5], max_new_tokens=4, recorded=other)
 
 
 @pytest.mark.parametrize("damage, match", [
-    (lambda r: "{not json", "cannot be read as an example record"),
+    (lambda r: "{not json", "not valid JSON .*; delete it to evaluate the example again"),
     (lambda r: json.dumps([r]), "is not an example record"),
     (lambda r: json.dumps({**r, "id": "passkey-9999"}), "is not an example record"),
     (lambda r: json.dumps({**r, "settings": {"question": {**r["settings"]["question"], "results": 5}}}),
@@ -351,10 +353,26 @@ def test_a_damaged_example_file_is_named_on_resume_and_in_the_report(setup, tmp_
     ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
     path = out / "examples" / f"{examples[0].id}.json"
     path.write_text(damage(json.loads(path.read_text())))
+    meta = (out / "meta.json").read_text()
     for call in (lambda: ev.evaluate(model, tok, examples, methods, [0.5, 0.9], max_new_tokens=4, out_dir=out),
                  lambda: evaluation.load_records(out)):
         with pytest.raises(budgetopt.errors.CurvesFileError, match=re.escape(str(path)) + ": " + match):
             call()
+    assert (out / "meta.json").read_text() == meta
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+@pytest.mark.parametrize("name", ["examples/passkey-0000.json", "meta.json"])
+def test_a_fifo_or_device_in_place_of_a_file_is_named_not_read(setup, tmp_path, kind, name):
+    tok, model, _, _ = setup
+    examples = tasks.make_examples("passkey", 1, context_length=CONTEXT)
+    out = tmp_path / "eval"
+    methods = ev.standard_methods(["full", "knorm"])
+    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
+    (out / name).unlink()
+    {"fifo": os.mkfifo, "device": lambda p: os.symlink("/dev/zero", p), "directory": os.mkdir}[kind](out / name)
+    with pytest.raises(budgetopt.errors.CurvesFileError, match=f"{re.escape(str(out / name))}: is "):
+        ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
 
 
 def test_a_damaged_meta_list_is_named(setup, tmp_path):
