@@ -617,9 +617,10 @@ def open_eval_dir(out_dir, meta, *, resume=True):
         The finished examples' records by id, each read and checked (:func:`read_record`), so
         that a damaged file stops the call before anything is written.
     write_meta : callable or None
-        Writes ``meta.json`` for a resumed directory; call it before the first example file
-        is written, so that a call that fails before finishing an example leaves the directory
-        as it was. None when ``meta.json`` is already written (a new or started-over directory).
+        Writes ``meta.json`` for a resumed directory that ``meta`` adds methods, ratios or
+        settings to; call it before the first example file is written, so that a call that
+        fails before finishing an example leaves the directory as it was. None when
+        ``meta.json`` is already written (any other case).
     """
     from ..runs import _difference
 
@@ -627,6 +628,7 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     # more examples extend a run; "probe_fit" is derived from the run and the options compared
     loose = ("device", "versions", "shard", "commit", "examples", "probe_fit") + _EXTENSIBLE
     resumed = resume and out.is_dir() and any(out.iterdir())
+    adds = False
     if out.is_dir() and any(out.iterdir()):
         path = out / "meta.json"
         old = read_json_file(path, "evaluation's meta.json") if path.exists() or path.is_symlink() else None
@@ -648,6 +650,7 @@ def open_eval_dir(out_dir, meta, *, resume=True):
                         f"{out}: holds {key} {', '.join(map(str, dropped))} that this evaluation does not ask for; "
                         f"ask for them as well (a resumed evaluation can add {', '.join(_EXTENSIBLE)}, not drop "
                         "them), use a new directory, or --no-resume to start it over")
+                adds = adds or any(v not in (old.get(key) or []) for v in meta.get(key) or [])
     examples = out / "examples"
     done = {}
     if resumed and examples.is_dir():
@@ -662,7 +665,7 @@ def open_eval_dir(out_dir, meta, *, resume=True):
             os.unlink(entry.path)
     text = json.dumps(meta, indent=1) + "\n"
     write_meta = lambda: write_atomic(out / "meta.json", lambda f: f.write(text.encode("utf-8")))
-    if resumed:
+    if resumed and adds:
         return done, write_meta
     write_meta()
     return done, None

@@ -296,9 +296,10 @@ def test_resuming_with_more_methods_ratios_and_settings_computes_only_the_missin
     calls.clear()
     ev.evaluate(model, tok, examples, counted(big, calls), [0.5, 0.9], settings=settings, max_new_tokens=4,
                 out_dir=out, meta={"methods": ["full", "knorm", "snapkv"], "compressions": [0.5, 0.9],
-                                   "settings": list(settings)})
+                                   "settings": list(settings), "shard": "0/1"})
     assert calls == {}
     assert {p: os.stat(out / "examples" / p).st_mtime_ns for p in stamps} == stamps
+    assert json.loads((out / "meta.json").read_text())["shard"] == "0/1"  # adding nothing: the call's meta
 
 
 def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
