@@ -335,6 +335,15 @@ def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
         ev.evaluate_example(model, tok, examples[0], more, [0.5], max_new_tokens=4, recorded=other)
 
 
+def finished(setup, tmp_path, n, **kwargs):
+    """An evaluation directory of ``n`` passkey examples, full and knorm at 0.5."""
+    tok, model, _, _ = setup
+    examples = tasks.make_examples("passkey", n, context_length=CONTEXT)
+    methods = ev.standard_methods(["full", "knorm"])
+    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=tmp_path / "eval", **kwargs)
+    return tok, model, examples, methods, tmp_path / "eval"
+
+
 @pytest.mark.parametrize("damage, match", [
     (lambda r: "{not json", "not valid JSON .*; delete it to evaluate the example again"),
     (lambda r: json.dumps([r]), "is not an example record"),
@@ -347,11 +356,7 @@ def test_resuming_refuses_to_drop_cells_or_to_mix_references(setup, tmp_path):
                                                           if k != "reference"}}}), "is not an example record"),
 ])
 def test_a_damaged_example_file_is_named_on_resume_and_in_the_report(setup, tmp_path, damage, match):
-    tok, model, _, _ = setup
-    examples = tasks.make_examples("passkey", 2, context_length=CONTEXT)
-    out = tmp_path / "eval"
-    methods = ev.standard_methods(["full", "knorm"])
-    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
+    tok, model, examples, methods, out = finished(setup, tmp_path, 2)
     path = out / "examples" / f"{examples[0].id}.json"
     path.write_text(damage(json.loads(path.read_text())))
     meta = (out / "meta.json").read_text()
@@ -365,11 +370,7 @@ def test_a_damaged_example_file_is_named_on_resume_and_in_the_report(setup, tmp_
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
 @pytest.mark.parametrize("name", ["examples/passkey-0000.json", "meta.json"])
 def test_a_fifo_or_device_in_place_of_a_file_is_named_not_read(setup, tmp_path, kind, name):
-    tok, model, _, _ = setup
-    examples = tasks.make_examples("passkey", 1, context_length=CONTEXT)
-    out = tmp_path / "eval"
-    methods = ev.standard_methods(["full", "knorm"])
-    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out)
+    tok, model, examples, methods, out = finished(setup, tmp_path, 1)
     (out / name).unlink()
     {"fifo": os.mkfifo, "device": lambda p: os.symlink("/dev/zero", p), "directory": os.mkdir}[kind](out / name)
     with pytest.raises(budgetopt.errors.CurvesFileError, match=f"{re.escape(str(out / name))}: is "):
@@ -377,11 +378,7 @@ def test_a_fifo_or_device_in_place_of_a_file_is_named_not_read(setup, tmp_path, 
 
 
 def test_a_damaged_meta_list_is_named(setup, tmp_path):
-    tok, model, _, _ = setup
-    examples = tasks.make_examples("passkey", 1, context_length=CONTEXT)
-    out = tmp_path / "eval"
-    methods = ev.standard_methods(["full", "knorm"])
-    ev.evaluate(model, tok, examples, methods, [0.5], max_new_tokens=4, out_dir=out, meta={"methods": ["full"]})
+    tok, model, examples, methods, out = finished(setup, tmp_path, 1, meta={"methods": ["full"]})
     meta = json.loads((out / "meta.json").read_text())
     (out / "meta.json").write_text(json.dumps({**meta, "methods": "full"}))
     with pytest.raises(budgetopt.errors.CurvesFileError, match="meta.json: methods must be a list; got 'full'"):
