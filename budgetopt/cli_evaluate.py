@@ -32,7 +32,9 @@ def add_evaluate_command(sub):
                     "JSON report and a figure.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (save_pretrained layout; never downloaded)")
-    p.add_argument("-o", "--output", required=True, metavar="EVAL", help="evaluation directory to write, or to resume (naming more methods, ratios or settings adds them to the finished examples)")
+    p.add_argument("-o", "--output", required=True, metavar="EVAL",
+                   help="evaluation directory to write, or to resume (naming more methods, ratios or settings "
+                        "adds them to the finished examples)")
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help=f"comma list of generated tasks (default {DEFAULT_TASKS}); all: passkey, multikey, "
                         "multivalue, vartrack, common, frequent, span")

@@ -627,9 +627,9 @@ def open_eval_dir(out_dir, meta, *, resume=True):
     out = check_output_dir(out_dir)
     # more examples extend a run; "probe_fit" is derived from the run and the options compared
     loose = ("device", "versions", "shard", "commit", "examples", "probe_fit") + _EXTENSIBLE
-    resumed = resume and out.is_dir() and any(out.iterdir())
-    adds = False
-    if out.is_dir() and any(out.iterdir()):
+    existing = out.is_dir() and any(out.iterdir())
+    resumed, adds = resume and existing, False
+    if existing:
         path = out / "meta.json"
         old = read_json_file(path, "evaluation's meta.json") if path.exists() or path.is_symlink() else None
         if not isinstance(old, dict) or old.get("format") != FORMAT:
@@ -642,15 +642,16 @@ def open_eval_dir(out_dir, meta, *, resume=True):
                     f"{out}: holds an evaluation with other settings ({diff}); use a new directory, "
                     "or --no-resume to start it over")
             for key in _EXTENSIBLE:
-                if not isinstance(old.get(key) or [], list):
-                    raise CurvesFileError(f"{path}: {key} must be a list; got {old[key]!r}")
-                dropped = [v for v in old.get(key) or [] if v not in (meta.get(key) or [])]
+                recorded, asked = old.get(key) or [], meta.get(key) or []
+                if not isinstance(recorded, list):
+                    raise CurvesFileError(f"{path}: {key} must be a list; got {recorded!r}")
+                dropped = [v for v in recorded if v not in asked]
                 if dropped:
                     raise InvalidInputError(
                         f"{out}: holds {key} {', '.join(map(str, dropped))} that this evaluation does not ask for; "
                         f"ask for them as well (a resumed evaluation can add {', '.join(_EXTENSIBLE)}, not drop "
                         "them), use a new directory, or --no-resume to start it over")
-                adds = adds or any(v not in (old.get(key) or []) for v in meta.get(key) or [])
+                adds = adds or any(v not in recorded for v in asked)
     examples = out / "examples"
     done = {}
     if resumed and examples.is_dir():
