@@ -508,6 +508,13 @@ def evaluate_example(model, tokenizer, example, methods, compressions, *, settin
 
     Parameters
     ----------
+    model, tokenizer
+        As for :func:`evaluate`.
+    example : budgetopt.tasks.Example
+    methods : sequence of Method
+    compressions : sequence of float
+    settings : sequence of {"question", "query_aware"}
+    max_new_tokens : int
     recorded : dict, optional
         This example's record from an earlier call with fewer methods, ratios or settings. Its
         rows are kept as they are and only the (method, ratio) cells it lacks are computed, against
